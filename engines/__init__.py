@@ -1,0 +1,10 @@
+"""Engine registry: scenario `kind` -> Engine class. Add an engine by adding one module and one line."""
+
+from .base import Engine, ServerPlan
+from .llama_server import LlamaServer
+
+ENGINES: dict[str, type[Engine]] = {
+    LlamaServer.kind: LlamaServer,
+}
+
+__all__ = ["ENGINES", "Engine", "ServerPlan"]

@@ -1,0 +1,203 @@
+"""The `orch` command line: parse, call the library, print."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from . import __version__
+from .environment import capture
+from .errors import OrchError
+from .install import install_llama_server, installed_llama_server, llama_server_path
+from .results import RunDir, scenario_text
+from .runner import Sweep, command_for, plan_cells, prepare
+from .scenario import load_scenario
+from .summary import format_table
+
+
+class OrchGroup(click.Group):
+    """Turns orch's own errors into one line and an exit code, at the edge only."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OrchError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=OrchGroup)
+@click.version_option(__version__, prog_name="orch")
+def cli():
+    """Measure how much speculative decoding speeds up LLM servers."""
+
+
+def main():
+    cli()
+
+
+# ---------------------------------------------------------------- validate
+
+
+@cli.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key.")
+def validate(scenario, overrides):
+    """Check a scenario file without starting anything.
+
+    Example: orch validate scenarios/n_spec.toml --set workload.max_tokens=32
+    """
+    sc = load_scenario(scenario, overrides)
+    cells = plan_cells(sc)
+    click.echo(f"{scenario}: ok ({len(sc.engines)} engine(s), {len(cells)} cells)")
+
+
+# ---------------------------------------------------------------- sweep
+
+
+@cli.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Folder that receives the run folder.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a scenario key, e.g. workload.max_tokens=32 (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Print every cell and its command line; start nothing.")
+@click.option("--resume", is_flag=True, help="Continue the latest run of this sweep under --out.")
+def sweep(scenario, out, overrides, dry_run, resume):
+    """Run every engine at every speculation depth and chart tokens/sec.
+
+    Example: orch sweep scenarios/n_spec.toml --set workload.max_tokens=64
+    """
+    sc = load_scenario(scenario, overrides)
+    if dry_run:
+        click.echo(dry_run_text(sc, scenario.parent))
+        return
+    progress_console = Console(stderr=True)
+    from .progress import SweepProgress
+
+    progress = SweepProgress(progress_console)
+    runner = Sweep(sc, scenario.parent, progress)
+    run = _open_run(sc, out, resume)
+    run.write_environment(capture(_engine_env(runner)))
+    click.echo(f"run folder: {run.path}")
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        with progress:
+            cells = runner.execute(run)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: records so far are in {run.path}; "
+                   f"continue with: orch sweep {scenario} --resume --out {out}", err=True)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    failed = _print_report(run)
+    sys.exit(1 if failed or any(c["status"] != "ok" for c in cells) else 0)
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt  # unwinds through every server's context manager
+
+
+def dry_run_text(sc, base_dir: Path) -> str:
+    prepared = prepare(sc, base_dir)
+    cells = plan_cells(sc)
+    w = sc.workload
+    lines = [f"sweep {sc.name}: {len(cells)} cells; per cell {w.warmup} warm-up and "
+             f"{_prompt_count(sc, base_dir)} prompts x {w.repeats} repeats x concurrency {w.concurrency} measured requests",
+             "(ports are picked free when each cell starts)"]
+    for k, cell in enumerate(cells, 1):
+        plan = command_for(cell, prepared[cell.engine.name], max(w.concurrency))
+        lines += [f"cell {k}/{len(cells)} {cell.id} [{cell.engine.launcher}, {cell.engine.api}]",
+                  f"  {shlex.join(plan.argv)}"]
+    return "\n".join(lines)
+
+
+def _prompt_count(sc, base_dir: Path) -> int:
+    from .prompts import load_prompt_set
+
+    return sum(len(load_prompt_set(ref, base_dir)) for ref in sc.workload.prompts)
+
+
+def _open_run(sc, out: Path, resume: bool) -> RunDir:
+    resolved = sc.model_dump(mode="json")
+    if not resume:
+        run = RunDir.create(out, sc.name)
+        run.write_scenario(resolved)
+        return run
+    run = RunDir.latest(out, sc.name)
+    if run is None:
+        raise OrchError(f"--resume: no earlier run of {sc.name!r} under {out}; drop --resume to start one")
+    if scenario_text(resolved) != run.read_scenario_text():
+        raise OrchError(f"--resume: {run.path}/scenario.toml differs from this scenario (with --set); "
+                        "resume with the same settings or start a new run")
+    return run
+
+
+def _engine_env(runner: Sweep) -> dict:
+    return {name: {"kind": p.engine.kind, "binary": p.engine.binary(), "version": p.engine.version(),
+                   "model": p.model.label, "model_path": str(p.model.path) if p.model.path else None}
+            for name, p in runner.prepared.items()}
+
+
+def _print_report(run: RunDir) -> bool:
+    from plots.report import build_report
+
+    report = build_report(run.path)
+    click.echo(format_table(report.summary))
+    click.echo(f"\nsummary: {report.summary_path}")
+    for chart in report.charts:
+        click.echo(f"chart:   {chart}")
+    return bool((report.summary["requests_failed"].fillna(0) > 0).any())
+
+
+# ---------------------------------------------------------------- report
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def report(run_dir):
+    """Redraw summary.csv and the charts of a run from its saved records alone.
+
+    Example: orch report results/n_spec-20261122-101500
+    """
+    if not (run_dir / "requests.jsonl").is_file() and not (run_dir / "cells.jsonl").is_file():
+        raise OrchError(f"{run_dir} holds no requests.jsonl or cells.jsonl; pass a run folder made by orch sweep")
+    _print_report(RunDir(run_dir))
+
+
+# ---------------------------------------------------------------- engines
+
+
+@cli.group()
+def engines():
+    """Install and list engine binaries."""
+
+
+@engines.command("install")
+@click.argument("engine", type=click.Choice(["llama-server"]))
+@click.option("--jobs", "-j", type=int, default=None, help="Parallel compile jobs (default: core count).")
+def engines_install(engine, jobs):
+    """Build an engine into orch's cache (a second call returns at once).
+
+    Example: orch engines install llama-server
+    """
+    from .progress import BuildProgress
+
+    with BuildProgress(Console(stderr=True)) as progress:
+        path, built = install_llama_server(progress, jobs)
+    click.echo(f"llama-server {'built' if built else 'already installed'}: {path}")
+
+
+@engines.command("list")
+def engines_list():
+    """Show which engine binaries orch finds.
+
+    Example: orch engines list
+    """
+    found = installed_llama_server()
+    click.echo(f"llama-server: {found or f'not installed (expected at {llama_server_path()})'}")

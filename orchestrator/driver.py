@@ -1,0 +1,167 @@
+"""The workload driver: streamed OpenAI-compatible requests, one record per request.
+
+Token counts come from the server (`usage.completion_tokens`, else llama.cpp's
+`timings.predicted_n`), never from counting SSE chunks: with speculation one chunk can
+carry several tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import httpx
+
+from .prompts import Prompt
+
+ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+TIMING_FIELDS = ("prompt_n", "prompt_per_second", "predicted_n", "predicted_per_second",
+                 "draft_n", "draft_n_accepted")
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    prompt: Prompt
+    phase: str  # "warmup" or "measured"
+    concurrency: int
+    repeat: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.phase}/c{self.concurrency}/r{self.repeat}/{self.prompt.set}/{self.prompt.id}"
+
+
+def request_body(api: str, text: str, model: str, workload, extra: dict) -> dict:
+    body = {"model": model, "stream": True, "stream_options": {"include_usage": True},
+            "max_tokens": workload.max_tokens, "temperature": workload.temperature,
+            "seed": workload.seed, **extra}
+    if api == "chat":
+        body["messages"] = [{"role": "user", "content": text}]
+    else:
+        body["prompt"] = text
+    return body
+
+
+async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurrency: int,
+                    make_body: Callable[[RequestSpec], dict], timeout_s: float,
+                    on_record: Callable[[dict], None]) -> list[dict]:
+    """Send `specs` with at most `concurrency` in flight; call on_record as each ends."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    timeout = httpx.Timeout(timeout_s, connect=10.0)
+    gate = asyncio.Semaphore(concurrency)
+    records: list[dict] = []
+
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
+        async def one(spec: RequestSpec) -> None:
+            async with gate:
+                rec = await stream_request(client, ENDPOINTS[api], make_body(spec))
+            rec.update(_spec_fields(spec))
+            records.append(rec)
+            on_record(rec)
+
+        await asyncio.gather(*(one(s) for s in specs))
+    return records
+
+
+def _spec_fields(spec: RequestSpec) -> dict:
+    return {"key": spec.key, "phase": spec.phase, "concurrency": spec.concurrency,
+            "repeat": spec.repeat, "prompt_set": spec.prompt.set, "prompt_id": spec.prompt.id}
+
+
+async def stream_request(client: httpx.AsyncClient, path: str, body: dict) -> dict:
+    state = _StreamState()
+    wall_start = time.time()
+    t_start = time.perf_counter()
+    try:
+        async with client.stream("POST", path, json=body) as resp:
+            if resp.status_code != 200:
+                detail = (await resp.aread()).decode(errors="replace")[:300]
+                state.error = f"HTTP {resp.status_code}: {detail}"
+            else:
+                async for line in resp.aiter_lines():
+                    if state.feed(line):
+                        break
+    except httpx.HTTPError as exc:
+        state.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    t_end = time.perf_counter()
+    return state.record(wall_start, t_start, t_end)
+
+
+class _StreamState:
+    def __init__(self):
+        self.t_first: float | None = None
+        self.parts: list[str] = []
+        self.chunks = 0
+        self.usage: dict | None = None
+        self.timings: dict | None = None
+        self.finish_reason: str | None = None
+        self.error: str | None = None
+
+    def feed(self, line: str) -> bool:
+        """Consume one SSE line; True at the end of the stream."""
+        if not line.startswith("data:"):
+            return False
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return True
+        try:
+            obj = json.loads(data)
+        except json.JSONDecodeError:
+            self.error = f"malformed SSE data: {data[:120]!r}"
+            return True
+        if "error" in obj:
+            self.error = f"server error: {json.dumps(obj['error'])[:300]}"
+            return True
+        self._choices(obj.get("choices") or [])
+        self.usage = obj.get("usage") or self.usage
+        self.timings = obj.get("timings") or self.timings
+        return False
+
+    def _choices(self, choices: list) -> None:
+        for choice in choices:
+            delta = choice.get("delta") or {}
+            piece = delta.get("content") or delta.get("reasoning_content") or choice.get("text") or ""
+            if piece:
+                if self.t_first is None:
+                    self.t_first = time.perf_counter()
+                self.parts.append(piece)
+                self.chunks += 1
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+
+    def record(self, wall_start: float, t_start: float, t_end: float) -> dict:
+        tokens, source = self._completion_tokens()
+        timings = {f: self.timings.get(f) for f in TIMING_FIELDS} if self.timings else {}
+        error = self.error
+        if error is None and tokens is None:
+            error = "server reported no completion token count (no usage or timings)"
+        rec = {
+            "ok": error is None, "error": error, "wall_start": wall_start,
+            "t_start": t_start, "t_first_token": self.t_first, "t_end": t_end,
+            "completion_tokens": tokens, "completion_tokens_source": source,
+            "prompt_tokens": (self.usage or {}).get("prompt_tokens"),
+            "chunks": self.chunks, "finish_reason": self.finish_reason,
+            "text": "".join(self.parts), **{f"timings_{k}": v for k, v in timings.items()},
+        }
+        rec.update(rates(tokens, t_start, self.t_first, t_end) if error is None else
+                   {"e2e_tok_s": None, "decode_tok_s": None, "ttft_s": None})
+        return rec
+
+    def _completion_tokens(self) -> tuple[int | None, str | None]:
+        if self.usage and self.usage.get("completion_tokens") is not None:
+            return int(self.usage["completion_tokens"]), "usage"
+        if self.timings and self.timings.get("predicted_n") is not None:
+            return int(self.timings["predicted_n"]), "timings.predicted_n"
+        return None, None
+
+
+def rates(tokens: int, t_start: float, t_first: float | None, t_end: float) -> dict:
+    """e2e includes time to first token (the published 132 vs 39 definition)."""
+    e2e = tokens / (t_end - t_start) if t_end > t_start else None
+    decode = None
+    if t_first is not None and tokens > 1 and t_end > t_first:
+        decode = (tokens - 1) / (t_end - t_first)
+    ttft = t_first - t_start if t_first is not None else None
+    return {"e2e_tok_s": e2e, "decode_tok_s": decode, "ttft_s": ttft}

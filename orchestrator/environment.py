@@ -1,0 +1,67 @@
+"""What a run was measured on, written to environment.json."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+
+from . import __version__
+
+
+def capture(engines: dict[str, dict]) -> dict:
+    return {
+        "orch_version": __version__,
+        "python": sys.version.split()[0],
+        "os": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "gpu": gpus(),
+        "engines": engines,
+        "packages": {p: _version(p) for p in ("httpx", "pandas", "matplotlib", "pydantic")},
+    }
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpus() -> list[str]:
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
+
+
+def machine_label(env: dict) -> str:
+    gpu = env.get("gpu") or []
+    device = gpu[0] if gpu else f"{env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores, no GPU)"
+    return device
+
+
+def _memory_gib() -> float | None:
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        return round(pages * size / 2**30, 1)
+    except (ValueError, OSError):
+        return None
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None

@@ -1,0 +1,47 @@
+"""The exceptions orch raises. The CLI turns them into one-line messages.
+
+    OrchError
+    ├── ScenarioError      bad scenario file or --set override (exit code 2)
+    ├── ModelError         a model name or path that cannot be resolved
+    ├── InstallError       building or finding an engine binary failed
+    └── ServerError        a server did not become ready
+        ├── ServerExited   the process died during start-up
+        └── ServerTimeout  no readiness before the deadline
+"""
+
+
+class OrchError(Exception):
+    exit_code = 1
+
+
+class ScenarioError(OrchError):
+    exit_code = 2
+
+    def __init__(self, path, key: str, message: str):
+        self.path, self.key, self.message = str(path), key, message
+        where = f"{self.path}: {key}: " if key else f"{self.path}: "
+        super().__init__(where + message)
+
+
+class ModelError(OrchError):
+    pass
+
+
+class InstallError(OrchError):
+    pass
+
+
+class ServerError(OrchError):
+    def __init__(self, message: str, log_tail: str = ""):
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+class ServerExited(ServerError):
+    def __init__(self, returncode: int, log_tail: str):
+        super().__init__(f"server exited with code {returncode} during start-up", log_tail)
+        self.returncode = returncode
+
+
+class ServerTimeout(ServerError):
+    pass

@@ -1,0 +1,108 @@
+"""Launchers start one server for one cell and always stop it.
+
+A launcher is a context manager: entering starts the server, `wait_ready()` blocks until
+it answers its health check (or raises), leaving stops it whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from engines import ServerPlan
+
+from .errors import ServerExited, ServerTimeout
+
+POLL_INTERVAL_S = 0.1
+STOP_GRACE_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        data = path.read_bytes()[-16384:]
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+class ProcessServer:
+    """A local server process in its own process group, logging to `log_path`."""
+
+    def __init__(self, plan: ServerPlan, log_path: Path, ready_timeout_s: float):
+        self.plan = plan
+        self.log_path = Path(log_path)
+        self.ready_timeout_s = ready_timeout_s
+        self.proc: subprocess.Popen | None = None
+        self.base_url = f"http://127.0.0.1:{plan.port}"
+
+    def __enter__(self) -> "ProcessServer":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            # A new session puts the server and anything it forks in one group we can kill.
+            self.proc = subprocess.Popen(
+                self.plan.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **self.plan.env}, start_new_session=True,
+            )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self) -> float:
+        """Seconds from start until the health check answered 200."""
+        started = time.monotonic()
+        deadline = started + self.ready_timeout_s
+        url = self.base_url + self.plan.health_path
+        with httpx.Client(timeout=1.0) as client:
+            while True:
+                code = self.proc.poll()
+                if code is not None:
+                    raise ServerExited(code, log_tail(self.log_path))
+                if _healthy(client, url):
+                    return time.monotonic() - started
+                if time.monotonic() > deadline:
+                    raise ServerTimeout(f"server not ready after {self.ready_timeout_s:.0f} s "
+                                        f"(polling {url})", log_tail(self.log_path))
+                time.sleep(POLL_INTERVAL_S)
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        _signal_group(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(5)
+
+
+def _healthy(client: httpx.Client, url: str) -> bool:
+    try:
+        return client.get(url).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+LAUNCHERS = {"process": ProcessServer}

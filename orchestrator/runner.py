@@ -1,0 +1,196 @@
+"""The sweep: one server per cell (engine x n_spec), warm-up, measured requests, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from engines import ENGINES, Engine
+
+from .driver import ENDPOINTS, RequestSpec, request_body, run_batch
+from .errors import InstallError, ServerError
+from .launchers import LAUNCHERS, free_port, log_tail
+from .models import ResolvedModel, resolve_model
+from .prompts import Prompt, load_prompt_set
+from .results import RunDir
+from .scenario import EngineSpec, Scenario
+
+
+@dataclass(frozen=True)
+class Cell:
+    engine: EngineSpec
+    n_spec: int
+
+    @property
+    def method(self) -> str:
+        return self.engine.speculation.method if self.n_spec else "none"
+
+    @property
+    def id(self) -> str:
+        if self.n_spec == 0:
+            return f"{self.engine.name}-n0"
+        return f"{self.engine.name}-{self.method}-n{self.n_spec}"
+
+
+def plan_cells(scenario: Scenario) -> list[Cell]:
+    return [Cell(e, n) for e in scenario.engines for n in e.speculation.n_spec]
+
+
+@dataclass
+class Prepared:
+    """What every cell of one engine needs: resolved once, before any server starts."""
+
+    engine: Engine
+    model: ResolvedModel
+    draft: ResolvedModel | None
+
+
+def prepare(scenario: Scenario, base_dir: Path) -> dict[str, Prepared]:
+    prepared = {}
+    for spec in scenario.engines:
+        engine = ENGINES[spec.kind](spec)
+        if engine.binary() is None:
+            raise InstallError(f"engine {spec.name!r}: {spec.kind} not found on PATH or in orch's cache; "
+                               f"run `{engine.install_hint}` or set binary = \"/path/to/{spec.kind}\"")
+        draft = spec.speculation.draft_model
+        prepared[spec.name] = Prepared(engine, resolve_model(spec.model, base_dir),
+                                       resolve_model(draft, base_dir) if draft else None)
+    return prepared
+
+
+def command_for(cell: Cell, prep: Prepared, parallel: int, port: int | None = None):
+    return prep.engine.plan(cell.n_spec, prep.model, port or free_port(), parallel, prep.draft)
+
+
+class Sweep:
+    """Resolves engines, binaries and models at construction, so nothing starts if one is missing."""
+
+    def __init__(self, scenario: Scenario, base_dir: Path, progress):
+        self.scenario, self.workload, self.progress = scenario, scenario.workload, progress
+        self.run: RunDir | None = None
+        self.prompts: list[Prompt] = [p for ref in self.workload.prompts for p in load_prompt_set(ref, base_dir)]
+        self.parallel = max(self.workload.concurrency)
+        self.prepared = prepare(scenario, base_dir)
+
+    def execute(self, run: RunDir) -> list[dict]:
+        """Run every cell not already done in `run`; return the cell records written."""
+        self.run = run
+        done_cells = {c["cell_id"] for c in self.run.cells() if c["status"] == "ok"}
+        done_keys = {(r["cell_id"], r["key"]) for r in self.run.requests() if r["phase"] == "measured" and r["ok"]}
+        cells = plan_cells(self.scenario)
+        records = []
+        for k, cell in enumerate(cells, 1):
+            if cell.id in done_cells:
+                continue
+            todo = [s for s in self.measured_specs() if (cell.id, s.key) not in done_keys]
+            self.progress.cell_started(k, len(cells), cell.id, len(todo))
+            rec = self.run_cell(cell, todo)
+            records.append(rec)
+            self.progress.cell_finished(rec["status"], rec.get("error") or rec.get("prompt_check", ""))
+        return records
+
+    def measured_specs(self) -> list[RequestSpec]:
+        return [RequestSpec(p, "measured", c, r)
+                for c in self.workload.concurrency
+                for r in range(self.workload.repeats)
+                for p in self.prompts]
+
+    def warmup_specs(self) -> list[RequestSpec]:
+        return [RequestSpec(self.prompts[i % len(self.prompts)], "warmup", 1, i)
+                for i in range(self.workload.warmup)]
+
+    def run_cell(self, cell: Cell, todo: list[RequestSpec]) -> dict:
+        prep = self.prepared[cell.engine.name]
+        plan = command_for(cell, prep, self.parallel)
+        rec = self._cell_base(cell, prep, plan)
+        launcher = LAUNCHERS[cell.engine.launcher]
+        log = self.run.cell_dir(cell.id) / "server.log"
+        started = time.monotonic()
+        try:
+            with launcher(plan, log, cell.engine.ready_timeout_s) as server:
+                rec["ready_s"] = round(server.wait_ready(), 3)
+                rec["template"] = self._template(cell, server.base_url)
+                results = self._drive(cell, server, todo)
+                rec.update(_judge(results, server.alive()))
+                if rec["status"] != "ok":
+                    rec["log_tail"] = log_tail(log)
+        except ServerError as exc:
+            rec.update(status="failed", error=str(exc), log_tail=exc.log_tail)
+        except (KeyboardInterrupt, SystemExit):
+            rec.update(status="interrupted", error="interrupted", seconds=round(time.monotonic() - started, 3))
+            self.run.append_cell(rec)
+            raise
+        rec["seconds"] = round(time.monotonic() - started, 3)
+        self.run.append_cell(rec)
+        return rec
+
+    def _cell_base(self, cell: Cell, prep: Prepared, plan) -> dict:
+        return {"cell_id": cell.id, "engine": cell.engine.name, "kind": cell.engine.kind,
+                "launcher": cell.engine.launcher, "method": cell.method, "n_spec": cell.n_spec,
+                "model": prep.model.label, "api": cell.engine.api, "argv": plan.argv,
+                "endpoint": ENDPOINTS[cell.engine.api], "status": "running"}
+
+    def _drive(self, cell: Cell, server, todo: list[RequestSpec]) -> list[dict]:
+        prep = self.prepared[cell.engine.name]
+        extra = prep.engine.request_fields(self.workload)
+
+        def body(spec: RequestSpec) -> dict:
+            return request_body(cell.engine.api, spec.prompt.text, prep.model.label, self.workload, extra)
+
+        def record(rec: dict) -> None:
+            rec.update(cell_id=cell.id, engine=cell.engine.name, method=cell.method, n_spec=cell.n_spec)
+            rec["prompt_tokens_low"] = _prompt_tokens_low(rec, self.prompts)
+            self.run.append_request(rec)
+            self.progress.request_done(rec)
+
+        timeout = self.workload.request_timeout_s
+        warm = self.warmup_specs()
+        if warm:
+            self.progress.phase("warm-up")
+            asyncio.run(run_batch(server.base_url, cell.engine.api, warm, 1, body, timeout, record))
+        results = []
+        for conc in self.workload.concurrency:
+            specs = [s for s in todo if s.concurrency == conc]
+            self.progress.phase(f"measuring, concurrency {conc}")
+            results += asyncio.run(run_batch(server.base_url, cell.engine.api, specs, conc, body, timeout, record))
+            if not server.alive():
+                break
+        return results
+
+    def _template(self, cell: Cell, base_url: str) -> str:
+        if cell.engine.api == "completions":
+            return "none: raw prompt to /v1/completions"
+        try:
+            props = httpx.get(base_url + "/props", timeout=5).json()
+        except (httpx.HTTPError, ValueError):
+            return "unknown (no /props)"
+        tpl = props.get("chat_template") or ""
+        first = tpl.strip().splitlines()[0][:60] if tpl.strip() else ""
+        return f"server chat template sha1:{hashlib.sha1(tpl.encode()).hexdigest()[:12]} {first!r}"
+
+
+def _judge(results: list[dict], alive: bool) -> dict:
+    failed = sum(not r["ok"] for r in results)
+    low = sum(bool(r.get("prompt_tokens_low")) for r in results)
+    out = {"requests_ok": len(results) - failed, "requests_failed": failed}
+    if low:
+        out["prompt_check"] = (f"{low} of {len(results)} requests reported fewer prompt tokens than half the "
+                               "prompt's words: the chat template may drop the text; try api = \"completions\"")
+    if not alive:
+        out.update(status="failed", error="server exited during the measured requests")
+    elif results and failed == len(results):
+        out.update(status="failed", error=f"all {failed} measured requests failed: {results[0]['error']}")
+    else:
+        out["status"] = "partial" if failed else "ok"
+    return out
+
+
+def _prompt_tokens_low(rec: dict, prompts: list[Prompt]) -> bool:
+    n = rec.get("prompt_tokens")
+    text = next((p.text for p in prompts if p.id == rec["prompt_id"] and p.set == rec["prompt_set"]), "")
+    return n is not None and n < 0.5 * len(text.split())

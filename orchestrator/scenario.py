@@ -1,0 +1,271 @@
+"""Scenario files: TOML, validated completely before anything starts."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engines import ENGINES
+
+from .errors import ScenarioError
+from .launchers import LAUNCHERS
+from .models import check_model_ref
+from .prompts import PromptFileError, load_prompt_set
+
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _unique(values: list, what: str) -> list:
+    dupes = sorted({v for v in values if values.count(v) > 1})
+    if dupes:
+        raise ValueError(f"duplicate {what} {dupes}; list each once")
+    return values
+
+
+class Workload(_Strict):
+    prompts: list[str] = Field(default=["seeds"], min_length=1)
+    max_tokens: int = Field(default=256, gt=0)
+    temperature: float = Field(default=0.0, ge=0)
+    seed: int = 1234
+    concurrency: list[int] = Field(default=[1], min_length=1)
+    warmup: int = Field(default=1, ge=0)
+    repeats: int = Field(default=1, gt=0)
+    ignore_eos: bool = False
+    cache_prompt: bool = False
+    request_timeout_s: float = Field(default=300.0, gt=0)
+
+    @field_validator("temperature", "request_timeout_s", mode="before")
+    @classmethod
+    def _int_is_float(cls, v):
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("concurrency")
+    @classmethod
+    def _concurrency(cls, v):
+        if any(c <= 0 for c in v):
+            raise ValueError("concurrency levels must be at least 1")
+        return _unique(v, "concurrency levels")
+
+
+class Speculation(_Strict):
+    method: str = "none"
+    n_spec: list[int] = Field(default=[0], min_length=1)
+    draft_model: str | None = None
+
+    @field_validator("n_spec")
+    @classmethod
+    def _n_spec(cls, v):
+        if any(n < 0 for n in v):
+            raise ValueError("n_spec values must be 0 (speculation off) or more")
+        return _unique(v, "n_spec values")
+
+
+class EngineSpec(_Strict):
+    name: str = Field(min_length=1)
+    kind: str
+    launcher: str = "process"
+    model: str = Field(min_length=1)
+    api: Literal["chat", "completions"] = "chat"
+    binary: str | None = None
+    args: list[str] = []
+    env: dict[str, str] = {}
+    ready_timeout_s: float = Field(default=300.0, gt=0)
+    speculation: Speculation = Speculation()
+
+    @field_validator("ready_timeout_s", mode="before")
+    @classmethod
+    def _int_is_float(cls, v):
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it names result folders)")
+        return v
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v):
+        if v not in ENGINES:
+            raise ValueError(f"unknown engine kind {v!r}; known kinds: {', '.join(ENGINES)}")
+        return v
+
+    @field_validator("launcher")
+    @classmethod
+    def _launcher(cls, v):
+        if v not in LAUNCHERS:
+            raise ValueError(f"unknown launcher {v!r}; known launchers: {', '.join(LAUNCHERS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _method_fits_kind(self):
+        spec = self.speculation
+        methods = ENGINES[self.kind].methods
+        if spec.method != "none" and spec.method not in methods:
+            raise _KeyedError("speculation.method",
+                              f"{self.kind} has no speculation method {spec.method!r}; use one of {', '.join(methods)}")
+        if spec.method == "none" and any(spec.n_spec):
+            raise _KeyedError("speculation.n_spec", "n_spec above 0 needs a speculation.method")
+        if spec.method in ENGINES[self.kind].draft_methods and not spec.draft_model:
+            raise _KeyedError("speculation.draft_model", f"method {spec.method!r} needs a draft_model (a .gguf path)")
+        return self
+
+
+class Scenario(_Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    workload: Workload = Workload()
+    engines: list[EngineSpec] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        return EngineSpec._name(v)
+
+    @field_validator("engines")
+    @classmethod
+    def _unique_names(cls, v):
+        _unique([e.name for e in v], "engine names")
+        return v
+
+
+class _KeyedError(ValueError):
+    """A cross-field error that knows which key it is about."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_scenario(path: str | Path, overrides: list[str] = ()) -> Scenario:
+    path = Path(path)
+    raw = _read_toml(path)
+    for item in overrides:
+        _apply_override(raw, item, path)
+    scenario = _validate(raw, path)
+    _check_files(scenario, path)
+    return scenario
+
+
+def _read_toml(path: Path) -> dict:
+    if not path.is_file():
+        raise ScenarioError(path, "", "no such file; pass a scenario TOML such as scenarios/n_spec.toml")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(path, "", f"not valid TOML ({exc}); fix the syntax")
+    except UnicodeDecodeError:
+        raise ScenarioError(path, "", "not a UTF-8 text file")
+
+
+def _validate(raw: dict, path: Path) -> Scenario:
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = _loc(err["loc"], raw)
+        inner = (err.get("ctx") or {}).get("error")
+        if isinstance(inner, _KeyedError):
+            key = f"{key}.{inner.key}" if key else inner.key
+        raise ScenarioError(path, key, _message(err))
+
+
+def _loc(loc: tuple, raw: dict) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_FIXES = {
+    "extra_forbidden": "unknown key; remove it or check its spelling",
+    "missing": "required key is missing; add it",
+    "too_short": "must not be empty; give at least one value",
+}
+
+
+def _message(err: dict) -> str:
+    kind = err["type"]
+    if kind in _FIXES:
+        return _FIXES[kind]
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return f"{msg} (got {type(err.get('input')).__name__} {err.get('input')!r})"
+    return msg
+
+
+def _check_files(scenario: Scenario, path: Path) -> None:
+    base = path.parent
+    for i, ref in enumerate(scenario.workload.prompts):
+        try:
+            load_prompt_set(ref, base)
+        except PromptFileError as exc:
+            raise ScenarioError(path, f"workload.prompts[{i}]", str(exc))
+    for i, eng in enumerate(scenario.engines):
+        problem = check_model_ref(eng.model, base)
+        if problem:
+            raise ScenarioError(path, f"engines[{i}].model", problem)
+        draft = eng.speculation.draft_model
+        if draft:
+            problem = check_model_ref(draft, base)
+            if problem:
+                raise ScenarioError(path, f"engines[{i}].speculation.draft_model", problem)
+
+
+# ---------------------------------------------------------------- --set KEY=VALUE
+
+
+def _apply_override(raw: dict, item: str, path: Path) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ScenarioError(path, "--set", f"{item!r} is not KEY=VALUE (e.g. --set workload.max_tokens=32)")
+    value = _parse_value(text)
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        node = _step(node, part, create=True, key=".".join(parts[: i + 1]), path=path)
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(node, last, key, path)] = value
+    else:
+        node[last] = value
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _step(node: Any, part: str, create: bool, key: str, path: Path) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, key, path)]
+    if not isinstance(node, dict):
+        raise ScenarioError(path, key, f"--set cannot descend into a {type(node).__name__}")
+    if part not in node and create:
+        node[part] = {}
+    return node[part]
+
+
+def _index(items: list, part: str, key: str, path: Path) -> int:
+    if part.isdigit() and int(part) < len(items):
+        return int(part)
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == part:
+            return i
+    raise ScenarioError(path, key, f"no list item {part!r}; use an index or an engine name")

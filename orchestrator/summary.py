@@ -1,0 +1,93 @@
+"""summary.csv: one row per cell, concurrency level and prompt set, from the saved records alone."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+GROUP = ["engine", "method", "n_spec", "concurrency", "prompt_set"]
+COLUMNS = GROUP + [
+    "requests_ok", "requests_failed",
+    "e2e_tok_s_median", "e2e_tok_s_p10", "e2e_tok_s_p90",
+    "decode_tok_s_median", "decode_tok_s_p10", "decode_tok_s_p90",
+    "ttft_s_median", "completion_tokens_median",
+    "draft_n", "draft_n_accepted", "acceptance_rate", "speedup", "cell_status", "cell_id",
+]
+
+
+def measured_frame(requests: list[dict]) -> pd.DataFrame:
+    """Measured requests only, the newest record per request when a resume re-ran one."""
+    df = pd.DataFrame(requests)
+    if df.empty:
+        return pd.DataFrame(columns=GROUP + ["cell_id", "key", "ok"])
+    df = df[df["phase"] == "measured"]
+    return df.drop_duplicates(subset=["cell_id", "key"], keep="last")
+
+
+def summarize(requests: list[dict], cells: list[dict]) -> pd.DataFrame:
+    df = measured_frame(requests)
+    rows = [_row(key, g) for key, g in df.groupby(GROUP + ["cell_id"], sort=False)] if len(df) else []
+    out = pd.DataFrame(rows, columns=COLUMNS)
+    status = {c["cell_id"]: c["status"] for c in cells}
+    out["cell_status"] = out["cell_id"].map(status).fillna("unknown")
+    out = pd.concat([out, _cells_without_requests(cells, set(out["cell_id"]))], ignore_index=True)
+    out["speedup"] = _speedups(out)
+    return out.sort_values(["engine", "concurrency", "prompt_set", "n_spec"], ignore_index=True)[COLUMNS]
+
+
+def _row(key: tuple, g: pd.DataFrame) -> dict:
+    ok = g[g["ok"]]
+    row = dict(zip(GROUP + ["cell_id"], key))
+    row["requests_ok"], row["requests_failed"] = len(ok), len(g) - len(ok)
+    for rate in ("e2e_tok_s", "decode_tok_s"):
+        vals = pd.to_numeric(ok[rate], errors="coerce").dropna()
+        row[f"{rate}_median"] = vals.median() if len(vals) else None
+        row[f"{rate}_p10"] = vals.quantile(0.1) if len(vals) else None
+        row[f"{rate}_p90"] = vals.quantile(0.9) if len(vals) else None
+    row["ttft_s_median"] = pd.to_numeric(ok["ttft_s"], errors="coerce").median() if len(ok) else None
+    row["completion_tokens_median"] = ok["completion_tokens"].median() if len(ok) else None
+    row.update(_acceptance(ok))
+    return row
+
+
+def _acceptance(ok: pd.DataFrame) -> dict:
+    if "timings_draft_n" not in ok:
+        return {"draft_n": 0, "draft_n_accepted": 0, "acceptance_rate": None}
+    drafted = int(pd.to_numeric(ok["timings_draft_n"], errors="coerce").fillna(0).sum())
+    accepted = int(pd.to_numeric(ok["timings_draft_n_accepted"], errors="coerce").fillna(0).sum())
+    return {"draft_n": drafted, "draft_n_accepted": accepted,
+            "acceptance_rate": accepted / drafted if drafted else None}
+
+
+def _cells_without_requests(cells: list[dict], seen: set) -> pd.DataFrame:
+    rows = [{"engine": c["engine"], "method": c["method"], "n_spec": c["n_spec"],
+             "concurrency": None, "prompt_set": None, "requests_ok": 0, "requests_failed": 0,
+             "cell_status": c["status"], "cell_id": c["cell_id"]}
+            for c in cells if c["cell_id"] not in seen]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _speedups(out: pd.DataFrame) -> pd.Series:
+    """e2e median over the same engine's n_spec 0 cell at the same concurrency and prompt set."""
+    base = out[out["n_spec"] == 0].set_index(["engine", "concurrency", "prompt_set"])["e2e_tok_s_median"]
+    def one(r):
+        b = base.get((r["engine"], r["concurrency"], r["prompt_set"]))
+        if b is None or pd.isna(b) or not b or pd.isna(r["e2e_tok_s_median"]):
+            return None
+        return r["e2e_tok_s_median"] / b
+    return out.apply(one, axis=1) if len(out) else pd.Series(dtype=float)
+
+
+def format_table(summary: pd.DataFrame) -> str:
+    cols = ["engine", "method", "n_spec", "concurrency", "prompt_set", "requests_ok", "requests_failed",
+            "e2e_tok_s_median", "decode_tok_s_median", "ttft_s_median", "acceptance_rate", "speedup"]
+    view = summary[cols].rename(columns={
+        "concurrency": "conc", "prompt_set": "prompts", "requests_ok": "ok", "requests_failed": "failed",
+        "e2e_tok_s_median": "e2e_tok/s", "decode_tok_s_median": "decode_tok/s",
+        "ttft_s_median": "ttft_s", "acceptance_rate": "accept", "speedup": "speedup"})
+    view.loc[view["n_spec"] == 0, "method"] = "none"
+    fmt = {"e2e_tok/s": "{:.1f}", "decode_tok/s": "{:.1f}", "ttft_s": "{:.3f}", "accept": "{:.2f}",
+           "speedup": "{:.2f}x"}
+    for col, f in fmt.items():
+        view[col] = view[col].map(lambda v, f=f: "-" if v is None or pd.isna(v) else f.format(v))
+    view = view.astype(object).where(view.notna(), "-")
+    return view.to_string(index=False)
