@@ -1,0 +1,54 @@
+import pandas as pd
+import pytest
+
+from orchestrator.summary import format_table, summarize
+
+
+def req(cell, n_spec, e2e, ok=True, phase="measured", key=None, prompt_set="seeds", drafts=(None, None)):
+    return {"cell_id": cell, "engine": "e", "method": "ngram-mod" if n_spec else "none", "n_spec": n_spec,
+            "concurrency": 1, "prompt_set": prompt_set, "phase": phase, "ok": ok, "key": key or f"k{e2e}",
+            "e2e_tok_s": e2e if ok else None, "decode_tok_s": e2e * 1.1 if ok else None, "ttft_s": 0.1,
+            "completion_tokens": 100, "timings_draft_n": drafts[0], "timings_draft_n_accepted": drafts[1]}
+
+
+CELLS = [{"cell_id": "e-n0", "engine": "e", "method": "none", "n_spec": 0, "status": "ok"},
+         {"cell_id": "e-n4", "engine": "e", "method": "ngram-mod", "n_spec": 4, "status": "ok"},
+         {"cell_id": "e-n8", "engine": "e", "method": "ngram-mod", "n_spec": 8, "status": "failed"}]
+
+
+def test_medians_speedup_acceptance_and_warmup_excluded():
+    rows = [req("e-n0", 0, v) for v in (40, 42, 44)] + [req("e-n0", 0, 5, phase="warmup", key="w")]
+    rows += [req("e-n4", 4, v, drafts=(10, 8)) for v in (80, 84, 88)]
+    rows += [req("e-n4", 4, 0, ok=False, key="bad")]
+    s = summarize(rows, CELLS).set_index("cell_id")
+    assert s.loc["e-n0", "e2e_tok_s_median"] == 42 and s.loc["e-n0", "requests_ok"] == 3
+    assert s.loc["e-n4", "e2e_tok_s_median"] == 84 and s.loc["e-n4", "requests_failed"] == 1
+    assert s.loc["e-n4", "speedup"] == pytest.approx(2.0)
+    assert s.loc["e-n4", "acceptance_rate"] == pytest.approx(24 / 30)
+    assert s.loc["e-n4", "e2e_tok_s_p10"] == pytest.approx(80.8)
+    assert pd.isna(s.loc["e-n0", "acceptance_rate"])
+    # A cell that failed before any request still has its row.
+    assert s.loc["e-n8", "cell_status"] == "failed" and s.loc["e-n8", "requests_ok"] == 0
+
+
+def test_resumed_request_counts_once_newest_wins():
+    rows = [req("e-n0", 0, 40, ok=False, key="a"), req("e-n0", 0, 50, key="a")]
+    s = summarize(rows, CELLS[:1])
+    assert (s.loc[0, "requests_ok"], s.loc[0, "requests_failed"], s.loc[0, "e2e_tok_s_median"]) == (1, 0, 50)
+
+
+def test_speedup_is_per_prompt_set():
+    rows = [req("e-n0", 0, 40, prompt_set="seeds"), req("e-n0", 0, 20, prompt_set="repeat", key="r0"),
+            req("e-n4", 4, 40, prompt_set="seeds", key="s4"), req("e-n4", 4, 60, prompt_set="repeat", key="r4")]
+    s = summarize(rows, CELLS[:2]).set_index(["cell_id", "prompt_set"])
+    assert s.loc[("e-n4", "seeds"), "speedup"] == pytest.approx(1.0)
+    assert s.loc[("e-n4", "repeat"), "speedup"] == pytest.approx(3.0)
+
+
+def test_table_text():
+    rows = [req("e-n0", 0, 40), req("e-n4", 4, 80, key="x", drafts=(4, 4))]
+    lines = format_table(summarize(rows, CELLS[:2])).splitlines()
+    assert lines[0].split() == ["engine", "method", "n_spec", "conc", "prompts", "ok", "failed", "e2e_tok/s",
+                                "decode_tok/s", "ttft_s", "accept", "speedup"]
+    assert lines[1].split() == ["e", "none", "0", "1", "seeds", "1", "0", "40.0", "44.0", "0.100", "-", "1.00x"]
+    assert lines[2].split() == ["e", "ngram-mod", "4", "1", "seeds", "1", "0", "80.0", "88.0", "0.100", "1.00", "2.00x"]
