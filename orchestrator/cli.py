@@ -89,18 +89,22 @@ def sweep(scenario, out, overrides, dry_run, resume):
     try:
         with progress:
             cells = runner.execute(run)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         click.echo(f"\ninterrupted: records so far are in {run.path}; "
                    f"continue with: orch sweep {scenario} --resume --out {out}", err=True)
-        sys.exit(130)
+        sys.exit(143 if isinstance(exc, Terminated) else 130)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     failed = _print_report(run)
     sys.exit(1 if failed or any(c["status"] != "ok" for c in cells) else 0)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C through every server's context manager."""
+
+
 def _sigterm(signum, frame):
-    raise KeyboardInterrupt  # unwinds through every server's context manager
+    raise Terminated()
 
 
 def dry_run_text(sc, base_dir: Path) -> str:

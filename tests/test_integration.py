@@ -1,0 +1,143 @@
+"""Real llama-server, real Gemma 3 270M, real HTTP: the sweep end to end."""
+
+import json
+import shutil
+import socket
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import cli
+from orchestrator.models import resolve_model
+
+from .conftest import llama_server_binary
+
+pytestmark = pytest.mark.integration
+
+SCENARIO = """
+name = "it"
+[workload]
+prompts = ["repeat"]
+max_tokens = 24
+warmup = 1
+repeats = 2
+[[engines]]
+name = "llamacpp"
+kind = "llama-server"
+model = "gemma-3-270m"
+api = "completions"
+binary = "{binary}"
+args = ["-c", "2048", "-t", "2"]
+ready_timeout_s = 120
+[engines.speculation]
+method = "ngram-mod"
+n_spec = [0, 4]
+"""
+
+
+def lines(path):
+    return [json.loads(ln) for ln in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    (tmp / "it.toml").write_text(SCENARIO.format(binary=llama_server_binary()))
+    result = CliRunner().invoke(cli, ["sweep", str(tmp / "it.toml"), "--out", str(tmp / "results")])
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp / "results").iterdir()
+    return run
+
+
+def test_one_record_per_measured_request(run_dir):
+    rows = lines(run_dir / "requests.jsonl")
+    measured = [r for r in rows if r["phase"] == "measured"]
+    for cell in ("llamacpp-n0", "llamacpp-ngram-mod-n4"):
+        keys = [r["key"] for r in measured if r["cell_id"] == cell]
+        assert len(keys) == 3 * 2 and len(set(keys)) == 6  # 3 repeat prompts x 2 repeats
+        assert sum(r["phase"] == "warmup" and r["cell_id"] == cell for r in rows) == 1
+    assert all(r["ok"] for r in rows)
+
+
+def test_completion_tokens_are_the_servers_count(run_dir):
+    for r in lines(run_dir / "requests.jsonl"):
+        assert r["completion_tokens_source"] == "usage"
+        assert r["completion_tokens"] == r["timings_predicted_n"]
+        if r["finish_reason"] == "length":
+            assert r["completion_tokens"] == 24
+
+
+def test_rates_recompute_from_recorded_times(run_dir):
+    for r in lines(run_dir / "requests.jsonl"):
+        n = r["completion_tokens"]
+        assert r["e2e_tok_s"] == pytest.approx(n / (r["t_end"] - r["t_start"]), rel=1e-12)
+        assert r["decode_tok_s"] == pytest.approx((n - 1) / (r["t_end"] - r["t_first_token"]), rel=1e-12)
+        assert r["t_start"] < r["t_first_token"] < r["t_end"]
+
+
+def test_speculative_cell_drafted_and_accepted(run_dir):
+    s = pd.read_csv(run_dir / "summary.csv").set_index("cell_id")
+    assert s.loc["llamacpp-ngram-mod-n4", "draft_n"] > 0
+    assert s.loc["llamacpp-ngram-mod-n4", "acceptance_rate"] > 0.5
+    assert s.loc["llamacpp-n0", "draft_n"] == 0
+
+
+def test_cells_record_command_endpoint_template_and_servers_are_gone(run_dir):
+    cells = lines(run_dir / "cells.jsonl")
+    assert [c["status"] for c in cells] == ["ok", "ok"]
+    for c in cells:
+        assert c["endpoint"] == "/v1/completions" and c["template"].startswith("none: raw prompt")
+        assert c["argv"][c["argv"].index("--host") + 1] == "127.0.0.1"
+        assert (run_dir / "cells" / c["cell_id"] / "server.log").stat().st_size > 0
+        port = int(c["argv"][c["argv"].index("--port") + 1])
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1)
+    assert "--spec-ngram-mod-n-max" in cells[1]["argv"]
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["engines"]["llamacpp"]["model"] == "gemma-3-270m-q4_k_m.gguf"
+
+
+def test_report_on_a_copy_reproduces_summary_and_charts(run_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    for f in ["summary.csv", *[p.name for p in copy.glob("*.png")]]:
+        (copy / f).unlink()
+    result = CliRunner().invoke(cli, ["report", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert (copy / "summary.csv").read_text() == (run_dir / "summary.csv").read_text()
+    pngs = sorted(p.name for p in run_dir.glob("*.png"))
+    assert pngs == ["acceptance_vs_n_spec.png", "speedup_vs_n_spec.png", "tok_s_vs_n_spec.png"]
+    for name in pngs:
+        assert (copy / name).read_bytes() == (run_dir / name).read_bytes()
+
+
+def test_model_as_its_own_draft_is_accepted(tmp_path):
+    """draft-simple with the target as draft at temperature 0: drafts must be read as accepted."""
+    gguf = resolve_model("gemma-3-270m").path
+    (tmp_path / "self.toml").write_text(SCENARIO.format(binary=llama_server_binary()).replace(
+        'method = "ngram-mod"\nn_spec = [0, 4]',
+        f'method = "draft-simple"\nn_spec = [4]\ndraft_model = "{gguf}"').replace(
+        'prompts = ["repeat"]', 'prompts = ["seeds"]').replace("repeats = 2", "repeats = 1"))
+    result = CliRunner().invoke(cli, ["sweep", str(tmp_path / "self.toml"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "r").iterdir()
+    rows = [r for r in lines(run / "requests.jsonl") if r["phase"] == "measured"]
+    drafted = sum(r["timings_draft_n"] or 0 for r in rows)
+    accepted = sum(r["timings_draft_n_accepted"] or 0 for r in rows)
+    assert drafted >= 50
+    assert accepted / drafted >= 0.95
+
+
+def test_chat_template_that_drops_the_prompt_is_flagged(tmp_path):
+    """Gemma 3 270M is a base model; --chat-template gemma leaves 3 prompt tokens."""
+    text = SCENARIO.format(binary=llama_server_binary()).replace('api = "completions"', 'api = "chat"')
+    text = text.replace('args = ["-c", "2048", "-t", "2"]', 'args = ["-c", "2048", "-t", "2", "--chat-template", "gemma"]')
+    text = text.replace("n_spec = [0, 4]", "n_spec = [0]").replace("max_tokens = 24", "max_tokens = 4")
+    (tmp_path / "chat.toml").write_text(text)
+    result = CliRunner().invoke(cli, ["sweep", str(tmp_path / "chat.toml"), "--out", str(tmp_path / "r")])
+    (run,) = (tmp_path / "r").iterdir()
+    (cell,) = lines(run / "cells.jsonl")
+    assert cell["endpoint"] == "/v1/chat/completions" and cell["template"].startswith("server chat template")
+    assert "chat template may drop the text" in cell["prompt_check"]
+    assert "chat template may drop the text" in result.output
