@@ -108,7 +108,7 @@ def _sigterm(signum, frame):
 
 
 def dry_run_text(sc, base_dir: Path) -> str:
-    prepared = prepare(sc, base_dir)
+    prepared = prepare(sc, base_dir, need_binaries=False)
     cells = plan_cells(sc)
     w = sc.workload
     lines = [f"sweep {sc.name}: {len(cells)} cells; per cell {w.warmup} warm-up and "

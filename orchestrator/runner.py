@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import hashlib
 import time
 from dataclasses import dataclass
@@ -50,17 +51,26 @@ class Prepared:
     draft: ResolvedModel | None
 
 
-def prepare(scenario: Scenario, base_dir: Path) -> dict[str, Prepared]:
+def prepare(scenario: Scenario, base_dir: Path, need_binaries: bool = True) -> dict[str, Prepared]:
     prepared = {}
     for spec in scenario.engines:
         engine = ENGINES[spec.kind](spec)
-        if engine.binary() is None:
-            raise InstallError(f"engine {spec.name!r}: {spec.kind} not found on PATH or in orch's cache; "
-                               f"run `{engine.install_hint}` or set binary = \"/path/to/{spec.kind}\"")
+        if need_binaries:
+            _check_binary(spec, engine)
         draft = spec.speculation.draft_model
         prepared[spec.name] = Prepared(engine, resolve_model(spec.model, base_dir),
                                        resolve_model(draft, base_dir) if draft else None)
     return prepared
+
+
+def _check_binary(spec: EngineSpec, engine: Engine) -> None:
+    binary = engine.binary()
+    if binary is None:
+        raise InstallError(f"engine {spec.name!r}: {spec.kind} not found on PATH or in orch's cache; "
+                           f"run `{engine.install_hint}` or set binary = \"/path/to/{spec.kind}\"")
+    if not os.access(binary, os.X_OK):
+        raise InstallError(f"engine {spec.name!r}: binary {binary} does not exist or is not executable; "
+                           f"fix engines.binary or run `{engine.install_hint}`")
 
 
 def command_for(cell: Cell, prep: Prepared, parallel: int, port: int | None = None):

