@@ -29,6 +29,12 @@ def _unique(values: list, what: str) -> list:
     return values
 
 
+def _one_of(value: str, known, what: str, plural: str) -> str:
+    if value not in known:
+        raise ValueError(f"unknown {what} {value!r}; known {plural}: {', '.join(known)}")
+    return value
+
+
 class Workload(_Strict):
     prompts: list[str] = Field(default=["seeds"], min_length=1)
     max_tokens: int = Field(default=256, gt=0)
@@ -40,11 +46,6 @@ class Workload(_Strict):
     ignore_eos: bool = False
     cache_prompt: bool = False
     request_timeout_s: float = Field(default=300.0, gt=0)
-
-    @field_validator("temperature", "request_timeout_s", mode="before")
-    @classmethod
-    def _int_is_float(cls, v):
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
     @field_validator("concurrency")
     @classmethod
@@ -79,11 +80,6 @@ class EngineSpec(_Strict):
     ready_timeout_s: float = Field(default=300.0, gt=0)
     speculation: Speculation = Speculation()
 
-    @field_validator("ready_timeout_s", mode="before")
-    @classmethod
-    def _int_is_float(cls, v):
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
-
     @field_validator("name")
     @classmethod
     def _name(cls, v):
@@ -94,16 +90,12 @@ class EngineSpec(_Strict):
     @field_validator("kind")
     @classmethod
     def _kind(cls, v):
-        if v not in ENGINES:
-            raise ValueError(f"unknown engine kind {v!r}; known kinds: {', '.join(ENGINES)}")
-        return v
+        return _one_of(v, ENGINES, "engine kind", "kinds")
 
     @field_validator("launcher")
     @classmethod
     def _launcher(cls, v):
-        if v not in LAUNCHERS:
-            raise ValueError(f"unknown launcher {v!r}; known launchers: {', '.join(LAUNCHERS)}")
-        return v
+        return _one_of(v, LAUNCHERS, "launcher", "launchers")
 
     @model_validator(mode="after")
     def _method_fits_kind(self):

@@ -25,3 +25,16 @@ def no_processes(monkeypatch):
         raise AssertionError(f"a process was started: {a}")
 
     monkeypatch.setattr(launchers.subprocess, "Popen", refuse)
+
+
+def real_scenario(name: str, *, prompts: str = "repeat", max_tokens: int = 24, repeats: int = 2,
+                  method: str = "ngram-mod", n_spec: str = "[0, 4]", api: str = "completions",
+                  extra_args: tuple[str, ...] = (), draft_model: str | None = None) -> str:
+    """A scenario TOML for the real llama-server and Gemma 3 270M."""
+    args = ", ".join(f'"{a}"' for a in ("-c", "2048", "-t", "2", *extra_args))
+    draft = f'draft_model = "{draft_model}"\n' if draft_model else ""
+    return (f'name = "{name}"\n[workload]\nprompts = ["{prompts}"]\nmax_tokens = {max_tokens}\n'
+            f'warmup = 1\nrepeats = {repeats}\n'
+            f'[[engines]]\nname = "llamacpp"\nkind = "llama-server"\nmodel = "gemma-3-270m"\n'
+            f'api = "{api}"\nbinary = "{llama_server_binary()}"\nargs = [{args}]\nready_timeout_s = 120\n'
+            f'[engines.speculation]\nmethod = "{method}"\nn_spec = {n_spec}\n{draft}')

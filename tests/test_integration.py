@@ -11,29 +11,10 @@ from click.testing import CliRunner
 from orchestrator.cli import cli
 from orchestrator.models import resolve_model
 
-from .conftest import llama_server_binary
+from .conftest import real_scenario
 
 pytestmark = pytest.mark.integration
 
-SCENARIO = """
-name = "it"
-[workload]
-prompts = ["repeat"]
-max_tokens = 24
-warmup = 1
-repeats = 2
-[[engines]]
-name = "llamacpp"
-kind = "llama-server"
-model = "gemma-3-270m"
-api = "completions"
-binary = "{binary}"
-args = ["-c", "2048", "-t", "2"]
-ready_timeout_s = 120
-[engines.speculation]
-method = "ngram-mod"
-n_spec = [0, 4]
-"""
 
 
 def lines(path):
@@ -43,7 +24,7 @@ def lines(path):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
-    (tmp / "it.toml").write_text(SCENARIO.format(binary=llama_server_binary()))
+    (tmp / "it.toml").write_text(real_scenario("it"))
     result = CliRunner().invoke(cli, ["sweep", str(tmp / "it.toml"), "--out", str(tmp / "results")])
     assert result.exit_code == 0, result.output
     (run,) = (tmp / "results").iterdir()
@@ -115,10 +96,8 @@ def test_report_on_a_copy_reproduces_summary_and_charts(run_dir, tmp_path):
 def test_model_as_its_own_draft_is_accepted(tmp_path):
     """draft-simple with the target as draft at temperature 0: drafts must be read as accepted."""
     gguf = resolve_model("gemma-3-270m").path
-    (tmp_path / "self.toml").write_text(SCENARIO.format(binary=llama_server_binary()).replace(
-        'method = "ngram-mod"\nn_spec = [0, 4]',
-        f'method = "draft-simple"\nn_spec = [4]\ndraft_model = "{gguf}"').replace(
-        'prompts = ["repeat"]', 'prompts = ["seeds"]').replace("repeats = 2", "repeats = 1"))
+    (tmp_path / "self.toml").write_text(real_scenario("self", prompts="seeds", repeats=1, method="draft-simple",
+                                                      n_spec="[4]", draft_model=str(gguf)))
     result = CliRunner().invoke(cli, ["sweep", str(tmp_path / "self.toml"), "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "r").iterdir()
@@ -131,9 +110,7 @@ def test_model_as_its_own_draft_is_accepted(tmp_path):
 
 def test_chat_template_that_drops_the_prompt_is_flagged(tmp_path):
     """Gemma 3 270M is a base model; --chat-template gemma leaves 3 prompt tokens."""
-    text = SCENARIO.format(binary=llama_server_binary()).replace('api = "completions"', 'api = "chat"')
-    text = text.replace('args = ["-c", "2048", "-t", "2"]', 'args = ["-c", "2048", "-t", "2", "--chat-template", "gemma"]')
-    text = text.replace("n_spec = [0, 4]", "n_spec = [0]").replace("max_tokens = 24", "max_tokens = 4")
+    text = real_scenario("chat", api="chat", extra_args=("--chat-template", "gemma"), n_spec="[0]", max_tokens=4)
     (tmp_path / "chat.toml").write_text(text)
     result = CliRunner().invoke(cli, ["sweep", str(tmp_path / "chat.toml"), "--out", str(tmp_path / "r")])
     (run,) = (tmp_path / "r").iterdir()

@@ -9,28 +9,10 @@ import time
 
 import pytest
 
-from .conftest import llama_server_binary
+from .conftest import real_scenario
 
 pytestmark = pytest.mark.integration
 
-SCENARIO = """
-name = "intr"
-[workload]
-prompts = ["repeat"]
-max_tokens = 48
-warmup = 1
-repeats = 2
-[[engines]]
-name = "llamacpp"
-kind = "llama-server"
-model = "gemma-3-270m"
-api = "completions"
-binary = "{binary}"
-args = ["-c", "2048", "-t", "2"]
-[engines.speculation]
-method = "ngram-mod"
-n_spec = [0, 4]
-"""
 
 ORCH = [sys.executable, "-c", "from orchestrator.cli import main; main()"]
 
@@ -64,7 +46,7 @@ def live_servers_on(port: int) -> list[int]:
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_mid_cell_stops_the_server_keeps_records_and_resume_finishes(tmp_path, sig, code):
     scenario = tmp_path / "intr.toml"
-    scenario.write_text(SCENARIO.format(binary=llama_server_binary()))
+    scenario.write_text(real_scenario("intr", max_tokens=48))
     out = tmp_path / "results"
     proc = subprocess.Popen([*ORCH, "sweep", str(scenario), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
