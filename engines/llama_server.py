@@ -47,7 +47,8 @@ class LlamaServer(Engine):
         return args
 
     def request_fields(self, workload) -> dict:
-        fields = {"cache_prompt": workload.cache_prompt}
+        # timings_per_token: predicted_n on every chunk, so ITL knows tokens per chunk.
+        fields = {"cache_prompt": workload.cache_prompt, "timings_per_token": True}
         if workload.ignore_eos:
             fields["ignore_eos"] = True
         return fields

@@ -35,7 +35,8 @@ class RequestSpec:
 
 
 def request_body(api: str, text: str, model: str, workload, extra: dict) -> dict:
-    body = {"model": model, "stream": True, "stream_options": {"include_usage": True},
+    body = {"model": model, "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
             "max_tokens": workload.max_tokens, "temperature": workload.temperature,
             "seed": workload.seed, **extra}
     if api == "chat":
@@ -72,9 +73,9 @@ def _spec_fields(spec: RequestSpec) -> dict:
 
 
 async def stream_request(client: httpx.AsyncClient, path: str, body: dict) -> dict:
-    state = _StreamState()
     wall_start = time.time()
     t_start = time.perf_counter()
+    state = _StreamState(t_start)
     try:
         async with client.stream("POST", path, json=body) as resp:
             if resp.status_code != 200:
@@ -91,10 +92,15 @@ async def stream_request(client: httpx.AsyncClient, path: str, body: dict) -> di
 
 
 class _StreamState:
-    def __init__(self):
+    def __init__(self, t_start: float):
+        self.t_start = t_start
         self.t_first: float | None = None
         self.parts: list[str] = []
         self.chunks = 0
+        # Per content chunk: arrival (s after start) and the cumulative completion tokens the
+        # server reported with it (None where it reported none). Gives ITL per token.
+        self.chunk_t: list[float] = []
+        self.chunk_tokens: list[int | None] = []
         self.usage: dict | None = None
         self.timings: dict | None = None
         self.finish_reason: str | None = None
@@ -115,12 +121,16 @@ class _StreamState:
         if "error" in obj:
             self.error = f"server error: {json.dumps(obj['error'])[:300]}"
             return True
-        self._choices(obj.get("choices") or [])
         self.usage = obj.get("usage") or self.usage
         self.timings = obj.get("timings") or self.timings
+        if self._choices(obj.get("choices") or []):
+            self.chunk_t.append(round(time.perf_counter() - self.t_start, 6))
+            self.chunk_tokens.append(_cumulative_tokens(obj))
         return False
 
-    def _choices(self, choices: list) -> None:
+    def _choices(self, choices: list) -> bool:
+        """Take the text of one chunk; True if it carried any."""
+        got = False
         for choice in choices:
             delta = choice.get("delta") or {}
             piece = delta.get("content") or delta.get("reasoning_content") or choice.get("text") or ""
@@ -128,8 +138,10 @@ class _StreamState:
                 if self.t_first is None:
                     self.t_first = time.perf_counter()
                 self.parts.append(piece)
-                self.chunks += 1
+                got = True
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        self.chunks += got
+        return got
 
     def record(self, wall_start: float, t_start: float, t_end: float) -> dict:
         tokens, source = self._completion_tokens()
@@ -144,6 +156,8 @@ class _StreamState:
             "prompt_tokens": (self.usage or {}).get("prompt_tokens"),
             "chunks": self.chunks, "finish_reason": self.finish_reason,
             "text": "".join(self.parts), **{f"timings_{k}": v for k, v in timings.items()},
+            "chunk_t": self.chunk_t, "chunk_chars": [len(p) for p in self.parts],
+            "chunk_tokens": self.chunk_tokens,
         }
         rec.update(rates(tokens, t_start, self.t_first, t_end) if error is None else
                    {"e2e_tok_s": None, "decode_tok_s": None, "ttft_s": None})
@@ -155,6 +169,14 @@ class _StreamState:
         if self.timings and self.timings.get("predicted_n") is not None:
             return int(self.timings["predicted_n"]), "timings.predicted_n"
         return None, None
+
+
+def _cumulative_tokens(obj: dict) -> int | None:
+    """Completion tokens so far, where the server reports them per chunk
+    (vLLM continuous_usage_stats, llama.cpp timings_per_token)."""
+    usage, timings = obj.get("usage") or {}, obj.get("timings") or {}
+    count = usage.get("completion_tokens", timings.get("predicted_n"))
+    return int(count) if count is not None else None
 
 
 def rates(tokens: int, t_start: float, t_first: float | None, t_end: float) -> dict:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+
+from .metrics import itl_per_token, tpot
+from .stats import median_ci, outliers, ratio_ci, verdict
 
 GROUP = ["engine", "method", "n_spec", "concurrency", "prompt_set"]
 COLUMNS = GROUP + [
     "requests_ok", "requests_failed",
-    "e2e_tok_s_median", "e2e_tok_s_p10", "e2e_tok_s_p90",
-    "decode_tok_s_median", "decode_tok_s_p10", "decode_tok_s_p90",
-    "ttft_s_median", "completion_tokens_median",
-    "draft_n", "draft_n_accepted", "acceptance_rate", "speedup", "cell_status", "cell_id",
+    "e2e_tok_s_median", "e2e_tok_s_ci_low", "e2e_tok_s_ci_high", "e2e_tok_s_p10", "e2e_tok_s_p90",
+    "decode_tok_s_median", "decode_tok_s_ci_low", "decode_tok_s_ci_high", "decode_tok_s_p10", "decode_tok_s_p90",
+    "ttft_s_median", "tpot_ms_median", "itl_ms_median", "itl_ms_p90", "completion_tokens_median",
+    "draft_n", "draft_n_accepted", "acceptance_rate",
+    "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_verdict",
+    "outliers", "cell_status", "cell_id",
 ]
 
 
@@ -30,7 +36,7 @@ def summarize(requests: list[dict], cells: list[dict]) -> pd.DataFrame:
     status = {c["cell_id"]: c["status"] for c in cells}
     out["cell_status"] = out["cell_id"].map(status).fillna("unknown")
     out = pd.concat([out, _cells_without_requests(cells, set(out["cell_id"]))], ignore_index=True)
-    out["speedup"] = _speedups(out)
+    out = _add_speedups(out.astype({"speedup_verdict": object}), df)
     return out.sort_values(["engine", "concurrency", "prompt_set", "n_spec"], ignore_index=True)[COLUMNS]
 
 
@@ -41,12 +47,31 @@ def _row(key: tuple, g: pd.DataFrame) -> dict:
     for rate in ("e2e_tok_s", "decode_tok_s"):
         vals = pd.to_numeric(ok[rate], errors="coerce").dropna()
         row[f"{rate}_median"] = vals.median() if len(vals) else None
+        row[f"{rate}_ci_low"], row[f"{rate}_ci_high"] = median_ci(vals)
         row[f"{rate}_p10"] = vals.quantile(0.1) if len(vals) else None
         row[f"{rate}_p90"] = vals.quantile(0.9) if len(vals) else None
     row["ttft_s_median"] = pd.to_numeric(ok["ttft_s"], errors="coerce").median() if len(ok) else None
+    row.update(_latency(ok))
     row["completion_tokens_median"] = ok["completion_tokens"].median() if len(ok) else None
+    row["outliers"] = _outliers(ok)
     row.update(_acceptance(ok))
     return row
+
+
+def _latency(ok: pd.DataFrame) -> dict:
+    recs = ok.to_dict("records")
+    tpots = [t for t in map(tpot, recs) if t is not None]
+    itls = [v for r in recs for v in (itl_per_token(r) or [])]
+    return {"tpot_ms_median": 1000 * float(np.median(tpots)) if tpots else None,
+            "itl_ms_median": 1000 * float(np.median(itls)) if itls else None,
+            "itl_ms_p90": 1000 * float(np.percentile(itls, 90)) if itls else None}
+
+
+def _outliers(ok: pd.DataFrame) -> str:
+    """Requests far from the rest of their cell: flagged, never dropped."""
+    vals = pd.to_numeric(ok["e2e_tok_s"], errors="coerce")
+    flags = outliers(vals.fillna(vals.median()))
+    return "; ".join(f"{k} ({v:.1f} tok/s)" for k, v, f in zip(ok["key"], vals, flags) if f)
 
 
 def _acceptance(ok: pd.DataFrame) -> dict:
@@ -66,24 +91,35 @@ def _cells_without_requests(cells: list[dict], seen: set) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _speedups(out: pd.DataFrame) -> pd.Series:
-    """e2e median over the same engine's n_spec 0 cell at the same concurrency and prompt set."""
-    base = out[out["n_spec"] == 0].set_index(["engine", "concurrency", "prompt_set"])["e2e_tok_s_median"]
-    def one(r):
-        b = base.get((r["engine"], r["concurrency"], r["prompt_set"]))
-        if b is None or pd.isna(b) or not b or pd.isna(r["e2e_tok_s_median"]):
-            return None
-        return r["e2e_tok_s_median"] / b
-    return out.apply(one, axis=1) if len(out) else pd.Series(dtype=float)
+def _add_speedups(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """e2e median over the same engine's n_spec 0 cell at the same concurrency and prompt set,
+    with a bootstrap interval over both cells' requests."""
+    ok = df[df["ok"]] if len(df) else df
+    rates = {k: pd.to_numeric(g["e2e_tok_s"], errors="coerce").dropna().to_numpy()
+             for k, g in ok.groupby(["engine", "n_spec", "concurrency", "prompt_set"])} if len(ok) else {}
+    for i, r in out.iterrows():
+        mine = rates.get((r["engine"], r["n_spec"], r["concurrency"], r["prompt_set"]))
+        base = rates.get((r["engine"], 0, r["concurrency"], r["prompt_set"]))
+        if mine is None or base is None or not len(mine) or not len(base):
+            continue
+        low, high = ratio_ci(mine, base)
+        out.loc[i, ["speedup", "speedup_ci_low", "speedup_ci_high"]] = [
+            float(np.median(mine) / np.median(base)), low, high]
+        out.loc[i, "speedup_verdict"] = "baseline" if r["n_spec"] == 0 else verdict(low, high)
+    return out
 
 
 def format_table(summary: pd.DataFrame) -> str:
+    summary = summary.copy()
+    summary["speedup_ci"] = [_ci_text(lo, hi) for lo, hi in zip(summary["speedup_ci_low"], summary["speedup_ci_high"])]
     cols = ["engine", "method", "n_spec", "concurrency", "prompt_set", "requests_ok", "requests_failed",
-            "e2e_tok_s_median", "decode_tok_s_median", "ttft_s_median", "acceptance_rate", "speedup"]
+            "e2e_tok_s_median", "decode_tok_s_median", "ttft_s_median", "acceptance_rate", "speedup",
+            "speedup_ci", "speedup_verdict"]
     view = summary[cols].rename(columns={
         "concurrency": "conc", "prompt_set": "prompts", "requests_ok": "ok", "requests_failed": "failed",
         "e2e_tok_s_median": "e2e_tok/s", "decode_tok_s_median": "decode_tok/s",
-        "ttft_s_median": "ttft_s", "acceptance_rate": "accept", "speedup": "speedup"})
+        "ttft_s_median": "ttft_s", "acceptance_rate": "accept", "speedup": "speedup",
+        "speedup_ci": "95% CI", "speedup_verdict": "verdict"})
     view.loc[view["n_spec"] == 0, "method"] = "none"
     fmt = {"e2e_tok/s": "{:.1f}", "decode_tok/s": "{:.1f}", "ttft_s": "{:.3f}", "accept": "{:.2f}",
            "speedup": "{:.2f}x"}
@@ -91,3 +127,9 @@ def format_table(summary: pd.DataFrame) -> str:
         view[col] = view[col].map(lambda v, f=f: "-" if v is None or pd.isna(v) else f.format(v))
     view = view.astype(object).where(view.notna(), "-")
     return view.to_string(index=False)
+
+
+def _ci_text(low, high) -> str:
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return "-"
+    return f"{low:.2f}-{high:.2f}"

@@ -49,6 +49,35 @@ def test_table_text():
     rows = [req("e-n0", 0, 40), req("e-n4", 4, 80, key="x", drafts=(4, 4))]
     lines = format_table(summarize(rows, CELLS[:2])).splitlines()
     assert lines[0].split() == ["engine", "method", "n_spec", "conc", "prompts", "ok", "failed", "e2e_tok/s",
-                                "decode_tok/s", "ttft_s", "accept", "speedup"]
-    assert lines[1].split() == ["e", "none", "0", "1", "seeds", "1", "0", "40.0", "44.0", "0.100", "-", "1.00x"]
-    assert lines[2].split() == ["e", "ngram-mod", "4", "1", "seeds", "1", "0", "80.0", "88.0", "0.100", "1.00", "2.00x"]
+                                "decode_tok/s", "ttft_s", "accept", "speedup", "95%", "CI", "verdict"]
+    assert lines[1].split() == ["e", "none", "0", "1", "seeds", "1", "0", "40.0", "44.0", "0.100", "-", "1.00x",
+                                "1.00-1.00", "baseline"]
+    assert lines[2].split() == ["e", "ngram-mod", "4", "1", "seeds", "1", "0", "80.0", "88.0", "0.100", "1.00",
+                                "2.00x", "2.00-2.00", "faster"]
+
+
+def test_overlapping_cells_are_no_clear_difference_and_interval_brackets_the_median():
+    rows = [req("e-n0", 0, v, key=f"a{i}") for i, v in enumerate([40, 60, 45, 55, 50])]
+    rows += [req("e-n4", 4, v, key=f"b{i}") for i, v in enumerate([42, 62, 47, 57, 52])]
+    s = summarize(rows, CELLS[:2]).set_index("cell_id")
+    assert s.loc["e-n4", "speedup_verdict"] == "no clear difference"
+    assert s.loc["e-n4", "speedup_ci_low"] < 1.0 < s.loc["e-n4", "speedup_ci_high"]
+    assert s.loc["e-n0", "e2e_tok_s_ci_low"] <= 50 <= s.loc["e-n0", "e2e_tok_s_ci_high"]
+    assert summarize(rows, CELLS[:2]).equals(summarize(rows, CELLS[:2]))  # seeded: same numbers twice
+
+
+def test_outlier_is_flagged_not_dropped():
+    # The published first-run pattern: 91.8 among runs of about 134.
+    rows = [req("e-n4", 4, v, key=f"r{i}") for i, v in enumerate([91.8, 134.0, 134.1, 133.9, 134.2])]
+    s = summarize(rows, CELLS[1:2]).iloc[0]
+    assert s["outliers"] == "r0 (91.8 tok/s)"
+    assert s["requests_ok"] == 5 and s["e2e_tok_s_median"] == 134.0
+
+
+def test_itl_spreads_a_multi_token_chunk_over_its_tokens():
+    from orchestrator.metrics import itl_per_token, tpot
+    rec = {"chunk_t": [0.1, 0.2, 0.5], "chunk_tokens": [1, 2, 5], "completion_tokens": 5,
+           "t_first_token": 0.1, "t_end": 0.5}
+    assert itl_per_token(rec) == pytest.approx([0.1, 0.1, 0.1, 0.1])  # 1 token in 0.1 s, 3 tokens in 0.3 s
+    assert tpot(rec) == pytest.approx(0.1)
+    assert itl_per_token({**rec, "chunk_tokens": [None, None, None]}) is None

@@ -1,0 +1,73 @@
+"""A small OpenAI-compatible streaming server for tests, on loopback, in a thread.
+
+It sends `tokens_per_chunk` tokens in each SSE chunk, `gap_s` apart, reports per-chunk
+(continuous) usage when asked, and exact usage at the end: what a speculative engine does.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeServer:
+    def __init__(self, total_tokens=24, tokens_per_chunk=4, gap_s=0.02, continuous_usage=True):
+        self.total, self.k, self.gap, self.continuous = total_tokens, tokens_per_chunk, gap_s, continuous_usage
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.bodies: list[dict] = []
+
+    def __enter__(self):
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                self._send(200, b'{"status":"ok"}', "application/json")
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.bodies.append(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                sent = 0
+                while sent < server.total:
+                    n = min(server.k, server.total - sent)
+                    sent += n
+                    chunk = {"choices": [{"index": 0, "delta": {"content": " tok" * n}, "finish_reason": None}]}
+                    if server.continuous:
+                        chunk["usage"] = {"prompt_tokens": 5, "completion_tokens": sent}
+                    self._event(chunk)
+                    time.sleep(server.gap)
+                self._event({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": server.total}})
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+
+            def _event(self, obj):
+                self.wfile.write(f"data: {json.dumps(obj)}\n\n".encode())
+                self.wfile.flush()
+
+            def _send(self, code, data, ctype):
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
