@@ -54,6 +54,10 @@ class Engine(ABC):
         """Engine-specific JSON fields added to every request body."""
         return {}
 
+    def cache_setting(self, workload) -> str:
+        """How prompt/prefix caching was set for this engine, for the report."""
+        return "engine default"
+
     def version(self) -> str:
         return "unknown"
 

@@ -53,6 +53,11 @@ class LlamaServer(Engine):
             fields["ignore_eos"] = True
         return fields
 
+    def cache_setting(self, workload) -> str:
+        if workload.cache_prompt:
+            return "cache_prompt=true: prompt-cache reuse between requests allowed"
+        return "cache_prompt=false on every request: no prompt-cache reuse"
+
     def version(self) -> str:
         binary = self.binary()
         if not binary or not os.path.exists(binary):

@@ -155,7 +155,9 @@ def _print_report(run: RunDir) -> bool:
     click.echo(format_table(report.summary))
     click.echo(f"\nsummary: {report.summary_path}")
     for chart in report.charts:
-        click.echo(f"chart:   {chart}")
+        if chart.suffix == ".png":
+            click.echo(f"chart:   {chart}")
+    click.echo(f"report:  {report.html}")
     return bool((report.summary["requests_failed"].fillna(0) > 0).any())
 
 

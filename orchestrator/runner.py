@@ -143,7 +143,8 @@ class Sweep:
         return {"cell_id": cell.id, "engine": cell.engine.name, "kind": cell.engine.kind,
                 "launcher": cell.engine.launcher, "method": cell.method, "n_spec": cell.n_spec,
                 "model": prep.model.label, "api": cell.engine.api, "argv": plan.argv,
-                "endpoint": ENDPOINTS[cell.engine.api], "status": "running"}
+                "endpoint": ENDPOINTS[cell.engine.api], "cache": prep.engine.cache_setting(self.workload),
+                "status": "running"}
 
     def _drive(self, cell: Cell, server, todo: list[RequestSpec]) -> list[dict]:
         prep = self.prepared[cell.engine.name]

@@ -30,6 +30,17 @@ def ratio_ci(num, den) -> tuple[float | None, float | None]:
     return _interval(ratios)
 
 
+def ratio_of_sums_ci(num, den) -> tuple[float | None, float | None]:
+    """Interval of sum(num) / sum(den) with requests resampled (e.g. accepted / drafted)."""
+    a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    if a.size == 0 or b.sum() == 0:
+        return None, None
+    idx = np.random.default_rng(SEED).integers(0, a.size, size=(RESAMPLES, a.size))
+    drafted = b[idx].sum(axis=1)
+    ok = drafted > 0
+    return _interval(a[idx].sum(axis=1)[ok] / drafted[ok])
+
+
 def verdict(low: float | None, high: float | None) -> str | None:
     if low is None or high is None:
         return None

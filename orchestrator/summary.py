@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import itl_per_token, tpot
-from .stats import median_ci, outliers, ratio_ci, verdict
+from .stats import median_ci, outliers, ratio_ci, ratio_of_sums_ci, verdict
 
 GROUP = ["engine", "method", "n_spec", "concurrency", "prompt_set"]
 COLUMNS = GROUP + [
@@ -14,7 +14,7 @@ COLUMNS = GROUP + [
     "e2e_tok_s_median", "e2e_tok_s_ci_low", "e2e_tok_s_ci_high", "e2e_tok_s_p10", "e2e_tok_s_p90",
     "decode_tok_s_median", "decode_tok_s_ci_low", "decode_tok_s_ci_high", "decode_tok_s_p10", "decode_tok_s_p90",
     "ttft_s_median", "tpot_ms_median", "itl_ms_median", "itl_ms_p90", "completion_tokens_median",
-    "draft_n", "draft_n_accepted", "acceptance_rate",
+    "draft_n", "draft_n_accepted", "acceptance_rate", "acceptance_ci_low", "acceptance_ci_high",
     "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_verdict",
     "outliers", "cell_status", "cell_id",
 ]
@@ -77,10 +77,12 @@ def _outliers(ok: pd.DataFrame) -> str:
 def _acceptance(ok: pd.DataFrame) -> dict:
     if "timings_draft_n" not in ok:
         return {"draft_n": 0, "draft_n_accepted": 0, "acceptance_rate": None}
-    drafted = int(pd.to_numeric(ok["timings_draft_n"], errors="coerce").fillna(0).sum())
-    accepted = int(pd.to_numeric(ok["timings_draft_n_accepted"], errors="coerce").fillna(0).sum())
-    return {"draft_n": drafted, "draft_n_accepted": accepted,
-            "acceptance_rate": accepted / drafted if drafted else None}
+    drafted = pd.to_numeric(ok["timings_draft_n"], errors="coerce").fillna(0)
+    accepted = pd.to_numeric(ok["timings_draft_n_accepted"], errors="coerce").fillna(0)
+    low, high = ratio_of_sums_ci(accepted, drafted)
+    return {"draft_n": int(drafted.sum()), "draft_n_accepted": int(accepted.sum()),
+            "acceptance_rate": accepted.sum() / drafted.sum() if drafted.sum() else None,
+            "acceptance_ci_low": low, "acceptance_ci_high": high}
 
 
 def _cells_without_requests(cells: list[dict], seen: set) -> pd.DataFrame:
@@ -102,10 +104,13 @@ def _add_speedups(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
         base = rates.get((r["engine"], 0, r["concurrency"], r["prompt_set"]))
         if mine is None or base is None or not len(mine) or not len(base):
             continue
+        if r["n_spec"] == 0:
+            out.loc[i, ["speedup", "speedup_verdict"]] = [1.0, "baseline"]
+            continue
         low, high = ratio_ci(mine, base)
         out.loc[i, ["speedup", "speedup_ci_low", "speedup_ci_high"]] = [
             float(np.median(mine) / np.median(base)), low, high]
-        out.loc[i, "speedup_verdict"] = "baseline" if r["n_spec"] == 0 else verdict(low, high)
+        out.loc[i, "speedup_verdict"] = verdict(low, high)
     return out
 
 

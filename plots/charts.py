@@ -1,7 +1,8 @@
-"""The three PNG charts: tok/s, speedup and acceptance rate against n_spec."""
+"""The charts, PNG with an SVG beside each. Error bars are bootstrap 95% intervals."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -10,26 +11,67 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-CHARTS = {
-    "tok_s_vs_n_spec.png": ("Output tokens/s by speculation depth", "e2e output tok/s (median, p10-p90)"),
-    "speedup_vs_n_spec.png": ("Speedup over no speculation", "speedup (x, e2e tok/s / n_spec 0)"),
-    "acceptance_vs_n_spec.png": ("Draft acceptance rate", "accepted / drafted tokens"),
-}
+
+@dataclass(frozen=True)
+class Chart:
+    file: str
+    title: str
+    ylabel: str
+    y: str
+    low: str
+    high: str
 
 
-def draw_charts(summary: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]:
+CHARTS = [
+    Chart("tok_s_vs_n_spec", "Output tokens/s by speculation depth", "e2e output tok/s (median, 95% CI)",
+          "e2e_tok_s_median", "e2e_tok_s_ci_low", "e2e_tok_s_ci_high"),
+    Chart("speedup_vs_n_spec", "Speedup over no speculation", "speedup (x, median e2e tok/s / n_spec 0; 95% CI)",
+          "speedup", "speedup_ci_low", "speedup_ci_high"),
+    Chart("acceptance_vs_n_spec", "Draft acceptance rate", "accepted / drafted tokens (95% CI)",
+          "acceptance_rate", "acceptance_ci_low", "acceptance_ci_high"),
+]
+
+
+def draw_charts(summary: pd.DataFrame, subtitle: str, out_dir: Path, overlay=None) -> list[Path]:
+    """`overlay(ax, chart)` may add reference points to a chart."""
     data = summary.dropna(subset=["concurrency"])
     many_conc = data["concurrency"].nunique() > 1
     paths = []
-    for name, (title, ylabel) in CHARTS.items():
+    for chart in CHARTS:
         fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-        for label, g in data.groupby(["engine", "prompt_set", "concurrency"], sort=True):
-            _plot_series(ax, name, g.sort_values("n_spec"), _label(label, many_conc))
-        _decorate(ax, name, title, subtitle, ylabel, data)
-        path = Path(out_dir) / name
-        fig.savefig(path, bbox_inches="tight")
-        plt.close(fig)
-        paths.append(path)
+        for key, g in data.groupby(["engine", "prompt_set", "concurrency"], sort=True):
+            g = g.sort_values("n_spec")
+            if chart.y == "acceptance_rate":
+                g = g[g["n_spec"] > 0]
+            _series(ax, chart, g, _label(key, many_conc))
+        if overlay is not None:
+            overlay(ax, chart)
+        _decorate(ax, chart, subtitle, data)
+        paths += save(fig, Path(out_dir) / chart.file)
+    return paths
+
+
+def draw_lossless(cells: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
+    if len(cells):
+        ax.bar(cells["cell_id"], 100 * cells["share_identical"].astype(float), color="tab:green")
+        for i, r in enumerate(cells.itertuples()):
+            ax.text(i, 100 * r.share_identical + 1, f"{r.identical}/{r.compared}", ha="center", fontsize=8)
+        ax.tick_params(axis="x", labelrotation=20)
+    else:
+        ax.text(0.5, 0.5, "no speculative cell with a baseline to compare", transform=ax.transAxes, ha="center")
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("outputs identical to n_spec 0 (%)")
+    ax.set_title(f"Lossless check at temperature 0\n{subtitle}", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    return save(fig, Path(out_dir) / "lossless")
+
+
+def save(fig, stem: Path) -> list[Path]:
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    fig.savefig(paths[0], bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})  # reproducible SVG
+    plt.close(fig)
     return paths
 
 
@@ -38,29 +80,23 @@ def _label(key: tuple, many_conc: bool) -> str:
     return f"{engine} · {prompts} prompts" + (f" · c={int(conc)}" if many_conc else "")
 
 
-def _plot_series(ax, chart: str, g: pd.DataFrame, label: str) -> None:
-    x = g["n_spec"].astype(int)
-    if chart == "tok_s_vs_n_spec.png":
-        y = g["e2e_tok_s_median"].astype(float)
-        err = [(y - g["e2e_tok_s_p10"].astype(float)).clip(lower=0),
-               (g["e2e_tok_s_p90"].astype(float) - y).clip(lower=0)]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=4, label=label)
-    elif chart == "speedup_vs_n_spec.png":
-        ax.plot(x, g["speedup"].astype(float), marker="o", label=label)
-    else:
-        spec = g[g["n_spec"] > 0]
-        ax.plot(spec["n_spec"].astype(int), spec["acceptance_rate"].astype(float), marker="o", label=label)
+def _series(ax, chart: Chart, g: pd.DataFrame, label: str) -> None:
+    y = pd.to_numeric(g[chart.y], errors="coerce")
+    low = pd.to_numeric(g[chart.low], errors="coerce") if chart.low in g else y
+    high = pd.to_numeric(g[chart.high], errors="coerce") if chart.high in g else y
+    err = [(y - low).clip(lower=0).fillna(0), (high - y).clip(lower=0).fillna(0)]
+    ax.errorbar(g["n_spec"].astype(int), y, yerr=err, marker="o", capsize=4, label=label)
 
 
-def _decorate(ax, chart: str, title: str, subtitle: str, ylabel: str, data: pd.DataFrame) -> None:
-    ax.set_title(f"{title}\n{subtitle}", fontsize=10)
+def _decorate(ax, chart: Chart, subtitle: str, data: pd.DataFrame) -> None:
+    ax.set_title(f"{chart.title}\n{subtitle}", fontsize=10)
     ax.set_xlabel("n_spec (speculative tokens per step; 0 = off)")
-    ax.set_ylabel(ylabel)
-    ticks = sorted(int(n) for n in data["n_spec"].unique()) if len(data) else []
-    ax.set_xticks(ticks)
-    if chart == "speedup_vs_n_spec.png":
+    ax.set_ylabel(chart.ylabel)
+    if len(data):
+        ax.set_xticks(sorted(int(n) for n in data["n_spec"].unique()))
+    if chart.y == "speedup":
         ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-    if chart == "acceptance_vs_n_spec.png":
+    if chart.y == "acceptance_rate":
         ax.set_ylim(0, 1.05)
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

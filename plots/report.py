@@ -1,36 +1,160 @@
-"""Summary and charts for one run folder. The sweep and `orch report` both call this."""
+"""Summary, lossless check, charts and the hand-around report for one run folder.
+
+The sweep and `orch report` both call build_report, from the saved records alone.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from orchestrator.environment import machine_label
+from orchestrator.lossless import compare, per_cell
 from orchestrator.results import SUMMARY, RunDir
-from orchestrator.summary import summarize
 
-from .charts import draw_charts
+from .charts import draw_charts, draw_lossless
+from orchestrator.summary import format_table, summarize
 
 
 @dataclass
 class Report:
     summary: pd.DataFrame
     summary_path: Path
+    lossless: pd.DataFrame
     charts: list[Path]
+    html: Path
+    markdown: Path
 
 
-def build_report(run_dir: Path) -> Report:
+def build_report(run_dir: Path, overlay=None) -> Report:
     run = RunDir(run_dir)
-    summary = summarize(run.requests(), run.cells())
-    summary_path = run.path / SUMMARY
-    summary.to_csv(summary_path, index=False)
-    charts = draw_charts(summary, subtitle(run), run.path)
-    return Report(summary, summary_path, charts)
+    requests, cells = run.requests(), run.cells()
+    summary = summarize(requests, cells)
+    summary.to_csv(run.path / SUMMARY, index=False)
+    comparisons = compare(requests)
+    lossless = per_cell(comparisons)
+    comparisons.to_csv(run.path / "lossless.csv", index=False)
+    sub = subtitle(run)
+    charts = draw_charts(summary, sub, run.path, overlay) + draw_lossless(lossless, sub, run.path)
+    out = run.path / "report"
+    out.mkdir(exist_ok=True)
+    ctx = _Context(run, summary, lossless, comparisons, cells, [c for c in charts if c.suffix == ".png"])
+    (out / "index.html").write_text(_html(ctx))
+    (out / "summary.md").write_text(_markdown(ctx))
+    return Report(summary, run.path / SUMMARY, lossless, charts, out / "index.html", out / "summary.md")
 
 
 def subtitle(run: RunDir) -> str:
     env = run.environment()
     models = sorted({e.get("model", "?") for e in env.get("engines", {}).values()})
     return f"model: {', '.join(models) or '?'} · machine: {machine_label(env)}"
+
+
+@dataclass
+class _Context:
+    run: RunDir
+    summary: pd.DataFrame
+    lossless: pd.DataFrame
+    comparisons: pd.DataFrame
+    cells: list[dict]
+    pngs: list[Path]
+
+    @property
+    def method_lines(self) -> list[str]:
+        caches = sorted({f"{c['engine']}: {c.get('cache', 'not recorded')}" for c in self.cells})
+        return [
+            "e2e tok/s = completion tokens / (end - start), time to first token included; "
+            "decode tok/s = (tokens - 1) / (end - first token). Definitions: docs/metrics.md.",
+            "Token counts are the server's (usage or timings), never stream chunks.",
+            "Warm-up requests after every server start are recorded apart and never measured.",
+            "Medians with seeded bootstrap 95% intervals over measured requests; a speedup whose "
+            "interval includes 1.0 is marked 'no clear difference'. Outliers are flagged, not dropped.",
+            *[f"Cache: {c}" for c in caches],
+        ]
+
+    @property
+    def rerun(self) -> str:
+        return f"orch sweep {self.run.path / 'scenario.toml'}"
+
+
+def _markdown(ctx: _Context) -> str:
+    lines = [f"## orch sweep `{ctx.run.path.name}`", "", f"{subtitle(ctx.run)}", "",
+             *[f"- {m}" for m in ctx.method_lines], "", "```", format_table(ctx.summary), "```", "",
+             "### Lossless check (temperature 0, against n_spec 0)", ""]
+    lines += _md_table(ctx.lossless, ["cell_id", "compared", "identical", "share_identical"])
+    div = _divergences(ctx.comparisons)
+    if len(div):
+        lines += ["", "First divergences:", ""]
+        lines += _md_table(div, list(div.columns))
+    outl = ctx.summary[ctx.summary["outliers"].fillna("") != ""]
+    if len(outl):
+        lines += ["", "Outliers (kept in the statistics, flagged):", ""]
+        lines += [f"- {r.cell_id} {r.prompt_set}: {r.outliers}" for r in outl.itertuples()]
+    lines += ["", f"Rerun: `{ctx.rerun}`", ""]
+    return "\n".join(lines)
+
+
+def _md_table(df: pd.DataFrame, cols: list[str]) -> list[str]:
+    if df.empty:
+        return ["(none)"]
+    fmt = lambda v: ("-" if pd.isna(v) else f"{v:.2f}") if isinstance(v, float) else \
+        ("-" if v is pd.NA else str(v).replace("|", "\\|").replace("\n", "⏎"))
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df[cols].itertuples(index=False)]
+    return out
+
+
+def _divergences(comparisons: pd.DataFrame) -> pd.DataFrame:
+    if comparisons.empty:
+        return comparisons
+    d = comparisons[~comparisons["identical"].astype(bool)]
+    return d[["cell_id", "prompt", "repeat", "first_diff_char", "first_diff_token",
+              "baseline_snippet", "speculative_snippet"]].head(20)
+
+
+def _html(ctx: _Context) -> str:
+    esc = html.escape
+    imgs = "\n".join(f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,'
+                     f'{base64.b64encode(p.read_bytes()).decode()}"></figure>' for p in ctx.pngs)
+    table = ctx.summary.drop(columns=["cell_status"]).to_html(index=False, float_format=lambda v: f"{v:.3g}",
+                                                              na_rep="-", border=0)
+    lossless = ctx.lossless.to_html(index=False, float_format=lambda v: f"{v:.2f}", border=0)
+    div = _divergences(ctx.comparisons)
+    div_html = div.to_html(index=False, border=0) if len(div) else "<p>No divergence: every compared output was identical.</p>"
+    env = json.dumps(ctx.run.environment(), indent=2)
+    return _PAGE.format(
+        title=esc(ctx.run.path.name), subtitle=esc(subtitle(ctx.run)),
+        method="".join(f"<li>{esc(m)}</li>" for m in ctx.method_lines),
+        images=imgs, summary=table, lossless=lossless, divergences=div_html,
+        env=esc(env), scenario=esc(ctx.run.read_scenario_text()), rerun=esc(ctx.rerun))
+
+
+# No script, font or image from the network: the page must open offline.
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>orch report: {title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 640px; border: 1px solid #ddd; }}
+table {{ border-collapse: collapse; font-size: 12px; }} td, th {{ border: 1px solid #ccc; padding: 2px 6px; }}
+pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }}
+</style></head><body>
+<h1>orch report: {title}</h1>
+<p>{subtitle}</p>
+<h2>How it was measured</h2><ul>{method}</ul>
+<h2>Charts</h2>
+{images}
+<h2>Summary</h2>
+{summary}
+<h2>Lossless check (temperature 0, against n_spec 0)</h2>
+{lossless}
+{divergences}
+<h2>Rerun</h2><pre>{rerun}</pre>
+<h2>Environment</h2><pre>{env}</pre>
+<h2>Scenario as run</h2><pre>{scenario}</pre>
+</body></html>
+"""
