@@ -148,10 +148,10 @@ def _engine_env(runner: Sweep) -> dict:
             for name, p in runner.prepared.items()}
 
 
-def _print_report(run: RunDir) -> bool:
+def _print_report(run: RunDir, overlay=None) -> bool:
     from plots.report import build_report
 
-    report = build_report(run.path)
+    report = build_report(run.path, overlay)
     click.echo(format_table(report.summary))
     click.echo(f"\nsummary: {report.summary_path}")
     for chart in report.charts:
@@ -166,14 +166,48 @@ def _print_report(run: RunDir) -> bool:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def report(run_dir):
-    """Redraw summary.csv and the charts of a run from its saved records alone.
+@click.option("--reference", type=click.Choice(["published"]), default=None,
+              help="Overlay the published figures where engine and model match.")
+def report(run_dir, reference):
+    """Redraw summary.csv, the charts and report/ of a run from its saved records alone.
 
-    Example: orch report results/n_spec-20261122-101500
+    Example: orch report results/n_spec-20261122-101500 --reference published
     """
     if not (run_dir / "requests.jsonl").is_file() and not (run_dir / "cells.jsonl").is_file():
         raise OrchError(f"{run_dir} holds no requests.jsonl or cells.jsonl; pass a run folder made by orch sweep")
-    _print_report(RunDir(run_dir))
+    run = RunDir(run_dir)
+    overlay = None
+    if reference:
+        from plots.overlay import published_overlay
+
+        overlay, note = published_overlay(run)
+        click.echo(note)
+    _print_report(run, overlay)
+
+
+# ---------------------------------------------------------------- reference
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results/reference"), show_default=True,
+              help="Folder for the chart.")
+def reference(out):
+    """Render the published "132 vs 39 tok/s" comparison from its per-request rows.
+
+    Example: orch reference --out results/reference
+    """
+    from plots.reference import draw_reference
+
+    from .reference import SETUPS, published_means
+
+    means = published_means()
+    for title, engine, model in SETUPS:
+        click.echo(title)
+        for r in means[(means["engine"] == engine) & (means["model"] == model)].itertuples():
+            click.echo(f"  n_spec {'off' if r.n_spec == 0 else r.n_spec:>3}: {r.mean_tok_s:6.1f} tok/s "
+                       f"({r.runs} runs, {r.min_tok_s:.1f}-{r.max_tok_s:.1f})  {r.speedup:.2f}x")
+    for path in draw_reference(out):
+        click.echo(f"chart: {path}")
 
 
 # ---------------------------------------------------------------- engines

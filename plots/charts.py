@@ -8,6 +8,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
+matplotlib.rcParams["svg.hashsalt"] = "orch"  # stable ids: a redrawn SVG is byte-identical
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 

@@ -82,15 +82,22 @@ def test_cells_record_command_endpoint_template_and_servers_are_gone(run_dir):
 def test_report_on_a_copy_reproduces_summary_and_charts(run_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
-    for f in ["summary.csv", *[p.name for p in copy.glob("*.png")]]:
+    made = ["summary.csv", "lossless.csv", *[p.name for p in copy.glob("*.png")], *[p.name for p in copy.glob("*.svg")]]
+    for f in made:
         (copy / f).unlink()
+    shutil.rmtree(copy / "report")
     result = CliRunner().invoke(cli, ["report", str(copy)])
     assert result.exit_code == 0, result.output
-    assert (copy / "summary.csv").read_text() == (run_dir / "summary.csv").read_text()
     pngs = sorted(p.name for p in run_dir.glob("*.png"))
-    assert pngs == ["acceptance_vs_n_spec.png", "speedup_vs_n_spec.png", "tok_s_vs_n_spec.png"]
-    for name in pngs:
-        assert (copy / name).read_bytes() == (run_dir / name).read_bytes()
+    assert pngs == ["acceptance_vs_n_spec.png", "lossless.png", "speedup_vs_n_spec.png", "tok_s_vs_n_spec.png"]
+    for name in made:
+        assert (copy / name).read_bytes() == (run_dir / name).read_bytes(), name
+    def md(folder):  # the rerun line names the folder's own path; everything else must match
+        lines = (folder / "report" / "summary.md").read_text().splitlines()
+        rerun = [ln for ln in lines if ln.startswith("Rerun:")]
+        assert rerun == [f"Rerun: `orch sweep {folder / 'scenario.toml'}`"]
+        return [ln for ln in lines if not ln.startswith(("Rerun:", "## orch sweep"))]
+    assert md(copy) == md(run_dir)
 
 
 def test_model_as_its_own_draft_is_accepted(tmp_path):
@@ -118,3 +125,29 @@ def test_chat_template_that_drops_the_prompt_is_flagged(tmp_path):
     assert cell["endpoint"] == "/v1/chat/completions" and cell["template"].startswith("server chat template")
     assert "chat template may drop the text" in cell["prompt_check"]
     assert "chat template may drop the text" in result.output
+
+
+def test_report_renders_in_headless_chromium_with_charts_visible(run_dir, tmp_path):
+    import os
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        if os.environ.get("CI"):
+            pytest.fail("chromium missing in CI: .ci/run installs it with apt-get")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    page = run_dir / "report" / "index.html"
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1600",
+                    f"--screenshot={shot}", page.as_uri()], check=True, capture_output=True, timeout=120)
+    px = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
+    non_white = float((px != 255).any(axis=1).mean())
+    # matplotlib's first line colour (tab:blue): only the embedded charts draw it.
+    chart_blue = int((np.abs(px - [31, 119, 180]) < 12).all(axis=1).sum())
+    assert non_white > 0.05, f"screenshot is nearly blank ({non_white:.1%} non-white)"
+    assert chart_blue > 500, f"no chart lines visible ({chart_blue} chart-blue pixels)"
