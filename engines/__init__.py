@@ -1,10 +1,12 @@
 """Engine registry: scenario `kind` -> Engine class. Add an engine by adding one module and one line."""
 
 from .base import Engine, ServerPlan
+from .endpoint import Endpoint
 from .llama_server import LlamaServer
 
 ENGINES: dict[str, type[Engine]] = {
     LlamaServer.kind: LlamaServer,
+    Endpoint.kind: Endpoint,
 }
 
 __all__ = ["ENGINES", "Engine", "ServerPlan"]

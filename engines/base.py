@@ -17,6 +17,7 @@ class ServerPlan:
     port: int
     health_path: str
     env: dict[str, str]
+    base_url: str | None = None  # set for a server orch did not start
 
 
 class Engine(ABC):
@@ -26,6 +27,9 @@ class Engine(ABC):
     # Methods that need a draft model file.
     draft_methods: ClassVar[tuple[str, ...]] = ()
     health_path: ClassVar[str] = "/health"
+    needs_binary: ClassVar[bool] = True
+    # False: `model` is a served model name, not a file or hub reference to resolve.
+    resolves_model: ClassVar[bool] = True
     install_hint: ClassVar[str] = ""
 
     def __init__(self, spec):
@@ -46,6 +50,8 @@ class Engine(ABC):
 
     def plan(self, n_spec: int, model, port: int, parallel: int, draft=None) -> ServerPlan:
         """`model` and `draft` are orchestrator.models.ResolvedModel (draft may be None)."""
+        if not self.needs_binary:
+            return ServerPlan(argv=[], port=port, health_path=self.health_path, env={}, base_url=self.spec.url)
         binary = self.binary() or self.kind
         argv = [binary, *self.server_args(n_spec, model, port, parallel, draft), *self.spec.args]
         return ServerPlan(argv=argv, port=port, health_path=self.health_path, env=dict(self.spec.env))

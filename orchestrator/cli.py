@@ -16,7 +16,7 @@ from .errors import OrchError
 from .install import install_llama_server, installed_llama_server, llama_server_path
 from .results import RunDir, scenario_text
 from .runner import Sweep, command_for, plan_cells, prepare
-from .scenario import load_scenario
+from .scenario import build_scenario, load_scenario, read_workload
 from .summary import format_table
 
 
@@ -77,11 +77,15 @@ def sweep(scenario, out, overrides, dry_run, resume):
     if dry_run:
         click.echo(dry_run_text(sc, scenario.parent))
         return
-    progress_console = Console(stderr=True)
+    _run(sc, scenario.parent, out, resume, f"orch sweep {scenario} --resume --out {out}")
+
+
+def _run(sc, base_dir: Path, out: Path, resume: bool, resume_hint: str):
+    """Run every cell, print the summary, exit 0 only if every cell and request succeeded."""
     from .progress import SweepProgress
 
-    progress = SweepProgress(progress_console)
-    runner = Sweep(sc, scenario.parent, progress)
+    progress = SweepProgress(Console(stderr=True))
+    runner = Sweep(sc, base_dir, progress)
     run = _open_run(sc, out, resume)
     run.write_environment(capture(_engine_env(runner)))
     click.echo(f"run folder: {run.path}")
@@ -90,13 +94,47 @@ def sweep(scenario, out, overrides, dry_run, resume):
         with progress:
             cells = runner.execute(run)
     except KeyboardInterrupt as exc:
-        click.echo(f"\ninterrupted: records so far are in {run.path}; "
-                   f"continue with: orch sweep {scenario} --resume --out {out}", err=True)
+        click.echo(f"\ninterrupted: records so far are in {run.path}; continue with: {resume_hint}", err=True)
         sys.exit(143 if isinstance(exc, Terminated) else 130)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     failed = _print_report(run)
     sys.exit(1 if failed or any(c["status"] != "ok" for c in cells) else 0)
+
+
+@cli.command()
+@click.option("--url", required=True, help="Base URL of a running OpenAI-compatible server.")
+@click.option("--model", default=None, help="Served model name (default: the first of /v1/models).")
+@click.option("--api", type=click.Choice(["chat", "completions"]), default="chat", show_default=True)
+@click.option("--scenario", "scenario_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Take the [workload] table from this scenario file.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key, e.g. workload.max_tokens=64.")
+@click.option("--label", default="endpoint", show_default=True, help="Engine name in the results.")
+@click.option("--method", default="none", show_default=True, help="Speculation method the server runs (a label).")
+@click.option("--n-spec", type=int, default=0, show_default=True, help="Speculation depth the server runs (a label).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+def bench(url, model, api, scenario_file, overrides, label, method, n_spec, out):
+    """Drive the workload against a server that is already running; write a run folder like a sweep's.
+
+    Example: orch bench --url http://127.0.0.1:8080 --api completions --set workload.max_tokens=64
+    """
+    raw = {"name": f"bench-{label}", "workload": read_workload(scenario_file) if scenario_file else {},
+           "engines": [{"name": label, "kind": "endpoint", "launcher": "external", "url": url,
+                        "model": model or _served_model(url), "api": api,
+                        "speculation": {"method": method, "n_spec": [n_spec]}}]}
+    base = scenario_file.parent if scenario_file else Path.cwd()
+    sc = build_scenario(raw, scenario_file or Path("orch bench"), overrides)
+    _run(sc, base, out, False, "orch bench again (an endpoint run is not resumable)")
+
+
+def _served_model(url: str) -> str:
+    import httpx
+
+    try:
+        data = httpx.get(url.rstrip("/") + "/v1/models", timeout=10).json()["data"]
+        return data[0]["id"]
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+        raise OrchError(f"could not read the model name from {url}/v1/models; pass --model NAME")
 
 
 class Terminated(KeyboardInterrupt):

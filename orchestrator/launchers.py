@@ -105,4 +105,36 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
-LAUNCHERS = {"process": ProcessServer}
+class ExternalServer:
+    """A server someone else runs: wait until it answers, never start or stop it."""
+
+    def __init__(self, plan: ServerPlan, log_path: Path, ready_timeout_s: float):
+        self.plan, self.ready_timeout_s = plan, ready_timeout_s
+        self.base_url = plan.base_url.rstrip("/")
+        self.log_path = Path(log_path)
+
+    def __enter__(self) -> "ExternalServer":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path.write_text(f"external server at {self.base_url}: orch has no log of it\n")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def alive(self) -> bool:
+        return True
+
+    def wait_ready(self) -> float:
+        started = time.monotonic()
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                # /health (llama.cpp, vLLM) or, for other servers, /v1/models.
+                if any(_healthy(client, self.base_url + p) for p in (self.plan.health_path, "/v1/models")):
+                    return time.monotonic() - started
+                if time.monotonic() - started > self.ready_timeout_s:
+                    raise ServerTimeout(f"{self.base_url} did not answer /health or /v1/models "
+                                        f"within {self.ready_timeout_s:.0f} s; is the server running?")
+                time.sleep(POLL_INTERVAL_S)
+
+
+LAUNCHERS = {"process": ProcessServer, "external": ExternalServer}

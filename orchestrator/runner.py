@@ -55,11 +55,12 @@ def prepare(scenario: Scenario, base_dir: Path, need_binaries: bool = True) -> d
     prepared = {}
     for spec in scenario.engines:
         engine = ENGINES[spec.kind](spec)
-        if need_binaries:
+        if need_binaries and engine.needs_binary:
             _check_binary(spec, engine)
         draft = spec.speculation.draft_model
-        prepared[spec.name] = Prepared(engine, resolve_model(spec.model, base_dir),
-                                       resolve_model(draft, base_dir) if draft else None)
+        model = resolve_model(spec.model, base_dir) if engine.resolves_model else ResolvedModel(spec.model,
+                                                                                               hf_ref=spec.model)
+        prepared[spec.name] = Prepared(engine, model, resolve_model(draft, base_dir) if draft else None)
     return prepared
 
 

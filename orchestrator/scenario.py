@@ -75,6 +75,7 @@ class EngineSpec(_Strict):
     model: str = Field(min_length=1)
     api: Literal["chat", "completions"] = "chat"
     binary: str | None = None
+    url: str | None = None  # with launcher = "external": the running server's base URL
     args: list[str] = []
     env: dict[str, str] = {}
     ready_timeout_s: float = Field(default=300.0, gt=0)
@@ -98,9 +99,24 @@ class EngineSpec(_Strict):
         return _one_of(v, LAUNCHERS, "launcher", "launchers")
 
     @model_validator(mode="after")
+    def _launcher_fits(self):
+        external = self.launcher == "external"
+        if external and not self.url:
+            raise _KeyedError("url", 'launcher "external" needs url = "http://host:port" of the running server')
+        if self.url and not external:
+            raise _KeyedError("url", f'url is only for launcher = "external" (this engine uses {self.launcher!r})')
+        if not ENGINES[self.kind].needs_binary and not external:
+            raise _KeyedError("launcher", f'kind {self.kind!r} is a running server: use launcher = "external"')
+        if self.url and not re.fullmatch(r"https?://[^\s/]+(/.*)?", self.url):
+            raise _KeyedError("url", f"{self.url!r} is not an http(s) URL")
+        return self
+
+    @model_validator(mode="after")
     def _method_fits_kind(self):
         spec = self.speculation
         methods = ENGINES[self.kind].methods
+        if not methods:
+            return self  # the server's own speculation; n_spec only labels the cell
         if spec.method != "none" and spec.method not in methods:
             raise _KeyedError("speculation.method",
                               f"{self.kind} has no speculation method {spec.method!r}; use one of {', '.join(methods)}")
@@ -142,11 +158,20 @@ class _KeyedError(ValueError):
 
 def load_scenario(path: str | Path, overrides: list[str] = ()) -> Scenario:
     path = Path(path)
-    raw = _read_toml(path)
+    return build_scenario(_read_toml(path), path, overrides)
+
+
+def read_workload(path: str | Path) -> dict:
+    """The [workload] table of a scenario file, for `orch bench --scenario`."""
+    return dict(_read_toml(Path(path)).get("workload", {}))
+
+
+def build_scenario(raw: dict, source: Path, overrides: list[str] = ()) -> Scenario:
+    """Validate a scenario dict; errors name `source` (a file, or a command for built ones)."""
     for item in overrides:
-        _apply_override(raw, item, path)
-    scenario = _validate(raw, path)
-    _check_files(scenario, path)
+        _apply_override(raw, item, source)
+    scenario = _validate(raw, source)
+    _check_files(scenario, source)
     return scenario
 
 
@@ -208,6 +233,8 @@ def _check_files(scenario: Scenario, path: Path) -> None:
         except PromptFileError as exc:
             raise ScenarioError(path, f"workload.prompts[{i}]", str(exc))
     for i, eng in enumerate(scenario.engines):
+        if not ENGINES[eng.kind].resolves_model:
+            continue
         problem = check_model_ref(eng.model, base)
         if problem:
             raise ScenarioError(path, f"engines[{i}].model", problem)

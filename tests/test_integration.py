@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from orchestrator.cli import cli
 from orchestrator.models import resolve_model
 
-from .conftest import real_scenario
+from .conftest import llama_server_binary, real_scenario
 
 pytestmark = pytest.mark.integration
 
@@ -151,3 +151,33 @@ def test_report_renders_in_headless_chromium_with_charts_visible(run_dir, tmp_pa
     chart_blue = int((np.abs(px - [31, 119, 180]) < 12).all(axis=1).sum())
     assert non_white > 0.05, f"screenshot is nearly blank ({non_white:.1%} non-white)"
     assert chart_blue > 500, f"no chart lines visible ({chart_blue} chart-blue pixels)"
+
+
+def test_bench_url_against_a_running_llama_server_has_a_sweep_cells_shape(run_dir, tmp_path):
+    from engines import ServerPlan
+    from orchestrator.launchers import ProcessServer, free_port
+
+    gguf = resolve_model("gemma-3-270m").path
+    port = free_port()
+    argv = [llama_server_binary(), "--host", "127.0.0.1", "--port", str(port), "-m", str(gguf),
+            "-c", "2048", "-t", "2", "--spec-type", "ngram-mod", "--spec-ngram-mod-n-max", "4"]
+    with ProcessServer(ServerPlan(argv, port, "/health", {}), tmp_path / "server.log", 120) as server:
+        server.wait_ready()
+        result = CliRunner().invoke(cli, [
+            "bench", "--url", f"http://127.0.0.1:{port}", "--api", "completions", "--label", "mine",
+            "--method", "ngram-mod", "--n-spec", "4", "--out", str(tmp_path / "r"),
+            "--set", "workload.max_tokens=24", "--set", 'workload.prompts=["repeat"]', "--set", "workload.repeats=2"])
+    assert result.exit_code == 0, result.output
+    (bench,) = (tmp_path / "r").iterdir()
+    sweep_rows, bench_rows = lines(run_dir / "requests.jsonl"), lines(bench / "requests.jsonl")
+    assert set(bench_rows[0]) == set(sweep_rows[0])  # same record fields
+    assert len([r for r in bench_rows if r["phase"] == "measured"]) == 6
+    assert all(r["ok"] and r["completion_tokens"] == r["timings_predicted_n"] for r in bench_rows)
+    s_bench, s_sweep = pd.read_csv(bench / "summary.csv"), pd.read_csv(run_dir / "summary.csv")
+    assert list(s_bench.columns) == list(s_sweep.columns)
+    row = s_bench.iloc[0]
+    assert (row["cell_id"], row["n_spec"], row["requests_ok"]) == ("mine-ngram-mod-n4", 4, 6)
+    assert row["draft_n"] > 0  # the server's own drafts, read from its timings
+    (cell,) = lines(bench / "cells.jsonl")
+    assert cell["argv"] == [] and cell["launcher"] == "external"
+    assert (bench / "report" / "index.html").is_file()

@@ -27,6 +27,8 @@ CASES = {
     "no_engines.toml": ("engines", "must not be empty"),
     "unknown_prompt_set.toml": ("workload.prompts[0]", "unknown prompt set 'poems'"),
     "zero_concurrency.toml": ("workload.concurrency", "at least 1"),
+    "url_with_process_launcher.toml": ("engines[0].url", 'url is only for launcher = "external"'),
+    "external_without_url.toml": ("engines[0].url", 'launcher "external" needs url'),
 }
 
 

@@ -1,0 +1,22 @@
+"""An OpenAI-compatible server that is already running (orch neither starts nor stops it)."""
+
+from __future__ import annotations
+
+from .base import Engine
+
+
+class Endpoint(Engine):
+    kind = "endpoint"
+    methods = ()  # speculation is whatever the server was started with; n_spec is a label
+    needs_binary = False
+    resolves_model = False  # `model` is the name the server serves, sent in each request
+    install_hint = "start the server yourself, then pass its URL"
+
+    def default_binary(self) -> str | None:
+        return None
+
+    def server_args(self, n_spec, model, port, parallel, draft=None) -> list[str]:
+        return []
+
+    def cache_setting(self, workload) -> str:
+        return "the endpoint's own (orch did not start it)"
