@@ -223,6 +223,30 @@ def report(run_dir, reference):
     _print_report(run, overlay)
 
 
+# ---------------------------------------------------------------- compare
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results/compare"), show_default=True)
+def compare(run_dirs, out):
+    """Baseline against the best setting per engine across runs, with speedup intervals.
+
+    Example: orch compare results/n_spec-20261122-101500 results/n_spec-20261123-090000
+    """
+    from plots.compare import draw_compare
+
+    from .compare import compare_runs, format_compare
+
+    table = compare_runs(list(run_dirs))
+    click.echo(format_compare(table))
+    if len(table):
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "compare.csv", index=False)
+        for path in draw_compare(table, out):
+            click.echo(f"chart: {path}")
+
+
 # ---------------------------------------------------------------- reference
 
 

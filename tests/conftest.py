@@ -38,3 +38,17 @@ def real_scenario(name: str, *, prompts: str = "repeat", max_tokens: int = 24, r
             f'[[engines]]\nname = "llamacpp"\nkind = "llama-server"\nmodel = "gemma-3-270m"\n'
             f'api = "{api}"\nbinary = "{llama_server_binary()}"\nargs = [{args}]\nready_timeout_s = 120\n'
             f'[engines.speculation]\nmethod = "{method}"\nn_spec = {n_spec}\n{draft}')
+
+
+def make_run(folder: Path, rows: list[dict], engines: dict) -> Path:
+    """A run folder from synthetic request rows, as orch writes it."""
+    import json
+
+    folder.mkdir(parents=True)
+    (folder / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cells = {r["cell_id"]: {"cell_id": r["cell_id"], "engine": r["engine"], "method": r["method"],
+                            "n_spec": r["n_spec"], "status": "ok"} for r in rows}
+    (folder / "cells.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cells.values()))
+    (folder / "scenario.toml").write_text(f'name = "{folder.name}"\n')
+    (folder / "environment.json").write_text(json.dumps({"engines": engines, "cpu": "Test CPU", "cpu_count": 2}))
+    return folder

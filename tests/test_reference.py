@@ -1,6 +1,3 @@
-import json
-import shutil
-
 import pytest
 from click.testing import CliRunner
 
@@ -40,21 +37,12 @@ def test_orch_reference_prints_and_draws(tmp_path):
 
 
 def test_report_overlays_only_a_matching_run(tmp_path):
+    from tests.conftest import make_run
     from tests.test_summary import req
 
-    run = tmp_path / "run"
-    run.mkdir()
     rows = [dict(req("g-n0", 0, 40), engine="g"), dict(req("g-n5", 5, 130, key="b"), engine="g")]
-    (run / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (run / "cells.jsonl").write_text("".join(json.dumps({"cell_id": c, "engine": "g", "method": "mtp",
-                                                         "n_spec": n, "status": "ok"}) + "\n"
-                                             for c, n in (("g-n0", 0), ("g-n5", 5))))
-    (run / "scenario.toml").write_text('name = "g"\n')
-    env = {"engines": {"g": {"kind": "vllm", "model": "RedHatAI/gemma-4-31B-it-FP8-block"}}}
-    (run / "environment.json").write_text(json.dumps(env))
-    other = tmp_path / "other"
-    shutil.copytree(run, other)
-    (other / "environment.json").write_text(json.dumps({"engines": {"g": {"kind": "vllm", "model": "tiny"}}}))
+    run = make_run(tmp_path / "run", rows, {"g": {"kind": "vllm", "model": "RedHatAI/gemma-4-31B-it-FP8-block"}})
+    other = make_run(tmp_path / "other", rows, {"g": {"kind": "vllm", "model": "tiny"}})
 
     hit = CliRunner().invoke(cli, ["report", str(run), "--reference", "published"])
     miss = CliRunner().invoke(cli, ["report", str(other), "--reference", "published"])

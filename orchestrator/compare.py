@@ -1,0 +1,54 @@
+"""`orch compare`: baseline against the best setting per engine, across runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .environment import machine_label
+from .results import RunDir
+from .summary import summarize
+
+COLUMNS = ["run", "machine", "engine", "prompt_set", "concurrency", "baseline_tok_s", "best_n_spec",
+           "best_method", "best_tok_s", "best_ci_low", "best_ci_high", "speedup", "speedup_ci_low",
+           "speedup_ci_high", "verdict"]
+
+
+def compare_runs(run_dirs: list[Path]) -> pd.DataFrame:
+    rows = []
+    for path in run_dirs:
+        run = RunDir(path)
+        summary = summarize(run.requests(), run.cells()).dropna(subset=["e2e_tok_s_median"])
+        machine = machine_label(run.environment())
+        for key, g in summary.groupby(["engine", "prompt_set", "concurrency"]):
+            rows.append(_best(run.path.name, machine, key, g))
+    return pd.DataFrame([r for r in rows if r], columns=COLUMNS)
+
+
+def _best(run: str, machine: str, key: tuple, g: pd.DataFrame) -> dict | None:
+    base = g[g["n_spec"] == 0]
+    spec = g[g["n_spec"] > 0]
+    if base.empty or spec.empty:
+        return None
+    best = spec.loc[spec["e2e_tok_s_median"].idxmax()]
+    engine, prompts, conc = key
+    return {"run": run, "machine": machine, "engine": engine, "prompt_set": prompts, "concurrency": conc,
+            "baseline_tok_s": base["e2e_tok_s_median"].iloc[0], "best_n_spec": int(best["n_spec"]),
+            "best_method": best["method"], "best_tok_s": best["e2e_tok_s_median"],
+            "best_ci_low": best["e2e_tok_s_ci_low"], "best_ci_high": best["e2e_tok_s_ci_high"],
+            "speedup": best["speedup"], "speedup_ci_low": best["speedup_ci_low"],
+            "speedup_ci_high": best["speedup_ci_high"], "verdict": best["speedup_verdict"]}
+
+
+def format_compare(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "no run has both an n_spec 0 cell and a speculative cell to compare"
+    view = pd.DataFrame({
+        "run": df["run"], "machine": df["machine"], "engine": df["engine"], "prompts": df["prompt_set"],
+        "conc": df["concurrency"].astype(int), "baseline": df["baseline_tok_s"].map("{:.1f}".format),
+        "best": [f"n{n} {m} {v:.1f}" for n, m, v in zip(df["best_n_spec"], df["best_method"], df["best_tok_s"])],
+        "speedup": [f"{s:.2f}x ({lo:.2f}-{hi:.2f})" for s, lo, hi in
+                    zip(df["speedup"], df["speedup_ci_low"], df["speedup_ci_high"])],
+        "verdict": df["verdict"]})
+    return view.to_string(index=False)

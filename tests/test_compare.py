@@ -1,0 +1,24 @@
+from click.testing import CliRunner
+
+from orchestrator.cli import cli
+
+from .conftest import make_run
+from .test_summary import req
+
+
+def test_compare_picks_the_best_setting_per_engine_across_runs(tmp_path):
+    a = [req("e-n0", 0, v, key=f"a{v}") for v in (40, 41, 42)] + [req("e-n4", 4, v, key=f"b{v}") for v in (80, 81, 82)]
+    a += [req("e-n8", 8, v, key=f"c{v}") for v in (60, 61, 62)]
+    b = [req("e-n0", 0, v, key=f"a{v}") for v in (40, 50, 45)] + [req("e-n4", 4, v, key=f"b{v}") for v in (41, 51, 46)]
+    run_a = make_run(tmp_path / "run-a", a, {"e": {"kind": "llama-server", "model": "m"}})
+    run_b = make_run(tmp_path / "run-b", b, {"e": {"kind": "llama-server", "model": "m"}})
+    result = CliRunner().invoke(cli, ["compare", str(run_a), str(run_b), "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    lines = [ln.split() for ln in result.output.splitlines()]
+    assert lines[0] == ["run", "machine", "engine", "prompts", "conc", "baseline", "best", "speedup", "verdict"]
+    assert "Test CPU (2 cores, no GPU)" in result.output  # runs labelled by their recorded machine
+    row_a = next(ln for ln in result.output.splitlines() if ln.startswith("run-a"))
+    row_b = next(ln for ln in result.output.splitlines() if ln.startswith("run-b"))
+    assert "n4 ngram-mod 81.0" in row_a and "faster" in row_a
+    assert "n4 ngram-mod 46.0" in row_b and "no clear difference" in row_b
+    assert (tmp_path / "cmp" / "compare.png").is_file() and (tmp_path / "cmp" / "compare.svg").is_file()
