@@ -102,30 +102,47 @@ def _markdown(ctx: _Context) -> str:
 def _md_table(df: pd.DataFrame, cols: list[str]) -> list[str]:
     if df.empty:
         return ["(none)"]
-    fmt = lambda v: ("-" if pd.isna(v) else f"{v:.2f}") if isinstance(v, float) else \
-        ("-" if v is pd.NA else str(v).replace("|", "\\|").replace("\n", "⏎"))
+    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v).replace("|", "\\|").replace("\n", "⏎")
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df[cols].itertuples(index=False)]
     return out
+
+
+def _compact(summary: pd.DataFrame) -> pd.DataFrame:
+    """The report's table; summary.csv keeps every column."""
+    def ci(row, stem, fmt):
+        lo, hi = row[f"{stem}_ci_low"], row[f"{stem}_ci_high"]
+        return "-" if pd.isna(lo) or pd.isna(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
+    num = lambda v, f: "-" if v is None or pd.isna(v) else f.format(v)
+    return pd.DataFrame([{
+        "engine": r["engine"], "method": "none" if r["n_spec"] == 0 else r["method"], "n_spec": r["n_spec"],
+        "conc": r["concurrency"], "prompts": r["prompt_set"], "ok / failed": f"{r['requests_ok']} / {r['requests_failed']}",
+        "e2e tok/s": num(r["e2e_tok_s_median"], "{:.1f}"), "95% CI": ci(r, "e2e_tok_s", "{:.1f}"),
+        "decode tok/s": num(r["decode_tok_s_median"], "{:.1f}"), "TTFT s": num(r["ttft_s_median"], "{:.3f}"),
+        "TPOT ms": num(r["tpot_ms_median"], "{:.1f}"), "ITL p90 ms": num(r["itl_ms_p90"], "{:.1f}"),
+        "accept": num(r["acceptance_rate"], "{:.2f}"), "speedup": num(r["speedup"], "{:.2f}x"),
+        "speedup CI": ci(r, "speedup", "{:.2f}"), "verdict": r["speedup_verdict"] or "-",
+        "outliers": r["outliers"] or "",
+    } for _, r in summary.iterrows()])
 
 
 def _divergences(comparisons: pd.DataFrame) -> pd.DataFrame:
     if comparisons.empty:
         return comparisons
     d = comparisons[~comparisons["identical"].astype(bool)]
-    return d[["cell_id", "prompt", "repeat", "first_diff_char", "first_diff_token",
-              "baseline_snippet", "speculative_snippet"]].head(20)
+    d = d[["cell_id", "prompt", "repeat", "first_diff_char", "first_diff_token",
+           "baseline_snippet", "speculative_snippet"]].head(20).astype(object)
+    return d.where(d.notna(), "-")
 
 
 def _html(ctx: _Context) -> str:
     esc = html.escape
     imgs = "\n".join(f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,'
                      f'{base64.b64encode(p.read_bytes()).decode()}"></figure>' for p in ctx.pngs)
-    table = ctx.summary.drop(columns=["cell_status"]).to_html(index=False, float_format=lambda v: f"{v:.3g}",
-                                                              na_rep="-", border=0)
+    table = _compact(ctx.summary).to_html(index=False, na_rep="-", border=0)
     lossless = ctx.lossless.to_html(index=False, float_format=lambda v: f"{v:.2f}", border=0)
     div = _divergences(ctx.comparisons)
-    div_html = div.to_html(index=False, border=0) if len(div) else "<p>No divergence: every compared output was identical.</p>"
+    div_html = div.to_html(index=False, border=0, na_rep="-") if len(div) else "<p>No divergence: every compared output was identical.</p>"
     env = json.dumps(ctx.run.environment(), indent=2)
     return _PAGE.format(
         title=esc(ctx.run.path.name), subtitle=esc(subtitle(ctx.run)),
@@ -148,7 +165,7 @@ pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }}
 <h2>How it was measured</h2><ul>{method}</ul>
 <h2>Charts</h2>
 {images}
-<h2>Summary</h2>
+<h2 id="summary">Summary</h2>
 {summary}
 <h2>Lossless check (temperature 0, against n_spec 0)</h2>
 {lossless}
