@@ -290,9 +290,13 @@ def engines_install(engine, jobs):
     """
     from .progress import BuildProgress
 
+    found = installed_llama_server()
+    if found:
+        click.echo(f"llama-server already installed: {found}")
+        return
     with BuildProgress(Console(stderr=True)) as progress:
-        path, built = install_llama_server(progress, jobs)
-    click.echo(f"llama-server {'built' if built else 'already installed'}: {path}")
+        path, _ = install_llama_server(progress, jobs)
+    click.echo(f"llama-server built: {path}")
 
 
 @engines.command("list")
