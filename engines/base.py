@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
 
@@ -18,6 +19,26 @@ class ServerPlan:
     health_path: str
     env: dict[str, str]
     base_url: str | None = None  # set for a server orch did not start
+    container: dict | None = None  # set for launcher = "docker": image, mounts, ports, ...
+
+    def display(self) -> str:
+        """The command line a user would type: the argv, or the equivalent `docker run`."""
+        if self.container is None:
+            return shlex.join(self.argv) if self.argv else f"(external server at {self.base_url})"
+        c = self.container
+        opts = ["docker", "run", "--rm"]
+        if c["gpus"] != "none":
+            opts += ["--gpus", c["gpus"] if c["gpus"] == "all" else "device=" + ",".join(map(str, c["gpus"]))]
+        opts += ["--ipc", "host"] if c["ipc"] == "host" else (["--shm-size", c["shm_size"]] if c["shm_size"] else [])
+        if c["network"] == "host":
+            opts += ["--network", "host"]
+        else:
+            opts += ["-p", f"127.0.0.1:{self.port}:{c['container_port']}"]
+        for host_path, (target, mode) in c["volumes"].items():
+            opts += ["-v", f"{host_path}:{target}" + (":ro" if mode == "ro" else "")]
+        for name in c["env_names"]:
+            opts += ["-e", name]  # the value comes from your environment; orch never writes it
+        return shlex.join([*opts, c["image"], *self.argv])
 
 
 class Engine(ABC):
@@ -39,9 +60,12 @@ class Engine(ABC):
     def default_binary(self) -> str | None:
         """Path of the server binary when the scenario names none, or None if not found."""
 
+    default_port: ClassVar[int] = 8080  # the server's port inside its official image
+
     @abstractmethod
-    def server_args(self, n_spec: int, model, port: int, parallel: int, draft=None) -> list[str]:
-        """Arguments after the binary for one cell."""
+    def server_args(self, n_spec: int, model, port: int, parallel: int, draft=None,
+                    host: str = "127.0.0.1") -> list[str]:
+        """Arguments after the binary (or the image's entrypoint) for one cell."""
 
     def binary(self) -> str | None:
         if self.spec.binary:
@@ -52,9 +76,28 @@ class Engine(ABC):
         """`model` and `draft` are orchestrator.models.ResolvedModel (draft may be None)."""
         if not self.needs_binary:
             return ServerPlan(argv=[], port=port, health_path=self.health_path, env={}, base_url=self.spec.url)
+        if self.spec.docker is not None:
+            return self._container_plan(n_spec, model, port, parallel, draft)
         binary = self.binary() or self.kind
         argv = [binary, *self.server_args(n_spec, model, port, parallel, draft), *self.spec.args]
         return ServerPlan(argv=argv, port=port, health_path=self.health_path, env=dict(self.spec.env))
+
+    def _container_plan(self, n_spec, model, host_port, parallel, draft) -> ServerPlan:
+        d = self.spec.docker
+        host_net = d.network == "host"
+        inner = host_port if host_net else (d.port or self.default_port)
+        volumes: dict[str, tuple[str, str]] = {}
+        model, draft = _mount(model, "/models", volumes), _mount(draft, "/drafts", volumes)
+        for vol in d.volumes:
+            src, target, *mode = vol.split(":")
+            volumes[str(Path(src).expanduser())] = (target, mode[0] if mode else "rw")
+        # Bridge networking publishes on 127.0.0.1 only, so the server may listen on all interfaces.
+        args = [*self.server_args(n_spec, model, inner, parallel, draft, host="127.0.0.1" if host_net else "0.0.0.0"),
+                *self.spec.args]
+        container = {"image": d.image, "gpus": d.gpus, "ipc": d.ipc, "shm_size": d.shm_size, "network": d.network,
+                     "container_port": inner, "volumes": volumes, "env_names": list(d.env),
+                     "docker_host": d.docker_host}
+        return ServerPlan(argv=args, port=host_port, health_path=self.health_path, env={}, container=container)
 
     def request_fields(self, workload) -> dict:
         """Engine-specific JSON fields added to every request body."""
@@ -71,3 +114,11 @@ class Engine(ABC):
     def which(name: str) -> str | None:
         found = shutil.which(name)
         return str(Path(found).resolve()) if found else None
+
+
+def _mount(model, target_dir: str, volumes: dict):
+    """A local model file is bind-mounted read-only; hub references pass through unchanged."""
+    if model is None or model.path is None:
+        return model
+    volumes[str(Path(model.path).parent)] = (target_dir, "ro")
+    return replace(model, path=PurePosixPath(target_dir) / Path(model.path).name)

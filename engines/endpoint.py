@@ -15,7 +15,7 @@ class Endpoint(Engine):
     def default_binary(self) -> str | None:
         return None
 
-    def server_args(self, n_spec, model, port, parallel, draft=None) -> list[str]:
+    def server_args(self, n_spec, model, port, parallel, draft=None, host="127.0.0.1") -> list[str]:
         return []
 
     def cache_setting(self, workload) -> str:

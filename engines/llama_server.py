@@ -36,8 +36,8 @@ class LlamaServer(Engine):
         cached = installed_llama_server()
         return str(cached) if cached else None
 
-    def server_args(self, n_spec, model, port, parallel, draft=None) -> list[str]:
-        args = ["--host", "127.0.0.1", "--port", str(port), "--parallel", str(parallel), "--metrics"]
+    def server_args(self, n_spec, model, port, parallel, draft=None, host="127.0.0.1") -> list[str]:
+        args = ["--host", host, "--port", str(port), "--parallel", str(parallel), "--metrics"]
         args += ["-m", str(model.path)] if model.path else ["-hf", model.hf_ref]
         if n_spec > 0:
             method = self.spec.speculation.method

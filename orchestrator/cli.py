@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import signal
 import sys
 from pathlib import Path
@@ -155,7 +154,7 @@ def dry_run_text(sc, base_dir: Path) -> str:
     for k, cell in enumerate(cells, 1):
         plan = command_for(cell, prepared[cell.engine.name], max(w.concurrency))
         lines += [f"cell {k}/{len(cells)} {cell.id} [{cell.engine.launcher}, {cell.engine.api}]",
-                  f"  {shlex.join(plan.argv)}"]
+                  f"  {plan.display()}"]
     return "\n".join(lines)
 
 

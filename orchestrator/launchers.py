@@ -63,6 +63,9 @@ class ProcessServer:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def describe(self) -> dict:
+        return {"pid": self.proc.pid} if self.proc else {}
+
     def wait_ready(self) -> float:
         """Seconds from start until the health check answered 200."""
         started = time.monotonic()
@@ -124,6 +127,9 @@ class ExternalServer:
     def alive(self) -> bool:
         return True
 
+    def describe(self) -> dict:
+        return {"url": self.base_url}
+
     def wait_ready(self) -> float:
         started = time.monotonic()
         with httpx.Client(timeout=2.0) as client:
@@ -137,4 +143,10 @@ class ExternalServer:
                 time.sleep(POLL_INTERVAL_S)
 
 
-LAUNCHERS = {"process": ProcessServer, "external": ExternalServer}
+def _docker_server(plan, log_path, ready_timeout_s):
+    from .docker_launcher import DockerServer  # docker-py is only touched by sweeps that use it
+
+    return DockerServer(plan, log_path, ready_timeout_s)
+
+
+LAUNCHERS = {"process": ProcessServer, "external": ExternalServer, "docker": _docker_server}

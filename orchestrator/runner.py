@@ -16,6 +16,12 @@ from engines import ENGINES, Engine
 from .driver import ENDPOINTS, RequestSpec, request_body, run_batch
 from .errors import InstallError, ServerError
 from .launchers import LAUNCHERS, free_port, log_tail
+
+
+def owner_labels(sweep: str, cell: str, run: str) -> dict[str, str]:
+    from .docker_launcher import owner_labels as labels
+
+    return labels(sweep, cell, run)
 from .models import ResolvedModel, resolve_model
 from .prompts import Prompt, load_prompt_set
 from .results import RunDir
@@ -118,6 +124,8 @@ class Sweep:
     def run_cell(self, cell: Cell, todo: list[RequestSpec]) -> dict:
         prep = self.prepared[cell.engine.name]
         plan = command_for(cell, prep, self.parallel)
+        if plan.container is not None:
+            plan.container["labels"] = owner_labels(self.scenario.name, cell.id, self.run.path.name)
         rec = self._cell_base(cell, prep, plan)
         launcher = LAUNCHERS[cell.engine.launcher]
         log = self.run.cell_dir(cell.id) / "server.log"
@@ -125,6 +133,7 @@ class Sweep:
         try:
             with launcher(plan, log, cell.engine.ready_timeout_s) as server:
                 rec["ready_s"] = round(server.wait_ready(), 3)
+                rec.update(server.describe())
                 rec["template"] = self._template(cell, server.base_url)
                 results = self._drive(cell, server, todo)
                 rec.update(_judge(results, server.alive()))
@@ -143,7 +152,7 @@ class Sweep:
     def _cell_base(self, cell: Cell, prep: Prepared, plan) -> dict:
         return {"cell_id": cell.id, "engine": cell.engine.name, "kind": cell.engine.kind,
                 "launcher": cell.engine.launcher, "method": cell.method, "n_spec": cell.n_spec,
-                "model": prep.model.label, "api": cell.engine.api, "argv": plan.argv,
+                "model": prep.model.label, "api": cell.engine.api, "argv": plan.argv, "command": plan.display(),
                 "endpoint": ENDPOINTS[cell.engine.api], "cache": prep.engine.cache_setting(self.workload),
                 "status": "running"}
 

@@ -68,6 +68,36 @@ class Speculation(_Strict):
         return _unique(v, "n_spec values")
 
 
+class DockerSettings(_Strict):
+    """How to run an engine's official image. The image's entrypoint is the server."""
+
+    image: str = Field(min_length=1)
+    gpus: str | list[int] = "all"  # "all", "none", or device ids
+    ipc: Literal["host", "private"] = "host"
+    shm_size: str | None = None  # e.g. "16g", with ipc = "private"
+    network: Literal["bridge", "host"] = "bridge"  # bridge publishes the port on 127.0.0.1 only
+    volumes: list[str] = []  # "HOST:CONTAINER[:ro]"; ~ expands
+    env: list[str] = []  # names passed through from your environment, never written anywhere
+    docker_host: str | None = None  # else DOCKER_HOST, else the local engine
+    port: int | None = Field(default=None, gt=0, lt=65536)  # server port inside the container
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v):
+        if isinstance(v, str) and v not in ("all", "none"):
+            raise ValueError('use "all", "none", or a list of device ids')
+        return v
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, v):
+        for vol in v:
+            parts = vol.split(":")
+            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+                raise ValueError(f"{vol!r} is not HOST:CONTAINER[:ro]")
+        return v
+
+
 class EngineSpec(_Strict):
     name: str = Field(min_length=1)
     kind: str
@@ -76,6 +106,7 @@ class EngineSpec(_Strict):
     api: Literal["chat", "completions"] = "chat"
     binary: str | None = None
     url: str | None = None  # with launcher = "external": the running server's base URL
+    docker: DockerSettings | None = None  # with launcher = "docker"
     args: list[str] = []
     env: dict[str, str] = {}
     ready_timeout_s: float = Field(default=300.0, gt=0)
@@ -105,6 +136,12 @@ class EngineSpec(_Strict):
             raise _KeyedError("url", 'launcher "external" needs url = "http://host:port" of the running server')
         if self.url and not external:
             raise _KeyedError("url", f'url is only for launcher = "external" (this engine uses {self.launcher!r})')
+        if self.launcher == "docker" and self.docker is None:
+            raise _KeyedError("docker", 'launcher "docker" needs an [engines.docker] table with image = "..."')
+        if self.docker is not None and self.launcher != "docker":
+            raise _KeyedError("docker", f'[engines.docker] is only for launcher = "docker" (this engine uses {self.launcher!r})')
+        if self.docker is not None and self.binary:
+            raise _KeyedError("binary", "a container runs its image's entrypoint; remove binary")
         if not ENGINES[self.kind].needs_binary and not external:
             raise _KeyedError("launcher", f'kind {self.kind!r} is a running server: use launcher = "external"')
         if self.url and not re.fullmatch(r"https?://[^\s/]+(/.*)?", self.url):
