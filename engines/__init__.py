@@ -3,10 +3,12 @@
 from .base import Engine, ServerPlan
 from .endpoint import Endpoint
 from .llama_server import LlamaServer
+from .vllm import Vllm
 
 ENGINES: dict[str, type[Engine]] = {
     LlamaServer.kind: LlamaServer,
     Endpoint.kind: Endpoint,
+    Vllm.kind: Vllm,
 }
 
 __all__ = ["ENGINES", "Engine", "ServerPlan"]

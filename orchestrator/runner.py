@@ -61,7 +61,11 @@ def prepare(scenario: Scenario, base_dir: Path, need_binaries: bool = True) -> d
     prepared = {}
     for spec in scenario.engines:
         engine = ENGINES[spec.kind](spec)
-        if need_binaries and engine.needs_binary:
+        if need_binaries and spec.launcher == "docker":
+            from .docker_launcher import client_for
+
+            client_for(spec.docker.docker_host)  # unreachable: one line naming DOCKER_HOST, nothing started
+        elif need_binaries and engine.needs_binary:
             _check_binary(spec, engine)
         draft = spec.speculation.draft_model
         model = resolve_model(spec.model, base_dir) if engine.resolves_model else ResolvedModel(spec.model,

@@ -1,0 +1,91 @@
+"""The published GPU setups, checked flag by flag against ../shared/reference/README.md
+(copied to orchestrator/reference_data/PROVENANCE.md). Dry runs only: no GPU here."""
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import cli
+
+SCENARIOS = Path(__file__).parent.parent / "scenarios"
+VLLM_LIMITS = {"--max-model-len": "3000", "--tensor-parallel-size": "1", "--gpu-memory-utilization": "0.45",
+               "--max-num-seqs": "1", "--limit-mm-per-prompt": '{"image":0,"audio":0}'}
+
+
+def cells(name: str) -> dict[str, list[str]]:
+    result = CliRunner().invoke(cli, ["sweep", str(SCENARIOS / name), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    return {re.match(r"cell \d+/\d+ (\S+)", a).group(1): shlex.split(b) for a, b in zip(lines[2::2], lines[3::2])}
+
+
+def split(cmd: list[str], image: str) -> tuple[list[str], list[str]]:
+    assert cmd[:3] == ["docker", "run", "--rm"]
+    i = cmd.index(image)
+    return cmd[3:i], cmd[i + 1:]
+
+
+def flags(argv: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for i, tok in enumerate(argv):
+        if tok.startswith("-") and not re.fullmatch(r"-\d+", tok):
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            out.setdefault(tok, []).append(nxt if nxt is not None and (not nxt.startswith("-") or
+                                                                      re.fullmatch(r"-\d+", nxt)) else "")
+    return out
+
+
+def docker_opts(opts: list[str]) -> dict:
+    assert opts[opts.index("--gpus") + 1] == "all" and opts[opts.index("--ipc") + 1] == "host"
+    assert re.fullmatch(r"127\.0\.0\.1:\d+:\d+", opts[opts.index("-p") + 1])  # published on loopback only
+    assert opts[opts.index("-e") + 1] == "HF_TOKEN"  # by name: the value is never written
+    return {"volume": opts[opts.index("-v") + 1]}
+
+
+@pytest.mark.parametrize("name, model, n_specs, extra", [
+    ("gemma4-31b-mtp-vllm.toml", "RedHatAI/gemma-4-31B-it-FP8-block", [0, 2, 3, 4, 5], {}),
+    ("qwen36-27b-mtp-vllm.toml", "Qwen/Qwen3.6-27B-FP8", [0, 4, 5], {"--reasoning-parser": "qwen3"}),
+])
+def test_vllm_setups_match_the_published_flags(name, model, n_specs, extra):
+    found = cells(name)
+    assert sorted(int(c.rsplit("-n", 1)[1]) for c in found) == n_specs
+    for cell, cmd in found.items():
+        opts, argv = split(cmd, "vllm/vllm-openai:nightly")
+        assert docker_opts(opts)["volume"].endswith(":/root/.cache/huggingface")
+        assert argv[0] == model
+        f = flags(argv)
+        for flag, value in {**VLLM_LIMITS, **extra}.items():
+            assert f[flag] == [value], (cell, flag)
+        assert f["--no-enable-prefix-caching"] == [""]  # exactly once
+        assert f["--port"] == ["8000"] and f["--host"] == ["0.0.0.0"]
+        n = int(cell.rsplit("-n", 1)[1])
+        if n == 0:
+            assert "--speculative-config" not in f
+        else:
+            config = json.loads(f["--speculative-config"][0])
+            expected = {"method": "mtp", "num_speculative_tokens": n}
+            if "gemma" in name:
+                expected["model"] = "google/gemma-4-31B-it-assistant"
+            assert config == expected
+
+
+def test_llamacpp_setup_matches_the_published_flags():
+    found = cells("qwen36-27b-mtp-llamacpp.toml")
+    assert sorted(int(c.rsplit("-n", 1)[1]) for c in found) == [0, 2, 3, 4, 5]
+    for cell, cmd in found.items():
+        opts, argv = split(cmd, "ghcr.io/ggml-org/llama.cpp:server-cuda13")
+        docker_opts(opts)
+        f = flags(argv)
+        assert f["-hf"] == ["unsloth/Qwen3.6-27B-MTP-GGUF"] and f["--hf-file"] == ["Qwen3.6-27B-Q8_0.gguf"]
+        assert f["-ngl"] == ["-1"] and f["-c"] == ["3000"] and f["-fa"] == ["on"]
+        assert f["--parallel"] == ["1"] and f["--metrics"] == [""]  # -np 1 --metrics
+        n = int(cell.rsplit("-n", 1)[1])
+        if n == 0:
+            assert "--spec-type" not in f
+        else:
+            assert f["--spec-type"] == ["draft-mtp"] and f["--spec-draft-n-max"] == [str(n)]
+        assert not {"--draft-max", "--draft-min"} & set(f)
