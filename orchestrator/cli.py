@@ -271,6 +271,55 @@ def reference(out):
         click.echo(f"chart: {path}")
 
 
+# ---------------------------------------------------------------- docker
+
+
+@cli.command()
+@click.option("--docker-host", default=None, help="Docker engine to check (default: DOCKER_HOST or local).")
+def doctor(docker_host):
+    """Report Docker, the NVIDIA runtime, GPUs, disk and local engines, with the fix for each gap.
+
+    Example: orch doctor
+    """
+    from .doctor import format_checks, run_checks
+
+    click.echo(format_checks(run_checks(docker_host)))
+
+
+@cli.command("ls")
+@click.option("--docker-host", default=None, help="Docker engine to list (default: DOCKER_HOST or local).")
+def ls_(docker_host):
+    """List containers started by orch (running or not).
+
+    Example: orch ls
+    """
+    from .docker_launcher import list_containers, orphaned
+
+    found = list_containers(docker_host)
+    if not found:
+        click.echo("no orch containers")
+    for c in found:
+        lab = c.labels
+        click.echo(f"{c.name}  {c.status}  sweep={lab.get('orch.sweep')} cell={lab.get('orch.cell')} "
+                   f"run={lab.get('orch.run')} owner_pid={lab.get('orch.owner_pid')}"
+                   + ("  (orphaned)" if orphaned(c) else ""))
+
+
+@cli.command()
+@click.option("--all", "everything", is_flag=True, help="Also remove containers of orch runs still alive.")
+@click.option("--docker-host", default=None, help="Docker engine to clean (default: DOCKER_HOST or local).")
+def down(everything, docker_host):
+    """Remove containers left by orch runs that were killed (found by label).
+
+    Example: orch down
+    """
+    from .docker_launcher import list_containers, orphaned, remove
+
+    found = [c for c in list_containers(docker_host) if everything or orphaned(c)]
+    names = remove(found)
+    click.echo(f"removed {len(names)} container(s)" + (f": {', '.join(names)}" if names else ""))
+
+
 # ---------------------------------------------------------------- engines
 
 

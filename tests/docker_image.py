@@ -1,0 +1,24 @@
+"""A local CPU image of llama-server for the Docker tests: the binary orch built, plus the
+shared libraries `ldd` lists, imported as a file tree (no registry needed)."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+
+IMAGE = "orch-test/llama-server:cpu"
+
+
+def build_llama_image(client, binary: str) -> str:
+    libs = re.findall(r"(/\S+\.so[\w.]*)", subprocess.run(["ldd", binary], capture_output=True, text=True).stdout)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(Path(binary).resolve(), arcname="app/llama-server")
+        for lib in libs:
+            tar.add(Path(lib).resolve(), arcname=lib.lstrip("/"))
+    client.api.import_image_from_data(buf.getvalue(), repository=IMAGE.split(":")[0], tag=IMAGE.split(":")[1],
+                                      changes=['ENTRYPOINT ["/app/llama-server"]'])
+    return IMAGE

@@ -1,0 +1,136 @@
+"""The Docker launcher on a real Docker engine, with a local llama-server image (host networking,
+loopback only, the model bind-mounted read-only)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import cli
+
+from .conftest import llama_server_binary
+from .docker_image import build_llama_image
+
+pytestmark = pytest.mark.integration
+
+ORCH = [sys.executable, "-c", "from orchestrator.cli import main; main()"]
+
+
+@pytest.fixture(scope="module")
+def client():
+    import docker
+
+    try:
+        c = docker.from_env()
+        c.ping()
+    except docker.errors.DockerException:
+        if os.environ.get("CI"):
+            pytest.fail("no Docker engine in CI: .ci/run installs docker.io and starts dockerd")
+        pytest.skip("no Docker engine (apt-get install docker.io; dockerd --bridge=none --iptables=false &)")
+    build_llama_image(c, llama_server_binary())
+    return c
+
+
+def engine(name, args=(), n_spec="[0, 4]", launcher="docker"):
+    extra = "".join(f', "{a}"' for a in args)
+    docker = ('[engines.docker]\nimage = "orch-test/llama-server:cpu"\ngpus = "none"\nnetwork = "host"\n'
+              if launcher == "docker" else "")
+    return (f'[[engines]]\nname = "{name}"\nkind = "llama-server"\nlauncher = "{launcher}"\nmodel = "gemma-3-270m"\n'
+            f'api = "completions"\nargs = ["-c", "2048", "-t", "2"{extra}]\nready_timeout_s = 120\n{docker}'
+            f'[engines.speculation]\nmethod = "ngram-mod"\nn_spec = {n_spec}\n')
+
+
+def scenario(tmp_path, name, engines, max_tokens=16, repeats=1):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f'name = "{name}"\n[workload]\nprompts = ["repeat"]\nmax_tokens = {max_tokens}\n'
+                    f'warmup = 1\nrepeats = {repeats}\n' + engines)
+    return path
+
+
+def rows(path):
+    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.is_file() else []
+
+
+def labelled(client, sweep):
+    return client.containers.list(all=True, filters={"label": f"orch.sweep={sweep}"})
+
+
+def test_two_cell_docker_sweep_has_the_process_launchers_shape(client, tmp_path):
+    dk = scenario(tmp_path, "dk", engine("llamacpp"))
+    proc = scenario(tmp_path, "pr", engine("llamacpp", launcher="process"))
+    for path in (dk, proc):
+        result = CliRunner().invoke(cli, ["sweep", str(path), "--out", str(tmp_path / "r")])
+        assert result.exit_code == 0, result.output
+    (d,), (p,) = (tmp_path / "r").glob("dk-*"), (tmp_path / "r").glob("pr-*")
+    d_rows, p_rows = rows(d / "requests.jsonl"), rows(p / "requests.jsonl")
+    assert set(d_rows[0]) == set(p_rows[0]) and len(d_rows) == len(p_rows) == 2 * (1 + 3)
+    assert [r["key"] for r in d_rows] == [r["key"] for r in p_rows]
+    assert all(r["ok"] and r["completion_tokens"] == r["timings_predicted_n"] for r in d_rows)
+    assert (d / "summary.csv").read_text().splitlines()[0] == (p / "summary.csv").read_text().splitlines()[0]
+    cells = rows(d / "cells.jsonl")
+    assert all(c["status"] == "ok" and c["image_id"].startswith("sha256:") for c in cells)
+    assert "llama_server" in (d / "cells" / "llamacpp-n0" / "server.log").read_text()
+    assert labelled(client, "dk") == []  # every container stopped and removed
+
+
+def test_container_that_exits_during_start_up_fails_fast_and_the_sweep_goes_on(client, tmp_path):
+    path = scenario(tmp_path, "dkbad", engine("bad", ["--no-such-flag"], "[0]") + engine("good", (), "[0]"))
+    result = CliRunner().invoke(cli, ["sweep", str(path), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1, result.output  # some cell failed
+    (run,) = (tmp_path / "r").iterdir()
+    bad, good = rows(run / "cells.jsonl")
+    assert bad["status"] == "failed" and bad["error"].startswith("server exited with code 1 during start-up")
+    assert "no-such-flag" in bad["log_tail"]
+    assert bad["seconds"] < 5
+    assert good["status"] == "ok"
+    assert labelled(client, "dkbad") == []
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_leaves_no_container_and_keeps_records(client, tmp_path, sig, code):
+    name = f"dkint{code}"
+    path = scenario(tmp_path, name, engine("llamacpp"), max_tokens=64, repeats=3)
+    out = tmp_path / "r"
+    proc = subprocess.Popen([*ORCH, "sweep", str(path), "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    _wait_measured(out, name)
+    assert len(labelled(client, name)) == 1
+    proc.send_signal(sig)
+    output = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == code, output
+    assert labelled(client, name) == []
+    (run,) = out.iterdir()
+    assert rows(run / "requests.jsonl") and rows(run / "cells.jsonl")[-1]["status"] == "interrupted"
+
+
+def test_orch_down_removes_containers_of_a_run_killed_with_sigkill(client, tmp_path):
+    path = scenario(tmp_path, "dkkill", engine("llamacpp"), max_tokens=64, repeats=3)
+    out = tmp_path / "r"
+    proc = subprocess.Popen([*ORCH, "sweep", str(path), "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _wait_measured(out, "dkkill")
+    proc.kill()
+    proc.wait()
+    left = labelled(client, "dkkill")
+    assert len(left) == 1 and left[0].status == "running"
+    listing = CliRunner().invoke(cli, ["ls"])
+    assert "sweep=dkkill" in listing.output and "(orphaned)" in listing.output
+    result = CliRunner().invoke(cli, ["down"])
+    assert result.exit_code == 0
+    assert result.output.startswith("removed 1 container(s): orch-llamacpp-n0-")
+    assert labelled(client, "dkkill") == []
+
+
+def _wait_measured(out, name, timeout=90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = list(out.glob(f"{name}-*"))
+        if runs and any(r["phase"] == "measured" for r in rows(runs[0] / "requests.jsonl")):
+            return
+        time.sleep(0.1)
+    raise AssertionError("no measured request in time")
