@@ -99,3 +99,41 @@ def test_every_command_has_help_with_an_example():
     for args in (["sweep"], ["report"], ["validate"], ["engines", "install"]):
         result = CliRunner().invoke(cli, [*args, "--help"])
         assert result.exit_code == 0 and "Example: orch " in result.output
+
+
+DOCKER_SCENARIO = """
+name = "dk"
+[[engines]]
+name = "llamacpp"
+kind = "llama-server"
+launcher = "docker"
+model = "{model}"
+[engines.docker]
+image = "orch-test/llama-server:cpu"
+"""
+
+
+def test_unreachable_docker_is_one_line_naming_docker_host(tmp_path, monkeypatch, no_processes):
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    path = tmp_path / "dk.toml"
+    path.write_text(DOCKER_SCENARIO.format(model=model))
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    result = CliRunner().invoke(cli, ["sweep", str(path), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"Error: Docker engine not reachable at unix://{tmp_path}/no-docker.sock (")
+    assert lines[0].endswith("start it (dockerd, or systemctl start docker) or point DOCKER_HOST at a running one")
+    assert not (tmp_path / "r").exists()
+
+
+def test_doctor_names_the_fix_for_each_missing_piece(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    result = CliRunner().invoke(cli, ["doctor"])
+    assert result.exit_code == 0
+    out = result.output.splitlines()
+    assert out[0].startswith(f"MISSING docker: Docker engine not reachable at unix://{tmp_path}/no-docker.sock")
+    assert out[1] == "        fix: start dockerd (sudo systemctl start docker), or set DOCKER_HOST=ssh://user@gpu-host"
+    assert "MISSING GPUs: nvidia-smi not found on this host" in out

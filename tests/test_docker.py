@@ -39,7 +39,7 @@ def client():
 def engine(name, args=(), n_spec="[0, 4]", launcher="docker"):
     extra = "".join(f', "{a}"' for a in args)
     docker = ('[engines.docker]\nimage = "orch-test/llama-server:cpu"\ngpus = "none"\nnetwork = "host"\n'
-              if launcher == "docker" else "")
+              'env = ["HF_TOKEN"]\n' if launcher == "docker" else "")
     return (f'[[engines]]\nname = "{name}"\nkind = "llama-server"\nlauncher = "{launcher}"\nmodel = "gemma-3-270m"\n'
             f'api = "completions"\nargs = ["-c", "2048", "-t", "2"{extra}]\nready_timeout_s = 120\n{docker}'
             f'[engines.speculation]\nmethod = "ngram-mod"\nn_spec = {n_spec}\n')
@@ -60,7 +60,9 @@ def labelled(client, sweep):
     return client.containers.list(all=True, filters={"label": f"orch.sweep={sweep}"})
 
 
-def test_two_cell_docker_sweep_has_the_process_launchers_shape(client, tmp_path):
+def test_two_cell_docker_sweep_has_the_process_launchers_shape(client, tmp_path, monkeypatch):
+    secret = "hf_orch_test_secret_4b1d"
+    monkeypatch.setenv("HF_TOKEN", secret)
     dk = scenario(tmp_path, "dk", engine("llamacpp"))
     proc = scenario(tmp_path, "pr", engine("llamacpp", launcher="process"))
     for path in (dk, proc):
@@ -76,6 +78,9 @@ def test_two_cell_docker_sweep_has_the_process_launchers_shape(client, tmp_path)
     assert all(c["status"] == "ok" and c["image_id"].startswith("sha256:") for c in cells)
     assert "llama_server" in (d / "cells" / "llamacpp-n0" / "server.log").read_text()
     assert labelled(client, "dk") == []  # every container stopped and removed
+    assert "-e HF_TOKEN" in cells[0]["command"]  # passed by name...
+    for f in d.rglob("*"):  # ...and its value written nowhere
+        assert not f.is_file() or secret.encode() not in f.read_bytes(), f
 
 
 def test_container_that_exits_during_start_up_fails_fast_and_the_sweep_goes_on(client, tmp_path):
@@ -134,3 +139,30 @@ def _wait_measured(out, name, timeout=90):
             return
         time.sleep(0.1)
     raise AssertionError("no measured request in time")
+
+
+def test_an_error_inside_the_pull_stream_fails_the_cell(tmp_path):
+    """docker-py does not raise on an error event in the pull stream. Fault injection: no
+    registry can be reached here, so the Docker API answers from a fake."""
+    import docker
+
+    from orchestrator.docker_launcher import DockerServer
+    from orchestrator.errors import ServerError
+
+    class Images:
+        def get(self, name):
+            raise docker.errors.ImageNotFound(name)
+
+    class Api:
+        def pull(self, repo, tag, stream, decode):
+            assert (repo, tag, stream, decode) == ("vllm/vllm-openai", "nightly", True, True)
+            yield {"status": "Pulling from vllm/vllm-openai"}
+            yield {"error": "manifest for vllm/vllm-openai:nightly not found: manifest unknown"}
+
+    server = DockerServer.__new__(DockerServer)
+    server.c = {"image": "vllm/vllm-openai:nightly"}
+    server.client = type("Client", (), {"images": Images(), "api": Api()})()
+    with pytest.raises(ServerError) as err:
+        server._ensure_image()
+    assert str(err.value) == ("pull of vllm/vllm-openai:nightly failed: "
+                              "manifest for vllm/vllm-openai:nightly not found: manifest unknown")
