@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 from abc import ABC, abstractmethod
@@ -102,6 +103,16 @@ class Engine(ABC):
     def request_fields(self, workload) -> dict:
         """Engine-specific JSON fields added to every request body."""
         return {}
+
+    def request_headers(self) -> dict:
+        """Read the API key from the environment at request time; it is never stored."""
+        name = self.spec.api_key_env
+        if not name:
+            return {}
+        value = os.environ.get(name)
+        if not value:
+            raise KeyError(name)
+        return {"Authorization": f"Bearer {value}"}
 
     def cache_setting(self, workload) -> str:
         """How prompt/prefix caching was set for this engine, for the report."""

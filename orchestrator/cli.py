@@ -11,7 +11,7 @@ from rich.console import Console
 
 from . import __version__
 from .environment import capture
-from .errors import OrchError
+from .errors import OrchError, ResultsError
 from .install import install_llama_server, installed_llama_server, llama_server_path
 from .results import RunDir, scenario_text
 from .runner import Sweep, command_for, plan_cells, prepare
@@ -86,7 +86,10 @@ def _run(sc, base_dir: Path, out: Path, resume: bool, resume_hint: str):
     progress = SweepProgress(Console(stderr=True))
     runner = Sweep(sc, base_dir, progress)
     run = _open_run(sc, out, resume)
-    run.write_environment(capture(_engine_env(runner)))
+    try:
+        run.write_environment(capture(_engine_env(runner)))
+    except OSError as exc:
+        raise ResultsError(f"cannot write to {run.path}: {exc.strerror}; pass a writable --out")
     click.echo(f"run folder: {run.path}")
     signal.signal(signal.SIGTERM, _sigterm)
     try:
@@ -108,18 +111,20 @@ def _run(sc, base_dir: Path, out: Path, resume: bool, resume_hint: str):
 @click.option("--scenario", "scenario_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Take the [workload] table from this scenario file.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key, e.g. workload.max_tokens=64.")
+@click.option("--api-key-env", default=None, metavar="NAME",
+              help="Environment variable holding the endpoint's API key (sent as a Bearer token, never written).")
 @click.option("--label", default="endpoint", show_default=True, help="Engine name in the results.")
 @click.option("--method", default="none", show_default=True, help="Speculation method the server runs (a label).")
 @click.option("--n-spec", type=int, default=0, show_default=True, help="Speculation depth the server runs (a label).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-def bench(url, model, api, scenario_file, overrides, label, method, n_spec, out):
+def bench(url, model, api, scenario_file, overrides, api_key_env, label, method, n_spec, out):
     """Drive the workload against a server that is already running; write a run folder like a sweep's.
 
     Example: orch bench --url http://127.0.0.1:8080 --api completions --set workload.max_tokens=64
     """
     raw = {"name": f"bench-{label}", "workload": read_workload(scenario_file) if scenario_file else {},
            "engines": [{"name": label, "kind": "endpoint", "launcher": "external", "url": url,
-                        "model": model or _served_model(url), "api": api,
+                        "model": model or _served_model(url), "api": api, "api_key_env": api_key_env,
                         "speculation": {"method": method, "n_spec": [n_spec]}}]}
     base = scenario_file.parent if scenario_file else Path.cwd()
     sc = build_scenario(raw, scenario_file or Path("orch bench"), overrides)
@@ -168,7 +173,10 @@ def _open_run(sc, out: Path, resume: bool) -> RunDir:
     resolved = sc.model_dump(mode="json")
     if not resume:
         run = RunDir.create(out, sc.name)
-        run.write_scenario(resolved)
+        try:
+            run.write_scenario(resolved)
+        except OSError as exc:
+            raise ResultsError(f"cannot write to {run.path}: {exc.strerror}; pass a writable --out")
         return run
     run = RunDir.latest(out, sc.name)
     if run is None:
@@ -176,6 +184,8 @@ def _open_run(sc, out: Path, resume: bool) -> RunDir:
     if scenario_text(resolved) != run.read_scenario_text():
         raise OrchError(f"--resume: {run.path}/scenario.toml differs from this scenario (with --set); "
                         "resume with the same settings or start a new run")
+    for note in run.repair():
+        click.echo(f"warning: {note}", err=True)
     return run
 
 
@@ -188,7 +198,11 @@ def _engine_env(runner: Sweep) -> dict:
 def _print_report(run: RunDir, overlay=None) -> bool:
     from plots.report import build_report
 
-    report = build_report(run.path, overlay)
+    try:
+        report = build_report(run.path, overlay)
+    except OSError as exc:
+        raise ResultsError(f"cannot write the report in {run.path}: {exc.strerror}; the records are complete: "
+                           f"free space, then run orch report {run.path}")
     click.echo(format_table(report.summary))
     click.echo(f"\nsummary: {report.summary_path}")
     for chart in report.charts:

@@ -48,14 +48,14 @@ def request_body(api: str, text: str, model: str, workload, extra: dict) -> dict
 
 async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurrency: int,
                     make_body: Callable[[RequestSpec], dict], timeout_s: float,
-                    on_record: Callable[[dict], None]) -> list[dict]:
+                    on_record: Callable[[dict], None], headers: dict | None = None) -> list[dict]:
     """Send `specs` with at most `concurrency` in flight; call on_record as each ends."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(timeout_s, connect=10.0)
     gate = asyncio.Semaphore(concurrency)
     records: list[dict] = []
 
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout, headers=headers) as client:
         async def one(spec: RequestSpec) -> None:
             async with gate:
                 rec = await stream_request(client, ENDPOINTS[api], make_body(spec))
@@ -78,9 +78,13 @@ async def stream_request(client: httpx.AsyncClient, path: str, body: dict) -> di
     state = _StreamState(t_start)
     try:
         async with client.stream("POST", path, json=body) as resp:
+            ctype = resp.headers.get("content-type", "")
             if resp.status_code != 200:
                 detail = (await resp.aread()).decode(errors="replace")[:300]
                 state.error = f"HTTP {resp.status_code}: {detail}"
+            elif "text/event-stream" not in ctype:
+                detail = (await resp.aread()).decode(errors="replace")[:120]
+                state.error = f"HTTP 200 but not an event stream ({ctype or 'no content-type'}): {detail!r}"
             else:
                 async for line in resp.aiter_lines():
                     if state.feed(line):
@@ -105,6 +109,7 @@ class _StreamState:
         self.timings: dict | None = None
         self.finish_reason: str | None = None
         self.error: str | None = None
+        self.done = False
 
     def feed(self, line: str) -> bool:
         """Consume one SSE line; True at the end of the stream."""
@@ -112,6 +117,7 @@ class _StreamState:
             return False
         data = line[5:].strip()
         if data == "[DONE]":
+            self.done = True
             return True
         try:
             obj = json.loads(data)
@@ -147,6 +153,8 @@ class _StreamState:
         tokens, source = self._completion_tokens()
         timings = {f: self.timings.get(f) for f in TIMING_FIELDS} if self.timings else {}
         error = self.error
+        if error is None and not self.done and self.finish_reason is None:
+            error = f"stream ended before [DONE] after {self.chunks} chunks (cut mid-stream)"
         if error is None and tokens is None:
             error = "server reported no completion token count (no usage or timings)"
         rec = {

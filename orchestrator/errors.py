@@ -4,6 +4,7 @@
     ├── ScenarioError      bad scenario file or --set override (exit code 2)
     ├── ModelError         a model name or path that cannot be resolved
     ├── InstallError       building or finding an engine binary failed
+    ├── ResultsError       the results folder cannot be written (not writable, disk full)
     └── ServerError        a server did not become ready
         ├── ServerExited   the process died during start-up
         └── ServerTimeout  no readiness before the deadline
@@ -28,6 +29,10 @@ class ModelError(OrchError):
 
 
 class InstallError(OrchError):
+    pass
+
+
+class ResultsError(OrchError):
     pass
 
 

@@ -53,7 +53,7 @@ class ProcessServer:
             # A new session puts the server and anything it forks in one group we can kill.
             self.proc = subprocess.Popen(
                 self.plan.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, **self.plan.env}, start_new_session=True,
+                env={**os.environ, **self.plan.env}, start_new_session=True, preexec_fn=_die_with_parent,
             )
         return self
 
@@ -92,6 +92,17 @@ class ProcessServer:
         except subprocess.TimeoutExpired:
             _signal_group(self.proc.pid, signal.SIGKILL)
             return self.proc.wait(5)
+
+
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM if orch dies, even by SIGKILL, so none is left running."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: Ctrl-C and SIGTERM still stop the server; `kill -9 orch` may leave it
 
 
 def _healthy(client: httpx.Client, url: str) -> bool:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import tomli_w
 
+from .errors import ResultsError
+
 REQUESTS = "requests.jsonl"
 CELLS = "cells.jsonl"
 SCENARIO = "scenario.toml"
@@ -37,13 +39,33 @@ class RunDir:
         while path.exists():
             suffix += 1
             path = Path(out) / f"{sweep_name}-{stamp}-{suffix}"
-        path.mkdir(parents=True)
+        try:
+            path.mkdir(parents=True)
+        except OSError as exc:
+            raise ResultsError(f"cannot create the run folder {path}: {exc.strerror}; pass a writable --out")
         return cls(path)
 
     @classmethod
     def latest(cls, out: Path, sweep_name: str) -> "RunDir | None":
         runs = sorted(p for p in Path(out).glob(f"{sweep_name}-*") if (p / SCENARIO).is_file())
         return cls(runs[-1]) if runs else None
+
+    def repair(self) -> list[str]:
+        """Before appending to an interrupted run: cut a partial last line a kill left behind, so
+        that it does not end up in the middle of the file. Returns what was dropped."""
+        notes = []
+        for name in (REQUESTS, CELLS):
+            path = self.path / name
+            if not path.is_file() or path.stat().st_size == 0:
+                continue
+            data = path.read_bytes()
+            if data.endswith(b"\n"):
+                continue
+            keep = data.rfind(b"\n") + 1
+            with open(path, "r+b") as f:
+                f.truncate(keep)
+            notes.append(f"{name}: dropped a truncated last line ({len(data) - keep} bytes) left by an interrupted run")
+        return notes
 
     def cell_dir(self, cell_id: str) -> Path:
         return self.path / "cells" / cell_id
@@ -81,10 +103,14 @@ class RunDir:
 def append_jsonl(path: Path, obj: dict) -> None:
     line = json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n"
     # One write per line and fsync: a kill leaves at most a truncated last line.
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise ResultsError(f"cannot write {path}: {exc.strerror}; every line before this one is kept; "
+                           "free space and continue with --resume")
 
 
 def load_jsonl(path: Path) -> list[dict]:

@@ -61,6 +61,9 @@ def prepare(scenario: Scenario, base_dir: Path, need_binaries: bool = True) -> d
     prepared = {}
     for spec in scenario.engines:
         engine = ENGINES[spec.kind](spec)
+        if need_binaries and spec.api_key_env and not os.environ.get(spec.api_key_env):
+            raise InstallError(f"engine {spec.name!r}: api_key_env names {spec.api_key_env}, which is not set; "
+                               f"export {spec.api_key_env}=... first")
         if need_binaries and spec.launcher == "docker":
             from .docker_launcher import client_for
 
@@ -173,16 +176,17 @@ class Sweep:
             self.run.append_request(rec)
             self.progress.request_done(rec)
 
-        timeout = self.workload.request_timeout_s
+        timeout, headers = self.workload.request_timeout_s, prep.engine.request_headers()
         warm = self.warmup_specs()
         if warm:
             self.progress.phase("warm-up")
-            asyncio.run(run_batch(server.base_url, cell.engine.api, warm, 1, body, timeout, record))
+            asyncio.run(run_batch(server.base_url, cell.engine.api, warm, 1, body, timeout, record, headers))
         results = []
         for conc in self.workload.concurrency:
             specs = [s for s in todo if s.concurrency == conc]
             self.progress.phase(f"measuring, concurrency {conc}")
-            results += asyncio.run(run_batch(server.base_url, cell.engine.api, specs, conc, body, timeout, record))
+            results += asyncio.run(run_batch(server.base_url, cell.engine.api, specs, conc, body, timeout, record,
+                                             headers))
             if not server.alive():
                 break
         return results

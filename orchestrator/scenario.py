@@ -106,6 +106,7 @@ class EngineSpec(_Strict):
     api: Literal["chat", "completions"] = "chat"
     binary: str | None = None
     url: str | None = None  # with launcher = "external": the running server's base URL
+    api_key_env: str | None = None  # NAME of an environment variable holding the API key; never its value
     docker: DockerSettings | None = None  # with launcher = "docker"
     args: list[str] = []
     env: dict[str, str] = {}

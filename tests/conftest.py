@@ -52,3 +52,31 @@ def make_run(folder: Path, rows: list[dict], engines: dict) -> Path:
     (folder / "scenario.toml").write_text(f'name = "{folder.name}"\n')
     (folder / "environment.json").write_text(json.dumps({"engines": engines, "cpu": "Test CPU", "cpu_count": 2}))
     return folder
+
+
+ORCH = [__import__("sys").executable, "-c", "from orchestrator.cli import main; main()"]
+
+
+@pytest.fixture
+def spawn_orch():
+    """Start `orch ...` as a real process; whatever the test does, it is stopped afterwards
+    (SIGTERM first, so it stops its own servers and containers)."""
+    import signal
+    import subprocess
+
+    procs = []
+
+    def start(*args, **kwargs):
+        proc = subprocess.Popen([*ORCH, *args], **kwargs)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

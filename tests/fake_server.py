@@ -13,11 +13,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeServer:
-    def __init__(self, total_tokens=24, tokens_per_chunk=4, gap_s=0.02, continuous_usage=True):
+    # Faults: "http500", "http429", "http503", "not_json", "cut", "no_usage", "stall".
+    def __init__(self, total_tokens=24, tokens_per_chunk=4, gap_s=0.02, continuous_usage=True, fault=None):
         self.total, self.k, self.gap, self.continuous = total_tokens, tokens_per_chunk, gap_s, continuous_usage
+        self.fault = fault
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.bodies: list[dict] = []
+        self.headers: list[dict] = []
 
     def __enter__(self):
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -42,20 +45,33 @@ class FakeServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.bodies.append(body)
+                server.headers.append(dict(self.headers))
+                fault = server.fault or ""
+                if fault.startswith("http"):
+                    return self._send(int(fault[4:]), b'{"error": "injected"}', "application/json")
+                if fault == "not_json":
+                    return self._send(200, b"<html>502 Bad Gateway</html>", "text/html")
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
                 self.end_headers()
                 sent = 0
+                if fault == "stall":  # headers, one chunk, then no bytes (bounded: the test's timeout is shorter)
+                    self._event({"choices": [{"index": 0, "delta": {"content": "x"}}]})
+                    time.sleep(10)
+                    return
                 while sent < server.total:
                     n = min(server.k, server.total - sent)
                     sent += n
                     chunk = {"choices": [{"index": 0, "delta": {"content": " tok" * n}, "finish_reason": None}]}
-                    if server.continuous:
+                    if server.continuous and fault != "no_usage":
                         chunk["usage"] = {"prompt_tokens": 5, "completion_tokens": sent}
                     self._event(chunk)
                     time.sleep(server.gap)
-                self._event({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": server.total}})
+                    if fault == "cut" and sent >= server.total // 2:
+                        return  # the connection closes mid-stream: no usage, no [DONE]
+                if fault != "no_usage":
+                    self._event({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": server.total}})
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
 

@@ -33,7 +33,10 @@ def client():
             pytest.fail("no Docker engine in CI: .ci/run installs docker.io and starts dockerd")
         pytest.skip("no Docker engine (apt-get install docker.io; dockerd --bridge=none --iptables=false &)")
     build_llama_image(c, llama_server_binary())
-    return c
+    yield c
+    for leftover in c.containers.list(all=True, filters={"label": "orch.managed=1"}):
+        if leftover.labels.get("orch.sweep", "").startswith("dk"):
+            leftover.remove(force=True)
 
 
 def engine(name, args=(), n_spec="[0, 4]", launcher="docker"):
@@ -97,11 +100,11 @@ def test_container_that_exits_during_start_up_fails_fast_and_the_sweep_goes_on(c
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupt_leaves_no_container_and_keeps_records(client, tmp_path, sig, code):
+def test_interrupt_leaves_no_container_and_keeps_records(client, tmp_path, sig, code, spawn_orch):
     name = f"dkint{code}"
     path = scenario(tmp_path, name, engine("llamacpp"), max_tokens=64, repeats=3)
     out = tmp_path / "r"
-    proc = subprocess.Popen([*ORCH, "sweep", str(path), "--out", str(out)], stdout=subprocess.PIPE,
+    proc = spawn_orch("sweep", str(path), "--out", str(out), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     _wait_measured(out, name)
     assert len(labelled(client, name)) == 1
@@ -113,10 +116,10 @@ def test_interrupt_leaves_no_container_and_keeps_records(client, tmp_path, sig, 
     assert rows(run / "requests.jsonl") and rows(run / "cells.jsonl")[-1]["status"] == "interrupted"
 
 
-def test_orch_down_removes_containers_of_a_run_killed_with_sigkill(client, tmp_path):
+def test_orch_down_removes_containers_of_a_run_killed_with_sigkill(client, tmp_path, spawn_orch):
     path = scenario(tmp_path, "dkkill", engine("llamacpp"), max_tokens=64, repeats=3)
     out = tmp_path / "r"
-    proc = subprocess.Popen([*ORCH, "sweep", str(path), "--out", str(out)], stdout=subprocess.DEVNULL,
+    proc = spawn_orch("sweep", str(path), "--out", str(out), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     _wait_measured(out, "dkkill")
     proc.kill()

@@ -12,6 +12,10 @@ def sse(*objs, done=True) -> bytes:
     return (out + ("data: [DONE]\n\n" if done else "")).encode()
 
 
+def stream(body: bytes) -> httpx.Response:
+    return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+
 def chunk(text):
     return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
 
@@ -28,7 +32,7 @@ def test_tokens_come_from_usage_not_chunks():
     body = sse(chunk("one two three four"), chunk(" five six seven eight"), chunk(" nine ten eleven twelve"),
                {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 12},
                 "timings": {"predicted_n": 12, "draft_n": 10, "draft_n_accepted": 9}})
-    rec = run(lambda req: httpx.Response(200, content=body))
+    rec = run(lambda req: stream(body))
     assert rec["ok"] and rec["error"] is None
     assert (rec["completion_tokens"], rec["completion_tokens_source"], rec["chunks"]) == (12, "usage", 3)
     assert (rec["prompt_tokens"], rec["timings_draft_n"], rec["timings_draft_n_accepted"]) == (7, 10, 9)
@@ -39,19 +43,19 @@ def test_tokens_come_from_usage_not_chunks():
 
 def test_timings_predicted_n_is_the_fallback():
     body = sse(chunk("a"), chunk("b"), {"choices": [], "timings": {"predicted_n": 5}})
-    rec = run(lambda req: httpx.Response(200, content=body))
+    rec = run(lambda req: stream(body))
     assert (rec["completion_tokens"], rec["completion_tokens_source"]) == (5, "timings.predicted_n")
 
 
 def test_no_server_count_is_an_error_row_not_a_chunk_count():
-    rec = run(lambda req: httpx.Response(200, content=sse(chunk("a"), chunk("b"))))
+    rec = run(lambda req: stream(sse(chunk("a"), chunk("b"))))
     assert not rec["ok"] and rec["completion_tokens"] is None
     assert "no completion token count" in rec["error"] and rec["e2e_tok_s"] is None
 
 
 def test_completions_text_field_is_read():
     body = sse({"choices": [{"text": "xyz", "index": 0}]}, {"choices": [], "usage": {"completion_tokens": 2}})
-    rec = run(lambda req: httpx.Response(200, content=body))
+    rec = run(lambda req: stream(body))
     assert rec["text"] == "xyz" and rec["completion_tokens"] == 2
 
 
@@ -62,9 +66,9 @@ def test_http_errors_become_rows(status):
 
 
 def test_malformed_sse_and_server_error_objects():
-    rec = run(lambda req: httpx.Response(200, content=b"data: {not json\n\n"))
+    rec = run(lambda req: stream(b"data: {not json\n\n"))
     assert not rec["ok"] and rec["error"].startswith("malformed SSE data")
-    rec = run(lambda req: httpx.Response(200, content=sse({"error": {"message": "ctx full"}})))
+    rec = run(lambda req: stream(sse({"error": {"message": "ctx full"}})))
     assert not rec["ok"] and "ctx full" in rec["error"]
 
 
@@ -80,7 +84,7 @@ def test_request_body_is_sent_as_given():
 
     def handler(req):
         seen.update(json.loads(req.content))
-        return httpx.Response(200, content=sse({"choices": [], "usage": {"completion_tokens": 1}}))
+        return stream(sse({"choices": [], "usage": {"completion_tokens": 1}}))
     run(handler, {"stream": True, "cache_prompt": False, "seed": 1234})
     assert seen == {"stream": True, "cache_prompt": False, "seed": 1234}
 

@@ -44,17 +44,19 @@ def live_servers_on(port: int) -> list[int]:
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupt_mid_cell_stops_the_server_keeps_records_and_resume_finishes(tmp_path, sig, code):
+def test_interrupt_mid_cell_stops_the_server_keeps_records_and_resume_finishes(tmp_path, sig, code, spawn_orch):
     scenario = tmp_path / "intr.toml"
     scenario.write_text(real_scenario("intr", max_tokens=48))
     out = tmp_path / "results"
-    proc = subprocess.Popen([*ORCH, "sweep", str(scenario), "--out", str(out)],
+    proc = spawn_orch("sweep", str(scenario), "--out", str(out),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     requests = lambda: rows(next(out.glob("intr-*"), out) / "requests.jsonl")
     # Interrupt during the second cell's measured requests.
     wait_for(lambda: any(r["cell_id"] == "llamacpp-ngram-mod-n4" and r["phase"] == "measured" for r in requests()))
+    signalled = time.monotonic()
     proc.send_signal(sig)
     output = proc.communicate(timeout=30)[0].decode()
+    assert time.monotonic() - signalled < 10  # servers stopped and orch gone within 10 s
     assert proc.returncode == code, output
     (run,) = out.glob("intr-*")
 

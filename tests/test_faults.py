@@ -1,0 +1,40 @@
+"""Faults injected for real: a local fault server, real processes, real signals, real limits."""
+
+import asyncio
+import time
+
+import pytest
+
+from orchestrator.driver import RequestSpec, run_batch
+from orchestrator.prompts import Prompt
+
+from .fake_server import FakeServer
+
+
+def one(server, timeout=30):
+    spec = RequestSpec(Prompt("p", "id", "x"), "measured", 1, 0)
+    t0 = time.monotonic()
+    (rec,) = asyncio.run(run_batch(server.url, "chat", [spec], 1, lambda s: {"stream": True}, timeout, lambda r: None))
+    return rec, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("fault, error", [
+    ("http500", 'HTTP 500: {"error": "injected"}'),
+    ("http429", 'HTTP 429: {"error": "injected"}'),
+    ("http503", 'HTTP 503: {"error": "injected"}'),
+    ("not_json", "HTTP 200 but not an event stream (text/html): '<html>502 Bad Gateway</html>'"),
+    ("cut", "stream ended before [DONE] after 3 chunks (cut mid-stream)"),
+    ("no_usage", "server reported no completion token count (no usage or timings)"),
+])
+def test_bad_responses_become_error_rows(fault, error):
+    with FakeServer(fault=fault) as server:
+        rec, _ = one(server)
+    assert rec["ok"] is False and rec["error"] == error
+    assert rec["e2e_tok_s"] is None and rec["key"] == "measured/c1/r0/p/id"
+
+
+def test_a_stalled_stream_ends_at_the_read_timeout():
+    with FakeServer(fault="stall") as server:
+        rec, took = one(server, timeout=1.0)
+    assert rec["ok"] is False and rec["error"].startswith("ReadTimeout")
+    assert 0.9 < took < 3
