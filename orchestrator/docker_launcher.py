@@ -29,10 +29,13 @@ class DockerUnavailable(OrchError):
 def client_for(docker_host: str | None = None) -> docker.DockerClient:
     where = docker_host or os.environ.get("DOCKER_HOST") or "the local socket (unix:///var/run/docker.sock)"
     try:
-        client = docker.DockerClient(base_url=docker_host) if docker_host else docker.from_env()
+        host = docker_host or os.environ.get("DOCKER_HOST")
+        # ssh:// through the system ssh client, so ~/.ssh/config and agents work as in `docker`.
+        client = docker.DockerClient(base_url=host, use_ssh_client=True) if host and host.startswith("ssh://") \
+            else (docker.DockerClient(base_url=docker_host) if docker_host else docker.from_env())
         client.ping()
         return client
-    except docker.errors.DockerException as exc:
+    except (docker.errors.DockerException, OSError) as exc:
         raise DockerUnavailable(f"Docker engine not reachable at {where} ({_short(exc)}); start it "
                                 "(dockerd, or systemctl start docker) or point DOCKER_HOST at a running one")
 
