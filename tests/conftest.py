@@ -80,3 +80,18 @@ def spawn_orch():
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def workload_scenario(tmp_path: Path, name: str, engines: str, max_tokens: int = 16, repeats: int = 1,
+                      timeout: float = 300) -> Path:
+    """A scenario file over the `repeat` prompts with the given [[engines]] tables."""
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f'name = "{name}"\n[workload]\nprompts = ["repeat"]\nmax_tokens = {max_tokens}\nwarmup = 1\n'
+                    f'repeats = {repeats}\nrequest_timeout_s = {timeout}\n' + engines)
+    return path
+
+
+def jsonl_rows(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.is_file() else []

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 
-from .conftest import llama_server_binary
+from .conftest import jsonl_rows as rows, workload_scenario as scenario, llama_server_binary
 from .docker_image import build_llama_image
 
 pytestmark = pytest.mark.integration
@@ -46,17 +46,6 @@ def engine(name, args=(), n_spec="[0, 4]", launcher="docker"):
     return (f'[[engines]]\nname = "{name}"\nkind = "llama-server"\nlauncher = "{launcher}"\nmodel = "gemma-3-270m"\n'
             f'api = "completions"\nargs = ["-c", "2048", "-t", "2"{extra}]\nready_timeout_s = 120\n{docker}'
             f'[engines.speculation]\nmethod = "ngram-mod"\nn_spec = {n_spec}\n')
-
-
-def scenario(tmp_path, name, engines, max_tokens=16, repeats=1):
-    path = tmp_path / f"{name}.toml"
-    path.write_text(f'name = "{name}"\n[workload]\nprompts = ["repeat"]\nmax_tokens = {max_tokens}\n'
-                    f'warmup = 1\nrepeats = {repeats}\n' + engines)
-    return path
-
-
-def rows(path):
-    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.is_file() else []
 
 
 def labelled(client, sweep):

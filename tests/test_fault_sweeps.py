@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 
-from .conftest import llama_server_binary
+from .conftest import jsonl_rows as rows, workload_scenario as scenario, llama_server_binary
 
 pytestmark = pytest.mark.integration
 ORCH = [sys.executable, "-c", "from orchestrator.cli import main; main()"]
@@ -24,17 +24,6 @@ def engine(name, model="gemma-3-270m", args=(), n_spec="[0]"):
     return (f'[[engines]]\nname = "{name}"\nkind = "llama-server"\nmodel = "{model}"\napi = "completions"\n'
             f'binary = "{llama_server_binary()}"\nargs = ["-c", "2048", "-t", "2"{extra}]\nready_timeout_s = 60\n'
             f'[engines.speculation]\nmethod = "ngram-mod"\nn_spec = {n_spec}\n')
-
-
-def scenario(tmp_path, name, engines, max_tokens=16, repeats=1, timeout=300):
-    path = tmp_path / f"{name}.toml"
-    path.write_text(f'name = "{name}"\n[workload]\nprompts = ["repeat"]\nmax_tokens = {max_tokens}\nwarmup = 1\n'
-                    f'repeats = {repeats}\nrequest_timeout_s = {timeout}\n' + engines)
-    return path
-
-
-def rows(path):
-    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.is_file() else []
 
 
 def test_servers_that_fail_to_start_are_recorded_and_the_sweep_goes_on(tmp_path):

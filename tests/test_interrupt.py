@@ -9,16 +9,12 @@ import time
 
 import pytest
 
-from .conftest import real_scenario
+from .conftest import jsonl_rows as rows, real_scenario
 
 pytestmark = pytest.mark.integration
 
 
 ORCH = [sys.executable, "-c", "from orchestrator.cli import main; main()"]
-
-
-def rows(path):
-    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.is_file() else []
 
 
 def wait_for(predicate, timeout=120):
