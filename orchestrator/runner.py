@@ -13,6 +13,7 @@ import httpx
 
 from engines import ENGINES, Engine
 
+from . import server_metrics
 from .driver import ENDPOINTS, RequestSpec, request_body, run_batch
 from .errors import InstallError, ServerError
 from .launchers import LAUNCHERS, free_port, log_tail
@@ -143,6 +144,7 @@ class Sweep:
                 rec.update(server.describe())
                 rec["template"] = self._template(cell, server.base_url)
                 results = self._drive(cell, server, todo)
+                rec["server_metrics"] = self.server_metrics
                 rec.update(_judge(results, server.alive()))
                 if rec["status"] != "ok":
                     rec["log_tail"] = log_tail(log)
@@ -181,12 +183,16 @@ class Sweep:
         if warm:
             self.progress.phase("warm-up")
             asyncio.run(run_batch(server.base_url, cell.engine.api, warm, 1, body, timeout, record, headers))
-        results = []
+        results, self.server_metrics = [], {}
         for conc in self.workload.concurrency:
             specs = [s for s in todo if s.concurrency == conc]
             self.progress.phase(f"measuring, concurrency {conc}")
+            before = server_metrics.scrape(server.base_url, headers)
             results += asyncio.run(run_batch(server.base_url, cell.engine.api, specs, conc, body, timeout, record,
                                              headers))
+            window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers))
+            if window is not None:
+                self.server_metrics[str(conc)] = window
             if not server.alive():
                 break
         return results

@@ -16,6 +16,7 @@ COLUMNS = GROUP + [
     "ttft_s_median", "tpot_ms_median", "itl_ms_median", "itl_ms_p90", "completion_tokens_median",
     "draft_n", "draft_n_accepted", "acceptance_rate", "acceptance_ci_low", "acceptance_ci_high",
     "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_verdict",
+    "server_acceptance_rate", "mean_acceptance_length",  # /metrics deltas: all prompt sets of the cell
     "outliers", "cell_status", "cell_id",
 ]
 
@@ -35,6 +36,10 @@ def summarize(requests: list[dict], cells: list[dict]) -> pd.DataFrame:
     out = pd.DataFrame(rows, columns=COLUMNS)
     status = {c["cell_id"]: c["status"] for c in cells}
     out["cell_status"] = out["cell_id"].map(status).fillna("unknown")
+    window = {(c["cell_id"], int(conc)): m for c in cells for conc, m in (c.get("server_metrics") or {}).items()}
+    for col, key in (("server_acceptance_rate", "acceptance_rate"), ("mean_acceptance_length", "mean_acceptance_length")):
+        out[col] = [(window.get((cid, int(conc))) or {}).get(key) if pd.notna(conc) else None
+                    for cid, conc in zip(out["cell_id"], out["concurrency"])]
     out = pd.concat([out, _cells_without_requests(cells, set(out["cell_id"]))], ignore_index=True)
     out = _add_speedups(out.astype({"speedup_verdict": object}), df)
     return out.sort_values(["engine", "concurrency", "prompt_set", "n_spec"], ignore_index=True)[COLUMNS]

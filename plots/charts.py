@@ -52,6 +52,27 @@ def draw_charts(summary: pd.DataFrame, subtitle: str, out_dir: Path, overlay=Non
     return paths
 
 
+def draw_acceptance_length(summary: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]:
+    """Server-side mean acceptance length (1 + accepted / drafts) from the /metrics deltas."""
+    data = summary.dropna(subset=["mean_acceptance_length"]).drop_duplicates(["cell_id", "concurrency"])
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    many_conc = data["concurrency"].nunique() > 1
+    for (engine, conc), g in data.groupby(["engine", "concurrency"]):
+        g = g.sort_values("n_spec")
+        label = engine + (f" · c={int(conc)}" if many_conc else "")
+        ax.plot(g["n_spec"].astype(int), g["mean_acceptance_length"].astype(float), marker="o", label=label)
+    ax.set_title(f"Mean acceptance length (server /metrics, all prompts)\n{subtitle}", fontsize=10)
+    ax.set_xlabel("n_spec (speculative tokens per step; 0 = off)")
+    ax.set_ylabel("tokens per verification step (1 + accepted / drafts)")
+    if len(data):
+        ax.set_xticks(sorted(int(n) for n in data["n_spec"].unique()))
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no speculation counters in /metrics", transform=ax.transAxes, ha="center")
+    ax.grid(True, alpha=0.3)
+    return save(fig, Path(out_dir) / "acceptance_length_vs_n_spec")
+
+
 def draw_lossless(cells: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
     if len(cells):

@@ -17,7 +17,7 @@ from orchestrator.environment import machine_label
 from orchestrator.lossless import compare, per_cell
 from orchestrator.results import SUMMARY, RunDir
 
-from .charts import draw_charts, draw_lossless
+from .charts import draw_acceptance_length, draw_charts, draw_lossless
 from orchestrator.summary import format_table, summarize
 
 
@@ -40,7 +40,8 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     lossless = per_cell(comparisons)
     comparisons.to_csv(run.path / "lossless.csv", index=False)
     sub = subtitle(run)
-    charts = draw_charts(summary, sub, run.path, overlay) + draw_lossless(lossless, sub, run.path)
+    charts = (draw_charts(summary, sub, run.path, overlay) + draw_acceptance_length(summary, sub, run.path)
+              + draw_lossless(lossless, sub, run.path))
     out = run.path / "report"
     out.mkdir(exist_ok=True)
     ctx = _Context(run, summary, lossless, comparisons, cells, [c for c in charts if c.suffix == ".png"])

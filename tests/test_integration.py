@@ -89,7 +89,8 @@ def test_report_on_a_copy_reproduces_summary_and_charts(run_dir, tmp_path):
     result = CliRunner().invoke(cli, ["report", str(copy)])
     assert result.exit_code == 0, result.output
     pngs = sorted(p.name for p in run_dir.glob("*.png"))
-    assert pngs == ["acceptance_vs_n_spec.png", "lossless.png", "speedup_vs_n_spec.png", "tok_s_vs_n_spec.png"]
+    assert pngs == ["acceptance_length_vs_n_spec.png", "acceptance_vs_n_spec.png", "lossless.png",
+                    "speedup_vs_n_spec.png", "tok_s_vs_n_spec.png"]
     for name in made:
         assert (copy / name).read_bytes() == (run_dir / name).read_bytes(), name
     def md(folder):  # the rerun line names the folder's own path; everything else must match
@@ -181,3 +182,19 @@ def test_bench_url_against_a_running_llama_server_has_a_sweep_cells_shape(run_di
     (cell,) = lines(bench / "cells.jsonl")
     assert cell["argv"] == [] and cell["launcher"] == "external"
     assert (bench / "report" / "index.html").is_file()
+
+
+def test_metrics_deltas_agree_with_per_request_timings(run_dir):
+    """/metrics deltas around the measured window count exactly the measured requests' drafts."""
+    cells = {c["cell_id"]: c for c in lines(run_dir / "cells.jsonl")}
+    window = cells["llamacpp-ngram-mod-n4"]["server_metrics"]["1"]
+    measured = [r for r in lines(run_dir / "requests.jsonl")
+                if r["cell_id"] == "llamacpp-ngram-mod-n4" and r["phase"] == "measured"]
+    assert window["draft_tokens"] == sum(r["timings_draft_n"] or 0 for r in measured) > 0
+    assert window["accepted_tokens"] == sum(r["timings_draft_n_accepted"] or 0 for r in measured)
+    assert 1 < window["mean_acceptance_length"] <= 5  # at most 4 drafted + 1
+    assert window["mean_acceptance_length"] == 1 + window["accepted_tokens"] / window["drafts"]
+    assert cells["llamacpp-n0"]["server_metrics"]["1"]["drafts"] == 0
+    s = pd.read_csv(run_dir / "summary.csv").set_index("cell_id")
+    assert s.loc["llamacpp-ngram-mod-n4", "mean_acceptance_length"] == pytest.approx(window["mean_acceptance_length"])
+    assert (run_dir / "acceptance_length_vs_n_spec.png").is_file()

@@ -82,3 +82,21 @@ def test_itl_spreads_a_multi_token_chunk_over_its_tokens():
     assert itl_per_token(rec) == pytest.approx([0.1, 0.1, 0.1, 0.1])  # 1 token in 0.1 s, 3 tokens in 0.3 s
     assert tpot(rec) == pytest.approx(0.1)
     assert itl_per_token({**rec, "chunk_tokens": [None, None, None]}) is None
+
+
+def test_server_metrics_deltas_from_prometheus_text():
+    from orchestrator.server_metrics import delta, parse
+
+    text = lambda d, t, a, p0: (
+        "# TYPE vllm:spec_decode_num_drafts_total counter\n"
+        f"vllm:spec_decode_num_drafts_total{{engine=\"0\"}} {d}\n"
+        "# TYPE vllm:spec_decode_num_draft_tokens_total counter\n"
+        f"vllm:spec_decode_num_draft_tokens_total{{engine=\"0\"}} {t}\n"
+        "# TYPE vllm:spec_decode_num_accepted_tokens_total counter\n"
+        f"vllm:spec_decode_num_accepted_tokens_total{{engine=\"0\"}} {a}\n"
+        "# TYPE vllm:spec_decode_num_accepted_tokens_per_pos_total counter\n"
+        f"vllm:spec_decode_num_accepted_tokens_per_pos_total{{engine=\"0\",position=\"0\"}} {p0}\n")
+    d = delta(parse(text(5, 20, 10, 4)), parse(text(15, 60, 40, 13)))
+    assert (d["drafts"], d["draft_tokens"], d["accepted_tokens"]) == (10, 40, 30)
+    assert d["acceptance_rate"] == 0.75 and d["mean_acceptance_length"] == 4.0
+    assert d["per_pos_acceptance"] == {"0": 0.9}

@@ -1,0 +1,56 @@
+"""Server-side speculation counters from /metrics (vLLM `vllm:`, llama.cpp `llamacpp:` with --metrics).
+
+Scraped right before and right after a measured window (after warm-up); the deltas give
+acceptance rate = accepted / draft tokens, mean acceptance length = 1 + accepted / drafts, and
+per-position acceptance = accepted_per_pos / drafts.
+"""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+COUNTERS = {"spec_decode_num_drafts": "drafts", "spec_decode_num_draft_tokens": "draft_tokens",
+            "spec_decode_num_accepted_tokens": "accepted_tokens"}
+PER_POS = "spec_decode_num_accepted_tokens_per_pos"
+
+
+def scrape(base_url: str, headers: dict | None = None) -> dict | None:
+    """The speculation counters now, or None if the server has no /metrics."""
+    try:
+        resp = httpx.get(base_url + "/metrics", timeout=5, headers=headers)
+    except httpx.HTTPError:
+        return None
+    if resp.status_code != 200:
+        return None
+    return parse(resp.text)
+
+
+def parse(text: str) -> dict:
+    out: dict = {"drafts": 0.0, "draft_tokens": 0.0, "accepted_tokens": 0.0, "per_pos": {}}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name.split(":", 1)[-1].removesuffix("_total")
+            if name in COUNTERS:
+                out[COUNTERS[name]] += sample.value
+            elif name == PER_POS:
+                pos = sample.labels.get("position", "?")
+                out["per_pos"][pos] = out["per_pos"].get(pos, 0.0) + sample.value
+    return out
+
+
+def delta(before: dict | None, after: dict | None) -> dict | None:
+    if before is None or after is None:
+        return None
+    d = {k: after[k] - before[k] for k in ("drafts", "draft_tokens", "accepted_tokens")}
+    d["per_pos"] = {p: v - before["per_pos"].get(p, 0.0) for p, v in sorted(after["per_pos"].items(), key=_pos)}
+    drafts = d["drafts"]
+    d["acceptance_rate"] = d["accepted_tokens"] / d["draft_tokens"] if d["draft_tokens"] else None
+    d["mean_acceptance_length"] = 1 + d["accepted_tokens"] / drafts if drafts else None
+    d["per_pos_acceptance"] = {p: v / drafts for p, v in d["per_pos"].items()} if drafts else {}
+    return d
+
+
+def _pos(item):
+    key = item[0]
+    return int(key) if key.isdigit() else 1 << 30
