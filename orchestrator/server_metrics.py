@@ -23,7 +23,10 @@ def scrape(base_url: str, headers: dict | None = None) -> dict | None:
         return None
     if resp.status_code != 200:
         return None
-    return parse(resp.text)
+    try:
+        return parse(resp.text)
+    except (ValueError, TypeError, IndexError):
+        return None  # not Prometheus text (some proxies answer every path): no server counters
 
 
 def parse(text: str) -> dict:

@@ -100,3 +100,11 @@ def test_server_metrics_deltas_from_prometheus_text():
     assert (d["drafts"], d["draft_tokens"], d["accepted_tokens"]) == (10, 40, 30)
     assert d["acceptance_rate"] == 0.75 and d["mean_acceptance_length"] == 4.0
     assert d["per_pos_acceptance"] == {"0": 0.9}
+
+
+def test_a_metrics_page_that_is_not_prometheus_text_means_no_counters():
+    from .fake_server import FakeServer
+    from orchestrator.server_metrics import scrape
+
+    with FakeServer() as server:  # answers every GET with JSON
+        assert scrape(server.url) is None
