@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
 import docker
-import httpx
 from docker.types import DeviceRequest
 
 from engines import ServerPlan
 
 from .errors import OrchError, ServerError, ServerExited, ServerTimeout
+from .launchers import poll_ready
 
 MANAGED = "orch.managed"
-POLL_INTERVAL_S = 0.1
 STOP_TIMEOUT_S = 10
 
 
@@ -77,21 +75,14 @@ class DockerServer:
         return self.container.status == "running"
 
     def wait_ready(self) -> float:
-        started = time.monotonic()
         url = self.base_url + self.plan.health_path
-        with httpx.Client(timeout=1.0) as http:
-            while True:
-                if not self.alive():
-                    raise self._exited()
-                try:
-                    if http.get(url).status_code == 200:
-                        return time.monotonic() - started
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() - started > self.ready_timeout_s:
-                    raise ServerTimeout(f"container not ready after {self.ready_timeout_s:.0f} s (polling {url})",
-                                        self._logs(30))
-                time.sleep(POLL_INTERVAL_S)
+        return poll_ready([url], self.ready_timeout_s, self._check_exit,
+                          lambda: ServerTimeout(f"container not ready after {self.ready_timeout_s:.0f} s "
+                                                f"(polling {url})", self._logs(30)))
+
+    def _check_exit(self) -> None:
+        if not self.alive():
+            raise self._exited()
 
     def stop(self) -> None:
         if self.container is None:

@@ -68,20 +68,15 @@ class ProcessServer:
 
     def wait_ready(self) -> float:
         """Seconds from start until the health check answered 200."""
-        started = time.monotonic()
-        deadline = started + self.ready_timeout_s
         url = self.base_url + self.plan.health_path
-        with httpx.Client(timeout=1.0) as client:
-            while True:
-                code = self.proc.poll()
-                if code is not None:
-                    raise ServerExited(code, log_tail(self.log_path))
-                if _healthy(client, url):
-                    return time.monotonic() - started
-                if time.monotonic() > deadline:
-                    raise ServerTimeout(f"server not ready after {self.ready_timeout_s:.0f} s "
-                                        f"(polling {url})", log_tail(self.log_path))
-                time.sleep(POLL_INTERVAL_S)
+        return poll_ready([url], self.ready_timeout_s, self._check_exit,
+                          lambda: ServerTimeout(f"server not ready after {self.ready_timeout_s:.0f} s (polling {url})",
+                                                log_tail(self.log_path)))
+
+    def _check_exit(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            raise ServerExited(code, log_tail(self.log_path))
 
     def stop(self) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -92,6 +87,21 @@ class ProcessServer:
         except subprocess.TimeoutExpired:
             _signal_group(self.proc.pid, signal.SIGKILL)
             return self.proc.wait(5)
+
+
+def poll_ready(urls: list[str], timeout_s: float, check_exit, timeout_error) -> float:
+    """Seconds until one of `urls` answers 200, polling against a monotonic deadline.
+    `check_exit()` raises as soon as the server is gone; `timeout_error()` makes the error
+    raised at the deadline."""
+    started = time.monotonic()
+    with httpx.Client(timeout=1.0) as client:
+        while True:
+            check_exit()
+            if any(_healthy(client, url) for url in urls):
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout_s:
+                raise timeout_error()
+            time.sleep(POLL_INTERVAL_S)
 
 
 def _die_with_parent() -> None:
@@ -142,16 +152,11 @@ class ExternalServer:
         return {"url": self.base_url}
 
     def wait_ready(self) -> float:
-        started = time.monotonic()
-        with httpx.Client(timeout=2.0) as client:
-            while True:
-                # /health (llama.cpp, vLLM) or, for other servers, /v1/models.
-                if any(_healthy(client, self.base_url + p) for p in (self.plan.health_path, "/v1/models")):
-                    return time.monotonic() - started
-                if time.monotonic() - started > self.ready_timeout_s:
-                    raise ServerTimeout(f"{self.base_url} did not answer /health or /v1/models "
-                                        f"within {self.ready_timeout_s:.0f} s; is the server running?")
-                time.sleep(POLL_INTERVAL_S)
+        # /health (llama.cpp, vLLM) or, for other servers, /v1/models.
+        urls = [self.base_url + p for p in (self.plan.health_path, "/v1/models")]
+        return poll_ready(urls, self.ready_timeout_s, lambda: None,
+                          lambda: ServerTimeout(f"{self.base_url} did not answer /health or /v1/models within "
+                                                f"{self.ready_timeout_s:.0f} s; is the server running?"))
 
 
 def _docker_server(plan, log_path, ready_timeout_s):

@@ -143,8 +143,7 @@ class Sweep:
                 rec["ready_s"] = round(server.wait_ready(), 3)
                 rec.update(server.describe())
                 rec["template"] = self._template(cell, server.base_url)
-                results = self._drive(cell, server, todo)
-                rec["server_metrics"] = self.server_metrics
+                results, rec["server_metrics"] = self._drive(cell, server, todo)
                 rec.update(_judge(results, server.alive()))
                 if rec["status"] != "ok":
                     rec["log_tail"] = log_tail(log)
@@ -165,7 +164,9 @@ class Sweep:
                 "endpoint": ENDPOINTS[cell.engine.api], "cache": prep.engine.cache_setting(self.workload),
                 "status": "running"}
 
-    def _drive(self, cell: Cell, server, todo: list[RequestSpec]) -> list[dict]:
+    def _drive(self, cell: Cell, server, todo: list[RequestSpec]) -> tuple[list[dict], dict]:
+        """Warm-up, then the measured requests per concurrency level; returns the measured
+        records and the /metrics deltas of each level's window."""
         prep = self.prepared[cell.engine.name]
         extra = prep.engine.request_fields(self.workload)
 
@@ -183,7 +184,7 @@ class Sweep:
         if warm:
             self.progress.phase("warm-up")
             asyncio.run(run_batch(server.base_url, cell.engine.api, warm, 1, body, timeout, record, headers))
-        results, self.server_metrics = [], {}
+        results, windows = [], {}
         for conc in self.workload.concurrency:
             specs = [s for s in todo if s.concurrency == conc]
             self.progress.phase(f"measuring, concurrency {conc}")
@@ -192,10 +193,10 @@ class Sweep:
                                              headers))
             window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers))
             if window is not None:
-                self.server_metrics[str(conc)] = window
+                windows[str(conc)] = window
             if not server.alive():
                 break
-        return results
+        return results, windows
 
     def _template(self, cell: Cell, base_url: str) -> str:
         if cell.engine.api == "completions":
