@@ -86,10 +86,7 @@ def _run(sc, base_dir: Path, out: Path, resume: bool, resume_hint: str):
     progress = SweepProgress(Console(stderr=True))
     runner = Sweep(sc, base_dir, progress)
     run = _open_run(sc, out, resume)
-    try:
-        run.write_environment(capture(_engine_env(runner)))
-    except OSError as exc:
-        raise ResultsError(f"cannot write to {run.path}: {exc.strerror}; pass a writable --out")
+    run.write_environment(capture(_engine_env(runner)))
     click.echo(f"run folder: {run.path}")
     signal.signal(signal.SIGTERM, _sigterm)
     try:
@@ -173,10 +170,7 @@ def _open_run(sc, out: Path, resume: bool) -> RunDir:
     resolved = sc.model_dump(mode="json")
     if not resume:
         run = RunDir.create(out, sc.name)
-        try:
-            run.write_scenario(resolved)
-        except OSError as exc:
-            raise ResultsError(f"cannot write to {run.path}: {exc.strerror}; pass a writable --out")
+        run.write_scenario(resolved)
         return run
     run = RunDir.latest(out, sc.name)
     if run is None:

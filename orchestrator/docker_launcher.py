@@ -14,9 +14,8 @@ from docker.types import DeviceRequest
 from engines import ServerPlan
 
 from .errors import OrchError, ServerError, ServerExited, ServerTimeout
-from .launchers import poll_ready
+from .launchers import MANAGED, poll_ready
 
-MANAGED = "orch.managed"
 STOP_TIMEOUT_S = 10
 
 
@@ -26,21 +25,18 @@ class DockerUnavailable(OrchError):
 
 def client_for(docker_host: str | None = None) -> docker.DockerClient:
     where = docker_host or os.environ.get("DOCKER_HOST") or "the local socket (unix:///var/run/docker.sock)"
+    host = docker_host or os.environ.get("DOCKER_HOST")
     try:
-        host = docker_host or os.environ.get("DOCKER_HOST")
-        # ssh:// through the system ssh client, so ~/.ssh/config and agents work as in `docker`.
-        client = docker.DockerClient(base_url=host, use_ssh_client=True) if host and host.startswith("ssh://") \
-            else (docker.DockerClient(base_url=docker_host) if docker_host else docker.from_env())
+        if host and host.startswith("ssh://"):
+            # Through the system ssh client, so ~/.ssh/config and agents work as with `docker`.
+            client = docker.DockerClient(base_url=host, use_ssh_client=True)
+        else:
+            client = docker.DockerClient(base_url=host) if host else docker.from_env()
         client.ping()
         return client
     except (docker.errors.DockerException, OSError) as exc:
         raise DockerUnavailable(f"Docker engine not reachable at {where} ({_short(exc)}); start it "
                                 "(dockerd, or systemctl start docker) or point DOCKER_HOST at a running one")
-
-
-def owner_labels(sweep: str, cell: str, run: str) -> dict[str, str]:
-    return {MANAGED: "1", "orch.sweep": sweep, "orch.cell": cell, "orch.run": run,
-            "orch.owner_pid": str(os.getpid()), "orch.owner_host": socket.gethostname()}
 
 
 class DockerServer:
@@ -118,9 +114,9 @@ class DockerServer:
             return self.client.images.get(self.c["image"])
         except docker.errors.ImageNotFound:
             pass
-        repo, _, tag = self.c["image"].rpartition(":") if ":" in self.c["image"].split("/")[-1] else (self.c["image"], "", "latest")
-        # docker-py does not raise on an error reported inside the pull stream: look for it.
-        for event in self.client.api.pull(repo, tag=tag, stream=True, decode=True):
+        # docker-py parses the reference (tag or @sha256 digest) and does not raise on an error
+        # reported inside the pull stream: look for it.
+        for event in self.client.api.pull(self.c["image"], stream=True, decode=True):
             if "error" in event:
                 raise ServerError(f"pull of {self.c['image']} failed: {event['error']}")
             if event.get("status", "").startswith(("Pulling from", "Digest", "Status")):

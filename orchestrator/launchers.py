@@ -19,8 +19,15 @@ from engines import ServerPlan
 
 from .errors import ServerExited, ServerTimeout
 
+MANAGED = "orch.managed"  # label on every container orch starts
 POLL_INTERVAL_S = 0.1
 STOP_GRACE_S = 10.0
+
+
+def owner_labels(sweep: str, cell: str, run: str) -> dict[str, str]:
+    """Labels that let `orch ls` and `orch down` find a run's containers and their owner."""
+    return {MANAGED: "1", "orch.sweep": sweep, "orch.cell": cell, "orch.run": run,
+            "orch.owner_pid": str(os.getpid()), "orch.owner_host": socket.gethostname()}
 
 
 def free_port() -> int:

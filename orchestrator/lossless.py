@@ -11,16 +11,18 @@ import itertools
 
 import pandas as pd
 
+from .summary import measured_frame
+
 KEY = ["engine", "concurrency", "prompt_set", "prompt_id", "repeat"]
 SNIPPET = 24
 
 
 def compare(requests: list[dict]) -> pd.DataFrame:
     """One row per speculative measured request that has a baseline to compare with."""
-    df = pd.DataFrame(requests)
+    df = measured_frame(requests)
     if df.empty:
         return pd.DataFrame()
-    df = df[(df["phase"] == "measured") & df["ok"]].drop_duplicates(["cell_id", "key"], keep="last")
+    df = df[df["ok"].astype(bool)]
     base = {tuple(k): r for k, r in zip(df[KEY].itertuples(index=False), df.to_dict("records"))
             if r["n_spec"] == 0}
     rows = []

@@ -71,13 +71,19 @@ class RunDir:
         return self.path / "cells" / cell_id
 
     def write_scenario(self, data: dict) -> None:
-        (self.path / SCENARIO).write_text(scenario_text(data))
+        self._write(SCENARIO, scenario_text(data))
 
     def read_scenario_text(self) -> str:
         return (self.path / SCENARIO).read_text()
 
     def write_environment(self, env: dict) -> None:
-        (self.path / ENVIRONMENT).write_text(json.dumps(env, indent=2) + "\n")
+        self._write(ENVIRONMENT, json.dumps(env, indent=2) + "\n")
+
+    def _write(self, name: str, text: str) -> None:
+        try:
+            (self.path / name).write_text(text)
+        except OSError as exc:
+            raise ResultsError(f"cannot write to {self.path}: {exc.strerror}; pass a writable --out")
 
     def environment(self) -> dict:
         p = self.path / ENVIRONMENT

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +16,7 @@ from engines import ENGINES, Engine
 from . import server_metrics
 from .driver import ENDPOINTS, RequestSpec, request_body, run_batch
 from .errors import InstallError, ServerError
-from .launchers import LAUNCHERS, free_port, log_tail
-
-
-def owner_labels(sweep: str, cell: str, run: str) -> dict[str, str]:
-    from .docker_launcher import owner_labels as labels
-
-    return labels(sweep, cell, run)
+from .launchers import LAUNCHERS, free_port, log_tail, owner_labels
 from .models import ResolvedModel, resolve_model
 from .prompts import Prompt, load_prompt_set
 from .results import RunDir

@@ -16,9 +16,9 @@ import pandas as pd
 from orchestrator.environment import machine_label
 from orchestrator.lossless import compare, per_cell
 from orchestrator.results import SUMMARY, RunDir
+from orchestrator.summary import format_table, summarize
 
 from .charts import draw_acceptance_length, draw_charts, draw_lossless
-from orchestrator.summary import format_table, summarize
 
 
 @dataclass

@@ -133,7 +133,8 @@ def _wait_measured(out, name, timeout=90):
     raise AssertionError("no measured request in time")
 
 
-def test_an_error_inside_the_pull_stream_fails_the_cell(tmp_path):
+@pytest.mark.parametrize("image", ["vllm/vllm-openai:nightly", "vllm/vllm-openai@sha256:" + "ab" * 32])
+def test_an_error_inside_the_pull_stream_fails_the_cell(tmp_path, image):
     """docker-py does not raise on an error event in the pull stream. Fault injection: no
     registry can be reached here, so the Docker API answers from a fake."""
     import docker
@@ -146,15 +147,15 @@ def test_an_error_inside_the_pull_stream_fails_the_cell(tmp_path):
             raise docker.errors.ImageNotFound(name)
 
     class Api:
-        def pull(self, repo, tag, stream, decode):
-            assert (repo, tag, stream, decode) == ("vllm/vllm-openai", "nightly", True, True)
+        def pull(self, repository, stream, decode):
+            # The whole reference, tag or digest: docker-py parses it.
+            assert (repository, stream, decode) == (image, True, True)
             yield {"status": "Pulling from vllm/vllm-openai"}
-            yield {"error": "manifest for vllm/vllm-openai:nightly not found: manifest unknown"}
+            yield {"error": f"manifest for {image} not found: manifest unknown"}
 
     server = DockerServer.__new__(DockerServer)
-    server.c = {"image": "vllm/vllm-openai:nightly"}
+    server.c = {"image": image}
     server.client = type("Client", (), {"images": Images(), "api": Api()})()
     with pytest.raises(ServerError) as err:
         server._ensure_image()
-    assert str(err.value) == ("pull of vllm/vllm-openai:nightly failed: "
-                              "manifest for vllm/vllm-openai:nightly not found: manifest unknown")
+    assert str(err.value) == f"pull of {image} failed: manifest for {image} not found: manifest unknown"
