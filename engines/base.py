@@ -53,6 +53,12 @@ class Engine(ABC):
     # False: `model` is a served model name, not a file or hub reference to resolve.
     resolves_model: ClassVar[bool] = True
     install_hint: ClassVar[str] = ""
+    # Name of the `orch engines install` target that provides the local process, if any.
+    installer: ClassVar[str | None] = None
+    # "gguf": a model file; "hf": a Hugging Face folder (or hub reference).
+    model_format: ClassVar[str] = "gguf"
+    # Keys a scenario may add to the engine's speculation config (speculation.config).
+    spec_config_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec):
         self.spec = spec
@@ -80,8 +86,18 @@ class Engine(ABC):
         if self.spec.docker is not None:
             return self._container_plan(n_spec, model, port, parallel, draft)
         binary = self.binary() or self.kind
-        argv = [binary, *self.server_args(n_spec, model, port, parallel, draft), *self.spec.args]
-        return ServerPlan(argv=argv, port=port, health_path=self.health_path, env=dict(self.spec.env))
+        argv = [*self.command_prefix(binary), *self.server_args(n_spec, model, port, parallel, draft),
+                *self.spec.args]
+        return ServerPlan(argv=argv, port=port, health_path=self.health_path,
+                          env={**self.process_env(), **self.spec.env})
+
+    def command_prefix(self, binary: str) -> list[str]:
+        """What starts the server as a local process, before server_args."""
+        return [binary]
+
+    def process_env(self) -> dict[str, str]:
+        """Defaults for a local process's environment; the scenario's env overrides them."""
+        return {}
 
     def _container_plan(self, n_spec, model, host_port, parallel, draft) -> ServerPlan:
         d = self.spec.docker

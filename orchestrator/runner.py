@@ -66,9 +66,10 @@ def prepare(scenario: Scenario, base_dir: Path, need_binaries: bool = True) -> d
         elif need_binaries and engine.needs_binary:
             _check_binary(spec, engine)
         draft = spec.speculation.draft_model
-        model = resolve_model(spec.model, base_dir) if engine.resolves_model else ResolvedModel(spec.model,
-                                                                                               hf_ref=spec.model)
-        prepared[spec.name] = Prepared(engine, model, resolve_model(draft, base_dir) if draft else None)
+        fmt = engine.model_format
+        model = resolve_model(spec.model, base_dir, fmt) if engine.resolves_model else ResolvedModel(spec.model,
+                                                                                                    hf_ref=spec.model)
+        prepared[spec.name] = Prepared(engine, model, resolve_model(draft, base_dir, fmt) if draft else None)
     return prepared
 
 

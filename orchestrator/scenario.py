@@ -59,6 +59,9 @@ class Speculation(_Strict):
     method: str = "none"
     n_spec: list[int] = Field(default=[0], min_length=1)
     draft_model: str | None = None
+    # Extra keys of the engine's own speculation config (vLLM: --speculative-config JSON),
+    # e.g. prompt_lookup_min/max for ngram, or synthetic acceptance rates.
+    config: dict[str, Any] = {}
 
     @field_validator("n_spec")
     @classmethod
@@ -160,9 +163,21 @@ class EngineSpec(_Strict):
                               f"{self.kind} has no speculation method {spec.method!r}; use one of {', '.join(methods)}")
         if spec.method == "none" and any(spec.n_spec):
             raise _KeyedError("speculation.n_spec", "n_spec above 0 needs a speculation.method")
+        if spec.config:
+            _check_spec_config(self.kind, spec.config)
         if spec.method in ENGINES[self.kind].draft_methods and not spec.draft_model:
             raise _KeyedError("speculation.draft_model", f"method {spec.method!r} needs a draft_model (a .gguf path)")
         return self
+
+
+def _check_spec_config(kind: str, config: dict) -> None:
+    allowed = ENGINES[kind].spec_config_keys
+    if not allowed:
+        raise _KeyedError("speculation.config", f"{kind} takes no speculation config; pass server flags in args")
+    unknown = sorted(set(config) - set(allowed))
+    if unknown:
+        raise _KeyedError("speculation.config", f"{kind} has no speculation setting {unknown[0]!r} "
+                          f"(method, n_spec and draft_model have their own keys); use one of {', '.join(allowed)}")
 
 
 class Scenario(_Strict):
@@ -273,12 +288,13 @@ def _check_files(scenario: Scenario, path: Path) -> None:
     for i, eng in enumerate(scenario.engines):
         if not ENGINES[eng.kind].resolves_model:
             continue
-        problem = check_model_ref(eng.model, base)
+        fmt = ENGINES[eng.kind].model_format
+        problem = check_model_ref(eng.model, base, fmt)
         if problem:
             raise ScenarioError(path, f"engines[{i}].model", problem)
         draft = eng.speculation.draft_model
         if draft:
-            problem = check_model_ref(draft, base)
+            problem = check_model_ref(draft, base, fmt)
             if problem:
                 raise ScenarioError(path, f"engines[{i}].speculation.draft_model", problem)
 

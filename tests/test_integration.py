@@ -198,3 +198,33 @@ def test_metrics_deltas_agree_with_per_request_timings(run_dir):
     s = pd.read_csv(run_dir / "summary.csv").set_index("cell_id")
     assert s.loc["llamacpp-ngram-mod-n4", "mean_acceptance_length"] == pytest.approx(window["mean_acceptance_length"])
     assert (run_dir / "acceptance_length_vs_n_spec.png").is_file()
+
+
+SYNTH_RATES = [0.8, 0.6, 0.4, 0.2]  # unconditional per position: 0.5 of draft tokens accepted
+
+
+def test_measured_acceptance_matches_the_engines_synthetic_rates(tmp_path):
+    """A known truth: llama-server accepts drafts at configured per-position rates
+    (--spec-synth-rates, benchmarking only), whatever the tokens; orch must measure those rates."""
+    gguf = resolve_model("gemma-3-270m").path
+    rates = ",".join(map(str, SYNTH_RATES))
+    (tmp_path / "synth.toml").write_text(real_scenario(
+        "synth", prompts="seeds", max_tokens=256, repeats=1, method="draft-simple", n_spec="[4]",
+        draft_model=str(gguf), extra_args=("--spec-synth-rates", rates)))
+    result = CliRunner().invoke(cli, ["sweep", str(tmp_path / "synth.toml"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "r").iterdir()
+    (cell,) = lines(run / "cells.jsonl")
+    window = cell["server_metrics"]["1"]
+    # The rate is a mean over drafts of a 0..4 count (sd 0.35 per draft): 500 drafts put 0.05 at 3 sigma.
+    assert window["drafts"] >= 500, window
+    truth = sum(SYNTH_RATES) / len(SYNTH_RATES)
+    assert abs(window["acceptance_rate"] - truth) <= 0.05, window
+    assert abs(window["mean_acceptance_length"] - (1 + sum(SYNTH_RATES))) <= 0.2, window
+    per_pos = [window["per_pos_acceptance"][str(p)] for p in range(4)]
+    assert all(abs(got - want) <= 0.1 for got, want in zip(per_pos, SYNTH_RATES)), per_pos
+    # The per-request timings and the summary agree with the server's counters.
+    measured = [r for r in lines(run / "requests.jsonl") if r["phase"] == "measured"]
+    assert window["accepted_tokens"] == sum(r["timings_draft_n_accepted"] for r in measured)
+    s = pd.read_csv(run / "summary.csv").iloc[0]
+    assert s["server_acceptance_rate"] == pytest.approx(window["acceptance_rate"])
