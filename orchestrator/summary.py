@@ -8,13 +8,14 @@ import pandas as pd
 from .metrics import itl_per_token, tpot
 from .stats import median_ci, outliers, ratio_ci, ratio_of_sums_ci, verdict
 
+METRICS_SOURCE = "metrics"  # /metrics deltas over the cell's measured window, all prompt sets
 GROUP = ["engine", "method", "n_spec", "concurrency", "prompt_set"]
 COLUMNS = GROUP + [
     "requests_ok", "requests_failed",
     "e2e_tok_s_median", "e2e_tok_s_ci_low", "e2e_tok_s_ci_high", "e2e_tok_s_p10", "e2e_tok_s_p90",
     "decode_tok_s_median", "decode_tok_s_ci_low", "decode_tok_s_ci_high", "decode_tok_s_p10", "decode_tok_s_p90",
     "ttft_s_median", "tpot_ms_median", "itl_ms_median", "itl_ms_p90", "completion_tokens_median",
-    "draft_n", "draft_n_accepted", "acceptance_rate", "acceptance_ci_low", "acceptance_ci_high",
+    "draft_n", "draft_n_accepted", "acceptance_rate", "acceptance_ci_low", "acceptance_ci_high", "acceptance_source",
     "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_verdict",
     "server_acceptance_rate", "mean_acceptance_length",  # /metrics deltas: all prompt sets of the cell
     "outliers", "cell_status", "cell_id",
@@ -40,6 +41,11 @@ def summarize(requests: list[dict], cells: list[dict]) -> pd.DataFrame:
     for col, key in (("server_acceptance_rate", "acceptance_rate"), ("mean_acceptance_length", "mean_acceptance_length")):
         out[col] = [(window.get((cid, int(conc))) or {}).get(key) if pd.notna(conc) else None
                     for cid, conc in zip(out["cell_id"], out["concurrency"])]
+    # Engines without per-request draft counts (vLLM) get the server's own rate for the whole cell.
+    from_server = out["acceptance_rate"].isna() & out["server_acceptance_rate"].notna()
+    out["acceptance_source"] = np.where(out["acceptance_rate"].notna(), "timings",
+                                        np.where(from_server, METRICS_SOURCE, None))
+    out.loc[from_server, "acceptance_rate"] = out.loc[from_server, "server_acceptance_rate"]
     out = pd.concat([out, _cells_without_requests(cells, set(out["cell_id"]))], ignore_index=True)
     out = _add_speedups(out.astype({"speedup_verdict": object}), df)
     return out.sort_values(["engine", "concurrency", "prompt_set", "n_spec"], ignore_index=True)[COLUMNS]
@@ -135,8 +141,12 @@ def format_table(summary: pd.DataFrame) -> str:
            "speedup": "{:.2f}x"}
     for col, f in fmt.items():
         view[col] = view[col].map(lambda v, f=f: "-" if v is None or pd.isna(v) else f.format(v))
+    server = summary["acceptance_source"] == METRICS_SOURCE
+    view.loc[server.to_numpy(), "accept"] = view.loc[server.to_numpy(), "accept"] + "*"
     view = view.astype(object).where(view.notna(), "-")
-    return view.to_string(index=False)
+    note = ("\n* accept from the server's /metrics over the whole measured window (all prompt sets): "
+            "this engine reports no per-request draft counts") if server.any() else ""
+    return view.to_string(index=False) + note
 
 
 def _ci_text(low, high) -> str:

@@ -42,9 +42,12 @@ def draw_charts(summary: pd.DataFrame, subtitle: str, out_dir: Path, overlay=Non
         fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
         for key, g in data.groupby(["engine", "prompt_set", "concurrency"], sort=True):
             g = g.sort_values("n_spec")
+            label = _label(key, many_conc)
             if chart.y == "acceptance_rate":
                 g = g[g["n_spec"] > 0]
-            _series(ax, chart, g, _label(key, many_conc))
+                if (g.get("acceptance_source") == "metrics").any():
+                    label += " (server /metrics, whole cell)"
+            _series(ax, chart, g, label)
         if overlay is not None:
             overlay(ax, chart)
         _decorate(ax, chart, subtitle, data)
