@@ -2,6 +2,7 @@
 
 from .base import Engine, ServerPlan
 from .endpoint import Endpoint
+from .llama_cpp_python import LlamaCppPython
 from .llama_server import LlamaServer
 from .vllm import Vllm
 
@@ -9,6 +10,7 @@ ENGINES: dict[str, type[Engine]] = {
     LlamaServer.kind: LlamaServer,
     Endpoint.kind: Endpoint,
     Vllm.kind: Vllm,
+    LlamaCppPython.kind: LlamaCppPython,
 }
 
 __all__ = ["ENGINES", "Engine", "ServerPlan"]

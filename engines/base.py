@@ -57,6 +57,8 @@ class Engine(ABC):
     installer: ClassVar[str | None] = None
     # "gguf": a model file; "hf": a Hugging Face folder (or hub reference).
     model_format: ClassVar[str] = "gguf"
+    # For servers whose streams report no token counts: POST {"input": text} -> {"tokens": [...]}.
+    tokenize_path: ClassVar[str | None] = None
     # Keys a scenario may add to the engine's speculation config (speculation.config).
     spec_config_keys: ClassVar[tuple[str, ...]] = ()
 

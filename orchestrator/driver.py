@@ -2,7 +2,8 @@
 
 Token counts come from the server (`usage.completion_tokens`, else llama.cpp's
 `timings.predicted_n`), never from counting SSE chunks: with speculation one chunk can
-carry several tokens.
+carry several tokens. A server whose streams carry neither (llama-cpp-python) is asked to
+tokenize the finished text, after the request's clock has stopped, and the record says so.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from .prompts import Prompt
 ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 TIMING_FIELDS = ("prompt_n", "prompt_per_second", "predicted_n", "predicted_per_second",
                  "draft_n", "draft_n_accepted")
+
+
+NO_COUNT = "server reported no completion token count (no usage or timings)"
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,8 @@ def request_body(api: str, text: str, model: str, workload, extra: dict) -> dict
 
 async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurrency: int,
                     make_body: Callable[[RequestSpec], dict], timeout_s: float,
-                    on_record: Callable[[dict], None], headers: dict | None = None) -> list[dict]:
+                    on_record: Callable[[dict], None], headers: dict | None = None,
+                    tokenize_path: str | None = None) -> list[dict]:
     """Send `specs` with at most `concurrency` in flight; call on_record as each ends."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(timeout_s, connect=10.0)
@@ -59,6 +64,8 @@ async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurren
         async def one(spec: RequestSpec) -> None:
             async with gate:
                 rec = await stream_request(client, ENDPOINTS[api], make_body(spec))
+                if tokenize_path and rec["error"] == NO_COUNT:
+                    await _retokenize(client, tokenize_path, rec)
             rec.update(_spec_fields(spec))
             records.append(rec)
             on_record(rec)
@@ -156,7 +163,7 @@ class _StreamState:
         if error is None and not self.done and self.finish_reason is None:
             error = f"stream ended before [DONE] after {self.chunks} chunks (cut mid-stream)"
         if error is None and tokens is None:
-            error = "server reported no completion token count (no usage or timings)"
+            error = NO_COUNT
         rec = {
             "ok": error is None, "error": error, "wall_start": wall_start,
             "t_start": t_start, "t_first_token": self.t_first, "t_end": t_end,
@@ -177,6 +184,23 @@ class _StreamState:
         if self.timings and self.timings.get("predicted_n") is not None:
             return int(self.timings["predicted_n"]), "timings.predicted_n"
         return None, None
+
+
+async def _retokenize(client: httpx.AsyncClient, path: str, rec: dict) -> None:
+    """Count the finished text's tokens with the server's own tokenizer, less what it adds to
+    empty input (a BOS token). Exact for greedy output that re-tokenizes the same way."""
+    try:
+        counts = []
+        for text in (rec["text"], ""):
+            resp = await client.post(path, json={"input": text})
+            resp.raise_for_status()
+            counts.append(len(resp.json()["tokens"]))
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        rec["error"] = f"{NO_COUNT}; tokenizing the text failed: {type(exc).__name__}"
+        return
+    tokens = counts[0] - counts[1]
+    rec.update(ok=True, error=None, completion_tokens=tokens, completion_tokens_source="retokenized",
+               **rates(tokens, rec["t_start"], rec["t_first_token"], rec["t_end"]))
 
 
 def _cumulative_tokens(obj: dict) -> int | None:

