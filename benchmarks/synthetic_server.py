@@ -1,0 +1,114 @@
+"""A synthetic OpenAI-compatible streaming server whose truth is known: every stream emits its
+tokens at a fixed rate, k tokens per SSE chunk, and reports exact usage.
+
+Token j of a request (0-based) is due (j + 1) / rate seconds after the request arrives; a chunk
+goes out when its last token is due, against absolute deadlines, so lateness never accumulates.
+A request for N tokens therefore lasts N / rate seconds on the server: the true end-to-end rate
+is `rate`. The server measures how late its own sends were (GET /stats) so a run where the
+server, not the client, fell behind is caught.
+
+    python benchmarks/synthetic_server.py --port 8765 --rate 50 --chunk-tokens 1 [--cpu 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+
+from aiohttp import web
+
+WORD = "tok "  # one token of text; the tokenizer never matters, usage says how many
+
+
+class Stats:
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.requests = self.chunks = self.tokens = 0
+        self.max_late_s = 0.0
+        self.late_sum_s = 0.0
+
+    def as_dict(self) -> dict:
+        return {"requests": self.requests, "chunks": self.chunks, "tokens": self.tokens,
+                "max_late_ms": 1000 * self.max_late_s,
+                "mean_late_ms": 1000 * self.late_sum_s / self.chunks if self.chunks else 0.0}
+
+
+def make_app(rate: float, chunk_tokens: int) -> web.Application:
+    stats = Stats()
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        t0 = time.monotonic()
+        body = await request.json()
+        n = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
+        chat = request.path.endswith("/chat/completions")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        loop = asyncio.get_running_loop()
+        sent = 0
+        base = {"id": "synthetic", "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": int(time.time()), "model": body.get("model", "synthetic")}
+        while sent < n:
+            k = min(chunk_tokens, n - sent)
+            due = t0 + (sent + k) / rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            late = loop.time() - due
+            stats.max_late_s = max(stats.max_late_s, late)
+            stats.late_sum_s += max(late, 0.0)
+            sent += k
+            text = WORD * k
+            choice = ({"index": 0, "delta": {"content": text}, "finish_reason": None} if chat
+                      else {"index": 0, "text": text, "finish_reason": None})
+            if sent == n:
+                choice["finish_reason"] = "length"
+            await resp.write(b"data: " + json.dumps({**base, "choices": [choice]}).encode() + b"\n\n")
+            stats.chunks += 1
+        usage = {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": n + 8}
+        await resp.write(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        stats.requests += 1
+        stats.tokens += n
+        return resp
+
+    async def models(_):
+        return web.json_response({"object": "list", "data": [{"id": "synthetic", "object": "model"}]})
+
+    async def health(_):
+        return web.Response(text="ok")
+
+    async def get_stats(request):
+        out = stats.as_dict()
+        if request.query.get("reset"):
+            stats.reset()
+        return web.json_response(out)
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/stats", get_stats)
+    return app
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--rate", type=float, default=50.0, help="tokens/s per stream")
+    ap.add_argument("--chunk-tokens", type=int, default=1, help="tokens per SSE chunk (1-8)")
+    ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
+    args = ap.parse_args()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    web.run_app(make_app(args.rate, args.chunk_tokens), host="127.0.0.1", port=args.port, print=None,
+                access_log=None, backlog=1024)
+
+
+if __name__ == "__main__":
+    main()
