@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
@@ -59,6 +60,7 @@ class BuildProgress:
         self._bar.__exit__(*exc)
 
     def step(self, text: str) -> None:
+        text = escape(text)  # "llama-cpp-python[server]" is not rich markup
         self._bar.update(self._task, description=text)
         self.console.print(text)
 
