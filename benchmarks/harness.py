@@ -147,11 +147,13 @@ def vllm_bench_tool(url: str, conc: int, n: int, max_tokens: int, workdir: Path)
 def aiperf_tool(url: str, conc: int, n: int, max_tokens: int, workdir: Path) -> tuple[list, float]:
     exe = CACHE / "peers" / "aiperf" / "bin" / "aiperf"
     art = workdir / f"aiperf-{conc}-{n}"
+    # --use-server-token-count: AIPerf's most exact mode (its default re-tokenizes the text client-side).
     cmd = [str(exe), "profile", "--model", "synthetic", "--url", url, "--endpoint-type", "completions",
            "--streaming", "--concurrency", str(conc), "--request-count", str(n), "--warmup-request-count", "0",
-           "--synthetic-input-tokens-mean", "8", "--output-tokens-mean", str(max_tokens),
-           "--output-tokens-stddev", "0", "--extra-inputs", "ignore_eos:true", "--tokenizer", str(TOKENIZER),
-           "--artifact-dir", str(art), "--ui-type", "none"]
+           "--prompt-input-tokens-mean", "8", "--prompt-output-tokens-mean", str(max_tokens),
+           "--prompt-output-tokens-stddev", "0", "--extra-inputs", "ignore_eos:true", "--tokenizer", str(TOKENIZER),
+           "--use-server-token-count", "--use-legacy-max-tokens", "--output-artifact-dir", str(art),
+           "--ui-type", "none", "--no-server-metrics", "--no-gpu-telemetry"]
     code, cpu, out = run_pinned(cmd)
     records = list(art.rglob("profile_export.jsonl"))
     if code != 0 or not records:
@@ -168,18 +170,24 @@ def aiperf_tool(url: str, conc: int, n: int, max_tokens: int, workdir: Path) -> 
 def guidellm_tool(url: str, conc: int, n: int, max_tokens: int, workdir: Path) -> tuple[list, float]:
     exe = CACHE / "peers" / "guidellm" / "bin" / "guidellm"
     out_file = workdir / f"guidellm-{conc}-{n}.json"
-    cmd = [str(exe), "benchmark", "run", "--target", url, "--profile", "concurrent", "--rate", str(conc),
-           "--max-requests", str(n), "--data", f"prompt_tokens=8,output_tokens={max_tokens}",
-           "--processor", str(TOKENIZER), "--model", "synthetic", "--output-path", str(out_file),
-           "--disable-progress"]
-    code, cpu, out = run_pinned(cmd)
+    config = workdir / "guidellm-scenario.json"
+    config.write_text(json.dumps({"metadata": {"name": "orch-harness"}, "spec": {
+        "backend": {"kind": "openai_http", "target": url, "model": "synthetic", "request_format": "/v1/completions",
+                    "extras": {"body": {"ignore_eos": True}}},
+        "profile": {"kind": "concurrent", "streams": [conc]},
+        "constraints": [{"kind": "max_requests", "count": n}],
+        "tokenizer": {"kind": "huggingface_auto", "model": str(TOKENIZER)},
+        "data": [{"kind": "synthetic_text", "prompt_tokens": 8, "output_tokens": max_tokens}],
+        "outputs": [{"kind": "json", "path": str(out_file)}]}}))
+    code, cpu, out = run_pinned([str(exe), "run", "--scenario", str(config), "--disable-console-interactive"])
     if code != 0 or not out_file.exists():
         raise RuntimeError(out[-800:])
     data = json.loads(out_file.read_text())
+    out_file.unlink()
     rows = []
     for bench in data["benchmarks"]:
         for req in bench["requests"]["successful"]:
-            tokens = req.get("output_tokens") or (req.get("output_metrics") or {}).get("text_tokens")
+            tokens = req.get("output_tokens")
             lat = req.get("request_latency")
             rows.append((tokens, tokens / lat if tokens and lat else None))
     return rows, cpu

@@ -133,15 +133,21 @@ class Sweep:
         launcher = LAUNCHERS[cell.engine.launcher]
         log = self.run.cell_dir(cell.id) / "server.log"
         started = time.monotonic()
+        marks = {"start": started}  # where the cell's wall time goes: see _phases
         try:
             with launcher(plan, log, cell.engine.ready_timeout_s) as server:
+                marks["launched"] = time.monotonic()
                 rec["ready_s"] = round(server.wait_ready(), 3)
+                marks["ready"] = time.monotonic()
                 rec.update(server.describe())
                 rec["template"] = self._template(cell, server.base_url)
-                results, rec["server_metrics"] = self._drive(cell, server, todo)
+                results, rec["server_metrics"] = self._drive(cell, server, todo, marks)
                 rec.update(_judge(results, server.alive()))
                 if rec["status"] != "ok":
                     rec["log_tail"] = log_tail(log)
+                marks["driven"] = time.monotonic()
+            marks["stopped"] = time.monotonic()
+            rec["phases"] = _phases(marks)
         except ServerError as exc:
             rec.update(status="failed", error=str(exc), log_tail=exc.log_tail)
         except (KeyboardInterrupt, SystemExit):
@@ -159,7 +165,7 @@ class Sweep:
                 "endpoint": ENDPOINTS[cell.engine.api], "cache": prep.engine.cache_setting(self.workload),
                 "status": "running"}
 
-    def _drive(self, cell: Cell, server, todo: list[RequestSpec]) -> tuple[list[dict], dict]:
+    def _drive(self, cell: Cell, server, todo: list[RequestSpec], marks: dict) -> tuple[list[dict], dict]:
         """Warm-up, then the measured requests per concurrency level; returns the measured
         records and the /metrics deltas of each level's window."""
         prep = self.prepared[cell.engine.name]
@@ -180,18 +186,22 @@ class Sweep:
         if warm:
             self.progress.phase("warm-up")
             asyncio.run(run_batch(server.base_url, cell.engine.api, warm, 1, body, timeout, record, headers, tokenize))
-        results, windows = [], {}
+        marks["warmed"] = time.monotonic()
+        results, windows, measuring = [], {}, 0.0
         for conc in self.workload.concurrency:
             specs = [s for s in todo if s.concurrency == conc]
             self.progress.phase(f"measuring, concurrency {conc}")
             before = server_metrics.scrape(server.base_url, headers)
+            t0 = time.monotonic()
             results += asyncio.run(run_batch(server.base_url, cell.engine.api, specs, conc, body, timeout, record,
                                              headers, tokenize))
+            measuring += time.monotonic() - t0
             window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers))
             if window is not None:
                 windows[str(conc)] = window
             if not server.alive():
                 break
+        marks["measuring_s"] = measuring
         return results, windows
 
     def _template(self, cell: Cell, base_url: str) -> str:
@@ -204,6 +214,16 @@ class Sweep:
         tpl = props.get("chat_template") or ""
         first = tpl.strip().splitlines()[0][:60] if tpl.strip() else ""
         return f"server chat template sha1:{hashlib.sha1(tpl.encode()).hexdigest()[:12]} {first!r}"
+
+
+def _phases(m: dict) -> dict:
+    """Seconds per phase of one cell. `orch_s` is what orch itself spent between them: the
+    /metrics scrapes, the template probe, bookkeeping."""
+    out = {"start_s": m["launched"] - m["start"], "ready_s": m["ready"] - m["launched"],
+           "warmup_s": m["warmed"] - m["ready"], "measured_s": m["measuring_s"],
+           "teardown_s": m["stopped"] - m["driven"]}
+    out["orch_s"] = (m["stopped"] - m["start"]) - sum(out.values())
+    return {k: round(v, 4) for k, v in out.items()}
 
 
 def _judge(results: list[dict], alive: bool) -> dict:
