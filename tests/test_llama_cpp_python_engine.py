@@ -52,8 +52,10 @@ def test_tokens_are_counted_by_the_servers_tokenizer_after_the_clock_stops(monke
     seen = []
 
     def handler(req: httpx.Request) -> httpx.Response:
-        body = json.loads(req.content)
         seen.append(req.url.path)
+        if req.method == "GET":  # the driver opens its connection before the clock starts
+            return httpx.Response(200, json={"data": []})
+        body = json.loads(req.content)
         if req.url.path == "/extras/tokenize":  # a BOS token for any input, then one per word
             return httpx.Response(200, json={"tokens": [1] + [7] * len(body["input"].split())})
         chunks = "".join(f"data: {json.dumps({'choices': [{'text': w, 'index': 0}]})}\n\n"
@@ -65,6 +67,6 @@ def test_tokens_are_counted_by_the_servers_tokenizer_after_the_clock_stops(monke
     spec = RequestSpec(Prompt("p", "x", "hello"), "measured", 1, 0)
     (rec,) = asyncio.run(run_batch("http://t", "completions", [spec], 1, lambda s: {"prompt": "x"}, 10,
                                    lambda r: None, tokenize_path="/extras/tokenize"))
-    assert seen == ["/v1/completions", "/extras/tokenize", "/extras/tokenize"]
+    assert seen == ["/v1/models", "/v1/completions", "/extras/tokenize", "/extras/tokenize"]
     assert rec["ok"] and (rec["completion_tokens"], rec["completion_tokens_source"]) == (3, "retokenized")
     assert rec["e2e_tok_s"] == 3 / (rec["t_end"] - rec["t_start"])
