@@ -102,11 +102,18 @@ def _spec_fields(spec: RequestSpec) -> dict:
 
 
 async def stream_request(client: httpx.AsyncClient, path: str, body: dict) -> dict:
-    wall_start = time.time()
-    t_start = time.perf_counter()
-    state = _StreamState(t_start)
+    t_call, wall_call = time.perf_counter(), time.time()
+    state = _StreamState(t_call)
+
+    async def trace(event: str, info: dict) -> None:
+        # The clock starts when the request's first bytes go out: time this client spent
+        # queued behind its other streams before that is the client's, not the server's.
+        if event.endswith("send_request_headers.started"):
+            state.t_start = time.perf_counter()
+
+    t_end = None
     try:
-        async with client.stream("POST", path, json=body) as resp:
+        async with client.stream("POST", path, json=body, extensions={"trace": trace}) as resp:
             ctype = resp.headers.get("content-type", "")
             if resp.status_code != 200:
                 detail = (await resp.aread()).decode(errors="replace")[:300]
@@ -118,10 +125,12 @@ async def stream_request(client: httpx.AsyncClient, path: str, body: dict) -> di
                 async for line in resp.aiter_lines():
                     if state.feed(line):
                         break
+            t_end = time.perf_counter()  # the last event read, before the response is closed
     except httpx.HTTPError as exc:
         state.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    t_end = time.perf_counter()
-    return state.record(wall_start, t_start, t_end)
+    if t_end is None:
+        t_end = time.perf_counter()
+    return state.record(wall_call + (state.t_start - t_call), state.t_start, t_end)
 
 
 class _StreamState:
