@@ -114,6 +114,7 @@ from orchestrator.scenario import Workload
 url, conc, n, max_tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 wl = Workload(max_tokens=max_tokens)
 specs = [RequestSpec(Prompt("p", str(i), "hello"), "measured", conc, i) for i in range(n)]
+import os
 recs = asyncio.run(run_batch(url, "completions", specs, conc,
                              lambda s: request_body("completions", s.prompt.text, "synthetic", wl, {}), 600, lambda r: None))
 print(json.dumps([[r["completion_tokens"], r["e2e_tok_s"]] for r in recs]))
@@ -161,7 +162,7 @@ def aiperf_tool(url: str, conc: int, n: int, max_tokens: int, workdir: Path) -> 
     art = workdir / f"aiperf-{conc}-{n}"
     # --use-server-token-count: AIPerf's most exact mode (its default re-tokenizes the text client-side).
     cmd = [str(exe), "profile", "--model", "synthetic", "--url", url, "--endpoint-type", "completions",
-           "--streaming", "--concurrency", str(conc), "--request-count", str(n), "--warmup-request-count", "0",
+           "--streaming", "--concurrency", str(conc), "--request-count", str(n),
            "--prompt-input-tokens-mean", "8", "--prompt-output-tokens-mean", str(max_tokens),
            "--prompt-output-tokens-stddev", "0", "--extra-inputs", "ignore_eos:true", "--tokenizer", str(TOKENIZER),
            "--use-server-token-count", "--use-legacy-max-tokens", "--output-artifact-dir", str(art),
