@@ -48,7 +48,7 @@ class BuildProgress:
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                             TimeElapsedColumn(), console=self.console)
+                             TimeElapsedColumn(), console=self.console, transient=True)
         self._task = None
 
     def __enter__(self):

@@ -133,6 +133,7 @@ class Sweep:
         launcher = LAUNCHERS[cell.engine.launcher]
         log = self.run.cell_dir(cell.id) / "server.log"
         started = time.monotonic()
+        rec["started_at"] = round(time.time(), 3)
         marks = {"start": started}  # where the cell's wall time goes: see _phases
         try:
             with launcher(plan, log, cell.engine.ready_timeout_s) as server:

@@ -228,3 +228,15 @@ def test_measured_acceptance_matches_the_engines_synthetic_rates(tmp_path):
     assert window["accepted_tokens"] == sum(r["timings_draft_n_accepted"] for r in measured)
     s = pd.read_csv(run / "summary.csv").iloc[0]
     assert s["server_acceptance_rate"] == pytest.approx(window["acceptance_rate"])
+
+
+def test_each_cell_accounts_for_its_wall_time(run_dir):
+    """The phases a cell records add up to its own clock, and orch's share inside it is small."""
+    for cell in lines(run_dir / "cells.jsonl"):
+        ph = cell["phases"]
+        assert set(ph) == {"start_s", "ready_s", "warmup_s", "measured_s", "teardown_s", "orch_s"}
+        assert all(v >= 0 for v in ph.values()), ph
+        assert sum(ph.values()) == pytest.approx(cell["seconds"], abs=0.01)
+        assert ph["ready_s"] == pytest.approx(cell["ready_s"], abs=0.01)
+        assert ph["measured_s"] > 0 and ph["orch_s"] < 0.5 * ph["measured_s"]
+        assert cell["started_at"] > 1.7e9  # a wall-clock time, for the gaps between cells
