@@ -91,6 +91,9 @@ def _run(sc, base_dir: Path, out: Path, resume: bool, resume_hint: str):
     run.write_environment(capture(_engine_env(runner)))
     click.echo(f"run folder: {run.path}")
     signal.signal(signal.SIGTERM, _sigterm)
+    # Not Python's own handler: asyncio.run replaces that one with "cancel the main task", and
+    # a cancellation that the HTTP stack absorbs mid-read lets the sweep run on after Ctrl-C.
+    signal.signal(signal.SIGINT, _sigint)
     try:
         with progress:
             cells = runner.execute(run)
@@ -99,6 +102,7 @@ def _run(sc, base_dir: Path, out: Path, resume: bool, resume_hint: str):
         sys.exit(143 if isinstance(exc, Terminated) else 130)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     failed = _print_report(run)
     sys.exit(1 if failed or any(c["status"] != "ok" for c in cells) else 0)
 
@@ -142,6 +146,10 @@ def _served_model(url: str) -> str:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, unwound like Ctrl-C through every server's context manager."""
+
+
+def _sigint(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _sigterm(signum, frame):
