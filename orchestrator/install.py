@@ -104,16 +104,17 @@ def _build(src: Path, build: Path, jobs: int, progress) -> Path:
     return binary
 
 
-def _run(cmd: list[str], log_path: Path, on_line=None) -> None:
-    with open(log_path, "w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                      text=True) as proc:
+def _run(cmd: list[str], log_path: Path, on_line=None, env: dict | None = None, append: bool = False) -> None:
+    with open(log_path, "a" if append else "w") as log, subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        log.write(f"$ {' '.join(cmd)}\n")
         for line in proc.stdout:
             log.write(line)
             if on_line:
                 on_line(line)
     if proc.returncode != 0:
-        tail = log_path.read_text().splitlines()[-5:]
-        raise InstallError(f"{' '.join(cmd[:3])} failed (exit {proc.returncode}): {' | '.join(tail)}")
+        tail = [ln for ln in log_path.read_text().splitlines() if ln.strip()][-5:]
+        raise InstallError(f"{' '.join(cmd[:4])} failed (exit {proc.returncode}); see {log_path}: {' | '.join(tail)}")
 
 
 def _percent(progress, line: str) -> None:

