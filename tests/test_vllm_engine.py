@@ -112,3 +112,21 @@ def test_speculation_config_is_refused_for_llama_server():
         build_scenario(raw, Path("s.toml"))
     assert str(err.value) == ("s.toml: engines[0].speculation.config: llama-server takes no speculation config; "
                               "pass server flags in args")
+
+
+def test_sweep_stops_before_any_run_folder_when_the_hf_folder_is_not_prepared(tmp_path, no_processes, monkeypatch):
+    import sys
+
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    monkeypatch.setenv("ORCH_CACHE", str(tmp_path / "empty-cache"))
+    (tmp_path / "s.toml").write_text(
+        f'name = "s"\n[[engines]]\nname = "v"\nkind = "vllm"\nmodel = "smollm2-135m"\nbinary = "{sys.executable}"\n'
+        '[engines.speculation]\nmethod = "ngram"\nn_spec = [0, 4]\n')
+    result = CliRunner().invoke(cli, ["sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert result.output == ("Error: model 'smollm2-135m' has no Hugging Face folder yet: "
+                             "run `orch models prepare smollm2-135m --format hf`\n")
+    assert not (tmp_path / "r").exists()
