@@ -71,7 +71,10 @@ class _Context:
         return [
             "e2e tok/s = completion tokens / (end - start), time to first token included; "
             "decode tok/s = (tokens - 1) / (end - first token). Definitions: docs/metrics.md.",
-            "Token counts are the server's (usage or timings), never stream chunks.",
+            "Token counts are the server's (usage or timings; for llama-cpp-python, its own tokenizer "
+            "on the finished text), never stream chunks.",
+            "Acceptance: llama.cpp per-request timings; vLLM the deltas of its /metrics counters over "
+            "each measured window (marked *).",
             "Warm-up requests after every server start are recorded apart and never measured.",
             "Medians with seeded bootstrap 95% intervals over measured requests; a speedup whose "
             "interval includes 1.0 is marked 'no clear difference'. Outliers are flagged, not dropped.",
