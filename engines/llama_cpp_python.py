@@ -21,10 +21,9 @@ class LlamaCppPython(Engine):
     install_hint = "orch engines install llama-cpp-python"
 
     def default_binary(self) -> str | None:
-        from orchestrator.pyenvs import PYTHON_ENGINES
+        from orchestrator.pyenvs import env_python
 
-        python = PYTHON_ENGINES["llama-cpp-python"].installed()
-        return str(python) if python else None
+        return env_python("llama-cpp-python")
 
     def command_prefix(self, binary: str) -> list[str]:
         return [binary, "-m", "llama_cpp.server"]
@@ -40,9 +39,6 @@ class LlamaCppPython(Engine):
         return "llama-cpp-python default (no prompt cache unless --cache true)"
 
     def version(self) -> str:
-        from orchestrator.pyenvs import PYTHON_ENGINES, installed_version
+        from orchestrator.pyenvs import env_version
 
-        env = PYTHON_ENGINES["llama-cpp-python"]
-        if self.binary() == str(env.python()):
-            return "llama-cpp-python " + (installed_version(env, "llama_cpp_python") or "unknown")
-        return "unknown"
+        return env_version("llama-cpp-python", self.binary(), "llama_cpp_python")

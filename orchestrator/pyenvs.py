@@ -96,6 +96,20 @@ def installed_version(engine: PythonEngine, package: str) -> str | None:
     return json.loads(info.read_text()).get("packages", {}).get(package)
 
 
+def env_python(name: str) -> str | None:
+    """The python of an installed engine environment, as an engine's default binary."""
+    python = PYTHON_ENGINES[name].installed()
+    return str(python) if python else None
+
+
+def env_version(name: str, binary: str | None, package: str) -> str:
+    """"NAME VERSION" (of `package`) when `binary` is that environment's python; else "unknown"."""
+    env = PYTHON_ENGINES[name]
+    if binary != str(env.python()):
+        return "unknown"
+    return f"{name} {installed_version(env, package) or 'unknown'}"
+
+
 def _versions(python: str) -> dict[str, str]:
     out = subprocess.run([python, "-m", "pip", "list", "--format", "json"], capture_output=True, text=True)
     try:

@@ -12,6 +12,8 @@ matplotlib.rcParams["svg.hashsalt"] = "orch"  # stable ids: a redrawn SVG is byt
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from orchestrator.summary import METRICS_SOURCE  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Chart:
@@ -45,7 +47,7 @@ def draw_charts(summary: pd.DataFrame, subtitle: str, out_dir: Path, overlay=Non
             label = _label(key, many_conc)
             if chart.y == "acceptance_rate":
                 g = g[g["n_spec"] > 0]
-                if (g.get("acceptance_source") == "metrics").any():
+                if (g.get("acceptance_source") == METRICS_SOURCE).any():
                     label += " (server /metrics, whole cell)"
             _series(ax, chart, g, label)
         if overlay is not None:
