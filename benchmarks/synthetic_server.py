@@ -1,7 +1,9 @@
 """A synthetic OpenAI-compatible streaming server whose truth is known: every stream emits its
 tokens at a fixed rate, k tokens per SSE chunk, and reports exact usage.
 
-Token j of a request (0-based) is due (j + 1) / rate seconds after the request arrives; a chunk
+Token j of a request (0-based) is due (j + 1) / rate seconds after the request arrives (its bytes
+were read off the socket, not when its handler got to run: 256 requests landing together wait
+up to ~20 ms for this one-core server's handlers, and that wait is the server's); a chunk
 goes out when its last token is due, against absolute deadlines, so lateness never accumulates.
 A request for N tokens therefore lasts N / rate seconds on the server: the true end-to-end rate
 is `rate`. The server measures how late its own sends were (GET /stats) so a run where the
@@ -18,7 +20,8 @@ import json
 import os
 import time
 
-from aiohttp import web
+from aiohttp import web, web_server
+from aiohttp.web_protocol import RequestHandler
 
 WORD = "tok "  # one token of text; the tokenizer never matters, usage says how many
 
@@ -31,6 +34,7 @@ class Stats:
         self.requests = self.chunks = self.tokens = 0
         self.max_late_s = 0.0
         self.late_sum_s = 0.0
+        self.spans: list[tuple] = []  # per request: (body's "user", handler start, last write), monotonic
 
     def as_dict(self) -> dict:
         return {"requests": self.requests, "chunks": self.chunks, "tokens": self.tokens,
@@ -38,40 +42,55 @@ class Stats:
                 "mean_late_ms": 1000 * self.late_sum_s / self.chunks if self.chunks else 0.0}
 
 
+class StampedHandler(RequestHandler):
+    """aiohttp's connection protocol, noting when the connection's last bytes arrived."""
+    __slots__ = ("arrived",)
+
+    def data_received(self, data: bytes) -> None:
+        self.arrived = time.monotonic()
+        super().data_received(data)
+
+
+web_server.RequestHandler = StampedHandler  # the class aiohttp's server builds per connection
+
+
 def make_app(rate: float, chunk_tokens: int) -> web.Application:
     stats = Stats()
 
     async def completions(request: web.Request) -> web.StreamResponse:
-        t0 = time.monotonic()
+        t0 = request.protocol.arrived
         body = await request.json()
         n = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
         chat = request.path.endswith("/chat/completions")
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        loop = asyncio.get_running_loop()
         sent = 0
         base = {"id": "synthetic", "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": int(time.time()), "model": body.get("model", "synthetic")}
+
+        def event(k: int, last: bool) -> bytes:
+            text, reason = WORD * k, "length" if last else None
+            choice = ({"index": 0, "delta": {"content": text}, "finish_reason": reason} if chat
+                      else {"index": 0, "text": text, "finish_reason": reason})
+            return b"data: " + json.dumps({**base, "choices": [choice]}).encode() + b"\n\n"
+
+        full = event(chunk_tokens, False)  # encoded once: the server's own cost per send delays every stream
         while sent < n:
             k = min(chunk_tokens, n - sent)
             due = t0 + (sent + k) / rate
-            delay = due - loop.time()
+            delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            late = loop.time() - due
+            late = time.monotonic() - due
             stats.max_late_s = max(stats.max_late_s, late)
             stats.late_sum_s += max(late, 0.0)
             sent += k
-            text = WORD * k
-            choice = ({"index": 0, "delta": {"content": text}, "finish_reason": None} if chat
-                      else {"index": 0, "text": text, "finish_reason": None})
-            if sent == n:
-                choice["finish_reason"] = "length"
-            await resp.write(b"data: " + json.dumps({**base, "choices": [choice]}).encode() + b"\n\n")
+            await resp.write(full if k == chunk_tokens and sent < n else event(k, sent == n))
             stats.chunks += 1
         usage = {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": n + 8}
         await resp.write(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
+        stats.spans.append((body.get("user"), t0, time.monotonic()))
         stats.requests += 1
         stats.tokens += n
         return resp
@@ -84,6 +103,8 @@ def make_app(rate: float, chunk_tokens: int) -> web.Application:
 
     async def get_stats(request):
         out = stats.as_dict()
+        if request.query.get("spans"):
+            out["spans"] = stats.spans
         if request.query.get("reset"):
             stats.reset()
         return web.json_response(out)

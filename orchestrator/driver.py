@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import gc
 import json
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-import httpx
+import aiohttp
 
 from .prompts import Prompt
 
@@ -58,41 +61,82 @@ async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurren
     """Send `specs` in order with at most `concurrency` in flight; call on_record as each ends.
 
     Each of the `concurrency` streams is a worker with its own connection (a closed loop, as a
-    user would hold one): one shared pool of hundreds of connections costs httpx time per
-    request that grows with the pool and shows up as server latency. Every worker opens its
-    connection before any clock starts (a handshake is not the server's latency), then all start
-    together."""
-    timeout = httpx.Timeout(timeout_s, connect=10.0)
-    ssl = httpx.create_ssl_context()  # once: building one per client costs milliseconds each
+    user would hold one). Every worker opens its connection before any clock starts (a handshake
+    is not the server's latency), then all start together. Streams are read with aiohttp, whose
+    HTTP parser is C (llhttp): at hundreds of streams of one-token chunks a pure-Python parser
+    kept the one client core busy enough to show up as server latency (docs/performance.md)."""
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=timeout_s)
+    tls = ssl.create_default_context()  # once: building one per connection costs milliseconds each
     pending = collections.deque(specs)
     workers = min(concurrency, len(specs))
     start = asyncio.Barrier(workers) if workers else None
     records: list[dict] = []
+    base = base_url.rstrip("/")
 
     async def worker() -> None:
-        async with httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=headers, verify=ssl,
-                                     limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)) as client:
-            await open_connection(client)
+        async with _session(timeout, tls, headers) as session:
+            await open_connection(session, base)
             await start.wait()
             while pending:
                 spec = pending.popleft()
-                rec = await stream_request(client, ENDPOINTS[api], make_body(spec))
+                rec = await stream_request(session, base + ENDPOINTS[api], make_body(spec), timeout_s)
                 if tokenize_path and rec["error"] == NO_COUNT:
-                    await _retokenize(client, tokenize_path, rec)
+                    await _retokenize(session, base + tokenize_path, rec)
                 rec.update(_spec_fields(spec))
                 records.append(rec)
                 on_record(rec)
+                # Let the other streams' events that are already waiting be read (and timed)
+                # before this worker spends the loop's time building and sending its next request.
+                await asyncio.sleep(0)
 
-    await asyncio.gather(*(worker() for _ in range(workers)))
+    with _no_gc_pauses():
+        await asyncio.gather(*(worker() for _ in range(workers)))
     return records
 
 
-async def open_connection(client: httpx.AsyncClient) -> None:
+@contextlib.contextmanager
+def _no_gc_pauses():
+    """Hold the cyclic garbage collector off while requests are timed. A full collection over
+    a process holding pandas and matplotlib stalls every stream for tens of milliseconds at
+    once, which the records would show as server latency (docs/performance.md). A request
+    leaves little cyclic garbage; it is collected when the batch ends."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.collect()
+
+
+def _session(timeout: aiohttp.ClientTimeout, tls: ssl.SSLContext, headers: dict | None) -> aiohttp.ClientSession:
+    """One connection, kept alive; the trace marks when a request's bytes go out."""
+    trace = aiohttp.TraceConfig()
+    # aiohttp holds the headers back and writes them with the body, so the body's write is the
+    # moment the request leaves (the headers' signal can come a whole event-loop turn earlier).
+    trace.on_request_headers_sent.append(_bytes_out)
+    trace.on_request_chunk_sent.append(_bytes_out)
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1, ssl=tls), timeout=timeout,
+                                 headers=headers, trace_configs=[trace], auto_decompress=False)
+
+
+async def _bytes_out(session, ctx, params) -> None:
+    # The clock starts when the request's bytes go out: time this client spent queued behind
+    # its other streams before that is the client's, not the server's.
+    state = ctx.trace_request_ctx
+    if state is not None:
+        state.t_start = time.perf_counter()
+
+
+async def open_connection(session: aiohttp.ClientSession, base: str) -> None:
     """GET /v1/models, which every OpenAI-compatible server answers cheaply, to open the
     worker's connection; a failure is left to the measured request to record."""
     try:
-        await client.get("/v1/models")
-    except httpx.HTTPError:
+        async with session.get(base + "/v1/models") as resp:
+            await resp.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError):
         pass
 
 
@@ -101,36 +145,45 @@ def _spec_fields(spec: RequestSpec) -> dict:
             "repeat": spec.repeat, "prompt_set": spec.prompt.set, "prompt_id": spec.prompt.id}
 
 
-async def stream_request(client: httpx.AsyncClient, path: str, body: dict) -> dict:
+async def stream_request(session: aiohttp.ClientSession, url: str, body: dict, timeout_s: float) -> dict:
     t_call, wall_call = time.perf_counter(), time.time()
     state = _StreamState(t_call)
-
-    async def trace(event: str, info: dict) -> None:
-        # The clock starts when the request's first bytes go out: time this client spent
-        # queued behind its other streams before that is the client's, not the server's.
-        if event.endswith("send_request_headers.started"):
-            state.t_start = time.perf_counter()
-
     t_end = None
     try:
-        async with client.stream("POST", path, json=body, extensions={"trace": trace}) as resp:
+        async with session.post(url, json=body, trace_request_ctx=state) as resp:
             ctype = resp.headers.get("content-type", "")
-            if resp.status_code != 200:
-                detail = (await resp.aread()).decode(errors="replace")[:300]
-                state.error = f"HTTP {resp.status_code}: {detail}"
+            if resp.status != 200:
+                detail = (await resp.read()).decode(errors="replace")[:300]
+                state.error = f"HTTP {resp.status}: {detail}"
             elif "text/event-stream" not in ctype:
-                detail = (await resp.aread()).decode(errors="replace")[:120]
+                detail = (await resp.read()).decode(errors="replace")[:120]
                 state.error = f"HTTP 200 but not an event stream ({ctype or 'no content-type'}): {detail!r}"
             else:
-                async for line in resp.aiter_lines():
-                    if state.feed(line):
-                        break
+                await _read_events(resp, state)
             t_end = time.perf_counter()  # the last event read, before the response is closed
-    except httpx.HTTPError as exc:
-        state.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        state.error = _describe(exc, timeout_s)
     if t_end is None:
         t_end = time.perf_counter()
     return state.record(wall_call + (state.t_start - t_call), state.t_start, t_end)
+
+
+async def _read_events(resp: aiohttp.ClientResponse, state: "_StreamState") -> None:
+    """Feed SSE lines to `state` as bytes arrive, whatever the server's chunking."""
+    tail = b""
+    async for data in resp.content.iter_any():
+        *lines, tail = (tail + data).split(b"\n")
+        for line in lines:
+            if state.feed(line):
+                return
+    if tail:
+        state.feed(tail)
+
+
+def _describe(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"ReadTimeout: no bytes from the server for {timeout_s:g} s"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class _StreamState:
@@ -149,18 +202,18 @@ class _StreamState:
         self.error: str | None = None
         self.done = False
 
-    def feed(self, line: str) -> bool:
+    def feed(self, line: bytes) -> bool:
         """Consume one SSE line; True at the end of the stream."""
-        if not line.startswith("data:"):
+        if not line.startswith(b"data:"):
             return False
         data = line[5:].strip()
-        if data == "[DONE]":
+        if data == b"[DONE]":
             self.done = True
             return True
         try:
             obj = json.loads(data)
-        except json.JSONDecodeError:
-            self.error = f"malformed SSE data: {data[:120]!r}"
+        except ValueError:  # bad JSON or bad UTF-8
+            self.error = f"malformed SSE data: {data[:120].decode(errors='replace')!r}"
             return True
         if "error" in obj:
             self.error = f"server error: {json.dumps(obj['error'])[:300]}"
@@ -217,16 +270,15 @@ class _StreamState:
         return None, None
 
 
-async def _retokenize(client: httpx.AsyncClient, path: str, rec: dict) -> None:
+async def _retokenize(session: aiohttp.ClientSession, url: str, rec: dict) -> None:
     """Count the finished text's tokens with the server's own tokenizer, less what it adds to
     empty input (a BOS token). Exact for greedy output that re-tokenizes the same way."""
     try:
         counts = []
         for text in (rec["text"], ""):
-            resp = await client.post(path, json={"input": text})
-            resp.raise_for_status()
-            counts.append(len(resp.json()["tokens"]))
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
+            async with session.post(url, json={"input": text}, raise_for_status=True) as resp:
+                counts.append(len((await resp.json(content_type=None))["tokens"]))
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError) as exc:
         rec["error"] = f"{NO_COUNT}; tokenizing the text failed: {type(exc).__name__}"
         return
     tokens = counts[0] - counts[1]

@@ -22,7 +22,7 @@ def capture(engines: dict[str, dict]) -> dict:
         "memory_gib": _memory_gib(),
         "gpu": gpus(),
         "engines": engines,
-        "packages": {p: _version(p) for p in ("httpx", "pandas", "matplotlib", "pydantic")},
+        "packages": {p: _version(p) for p in ("aiohttp", "httpx", "pandas", "matplotlib", "pydantic")},
     }
 
 

@@ -1,11 +1,9 @@
 """llama-cpp-python: command line, the install check at validation, and token counts through
-its tokenizer (its streams carry no usage). No server is started here."""
+its tokenizer (its streams carry no usage), against a canned local server; no engine is started."""
 
-import asyncio
-import json
 from pathlib import Path
 
-import httpx
+from aiohttp import web
 from click.testing import CliRunner
 
 from engines import ENGINES
@@ -14,6 +12,8 @@ from orchestrator.driver import RequestSpec, run_batch
 from orchestrator.models import ResolvedModel
 from orchestrator.prompts import Prompt
 from orchestrator.scenario import EngineSpec
+
+from .canned_server import event_stream, serve, sse
 
 MODEL = ResolvedModel("m", path=Path("/models/m.gguf"))
 PY = "/cache/llama-cpp-python/venv/bin/python"
@@ -48,25 +48,21 @@ def test_a_sweep_naming_it_without_it_installed_fails_at_validation_with_the_ins
     assert not (tmp_path / "r").exists()
 
 
-def test_tokens_are_counted_by_the_servers_tokenizer_after_the_clock_stops(monkeypatch):
+def test_tokens_are_counted_by_the_servers_tokenizer_after_the_clock_stops():
     seen = []
 
-    def handler(req: httpx.Request) -> httpx.Response:
-        seen.append(req.url.path)
-        if req.method == "GET":  # the driver opens its connection before the clock starts
-            return httpx.Response(200, json={"data": []})
-        body = json.loads(req.content)
-        if req.url.path == "/extras/tokenize":  # a BOS token for any input, then one per word
-            return httpx.Response(200, json={"tokens": [1] + [7] * len(body["input"].split())})
-        chunks = "".join(f"data: {json.dumps({'choices': [{'text': w, 'index': 0}]})}\n\n"
-                         for w in ("one", " two", " three"))
-        return httpx.Response(200, content=chunks + "data: [DONE]\n\n", headers={"content-type": "text/event-stream"})
+    async def handler(request):
+        seen.append(request.path)
+        if request.method == "GET":  # the driver opens its connection before the clock starts
+            return web.json_response({"data": []})
+        body = await request.json()
+        if request.path == "/extras/tokenize":  # a BOS token for any input, then one per word
+            return web.json_response({"tokens": [1] + [7] * len(body["input"].split())})
+        return event_stream(sse(*({"choices": [{"text": w, "index": 0}]} for w in ("one", " two", " three"))))
 
-    real = httpx.AsyncClient
-    monkeypatch.setattr(httpx, "AsyncClient", lambda *a, **k: real(*a, **k, transport=httpx.MockTransport(handler)))
     spec = RequestSpec(Prompt("p", "x", "hello"), "measured", 1, 0)
-    (rec,) = asyncio.run(run_batch("http://t", "completions", [spec], 1, lambda s: {"prompt": "x"}, 10,
-                                   lambda r: None, tokenize_path="/extras/tokenize"))
+    (rec,) = serve(handler, lambda base: run_batch(base, "completions", [spec], 1, lambda s: {"prompt": "x"}, 10,
+                                                   lambda r: None, tokenize_path="/extras/tokenize"))
     assert seen == ["/v1/models", "/v1/completions", "/extras/tokenize", "/extras/tokenize"]
     assert rec["ok"] and (rec["completion_tokens"], rec["completion_tokens_source"]) == (3, "retokenized")
     assert rec["e2e_tok_s"] == 3 / (rec["t_end"] - rec["t_start"])
