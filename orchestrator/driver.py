@@ -97,18 +97,16 @@ async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurren
 @contextlib.contextmanager
 def _no_gc_pauses():
     """Hold the cyclic garbage collector off while requests are timed. A full collection over
-    a process holding pandas and matplotlib stalls every stream for tens of milliseconds at
-    once, which the records would show as server latency (docs/performance.md). A request
-    leaves little cyclic garbage; it is collected when the batch ends."""
+    a process holding pandas and matplotlib stalls every stream at once for tens of
+    milliseconds, which the records would show as server latency (docs/performance.md). A
+    request leaves little cyclic garbage; the usual thresholds collect it after the batch."""
     was_enabled = gc.isenabled()
-    gc.collect()
     gc.disable()
     try:
         yield
     finally:
         if was_enabled:
             gc.enable()
-        gc.collect()
 
 
 def _session(timeout: aiohttp.ClientTimeout, tls: ssl.SSLContext, headers: dict | None) -> aiohttp.ClientSession:
