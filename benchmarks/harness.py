@@ -278,9 +278,11 @@ def capacity(tool: str, max_tokens: int, workdir: Path, conc: int, rates: list[f
     return best, runs
 
 
-def table(results: dict, concs: list[int], caps: dict, versions: dict, chunk_tokens: int) -> str:
+def table(results: dict, concs: list[int], caps: dict, versions: dict, chunk_tokens: int, first_step: float) -> str:
+    """One row per tool; capacity (measured at 1 token per chunk) only in the 1-token table."""
+    with_cap = chunk_tokens == 1
     head = ["tool", "version"] + [f"error @{c} (median / worst)" for c in concs] + [
-        f"CPU s/1k tok @{concs[-1]}", "capacity tok/s (within 1%)"]
+        f"CPU s/1k tok @{concs[-1]}"] + (["capacity tok/s (within 1%)"] if with_cap else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for tool, runs in results.items():
         by_c = {r.concurrency: r for r in runs}
@@ -291,7 +293,9 @@ def table(results: dict, concs: list[int], caps: dict, versions: dict, chunk_tok
                          + (" (server late)" if r.server_bound(256) else ""))
         last = by_c.get(concs[-1])
         cells.append("n/a" if last is None else f"{last.cpu_s:.3f}")
-        cells.append(f"{caps.get(tool, 0):,.0f}")
+        if with_cap:
+            cap = caps.get(tool, 0)
+            cells.append(f"{cap:,.0f}" if cap else f"below {first_step:,.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -339,7 +343,8 @@ def main():
             caps[tool], runs = capacity(tool, args.max_tokens, Path(tmp), 256, rates)
     for k in [int(x) for x in args.chunk_tokens.split(",")]:
         print(f"\n### {k} token(s) per chunk, {args.rate:g} tok/s per stream, {args.max_tokens} tokens per request\n")
-        print(table({t: [r for r in rs if r.chunk_tokens == k] for t, rs in results.items()}, concs, caps, versions, k))
+        print(table({t: [r for r in rs if r.chunk_tokens == k] for t, rs in results.items()}, concs, caps, versions, k,
+                    256 * rates[0]))
     for tool, why in failures.items():
         print(f"\n{tool}: failed: {why}")
     if args.json:
