@@ -117,7 +117,7 @@ def _session(timeout: aiohttp.ClientTimeout, tls: ssl.SSLContext, headers: dict 
     trace.on_request_headers_sent.append(_bytes_out)
     trace.on_request_chunk_sent.append(_bytes_out)
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1, ssl=tls), timeout=timeout,
-                                 headers=headers, trace_configs=[trace], auto_decompress=False)
+                                 headers=headers, trace_configs=[trace])
 
 
 async def _bytes_out(session, ctx, params) -> None:

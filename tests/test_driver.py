@@ -137,3 +137,17 @@ def test_batch_opens_every_connection_first_then_keeps_order_and_concurrency():
     assert events[3:] == [f"p{i}" for i in range(8)]  # sent in order
     assert peak == 3 and len(recs) == 8 and all(r["ok"] for r in recs)
     assert gc_on == [False] * 11 and gc.isenabled()  # no collector pauses while timed; back on after
+
+
+def test_a_compressed_stream_is_read():
+    # A proxy in front of an endpoint may gzip the event stream; through run_batch, so with orch's own session.
+    async def handler(request):
+        if request.method == "GET":
+            return web.json_response({"data": []})
+        resp = event_stream(sse(chunk("zipped"), {"choices": [], "usage": {"completion_tokens": 1}}))
+        resp.enable_compression(web.ContentCoding.gzip)
+        return resp
+    spec = RequestSpec(Prompt("s", "0", "p"), "measured", 1, 0)
+    (rec,) = serve(handler, lambda base: run_batch(base, "chat", [spec], 1, lambda s: {"stream": True}, 10,
+                                                   lambda r: None))
+    assert rec["ok"] and rec["text"] == "zipped" and rec["completion_tokens"] == 1
