@@ -10,6 +10,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
+from orchestrator import redact
+
 
 @dataclass(frozen=True)
 class ServerPlan:
@@ -25,7 +27,7 @@ class ServerPlan:
     def display(self) -> str:
         """The command line a user would type: the argv, or the equivalent `docker run`."""
         if self.container is None:
-            return shlex.join(self.argv) if self.argv else f"(external server at {self.base_url})"
+            return shlex.join(self.argv) if self.argv else f"(external server at {redact.public_url(self.base_url)})"
         c = self.container
         opts = ["docker", "run", "--rm"]
         if c["gpus"] != "none":
@@ -130,7 +132,11 @@ class Engine(ABC):
         value = os.environ.get(name)
         if not value:
             raise KeyError(name)
+        redact.remember(value)
         return {"Authorization": f"Bearer {value}"}
+
+    def auth_fix(self) -> str:
+        return auth_fix(self.spec.api_key_env)
 
     def cache_setting(self, workload) -> str:
         """How prompt/prefix caching was set for this engine, for the report."""
@@ -143,6 +149,14 @@ class Engine(ABC):
     def which(name: str) -> str | None:
         found = shutil.which(name)
         return str(Path(found).resolve()) if found else None
+
+
+def auth_fix(api_key_env: str | None) -> str:
+    """What to do when a server answers 401/403."""
+    if api_key_env:
+        return f"check the API key in ${api_key_env}"
+    return ("it wants an API key: put it in an environment variable and name that with "
+            "api_key_env (orch bench: --api-key-env NAME)")
 
 
 def _mount(model, target_dir: str, volumes: dict):

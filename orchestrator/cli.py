@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -11,13 +14,14 @@ from rich.console import Console
 
 from . import __version__
 from .environment import capture
-from .errors import OrchError, ResultsError
+from . import redact
+from .errors import AuthRefused, OrchError, ResultsError, ScenarioError
 from .install import install_llama_server
 from .models import KNOWN_MODELS
 from .provision import INSTALLERS, run_step, setup_steps
 from .results import RunDir, scenario_text
 from .runner import Sweep, command_for, plan_cells, prepare
-from .scenario import build_scenario, load_scenario, read_workload
+from .scenario import build_scenario, load_scenario, read_workload, url_problem
 from .summary import format_table
 
 
@@ -28,7 +32,7 @@ class OrchGroup(click.Group):
         try:
             return super().invoke(ctx)
         except OrchError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {redact.scrub(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
 
 
@@ -78,16 +82,18 @@ def sweep(scenario, out, overrides, dry_run, resume):
     if dry_run:
         click.echo(dry_run_text(sc, scenario.parent))
         return
-    _run(sc, scenario.parent, out, resume, f"orch sweep {scenario} --resume --out {out}")
+    again = f"orch sweep {scenario} --resume --out {out}"
+    _run(sc, scenario.parent, out, resume, again, f"continue with: {again}")
 
 
-def _run(sc, base_dir: Path, out: Path, resume: bool, resume_hint: str):
-    """Run every cell, print the summary, exit 0 only if every cell and request succeeded."""
+def _run(sc, base_dir: Path, out: Path, resume: bool, resume_hint: str, again: str):
+    """Run every cell, print the summary, exit 0 only if every cell and request succeeded.
+    `again` is how to carry on after a write error (a bench run has no --resume)."""
     from .progress import SweepProgress
 
     progress = SweepProgress(Console(stderr=True))
     runner = Sweep(sc, base_dir, progress)
-    run = _open_run(sc, out, resume)
+    run = _open_run(sc, out, resume, again)
     run.write_environment(capture(_engine_env(runner)))
     click.echo(f"run folder: {run.path}")
     signal.signal(signal.SIGTERM, _sigterm)
@@ -125,23 +131,52 @@ def bench(url, model, api, scenario_file, overrides, api_key_env, label, method,
 
     Example: orch bench --url http://127.0.0.1:8080 --api completions --set workload.max_tokens=64
     """
+    problem = url_problem(url)
+    if problem:
+        raise ScenarioError("orch bench", "--url", problem)
+    redact.remember_url(url)
     raw = {"name": f"bench-{label}", "workload": read_workload(scenario_file) if scenario_file else {},
            "engines": [{"name": label, "kind": "endpoint", "launcher": "external", "url": url,
-                        "model": model or _served_model(url), "api": api, "api_key_env": api_key_env,
+                        "model": model or "?", "api": api, "api_key_env": api_key_env,
                         "speculation": {"method": method, "n_spec": [n_spec]}}]}
     base = scenario_file.parent if scenario_file else Path.cwd()
     sc = build_scenario(raw, scenario_file or Path("orch bench"), overrides)
-    _run(sc, base, out, False, "orch bench again (an endpoint run is not resumable)")
+    if model is None:  # asked only once the rest is known to be valid, with the key the requests will carry
+        sc.engines[0].model = _served_model(url, api_key_env)
+    again = "run orch bench again (an endpoint run is not resumable)"
+    _run(sc, base, out, False, again, again)
 
 
-def _served_model(url: str) -> str:
-    import httpx
+def _served_model(url: str, api_key_env: str | None) -> str:
+    import json
 
+    from engines import auth_fix
+
+    from . import probe
+
+    shown = f"{redact.public_url(url.rstrip('/'))}/v1/models"
+    headers = _key_header(api_key_env)
     try:
-        data = httpx.get(url.rstrip("/") + "/v1/models", timeout=10).json()["data"]
-        return data[0]["id"]
-    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
-        raise OrchError(f"could not read the model name from {url}/v1/models; pass --model NAME")
+        name = json.loads(probe.get(url.rstrip("/"), "/v1/models", headers, timeout_s=10))["data"][0]["id"]
+    except AuthRefused as exc:
+        raise OrchError(f"{shown}: {exc}; {auth_fix(api_key_env)}")
+    except (probe.ProbeFailed, ValueError, KeyError, IndexError, TypeError):
+        name = None
+    if not isinstance(name, str) or not name:
+        raise OrchError(f"could not read the model name from {shown}; pass --model NAME")
+    return name
+
+
+def _key_header(api_key_env: str | None) -> dict:
+    import os
+
+    if not api_key_env:
+        return {}
+    value = os.environ.get(api_key_env)
+    if not value:
+        raise OrchError(f"--api-key-env names {api_key_env}, which is not set; export {api_key_env}=... first")
+    redact.remember(value)
+    return {"Authorization": f"Bearer {value}"}
 
 
 class Terminated(KeyboardInterrupt):
@@ -176,16 +211,17 @@ def _prompt_count(sc, base_dir: Path) -> int:
     return sum(len(load_prompt_set(ref, base_dir)) for ref in sc.workload.prompts)
 
 
-def _open_run(sc, out: Path, resume: bool) -> RunDir:
+def _open_run(sc, out: Path, resume: bool, again: str) -> RunDir:
     resolved = sc.model_dump(mode="json")
     if not resume:
-        run = RunDir.create(out, sc.name)
+        run = RunDir.create(out, sc.name, again)
         run.write_scenario(resolved)
         return run
     run = RunDir.latest(out, sc.name)
     if run is None:
         raise OrchError(f"--resume: no earlier run of {sc.name!r} under {out}; drop --resume to start one")
-    if scenario_text(resolved) != run.read_scenario_text():
+    run.again = again
+    if redact.scrub(scenario_text(resolved)) != run.read_scenario_text():
         raise OrchError(f"--resume: {run.path}/scenario.toml differs from this scenario (with --set); "
                         "resume with the same settings or start a new run")
     for note in run.repair():
@@ -207,6 +243,8 @@ def _print_report(run: RunDir, overlay=None) -> bool:
     except OSError as exc:
         raise ResultsError(f"cannot write the report in {run.path}: {exc.strerror}; the records are complete: "
                            f"free space, then run orch report {run.path}")
+    for note in report.warnings:  # records skipped or kept as failed on reading back
+        click.echo(f"warning: {note}", err=True)
     click.echo(format_table(report.summary))
     click.echo(f"\nsummary: {report.summary_path}")
     for chart in report.charts:
@@ -255,13 +293,29 @@ def compare(run_dirs, out):
 
     from .compare import compare_runs, format_compare
 
-    table = compare_runs(list(run_dirs))
+    table, warnings = compare_runs(list(run_dirs))
+    for note in warnings:  # records skipped or kept as failed on reading back
+        click.echo(f"warning: {note}", err=True)
     click.echo(format_compare(table))
     if len(table):
-        out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out / "compare.csv", index=False)
-        for path in draw_compare(table, out):
+        with _writing(out):
+            out.mkdir(parents=True, exist_ok=True)
+            table.to_csv(out / "compare.csv", index=False)
+            paths = draw_compare(table, out)
+        for path in paths:
             click.echo(f"chart: {path}")
+
+
+@contextmanager
+def _writing(out: Path):
+    """An --out that cannot be written is one line naming the system's reason."""
+    try:
+        yield
+    except FileExistsError as exc:  # mkdir(exist_ok=True) on something that is not a folder
+        raise ResultsError(f"cannot write {exc.filename or out}: {os.strerror(errno.ENOTDIR)}; "
+                           "pass a writable --out")
+    except OSError as exc:
+        raise ResultsError(f"cannot write {exc.filename or out}: {exc.strerror or exc}; pass a writable --out")
 
 
 # ---------------------------------------------------------------- reference
@@ -285,7 +339,9 @@ def reference(out):
         for r in means[(means["engine"] == engine) & (means["model"] == model)].itertuples():
             click.echo(f"  n_spec {'off' if r.n_spec == 0 else r.n_spec:>3}: {r.mean_tok_s:6.1f} tok/s "
                        f"({r.runs} runs, {r.min_tok_s:.1f}-{r.max_tok_s:.1f})  {r.speedup:.2f}x")
-    for path in draw_reference(out):
+    with _writing(out):
+        paths = draw_reference(out)
+    for path in paths:
         click.echo(f"chart: {path}")
 
 

@@ -15,15 +15,17 @@ COLUMNS = ["run", "machine", "engine", "prompt_set", "concurrency", "baseline_to
            "speedup_ci_high", "verdict"]
 
 
-def compare_runs(run_dirs: list[Path]) -> pd.DataFrame:
-    rows = []
+def compare_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[str]]:
+    """The comparison table, and the warnings of reading the runs' records back."""
+    rows, warnings = [], []
     for path in run_dirs:
         run = RunDir(path)
         summary = summarize(run.requests(), run.cells()).dropna(subset=["e2e_tok_s_median"])
         machine = machine_label(run.environment())
+        warnings += run.warnings
         for key, g in summary.groupby(["engine", "prompt_set", "concurrency"]):
             rows.append(_best(run.path.name, machine, key, g))
-    return pd.DataFrame([r for r in rows if r], columns=COLUMNS)
+    return pd.DataFrame([r for r in rows if r], columns=COLUMNS), warnings
 
 
 def _best(run: str, machine: str, key: tuple, g: pd.DataFrame) -> dict | None:
@@ -48,7 +50,15 @@ def format_compare(df: pd.DataFrame) -> str:
         "run": df["run"], "machine": df["machine"], "engine": df["engine"], "prompts": df["prompt_set"],
         "conc": df["concurrency"].astype(int), "baseline": df["baseline_tok_s"].map("{:.1f}".format),
         "best": [f"n{n} {m} {v:.1f}" for n, m, v in zip(df["best_n_spec"], df["best_method"], df["best_tok_s"])],
-        "speedup": [f"{s:.2f}x ({lo:.2f}-{hi:.2f})" for s, lo, hi in
+        "speedup": [_speedup_text(s, lo, hi) for s, lo, hi in
                     zip(df["speedup"], df["speedup_ci_low"], df["speedup_ci_high"])],
-        "verdict": df["verdict"]})
+        "verdict": df["verdict"].map(lambda v: "-" if v is None or pd.isna(v) else v)})
     return view.to_string(index=False)
+
+
+def _speedup_text(s, low, high) -> str:
+    """An undefined speedup (a zero baseline) or interval prints as '-', never 'nan'."""
+    if s is None or pd.isna(s):
+        return "-"
+    ci = "-" if low is None or high is None or pd.isna(low) or pd.isna(high) else f"{low:.2f}-{high:.2f}"
+    return f"{s:.2f}x ({ci})"

@@ -70,11 +70,11 @@ class DockerServer:
             return False
         return self.container.status == "running"
 
-    def wait_ready(self) -> float:
+    def wait_ready(self, headers: dict | None = None) -> float:
         url = self.base_url + self.plan.health_path
         return poll_ready([url], self.ready_timeout_s, self._check_exit,
                           lambda: ServerTimeout(f"container not ready after {self.ready_timeout_s:.0f} s "
-                                                f"(polling {url})", self._logs(30)))
+                                                f"(polling {url})", self._logs(30)), headers)
 
     def _check_exit(self) -> None:
         if not self.alive():

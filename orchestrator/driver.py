@@ -20,13 +20,24 @@ from typing import Callable
 
 import aiohttp
 
+from . import redact
 from .prompts import Prompt
+from .sse import EventTooLarge, SseDecoder, split_documents
 
 ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 TIMING_FIELDS = ("prompt_n", "prompt_per_second", "predicted_n", "predicted_per_second",
                  "draft_n", "draft_n_accepted")
+TIMING_COUNTS = ("prompt_n", "predicted_n", "draft_n", "draft_n_accepted")
+TIMING_RATES = ("prompt_per_second", "predicted_per_second")
+MAX_COUNT = 10**9  # no request has more tokens than this; a larger count is a broken server
+# What one response may hold in memory. Real events are a few hundred bytes and a 256-token
+# response a few tens of KiB; a server that ignores max_tokens is cut off here or at its deadline.
+MAX_EVENT_BYTES = 1 << 20
+MAX_RESPONSE_BYTES = 64 << 20
+ERROR_BODY_BYTES = 4096
 
 
+AUTH_REFUSED = (401, 403)
 NO_COUNT = "server reported no completion token count (no usage or timings)"
 
 
@@ -65,7 +76,8 @@ async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurren
     is not the server's latency), then all start together. Streams are read with aiohttp, whose
     HTTP parser is C (llhttp): at hundreds of streams of one-token chunks a pure-Python parser
     kept the one client core busy enough to show up as server latency (docs/performance.md)."""
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=timeout_s)
+    # Each request's own deadline bounds it whole (stream_request); this only bounds connecting.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0)
     tls = ssl.create_default_context()  # once: building one per connection costs milliseconds each
     pending = collections.deque(specs)
     workers = min(concurrency, len(specs))
@@ -81,7 +93,9 @@ async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurren
                 spec = pending.popleft()
                 rec = await stream_request(session, base + ENDPOINTS[api], make_body(spec), timeout_s)
                 if tokenize_path and rec["error"] == NO_COUNT:
-                    await _retokenize(session, base + tokenize_path, rec)
+                    await _retokenize(session, base + tokenize_path, rec, timeout_s)
+                if rec["http_status"] in AUTH_REFUSED:
+                    pending.clear()  # the server refuses orch's credentials: send nothing more
                 rec.update(_spec_fields(spec))
                 records.append(rec)
                 on_record(rec)
@@ -132,9 +146,9 @@ async def open_connection(session: aiohttp.ClientSession, base: str) -> None:
     """GET /v1/models, which every OpenAI-compatible server answers cheaply, to open the
     worker's connection; a failure is left to the measured request to record."""
     try:
-        async with session.get(base + "/v1/models") as resp:
-            await resp.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+        async with asyncio.timeout(10), session.get(base + "/v1/models") as resp:
+            await resp.content.read(ERROR_BODY_BYTES)
+    except (aiohttp.ClientError, TimeoutError):
         pass
 
 
@@ -144,49 +158,129 @@ def _spec_fields(spec: RequestSpec) -> dict:
 
 
 async def stream_request(session: aiohttp.ClientSession, url: str, body: dict, timeout_s: float) -> dict:
+    """One streamed request, ended by its deadline (`timeout_s`, first byte out to last byte in)
+    whatever the server does: comments that keep the stream alive, tokens past max_tokens. Any
+    failure, of the server or of the bytes it sent, ends as an error row, never an exception."""
     t_call, wall_call = time.perf_counter(), time.time()
-    state = _StreamState(t_call)
+    state = _StreamState(t_call, body.get("max_tokens"))
     t_end = None
     try:
-        async with session.post(url, json=body, trace_request_ctx=state) as resp:
-            ctype = resp.headers.get("content-type", "")
-            if resp.status != 200:
-                detail = (await resp.read()).decode(errors="replace")[:300]
-                state.error = f"HTTP {resp.status}: {detail}"
-            elif "text/event-stream" not in ctype:
-                detail = (await resp.read()).decode(errors="replace")[:120]
-                state.error = f"HTTP 200 but not an event stream ({ctype or 'no content-type'}): {detail!r}"
-            else:
-                await _read_events(resp, state)
-            t_end = time.perf_counter()  # the last event read, before the response is closed
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        state.error = _describe(exc, timeout_s)
+        async with asyncio.timeout(timeout_s):
+            async with session.post(url, json=body, trace_request_ctx=state) as resp:
+                await _read_response(resp, state)
+                t_end = time.perf_counter()  # the last event read, before the response is closed
+    except aiohttp.ClientError as exc:  # before TimeoutError: a connect timeout is both
+        state.error = _describe(exc)
+    except TimeoutError:
+        state.error = (f"deadline: the request was still running after request_timeout_s = {timeout_s:g} s "
+                       f"({state.chunks} text chunks read)")
+    except Exception as exc:  # noqa: BLE001 - whatever a server's bytes provoke is that request's error row
+        state.error = f"unexpected response ({type(exc).__name__}: {str(exc)[:200]})"
     if t_end is None:
         t_end = time.perf_counter()
     return state.record(wall_call + (state.t_start - t_call), state.t_start, t_end)
 
 
+async def _read_response(resp: aiohttp.ClientResponse, state: "_StreamState") -> None:
+    state.http_status = resp.status
+    ctype = resp.headers.get("content-type", "")
+    if resp.status != 200:
+        state.error = f"HTTP {resp.status}: {await _body_start(resp, 300)}"
+    elif "text/event-stream" not in ctype:
+        detail = await _body_start(resp, 120)
+        state.error = f"HTTP 200 but not an event stream ({ctype[:60] or 'no content-type'}): {detail!r}"
+    else:
+        await _read_events(resp, state)
+
+
+async def _body_start(resp: aiohttp.ClientResponse, chars: int) -> str:
+    """The start of a body, for an error message: read no more than that (a proxy's error page
+    may be endless), with any credentials a server echoes back taken out."""
+    data = await resp.content.read(ERROR_BODY_BYTES)
+    return redact.credentials(data.decode(errors="replace"))[:chars]
+
+
 async def _read_events(resp: aiohttp.ClientResponse, state: "_StreamState") -> None:
-    """Feed SSE lines to `state` as bytes arrive, whatever the server's chunking."""
-    tail = b""
-    async for data in resp.content.iter_any():
-        *lines, tail = (tail + data).split(b"\n")
-        for line in lines:
-            if state.feed(line):
+    """Feed SSE events to `state` as bytes arrive, whatever the server's chunking and framing."""
+    decoder, total = SseDecoder(MAX_EVENT_BYTES), 0
+    try:
+        async for data in resp.content.iter_any():
+            total += len(data)
+            if total > MAX_RESPONSE_BYTES:
+                raise StreamFault(f"the response passed {MAX_RESPONSE_BYTES >> 20} MiB; orch stops reading there")
+            for event in decoder.feed(data):
+                if state.on_event(event):
+                    return
+        for event in decoder.close():
+            if state.on_event(event):
                 return
-    if tail:
-        state.feed(tail)
+    except (StreamFault, EventTooLarge) as exc:
+        state.error = str(exc)
 
 
-def _describe(exc: BaseException, timeout_s: float) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return f"ReadTimeout: no bytes from the server for {timeout_s:g} s"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {redact.credentials(str(exc))[:300]}" if str(exc) else type(exc).__name__
+
+
+class StreamFault(ValueError):
+    """The server's bytes are not a stream orch can trust: the message says what was wrong."""
+
+
+def _json(data: bytes):
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise StreamFault(f"SSE data is not UTF-8: {data[:120].decode(errors='replace')!r}")
+    except ValueError:  # bad JSON, or NaN/Infinity
+        raise StreamFault(f"malformed SSE data: {data[:120].decode(errors='replace')!r}")
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+_WANT = {dict: "an object", list: "a list", str: "a string", (int, float): "a number"}
+
+
+def _field(obj: dict, name: str, want: type | tuple, where: str):
+    """obj[name] if absent, null or of type `want`; else the stream is not what it claims."""
+    value = obj.get(name)
+    if value is None or (isinstance(value, want) and not isinstance(value, bool)):
+        return value
+    raise StreamFault(f"{where}{name} is {_kind(value)} ({json.dumps(value)[:40]}), not {_WANT[want]}")
+
+
+def _count(obj: dict, name: str, where: str, limit: int | None = None) -> int | None:
+    """A token count: a whole number from 0 to `limit` (max_tokens where it applies)."""
+    value = _field(obj, name, (int, float), where)
+    if value is None:
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        raise StreamFault(f"{where}{name} is {value!r}, not a whole number of tokens")
+    if value < 0 or value > (limit if limit is not None else MAX_COUNT):
+        bound = f"max_tokens = {limit}" if limit is not None else f"{MAX_COUNT:,}"
+        raise StreamFault(f"{where}{name} is {value:g}: outside 0..{bound}")
+    return int(value)
+
+
+def _rate(obj: dict, name: str, where: str) -> float | None:
+    value = _field(obj, name, (int, float), where)
+    if value is not None and value < 0:
+        raise StreamFault(f"{where}{name} is {value!r}: a rate cannot be negative")
+    return value
 
 
 class _StreamState:
-    def __init__(self, t_start: float):
+    def __init__(self, t_start: float, max_tokens: int | None = None):
         self.t_start = t_start
+        self.max_tokens = max_tokens if isinstance(max_tokens, int) else None
         self.t_first: float | None = None
         self.parts: list[str] = []
         self.chunks = 0
@@ -194,65 +288,83 @@ class _StreamState:
         # server reported with it (None where it reported none). Gives ITL per token.
         self.chunk_t: list[float] = []
         self.chunk_tokens: list[int | None] = []
-        self.usage: dict | None = None
-        self.timings: dict | None = None
+        self.usage: dict = {}
+        self.timings: dict = {}
         self.finish_reason: str | None = None
+        self.http_status: int | None = None
         self.error: str | None = None
         self.done = False
 
-    def feed(self, line: bytes) -> bool:
-        """Consume one SSE line; True at the end of the stream."""
-        if not line.startswith(b"data:"):
-            return False
-        data = line[5:].strip()
-        if data == b"[DONE]":
+    def on_event(self, data: bytes) -> bool:
+        """Consume one SSE event's data; True at the end of the stream (done, or not trustworthy)."""
+        try:
+            return self._event(data)
+        except StreamFault as exc:
+            self.error = str(exc)
+            return True
+
+    def _event(self, data: bytes) -> bool:
+        if data.strip() == b"[DONE]":
             self.done = True
             return True
         try:
-            obj = json.loads(data)
-        except ValueError:  # bad JSON or bad UTF-8
-            self.error = f"malformed SSE data: {data[:120].decode(errors='replace')!r}"
+            obj = _json(data)
+        except StreamFault:
+            docs = split_documents(data)
+            if docs is None:
+                raise
+            return any(self._event(doc) for doc in docs)
+        return self._take(obj)
+
+    def _take(self, obj) -> bool:
+        if not isinstance(obj, dict):
+            raise StreamFault(f"an SSE event's data is {_kind(obj)} ({json.dumps(obj)[:40]}), not a JSON object")
+        if obj.get("error") is not None:
+            self.error = f"server error: {redact.credentials(json.dumps(obj['error']))[:300]}"
             return True
-        if "error" in obj:
-            self.error = f"server error: {json.dumps(obj['error'])[:300]}"
-            return True
-        self.usage = obj.get("usage") or self.usage
-        self.timings = obj.get("timings") or self.timings
-        if self._choices(obj.get("choices") or []):
+        usage = _field(obj, "usage", dict, "")
+        usage = _usage(usage, self.max_tokens) if usage else None
+        timings = _field(obj, "timings", dict, "")
+        timings = _timings(timings, self.max_tokens) if timings else None
+        self.usage, self.timings = usage or self.usage, timings or self.timings
+        if self._choices(_field(obj, "choices", list, "") or []):
             self.chunk_t.append(round(time.perf_counter() - self.t_start, 6))
-            self.chunk_tokens.append(_cumulative_tokens(obj))
+            self.chunk_tokens.append(_cumulative(usage, timings))
         return False
 
     def _choices(self, choices: list) -> bool:
         """Take the text of one chunk; True if it carried any."""
         got = False
         for choice in choices:
-            delta = choice.get("delta") or {}
-            piece = delta.get("content") or delta.get("reasoning_content") or choice.get("text") or ""
+            if not isinstance(choice, dict):
+                raise StreamFault(f"a choice is {_kind(choice)} ({json.dumps(choice)[:40]}), not an object")
+            delta = _field(choice, "delta", dict, "choices[].") or {}
+            piece = (_field(delta, "content", str, "delta.") or _field(delta, "reasoning_content", str, "delta.")
+                     or _field(choice, "text", str, "choices[].") or "")
             if piece:
                 if self.t_first is None:
                     self.t_first = time.perf_counter()
                 self.parts.append(piece)
                 got = True
-            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+            self.finish_reason = _field(choice, "finish_reason", str, "choices[].") or self.finish_reason
         self.chunks += got
         return got
 
     def record(self, wall_start: float, t_start: float, t_end: float) -> dict:
         tokens, source = self._completion_tokens()
-        timings = {f: self.timings.get(f) for f in TIMING_FIELDS} if self.timings else {}
         error = self.error
         if error is None and not self.done and self.finish_reason is None:
             error = f"stream ended before [DONE] after {self.chunks} chunks (cut mid-stream)"
         if error is None and tokens is None:
             error = NO_COUNT
         rec = {
-            "ok": error is None, "error": error, "wall_start": wall_start,
+            "ok": error is None, "error": error, "http_status": self.http_status, "wall_start": wall_start,
             "t_start": t_start, "t_first_token": self.t_first, "t_end": t_end,
             "completion_tokens": tokens, "completion_tokens_source": source,
-            "prompt_tokens": (self.usage or {}).get("prompt_tokens"),
-            "chunks": self.chunks, "finish_reason": self.finish_reason,
-            "text": "".join(self.parts), **{f"timings_{k}": v for k, v in timings.items()},
+            "prompt_tokens": self.usage.get("prompt_tokens"),
+            "chunks": self.chunks, "finish_reason": _utf8(self.finish_reason),
+            "text": _utf8("".join(self.parts)),
+            **{f"timings_{k}": v for k, v in self.timings.items()},
             "chunk_t": self.chunk_t, "chunk_chars": [len(p) for p in self.parts],
             "chunk_tokens": self.chunk_tokens,
         }
@@ -261,35 +373,65 @@ class _StreamState:
         return rec
 
     def _completion_tokens(self) -> tuple[int | None, str | None]:
-        if self.usage and self.usage.get("completion_tokens") is not None:
-            return int(self.usage["completion_tokens"]), "usage"
-        if self.timings and self.timings.get("predicted_n") is not None:
-            return int(self.timings["predicted_n"]), "timings.predicted_n"
+        if self.usage.get("completion_tokens") is not None:
+            return self.usage["completion_tokens"], "usage"
+        if self.timings.get("predicted_n") is not None:
+            return self.timings["predicted_n"], "timings.predicted_n"
         return None, None
 
 
-async def _retokenize(session: aiohttp.ClientSession, url: str, rec: dict) -> None:
+def _usage(usage: dict, max_tokens: int | None) -> dict:
+    return {"prompt_tokens": _count(usage, "prompt_tokens", "usage."),
+            "completion_tokens": _count(usage, "completion_tokens", "usage.", max_tokens)}
+
+
+def _timings(timings: dict, max_tokens: int | None) -> dict:
+    out = {f: _count(timings, f, "timings.", max_tokens if f == "predicted_n" else None) for f in TIMING_COUNTS}
+    out.update({f: _rate(timings, f, "timings.") for f in TIMING_RATES})
+    if (out["draft_n_accepted"] or 0) > (out["draft_n"] or 0):
+        raise StreamFault(f"timings.draft_n_accepted ({out['draft_n_accepted']}) is more than "
+                          f"timings.draft_n ({out['draft_n'] or 0})")
+    return {f: out[f] for f in TIMING_FIELDS}
+
+
+def _cumulative(usage: dict | None, timings: dict | None) -> int | None:
+    """Completion tokens so far, where the server reports them per chunk
+    (vLLM continuous_usage_stats, llama.cpp timings_per_token); both already checked."""
+    count = (usage or {}).get("completion_tokens")
+    return count if count is not None else (timings or {}).get("predicted_n")
+
+
+def _utf8(text: str | None) -> str | None:
+    """JSON may carry lone surrogates (\\ud800) that no UTF-8 file can hold: replace them."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+async def _retokenize(session: aiohttp.ClientSession, url: str, rec: dict, timeout_s: float) -> None:
     """Count the finished text's tokens with the server's own tokenizer, less what it adds to
     empty input (a BOS token). Exact for greedy output that re-tokenizes the same way."""
     try:
         counts = []
-        for text in (rec["text"], ""):
-            async with session.post(url, json={"input": text}, raise_for_status=True) as resp:
-                counts.append(len((await resp.json(content_type=None))["tokens"]))
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError) as exc:
+        async with asyncio.timeout(timeout_s):
+            for text in (rec["text"], ""):
+                async with session.post(url, json={"input": text}) as resp:
+                    rec["http_status"] = resp.status
+                    resp.raise_for_status()
+                    tokens = json.loads(await resp.content.read(MAX_EVENT_BYTES))["tokens"]
+                    if not isinstance(tokens, list):
+                        raise TypeError("tokens is not a list")
+                    counts.append(len(tokens))
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
         rec["error"] = f"{NO_COUNT}; tokenizing the text failed: {type(exc).__name__}"
         return
-    tokens = counts[0] - counts[1]
+    tokens = max(counts[0] - counts[1], 0)
     rec.update(ok=True, error=None, completion_tokens=tokens, completion_tokens_source="retokenized",
                **rates(tokens, rec["t_start"], rec["t_first_token"], rec["t_end"]))
-
-
-def _cumulative_tokens(obj: dict) -> int | None:
-    """Completion tokens so far, where the server reports them per chunk
-    (vLLM continuous_usage_stats, llama.cpp timings_per_token)."""
-    usage, timings = obj.get("usage") or {}, obj.get("timings") or {}
-    count = usage.get("completion_tokens", timings.get("predicted_n"))
-    return int(count) if count is not None else None
 
 
 def rates(tokens: int, t_start: float, t_first: float | None, t_end: float) -> dict:

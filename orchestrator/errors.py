@@ -7,7 +7,8 @@
     ├── ResultsError       the results folder cannot be written (not writable, disk full)
     └── ServerError        a server did not become ready
         ├── ServerExited   the process died during start-up
-        └── ServerTimeout  no readiness before the deadline
+        ├── ServerTimeout  no readiness before the deadline
+        └── AuthRefused    it answered 401/403: orch's credentials are missing or wrong
 """
 
 
@@ -50,3 +51,11 @@ class ServerExited(ServerError):
 
 class ServerTimeout(ServerError):
     pass
+
+
+class AuthRefused(ServerError):
+    """A 401 or 403 from any path orch asks: waiting or sending more would only repeat it."""
+
+    def __init__(self, where: str, status: int):
+        super().__init__(f"HTTP {status} from {where}: the server refuses orch's credentials")
+        self.status = status

@@ -17,7 +17,8 @@ import httpx
 
 from engines import ServerPlan
 
-from .errors import ServerExited, ServerTimeout
+from . import redact
+from .errors import AuthRefused, ServerExited, ServerTimeout
 
 MANAGED = "orch.managed"  # label on every container orch starts
 POLL_INTERVAL_S = 0.1
@@ -73,12 +74,12 @@ class ProcessServer:
     def describe(self) -> dict:
         return {"pid": self.proc.pid} if self.proc else {}
 
-    def wait_ready(self) -> float:
+    def wait_ready(self, headers: dict | None = None) -> float:
         """Seconds from start until the health check answered 200."""
         url = self.base_url + self.plan.health_path
         return poll_ready([url], self.ready_timeout_s, self._check_exit,
                           lambda: ServerTimeout(f"server not ready after {self.ready_timeout_s:.0f} s (polling {url})",
-                                                log_tail(self.log_path)))
+                                                log_tail(self.log_path)), headers)
 
     def _check_exit(self) -> None:
         code = self.proc.poll()
@@ -96,12 +97,12 @@ class ProcessServer:
             return self.proc.wait(5)
 
 
-def poll_ready(urls: list[str], timeout_s: float, check_exit, timeout_error) -> float:
+def poll_ready(urls: list[str], timeout_s: float, check_exit, timeout_error, headers: dict | None = None) -> float:
     """Seconds until one of `urls` answers 200, polling against a monotonic deadline.
     `check_exit()` raises as soon as the server is gone; `timeout_error()` makes the error
-    raised at the deadline."""
+    raised at the deadline; a 401/403 raises AuthRefused at once. `headers` carry the API key."""
     started = time.monotonic()
-    with httpx.Client(timeout=1.0) as client:
+    with httpx.Client(timeout=1.0, headers=headers) as client:
         while True:
             check_exit()
             if any(_healthy(client, url) for url in urls):
@@ -124,9 +125,12 @@ def _die_with_parent() -> None:
 
 def _healthy(client: httpx.Client, url: str) -> bool:
     try:
-        return client.get(url).status_code == 200
+        status = client.get(url).status_code
     except httpx.HTTPError:
         return False
+    if status in (401, 403):
+        raise AuthRefused(redact.public_url(url), status)
+    return status == 200
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -146,7 +150,7 @@ class ExternalServer:
 
     def __enter__(self) -> "ExternalServer":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path.write_text(f"external server at {self.base_url}: orch has no log of it\n")
+        self.log_path.write_text(f"external server at {redact.public_url(self.base_url)}: orch has no log of it\n")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -156,14 +160,15 @@ class ExternalServer:
         return True
 
     def describe(self) -> dict:
-        return {"url": self.base_url}
+        return {"url": redact.public_url(self.base_url)}
 
-    def wait_ready(self) -> float:
+    def wait_ready(self, headers: dict | None = None) -> float:
         # /health (llama.cpp, vLLM) or, for other servers, /v1/models.
         urls = [self.base_url + p for p in (self.plan.health_path, "/v1/models")]
+        shown = redact.public_url(self.base_url)
         return poll_ready(urls, self.ready_timeout_s, lambda: None,
-                          lambda: ServerTimeout(f"{self.base_url} did not answer /health or /v1/models within "
-                                                f"{self.ready_timeout_s:.0f} s; is the server running?"))
+                          lambda: ServerTimeout(f"{shown} did not answer /health or /v1/models within "
+                                                f"{self.ready_timeout_s:.0f} s; is the server running?"), headers)
 
 
 def _docker_server(plan, log_path, ready_timeout_s):

@@ -22,7 +22,8 @@ def compare(requests: list[dict]) -> pd.DataFrame:
     df = measured_frame(requests)
     if df.empty:
         return pd.DataFrame()
-    df = df[df["ok"].astype(bool)]
+    texts = df["text"] if "text" in df else pd.Series(None, index=df.index, dtype=object)
+    df = df[df["ok"].astype(bool) & texts.map(lambda t: isinstance(t, str))]  # no text: nothing to compare
     base = {tuple(k): r for k, r in zip(df[KEY].itertuples(index=False), df.to_dict("records"))
             if r["n_spec"] == 0}
     rows = []

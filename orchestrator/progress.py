@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from . import redact
+
 
 class SweepProgress:
     def __init__(self, console: Console | None = None):
@@ -38,8 +40,8 @@ class SweepProgress:
 
     def cell_finished(self, status: str, note: str = "") -> None:
         self._bar.update(self._task, description=f"{self._cell}: {status}")
-        if note:
-            self.console.print(f"  {self._cell}: {note}")
+        if note:  # a server's words: no secret, and no rich markup ("[/x]" would raise)
+            self.console.print(f"  {self._cell}: {escape(redact.scrub(note))}")
 
 
 class BuildProgress:

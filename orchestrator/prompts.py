@@ -65,6 +65,10 @@ class PromptFileError(ValueError):
     pass
 
 
+MAX_ID_CHARS = 200  # ids are never paths, but they fill every request row and table
+_FIX_LINE = 'write each line as {"id": "q1", "prompt": "..."}'
+
+
 def load_prompt_set(ref: str, base_dir: Path | None = None) -> list[Prompt]:
     """Resolve a set name or a JSONL path (relative to the scenario file) into prompts."""
     if ref in BUILTIN:
@@ -74,22 +78,101 @@ def load_prompt_set(ref: str, base_dir: Path | None = None) -> list[Prompt]:
         path = base_dir / path
     if path.suffix != ".jsonl":
         raise PromptFileError(f"unknown prompt set {ref!r}; use one of {sorted(BUILTIN)} or a .jsonl file")
-    if not path.is_file():
-        raise PromptFileError(f"prompt file {path} does not exist")
     return _read_jsonl(path)
 
 
+def _shown(path: Path) -> str:
+    # A name with a newline or a control character would break the one-line message.
+    text = str(path)
+    return text if text.isprintable() else ascii(text)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PromptFileError(f"prompt file {_shown(path)} does not exist; relative paths start at the "
+                              "scenario file's folder")
+    except OSError as exc:  # a folder, no permission, a file where a folder should be
+        raise PromptFileError(f"{_shown(path)}: cannot read it ({exc.strerror}); pass a readable .jsonl file")
+    except ValueError as exc:  # a NUL character in the name
+        raise PromptFileError(f"{_shown(path)}: cannot read it ({exc}); fix the file name")
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is still UTF-8
+    except UnicodeDecodeError as exc:
+        raise PromptFileError(f"{_shown(path)}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                              f"{exc.start}); save it as UTF-8")
+
+
 def _read_jsonl(path: Path) -> list[Prompt]:
-    prompts = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    prompts: list[Prompt] = []
+    first_line: dict[str, int] = {}
+    # JSONL lines end at \n only: str.splitlines would also split at U+2028 inside a prompt.
+    for n, line in enumerate(_read_text(path).split("\n"), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-            text = obj["prompt"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise PromptFileError(f"{path}:{n}: each line must be a JSON object with a \"prompt\" string")
-        prompts.append(Prompt(path.stem, str(obj.get("id", n)), text))
+        where = f"{_shown(path)}:{n}"
+        pid, text = _parse_line(line, where, n)
+        if pid in first_line:
+            raise PromptFileError(f"{where}: id {pid!r} already used on line {first_line[pid]}; "
+                                  "give each prompt its own id")
+        first_line[pid] = n
+        prompts.append(Prompt(path.stem, pid, text))
     if not prompts:
-        raise PromptFileError(f"{path} holds no prompts")
+        raise PromptFileError(f"{_shown(path)} holds no prompts; {_FIX_LINE}")
     return prompts
+
+
+def _parse_line(line: str, where: str, n: int) -> tuple[str, str]:
+    """One line's (id, prompt); the id defaults to the line number."""
+    try:
+        obj = json.loads(line)
+    except RecursionError:
+        raise PromptFileError(f"{where}: JSON nested too deeply; {_FIX_LINE}")
+    except ValueError as exc:  # JSONDecodeError, and integers past Python's digit limit
+        raise PromptFileError(f"{where}: not valid JSON ({str(exc).splitlines()[0]}); {_FIX_LINE}")
+    if not isinstance(obj, dict):
+        raise PromptFileError(f"{where}: got {_got(obj)}, not a JSON object; {_FIX_LINE}")
+    if "prompt" not in obj:
+        raise PromptFileError(f'{where}: no "prompt" key; {_FIX_LINE}')
+    return _prompt_id(obj.get("id", n), where), _prompt_text(obj["prompt"], where)
+
+
+def _prompt_text(text, where: str) -> str:
+    if not isinstance(text, str):
+        raise PromptFileError(f'{where}: "prompt" must be a string (got {_got(text)}); put the text in quotes')
+    if not text.strip():
+        raise PromptFileError(f'{where}: "prompt" is empty; give it some text or remove the line')
+    return _encodable(text, "prompt", where)
+
+
+def _prompt_id(pid, where: str) -> str:
+    # bool is an int subclass, and 1.0 would read as a different id than 1: refuse both.
+    if isinstance(pid, bool) or not isinstance(pid, (str, int)):
+        raise PromptFileError(f'{where}: "id" must be a string or an integer (got {_got(pid)}); '
+                              'use e.g. "id": "q1", or leave it out to use the line number')
+    pid = str(pid)
+    if not 0 < len(pid) <= MAX_ID_CHARS:
+        raise PromptFileError(f'{where}: "id" has {len(pid)} characters; use an id of 1 to {MAX_ID_CHARS}')
+    return _encodable(pid, "id", where)
+
+
+def _encodable(text: str, key: str, where: str) -> str:
+    # JSON's \ud800 escapes give lone surrogates, which no request or results file can encode.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PromptFileError(f'{where}: "{key}" holds an unpaired surrogate ({ascii(exc.object[exc.start])}); '
+                              "remove it or complete its \\uD8xx\\uDCxx pair")
+    return text
+
+
+def _got(value) -> str:
+    """A JSON value as a message shows it: scalars verbatim, containers by kind."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    return json.dumps(value)[:40]

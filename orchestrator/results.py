@@ -10,15 +10,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import warnings
 from datetime import datetime
 from pathlib import Path
 
 import tomli_w
 
+from . import redact
 from .errors import ResultsError
+from .records import CellRecord, R, RequestRecord, read_environment, read_records
 
 REQUESTS = "requests.jsonl"
 CELLS = "cells.jsonl"
@@ -27,12 +31,16 @@ ENVIRONMENT = "environment.json"
 SUMMARY = "summary.csv"
 
 
+RESUME = "continue with --resume"
+
+
 class RunDir:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, again: str = RESUME):
         self.path = Path(path)
+        self.again = again  # how to carry on after a write error: the command's own fix
 
     @classmethod
-    def create(cls, out: Path, sweep_name: str) -> "RunDir":
+    def create(cls, out: Path, sweep_name: str, again: str = RESUME) -> "RunDir":
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path(out) / f"{sweep_name}-{stamp}"
         suffix = 1
@@ -42,13 +50,19 @@ class RunDir:
         try:
             path.mkdir(parents=True)
         except OSError as exc:
-            raise ResultsError(f"cannot create the run folder {path}: {exc.strerror}; pass a writable --out")
-        return cls(path)
+            raise ResultsError(f"cannot create the run folder {path}: {why(exc)}; pass a writable --out")
+        return cls(path, again)
 
     @classmethod
     def latest(cls, out: Path, sweep_name: str) -> "RunDir | None":
-        runs = sorted(p for p in Path(out).glob(f"{sweep_name}-*") if (p / SCENARIO).is_file())
-        return cls(runs[-1]) if runs else None
+        """The newest run of exactly this sweep: `rs` must not pick up a run of `rs-big`."""
+        mine = re.compile(re.escape(sweep_name) + r"-(\d{8})-(\d{6})(?:-(\d+))?")
+        runs = []
+        for path in Path(out).glob("*") if Path(out).is_dir() else []:
+            m = mine.fullmatch(path.name)
+            if m and (path / SCENARIO).is_file():
+                runs.append(((m[1], m[2], int(m[3] or 1)), path))
+        return cls(max(runs)[1]) if runs else None
 
     def repair(self) -> list[str]:
         """Before appending to an interrupted run: cut a partial last line a kill left behind, so
@@ -81,33 +95,67 @@ class RunDir:
 
     def _write(self, name: str, text: str) -> None:
         try:
-            (self.path / name).write_text(text)
+            (self.path / name).write_text(redact.scrub(text))
         except OSError as exc:
-            raise ResultsError(f"cannot write to {self.path}: {exc.strerror}; pass a writable --out")
+            raise ResultsError(f"cannot write to {self.path}: {why(exc)}; pass a writable --out")
 
     def environment(self) -> dict:
-        p = self.path / ENVIRONMENT
-        return json.loads(p.read_text()) if p.is_file() else {}
+        """environment.json; {} (and a warning) when it is not a JSON object."""
+        env, notes = read_environment(self.path / ENVIRONMENT)
+        self._note(notes)
+        return env
+
+    @property
+    def warnings(self) -> list[str]:
+        """What reading the records back skipped or repaired, one line each (the CLI prints them
+        as `warning: ...`, the report lists them). Records read back are hostile input."""
+        return self.__dict__.setdefault("_read_warnings", [])
+
+    def _note(self, notes: list[str]) -> None:
+        self.warnings.extend(n for n in notes if n not in self.warnings)
 
     def append_request(self, rec: dict) -> None:
-        append_jsonl(self.path / REQUESTS, rec)
+        append_jsonl(self.path / REQUESTS, rec, self.again)
 
     def append_cell(self, rec: dict) -> None:
-        append_jsonl(self.path / CELLS, rec)
+        append_jsonl(self.path / CELLS, rec, self.again)
 
-    def requests(self) -> list[dict]:
-        return load_jsonl(self.path / REQUESTS)
+    def request_records(self) -> list[RequestRecord]:
+        return self._load(REQUESTS, RequestRecord)
 
-    def cells(self) -> list[dict]:
+    def cell_records(self) -> list[CellRecord]:
         """The latest record of each cell (a resumed run appends newer ones)."""
-        latest: dict[str, dict] = {}
-        for rec in load_jsonl(self.path / CELLS):
-            latest[rec["cell_id"]] = rec
+        latest = {rec.cell_id: rec for rec in self._load(CELLS, CellRecord)}
         return list(latest.values())
 
+    def requests(self) -> list[dict]:
+        """Validated request records as dicts (every field the analysis reads is present)."""
+        return [r.model_dump() for r in self.request_records()]
 
-def append_jsonl(path: Path, obj: dict) -> None:
-    line = json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n"
+    def cells(self) -> list[dict]:
+        return [c.model_dump() for c in self.cell_records()]
+
+    def _load(self, name: str, model: type[R]) -> list[R]:
+        records, notes = load_jsonl(self.path / name, model)
+        self._note(notes)
+        return records
+
+
+def why(exc: OSError) -> str:
+    """The cause in the system's words (Permission denied, No space left on device, ...)."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def fix_for(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return "free space"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "make the folder writable"
+    return "fix that"
+
+
+def append_jsonl(path: Path, obj: dict, again: str = RESUME) -> None:
+    line = redact.scrub(json.dumps(obj, ensure_ascii=False, allow_nan=False)) + "\n"
     # One write per line and fsync: a kill leaves at most a truncated last line.
     try:
         with open(path, "a", encoding="utf-8") as f:
@@ -115,25 +163,14 @@ def append_jsonl(path: Path, obj: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
-        raise ResultsError(f"cannot write {path}: {exc.strerror}; every line before this one is kept; "
-                           "free space and continue with --resume")
+        raise ResultsError(f"cannot write {path}: {why(exc)}; every line before this one is kept; "
+                           f"{fix_for(exc)}, then {again}")
 
 
-def load_jsonl(path: Path) -> list[dict]:
-    if not Path(path).is_file():
-        return []
-    rows, lines = [], Path(path).read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n == len(lines):
-                warnings.warn(f"{path}:{n}: ignoring a truncated last line")
-            else:
-                raise ValueError(f"{path}:{n}: corrupt JSON line")
-    return rows
+def load_jsonl(path: Path, model: type[R]) -> tuple[list[R], list[str]]:
+    """The records of a .jsonl file that validate as `model`, and one warning per kind of
+    trouble naming the file and line numbers (see records.py). Never raises on bad content."""
+    return read_records(path, model)
 
 
 def scenario_text(data: dict) -> str:

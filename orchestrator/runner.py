@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
 
 from engines import ENGINES, Engine
 
 from . import server_metrics
-from .driver import ENDPOINTS, RequestSpec, request_body, run_batch
-from .errors import InstallError, ServerError
+from . import probe, redact
+from .driver import AUTH_REFUSED, ENDPOINTS, RequestSpec, request_body, run_batch
+from .errors import AuthRefused, InstallError, OrchError, ServerError
 from .launchers import LAUNCHERS, free_port, log_tail, owner_labels
 from .models import ResolvedModel, resolve_model
 from .prompts import Prompt, load_prompt_set
-from .results import RunDir
-from .scenario import EngineSpec, Scenario
+from .results import RunDir, why
+from .scenario import EngineSpec, Scenario, cell_id
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,7 @@ class Cell:
 
     @property
     def id(self) -> str:
-        if self.n_spec == 0:
-            return f"{self.engine.name}-n0"
-        return f"{self.engine.name}-{self.method}-n{self.n_spec}"
+        return cell_id(self.engine.name, self.method, self.n_spec)
 
 
 def plan_cells(scenario: Scenario) -> list[Cell]:
@@ -56,6 +55,7 @@ def prepare(scenario: Scenario, base_dir: Path, need_binaries: bool = True) -> d
     prepared = {}
     for spec in scenario.engines:
         engine = ENGINES[spec.kind](spec)
+        redact.remember_url(spec.url)
         if need_binaries and spec.api_key_env and not os.environ.get(spec.api_key_env):
             raise InstallError(f"engine {spec.name!r}: api_key_env names {spec.api_key_env}, which is not set; "
                                f"export {spec.api_key_env}=... first")
@@ -135,26 +135,31 @@ class Sweep:
         started = time.monotonic()
         rec["started_at"] = round(time.time(), 3)
         marks = {"start": started}  # where the cell's wall time goes: see _phases
+        headers = prep.engine.request_headers()
         try:
             with launcher(plan, log, cell.engine.ready_timeout_s) as server:
                 marks["launched"] = time.monotonic()
-                rec["ready_s"] = round(server.wait_ready(), 3)
+                rec["ready_s"] = round(server.wait_ready(headers), 3)
                 marks["ready"] = time.monotonic()
                 rec.update(server.describe())
-                rec["template"] = self._template(cell, server.base_url)
+                rec["template"] = self._template(cell, server.base_url, headers)
                 results, rec["server_metrics"] = self._drive(cell, server, todo, marks)
-                rec.update(_judge(results, server.alive()))
+                rec.update(_judge(results, len(todo), server.alive(), prep.engine.auth_fix()))
                 if rec["status"] != "ok":
                     rec["log_tail"] = log_tail(log)
                 marks["driven"] = time.monotonic()
             marks["stopped"] = time.monotonic()
             rec["phases"] = _phases(marks)
-        except ServerError as exc:
-            rec.update(status="failed", error=str(exc), log_tail=exc.log_tail)
         except (KeyboardInterrupt, SystemExit):
             rec.update(status="interrupted", error="interrupted", seconds=round(time.monotonic() - started, 3))
             self.run.append_cell(rec)
             raise
+        except OrchError as exc:
+            if not isinstance(exc, ServerError):
+                raise  # ResultsError and the like: the records themselves cannot be kept
+            rec.update(_failed(exc, prep.engine))
+        except Exception as exc:  # noqa: BLE001 - one cell's failure, of any kind, must not end the sweep
+            rec.update(_failed(exc, prep.engine))
         rec["seconds"] = round(time.monotonic() - started, 3)
         self.run.append_cell(rec)
         return rec
@@ -176,7 +181,8 @@ class Sweep:
             return request_body(cell.engine.api, spec.prompt.text, prep.model.label, self.workload, extra)
 
         def record(rec: dict) -> None:
-            rec.update(cell_id=cell.id, engine=cell.engine.name, method=cell.method, n_spec=cell.n_spec)
+            rec.update(cell_id=cell.id, engine=cell.engine.name, method=cell.method, n_spec=cell.n_spec,
+                       endpoint=ENDPOINTS[cell.engine.api])
             rec["prompt_tokens_low"] = _prompt_tokens_low(rec, self.prompts)
             self.run.append_request(rec)
             self.progress.request_done(rec)
@@ -186,7 +192,9 @@ class Sweep:
         warm = self.warmup_specs()
         if warm:
             self.progress.phase("warm-up")
-            asyncio.run(run_batch(server.base_url, cell.engine.api, warm, 1, body, timeout, record, headers, tokenize))
+            warmed = asyncio.run(run_batch(server.base_url, cell.engine.api, warm, 1, body, timeout, record, headers,
+                                           tokenize))
+            _raise_if_refused(warmed)
         marks["warmed"] = time.monotonic()
         results, windows, measuring = [], {}, 0.0
         for conc in self.workload.concurrency:
@@ -200,21 +208,33 @@ class Sweep:
             window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers))
             if window is not None:
                 windows[str(conc)] = window
-            if not server.alive():
+            if not server.alive() or _refused(results):
                 break
         marks["measuring_s"] = measuring
         return results, windows
 
-    def _template(self, cell: Cell, base_url: str) -> str:
+    def _template(self, cell: Cell, base_url: str, headers: dict) -> str:
         if cell.engine.api == "completions":
             return "none: raw prompt to /v1/completions"
         try:
-            props = httpx.get(base_url + "/props", timeout=5).json()
-        except (httpx.HTTPError, ValueError):
+            props = json.loads(probe.get(base_url, "/props", headers))
+        except (probe.ProbeFailed, ValueError):
             return "unknown (no /props)"
-        tpl = props.get("chat_template") or ""
+        tpl = props.get("chat_template") if isinstance(props, dict) else None
+        if not isinstance(tpl, str):
+            return "unknown (no chat_template in /props)"
         first = tpl.strip().splitlines()[0][:60] if tpl.strip() else ""
         return f"server chat template sha1:{hashlib.sha1(tpl.encode()).hexdigest()[:12]} {first!r}"
+
+
+def _refused(records: list[dict]) -> dict | None:
+    return next((r for r in records if r.get("http_status") in AUTH_REFUSED), None)
+
+
+def _raise_if_refused(records: list[dict]) -> None:
+    refused = _refused(records)
+    if refused is not None:
+        raise AuthRefused(refused["endpoint"], refused["http_status"])
 
 
 def _phases(m: dict) -> dict:
@@ -227,14 +247,31 @@ def _phases(m: dict) -> dict:
     return {k: round(v, 4) for k, v in out.items()}
 
 
-def _judge(results: list[dict], alive: bool) -> dict:
+def _failed(exc: BaseException, engine: Engine) -> dict:
+    """A cell that could not run, as a record: the cause in words, never a traceback on screen."""
+    if isinstance(exc, AuthRefused):
+        return {"status": "failed", "error": f"{exc}; {engine.auth_fix()}", "log_tail": exc.log_tail}
+    if isinstance(exc, ServerError):
+        return {"status": "failed", "error": str(exc), "log_tail": exc.log_tail}
+    if isinstance(exc, OSError):  # the cell's folder or log, or the server binary itself
+        where = f" {exc.filename}" if exc.filename else ""
+        return {"status": "failed", "error": f"cannot set up the cell:{where}: {why(exc)}"}
+    return {"status": "failed", "error": f"internal error: {type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=8)}
+
+
+def _judge(results: list[dict], sent_for: int, alive: bool, auth_fix: str) -> dict:
     failed = sum(not r["ok"] for r in results)
     low = sum(bool(r.get("prompt_tokens_low")) for r in results)
-    out = {"requests_ok": len(results) - failed, "requests_failed": failed}
+    out = {"requests_ok": len(results) - failed, "requests_failed": failed,
+           "requests_not_sent": sent_for - len(results)}
     if low:
         out["prompt_check"] = (f"{low} of {len(results)} requests reported fewer prompt tokens than half the "
                                "prompt's words: the chat template may drop the text; try api = \"completions\"")
-    if not alive:
+    refused = _refused(results)
+    if refused is not None:
+        out.update(status="failed", error=f"{AuthRefused(refused['endpoint'], refused['http_status'])}; {auth_fix}")
+    elif not alive:
         out.update(status="failed", error="server exited during the measured requests")
     elif results and failed == len(results):
         out.update(status="failed", error=f"all {failed} measured requests failed: {results[0]['error']}")

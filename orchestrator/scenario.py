@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -17,9 +19,9 @@ from .models import check_model_ref
 from .prompts import PromptFileError, load_prompt_set
 
 
-
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # TOML has inf and nan literals; no timeout or temperature means anything with them.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 def _unique(values: list, what: str) -> list:
@@ -35,6 +37,57 @@ def _one_of(value: str, known, what: str, plural: str) -> str:
     return value
 
 
+def _path_name(value: str) -> str:
+    """Scenario, engine and method names end up in result folder names: keep them plain."""
+    if len(value) > 64 or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+        raise ValueError("use at most 64 letters, digits, '.', '_' and '-', starting with a letter or digit "
+                         "(it names result folders)")
+    return value
+
+
+def cell_id(engine: str, method: str, n_spec: int) -> str:
+    """A cell's id, which names its result folder. The baseline (n_spec 0) has method "none"."""
+    if n_spec == 0:
+        return f"{engine}-n0"
+    return f"{engine}-{method}-n{n_spec}"
+
+
+_V1_TAIL = re.compile(r"/v1(/chat/completions|/completions|/models)?/*\Z")
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with a server's base URL, with the fix; None if it is fine.
+
+    Messages do not repeat the URL: it may hold a password."""
+    if not url.isprintable() or any(c.isspace() for c in url):
+        return "the URL contains whitespace or control characters; remove them"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed [ of an IPv6 address
+        return f"not a valid URL ({exc}); write it as http://HOST:PORT"
+    if parts.scheme not in ("http", "https"):
+        return "not an http(s) URL; write it as http://HOST:PORT"
+    if not parts.hostname:
+        return "the URL has no host; write it as http://HOST:PORT"
+    if _port(parts) == 0:
+        port = parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
+        return f"port {port!r} is not a number from 1 to 65535; use the port the server listens on"
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        return "the URL has a query or fragment ('?...' or '#...'); remove it: orch appends paths to the base URL"
+    tail = _V1_TAIL.search(parts.path)
+    if tail:
+        return f"drop the trailing {tail.group(0).rstrip('/')}: orch adds /v1/... itself"
+    return None
+
+
+def _port(parts) -> int | None:
+    """The URL's port, 0 if it is not one; None if it has none."""
+    try:
+        return parts.port
+    except ValueError:  # not digits, or past 65535
+        return 0
+
+
 class Workload(_Strict):
     prompts: list[str] = Field(default=["seeds"], min_length=1)
     max_tokens: int = Field(default=256, gt=0)
@@ -46,6 +99,11 @@ class Workload(_Strict):
     ignore_eos: bool = False
     cache_prompt: bool = False
     request_timeout_s: float = Field(default=300.0, gt=0)
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, v):
+        return _unique(v, "prompt sets")
 
     @field_validator("concurrency")
     @classmethod
@@ -62,6 +120,18 @@ class Speculation(_Strict):
     # Extra keys of the engine's own speculation config (vLLM: --speculative-config JSON),
     # e.g. prompt_lookup_min/max for ngram, or synthetic acceptance rates.
     config: dict[str, Any] = {}
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v):
+        return _path_name(v)
+
+    @field_validator("config")
+    @classmethod
+    def _config(cls, v):
+        if not _finite(v):
+            raise ValueError("every number must be finite, not inf or nan")
+        return v
 
     @field_validator("n_spec")
     @classmethod
@@ -119,9 +189,7 @@ class EngineSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v):
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
-            raise ValueError("use letters, digits, '.', '_' and '-' only (it names result folders)")
-        return v
+        return _path_name(v)
 
     @field_validator("kind")
     @classmethod
@@ -148,8 +216,9 @@ class EngineSpec(_Strict):
             raise _KeyedError("binary", "a container runs its image's entrypoint; remove binary")
         if not ENGINES[self.kind].needs_binary and not external:
             raise _KeyedError("launcher", f'kind {self.kind!r} is a running server: use launcher = "external"')
-        if self.url and not re.fullmatch(r"https?://[^\s/]+(/.*)?", self.url):
-            raise _KeyedError("url", f"{self.url!r} is not an http(s) URL")
+        problem = url_problem(self.url) if self.url else None
+        if problem:
+            raise _KeyedError("url", problem)
         return self
 
     @model_validator(mode="after")
@@ -168,6 +237,16 @@ class EngineSpec(_Strict):
         if spec.method in ENGINES[self.kind].draft_methods and not spec.draft_model:
             raise _KeyedError("speculation.draft_model", f"method {spec.method!r} needs a draft_model (a .gguf path)")
         return self
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def _check_spec_config(kind: str, config: dict) -> None:
@@ -189,13 +268,27 @@ class Scenario(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v):
-        return EngineSpec._name(v)
+        return _path_name(v)
 
     @field_validator("engines")
     @classmethod
     def _unique_names(cls, v):
         _unique([e.name for e in v], "engine names")
         return v
+
+    @model_validator(mode="after")
+    def _unique_cells(self):
+        # Ids are folder names: compare them as a case-insensitive disk (macOS, Windows) would.
+        seen: dict[str, tuple[str, str]] = {}
+        for eng in self.engines:
+            for n in eng.speculation.n_spec:
+                cid = cell_id(eng.name, eng.speculation.method if n else "none", n)
+                first_id, first_engine = seen.setdefault(cid.lower(), (cid, eng.name))
+                if first_engine != eng.name:
+                    same = repr(cid) if first_id == cid else f"{first_id!r} and {cid!r} (same folder ignoring case)"
+                    raise _KeyedError("engines", f"engines {first_engine!r} and {eng.name!r} both make cell {same}, "
+                                                 "which names a result folder; rename one of the engines")
+        return self
 
 
 class _KeyedError(ValueError):
@@ -229,14 +322,18 @@ def build_scenario(raw: dict, source: Path, overrides: list[str] = ()) -> Scenar
 
 
 def _read_toml(path: Path) -> dict:
-    if not path.is_file():
-        raise ScenarioError(path, "", "no such file; pass a scenario TOML such as scenarios/n_spec.toml")
-    try:
-        return tomllib.loads(path.read_text())
+    try:  # is_file too raises PermissionError, under a folder that cannot be searched
+        if not path.is_file():
+            raise ScenarioError(path, "", "no such file; pass a scenario TOML such as scenarios/n_spec.toml")
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(path, "", f"not valid TOML ({exc}); fix the syntax")
+    except RecursionError:
+        raise ScenarioError(path, "", "not valid TOML (arrays or tables nested too deeply); fix the syntax")
     except UnicodeDecodeError:
-        raise ScenarioError(path, "", "not a UTF-8 text file")
+        raise ScenarioError(path, "", "not a UTF-8 text file; save it as UTF-8")
+    except OSError as exc:
+        raise ScenarioError(path, "", f"cannot read it ({exc.strerror}); check its permissions")
 
 
 def _validate(raw: dict, path: Path) -> Scenario:
@@ -263,6 +360,7 @@ def _loc(loc: tuple, raw: dict) -> str:
 
 _FIXES = {
     "extra_forbidden": "unknown key; remove it or check its spelling",
+    "finite_number": "must be a finite number, not inf or nan",
     "missing": "required key is missing; add it",
     "too_short": "must not be empty; give at least one value",
 }
@@ -280,11 +378,7 @@ def _message(err: dict) -> str:
 
 def _check_files(scenario: Scenario, path: Path) -> None:
     base = path.parent
-    for i, ref in enumerate(scenario.workload.prompts):
-        try:
-            load_prompt_set(ref, base)
-        except PromptFileError as exc:
-            raise ScenarioError(path, f"workload.prompts[{i}]", str(exc))
+    _check_prompt_sets(scenario.workload.prompts, path)
     for i, eng in enumerate(scenario.engines):
         if not ENGINES[eng.kind].resolves_model:
             continue
@@ -297,6 +391,20 @@ def _check_files(scenario: Scenario, path: Path) -> None:
             problem = check_model_ref(draft, base, fmt)
             if problem:
                 raise ScenarioError(path, f"engines[{i}].speculation.draft_model", problem)
+
+
+def _check_prompt_sets(refs: list[str], path: Path) -> None:
+    """Every set loads, and no two share a name: results tell prompts apart by (set, id)."""
+    named: dict[str, str] = {}
+    for i, ref in enumerate(refs):
+        try:
+            name = load_prompt_set(ref, path.parent)[0].set
+        except PromptFileError as exc:
+            raise ScenarioError(path, f"workload.prompts[{i}]", str(exc))
+        if name in named:
+            raise ScenarioError(path, "workload.prompts", f"{named[name]!r} and {ref!r} are both prompt set {name!r} "
+                                "(a file's name is its set's name); rename one of the files")
+        named[name] = ref
 
 
 # ---------------------------------------------------------------- --set KEY=VALUE
@@ -321,7 +429,7 @@ def _apply_override(raw: dict, item: str, path: Path) -> None:
 def _parse_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return text
 
 

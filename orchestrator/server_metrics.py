@@ -7,8 +7,11 @@ per-position acceptance = accepted_per_pos / drafts.
 
 from __future__ import annotations
 
-import httpx
+import math
+
 from prometheus_client.parser import text_string_to_metric_families
+
+from . import probe
 
 COUNTERS = {"spec_decode_num_drafts": "drafts", "spec_decode_num_draft_tokens": "draft_tokens",
             "spec_decode_num_accepted_tokens": "accepted_tokens"}
@@ -16,16 +19,14 @@ PER_POS = "spec_decode_num_accepted_tokens_per_pos"
 
 
 def scrape(base_url: str, headers: dict | None = None) -> dict | None:
-    """The speculation counters now, or None if the server has no /metrics."""
+    """The speculation counters now, or None if the server has no usable /metrics."""
     try:
-        resp = httpx.get(base_url + "/metrics", timeout=5, headers=headers)
-    except httpx.HTTPError:
-        return None
-    if resp.status_code != 200:
+        text = probe.get(base_url, "/metrics", headers).decode("utf-8")
+    except (probe.ProbeFailed, UnicodeDecodeError):
         return None
     try:
-        return parse(resp.text)
-    except (ValueError, TypeError, IndexError):
+        return parse(text)
+    except (ValueError, TypeError, IndexError, KeyError):
         return None  # not Prometheus text (some proxies answer every path): no server counters
 
 
@@ -33,6 +34,8 @@ def parse(text: str) -> dict:
     out: dict = {"drafts": 0.0, "draft_tokens": 0.0, "accepted_tokens": 0.0, "per_pos": {}}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
+            if not math.isfinite(sample.value) or sample.value < 0:
+                raise ValueError(f"{sample.name} is {sample.value}: not a counter's value")
             name = sample.name.split(":", 1)[-1].removesuffix("_total")
             if name in COUNTERS:
                 out[COUNTERS[name]] += sample.value
@@ -46,6 +49,8 @@ def delta(before: dict | None, after: dict | None) -> dict | None:
     if before is None or after is None:
         return None
     d = {k: after[k] - before[k] for k in ("drafts", "draft_tokens", "accepted_tokens")}
+    if min(d.values()) < 0 or d["accepted_tokens"] > d["draft_tokens"]:
+        return None  # counters went back (the server restarted) or contradict each other: no window
     d["per_pos"] = {p: v - before["per_pos"].get(p, 0.0) for p, v in sorted(after["per_pos"].items(), key=_pos)}
     drafts = d["drafts"]
     d["acceptance_rate"] = d["accepted_tokens"] / d["draft_tokens"] if d["draft_tokens"] else None

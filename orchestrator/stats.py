@@ -1,6 +1,14 @@
-"""Medians with seeded bootstrap 95% intervals, speedup intervals, and outlier flags."""
+"""Medians with seeded bootstrap 95% intervals, speedup intervals, and outlier flags.
+
+An interval is either two finite numbers or (None, None): a bootstrap whose resamples give
+inf or NaN (a baseline whose median is 0) has no interval, and then no verdict. The inputs
+are rates and counts read back through records.py, which never lets a negative or non-finite
+value into a measured request, so no interval here has a negative bound.
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -15,7 +23,7 @@ def median_ci(values) -> tuple[float | None, float | None]:
     if x.size == 0:
         return None, None
     if x.size == 1:
-        return float(x[0]), float(x[0])
+        return _interval(x)
     meds = np.median(_resample(x, np.random.default_rng(SEED)), axis=1)
     return _interval(meds)
 
@@ -26,7 +34,8 @@ def ratio_ci(num, den) -> tuple[float | None, float | None]:
     if a.size == 0 or b.size == 0:
         return None, None
     rng = np.random.default_rng(SEED)
-    ratios = np.median(_resample(a, rng), axis=1) / np.median(_resample(b, rng), axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero median: inf or NaN, no interval
+        ratios = np.median(_resample(a, rng), axis=1) / np.median(_resample(b, rng), axis=1)
     return _interval(ratios)
 
 
@@ -42,7 +51,8 @@ def ratio_of_sums_ci(num, den) -> tuple[float | None, float | None]:
 
 
 def verdict(low: float | None, high: float | None) -> str | None:
-    if low is None or high is None:
+    """None unless both bounds are finite numbers: an undefined interval says nothing."""
+    if not (_finite(low) and _finite(high)):
         return None
     if low <= 1.0 <= high:
         return "no clear difference"
@@ -66,7 +76,21 @@ def _resample(x: np.ndarray, rng) -> np.ndarray:
     return x[rng.integers(0, x.size, size=(RESAMPLES, x.size))]
 
 
-def _interval(samples: np.ndarray) -> tuple[float, float]:
+def _interval(samples: np.ndarray) -> tuple[float | None, float | None]:
+    """Percentile interval; (None, None) when a resample is undefined (0/0) or a bound is not
+    finite (a ratio over a zero median)."""
+    if samples.size == 0 or np.isnan(samples).any():
+        return None, None
     tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = np.percentile(samples, [tail, 100 - tail])
+    with np.errstate(invalid="ignore"):
+        low, high = np.percentile(samples, [tail, 100 - tail])
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None, None
     return float(low), float(high)
+
+
+def _finite(v) -> bool:
+    try:
+        return v is not None and math.isfinite(v)
+    except TypeError:
+        return False

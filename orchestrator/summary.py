@@ -63,7 +63,7 @@ def _row(key: tuple, g: pd.DataFrame) -> dict:
         row[f"{rate}_p90"] = vals.quantile(0.9) if len(vals) else None
     row["ttft_s_median"] = pd.to_numeric(ok["ttft_s"], errors="coerce").median() if len(ok) else None
     row.update(_latency(ok))
-    row["completion_tokens_median"] = ok["completion_tokens"].median() if len(ok) else None
+    row["completion_tokens_median"] = pd.to_numeric(ok["completion_tokens"], errors="coerce").median() if len(ok) else None
     row["outliers"] = _outliers(ok)
     row.update(_acceptance(ok))
     return row
@@ -106,7 +106,8 @@ def _cells_without_requests(cells: list[dict], seen: set) -> pd.DataFrame:
 
 def _add_speedups(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     """e2e median over the same engine's n_spec 0 cell at the same concurrency and prompt set,
-    with a bootstrap interval over both cells' requests."""
+    with a bootstrap interval over both cells' requests. A baseline whose median is 0 gives no
+    speedup, no interval and no verdict: the ratio is undefined, not "faster"."""
     ok = df[df["ok"]] if len(df) else df
     rates = {k: pd.to_numeric(g["e2e_tok_s"], errors="coerce").dropna().to_numpy()
              for k, g in ok.groupby(["engine", "n_spec", "concurrency", "prompt_set"])} if len(ok) else {}
@@ -115,8 +116,11 @@ def _add_speedups(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
         base = rates.get((r["engine"], 0, r["concurrency"], r["prompt_set"]))
         if mine is None or base is None or not len(mine) or not len(base):
             continue
+        defined = np.median(base) > 0
         if r["n_spec"] == 0:
-            out.loc[i, ["speedup", "speedup_verdict"]] = [1.0, "baseline"]
+            out.loc[i, ["speedup", "speedup_verdict"]] = [1.0 if defined else None, "baseline"]
+            continue
+        if not defined:
             continue
         low, high = ratio_ci(mine, base)
         out.loc[i, ["speedup", "speedup_ci_low", "speedup_ci_high"]] = [
@@ -126,6 +130,8 @@ def _add_speedups(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_table(summary: pd.DataFrame) -> str:
+    if summary.empty:
+        return "no cell and no measured request in the records: nothing to summarize"
     summary = summary.copy()
     summary["speedup_ci"] = [_ci_text(lo, hi) for lo, hi in zip(summary["speedup_ci_low"], summary["speedup_ci_high"])]
     cols = ["engine", "method", "n_spec", "concurrency", "prompt_set", "requests_ok", "requests_failed",

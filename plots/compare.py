@@ -19,11 +19,13 @@ def draw_compare(df: pd.DataFrame, out: Path) -> list[Path]:
     x = np.arange(len(df))
     fig, ax = plt.subplots(figsize=(max(6, 2.6 * len(df)), 5), dpi=110)
     ax.bar(x - 0.2, df["baseline_tok_s"], 0.4, label="n_spec 0", color="tab:grey")
-    err = [(df["best_tok_s"] - df["best_ci_low"]).clip(lower=0), (df["best_ci_high"] - df["best_tok_s"]).clip(lower=0)]
+    low, high = (pd.to_numeric(df[c], errors="coerce") for c in ("best_ci_low", "best_ci_high"))
+    err = [(df["best_tok_s"] - low).clip(lower=0).fillna(0), (high - df["best_tok_s"]).clip(lower=0).fillna(0)]
     ax.bar(x + 0.2, df["best_tok_s"], 0.4, yerr=err, capsize=4, label="best n_spec", color="tab:blue")
     for i, r in enumerate(df.itertuples()):
         top = max(r.best_tok_s, r.best_ci_high if pd.notna(r.best_ci_high) else 0)
-        ax.text(i + 0.2, top * 1.02, f"n{r.best_n_spec} {r.speedup:.2f}x", ha="center", va="bottom", fontsize=8)
+        speedup = f"{r.speedup:.2f}x" if pd.notna(r.speedup) else "no speedup (baseline 0)"
+        ax.text(i + 0.2, top * 1.02, f"n{r.best_n_spec} {speedup}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, labels, fontsize=7)
     ax.set_ylabel("median e2e tok/s (95% CI)")
     ax.set_title("Baseline against best speculation setting, per run")

@@ -29,6 +29,7 @@ class Report:
     charts: list[Path]
     html: Path
     markdown: Path
+    warnings: list[str]  # records skipped or kept as failed on reading back; each one line
 
 
 def build_report(run_dir: Path, overlay=None) -> Report:
@@ -40,14 +41,27 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     lossless = per_cell(comparisons)
     comparisons.to_csv(run.path / "lossless.csv", index=False)
     sub = subtitle(run)
+    scenario = _scenario_text(run)
     charts = (draw_charts(summary, sub, run.path, overlay) + draw_acceptance_length(summary, sub, run.path)
               + draw_lossless(lossless, sub, run.path))
     out = run.path / "report"
     out.mkdir(exist_ok=True)
-    ctx = _Context(run, summary, lossless, comparisons, cells, [c for c in charts if c.suffix == ".png"])
+    ctx = _Context(run, summary, lossless, comparisons, cells, [c for c in charts if c.suffix == ".png"],
+                   scenario, list(run.warnings))
     (out / "index.html").write_text(_html(ctx))
     (out / "summary.md").write_text(_markdown(ctx))
-    return Report(summary, run.path / SUMMARY, lossless, charts, out / "index.html", out / "summary.md")
+    return Report(summary, run.path / SUMMARY, lossless, charts, out / "index.html", out / "summary.md",
+                  ctx.warnings)
+
+
+def _scenario_text(run: RunDir) -> str:
+    """scenario.toml as run; a folder without a readable one still gets its report."""
+    try:
+        return run.read_scenario_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not UTF-8 text"
+        run.warnings.append(f"{run.path / 'scenario.toml'}: {why}; the report shows no scenario")
+        return f"(scenario.toml: {why})"
 
 
 def subtitle(run: RunDir) -> str:
@@ -64,6 +78,8 @@ class _Context:
     comparisons: pd.DataFrame
     cells: list[dict]
     pngs: list[Path]
+    scenario: str
+    warnings: list[str]
 
     @property
     def method_lines(self) -> list[str]:
@@ -88,7 +104,8 @@ class _Context:
 
 def _markdown(ctx: _Context) -> str:
     lines = [f"## orch sweep `{ctx.run.path.name}`", "", f"{subtitle(ctx.run)}", "",
-             *[f"- {m}" for m in ctx.method_lines], "", "```", format_table(ctx.summary), "```", "",
+             *[f"- {m}" for m in ctx.method_lines], "", *_md_skipped(ctx.warnings),
+             "```", format_table(ctx.summary), "```", "",
              "### Lossless check (temperature 0, against n_spec 0)", ""]
     lines += _md_table(ctx.lossless, ["cell_id", "compared", "identical", "share_identical"])
     div = _divergences(ctx.comparisons)
@@ -101,6 +118,16 @@ def _markdown(ctx: _Context) -> str:
         lines += [f"- {r.cell_id} {r.prompt_set}: {r.outliers}" for r in outl.itertuples()]
     lines += ["", f"Rerun: `{ctx.rerun}`", ""]
     return "\n".join(lines)
+
+
+SKIPPED = ("Records skipped: some lines of this run's records could not be read back; the figures "
+           "below are from the rest (rows kept as failed are counted as failed requests).")
+
+
+def _md_skipped(warnings: list[str]) -> list[str]:
+    if not warnings:
+        return []
+    return [f"**{SKIPPED}**", "", *[f"- {w}" for w in warnings], ""]
 
 
 def _md_table(df: pd.DataFrame, cols: list[str]) -> list[str]:
@@ -152,7 +179,15 @@ def _html(ctx: _Context) -> str:
         title=esc(ctx.run.path.name), subtitle=esc(subtitle(ctx.run)),
         method="".join(f"<li>{esc(m)}</li>" for m in ctx.method_lines),
         images=imgs, summary=table, lossless=lossless, divergences=div_html,
-        env=esc(env), scenario=esc(ctx.run.read_scenario_text()), rerun=esc(ctx.rerun))
+        env=esc(env), scenario=esc(ctx.scenario), rerun=esc(ctx.rerun), skipped=_html_skipped(ctx.warnings))
+
+
+def _html_skipped(warnings: list[str]) -> str:
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    return f'<div id="records-skipped"><h2>Records skipped</h2><p>{html.escape(SKIPPED)}</p><ul>{items}</ul></div>'
+
 
 
 # No script, font or image from the network: the page must open offline.
@@ -166,6 +201,7 @@ pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }}
 </style></head><body>
 <h1>orch report: {title}</h1>
 <p>{subtitle}</p>
+{skipped}
 <h2>How it was measured</h2><ul>{method}</ul>
 <h2>Charts</h2>
 {images}

@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 from orchestrator.errors import ScenarioError
-from orchestrator.scenario import load_scenario
+from orchestrator.scenario import cell_id, load_scenario, url_problem
 
 BAD = Path(__file__).parent / "bad_scenarios"
 
@@ -31,6 +31,30 @@ CASES = {
     "external_without_url.toml": ("engines[0].url", 'launcher "external" needs url'),
 }
 
+NAME_RULE = ("use at most 64 letters, digits, '.', '_' and '-', starting with a letter or digit "
+             "(it names result folders)")
+FINITE = "must be a finite number, not inf or nan"
+
+# Newer cases give the whole message after the key, and the test compares it exactly.
+EXACT = {
+    "duplicate_prompt_set.toml": ("workload.prompts", "duplicate prompt sets ['seeds']; list each once"),
+    "prompt_set_name_clash.toml": ("workload.prompts", "'prompts/a/qa.jsonl' and 'prompts/b/qa.jsonl' are both "
+                                   "prompt set 'qa' (a file's name is its set's name); rename one of the files"),
+    "inf_temperature.toml": ("workload.temperature", FINITE),
+    "negative_inf_request_timeout.toml": ("workload.request_timeout_s", FINITE),
+    "nan_ready_timeout.toml": ("engines[0].ready_timeout_s", FINITE),
+    "long_scenario_name.toml": ("name", NAME_RULE),
+    "method_escapes_folder.toml": ("engines[0].speculation.method", NAME_RULE),
+    "method_with_slash.toml": ("engines[0].speculation.method", NAME_RULE),
+    "cell_id_collision.toml": ("engines", "engines 'a-b' and 'a' both make cell 'a-b-x-n1', which names a result "
+                               "folder; rename one of the engines"),
+    "url_trailing_v1.toml": ("engines[0].url", "drop the trailing /v1: orch adds /v1/... itself"),
+    "url_port_out_of_range.toml": ("engines[0].url", "port '99999' is not a number from 1 to 65535; "
+                                   "use the port the server listens on"),
+    "url_without_host.toml": ("engines[0].url", "the URL has no host; write it as http://HOST:PORT"),
+}
+CASES.update(EXACT)
+
 
 def test_every_bad_file_has_a_case():
     assert sorted(p.name for p in BAD.glob("*.toml")) == sorted(CASES)
@@ -47,7 +71,7 @@ def test_bad_scenario_is_one_line_exit_2_nothing_started(name, command, no_proce
     assert len(lines) == 1
     prefix = f"Error: {BAD / name}: " + (f"{key}: " if key else "")
     assert lines[0].startswith(prefix), lines[0]
-    assert words in lines[0]
+    assert lines[0] == prefix + words if name in EXACT else words in lines[0]
     assert list(tmp_path.iterdir()) == []  # no run folder either
 
 
@@ -100,3 +124,146 @@ def test_shipped_scenarios_validate():
     root = Path(__file__).parent.parent / "scenarios"
     for path in root.glob("*.toml"):
         assert load_scenario(path).engines
+
+
+ENDPOINT = """
+name = "t"
+[[engines]]
+name = "{name}"
+kind = "endpoint"
+launcher = "external"
+model = "served"
+url = "{url}"
+[engines.speculation]
+method = "{method}"
+n_spec = [0, 1]
+"""
+
+
+def _error(path: Path, overrides=()) -> str:
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(path, overrides)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("key", ["workload.temperature", "workload.request_timeout_s", "engines.a.ready_timeout_s"])
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "+nan"])
+def test_every_float_key_refuses_inf_and_nan(tmp_path, key, value):
+    path = _write(tmp_path, GOOD)
+    shown = key.replace("engines.a.", "engines[0].")
+    assert _error(path, [f"{key}={value}"]) == f"{path}: {shown}: {FINITE}"
+
+
+def test_speculation_config_refuses_inf_and_nan_at_any_depth(tmp_path):
+    path = _write(tmp_path, GOOD)
+    for value in ("nan", "[1.0, inf]", "{ a = { b = -inf } }"):
+        assert _error(path, [f"engines.a.speculation.config.x={value}"]) == (
+            f"{path}: engines[0].speculation.config: every number must be finite, not inf or nan")
+
+
+@pytest.mark.parametrize("method", ["..", ".", "a/b", "../x", "a\\\\b", "-x", "x y", "é", "m" * 65])
+def test_endpoint_method_is_a_folder_safe_label(tmp_path, method):
+    path = _write(tmp_path, ENDPOINT.format(name="e", url="http://h:1", method=method))
+    assert _error(path) == f"{path}: engines[0].speculation.method: {NAME_RULE}"
+
+
+@pytest.mark.parametrize("key", ["name", "engines.e.name"])
+def test_names_are_at_most_64_characters(tmp_path, key):
+    path = _write(tmp_path, ENDPOINT.format(name="e", url="http://h:1", method="none"))
+    assert load_scenario(path, [f'{key}="{"n" * 64}"'])
+    shown = key.replace("engines.e.", "engines[0].")
+    assert _error(path, [f'{key}="{"n" * 65}"']) == f"{path}: {shown}: {NAME_RULE}"
+
+
+def test_cell_id_is_the_runners_rule():
+    assert cell_id("llama", "none", 0) == "llama-n0"
+    assert cell_id("llama", "ngram-mod", 0) == "llama-n0"  # the baseline has no method
+    assert cell_id("llama", "ngram-mod", 4) == "llama-ngram-mod-n4"
+
+
+def test_cells_that_differ_only_in_case_collide(tmp_path):
+    text = ENDPOINT.format(name="A", url="http://h:1", method="none") + (
+        '[[engines]]\nname = "a"\nkind = "endpoint"\nlauncher = "external"\nmodel = "m"\nurl = "http://h:2"\n')
+    path = _write(tmp_path, text)
+    assert _error(path) == (f"{path}: engines: engines 'A' and 'a' both make cell 'A-n0' and 'a-n0' (same folder "
+                            "ignoring case), which names a result folder; rename one of the engines")
+
+
+def test_engines_with_distinct_cells_pass(tmp_path):
+    text = ENDPOINT.format(name="a-b", url="http://h:1", method="x") + (
+        '[[engines]]\nname = "a"\nkind = "endpoint"\nlauncher = "external"\nmodel = "m"\nurl = "http://h:2"\n'
+        '[engines.speculation]\nmethod = "b-y"\nn_spec = [1]\n')
+    assert len(load_scenario(_write(tmp_path, text)).engines) == 2
+
+
+QUERY = "the URL has a query or fragment ('?...' or '#...'); remove it: orch appends paths to the base URL"
+BAD_URLS = {
+    "ftp://h:21": "not an http(s) URL; write it as http://HOST:PORT",
+    "127.0.0.1:8080": "not an http(s) URL; write it as http://HOST:PORT",
+    "localhost:8080": "not an http(s) URL; write it as http://HOST:PORT",
+    "http://:8080": "the URL has no host; write it as http://HOST:PORT",
+    "http:///v1": "the URL has no host; write it as http://HOST:PORT",
+    "http://user:secret@:80": "the URL has no host; write it as http://HOST:PORT",
+    "http://h:99999": "port '99999' is not a number from 1 to 65535; use the port the server listens on",
+    "http://h:abc": "port 'abc' is not a number from 1 to 65535; use the port the server listens on",
+    "http://h:0": "port '0' is not a number from 1 to 65535; use the port the server listens on",
+    "http://h:-1": "port '-1' is not a number from 1 to 65535; use the port the server listens on",
+    "http://[::1]:x": "port 'x' is not a number from 1 to 65535; use the port the server listens on",
+    "http://[::1": "not a valid URL (Invalid IPv6 URL); write it as http://HOST:PORT",
+    "http://h:8000/v1": "drop the trailing /v1: orch adds /v1/... itself",
+    "http://h:8000/v1/": "drop the trailing /v1: orch adds /v1/... itself",
+    "http://h/proxy/v1//": "drop the trailing /v1: orch adds /v1/... itself",
+    "http://h/v1/chat/completions": "drop the trailing /v1/chat/completions: orch adds /v1/... itself",
+    "http://h /x": "the URL contains whitespace or control characters; remove them",
+    " http://h": "the URL contains whitespace or control characters; remove them",
+    "http://h\n": "the URL contains whitespace or control characters; remove them",
+    "http://h\x00": "the URL contains whitespace or control characters; remove them",
+    "http://h/?a=1": QUERY,
+    "http://h/?": QUERY,
+    "http://h#top": QUERY,
+}
+
+
+@pytest.mark.parametrize("url", sorted(BAD_URLS))
+def test_url_problem_names_the_fix(url):
+    assert url_problem(url) == BAD_URLS[url]
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "https://h", "http://user:pass@host:8000",
+                                 "http://h/proxy", "http://h/proxy/", "http://[::1]:8000", "http://h/v1/x",
+                                 "http://h/apiv1", "HTTP://h:1"])
+def test_url_problem_accepts(url):
+    assert url_problem(url) is None
+
+
+def test_url_error_does_not_repeat_the_password(tmp_path):
+    path = _write(tmp_path, ENDPOINT.format(name="e", url="http://user:hunter2@h:99999", method="none"))
+    message = _error(path)
+    assert message == f"{path}: engines[0].url: {BAD_URLS['http://h:99999']}"
+    assert "hunter2" not in message
+
+
+def test_prompt_set_file_named_like_a_builtin_set_clashes(tmp_path):
+    (tmp_path / "seeds.jsonl").write_text('{"prompt": "p"}\n')
+    path = _write(tmp_path, GOOD.replace("max_tokens = 64", 'prompts = ["seeds", "seeds.jsonl"]'))
+    assert _error(path) == (f"{path}: workload.prompts: 'seeds' and 'seeds.jsonl' are both prompt set 'seeds' "
+                            "(a file's name is its set's name); rename one of the files")
+
+
+def test_deeply_nested_toml_is_one_line(tmp_path):
+    path = _write(tmp_path, "x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert _error(path) == f"{path}: not valid TOML (arrays or tables nested too deeply); fix the syntax"
+
+
+def test_unreadable_scenario_is_one_line(tmp_path, monkeypatch):
+    path = _write(tmp_path, GOOD)
+
+    def denied(self, *a, **k):  # tests run as root, where chmod 000 does not stop a read
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    assert _error(path) == f"{path}: cannot read it (Permission denied); check its permissions"
+    monkeypatch.setattr(Path, "is_file", denied)  # stat, under a folder that cannot be searched
+    assert _error(path) == f"{path}: cannot read it (Permission denied); check its permissions"

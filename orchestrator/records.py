@@ -1,0 +1,324 @@
+"""The records of a run folder, read back as hostile input.
+
+requests.jsonl and cells.jsonl are read line by line into typed records. A line that is not
+JSON, not an object, or lacks (or mistypes) a field the analysis needs is skipped. A request
+whose identity is fine but whose measurements are not (a negative token count, a rate that is
+a string or NaN) is kept as a failed request, so that it is still counted. Each file's skips
+end in one warning that names the file and the line numbers, and says how many rows were kept.
+
+environment.json that is not a JSON object is read as empty (a warning, no machine details);
+its fields that the report reads and that have the wrong type are dropped with a warning.
+
+Nothing here raises on bad content; only an unreadable file is a ResultsError.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, ValidationInfo,
+                      field_validator)
+
+from .errors import ResultsError
+
+Count = Annotated[int, Field(ge=0, strict=True)]
+Positive = Annotated[int, Field(ge=1, strict=True)]
+Rate = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]  # NaN and Infinity are invalid
+Time = Annotated[float, Field(allow_inf_nan=False, strict=True)]
+Name = Annotated[str, Field(strict=True, min_length=1)]
+
+DETAILS = 5  # problems described in a warning; the rest are counted, with their line numbers
+LINES = 20  # line numbers listed for the rest
+
+
+class Record(BaseModel):
+    """A line of a .jsonl file. Extra keys are kept: records carry more than the analysis reads."""
+
+    model_config = ConfigDict(extra="allow")
+    KEPT: ClassVar[str] = "with invalid fields dropped"
+
+    @classmethod
+    def required(cls) -> set[str]:
+        return {name for name, f in cls.model_fields.items() if f.is_required()}
+
+    def salvage(self, problems: list[str]) -> None:
+        """Called on a record kept after its invalid optional fields were dropped."""
+
+
+class RequestRecord(Record):
+    """One request as the driver wrote it; the fields the summary, ITL/TPOT and lossless check read."""
+
+    KEPT: ClassVar[str] = "as failed"
+
+    cell_id: Name
+    key: Name
+    phase: Literal["warmup", "measured"]
+    ok: StrictBool
+    engine: Name
+    method: Name
+    n_spec: Count
+    concurrency: Positive
+    prompt_set: Name
+    prompt_id: StrictStr
+    repeat: Count
+    error: StrictStr | None = None
+    completion_tokens: Count | None = None
+    e2e_tok_s: Rate | None = None
+    decode_tok_s: Rate | None = None
+    ttft_s: Rate | None = None
+    timings_draft_n: Count | None = None
+    timings_draft_n_accepted: Count | None = None
+    t_start: Time | None = None
+    t_first_token: Time | None = None
+    t_end: Time | None = None
+    text: StrictStr | None = None
+    chunks: Count | None = None
+    chunk_t: list[Time] | None = None
+    chunk_chars: list[Count] | None = None
+    chunk_tokens: list[Count | None] | None = None
+
+    @field_validator("timings_draft_n_accepted")
+    @classmethod
+    def _accepted_within_drafted(cls, v, info: ValidationInfo):
+        drafted = info.data.get("timings_draft_n")
+        if v is not None and drafted is not None and v > drafted:
+            raise ValueError(f"more than timings_draft_n ({drafted})")
+        return v
+
+    @field_validator("t_first_token", "t_end")
+    @classmethod
+    def _in_order(cls, v, info: ValidationInfo):
+        earlier = info.data.get("t_first_token") if info.field_name == "t_end" else None
+        earlier = earlier if earlier is not None else info.data.get("t_start")
+        if v is not None and earlier is not None and v < earlier:
+            raise ValueError("earlier than the request's start or first token")
+        return v
+
+    @field_validator("chunk_t")
+    @classmethod
+    def _increasing(cls, v):
+        if v is not None and any(b < a for a, b in zip(v, v[1:])):
+            raise ValueError("times go backwards")
+        return v
+
+    def salvage(self, problems: list[str]) -> None:
+        """Invalid measurements: counted as a failed request, never as a measured one."""
+        note = "invalid record read back: " + "; ".join(problems)
+        self.error = note if self.ok or not self.error else f"{self.error}; {note}"
+        self.ok = False
+        self.e2e_tok_s = self.decode_tok_s = self.ttft_s = None
+
+
+class WindowMetrics(BaseModel):
+    """A cell's /metrics deltas over one concurrency level's measured window."""
+
+    model_config = ConfigDict(extra="allow")
+    acceptance_rate: Rate | None = None
+    mean_acceptance_length: Rate | None = None
+
+
+class CellRecord(Record):
+    cell_id: Name
+    engine: Name
+    method: Name
+    n_spec: Count
+    status: Name
+    server_metrics: dict[str, WindowMetrics | None] | None = None
+
+    @field_validator("server_metrics")
+    @classmethod
+    def _keyed_by_concurrency(cls, v):
+        for key in v or {}:
+            if not key.isdigit():
+                raise ValueError(f"key {key!r} is not a concurrency level")
+        return v
+
+
+class EngineEnv(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    kind: StrictStr = ""
+    model: StrictStr = "?"
+
+
+class Environment(BaseModel):
+    """The parts of environment.json the report reads (machine label, models, overlay)."""
+
+    model_config = ConfigDict(extra="allow")
+    cpu: StrictStr | None = None
+    cpu_count: Count | None = None
+    gpu: list[StrictStr] | None = None
+    engines: dict[str, EngineEnv] = {}
+
+
+R = TypeVar("R", bound=Record)
+
+
+def read_records(path: Path, model: type[R]) -> tuple[list[R], list[str]]:
+    """Every valid (or salvaged) record of a .jsonl file, in order, and the warnings."""
+    path = Path(path)
+    if not path.is_file():
+        return [], []
+    lines = [(n, raw) for n, raw in enumerate(_read(path).split(b"\n"), 1) if raw.strip()]
+    records: list[R] = []
+    skipped: list[tuple[int, str]] = []
+    salvaged: list[tuple[int, str]] = []
+    notes: list[str] = []
+    truncated = None
+    for i, (n, raw) in enumerate(lines):
+        obj, problem = _parse(raw)
+        if problem is not None and i == len(lines) - 1:
+            truncated = n  # what a kill mid-write leaves; not counted with the corrupt lines
+            continue
+        if problem is None:
+            rec, problems, skip = validate(model, obj)
+            problem = "; ".join(problems) if skip else None
+            if rec is not None:
+                records.append(rec)
+                if problems:
+                    salvaged.append((n, "; ".join(problems)))
+        if problem is not None:
+            skipped.append((n, problem))
+    if skipped:
+        total = len(lines) - (truncated is not None)
+        note = f"{path}: skipped {len(skipped)} of {total} lines ({_listing(skipped)}); kept {len(records)} rows"
+        if salvaged:
+            note += f", {len(salvaged)} of them {model.KEPT} ({_listing(salvaged)})"
+        notes.append(note)
+    elif salvaged:
+        notes.append(f"{path}: kept {len(salvaged)} of {len(records)} rows {model.KEPT} ({_listing(salvaged)})")
+    if truncated is not None:
+        notes.append(f"{path}:{truncated}: ignoring a truncated last line; kept {len(records)} rows")
+    return records, notes
+
+
+def validate(model: type[R], obj: Any) -> tuple[R | None, list[str], bool]:
+    """(record or None, problems, skipped). A record with invalid optional fields is kept
+    without them and salvaged; one with an invalid required field is skipped."""
+    if not isinstance(obj, dict):
+        return None, [f"not a JSON object ({type(obj).__name__})"], True
+    data, problems, required = dict(obj), [], model.required()
+    for _ in range(len(model.model_fields) + 1):
+        try:
+            rec = model.model_validate(data)
+        except ValidationError as exc:
+            bad = _problems(exc, data)
+            missing = [f for f, what in bad.items() if what == "missing"]
+            problems += [f"missing {', '.join(missing)}"] if missing else []
+            problems += [what for what in bad.values() if what != "missing"]
+            if any(field not in model.model_fields or field in required for field in bad):
+                return None, problems, True
+            for field in bad:
+                data.pop(field, None)
+            continue
+        if problems:
+            rec.salvage(problems)
+        return rec, problems, False
+    return None, problems, True
+
+
+def read_environment(path: Path) -> tuple[dict, list[str]]:
+    """environment.json as a dict, without any field the report could not read; and the warnings."""
+    path = Path(path)
+    if not path.is_file():
+        return {}, []
+    try:
+        env = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        why = getattr(exc, "strerror", None) or f"not valid JSON ({_json_error(exc)})"
+        return {}, [f"{path}: {why}; the report goes on without machine details"]
+    if not isinstance(env, dict):
+        return {}, [f"{path}: not a JSON object ({type(env).__name__}); the report goes on without machine details"]
+    problems = []
+    for _ in range(64):
+        try:
+            Environment.model_validate(env)
+            break
+        except ValidationError as exc:
+            for err in exc.errors():
+                problems.append(_describe(err, env))
+                _drop(env, err["loc"])
+    else:
+        return {}, [f"{path}: {'; '.join(problems[:DETAILS])}; the report goes on without machine details"]
+    if problems:
+        return env, [f"{path}: ignored invalid fields ({'; '.join(problems[:DETAILS])}"
+                     + (f"; and {len(problems) - DETAILS} more" if len(problems) > DETAILS else "")
+                     + "); the report goes on without them"]
+    return env, []
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ResultsError(f"cannot read {path}: {exc.strerror}")
+
+
+def _parse(raw: bytes) -> tuple[Any, str | None]:
+    try:
+        return json.loads(raw.decode("utf-8")), None
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except (ValueError, RecursionError) as exc:
+        return None, f"not JSON ({_json_error(exc)})"
+
+
+def _json_error(exc: BaseException) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at column {exc.colno}" if exc.lineno == 1 else f"{exc.msg} at line {exc.lineno}"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)
+
+
+def _problems(exc: ValidationError, data: dict) -> dict[str, str]:
+    """The first problem of each top-level field."""
+    out: dict[str, str] = {}
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "(record)"
+        out.setdefault(field, _describe(err, data))
+    return out
+
+
+def _describe(err: dict, data: dict) -> str:
+    loc = err["loc"]
+    name = ".".join(str(p) for p in loc) or "(record)"
+    if err["type"] == "missing":
+        return "missing" if len(loc) == 1 else f"missing {name}"
+    value = data
+    for part in loc:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            value = err.get("input")
+            break
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{name} {_short(value)}: {msg[:1].lower() + msg[1:]}"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, allow_nan=True, ensure_ascii=False, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _drop(obj: Any, loc: tuple) -> None:
+    """Remove the deepest dict key on an error's path (a list's bad element takes the list)."""
+    parent, key = None, None
+    for part in loc:
+        if not isinstance(obj, dict) or part not in obj:
+            break
+        parent, key, obj = obj, part, obj[part]
+    if parent is not None:
+        parent.pop(key)
+
+
+def _listing(items: list[tuple[int, str]]) -> str:
+    shown = "; ".join(f"line {n}: {what}" for n, what in items[:DETAILS])
+    rest = [n for n, _ in items[DETAILS:]]
+    if not rest:
+        return shown
+    lines = ", ".join(map(str, rest[:LINES])) + (f" and {len(rest) - LINES} more" if len(rest) > LINES else "")
+    return f"{shown}; and {len(rest)} more at lines {lines}"

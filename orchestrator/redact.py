@@ -1,0 +1,67 @@
+"""Secrets never reach a file or the terminal.
+
+orch remembers each secret when it reads one (an API key from the environment, the password of
+a `user:pass@host` URL), and every line it writes to a run folder or prints passes through
+`scrub`. Server bodies quoted in error messages also lose anything after `Bearer`/`Basic`
+(`credentials`), since a server may echo the Authorization header it received, in any form.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+REDACTED = "[redacted]"
+_secrets: set[str] = set()
+# An Authorization value in any quoting: `Bearer abc`, `"authorization": "Basic eHl6"`.
+_AUTH_VALUE = re.compile(r"(?i)\b(bearer|basic)(\s+|\\?[\"']?\s*[:=]\s*\\?[\"']?)[A-Za-z0-9._~+/=-]{4,}")
+
+
+def remember(secret: str | None) -> None:
+    """From now on, `secret` (and its JSON-escaped form) is written and printed as [redacted]."""
+    if not secret or len(secret) < 4:  # shorter strings are too common in text to be told apart
+        return
+    _secrets.add(secret)
+    _secrets.add(json.dumps(secret, ensure_ascii=False)[1:-1])
+    _secrets.add(json.dumps(secret)[1:-1])
+
+
+def remember_url(url: str | None) -> None:
+    """The password of a `user:pass@host` URL, and the Basic credential a client makes of it."""
+    if not url:
+        return
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return
+    if parts.password:
+        remember(parts.password)
+        remember(base64.b64encode(f"{parts.username or ''}:{parts.password}".encode()).decode())
+
+
+def scrub(text: str) -> str:
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def credentials(text: str) -> str:
+    """A server's words (an error body, an exception) without any credential it echoed."""
+    return scrub(_AUTH_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text))
+
+
+def public_url(url: str | None) -> str | None:
+    """The URL to show: `user:pass@host` becomes `user:***@host`."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    except ValueError:
+        return url
