@@ -129,7 +129,7 @@ def _healthy(client: httpx.Client, url: str) -> bool:
     except httpx.HTTPError:
         return False
     if status in (401, 403):
-        raise AuthRefused(redact.public_url(url), status)
+        raise AuthRefused(httpx.URL(url).path, status)
     return status == 200
 
 
