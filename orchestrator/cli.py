@@ -134,6 +134,8 @@ def bench(url, model, api, scenario_file, overrides, api_key_env, label, method,
     problem = url_problem(url)
     if problem:
         raise ScenarioError("orch bench", "--url", problem)
+    if len(label) > 58:  # the run folder is bench-LABEL-STAMP, and names stop at 64 characters
+        raise ScenarioError("orch bench", "--label", f"at most 58 characters (got {len(label)}); shorten it")
     redact.remember_url(url)
     raw = {"name": f"bench-{label}", "workload": read_workload(scenario_file) if scenario_file else {},
            "engines": [{"name": label, "kind": "endpoint", "launcher": "external", "url": url,
