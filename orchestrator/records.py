@@ -57,7 +57,7 @@ class RequestRecord(Record):
     phase: Literal["warmup", "measured"]
     ok: StrictBool
     engine: Name
-    method: Name
+    method: StrictStr
     n_spec: Count
     concurrency: Positive
     prompt_set: Name
@@ -122,7 +122,7 @@ class WindowMetrics(BaseModel):
 class CellRecord(Record):
     cell_id: Name
     engine: Name
-    method: Name
+    method: StrictStr
     n_spec: Count
     status: Name
     server_metrics: dict[str, WindowMetrics | None] | None = None

@@ -14,7 +14,6 @@ import errno
 import json
 import os
 import re
-import warnings
 from datetime import datetime
 from pathlib import Path
 

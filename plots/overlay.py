@@ -11,7 +11,9 @@ def published_overlay(run: RunDir):
     runs = published_runs()
     found = []
     for name, eng in run.environment().get("engines", {}).items():
-        rows = matching(runs, eng.get("kind", ""), eng.get("model", ""))
+        if not eng.get("model"):
+            continue  # no model recorded: "" would match every published row
+        rows = matching(runs, eng.get("kind", ""), eng["model"])
         if len(rows):
             found.append((name, published_means(rows)))
     if not found:
