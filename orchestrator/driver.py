@@ -34,6 +34,7 @@ MAX_COUNT = 10**9  # no request has more tokens than this; a larger count is a b
 # response a few tens of KiB; a server that ignores max_tokens is cut off here or at its deadline.
 MAX_EVENT_BYTES = 1 << 20
 MAX_RESPONSE_BYTES = 64 << 20
+MAX_TEXT_CHARS = 512 << 10  # 32k tokens of 16 characters; a row stays small enough to read back
 ERROR_BODY_BYTES = 4096
 
 
@@ -283,6 +284,7 @@ class _StreamState:
         self.max_tokens = max_tokens if isinstance(max_tokens, int) else None
         self.t_first: float | None = None
         self.parts: list[str] = []
+        self.text_chars = 0
         self.chunks = 0
         # Per content chunk: arrival (s after start) and the cumulative completion tokens the
         # server reported with it (None where it reported none). Gives ITL per token.
@@ -345,10 +347,20 @@ class _StreamState:
                 if self.t_first is None:
                     self.t_first = time.perf_counter()
                 self.parts.append(piece)
+                self.text_chars += len(piece)
                 got = True
             self.finish_reason = _field(choice, "finish_reason", str, "choices[].") or self.finish_reason
         self.chunks += got
+        self._check_size()
         return got
+
+    def _check_size(self) -> None:
+        """Every text chunk carries at least one token, so more chunks than max_tokens is a server
+        that ignores it; the text's own bound keeps one row small enough to read back."""
+        if self.max_tokens is not None and self.chunks > self.max_tokens:
+            raise StreamFault(f"the server sent more text chunks than max_tokens = {self.max_tokens}")
+        if self.text_chars > MAX_TEXT_CHARS:
+            raise StreamFault(f"the response's text passed {MAX_TEXT_CHARS >> 10} Ki characters")
 
     def record(self, wall_start: float, t_start: float, t_end: float) -> dict:
         tokens, source = self._completion_tokens()

@@ -4,8 +4,8 @@ Every POST gets a seeded mutation of a valid completions stream: SSE framing, sh
 values, cut points, HTTP status, streams that never end, and responses too big to buffer. The
 mutation is a function of (seed, prompt text) alone, so a run is reproducible whatever order the
 requests arrive in. A prompt "fuzz case I" takes label schedule(seed, n)[I], so every label
-appears and the slow ones (DEADLINE, HUGE) only RARE_REPEATS times each; any other prompt takes
-a label drawn from its hash. The server records what it sent for each prompt and what a client
+appears, the slow ones (DEADLINE, HUGE) only RARE_REPEATS times each, and http_401 once, last
+(a refusal of credentials ends the cell); any other prompt takes a label drawn from its hash. The server records what it sent for each prompt and what a client
 must make of it: "ok" with the stream's token count and text, or an error.
 
 It runs aiohttp in a thread with its own event loop. Every response ends by itself within CAP_S
@@ -41,30 +41,32 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
 @dataclass
-class Expect:
-    """What the server sent for one prompt, and what the client's row must say."""
-    prompt: str
-    label: str
-    cls: str
-    tokens: int  # T of the base stream; a LEGAL row must report exactly this
-    text: str    # the stream's text; a LEGAL row must carry exactly this
-    detail: str = ""  # writer and positions: enough to rebuild the case by hand
-
-    @property
-    def ok(self) -> bool:
-        return self.cls == LEGAL
-
-
-@dataclass
 class Case:
+    """One response being built: its label, its RNG, and what the mutation chose."""
     label: str
     rng: random.Random
     api: str
-    tokens: int
+    tokens: int  # T of the base stream
     piece: str = " tok"
-    writer: str = "one"
+    writer: str = "one"  # "one" write, one write per byte, or "random" sizes of 1..64 bytes
     notes: list[str] = field(default_factory=list)
     resp: web.StreamResponse | None = None
+
+
+@dataclass
+class Expect:
+    """What the server sent for one prompt, and what the client's row must say: a LEGAL row is
+    ok with exactly `tokens` and `text`; any other row is an error."""
+    prompt: str
+    cls: str
+    case: Case
+
+    label = property(lambda self: self.case.label)
+    tokens = property(lambda self: self.case.tokens)
+    ok = property(lambda self: self.cls == LEGAL)
+    # Read after the response is built (the body is built before its first byte is sent).
+    text = property(lambda self: self.case.piece * self.case.tokens)
+    detail = property(lambda self: f"T={self.case.tokens} writer={self.case.writer} {' '.join(self.case.notes)}")
 
 
 # ---------------------------------------------------------------- the valid stream
@@ -172,12 +174,25 @@ def _empty_choices(case: Case, objs: list, f: Framing) -> None:
 
 def _usage_null(case: Case, objs: list, f: Framing) -> None:
     for o in objs[:-1]:
-        o["usage"] = None
+        o.setdefault("usage", None)
 
 
 def _continuous_usage(case: Case, objs: list, f: Framing) -> None:
-    for k, o in enumerate(objs[:case.tokens]):
-        o["usage"] = usage(k + 1)
+    # Cumulative completion tokens on every content chunk (vLLM continuous_usage_stats).
+    done = 0
+    for o in objs[:-2]:
+        done += _piece_of(o).count(case.piece)
+        o["usage"] = usage(done)
+
+
+def _choices_null(case: Case, objs: list, f: Framing) -> None:
+    # `"choices": null` on the usage chunk: orch reads null as absent, as for any optional field.
+    objs[-1]["choices"] = None
+
+
+def _piece_of(obj: dict) -> str:
+    ch = obj["choices"][0] if obj.get("choices") else {}
+    return ch.get("text") or (ch.get("delta") or {}).get("content") or ""
 
 
 def _multi_token(case: Case, objs: list, f: Framing) -> None:
@@ -190,14 +205,16 @@ def _multi_token(case: Case, objs: list, f: Framing) -> None:
     objs[:case.tokens] = merged
 
 
+# In the order legal_mix applies them: the piece first, chunks merged before usage is added to
+# them, chunks without choices inserted last.
 LEGAL_TRANSFORMS: dict[str, Callable[[Case, list, Framing], None]] = {
-    "unicode": _unicode,  # first: later transforms copy the piece
+    "unicode": _unicode, "multi_token": _multi_token, "continuous_usage": _continuous_usage,
+    "usage_null": _usage_null, "extra_keys": _extra_keys, "empty_choices": _empty_choices,
+    "choices_null": _choices_null,
     "crlf": _framing(eol=b"\r\n"), "cr": _framing(eol=b"\r"), "split_data": _framing(split=True),
     "fields": _framing(fields=True), "comments": _framing(comments=True), "nospace": _framing(space=False),
     "blank_lines": _framing(blank_lines=True), "bom": _framing(bom=True),
     "one_write": _writer("one"), "byte_writes": _writer("bytes"), "random_writes": _writer("random"),
-    "extra_keys": _extra_keys, "empty_choices": _empty_choices, "usage_null": _usage_null,
-    "continuous_usage": _continuous_usage, "multi_token": _multi_token,
 }
 
 
@@ -281,7 +298,7 @@ ILLEGAL_MUTATIONS: dict[str, Callable[[Case, list], None]] = {
     "error_event": _insert(b'{"error": {"message": "injected", "type": "server_error", "code": 500}}'),
     "error_string": _insert(b'{"error": "overloaded"}'),
     "choices_number": _chunk("choices", 3), "choices_string": _chunk("choices", "abc"),
-    "choices_object": _chunk("choices", {"index": 0, "text": " tok"}), "choices_null": _chunk("choices", None),
+    "choices_object": _chunk("choices", {"index": 0, "text": " tok"}),
     "choice_number": _chunk("choices", [7]), "choice_string": _chunk("choices", [" tok"]),
     "choice_list": _chunk("choices", [[]]),
     "text_number": _piece(5), "text_object": _piece({"a": 1}), "text_list": _piece([" tok"]),
@@ -304,7 +321,17 @@ ILLEGAL_MUTATIONS: dict[str, Callable[[Case, list], None]] = {
 def illegal_body(case: Case) -> bytes:
     objs = base_objects(case)
     ILLEGAL_MUTATIONS[case.label](case, objs)
-    return encode(objs, Framing(), case.rng)
+    return encode(objs, random_framing(case), case.rng)
+
+
+def random_framing(case: Case) -> Framing:
+    """Legal framing around an illegal or cut stream: the fault, not the framing, must decide."""
+    f = Framing()
+    for name in ("crlf", "cr", "split_data", "fields", "comments", "nospace", "blank_lines", "bom"):
+        if case.rng.random() < 0.2:
+            LEGAL_TRANSFORMS[name](case, [], f)
+            case.notes.append(name)
+    return f
 
 
 # ---------------------------------------------------------------- sending
@@ -339,8 +366,8 @@ async def write(case: Case, resp: web.StreamResponse, body: bytes) -> None:
             await asyncio.sleep(0)  # let each write leave as its own segment
 
 
-async def send_body(case: Case, request: web.Request, body: bytes) -> web.StreamResponse:
-    resp = await open_stream(case, request)
+async def send_body(case: Case, request: web.Request, body: bytes, headers=SSE_HEADERS) -> web.StreamResponse:
+    resp = await open_stream(case, request, headers)
     await write(case, resp, body)
     await resp.write_eof()
     return resp
@@ -356,13 +383,19 @@ def hang_up(request: web.Request) -> None:
 
 
 async def cut(case: Case, request: web.Request) -> web.StreamResponse:
-    body = encode(base_objects(case), Framing(), case.rng)
-    at = case.rng.randrange(body.rindex(b"data: [DONE]"))
+    """The valid stream, cut at a seeded byte offset: the connection closed (chunked, or short of
+    its Content-Length), or the response ended cleanly but early. The cut always falls before
+    the usage event's last byte: after that nothing a client needs is lost ([DONE] is a courtesy
+    that a client may not insist on), so no client could call it an error."""
+    objs = base_objects(case)
+    body = encode(objs, random_framing(case), case.rng)
+    tail = payload(objs[-1])[-12:]  # the usage event's end, even where its data spans two lines
+    at = case.rng.randrange(body.rindex(tail) + len(tail) - 1)
     case.notes.append(f"at={at}/{len(body)}")
     mode = case.label.removeprefix("cut_")
     resp = await open_stream(case, request, length=len(body) if mode == "length" else None)
     await write(case, resp, body[:at])
-    if mode == "eof":  # a clean end of the HTTP response, early
+    if mode == "eof":
         await resp.write_eof()
     else:
         hang_up(request)
@@ -370,6 +403,7 @@ async def cut(case: Case, request: web.Request) -> web.StreamResponse:
 
 
 async def status(case: Case, request: web.Request) -> web.StreamResponse:
+    """An HTTP error with a JSON body, an HTML page with 200, or a stream that lies about gzip."""
     kind = case.label
     if kind.startswith("http_"):
         code = int(kind[5:])
@@ -380,14 +414,7 @@ async def status(case: Case, request: web.Request) -> web.StreamResponse:
         return web.Response(text="<html><body>502 Bad Gateway</body></html>", content_type="text/html")
     # gzip_garbage: says gzip, sends plain bytes; the client's decompressor must fail cleanly.
     body = encode(base_objects(case), Framing(), case.rng)
-    return await send_body(case, request, body) if False else await _gzip_lie(case, request, body)
-
-
-async def _gzip_lie(case: Case, request: web.Request, body: bytes) -> web.StreamResponse:
-    resp = await open_stream(case, request, headers={**SSE_HEADERS, "Content-Encoding": "gzip"})
-    await write(case, resp, body)
-    await resp.write_eof()
-    return resp
+    return await send_body(case, request, body, headers={**SSE_HEADERS, "Content-Encoding": "gzip"})
 
 
 async def ping_forever(case: Case, request: web.Request) -> web.StreamResponse:
@@ -467,23 +494,29 @@ LABELS: dict[str, tuple[str, Send]] = {
     "huge_line": (HUGE, huge_line), "huge_stream": (HUGE, huge_stream),
 }
 RARE = [n for n, (cls, _) in LABELS.items() if cls in (DEADLINE, HUGE)]
-COMMON = [n for n in LABELS if n not in RARE]
+# A refusal of credentials ends the cell by design (the driver sends nothing more): one slot,
+# the last, so that every other case is still sent.
+FINAL = ["http_401"]
+COMMON = [n for n in LABELS if n not in RARE and n not in FINAL]
 
 
 def min_cases(per_label: int = 3) -> int:
     """Prompts needed for every common label to appear `per_label` times."""
-    return per_label * len(COMMON) + RARE_REPEATS * len(RARE)
+    return per_label * len(COMMON) + RARE_REPEATS * len(RARE) + len(FINAL)
 
 
 def schedule(seed: int, n: int) -> list[str]:
     """Labels for prompts "fuzz case 0".."fuzz case n-1": each rare label RARE_REPEATS times, the
-    common ones round-robin over the rest (in a seeded order), all at seeded positions."""
+    common ones round-robin over the rest (in a seeded order), all at seeded positions; the
+    FINAL labels last."""
+    if n < min_cases(1):
+        return []
     rng = random.Random(f"schedule:{seed}")
     common = rng.sample(COMMON, len(COMMON))
-    rare = RARE * RARE_REPEATS if n >= min_cases(1) else []
-    labels = rare + [common[i % len(common)] for i in range(n - len(rare))]
+    rare = RARE * RARE_REPEATS
+    labels = rare + [common[i % len(common)] for i in range(n - len(rare) - len(FINAL))]
     rng.shuffle(labels)
-    return labels
+    return labels + FINAL
 
 
 # ---------------------------------------------------------------- the server
@@ -510,30 +543,31 @@ class HostileServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        # shutdown_timeout bounds the wait for handlers still sending; then they are cancelled.
         try:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(15)
         except Exception:  # a stuck cleanup must not hide the test's own result; the thread is a daemon
             pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     async def _start(self) -> int:
         app = web.Application()
-        app.router.add_get("/health", lambda r: web.json_response({"status": "ok"}))
-        app.router.add_get("/v1/models", lambda r: web.json_response(
-            {"object": "list", "data": [{"id": "fuzz-model", "object": "model"}]}))
+        app.router.add_get("/health", _health)
+        app.router.add_get("/v1/models", _models)
         app.router.add_post("/v1/completions", self._post)
         app.router.add_post("/v1/chat/completions", self._post)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        # shutdown_timeout bounds how long leaving the `with` waits for responses still sending.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0, shutdown_timeout=1.0).start()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         return self._runner.addresses[0][1]
 
     def label_for(self, prompt: str) -> str:
-        m = PROMPT_RE.search(prompt)
         if self.only:
             return self.only
+        m = PROMPT_RE.search(prompt)
         if m and int(m.group(1)) < len(self.plan):
             return self.plan[int(m.group(1))]
         return _rng(self.seed, "label", prompt).choice(COMMON)
@@ -545,19 +579,12 @@ class HostileServer:
         case = self._case(prompt, api, body)
         cls, send = LABELS[case.label]
         self.posts += 1
-        expect = Expect(prompt, case.label, cls, case.tokens, "")
-        self.expects[prompt] = expect
+        self.expects[prompt] = Expect(prompt, cls, case)
         try:
-            return await asyncio.wait_for(self._send(send, case, request, expect), CAP_S + 5)
+            return await asyncio.wait_for(send(case, request), CAP_S + 5)
         except (ConnectionError, asyncio.TimeoutError):  # the client left, or the cap: hang up
             hang_up(request)
             return case.resp or web.Response(status=500)
-
-    async def _send(self, send: Send, case: Case, request: web.Request, expect: Expect):
-        task = asyncio.ensure_future(send(case, request))
-        await asyncio.sleep(0)  # the body is built before the first await: the expectation is complete
-        expect.text, expect.detail = case.piece * case.tokens, f"T={case.tokens} writer={case.writer} {' '.join(case.notes)}"
-        return await task
 
     def _case(self, prompt: str, api: str, body: dict) -> Case:
         label = self.label_for(prompt)
@@ -566,6 +593,14 @@ class HostileServer:
         tokens = rng.randint(1, max(1, min(20, max_tokens)))  # T never above what was asked
         writer = rng.choices(["one", "random", "bytes"], weights=[4, 4, 2])[0]
         return Case(label, rng, api, tokens, writer=writer)
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _models(request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": [{"id": "fuzz-model", "object": "model"}]})
 
 
 def _rng(seed: int, *parts: str) -> random.Random:
