@@ -126,14 +126,7 @@ class Engine(ABC):
 
     def request_headers(self) -> dict:
         """Read the API key from the environment at request time; it is never stored."""
-        name = self.spec.api_key_env
-        if not name:
-            return {}
-        value = os.environ.get(name)
-        if not value:
-            raise KeyError(name)
-        redact.remember(value)
-        return {"Authorization": f"Bearer {value}"}
+        return bearer(self.spec.api_key_env)
 
     def auth_fix(self) -> str:
         return auth_fix(self.spec.api_key_env)
@@ -149,6 +142,24 @@ class Engine(ABC):
     def which(name: str) -> str | None:
         found = shutil.which(name)
         return str(Path(found).resolve()) if found else None
+
+
+class KeyProblem(ValueError):
+    """The API key's variable is unset, or holds what no HTTP header can carry."""
+
+
+def bearer(api_key_env: str | None) -> dict:
+    """The Authorization header from the variable named `api_key_env`, read now; {} without one."""
+    if not api_key_env:
+        return {}
+    value = os.environ.get(api_key_env)
+    if not value:
+        raise KeyProblem(f"{api_key_env}, named by api_key_env, is not set; export {api_key_env}=... first")
+    redact.remember(value)
+    if not (value.isascii() and value.isprintable()) or value != value.strip():
+        raise KeyProblem(f"${api_key_env} holds spaces, a line end or characters an HTTP header cannot carry "
+                         "(a key copied with its newline?); set it to the key alone")
+    return {"Authorization": f"Bearer {value}"}
 
 
 def auth_fix(api_key_env: str | None) -> str:

@@ -19,7 +19,7 @@ from .errors import AuthRefused, OrchError, ResultsError, ScenarioError
 from .install import install_llama_server
 from .models import KNOWN_MODELS
 from .provision import INSTALLERS, run_step, setup_steps
-from .results import RunDir, scenario_text
+from .results import RunDir, fix_for, scenario_text, why
 from .runner import Sweep, command_for, plan_cells, prepare
 from .scenario import build_scenario, load_scenario, read_workload, url_problem
 from .summary import format_table
@@ -152,33 +152,24 @@ def bench(url, model, api, scenario_file, overrides, api_key_env, label, method,
 def _served_model(url: str, api_key_env: str | None) -> str:
     import json
 
-    from engines import auth_fix
+    from engines import KeyProblem, auth_fix, bearer
 
     from . import probe
 
     shown = f"{redact.public_url(url.rstrip('/'))}/v1/models"
-    headers = _key_header(api_key_env)
+    try:
+        headers = bearer(api_key_env)
+    except KeyProblem as exc:
+        raise OrchError(f"--api-key-env: {exc}")
     try:
         name = json.loads(probe.get(url.rstrip("/"), "/v1/models", headers, timeout_s=10))["data"][0]["id"]
     except AuthRefused as exc:
         raise OrchError(f"{shown}: {exc}; {auth_fix(api_key_env)}")
-    except (probe.ProbeFailed, ValueError, KeyError, IndexError, TypeError):
+    except (probe.ProbeFailed, ValueError, KeyError, IndexError, TypeError, RecursionError):
         name = None
     if not isinstance(name, str) or not name:
         raise OrchError(f"could not read the model name from {shown}; pass --model NAME")
     return name
-
-
-def _key_header(api_key_env: str | None) -> dict:
-    import os
-
-    if not api_key_env:
-        return {}
-    value = os.environ.get(api_key_env)
-    if not value:
-        raise OrchError(f"--api-key-env names {api_key_env}, which is not set; export {api_key_env}=... first")
-    redact.remember(value)
-    return {"Authorization": f"Bearer {value}"}
 
 
 class Terminated(KeyboardInterrupt):
@@ -215,6 +206,8 @@ def _prompt_count(sc, base_dir: Path) -> int:
 
 def _open_run(sc, out: Path, resume: bool, again: str) -> RunDir:
     resolved = sc.model_dump(mode="json")
+    for engine in resolved["engines"]:
+        engine["url"] = redact.public_url(engine["url"])  # the scenario as run, less any password
     if not resume:
         run = RunDir.create(out, sc.name, again)
         run.write_scenario(resolved)
@@ -243,8 +236,8 @@ def _print_report(run: RunDir, overlay=None) -> bool:
     try:
         report = build_report(run.path, overlay)
     except OSError as exc:
-        raise ResultsError(f"cannot write the report in {run.path}: {exc.strerror}; the records are complete: "
-                           f"free space, then run orch report {run.path}")
+        raise ResultsError(f"cannot write the report in {run.path}: {why(exc)}; the records are complete: "
+                           f"{fix_for(exc)}, then run orch report {run.path}")
     for note in report.warnings:  # records skipped or kept as failed on reading back
         click.echo(f"warning: {note}", err=True)
     click.echo(format_table(report.summary))

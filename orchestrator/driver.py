@@ -13,6 +13,7 @@ import collections
 import contextlib
 import gc
 import json
+import math
 import ssl
 import time
 from dataclasses import dataclass
@@ -92,9 +93,10 @@ async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurren
             await start.wait()
             while pending:
                 spec = pending.popleft()
-                rec = await stream_request(session, base + ENDPOINTS[api], make_body(spec), timeout_s)
+                body = make_body(spec)
+                rec = await stream_request(session, base + ENDPOINTS[api], body, timeout_s)
                 if tokenize_path and rec["error"] == NO_COUNT:
-                    await _retokenize(session, base + tokenize_path, rec, timeout_s)
+                    await _retokenize(session, base + tokenize_path, rec, timeout_s, body.get("max_tokens"))
                 if rec["http_status"] in AUTH_REFUSED:
                     pending.clear()  # the server refuses orch's credentials: send nothing more
                 rec.update(_spec_fields(spec))
@@ -176,7 +178,7 @@ async def stream_request(session: aiohttp.ClientSession, url: str, body: dict, t
         state.error = (f"deadline: the request was still running after request_timeout_s = {timeout_s:g} s "
                        f"({state.chunks} text chunks read)")
     except Exception as exc:  # noqa: BLE001 - whatever a server's bytes provoke is that request's error row
-        state.error = f"unexpected response ({type(exc).__name__}: {str(exc)[:200]})"
+        state.error = f"unexpected response ({type(exc).__name__}: {redact.credentials(str(exc))[:200]})"
     if t_end is None:
         t_end = time.perf_counter()
     return state.record(wall_call + (state.t_start - t_call), state.t_start, t_end)
@@ -187,7 +189,7 @@ async def _read_response(resp: aiohttp.ClientResponse, state: "_StreamState") ->
     ctype = resp.headers.get("content-type", "")
     if resp.status != 200:
         state.error = f"HTTP {resp.status}: {await _body_start(resp, 300)}"
-    elif "text/event-stream" not in ctype:
+    elif resp.content_type != "text/event-stream":  # the media type, lower-cased, without parameters
         detail = await _body_start(resp, 120)
         state.error = f"HTTP 200 but not an event stream ({ctype[:60] or 'no content-type'}): {detail!r}"
     else:
@@ -263,18 +265,24 @@ def _count(obj: dict, name: str, where: str, limit: int | None = None) -> int | 
     value = _field(obj, name, (int, float), where)
     if value is None:
         return None
-    if isinstance(value, float) and not value.is_integer():
+    if isinstance(value, float) and not value.is_integer():  # 3.5, and 1e999 read as inf
         raise StreamFault(f"{where}{name} is {value!r}, not a whole number of tokens")
     if value < 0 or value > (limit if limit is not None else MAX_COUNT):
         bound = f"max_tokens = {limit}" if limit is not None else f"{MAX_COUNT:,}"
-        raise StreamFault(f"{where}{name} is {value:g}: outside 0..{bound}")
+        raise StreamFault(f"{where}{name} is {_short(value)}: outside 0..{bound}")
     return int(value)
+
+
+def _short(value: int | float) -> str:
+    """A number for a message; an integer of 400 digits is not formatted whole (or as a float)."""
+    text = str(value)
+    return text if len(text) <= 16 else f"{text[:6]}... ({len(text)} digits)"
 
 
 def _rate(obj: dict, name: str, where: str) -> float | None:
     value = _field(obj, name, (int, float), where)
-    if value is not None and value < 0:
-        raise StreamFault(f"{where}{name} is {value!r}: a rate cannot be negative")
+    if value is not None and not (0 <= value < math.inf):  # negative, or 1e999 read as inf
+        raise StreamFault(f"{where}{name} is {_short(value)}: a rate is a finite number from 0")
     return value
 
 
@@ -306,6 +314,8 @@ class _StreamState:
             return True
 
     def _event(self, data: bytes) -> bool:
+        if not data.strip():
+            return False  # data lines with nothing on them: an event with no content
         if data.strip() == b"[DONE]":
             self.done = True
             return True
@@ -424,26 +434,39 @@ def _utf8(text: str | None) -> str | None:
         return text.encode("utf-8", "replace").decode("utf-8")
 
 
-async def _retokenize(session: aiohttp.ClientSession, url: str, rec: dict, timeout_s: float) -> None:
+async def _retokenize(session: aiohttp.ClientSession, url: str, rec: dict, timeout_s: float,
+                      max_tokens: int | None) -> None:
     """Count the finished text's tokens with the server's own tokenizer, less what it adds to
-    empty input (a BOS token). Exact for greedy output that re-tokenizes the same way."""
+    empty input (a BOS token). Exact for greedy output that re-tokenizes the same way. Runs
+    after the request's clock stopped, under a deadline of its own."""
     try:
-        counts = []
         async with asyncio.timeout(timeout_s):
-            for text in (rec["text"], ""):
-                async with session.post(url, json={"input": text}) as resp:
-                    rec["http_status"] = resp.status
-                    resp.raise_for_status()
-                    tokens = json.loads(await resp.content.read(MAX_EVENT_BYTES))["tokens"]
-                    if not isinstance(tokens, list):
-                        raise TypeError("tokens is not a list")
-                    counts.append(len(tokens))
-    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            counts = [await _token_count(session, url, text, rec) for text in (rec["text"], "")]
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, RecursionError) as exc:
         rec["error"] = f"{NO_COUNT}; tokenizing the text failed: {type(exc).__name__}"
         return
     tokens = max(counts[0] - counts[1], 0)
+    if max_tokens is not None and tokens > max_tokens + 2:  # re-tokenizing may merge or split a token or two
+        rec["error"] = f"{NO_COUNT}; its tokenizer counted {tokens} tokens for max_tokens = {max_tokens}"
+        return
     rec.update(ok=True, error=None, completion_tokens=tokens, completion_tokens_source="retokenized",
                **rates(tokens, rec["t_start"], rec["t_first_token"], rec["t_end"]))
+
+
+async def _token_count(session: aiohttp.ClientSession, url: str, text: str, rec: dict) -> int:
+    async with session.post(url, json={"input": text}) as resp:
+        if resp.status in AUTH_REFUSED:
+            rec["http_status"] = resp.status  # so the cell fails at once, as for the request itself
+        resp.raise_for_status()
+        body = await resp.content.read(MAX_EVENT_BYTES + 1)
+        while len(body) <= MAX_EVENT_BYTES and not resp.content.at_eof():
+            body += await resp.content.read(MAX_EVENT_BYTES + 1 - len(body))
+        if len(body) > MAX_EVENT_BYTES:
+            raise ValueError("tokenize answer too large")
+        tokens = json.loads(body)["tokens"]
+    if not isinstance(tokens, list):
+        raise TypeError("tokens is not a list")
+    return len(tokens)
 
 
 def rates(tokens: int, t_start: float, t_first: float | None, t_end: float) -> dict:

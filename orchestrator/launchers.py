@@ -13,11 +13,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
+from urllib.parse import urlsplit
 
 from engines import ServerPlan
 
-from . import redact
+from . import probe, redact
 from .errors import AuthRefused, ServerExited, ServerTimeout
 
 MANAGED = "orch.managed"  # label on every container orch starts
@@ -102,14 +102,13 @@ def poll_ready(urls: list[str], timeout_s: float, check_exit, timeout_error, hea
     `check_exit()` raises as soon as the server is gone; `timeout_error()` makes the error
     raised at the deadline; a 401/403 raises AuthRefused at once. `headers` carry the API key."""
     started = time.monotonic()
-    with httpx.Client(timeout=1.0, headers=headers) as client:
-        while True:
-            check_exit()
-            if any(_healthy(client, url) for url in urls):
-                return time.monotonic() - started
-            if time.monotonic() - started > timeout_s:
-                raise timeout_error()
-            time.sleep(POLL_INTERVAL_S)
+    while True:
+        check_exit()
+        if any(_healthy(url, headers) for url in urls):
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout_s:
+            raise timeout_error()
+        time.sleep(POLL_INTERVAL_S)
 
 
 def _die_with_parent() -> None:
@@ -123,13 +122,11 @@ def _die_with_parent() -> None:
         pass  # not Linux: Ctrl-C and SIGTERM still stop the server; `kill -9 orch` may leave it
 
 
-def _healthy(client: httpx.Client, url: str) -> bool:
-    try:
-        status = client.get(url).status_code
-    except httpx.HTTPError:
-        return False
+def _healthy(url: str, headers: dict | None) -> bool:
+    """One poll, bounded as a whole (probe.status): a server that drips its answer is not ready."""
+    status = probe.status(url, headers, timeout_s=1.0)
     if status in (401, 403):
-        raise AuthRefused(httpx.URL(url).path, status)
+        raise AuthRefused(urlsplit(url).path, status)
     return status == 200
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 
+MAX_TOKENS = 1 << 20
+
+
 def itl_per_token(rec: dict) -> list[float] | None:
     """Inter-token latency in seconds, one value per token after the first chunk.
 
@@ -12,6 +15,8 @@ def itl_per_token(rec: dict) -> list[float] | None:
     """
     times, cum = rec.get("chunk_t") or [], rec.get("chunk_tokens") or []
     if len(times) < 2 or len(cum) != len(times) or any(c is None for c in cum):
+        return None
+    if cum[-1] - cum[0] > MAX_TOKENS:  # a hand-edited record must not make a list of billions
         return None
     out: list[float] = []
     for i in range(1, len(times)):

@@ -1,15 +1,17 @@
-"""The small GETs orch makes beside the workload (/metrics, /props, /v1/models).
+"""The small requests orch makes beside the workload (readiness, /metrics, /props, /v1/models).
 
-Each carries the engine's credentials, is bounded in time as a whole (httpx's timeout bounds
-each read, so a server that drips a byte every few seconds would hold it for ever) and in size,
-and turns a 401/403 into AuthRefused: a server that refuses orch's key is said so at once.
+Each carries the engine's credentials and is bounded as a whole, headers and body, by one
+deadline (aiohttp's total timeout: httpx's bounds each read, so a server that drips a byte
+every few seconds could hold it for hours) and in size. A 401/403 raises AuthRefused: a
+server that refuses orch's key is said so at once.
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from .errors import AuthRefused
 
@@ -22,24 +24,33 @@ class ProbeFailed(Exception):
 
 def get(base_url: str, path: str, headers: dict | None = None, timeout_s: float = 5.0) -> bytes:
     """The body of GET base_url+path, or ProbeFailed; AuthRefused on 401/403."""
-    deadline = time.monotonic() + timeout_s
+    status, body = asyncio.run(_get(base_url + path, headers, timeout_s, read=True))
+    if status in (401, 403):
+        raise AuthRefused(path, status)
+    if status != 200:
+        raise ProbeFailed(f"HTTP {status}")
+    return body
+
+
+def status(url: str, headers: dict | None = None, timeout_s: float = 1.0) -> int | None:
+    """The status of GET url, its body unread; None if there is no answer in time."""
     try:
-        with httpx.stream("GET", base_url + path, headers=headers, timeout=timeout_s) as resp:
-            if resp.status_code in (401, 403):
-                raise AuthRefused(path, resp.status_code)
-            if resp.status_code != 200:
-                raise ProbeFailed(f"HTTP {resp.status_code}")
-            return _read(resp, deadline)
-    except httpx.HTTPError as exc:
+        return asyncio.run(_get(url, headers, timeout_s, read=False))[0]
+    except ProbeFailed:
+        return None
+
+
+async def _get(url: str, headers: dict | None, timeout_s: float, read: bool) -> tuple[int, bytes]:
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+            async with session.get(URL(url, encoded=False), headers=headers, allow_redirects=False) as resp:
+                if not read or resp.status != 200:
+                    return resp.status, b""
+                body = await resp.content.read(LIMIT_BYTES + 1)
+                while len(body) <= LIMIT_BYTES and not resp.content.at_eof():
+                    body += await resp.content.read(LIMIT_BYTES + 1 - len(body))
+                if len(body) > LIMIT_BYTES:
+                    raise ProbeFailed(f"answer larger than {LIMIT_BYTES >> 20} MiB")
+                return resp.status, body
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         raise ProbeFailed(type(exc).__name__) from None
-
-
-def _read(resp: httpx.Response, deadline: float) -> bytes:
-    body = bytearray()
-    for chunk in resp.iter_bytes():
-        body += chunk
-        if len(body) > LIMIT_BYTES:
-            raise ProbeFailed(f"answer larger than {LIMIT_BYTES >> 20} MiB")
-        if time.monotonic() > deadline:
-            raise ProbeFailed("answer still arriving at the deadline")
-    return bytes(body)

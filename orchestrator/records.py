@@ -131,7 +131,7 @@ class CellRecord(Record):
     @classmethod
     def _keyed_by_concurrency(cls, v):
         for key in v or {}:
-            if not key.isdigit():
+            if not (key.isascii() and key.isdecimal()):
                 raise ValueError(f"key {key!r} is not a concurrency level")
         return v
 

@@ -36,9 +36,9 @@ def remember_url(url: str | None) -> None:
         parts = urlsplit(url)
     except ValueError:
         return
-    if parts.password:
-        remember(parts.password)
-        remember(base64.b64encode(f"{parts.username or ''}:{parts.password}".encode()).decode())
+    if parts.password is not None or parts.username:  # a token may stand alone as the user part
+        remember(parts.password or parts.username)
+        remember(base64.b64encode(f"{parts.username or ''}:{parts.password or ''}".encode()).decode())
 
 
 def scrub(text: str) -> str:
@@ -54,14 +54,30 @@ def credentials(text: str) -> str:
 
 
 def public_url(url: str | None) -> str | None:
-    """The URL to show: `user:pass@host` becomes `user:***@host`."""
+    """The URL to show: `user:pass@host` becomes `user:***@host`, and `token@host` `***@host`,
+    whatever their length (scrub leaves strings under 4 characters alone)."""
     if not url:
         return url
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
     except ValueError:
         return url
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    shown = f"{parts.username}:***" if parts.password is not None else "***"
+    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
+
+
+def scrub_values(obj):
+    """`obj` with every secret taken out of its strings; keys and numbers are left alone, so a
+    secret that happens to look like a number cannot break a JSON line."""
+    if not _secrets:
+        return obj
+    if isinstance(obj, str):
+        return scrub(obj)
+    if isinstance(obj, dict):
+        return {k: scrub_values(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [scrub_values(v) for v in obj]
+    return obj

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 from datetime import datetime
@@ -154,7 +155,11 @@ def fix_for(exc: OSError) -> str:
 
 
 def append_jsonl(path: Path, obj: dict, again: str = RESUME) -> None:
-    line = redact.scrub(json.dumps(obj, ensure_ascii=False, allow_nan=False)) + "\n"
+    obj = redact.scrub_values(obj)
+    try:
+        line = json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError:  # a NaN or infinity that got past the checks: null, and say where
+        line = json.dumps(_finite(obj, bad := []) | {"non_finite_fields": bad}, ensure_ascii=False) + "\n"
     # One write per line and fsync: a kill leaves at most a truncated last line.
     try:
         with open(path, "a", encoding="utf-8") as f:
@@ -170,6 +175,17 @@ def load_jsonl(path: Path, model: type[R]) -> tuple[list[R], list[str]]:
     """The records of a .jsonl file that validate as `model`, and one warning per kind of
     trouble naming the file and line numbers (see records.py). Never raises on bad content."""
     return read_records(path, model)
+
+
+def _finite(obj, bad: list, path: str = ""):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        bad.append(path)
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v, bad, f"{path}.{k}" if path else str(k)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v, bad, f"{path}[{i}]") for i, v in enumerate(obj)]
+    return obj
 
 
 def scenario_text(data: dict) -> str:

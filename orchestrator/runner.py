@@ -11,12 +11,12 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from engines import ENGINES, Engine
+from engines import ENGINES, Engine, KeyProblem, bearer
 
 from . import server_metrics
 from . import probe, redact
 from .driver import AUTH_REFUSED, ENDPOINTS, RequestSpec, request_body, run_batch
-from .errors import AuthRefused, InstallError, OrchError, ServerError
+from .errors import AuthRefused, InstallError, OrchError, ResultsError, ServerError
 from .launchers import LAUNCHERS, free_port, log_tail, owner_labels
 from .models import ResolvedModel, resolve_model
 from .prompts import Prompt, load_prompt_set
@@ -56,9 +56,11 @@ def prepare(scenario: Scenario, base_dir: Path, need_binaries: bool = True) -> d
     for spec in scenario.engines:
         engine = ENGINES[spec.kind](spec)
         redact.remember_url(spec.url)
-        if need_binaries and spec.api_key_env and not os.environ.get(spec.api_key_env):
-            raise InstallError(f"engine {spec.name!r}: api_key_env names {spec.api_key_env}, which is not set; "
-                               f"export {spec.api_key_env}=... first")
+        if need_binaries:
+            try:
+                bearer(spec.api_key_env)
+            except KeyProblem as exc:
+                raise InstallError(f"engine {spec.name!r}: {exc}")
         if need_binaries and spec.launcher == "docker":
             from .docker_launcher import client_for
 
@@ -125,51 +127,52 @@ class Sweep:
                 for i in range(self.workload.warmup)]
 
     def run_cell(self, cell: Cell, todo: list[RequestSpec]) -> dict:
+        """Run one cell and append its record, whatever happens to it; only a failure to write
+        records (ResultsError) or an interrupt leaves here as an exception."""
         prep = self.prepared[cell.engine.name]
-        plan = command_for(cell, prep, self.parallel)
-        if plan.container is not None:
-            plan.container["labels"] = owner_labels(self.scenario.name, cell.id, self.run.path.name)
-        rec = self._cell_base(cell, prep, plan)
-        launcher = LAUNCHERS[cell.engine.launcher]
-        log = self.run.cell_dir(cell.id) / "server.log"
         started = time.monotonic()
-        rec["started_at"] = round(time.time(), 3)
-        marks = {"start": started}  # where the cell's wall time goes: see _phases
-        headers = prep.engine.request_headers()
+        rec = {"cell_id": cell.id, "engine": cell.engine.name, "kind": cell.engine.kind,
+               "launcher": cell.engine.launcher, "method": cell.method, "n_spec": cell.n_spec,
+               "status": "running", "started_at": round(time.time(), 3)}
         try:
-            with launcher(plan, log, cell.engine.ready_timeout_s) as server:
-                marks["launched"] = time.monotonic()
-                rec["ready_s"] = round(server.wait_ready(headers), 3)
-                marks["ready"] = time.monotonic()
-                rec.update(server.describe())
-                rec["template"] = self._template(cell, server.base_url, headers)
-                results, rec["server_metrics"] = self._drive(cell, server, todo, marks)
-                rec.update(_judge(results, len(todo), server.alive(), prep.engine.auth_fix()))
-                if rec["status"] != "ok":
-                    rec["log_tail"] = log_tail(log)
-                marks["driven"] = time.monotonic()
-            marks["stopped"] = time.monotonic()
-            rec["phases"] = _phases(marks)
+            self._serve(cell, prep, rec, todo, started)
         except (KeyboardInterrupt, SystemExit):
             rec.update(status="interrupted", error="interrupted", seconds=round(time.monotonic() - started, 3))
             self.run.append_cell(rec)
             raise
-        except OrchError as exc:
-            if not isinstance(exc, ServerError):
-                raise  # ResultsError and the like: the records themselves cannot be kept
-            rec.update(_failed(exc, prep.engine))
+        except ResultsError:
+            raise  # the records themselves cannot be kept
         except Exception as exc:  # noqa: BLE001 - one cell's failure, of any kind, must not end the sweep
             rec.update(_failed(exc, prep.engine))
         rec["seconds"] = round(time.monotonic() - started, 3)
         self.run.append_cell(rec)
         return rec
 
+    def _serve(self, cell: Cell, prep: Prepared, rec: dict, todo: list[RequestSpec], started: float) -> None:
+        plan = command_for(cell, prep, self.parallel)
+        if plan.container is not None:
+            plan.container["labels"] = owner_labels(self.scenario.name, cell.id, self.run.path.name)
+        rec.update(self._cell_base(cell, prep, plan))
+        log = self.run.cell_dir(cell.id) / "server.log"
+        marks = {"start": started}  # where the cell's wall time goes: see _phases
+        headers = prep.engine.request_headers()
+        with LAUNCHERS[cell.engine.launcher](plan, log, cell.engine.ready_timeout_s) as server:
+            marks["launched"] = time.monotonic()
+            rec["ready_s"] = round(server.wait_ready(headers), 3)
+            marks["ready"] = time.monotonic()
+            rec.update(server.describe())
+            rec["template"] = self._template(cell, server.base_url, headers)
+            results, rec["server_metrics"] = self._drive(cell, server, todo, marks)
+            rec.update(_judge(results, len(todo), server.alive(), prep.engine.auth_fix()))
+            if rec["status"] != "ok":
+                rec["log_tail"] = log_tail(log)
+            marks["driven"] = time.monotonic()
+        marks["stopped"] = time.monotonic()
+        rec["phases"] = _phases(marks)
+
     def _cell_base(self, cell: Cell, prep: Prepared, plan) -> dict:
-        return {"cell_id": cell.id, "engine": cell.engine.name, "kind": cell.engine.kind,
-                "launcher": cell.engine.launcher, "method": cell.method, "n_spec": cell.n_spec,
-                "model": prep.model.label, "api": cell.engine.api, "argv": plan.argv, "command": plan.display(),
-                "endpoint": ENDPOINTS[cell.engine.api], "cache": prep.engine.cache_setting(self.workload),
-                "status": "running"}
+        return {"model": prep.model.label, "api": cell.engine.api, "argv": plan.argv, "command": plan.display(),
+                "endpoint": ENDPOINTS[cell.engine.api], "cache": prep.engine.cache_setting(self.workload)}
 
     def _drive(self, cell: Cell, server, todo: list[RequestSpec], marks: dict) -> tuple[list[dict], dict]:
         """Warm-up, then the measured requests per concurrency level; returns the measured
@@ -218,13 +221,13 @@ class Sweep:
             return "none: raw prompt to /v1/completions"
         try:
             props = json.loads(probe.get(base_url, "/props", headers))
-        except (probe.ProbeFailed, ValueError):
+        except (probe.ProbeFailed, ValueError, RecursionError):
             return "unknown (no /props)"
         tpl = props.get("chat_template") if isinstance(props, dict) else None
         if not isinstance(tpl, str):
             return "unknown (no chat_template in /props)"
         first = tpl.strip().splitlines()[0][:60] if tpl.strip() else ""
-        return f"server chat template sha1:{hashlib.sha1(tpl.encode()).hexdigest()[:12]} {first!r}"
+        return f"server chat template sha1:{hashlib.sha1(tpl.encode(errors='replace')).hexdigest()[:12]} {first!r}"
 
 
 def _refused(records: list[dict]) -> dict | None:
@@ -253,9 +256,11 @@ def _failed(exc: BaseException, engine: Engine) -> dict:
         return {"status": "failed", "error": f"{exc}; {engine.auth_fix()}", "log_tail": exc.log_tail}
     if isinstance(exc, ServerError):
         return {"status": "failed", "error": str(exc), "log_tail": exc.log_tail}
-    if isinstance(exc, OSError):  # the cell's folder or log, or the server binary itself
+    if isinstance(exc, OrchError):  # e.g. Docker gone mid-sweep: this cell's record says so
+        return {"status": "failed", "error": str(exc)}
+    if isinstance(exc, OSError):  # the cell's folder or log, the server binary, a port
         where = f" {exc.filename}" if exc.filename else ""
-        return {"status": "failed", "error": f"cannot set up the cell:{where}: {why(exc)}"}
+        return {"status": "failed", "error": f"cannot run the cell:{where}: {why(exc)}"}
     return {"status": "failed", "error": f"internal error: {type(exc).__name__}: {exc}",
             "traceback": traceback.format_exc(limit=8)}
 

@@ -219,7 +219,18 @@ class EngineSpec(_Strict):
         problem = url_problem(self.url) if self.url else None
         if problem:
             raise _KeyedError("url", problem)
+        if self.url and self.api_key_env and "@" in urlsplit(self.url).netloc:
+            raise _KeyedError("api_key_env", "the URL's user:pass@ and api_key_env would both be the Authorization "
+                                             "header; use one of them")
         return self
+
+    @field_validator("binary", "args", "env")
+    @classmethod
+    def _no_nul(cls, v):
+        texts = [v] if isinstance(v, str) else list(v or []) + list(v.values() if isinstance(v, dict) else [])
+        if any("\x00" in t for t in texts):
+            raise ValueError("holds a NUL character, which no command line or environment can carry; remove it")
+        return v
 
     @model_validator(mode="after")
     def _method_fits_kind(self):
@@ -309,7 +320,10 @@ def load_scenario(path: str | Path, overrides: list[str] = ()) -> Scenario:
 
 def read_workload(path: str | Path) -> dict:
     """The [workload] table of a scenario file, for `orch bench --scenario`."""
-    return dict(_read_toml(Path(path)).get("workload", {}))
+    table = _read_toml(Path(path)).get("workload", {})
+    if not isinstance(table, dict):
+        raise ScenarioError(path, "workload", f"must be a table ([workload]), not {type(table).__name__}")
+    return dict(table)
 
 
 def build_scenario(raw: dict, source: Path, overrides: list[str] = ()) -> Scenario:
@@ -422,8 +436,10 @@ def _apply_override(raw: dict, item: str, path: Path) -> None:
     last = parts[-1]
     if isinstance(node, list):
         node[_index(node, last, key, path)] = value
-    else:
+    elif isinstance(node, dict):
         node[last] = value
+    else:  # --set name.x=1: `name` is a string
+        raise ScenarioError(path, key, f"--set cannot set a key inside a {type(node).__name__}")
 
 
 def _parse_value(text: str) -> Any:
@@ -444,7 +460,7 @@ def _step(node: Any, part: str, create: bool, key: str, path: Path) -> Any:
 
 
 def _index(items: list, part: str, key: str, path: Path) -> int:
-    if part.isdigit() and int(part) < len(items):
+    if part.isascii() and part.isdecimal() and int(part) < len(items):
         return int(part)
     for i, item in enumerate(items):
         if isinstance(item, dict) and item.get("name") == part:

@@ -49,9 +49,11 @@ def delta(before: dict | None, after: dict | None) -> dict | None:
     if before is None or after is None:
         return None
     d = {k: after[k] - before[k] for k in ("drafts", "draft_tokens", "accepted_tokens")}
-    if min(d.values()) < 0 or d["accepted_tokens"] > d["draft_tokens"]:
-        return None  # counters went back (the server restarted) or contradict each other: no window
+    if not all(0 <= v < math.inf for v in d.values()) or d["accepted_tokens"] > d["draft_tokens"]:
+        return None  # counters went back (a restart), overflowed, or contradict each other: no window
     d["per_pos"] = {p: v - before["per_pos"].get(p, 0.0) for p, v in sorted(after["per_pos"].items(), key=_pos)}
+    if not all(0 <= v < math.inf for v in d["per_pos"].values()):
+        d["per_pos"] = {}
     drafts = d["drafts"]
     d["acceptance_rate"] = d["accepted_tokens"] / d["draft_tokens"] if d["draft_tokens"] else None
     d["mean_acceptance_length"] = 1 + d["accepted_tokens"] / drafts if drafts else None
@@ -61,4 +63,4 @@ def delta(before: dict | None, after: dict | None) -> dict | None:
 
 def _pos(item):
     key = item[0]
-    return int(key) if key.isdigit() else 1 << 30
+    return int(key) if key.isascii() and key.isdecimal() else 1 << 30  # "²" is a digit to isdigit()

@@ -27,16 +27,21 @@ class SseDecoder:
 
     def __init__(self, max_event_bytes: int):
         self.max_event_bytes = max_event_bytes
-        self._tail = b""
+        self._tail: list[bytes] = []  # bytes of an unfinished line, joined only once it ends
+        self._tail_size = 0
         self._data: list[bytes] = []
         self._size = 0
         self._started = False
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        buf = self._tail + chunk
+        if self._started and b"\n" not in chunk and b"\r" not in chunk:
+            self._hold(chunk)  # no line ends: keep it without re-reading what came before
+            return []
+        buf = b"".join(self._tail) + chunk
+        self._tail, self._tail_size = [], 0
         if not self._started:
             if len(buf) < len(BOM) and BOM.startswith(buf):
-                self._tail = buf  # too few bytes yet to tell a byte-order mark from text
+                self._hold(buf)  # too few bytes yet to tell a byte-order mark from text
                 return []
             self._started = True
             buf = buf.removeprefix(BOM)
@@ -46,9 +51,7 @@ class SseDecoder:
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = buf.split(b"\n")
-        self._tail = lines.pop() + hold
-        if len(self._tail) > self.max_event_bytes:
-            raise EventTooLarge(f"an SSE line passed {self.max_event_bytes >> 10} KiB without a line end")
+        self._hold(lines.pop() + hold)
         events = []
         for line in lines:
             event = self._line(line)
@@ -56,10 +59,17 @@ class SseDecoder:
                 events.append(event)
         return events
 
+    def _hold(self, part: bytes) -> None:
+        if part:
+            self._tail.append(part)
+            self._tail_size += len(part)
+        if self._tail_size > self.max_event_bytes:
+            raise EventTooLarge(f"an SSE line passed {self.max_event_bytes >> 10} KiB without a line end")
+
     def close(self) -> list[bytes]:
         """End of stream: whatever is pending, as if the server had sent the final blank line."""
         self._started = True
-        events = self.feed(b"\n") if self._tail else []
+        events = self.feed(b"\n") if self._tail_size else []
         event = self._line(b"")
         return events + ([event] if event is not None else [])
 
@@ -78,10 +88,9 @@ class SseDecoder:
         return None  # event, id, retry and unknown fields carry nothing orch reads
 
     def _dispatch(self) -> bytes | None:
-        if not self._data:
-            return None
         data, self._data, self._size = self._data, [], 0
-        return data[0] if len(data) == 1 else b"\n".join(data)
+        joined = data[0] if len(data) == 1 else b"\n".join(data)
+        return joined or None  # no data, or `data:` alone: the spec dispatches nothing
 
 
 def split_documents(data: bytes) -> list[bytes] | None:

@@ -29,9 +29,10 @@ def median_ci(values) -> tuple[float | None, float | None]:
 
 
 def ratio_ci(num, den) -> tuple[float | None, float | None]:
-    """Interval of median(num) / median(den), both groups resampled independently."""
+    """Interval of median(num) / median(den), both groups resampled independently. One request
+    on either side has no spread to resample: no interval, so no verdict from a single pair."""
     a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
-    if a.size == 0 or b.size == 0:
+    if a.size < 2 or b.size < 2:
         return None, None
     rng = np.random.default_rng(SEED)
     with np.errstate(divide="ignore", invalid="ignore"):  # a zero median: inf or NaN, no interval

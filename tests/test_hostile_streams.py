@@ -70,14 +70,33 @@ def test_legal_sse_variants_give_correct_rows(name, body):
     ({"choices": [], "usage": {"completion_tokens": 1e30}}, "usage.completion_tokens is 1e+30: outside 0..max_tokens = 16"),
     ({"choices": [], "usage": {"completion_tokens": "12"}}, 'usage.completion_tokens is a string ("12"), not a number'),
     ({"choices": [], "usage": {"completion_tokens": True}}, "usage.completion_tokens is a boolean (true), not a number"),
-    ({"choices": [], "usage": {"prompt_tokens": 10**12}}, "usage.prompt_tokens is 1e+12: outside 0..1,000,000,000"),
+    ({"choices": [], "usage": {"prompt_tokens": 10**12}}, "usage.prompt_tokens is 1000000000000: outside 0..1,000,000,000"),
+    ({"choices": [], "usage": {"prompt_tokens": 10**400}}, "usage.prompt_tokens is 100000... (401 digits): outside 0..1,000,000,000"),
     ({"choices": [], "timings": {"draft_n": 3, "draft_n_accepted": 4}},
      "timings.draft_n_accepted (4) is more than timings.draft_n (3)"),
-    ({"choices": [], "timings": {"predicted_per_second": -1}}, "timings.predicted_per_second is -1: a rate cannot be negative"),
+    ({"choices": [], "timings": {"predicted_per_second": -1}}, "timings.predicted_per_second is -1: a rate is a finite number from 0"),
 ])
 def test_unexpected_shapes_and_values_are_error_rows(event, error):
     rec = run(events(text("a"), event, USAGE))
     assert not rec["ok"] and rec["error"] == error and rec["e2e_tok_s"] is None
+
+
+def test_a_number_too_large_for_a_float_is_an_error_row_not_infinity():
+    rec = run(b'data: {"choices": [], "timings": {"predicted_per_second": 1e999}}\n\n' + VALID)
+    assert rec["error"] == "timings.predicted_per_second is inf: a rate is a finite number from 0"
+    rec = run(b'data: {"choices": [], "usage": {"completion_tokens": 1e999}}\n\n' + VALID)
+    assert rec["error"] == "usage.completion_tokens is inf, not a whole number of tokens"
+
+
+def test_an_empty_data_event_and_an_upper_case_content_type_are_legal():
+    rec = serve(answer(lambda: web.Response(body=b"data:\n\n" + VALID, headers={"Content-Type": "Text/Event-Stream"})),
+                lambda base: _one(base))
+    assert rec["ok"] and rec["completion_tokens"] == 2
+
+
+async def _one(base):
+    async with aiohttp.ClientSession() as session:
+        return await stream_request(session, base + "/v1/completions", {"max_tokens": 16}, 10)
 
 
 @pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])

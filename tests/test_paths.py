@@ -75,7 +75,7 @@ def test_a_cell_folder_that_cannot_be_made_fails_that_cell_as_a_record(tmp_path)
     sweep = Sweep(sc, tmp_path, SweepProgress(Console(file=io.StringIO())))
     (rec,) = sweep.execute(run)
     assert rec["status"] == "failed"
-    assert rec["error"] == f"cannot set up the cell: {run.path / 'cells' / 'ep-n0'}: Not a directory"
+    assert rec["error"] == f"cannot run the cell: {run.path / 'cells' / 'ep-n0'}: Not a directory"
     assert json.loads((run.path / "cells.jsonl").read_text())["error"] == rec["error"]
 
 
