@@ -13,6 +13,7 @@ from docker.types import DeviceRequest
 
 from engines import ServerPlan
 
+from . import redact
 from .errors import OrchError, ServerError, ServerExited, ServerTimeout
 from .launchers import MANAGED, poll_ready
 
@@ -84,11 +85,10 @@ class DockerServer:
         if self.container is None:
             return
         try:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.log_path.write_text(self._logs(None))
+            self._save_log()
             self.container.stop(timeout=STOP_TIMEOUT_S)
-        except docker.errors.APIError:
-            pass
+        except (docker.errors.APIError, OSError):
+            pass  # the container is removed below whatever happened; a log that could not be saved is lost
         finally:
             try:
                 self.container.remove(force=True)
@@ -101,6 +101,13 @@ class DockerServer:
         if state.get("OOMKilled"):
             err.args = (f"{err.args[0]} (OOM-killed)",)
         return err
+
+    def _save_log(self) -> None:
+        """The container's whole log into server.log, streamed (it may be large), without secrets."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "w", encoding="utf-8") as out:
+            for line in self.container.logs(stream=True):
+                out.write(redact.scrub(line.decode(errors="replace")))
 
     def _logs(self, tail: int | None) -> str:
         try:

@@ -38,6 +38,9 @@ class RunDir:
     def __init__(self, path: Path, again: str = RESUME):
         self.path = Path(path)
         self.again = again  # how to carry on after a write error: the command's own fix
+        # What reading the records back skipped or repaired, one line each (the CLI prints them
+        # as `warning: ...`, the report lists them). Records read back are hostile input.
+        self.warnings: list[str] = []
 
     @classmethod
     def create(cls, out: Path, sweep_name: str, again: str = RESUME) -> "RunDir":
@@ -104,12 +107,6 @@ class RunDir:
         env, notes = read_environment(self.path / ENVIRONMENT)
         self._note(notes)
         return env
-
-    @property
-    def warnings(self) -> list[str]:
-        """What reading the records back skipped or repaired, one line each (the CLI prints them
-        as `warning: ...`, the report lists them). Records read back are hostile input."""
-        return self.__dict__.setdefault("_read_warnings", [])
 
     def _note(self, notes: list[str]) -> None:
         self.warnings.extend(n for n in notes if n not in self.warnings)
