@@ -106,7 +106,7 @@ class DockerServer:
         """The container's whole log into server.log, streamed (it may be large), without secrets."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "w", encoding="utf-8") as out:
-            for line in self.container.logs(stream=True):
+            for line in self.container.logs(stream=True, follow=False):  # follow defaults to stream
                 out.write(redact.scrub(line.decode(errors="replace")))
 
     def _logs(self, tail: int | None) -> str:
