@@ -1,6 +1,6 @@
 """Engine registry: scenario `kind` -> Engine class. Add an engine by adding one module and one line."""
 
-from .base import Engine, KeyProblem, ServerPlan, auth_fix, bearer
+from .base import Engine, ServerPlan
 from .endpoint import Endpoint
 from .llama_cpp_python import LlamaCppPython
 from .llama_server import LlamaServer
@@ -13,4 +13,4 @@ ENGINES: dict[str, type[Engine]] = {
     LlamaCppPython.kind: LlamaCppPython,
 }
 
-__all__ = ["ENGINES", "Engine", "KeyProblem", "ServerPlan", "auth_fix", "bearer"]
+__all__ = ["ENGINES", "Engine", "ServerPlan"]

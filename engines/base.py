@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
-
-from orchestrator import redact
 
 
 @dataclass(frozen=True)
@@ -25,9 +22,10 @@ class ServerPlan:
     container: dict | None = None  # set for launcher = "docker": image, mounts, ports, ...
 
     def display(self) -> str:
-        """The command line a user would type: the argv, or the equivalent `docker run`."""
+        """The command line a user would type: the argv, or the equivalent `docker run`. A server
+        orch did not start has none (launchers.command_text shows its URL, less any password)."""
         if self.container is None:
-            return shlex.join(self.argv) if self.argv else f"(external server at {redact.public_url(self.base_url)})"
+            return shlex.join(self.argv)
         c = self.container
         opts = ["docker", "run", "--rm"]
         if c["gpus"] != "none":
@@ -124,13 +122,6 @@ class Engine(ABC):
         """Engine-specific JSON fields added to every request body."""
         return {}
 
-    def request_headers(self) -> dict:
-        """Read the API key from the environment at request time; it is never stored."""
-        return bearer(self.spec.api_key_env)
-
-    def auth_fix(self) -> str:
-        return auth_fix(self.spec.api_key_env)
-
     def cache_setting(self, workload) -> str:
         """How prompt/prefix caching was set for this engine, for the report."""
         return "engine default"
@@ -142,32 +133,6 @@ class Engine(ABC):
     def which(name: str) -> str | None:
         found = shutil.which(name)
         return str(Path(found).resolve()) if found else None
-
-
-class KeyProblem(ValueError):
-    """The API key's variable is unset, or holds what no HTTP header can carry."""
-
-
-def bearer(api_key_env: str | None) -> dict:
-    """The Authorization header from the variable named `api_key_env`, read now; {} without one."""
-    if not api_key_env:
-        return {}
-    value = os.environ.get(api_key_env)
-    if not value:
-        raise KeyProblem(f"{api_key_env}, named by api_key_env, is not set; export {api_key_env}=... first")
-    redact.remember(value)
-    if not (value.isascii() and value.isprintable()) or value != value.strip():
-        raise KeyProblem(f"${api_key_env} holds spaces, a line end or characters an HTTP header cannot carry "
-                         "(a key copied with its newline?); set it to the key alone")
-    return {"Authorization": f"Bearer {value}"}
-
-
-def auth_fix(api_key_env: str | None) -> str:
-    """What to do when a server answers 401/403."""
-    if api_key_env:
-        return f"check the API key in ${api_key_env}"
-    return ("it wants an API key: put it in an environment variable and name that with "
-            "api_key_env (orch bench: --api-key-env NAME)")
 
 
 def _mount(model, target_dir: str, volumes: dict):

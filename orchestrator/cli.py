@@ -20,6 +20,7 @@ from .install import install_llama_server
 from .models import KNOWN_MODELS
 from .provision import INSTALLERS, run_step, setup_steps
 from .results import RunDir, fix_for, scenario_text, why
+from .launchers import command_text
 from .runner import Sweep, command_for, plan_cells, prepare
 from .scenario import build_scenario, load_scenario, read_workload, url_problem
 from .summary import format_table
@@ -82,13 +83,12 @@ def sweep(scenario, out, overrides, dry_run, resume):
     if dry_run:
         click.echo(dry_run_text(sc, scenario.parent))
         return
-    again = f"orch sweep {scenario} --resume --out {out}"
-    _run(sc, scenario.parent, out, resume, again, f"continue with: {again}")
+    _run(sc, scenario.parent, out, resume, f"continue with: orch sweep {scenario} --resume --out {out}")
 
 
-def _run(sc, base_dir: Path, out: Path, resume: bool, resume_hint: str, again: str):
+def _run(sc, base_dir: Path, out: Path, resume: bool, again: str):
     """Run every cell, print the summary, exit 0 only if every cell and request succeeded.
-    `again` is how to carry on after a write error (a bench run has no --resume)."""
+    `again` is how to carry on after an interrupt or a write error (a bench run has no --resume)."""
     from .progress import SweepProgress
 
     progress = SweepProgress(Console(stderr=True))
@@ -104,7 +104,7 @@ def _run(sc, base_dir: Path, out: Path, resume: bool, resume_hint: str, again: s
         with progress:
             cells = runner.execute(run)
     except KeyboardInterrupt as exc:
-        click.echo(f"\ninterrupted: records so far are in {run.path}; continue with: {resume_hint}", err=True)
+        click.echo(f"\ninterrupted: records so far are in {run.path}; {again}", err=True)
         sys.exit(143 if isinstance(exc, Terminated) else 130)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -145,16 +145,14 @@ def bench(url, model, api, scenario_file, overrides, api_key_env, label, method,
     sc = build_scenario(raw, scenario_file or Path("orch bench"), overrides)
     if model is None:  # asked only once the rest is known to be valid, with the key the requests will carry
         sc.engines[0].model = _served_model(url, api_key_env)
-    again = "run orch bench again (an endpoint run is not resumable)"
-    _run(sc, base, out, False, again, again)
+    _run(sc, base, out, False, "run orch bench again (an endpoint run is not resumable)")
 
 
 def _served_model(url: str, api_key_env: str | None) -> str:
     import json
 
-    from engines import KeyProblem, auth_fix, bearer
-
     from . import probe
+    from .credentials import KeyProblem, auth_fix, bearer
 
     shown = f"{redact.public_url(url.rstrip('/'))}/v1/models"
     try:
@@ -194,7 +192,7 @@ def dry_run_text(sc, base_dir: Path) -> str:
     for k, cell in enumerate(cells, 1):
         plan = command_for(cell, prepared[cell.engine.name], max(w.concurrency))
         lines += [f"cell {k}/{len(cells)} {cell.id} [{cell.engine.launcher}, {cell.engine.api}]",
-                  f"  {plan.display()}"]
+                  f"  {command_text(plan)}"]
     return "\n".join(lines)
 
 
@@ -310,7 +308,7 @@ def _writing(out: Path):
         raise ResultsError(f"cannot write {exc.filename or out}: {os.strerror(errno.ENOTDIR)}; "
                            "pass a writable --out")
     except OSError as exc:
-        raise ResultsError(f"cannot write {exc.filename or out}: {exc.strerror or exc}; pass a writable --out")
+        raise ResultsError(f"cannot write {exc.filename or out}: {why(exc)}; pass a writable --out")
 
 
 # ---------------------------------------------------------------- reference

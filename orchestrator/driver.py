@@ -22,6 +22,8 @@ from typing import Callable
 import aiohttp
 
 from . import redact
+from .errors import AuthRefused
+from .probe import read_capped
 from .prompts import Prompt
 from .sse import EventTooLarge, SseDecoder, split_documents
 
@@ -39,7 +41,6 @@ MAX_TEXT_CHARS = 512 << 10  # 32k tokens of 16 characters; a row stays small eno
 ERROR_BODY_BYTES = 4096
 
 
-AUTH_REFUSED = (401, 403)
 NO_COUNT = "server reported no completion token count (no usage or timings)"
 
 
@@ -97,7 +98,7 @@ async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurren
                 rec = await stream_request(session, base + ENDPOINTS[api], body, timeout_s)
                 if tokenize_path and rec["error"] == NO_COUNT:
                     await _retokenize(session, base + tokenize_path, rec, timeout_s, body.get("max_tokens"))
-                if rec["http_status"] in AUTH_REFUSED:
+                if rec["http_status"] in AuthRefused.STATUSES:
                     pending.clear()  # the server refuses orch's credentials: send nothing more
                 rec.update(_spec_fields(spec))
                 records.append(rec)
@@ -211,12 +212,9 @@ async def _read_events(resp: aiohttp.ClientResponse, state: "_StreamState") -> N
             total += len(data)
             if total > MAX_RESPONSE_BYTES:
                 raise StreamFault(f"the response passed {MAX_RESPONSE_BYTES >> 20} MiB; orch stops reading there")
-            for event in decoder.feed(data):
-                if state.on_event(event):
-                    return
-        for event in decoder.close():
-            if state.on_event(event):
+            if any(map(state.on_event, decoder.feed(data))):  # stops at the event that ends the stream
                 return
+        any(map(state.on_event, decoder.close()))
     except (StreamFault, EventTooLarge) as exc:
         state.error = str(exc)
 
@@ -455,13 +453,11 @@ async def _retokenize(session: aiohttp.ClientSession, url: str, rec: dict, timeo
 
 async def _token_count(session: aiohttp.ClientSession, url: str, text: str, rec: dict) -> int:
     async with session.post(url, json={"input": text}) as resp:
-        if resp.status in AUTH_REFUSED:
+        if resp.status in AuthRefused.STATUSES:
             rec["http_status"] = resp.status  # so the cell fails at once, as for the request itself
         resp.raise_for_status()
-        body = await resp.content.read(MAX_EVENT_BYTES + 1)
-        while len(body) <= MAX_EVENT_BYTES and not resp.content.at_eof():
-            body += await resp.content.read(MAX_EVENT_BYTES + 1 - len(body))
-        if len(body) > MAX_EVENT_BYTES:
+        body = await read_capped(resp, MAX_EVENT_BYTES)
+        if body is None:
             raise ValueError("tokenize answer too large")
         tokens = json.loads(body)["tokens"]
     if not isinstance(tokens, list):

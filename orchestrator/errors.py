@@ -56,6 +56,8 @@ class ServerTimeout(ServerError):
 class AuthRefused(ServerError):
     """A 401 or 403 from any path orch asks: waiting or sending more would only repeat it."""
 
+    STATUSES = (401, 403)
+
     def __init__(self, where: str, status: int):
         super().__init__(f"HTTP {status} from {where}: the server refuses orch's credentials")
         self.status = status

@@ -31,6 +31,14 @@ def owner_labels(sweep: str, cell: str, run: str) -> dict[str, str]:
             "orch.owner_pid": str(os.getpid()), "orch.owner_host": socket.gethostname()}
 
 
+def command_text(plan: ServerPlan) -> str:
+    """The command line to show and record; a server orch did not start is shown by its URL,
+    less any password."""
+    if plan.base_url is not None:
+        return f"(external server at {redact.public_url(plan.base_url)})"
+    return plan.display()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -125,7 +133,7 @@ def _die_with_parent() -> None:
 def _healthy(url: str, headers: dict | None) -> bool:
     """One poll, bounded as a whole (probe.status): a server that drips its answer is not ready."""
     status = probe.status(url, headers, timeout_s=1.0)
-    if status in (401, 403):
+    if status in AuthRefused.STATUSES:
         raise AuthRefused(urlsplit(url).path, status)
     return status == 200
 

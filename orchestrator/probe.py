@@ -25,7 +25,7 @@ class ProbeFailed(Exception):
 def get(base_url: str, path: str, headers: dict | None = None, timeout_s: float = 5.0) -> bytes:
     """The body of GET base_url+path, or ProbeFailed; AuthRefused on 401/403."""
     status, body = asyncio.run(_get(base_url + path, headers, timeout_s, read=True))
-    if status in (401, 403):
+    if status in AuthRefused.STATUSES:
         raise AuthRefused(path, status)
     if status != 200:
         raise ProbeFailed(f"HTTP {status}")
@@ -40,16 +40,23 @@ def status(url: str, headers: dict | None = None, timeout_s: float = 1.0) -> int
         return None
 
 
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body if it is at most `limit` bytes, else None (reading stops just past it).
+    One read returns only what has arrived, so read until the end or the limit."""
+    body = await resp.content.read(limit + 1)
+    while len(body) <= limit and not resp.content.at_eof():
+        body += await resp.content.read(limit + 1 - len(body))
+    return body if len(body) <= limit else None
+
+
 async def _get(url: str, headers: dict | None, timeout_s: float, read: bool) -> tuple[int, bytes]:
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
             async with session.get(URL(url, encoded=False), headers=headers, allow_redirects=False) as resp:
                 if not read or resp.status != 200:
                     return resp.status, b""
-                body = await resp.content.read(LIMIT_BYTES + 1)
-                while len(body) <= LIMIT_BYTES and not resp.content.at_eof():
-                    body += await resp.content.read(LIMIT_BYTES + 1 - len(body))
-                if len(body) > LIMIT_BYTES:
+                body = await read_capped(resp, LIMIT_BYTES)
+                if body is None:
                     raise ProbeFailed(f"answer larger than {LIMIT_BYTES >> 20} MiB")
                 return resp.status, body
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:

@@ -133,7 +133,7 @@ class RunDir:
         return [c.model_dump() for c in self.cell_records()]
 
     def _load(self, name: str, model: type[R]) -> list[R]:
-        records, notes = load_jsonl(self.path / name, model)
+        records, notes = read_records(self.path / name, model)  # never raises on bad content
         self._note(notes)
         return records
 
@@ -166,12 +166,6 @@ def append_jsonl(path: Path, obj: dict, again: str = RESUME) -> None:
     except OSError as exc:
         raise ResultsError(f"cannot write {path}: {why(exc)}; every line before this one is kept; "
                            f"{fix_for(exc)}, then {again}")
-
-
-def load_jsonl(path: Path, model: type[R]) -> tuple[list[R], list[str]]:
-    """The records of a .jsonl file that validate as `model`, and one warning per kind of
-    trouble naming the file and line numbers (see records.py). Never raises on bad content."""
-    return read_records(path, model)
 
 
 def _finite(obj, bad: list, path: str = ""):

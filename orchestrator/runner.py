@@ -11,13 +11,14 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from engines import ENGINES, Engine, KeyProblem, bearer
+from engines import ENGINES, Engine
 
 from . import server_metrics
 from . import probe, redact
-from .driver import AUTH_REFUSED, ENDPOINTS, RequestSpec, request_body, run_batch
+from .credentials import KeyProblem, auth_fix, bearer
+from .driver import ENDPOINTS, RequestSpec, request_body, run_batch
 from .errors import AuthRefused, InstallError, OrchError, ResultsError, ServerError
-from .launchers import LAUNCHERS, free_port, log_tail, owner_labels
+from .launchers import LAUNCHERS, command_text, free_port, log_tail, owner_labels
 from .models import ResolvedModel, resolve_model
 from .prompts import Prompt, load_prompt_set
 from .results import RunDir, why
@@ -143,7 +144,7 @@ class Sweep:
         except ResultsError:
             raise  # the records themselves cannot be kept
         except Exception as exc:  # noqa: BLE001 - one cell's failure, of any kind, must not end the sweep
-            rec.update(_failed(exc, prep.engine))
+            rec.update(_failed(exc, cell.engine))
         rec["seconds"] = round(time.monotonic() - started, 3)
         self.run.append_cell(rec)
         return rec
@@ -155,15 +156,15 @@ class Sweep:
         rec.update(self._cell_base(cell, prep, plan))
         log = self.run.cell_dir(cell.id) / "server.log"
         marks = {"start": started}  # where the cell's wall time goes: see _phases
-        headers = prep.engine.request_headers()
+        headers = bearer(cell.engine.api_key_env)
         with LAUNCHERS[cell.engine.launcher](plan, log, cell.engine.ready_timeout_s) as server:
             marks["launched"] = time.monotonic()
             rec["ready_s"] = round(server.wait_ready(headers), 3)
             marks["ready"] = time.monotonic()
             rec.update(server.describe())
             rec["template"] = self._template(cell, server.base_url, headers)
-            results, rec["server_metrics"] = self._drive(cell, server, todo, marks)
-            rec.update(_judge(results, len(todo), server.alive(), prep.engine.auth_fix()))
+            results, rec["server_metrics"] = self._drive(cell, server, todo, marks, headers)
+            rec.update(_judge(results, len(todo), server.alive(), cell.engine))
             if rec["status"] != "ok":
                 rec["log_tail"] = log_tail(log)
             marks["driven"] = time.monotonic()
@@ -171,12 +172,13 @@ class Sweep:
         rec["phases"] = _phases(marks)
 
     def _cell_base(self, cell: Cell, prep: Prepared, plan) -> dict:
-        return {"model": prep.model.label, "api": cell.engine.api, "argv": plan.argv, "command": plan.display(),
+        return {"model": prep.model.label, "api": cell.engine.api, "argv": plan.argv, "command": command_text(plan),
                 "endpoint": ENDPOINTS[cell.engine.api], "cache": prep.engine.cache_setting(self.workload)}
 
-    def _drive(self, cell: Cell, server, todo: list[RequestSpec], marks: dict) -> tuple[list[dict], dict]:
+    def _drive(self, cell: Cell, server, todo: list[RequestSpec], marks: dict,
+               headers: dict) -> tuple[list[dict], dict]:
         """Warm-up, then the measured requests per concurrency level; returns the measured
-        records and the /metrics deltas of each level's window."""
+        records and the /metrics deltas of each level's window. `headers` carry the API key."""
         prep = self.prepared[cell.engine.name]
         extra = prep.engine.request_fields(self.workload)
 
@@ -190,7 +192,7 @@ class Sweep:
             self.run.append_request(rec)
             self.progress.request_done(rec)
 
-        timeout, headers = self.workload.request_timeout_s, prep.engine.request_headers()
+        timeout = self.workload.request_timeout_s
         tokenize = prep.engine.tokenize_path
         warm = self.warmup_specs()
         if warm:
@@ -231,7 +233,7 @@ class Sweep:
 
 
 def _refused(records: list[dict]) -> dict | None:
-    return next((r for r in records if r.get("http_status") in AUTH_REFUSED), None)
+    return next((r for r in records if r.get("http_status") in AuthRefused.STATUSES), None)
 
 
 def _raise_if_refused(records: list[dict]) -> None:
@@ -250,10 +252,10 @@ def _phases(m: dict) -> dict:
     return {k: round(v, 4) for k, v in out.items()}
 
 
-def _failed(exc: BaseException, engine: Engine) -> dict:
+def _failed(exc: BaseException, spec: EngineSpec) -> dict:
     """A cell that could not run, as a record: the cause in words, never a traceback on screen."""
     if isinstance(exc, AuthRefused):
-        return {"status": "failed", "error": f"{exc}; {engine.auth_fix()}", "log_tail": exc.log_tail}
+        return {"status": "failed", "error": _refusal(exc, spec), "log_tail": exc.log_tail}
     if isinstance(exc, ServerError):
         return {"status": "failed", "error": str(exc), "log_tail": exc.log_tail}
     if isinstance(exc, OrchError):  # e.g. Docker gone mid-sweep: this cell's record says so
@@ -265,7 +267,11 @@ def _failed(exc: BaseException, engine: Engine) -> dict:
             "traceback": traceback.format_exc(limit=8)}
 
 
-def _judge(results: list[dict], sent_for: int, alive: bool, auth_fix: str) -> dict:
+def _refusal(exc: AuthRefused, spec: EngineSpec) -> str:
+    return f"{exc}; {auth_fix(spec.api_key_env)}"
+
+
+def _judge(results: list[dict], sent_for: int, alive: bool, spec: EngineSpec) -> dict:
     failed = sum(not r["ok"] for r in results)
     low = sum(bool(r.get("prompt_tokens_low")) for r in results)
     out = {"requests_ok": len(results) - failed, "requests_failed": failed,
@@ -275,7 +281,7 @@ def _judge(results: list[dict], sent_for: int, alive: bool, auth_fix: str) -> di
                                "prompt's words: the chat template may drop the text; try api = \"completions\"")
     refused = _refused(results)
     if refused is not None:
-        out.update(status="failed", error=f"{AuthRefused(refused['endpoint'], refused['http_status'])}; {auth_fix}")
+        out.update(status="failed", error=_refusal(AuthRefused(refused["endpoint"], refused["http_status"]), spec))
     elif not alive:
         out.update(status="failed", error="server exited during the measured requests")
     elif results and failed == len(results):
