@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import CLIENT_CPU, SyntheticServer  # noqa: E402
 
-from orchestrator.driver import RequestSpec, request_body, run_batch  # noqa: E402
-from orchestrator.prompts import Prompt  # noqa: E402
-from orchestrator.scenario import Workload  # noqa: E402
+from orchestrator.measure.driver import RequestSpec, request_body, run_batch  # noqa: E402
+from orchestrator.measure.prompts import Prompt  # noqa: E402
+from orchestrator.sweep.scenario import Workload  # noqa: E402
 
 
 def one_run(url: str, rate: float, streams: int, requests: int, max_tokens: int) -> dict:

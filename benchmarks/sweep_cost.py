@@ -84,8 +84,8 @@ def _per_engine(cells: list[dict]) -> dict:
 
 def readiness(runs: int = 10, delay_s: float = 1.5) -> list[float]:
     from engines.base import ServerPlan
-    from orchestrator.launchers import ProcessServer
-    from orchestrator.launchers import free_port
+    from orchestrator.launch.launchers import ProcessServer
+    from orchestrator.launch.launchers import free_port
 
     lags = []
     with tempfile.TemporaryDirectory() as tmp:

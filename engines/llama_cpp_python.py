@@ -21,7 +21,7 @@ class LlamaCppPython(Engine):
     install_hint = "orch engines install llama-cpp-python"
 
     def default_binary(self) -> str | None:
-        from orchestrator.pyenvs import env_python
+        from orchestrator.setup.pyenvs import env_python
 
         return env_python("llama-cpp-python")
 
@@ -39,6 +39,6 @@ class LlamaCppPython(Engine):
         return "llama-cpp-python default (no prompt cache unless --cache true)"
 
     def version(self) -> str:
-        from orchestrator.pyenvs import env_version
+        from orchestrator.setup.pyenvs import env_version
 
         return env_version("llama-cpp-python", self.binary(), "llama_cpp_python")

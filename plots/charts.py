@@ -12,7 +12,7 @@ matplotlib.rcParams["svg.hashsalt"] = "orch"  # stable ids: a redrawn SVG is byt
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from orchestrator.summary import METRICS_SOURCE  # noqa: E402
+from orchestrator.analysis.summary import METRICS_SOURCE  # noqa: E402
 
 
 @dataclass(frozen=True)

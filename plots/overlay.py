@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from orchestrator.reference import matching, published_means, published_runs
-from orchestrator.results import RunDir
+from orchestrator.analysis.reference import matching, published_means, published_runs
+from orchestrator.results.rundir import RunDir
 
 
 def published_overlay(run: RunDir):

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from orchestrator.reference import HARDWARE, SETUPS, published_means  # noqa: E402
+from orchestrator.analysis.reference import HARDWARE, SETUPS, published_means  # noqa: E402
 
 from .charts import save  # noqa: E402
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator.environment import machine_label
-from orchestrator.lossless import compare, per_cell
-from orchestrator.results import SUMMARY, RunDir
-from orchestrator.summary import format_table, summarize
+from orchestrator.sweep.environment import machine_label
+from orchestrator.analysis.lossless import compare, per_cell
+from orchestrator.results.rundir import SUMMARY, RunDir
+from orchestrator.analysis.summary import format_table, summarize
 
 from .charts import draw_acceptance_length, draw_charts, draw_lossless
 

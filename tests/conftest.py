@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.install import installed_llama_server
+from orchestrator.setup.install import installed_llama_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,7 +19,7 @@ def llama_server_binary() -> str:
 @pytest.fixture
 def no_processes(monkeypatch):
     """Fail the test if anything tries to start a server process."""
-    import orchestrator.launchers as launchers
+    import orchestrator.launch.launchers as launchers
 
     def refuse(*a, **k):
         raise AssertionError(f"a process was started: {a}")

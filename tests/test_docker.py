@@ -139,8 +139,8 @@ def test_an_error_inside_the_pull_stream_fails_the_cell(tmp_path, image):
     registry can be reached here, so the Docker API answers from a fake."""
     import docker
 
-    from orchestrator.docker_launcher import DockerServer
-    from orchestrator.errors import ServerError
+    from orchestrator.launch.docker import DockerServer
+    from orchestrator.common.errors import ServerError
 
     class Images:
         def get(self, name):

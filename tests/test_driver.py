@@ -7,8 +7,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from orchestrator.driver import RequestSpec, rates, run_batch, stream_request
-from orchestrator.prompts import Prompt
+from orchestrator.measure.driver import RequestSpec, rates, run_batch, stream_request
+from orchestrator.measure.prompts import Prompt
 
 from .canned_server import answer, event_stream, serve, sse
 

@@ -14,9 +14,9 @@ import pytest
 
 from engines import ENGINES
 from engines.vllm import Vllm
-from orchestrator.models import ResolvedModel
-from orchestrator.pyenvs import env_python
-from orchestrator.scenario import EngineSpec
+from orchestrator.setup.models import ResolvedModel
+from orchestrator.setup.pyenvs import env_python
+from orchestrator.sweep.scenario import EngineSpec
 
 from .conftest import llama_server_binary
 

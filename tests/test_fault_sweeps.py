@@ -42,7 +42,7 @@ def test_servers_that_fail_to_start_are_recorded_and_the_sweep_goes_on(tmp_path)
 
 
 def test_port_already_in_use_fails_the_cell_with_the_servers_reason(tmp_path, monkeypatch):
-    import orchestrator.runner as runner
+    import orchestrator.sweep.runner as runner
 
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -129,7 +129,7 @@ def test_orch_killed_with_sigkill_then_resume_completes_exactly(tmp_path, spawn_
     (run,) = out.iterdir()
     with open(run / "requests.jsonl", "a") as f:
         f.write('{"ok": true, "cell_id": "llamacpp-n0", "tru')  # what a kill mid-write leaves
-    from orchestrator.results import RunDir
+    from orchestrator.results.rundir import RunDir
     reader = RunDir(run)
     before = reader.requests()
     assert [w for w in reader.warnings if "ignoring a truncated last line" in w], reader.warnings
@@ -160,7 +160,7 @@ def test_disk_full_while_writing_is_a_clear_error_and_keeps_what_was_written(tmp
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: cannot write ") and "File too large" in last and "--resume" in last
     (run,) = out.iterdir()
-    from orchestrator.results import RunDir
+    from orchestrator.results.rundir import RunDir
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

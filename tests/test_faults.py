@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from orchestrator.driver import RequestSpec, run_batch
-from orchestrator.prompts import Prompt
+from orchestrator.measure.driver import RequestSpec, run_batch
+from orchestrator.measure.prompts import Prompt
 
 from .fake_server import FakeServer
 

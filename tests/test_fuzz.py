@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.driver import RequestSpec, request_body, run_batch
-from orchestrator.prompts import Prompt
-from orchestrator.scenario import Workload
+from orchestrator.measure.driver import RequestSpec, request_body, run_batch
+from orchestrator.measure.prompts import Prompt
+from orchestrator.sweep.scenario import Workload
 
 from .hostile_server import LABELS, RARE, RARE_REPEATS, Expect, HostileServer, min_cases
 

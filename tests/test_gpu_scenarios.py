@@ -1,5 +1,5 @@
 """The published GPU setups, checked flag by flag against ../shared/reference/README.md
-(copied to orchestrator/reference_data/PROVENANCE.md). Dry runs only: no GPU here."""
+(copied to orchestrator/analysis/reference_data/PROVENANCE.md). Dry runs only: no GPU here."""
 
 import json
 import re

@@ -9,9 +9,11 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import probe, redact, server_metrics
+from orchestrator.common import probe
+from orchestrator.common import redact
+from orchestrator.measure import server_metrics
 from orchestrator.cli import cli
-from orchestrator.results import append_jsonl
+from orchestrator.results.rundir import append_jsonl
 
 
 class DripServer:

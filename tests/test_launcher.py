@@ -5,8 +5,8 @@ import time
 import pytest
 
 from engines import ServerPlan
-from orchestrator.errors import ServerExited, ServerTimeout
-from orchestrator.launchers import ProcessServer, free_port
+from orchestrator.common.errors import ServerExited, ServerTimeout
+from orchestrator.launch.launchers import ProcessServer, free_port
 
 
 def plan(argv, port=None):

@@ -8,10 +8,10 @@ from click.testing import CliRunner
 
 from engines import ENGINES
 from orchestrator.cli import cli
-from orchestrator.driver import RequestSpec, run_batch
-from orchestrator.models import ResolvedModel
-from orchestrator.prompts import Prompt
-from orchestrator.scenario import EngineSpec
+from orchestrator.measure.driver import RequestSpec, run_batch
+from orchestrator.setup.models import ResolvedModel
+from orchestrator.measure.prompts import Prompt
+from orchestrator.sweep.scenario import EngineSpec
 
 from .canned_server import event_stream, serve, sse
 

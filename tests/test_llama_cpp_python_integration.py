@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
-from orchestrator.pyenvs import PYTHON_ENGINES, install_python_engine
+from orchestrator.setup.pyenvs import PYTHON_ENGINES, install_python_engine
 
 pytestmark = pytest.mark.integration
 

@@ -4,8 +4,8 @@ import pytest
 
 from engines import ENGINES
 from engines.llama_server import DEPTH_FLAG
-from orchestrator.models import ResolvedModel
-from orchestrator.scenario import EngineSpec
+from orchestrator.setup.models import ResolvedModel
+from orchestrator.sweep.scenario import EngineSpec
 
 MODEL = ResolvedModel("m", path=Path("/models/m.gguf"))
 

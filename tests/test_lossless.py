@@ -1,4 +1,4 @@
-from orchestrator.lossless import compare, per_cell
+from orchestrator.analysis.lossless import compare, per_cell
 
 
 def rec(n_spec, text, prompt="p1", repeat=0, chunks=None):

@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from orchestrator.driver import RequestSpec, run_batch
-from orchestrator.metrics import itl_per_token, tpot
-from orchestrator.prompts import Prompt
+from orchestrator.measure.driver import RequestSpec, run_batch
+from orchestrator.analysis.metrics import itl_per_token, tpot
+from orchestrator.measure.prompts import Prompt
 
 from .fake_server import FakeServer
 

@@ -10,9 +10,9 @@ from rich.console import Console
 
 from orchestrator.cli import cli
 from orchestrator.progress import SweepProgress
-from orchestrator.results import RunDir
-from orchestrator.runner import Sweep
-from orchestrator.scenario import load_scenario
+from orchestrator.results.rundir import RunDir
+from orchestrator.sweep.runner import Sweep
+from orchestrator.sweep.scenario import load_scenario
 
 ENDPOINT = """name = "{name}"
 [workload]

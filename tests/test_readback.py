@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
-from orchestrator.results import RunDir
-from orchestrator.stats import median_ci, ratio_ci, verdict
-from orchestrator.summary import summarize
+from orchestrator.results.rundir import RunDir
+from orchestrator.analysis.stats import median_ci, ratio_ci, verdict
+from orchestrator.analysis.summary import summarize
 
 from .conftest import make_run
 from .test_summary import CELLS, req

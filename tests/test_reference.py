@@ -2,7 +2,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
-from orchestrator.reference import published_means, published_runs
+from orchestrator.analysis.reference import published_means, published_runs
 
 
 def mean(engine, model, n):

@@ -4,8 +4,8 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
-from orchestrator.errors import ScenarioError
-from orchestrator.scenario import cell_id, load_scenario, url_problem
+from orchestrator.common.errors import ScenarioError
+from orchestrator.sweep.scenario import cell_id, load_scenario, url_problem
 
 BAD = Path(__file__).parent / "bad_scenarios"
 

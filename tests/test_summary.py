@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from orchestrator.summary import format_table, summarize
+from orchestrator.analysis.summary import format_table, summarize
 
 
 def req(cell, n_spec, e2e, ok=True, phase="measured", key=None, prompt_set="seeds", drafts=(None, None)):
@@ -77,7 +77,7 @@ def test_outlier_is_flagged_not_dropped():
 
 
 def test_itl_spreads_a_multi_token_chunk_over_its_tokens():
-    from orchestrator.metrics import itl_per_token, tpot
+    from orchestrator.analysis.metrics import itl_per_token, tpot
     rec = {"chunk_t": [0.1, 0.2, 0.5], "chunk_tokens": [1, 2, 5], "completion_tokens": 5,
            "t_first_token": 0.1, "t_end": 0.5}
     assert itl_per_token(rec) == pytest.approx([0.1, 0.1, 0.1, 0.1])  # 1 token in 0.1 s, 3 tokens in 0.3 s
@@ -86,7 +86,7 @@ def test_itl_spreads_a_multi_token_chunk_over_its_tokens():
 
 
 def test_server_metrics_deltas_from_prometheus_text():
-    from orchestrator.server_metrics import delta, parse
+    from orchestrator.measure.server_metrics import delta, parse
 
     text = lambda d, t, a, p0: (
         "# TYPE vllm:spec_decode_num_drafts_total counter\n"
@@ -105,7 +105,7 @@ def test_server_metrics_deltas_from_prometheus_text():
 
 def test_a_metrics_page_that_is_not_prometheus_text_means_no_counters():
     from .fake_server import FakeServer
-    from orchestrator.server_metrics import scrape
+    from orchestrator.measure.server_metrics import scrape
 
     with FakeServer() as server:  # answers every GET with JSON
         assert scrape(server.url) is None

@@ -7,9 +7,9 @@ import pytest
 
 from engines import ENGINES
 from engines.vllm import API_SERVER
-from orchestrator.errors import ScenarioError
-from orchestrator.models import ResolvedModel
-from orchestrator.scenario import EngineSpec, build_scenario
+from orchestrator.common.errors import ScenarioError
+from orchestrator.setup.models import ResolvedModel
+from orchestrator.sweep.scenario import EngineSpec, build_scenario
 
 MODEL = ResolvedModel("smollm2-135m", path=Path("/cache/models/smollm2-135m-hf"))
 HUB = ResolvedModel("org/model", hf_ref="org/model")

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
-from orchestrator.models import prepare_model
-from orchestrator.pyenvs import PYTHON_ENGINES
+from orchestrator.setup.models import prepare_model
+from orchestrator.setup.pyenvs import PYTHON_ENGINES
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ HARDWARE = "1x RTX PRO 6000 Blackwell (96 GB), CUDA 13.1"
 
 
 def published_runs() -> pd.DataFrame:
-    with resources.files("orchestrator.reference_data").joinpath("published_mtp_runs.csv").open() as f:
+    with resources.files("orchestrator.analysis.reference_data").joinpath("published_mtp_runs.csv").open() as f:
         return pd.read_csv(f)
 
 

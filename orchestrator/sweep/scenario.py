@@ -13,10 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engines import ENGINES
 
-from .errors import ScenarioError
-from .launchers import LAUNCHERS
-from .models import check_model_ref
-from .prompts import PromptFileError, load_prompt_set
+from orchestrator.common.errors import ScenarioError
+from orchestrator.launch.launchers import LAUNCHERS
+from orchestrator.setup.models import check_model_ref
+from orchestrator.measure.prompts import PromptFileError, load_prompt_set
 
 
 class _Strict(BaseModel):

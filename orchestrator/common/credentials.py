@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from . import redact
+from orchestrator.common import redact
 
 
 class KeyProblem(ValueError):

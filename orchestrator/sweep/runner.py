@@ -13,16 +13,17 @@ from pathlib import Path
 
 from engines import ENGINES, Engine
 
-from . import server_metrics
-from . import probe, redact
-from .credentials import KeyProblem, auth_fix, bearer
-from .driver import ENDPOINTS, RequestSpec, request_body, run_batch
-from .errors import AuthRefused, InstallError, OrchError, ResultsError, ServerError
-from .launchers import LAUNCHERS, command_text, free_port, log_tail, owner_labels
-from .models import ResolvedModel, resolve_model
-from .prompts import Prompt, load_prompt_set
-from .results import RunDir, why
-from .scenario import EngineSpec, Scenario, cell_id
+from orchestrator.measure import server_metrics
+from orchestrator.common import probe
+from orchestrator.common import redact
+from orchestrator.common.credentials import KeyProblem, auth_fix, bearer
+from orchestrator.measure.driver import ENDPOINTS, RequestSpec, request_body, run_batch
+from orchestrator.common.errors import AuthRefused, InstallError, OrchError, ResultsError, ServerError
+from orchestrator.launch.launchers import LAUNCHERS, command_text, free_port, log_tail, owner_labels
+from orchestrator.setup.models import ResolvedModel, resolve_model
+from orchestrator.measure.prompts import Prompt, load_prompt_set
+from orchestrator.results.rundir import RunDir, why
+from orchestrator.sweep.scenario import EngineSpec, Scenario, cell_id
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def prepare(scenario: Scenario, base_dir: Path, need_binaries: bool = True) -> d
             except KeyProblem as exc:
                 raise InstallError(f"engine {spec.name!r}: {exc}")
         if need_binaries and spec.launcher == "docker":
-            from .docker_launcher import client_for
+            from orchestrator.launch.docker import client_for
 
             client_for(spec.docker.docker_host)  # unreachable: one line naming DOCKER_HOST, nothing started
         elif need_binaries and engine.needs_binary:

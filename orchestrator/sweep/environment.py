@@ -9,7 +9,7 @@ import subprocess
 import sys
 from importlib import metadata
 
-from . import __version__
+from orchestrator import __version__
 
 
 def capture(engines: dict[str, dict]) -> dict:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .environment import machine_label
-from .results import RunDir
-from .summary import summarize
+from orchestrator.sweep.environment import machine_label
+from orchestrator.results.rundir import RunDir
+from orchestrator.analysis.summary import summarize
 
 COLUMNS = ["run", "machine", "engine", "prompt_set", "concurrency", "baseline_tok_s", "best_n_spec",
            "best_method", "best_tok_s", "best_ci_low", "best_ci_high", "speedup", "speedup_ci_low",

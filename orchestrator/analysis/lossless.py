@@ -11,7 +11,7 @@ import itertools
 
 import pandas as pd
 
-from .summary import measured_frame
+from orchestrator.analysis.summary import measured_frame
 
 KEY = ["engine", "concurrency", "prompt_set", "prompt_id", "repeat"]
 SNIPPET = 24

@@ -21,11 +21,11 @@ from typing import Callable
 
 import aiohttp
 
-from . import redact
-from .errors import AuthRefused
-from .probe import read_capped
-from .prompts import Prompt
-from .sse import EventTooLarge, SseDecoder, split_documents
+from orchestrator.common import redact
+from orchestrator.common.errors import AuthRefused
+from orchestrator.common.probe import read_capped
+from orchestrator.measure.prompts import Prompt
+from orchestrator.measure.sse import EventTooLarge, SseDecoder, split_documents
 
 ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 TIMING_FIELDS = ("prompt_n", "prompt_per_second", "predicted_n", "predicted_per_second",

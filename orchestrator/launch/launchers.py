@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 
 from engines import ServerPlan
 
-from . import probe, redact
-from .errors import AuthRefused, ServerExited, ServerTimeout
+from orchestrator.common import probe
+from orchestrator.common import redact
+from orchestrator.common.errors import AuthRefused, ServerExited, ServerTimeout
 
 MANAGED = "orch.managed"  # label on every container orch starts
 POLL_INTERVAL_S = 0.1
@@ -177,7 +178,7 @@ class ExternalServer:
 
 
 def _docker_server(plan, log_path, ready_timeout_s):
-    from .docker_launcher import DockerServer  # docker-py is only touched by sweeps that use it
+    from orchestrator.launch.docker import DockerServer  # docker-py is only touched by sweeps that use it
 
     return DockerServer(plan, log_path, ready_timeout_s)
 

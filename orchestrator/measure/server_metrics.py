@@ -11,7 +11,7 @@ import math
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from . import probe
+from orchestrator.common import probe
 
 COUNTERS = {"spec_decode_num_drafts": "drafts", "spec_decode_num_draft_tokens": "draft_tokens",
             "spec_decode_num_accepted_tokens": "accepted_tokens"}

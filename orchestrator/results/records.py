@@ -21,7 +21,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, ValidationInfo,
                       field_validator)
 
-from .errors import ResultsError
+from orchestrator.common.errors import ResultsError
 
 Count = Annotated[int, Field(ge=0, strict=True)]
 Positive = Annotated[int, Field(ge=1, strict=True)]

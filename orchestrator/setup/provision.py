@@ -11,9 +11,9 @@ from typing import Callable
 
 from engines import ENGINES
 
-from .install import install_llama_server, installed_llama_server, llama_server_path
-from .models import KNOWN_MODELS, prepare_model
-from .pyenvs import PYTHON_ENGINES, install_python_engine
+from orchestrator.setup.install import install_llama_server, installed_llama_server, llama_server_path
+from orchestrator.setup.models import KNOWN_MODELS, prepare_model
+from orchestrator.setup.pyenvs import PYTHON_ENGINES, install_python_engine
 
 
 @dataclass(frozen=True)

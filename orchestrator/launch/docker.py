@@ -13,9 +13,9 @@ from docker.types import DeviceRequest
 
 from engines import ServerPlan
 
-from . import redact
-from .errors import OrchError, ServerError, ServerExited, ServerTimeout
-from .launchers import MANAGED, poll_ready
+from orchestrator.common import redact
+from orchestrator.common.errors import OrchError, ServerError, ServerExited, ServerTimeout
+from orchestrator.launch.launchers import MANAGED, poll_ready
 
 STOP_TIMEOUT_S = 10
 

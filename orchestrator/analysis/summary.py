@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .metrics import itl_per_token, tpot
-from .stats import median_ci, outliers, ratio_ci, ratio_of_sums_ci, verdict
+from orchestrator.analysis.metrics import itl_per_token, tpot
+from orchestrator.analysis.stats import median_ci, outliers, ratio_ci, ratio_of_sums_ci, verdict
 
 METRICS_SOURCE = "metrics"  # /metrics deltas over the cell's measured window, all prompt sets
 GROUP = ["engine", "method", "n_spec", "concurrency", "prompt_set"]

@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .provision import INSTALLERS
+from orchestrator.setup.provision import INSTALLERS
 
 
 @dataclass
@@ -35,7 +35,7 @@ def _local_engine(name: str, installer) -> Check:
 
 
 def _docker_checks(docker_host: str | None) -> list[Check]:
-    from .docker_launcher import DockerUnavailable, client_for
+    from orchestrator.launch.docker import DockerUnavailable, client_for
 
     try:
         client = client_for(docker_host)

@@ -1,0 +1,1 @@
+"""Starting and stopping one server per cell: a local process, a Docker container, or an external URL."""

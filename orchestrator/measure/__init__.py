@@ -1,0 +1,1 @@
+"""Driving one server: prompts, streamed requests timed and validated, /metrics counters."""

@@ -1,0 +1,1 @@
+"""orch's cache: engines installed and models prepared for a scenario, and `orch doctor`'s host checks."""
