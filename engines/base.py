@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
+from .installing import Installer
+
 
 @dataclass(frozen=True)
 class ServerPlan:
@@ -42,7 +44,23 @@ class ServerPlan:
         return shlex.join([*opts, c["image"], *self.argv])
 
 
+@dataclass(frozen=True)
+class StreamCounts:
+    """Token counts a server puts in its stream events beyond OpenAI's `usage`: event[key][field].
+    orchestrator.measure reads and checks them and records each as `<key>_<field>`."""
+
+    key: str
+    counts: tuple[str, ...]  # whole numbers of tokens, 0 and up
+    rates: tuple[str, ...]  # tokens per second
+    completion: str  # the count of completion tokens so far (at most max_tokens)
+    drafted: str | None = None  # draft tokens proposed ...
+    accepted: str | None = None  # ... and of those accepted (never more)
+
+
 class Engine(ABC):
+    """One kind of server. Everything orch knows about it is here or in its module; the rest of
+    orch asks these attributes and methods and never branches on `kind`."""
+
     kind: ClassVar[str]
     # Speculation methods this engine understands; "none" (the baseline) is always allowed.
     methods: ClassVar[tuple[str, ...]]
@@ -53,8 +71,16 @@ class Engine(ABC):
     # False: `model` is a served model name, not a file or hub reference to resolve.
     resolves_model: ClassVar[bool] = True
     install_hint: ClassVar[str] = ""
-    # Name of the `orch engines install` target that provides the local process, if any.
-    installer: ClassVar[str | None] = None
+    # The `orch engines install` target that provides the local process, if any.
+    installer: ClassVar[Installer | None] = None
+    # Prefix of its Prometheus metric names (None: count any prefix's speculation counters).
+    metrics_prefix: ClassVar[str | None] = None
+    # Counts its stream events carry beyond `usage`, if any.
+    stream_counts: ClassVar[StreamCounts | None] = None
+    # Its `engine` value in the published figures (orch reference), if it has rows there.
+    published_name: ClassVar[str | None] = None
+    # One line for the report: where its token counts and acceptance come from.
+    report_note: ClassVar[str] = ""
     # "gguf": a model file; "hf": a Hugging Face folder (or hub reference).
     model_format: ClassVar[str] = "gguf"
     # For servers whose streams report no token counts: POST {"input": text} -> {"tokens": [...]}.
@@ -62,8 +88,8 @@ class Engine(ABC):
     # Keys a scenario may add to the engine's speculation config (speculation.config).
     spec_config_keys: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, spec):
-        self.spec = spec
+    def __init__(self, spec=None):
+        self.spec = spec  # the scenario's EngineSpec; None when only class facts are asked (doctor)
 
     @abstractmethod
     def default_binary(self) -> str | None:

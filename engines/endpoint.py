@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Engine
+from .llama_server import LlamaServer
 
 
 class Endpoint(Engine):
@@ -11,6 +12,9 @@ class Endpoint(Engine):
     needs_binary = False
     resolves_model = False  # `model` is the name the server serves, sent in each request
     install_hint = "start the server yourself, then pass its URL"
+    # It may be llama-server (behind a proxy): read its timings where the stream carries them.
+    stream_counts = LlamaServer.stream_counts
+    report_note = "external endpoint: token counts from usage or timings, as the server reports them."
 
     def default_binary(self) -> str | None:
         return None

@@ -8,7 +8,19 @@ token counts come from its /extras/tokenize endpoint after each request.
 
 from __future__ import annotations
 
+import os
+
 from .base import Engine
+from .pyenv import PythonEnv
+
+ENV = PythonEnv(
+    "llama-cpp-python", "0.3.36",
+    ("llama-cpp-python[server]==0.3.36",),
+    check="import llama_cpp.server",
+    # A native build dies with SIGILL on some of our CPU hosts; cap the compile at the core count.
+    build_env={"CMAKE_ARGS": "-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF",
+               "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1)},
+    note="compiles llama.cpp: several minutes")
 
 
 class LlamaCppPython(Engine):
@@ -17,13 +29,13 @@ class LlamaCppPython(Engine):
     health_path = "/v1/models"  # no /health; this answers once the model is loaded
     tokenize_path = "/extras/tokenize"
     default_port = 8000
-    installer = "llama-cpp-python"
+    installer = ENV
+    report_note = ("llama-cpp-python: its streams carry no usage; token counts from its own tokenizer on the "
+                   "finished text (/extras/tokenize), after the request's clock stopped.")
     install_hint = "orch engines install llama-cpp-python"
 
     def default_binary(self) -> str | None:
-        from orchestrator.setup.pyenvs import env_python
-
-        return env_python("llama-cpp-python")
+        return ENV.python()
 
     def command_prefix(self, binary: str) -> list[str]:
         return [binary, "-m", "llama_cpp.server"]
@@ -39,6 +51,4 @@ class LlamaCppPython(Engine):
         return "llama-cpp-python default (no prompt cache unless --cache true)"
 
     def version(self) -> str:
-        from orchestrator.setup.pyenvs import env_version
-
-        return env_version("llama-cpp-python", self.binary(), "llama_cpp_python")
+        return ENV.describe(self.binary(), "llama_cpp_python")

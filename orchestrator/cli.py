@@ -16,9 +16,10 @@ from orchestrator import __version__
 from orchestrator.sweep.environment import capture
 from orchestrator.common import redact
 from orchestrator.common.errors import AuthRefused, OrchError, ResultsError, ScenarioError
-from orchestrator.setup.install import install_llama_server
 from orchestrator.setup.models import KNOWN_MODELS
-from orchestrator.setup.provision import INSTALLERS, run_step, setup_steps
+from engines import INSTALLERS
+
+from orchestrator.setup.provision import run_step, setup_steps
 from orchestrator.results.rundir import RunDir, fix_for, scenario_text, why
 from orchestrator.launch.launchers import command_text
 from orchestrator.sweep.runner import Sweep, command_for, plan_cells, prepare
@@ -429,10 +430,7 @@ def _install_one(what: str, name: str, jobs: int | None = None) -> None:
         click.echo(f"{name} already installed: {INSTALLERS[name].installed()}")
         return
     with BuildProgress(Console(stderr=True)) as progress:
-        if what == "engine" and name == "llama-server":
-            path, made = install_llama_server(progress, jobs)
-        else:
-            path, made = run_step(what, name, progress)
+        path, made = run_step(what, name, progress, jobs)
     verb = {"engine": "installed", "model": "prepared"}[what] if made else "already there"
     click.echo(f"{label} {verb}: {path}")
 

