@@ -9,6 +9,9 @@ from aiohttp import web
 
 from orchestrator.measure.driver import RequestSpec, rates, run_batch, stream_request
 from orchestrator.measure.prompts import Prompt
+from engines.llama_server import LlamaServer  # llama.cpp's timings: the stream counts these tests feed
+
+TIMINGS = LlamaServer.stream_counts
 
 from .canned_server import answer, event_stream, serve, sse
 
@@ -24,7 +27,7 @@ def chunk(text):
 def run(handler, body=None, url: str | None = None) -> dict:
     async def client(base):
         async with aiohttp.ClientSession() as session:
-            return await stream_request(session, (url or base) + "/v1/chat/completions", body or {"stream": True}, 10)
+            return await stream_request(session, (url or base) + "/v1/chat/completions", body or {"stream": True}, 10, TIMINGS)
     return serve(handler, client)
 
 

@@ -30,6 +30,9 @@ import pytest
 from orchestrator.measure.driver import RequestSpec, request_body, run_batch
 from orchestrator.measure.prompts import Prompt
 from orchestrator.sweep.scenario import Workload
+from engines.llama_server import LlamaServer  # llama.cpp's timings: the stream counts these tests feed
+
+TIMINGS = LlamaServer.stream_counts
 
 from .hostile_server import LABELS, RARE, RARE_REPEATS, Expect, HostileServer, min_cases
 
@@ -230,7 +233,7 @@ def drive_one(server: HostileServer) -> tuple[dict | None, float, str | None]:
 
     async def go():
         return await asyncio.wait_for(run_batch(server.url, "completions", [spec], 1, body, TIMEOUT_S,
-                                                lambda r: None), TIMEOUT_S + SLACK_S + 2)
+                                                lambda r: None, counts=TIMINGS), TIMEOUT_S + SLACK_S + 2)
     t0 = time.monotonic()
     try:
         (rec,) = asyncio.run(go())

@@ -11,6 +11,9 @@ import pytest
 from aiohttp import web
 
 from orchestrator.measure.driver import stream_request
+from engines.llama_server import LlamaServer  # llama.cpp's timings: the stream counts these tests feed
+
+TIMINGS = LlamaServer.stream_counts
 
 from .canned_server import answer, event_stream, serve
 
@@ -24,7 +27,7 @@ def text(t, finish=None):
 def run(body: bytes, max_tokens: int = 16, timeout: float = 10) -> dict:
     async def client(base):
         async with aiohttp.ClientSession() as session:
-            return await stream_request(session, base + "/v1/completions", {"max_tokens": max_tokens}, timeout)
+            return await stream_request(session, base + "/v1/completions", {"max_tokens": max_tokens}, timeout, TIMINGS)
     return serve(answer(lambda: event_stream(body)), client)
 
 
@@ -96,7 +99,7 @@ def test_an_empty_data_event_and_an_upper_case_content_type_are_legal():
 
 async def _one(base):
     async with aiohttp.ClientSession() as session:
-        return await stream_request(session, base + "/v1/completions", {"max_tokens": 16}, 10)
+        return await stream_request(session, base + "/v1/completions", {"max_tokens": 16}, 10, TIMINGS)
 
 
 @pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
@@ -123,7 +126,7 @@ def test_a_stream_kept_alive_by_comments_ends_at_its_deadline():
     async def client(base):
         async with aiohttp.ClientSession() as session:
             t0 = time.monotonic()
-            rec = await stream_request(session, base + "/v1/completions", {"max_tokens": 4}, 1.5)
+            rec = await stream_request(session, base + "/v1/completions", {"max_tokens": 4}, 1.5, TIMINGS)
             return rec, time.monotonic() - t0
     rec, took = serve(pings, client)
     assert rec["error"] == "deadline: the request was still running after request_timeout_s = 1.5 s (1 text chunks read)"
@@ -141,7 +144,7 @@ def test_a_stream_that_ignores_max_tokens_ends_at_its_deadline_or_its_count():
 
     async def client(base):
         async with aiohttp.ClientSession() as session:
-            return await stream_request(session, base + "/v1/completions", {"max_tokens": 8}, 5)
+            return await stream_request(session, base + "/v1/completions", {"max_tokens": 8}, 5, TIMINGS)
     rec = serve(endless, client)
     assert rec["error"] == "usage.completion_tokens is 9: outside 0..max_tokens = 8"
 

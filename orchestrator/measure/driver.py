@@ -1,9 +1,10 @@
 """The workload driver: streamed OpenAI-compatible requests, one record per request.
 
-Token counts come from the server (`usage.completion_tokens`, else llama.cpp's
-`timings.predicted_n`), never from counting SSE chunks: with speculation one chunk can
-carry several tokens. A server whose streams carry neither (llama-cpp-python) is asked to
-tokenize the finished text, after the request's clock has stopped, and the record says so.
+Token counts come from the server (`usage.completion_tokens`, else the count the engine says its
+stream events carry, engines.StreamCounts), never from counting SSE chunks: with speculation one
+chunk can carry several tokens. A server whose streams carry neither is asked to tokenize the
+finished text (the engine's tokenize_path), after the request's clock has stopped, and the record
+says so.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Callable
 
 import aiohttp
 
+from engines import StreamCounts
+
 from orchestrator.common import redact
 from orchestrator.common.errors import AuthRefused
 from orchestrator.common.probe import read_capped
@@ -28,10 +31,6 @@ from orchestrator.measure.prompts import Prompt
 from orchestrator.measure.sse import EventTooLarge, SseDecoder, split_documents
 
 ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
-TIMING_FIELDS = ("prompt_n", "prompt_per_second", "predicted_n", "predicted_per_second",
-                 "draft_n", "draft_n_accepted")
-TIMING_COUNTS = ("prompt_n", "predicted_n", "draft_n", "draft_n_accepted")
-TIMING_RATES = ("prompt_per_second", "predicted_per_second")
 MAX_COUNT = 10**9  # no request has more tokens than this; a larger count is a broken server
 # What one response may hold in memory. Real events are a few hundred bytes and a 256-token
 # response a few tens of KiB; a server that ignores max_tokens is cut off here or at its deadline.
@@ -71,7 +70,7 @@ def request_body(api: str, text: str, model: str, workload, extra: dict) -> dict
 async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurrency: int,
                     make_body: Callable[[RequestSpec], dict], timeout_s: float,
                     on_record: Callable[[dict], None], headers: dict | None = None,
-                    tokenize_path: str | None = None) -> list[dict]:
+                    tokenize_path: str | None = None, counts: StreamCounts | None = None) -> list[dict]:
     """Send `specs` in order with at most `concurrency` in flight; call on_record as each ends.
 
     Each of the `concurrency` streams is a worker with its own connection (a closed loop, as a
@@ -95,7 +94,7 @@ async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurren
             while pending:
                 spec = pending.popleft()
                 body = make_body(spec)
-                rec = await stream_request(session, base + ENDPOINTS[api], body, timeout_s)
+                rec = await stream_request(session, base + ENDPOINTS[api], body, timeout_s, counts)
                 if tokenize_path and rec["error"] == NO_COUNT:
                     await _retokenize(session, base + tokenize_path, rec, timeout_s, body.get("max_tokens"))
                 if rec["http_status"] in AuthRefused.STATUSES:
@@ -161,12 +160,13 @@ def _spec_fields(spec: RequestSpec) -> dict:
             "repeat": spec.repeat, "prompt_set": spec.prompt.set, "prompt_id": spec.prompt.id}
 
 
-async def stream_request(session: aiohttp.ClientSession, url: str, body: dict, timeout_s: float) -> dict:
+async def stream_request(session: aiohttp.ClientSession, url: str, body: dict, timeout_s: float,
+                         counts: StreamCounts | None = None) -> dict:
     """One streamed request, ended by its deadline (`timeout_s`, first byte out to last byte in)
     whatever the server does: comments that keep the stream alive, tokens past max_tokens. Any
     failure, of the server or of the bytes it sent, ends as an error row, never an exception."""
     t_call, wall_call = time.perf_counter(), time.time()
-    state = _StreamState(t_call, body.get("max_tokens"))
+    state = _StreamState(t_call, body.get("max_tokens"), counts)
     t_end = None
     try:
         async with asyncio.timeout(timeout_s):
@@ -285,8 +285,9 @@ def _rate(obj: dict, name: str, where: str) -> float | None:
 
 
 class _StreamState:
-    def __init__(self, t_start: float, max_tokens: int | None = None):
+    def __init__(self, t_start: float, max_tokens: int | None = None, counts: StreamCounts | None = None):
         self.t_start = t_start
+        self.counts = counts
         self.max_tokens = max_tokens if isinstance(max_tokens, int) else None
         self.t_first: float | None = None
         self.parts: list[str] = []
@@ -297,7 +298,7 @@ class _StreamState:
         self.chunk_t: list[float] = []
         self.chunk_tokens: list[int | None] = []
         self.usage: dict = {}
-        self.timings: dict = {}
+        self.extra: dict = {}  # the engine's own counts (counts.key), as last reported
         self.finish_reason: str | None = None
         self.http_status: int | None = None
         self.error: str | None = None
@@ -334,12 +335,12 @@ class _StreamState:
             return True
         usage = _field(obj, "usage", dict, "")
         usage = _usage(usage, self.max_tokens) if usage else None
-        timings = _field(obj, "timings", dict, "")
-        timings = _timings(timings, self.max_tokens) if timings else None
-        self.usage, self.timings = usage or self.usage, timings or self.timings
+        extra = _field(obj, self.counts.key, dict, "") if self.counts else None
+        extra = _extra_counts(extra, self.counts, self.max_tokens) if extra else None
+        self.usage, self.extra = usage or self.usage, extra or self.extra
         if self._choices(_field(obj, "choices", list, "") or []):
             self.chunk_t.append(round(time.perf_counter() - self.t_start, 6))
-            self.chunk_tokens.append(_cumulative(usage, timings))
+            self.chunk_tokens.append(self._cumulative(usage, extra))
         return False
 
     def _choices(self, choices: list) -> bool:
@@ -384,7 +385,7 @@ class _StreamState:
             "prompt_tokens": self.usage.get("prompt_tokens"),
             "chunks": self.chunks, "finish_reason": _utf8(self.finish_reason),
             "text": _utf8("".join(self.parts)),
-            **{f"timings_{k}": v for k, v in self.timings.items()},
+            **({f"{self.counts.key}_{k}": v for k, v in self.extra.items()} if self.counts else {}),
             "chunk_t": self.chunk_t, "chunk_chars": [len(p) for p in self.parts],
             "chunk_tokens": self.chunk_tokens,
         }
@@ -395,9 +396,15 @@ class _StreamState:
     def _completion_tokens(self) -> tuple[int | None, str | None]:
         if self.usage.get("completion_tokens") is not None:
             return self.usage["completion_tokens"], "usage"
-        if self.timings.get("predicted_n") is not None:
-            return self.timings["predicted_n"], "timings.predicted_n"
+        if self.counts and self.extra.get(self.counts.completion) is not None:
+            return self.extra[self.counts.completion], f"{self.counts.key}.{self.counts.completion}"
         return None, None
+
+    def _cumulative(self, usage: dict | None, extra: dict | None) -> int | None:
+        """Completion tokens so far, where the server reports them per chunk (vLLM's
+        continuous_usage_stats, llama.cpp's timings_per_token); both already checked."""
+        count = (usage or {}).get("completion_tokens")
+        return count if count is not None or not self.counts else (extra or {}).get(self.counts.completion)
 
 
 def _usage(usage: dict, max_tokens: int | None) -> dict:
@@ -405,20 +412,16 @@ def _usage(usage: dict, max_tokens: int | None) -> dict:
             "completion_tokens": _count(usage, "completion_tokens", "usage.", max_tokens)}
 
 
-def _timings(timings: dict, max_tokens: int | None) -> dict:
-    out = {f: _count(timings, f, "timings.", max_tokens if f == "predicted_n" else None) for f in TIMING_COUNTS}
-    out.update({f: _rate(timings, f, "timings.") for f in TIMING_RATES})
-    if (out["draft_n_accepted"] or 0) > (out["draft_n"] or 0):
-        raise StreamFault(f"timings.draft_n_accepted ({out['draft_n_accepted']}) is more than "
-                          f"timings.draft_n ({out['draft_n'] or 0})")
-    return {f: out[f] for f in TIMING_FIELDS}
-
-
-def _cumulative(usage: dict | None, timings: dict | None) -> int | None:
-    """Completion tokens so far, where the server reports them per chunk
-    (vLLM continuous_usage_stats, llama.cpp timings_per_token); both already checked."""
-    count = (usage or {}).get("completion_tokens")
-    return count if count is not None else (timings or {}).get("predicted_n")
+def _extra_counts(obj: dict, counts: StreamCounts, max_tokens: int | None) -> dict:
+    """The engine's own counts of one event, each checked: whole token counts (the completion
+    count at most max_tokens), finite rates, never more accepted than drafted tokens."""
+    where = f"{counts.key}."
+    out = {f: _count(obj, f, where, max_tokens if f == counts.completion else None) for f in counts.counts}
+    out.update({f: _rate(obj, f, where) for f in counts.rates})
+    drafted, accepted = out.get(counts.drafted), out.get(counts.accepted)
+    if (accepted or 0) > (drafted or 0):
+        raise StreamFault(f"{where}{counts.accepted} ({accepted}) is more than {where}{counts.drafted} ({drafted or 0})")
+    return out
 
 
 def _utf8(text: str | None) -> str | None:

@@ -1,4 +1,5 @@
-"""Server-side speculation counters from /metrics (vLLM `vllm:`, llama.cpp `llamacpp:` with --metrics).
+"""Server-side speculation counters from /metrics, under the engine's metric-name prefix
+(Engine.metrics_prefix; any prefix for a server of unknown kind).
 
 Scraped right before and right after a measured window (after warm-up); the deltas give
 acceptance rate = accepted / draft tokens, mean acceptance length = 1 + accepted / drafts, and
@@ -18,24 +19,26 @@ COUNTERS = {"spec_decode_num_drafts": "drafts", "spec_decode_num_draft_tokens": 
 PER_POS = "spec_decode_num_accepted_tokens_per_pos"
 
 
-def scrape(base_url: str, headers: dict | None = None) -> dict | None:
+def scrape(base_url: str, headers: dict | None = None, prefix: str | None = None) -> dict | None:
     """The speculation counters now, or None if the server has no usable /metrics."""
     try:
         text = probe.get(base_url, "/metrics", headers).decode("utf-8")
     except (probe.ProbeFailed, UnicodeDecodeError):
         return None
     try:
-        return parse(text)
+        return parse(text, prefix)
     except (ValueError, TypeError, IndexError, KeyError):
         return None  # not Prometheus text (some proxies answer every path): no server counters
 
 
-def parse(text: str) -> dict:
+def parse(text: str, prefix: str | None = None) -> dict:
     out: dict = {"drafts": 0.0, "draft_tokens": 0.0, "accepted_tokens": 0.0, "per_pos": {}}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if not math.isfinite(sample.value) or sample.value < 0:
                 raise ValueError(f"{sample.name} is {sample.value}: not a counter's value")
+            if prefix is not None and not sample.name.startswith(prefix):
+                continue  # another component's metric of the same name
             name = sample.name.split(":", 1)[-1].removesuffix("_total")
             if name in COUNTERS:
                 out[COUNTERS[name]] += sample.value

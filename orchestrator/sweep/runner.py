@@ -194,24 +194,24 @@ class Sweep:
             self.progress.request_done(rec)
 
         timeout = self.workload.request_timeout_s
-        tokenize = prep.engine.tokenize_path
+        tokenize, counts, prefix = prep.engine.tokenize_path, prep.engine.stream_counts, prep.engine.metrics_prefix
         warm = self.warmup_specs()
         if warm:
             self.progress.phase("warm-up")
             warmed = asyncio.run(run_batch(server.base_url, cell.engine.api, warm, 1, body, timeout, record, headers,
-                                           tokenize))
+                                           tokenize, counts))
             _raise_if_refused(warmed)
         marks["warmed"] = time.monotonic()
         results, windows, measuring = [], {}, 0.0
         for conc in self.workload.concurrency:
             specs = [s for s in todo if s.concurrency == conc]
             self.progress.phase(f"measuring, concurrency {conc}")
-            before = server_metrics.scrape(server.base_url, headers)
+            before = server_metrics.scrape(server.base_url, headers, prefix)
             t0 = time.monotonic()
             results += asyncio.run(run_batch(server.base_url, cell.engine.api, specs, conc, body, timeout, record,
-                                             headers, tokenize))
+                                             headers, tokenize, counts))
             measuring += time.monotonic() - t0
-            window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers))
+            window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers, prefix))
             if window is not None:
                 windows[str(conc)] = window
             if not server.alive() or _refused(results):
