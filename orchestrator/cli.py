@@ -325,12 +325,12 @@ def reference(out):
     """
     from plots.reference import draw_reference
 
-    from orchestrator.analysis.reference import SETUPS, published_means
+    from orchestrator.analysis.reference import SETUPS, of_model, published_means
 
     means = published_means()
-    for title, engine, model in SETUPS:
+    for title, model in SETUPS:
         click.echo(title)
-        for r in means[(means["engine"] == engine) & (means["model"] == model)].itertuples():
+        for r in of_model(means, model).itertuples():
             click.echo(f"  n_spec {'off' if r.n_spec == 0 else r.n_spec:>3}: {r.mean_tok_s:6.1f} tok/s "
                        f"({r.runs} runs, {r.min_tok_s:.1f}-{r.max_tok_s:.1f})  {r.speedup:.2f}x")
     with _writing(out):

@@ -83,10 +83,10 @@ def draw_lossless(cells: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Pat
     if len(cells):
         ax.bar(cells["cell_id"], 100 * cells["share_identical"].astype(float), color="tab:green")
         for i, r in enumerate(cells.itertuples()):
-            ax.text(i, 100 * r.share_identical + 1, f"{r.identical}/{r.compared}", ha="center", fontsize=8)
+            ax.text(i, 100 * r.share_identical + 1, f"{r.identical}/{r.checked}", ha="center", fontsize=8)
         ax.tick_params(axis="x", labelrotation=20)
     else:
-        ax.text(0.5, 0.5, "no speculative cell with a baseline to compare", transform=ax.transAxes, ha="center")
+        ax.text(0.5, 0.5, "no speculative cell with a baseline to check against", transform=ax.transAxes, ha="center")
     ax.set_ylim(0, 110)
     ax.set_ylabel("outputs identical to n_spec 0 (%)")
     ax.set_title(f"Lossless check at temperature 0\n{subtitle}", fontsize=10)

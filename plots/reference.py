@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from orchestrator.analysis.reference import HARDWARE, SETUPS, published_means  # noqa: E402
+from orchestrator.analysis.reference import HARDWARE, SETUPS, of_model, published_means  # noqa: E402
 
 from .charts import save  # noqa: E402
 
@@ -17,8 +17,8 @@ from .charts import save  # noqa: E402
 def draw_reference(out_dir: Path) -> list[Path]:
     means = published_means()
     fig, axes = plt.subplots(1, len(SETUPS), figsize=(15, 4.8), dpi=110, sharey=True)
-    for ax, (title, engine, model) in zip(axes, SETUPS):
-        m = means[(means["engine"] == engine) & (means["model"] == model)].sort_values("n_spec")
+    for ax, (title, model) in zip(axes, SETUPS):
+        m = of_model(means, model)
         labels = ["off" if n == 0 else str(n) for n in m["n_spec"]]
         bars = ax.bar(labels, m["mean_tok_s"], color=["tab:grey"] + ["tab:blue"] * (len(m) - 1))
         for bar, v, s in zip(bars, m["mean_tok_s"], m["speedup"]):

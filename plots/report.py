@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator.sweep.environment import machine_label
-from orchestrator.analysis.lossless import compare, per_cell
+from engines import ENGINES
+
+from orchestrator.analysis.lossless import check_texts, per_cell
+from orchestrator.results.records import machine_label
 from orchestrator.results.rundir import SUMMARY, RunDir
 from orchestrator.analysis.summary import format_table, summarize
 
@@ -37,16 +39,16 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     requests, cells = run.requests(), run.cells()
     summary = summarize(requests, cells)
     summary.to_csv(run.path / SUMMARY, index=False)
-    comparisons = compare(requests)
-    lossless = per_cell(comparisons)
-    comparisons.to_csv(run.path / "lossless.csv", index=False)
+    checks = check_texts(requests)
+    lossless = per_cell(checks)
+    checks.to_csv(run.path / "lossless.csv", index=False)
     sub = subtitle(run)
     scenario = _scenario_text(run)
     charts = (draw_charts(summary, sub, run.path, overlay) + draw_acceptance_length(summary, sub, run.path)
               + draw_lossless(lossless, sub, run.path))
     out = run.path / "report"
     out.mkdir(exist_ok=True)
-    ctx = _Context(run, summary, lossless, comparisons, cells, [c for c in charts if c.suffix == ".png"],
+    ctx = _Context(run, summary, lossless, checks, cells, [c for c in charts if c.suffix == ".png"],
                    scenario, list(run.warnings))
     (out / "index.html").write_text(_html(ctx))
     (out / "summary.md").write_text(_markdown(ctx))
@@ -75,7 +77,7 @@ class _Context:
     run: RunDir
     summary: pd.DataFrame
     lossless: pd.DataFrame
-    comparisons: pd.DataFrame
+    checks: pd.DataFrame
     cells: list[dict]
     pngs: list[Path]
     scenario: str
@@ -84,13 +86,13 @@ class _Context:
     @property
     def method_lines(self) -> list[str]:
         caches = sorted({f"{c['engine']}: {c.get('cache', 'not recorded')}" for c in self.cells})
+        kinds = sorted({c.get("kind") for c in self.cells if c.get("kind") in ENGINES})
         return [
             "e2e tok/s = completion tokens / (end - start), time to first token included; "
             "decode tok/s = (tokens - 1) / (end - first token). Definitions: docs/metrics.md.",
-            "Token counts are the server's (usage or timings; for llama-cpp-python, its own tokenizer "
-            "on the finished text), never stream chunks.",
-            "Acceptance: llama.cpp per-request timings; vLLM the deltas of its /metrics counters over "
-            "each measured window (marked *).",
+            "Token counts are the server's, never stream chunks; acceptance per request where the stream "
+            "reports drafts, else the deltas of the server's /metrics counters over each measured window (marked *).",
+            *[ENGINES[kind].report_note for kind in kinds if ENGINES[kind].report_note],
             "Warm-up requests after every server start are recorded apart and never measured.",
             "Medians with seeded bootstrap 95% intervals over measured requests; a speedup whose "
             "interval includes 1.0 is marked 'no clear difference'. Outliers are flagged, not dropped.",
@@ -107,8 +109,8 @@ def _markdown(ctx: _Context) -> str:
              *[f"- {m}" for m in ctx.method_lines], "", *_md_skipped(ctx.warnings),
              "```", format_table(ctx.summary), "```", "",
              "### Lossless check (temperature 0, against n_spec 0)", ""]
-    lines += _md_table(ctx.lossless, ["cell_id", "compared", "identical", "share_identical"])
-    div = _divergences(ctx.comparisons)
+    lines += _md_table(ctx.lossless, ["cell_id", "checked", "identical", "share_identical"])
+    div = _divergences(ctx.checks)
     if len(div):
         lines += ["", "First divergences:", ""]
         lines += _md_table(div, list(div.columns))
@@ -157,10 +159,10 @@ def _compact(summary: pd.DataFrame) -> pd.DataFrame:
     } for _, r in summary.iterrows()])
 
 
-def _divergences(comparisons: pd.DataFrame) -> pd.DataFrame:
-    if comparisons.empty:
-        return comparisons
-    d = comparisons[~comparisons["identical"].astype(bool)]
+def _divergences(checks: pd.DataFrame) -> pd.DataFrame:
+    if checks.empty:
+        return checks
+    d = checks[~checks["identical"].astype(bool)]
     d = d[["cell_id", "prompt", "repeat", "first_diff_char", "first_diff_token",
            "baseline_snippet", "speculative_snippet"]].head(20).astype(object)
     return d.where(d.notna(), "-")
@@ -172,8 +174,8 @@ def _html(ctx: _Context) -> str:
                      f'{base64.b64encode(p.read_bytes()).decode()}"></figure>' for p in ctx.pngs)
     table = _compact(ctx.summary).to_html(index=False, na_rep="-", border=0)
     lossless = ctx.lossless.to_html(index=False, float_format=lambda v: f"{v:.2f}", border=0)
-    div = _divergences(ctx.comparisons)
-    div_html = div.to_html(index=False, border=0, na_rep="-") if len(div) else "<p>No divergence: every compared output was identical.</p>"
+    div = _divergences(ctx.checks)
+    div_html = div.to_html(index=False, border=0, na_rep="-") if len(div) else "<p>No divergence: every checked output was identical.</p>"
     env = json.dumps(ctx.run.environment(), indent=2)
     return _PAGE.format(
         title=esc(ctx.run.path.name), subtitle=esc(subtitle(ctx.run)),

@@ -1,4 +1,4 @@
-from orchestrator.analysis.lossless import compare, per_cell
+from orchestrator.analysis.lossless import check_texts, per_cell
 
 
 def rec(n_spec, text, prompt="p1", repeat=0, chunks=None):
@@ -16,23 +16,23 @@ def rec(n_spec, text, prompt="p1", repeat=0, chunks=None):
 def test_identical_and_divergent_outputs():
     rows = [rec(0, "def fib(n): return n", "p1"), rec(4, "def fib(n): return n", "p1"),
             rec(0, "abcdefgh", "p2", chunks=[2, 2, 2, 2]), rec(4, "abcdXfgh", "p2", chunks=[2, 2, 2, 2])]
-    c = compare(rows).set_index("prompt")
+    c = check_texts(rows).set_index("prompt")
     assert bool(c.loc["s/p1", "identical"]) is True
     assert bool(c.loc["s/p2", "identical"]) is False
     assert c.loc["s/p2", "first_diff_char"] == 4 and c.loc["s/p2", "first_diff_token"] == 2
     assert c.loc["s/p2", "baseline_snippet"] == "abcdefgh" and c.loc["s/p2", "speculative_snippet"] == "abcdXfgh"
-    cells = per_cell(compare(rows))
-    assert cells.to_dict("records") == [{"cell_id": "e-n4", "engine": "e", "n_spec": 4, "compared": 2,
+    cells = per_cell(check_texts(rows))
+    assert cells.to_dict("records") == [{"cell_id": "e-n4", "engine": "e", "n_spec": 4, "checked": 2,
                                          "identical": 1, "share_identical": 0.5}]
 
 
 def test_a_shorter_output_differs_where_it_ends():
-    c = compare([rec(0, "abcdef"), rec(4, "abc")])
+    c = check_texts([rec(0, "abcdef"), rec(4, "abc")])
     assert c.loc[0, "first_diff_char"] == 3 and not c.loc[0, "identical"]
 
 
-def test_only_same_prompt_and_repeat_are_compared():
-    c = compare([rec(0, "aaa", repeat=0), rec(4, "bbb", repeat=1)])
+def test_only_same_prompt_and_repeat_are_checked():
+    c = check_texts([rec(0, "aaa", repeat=0), rec(4, "bbb", repeat=1)])
     assert c.empty
 
 
@@ -40,4 +40,4 @@ def test_token_position_is_unknown_without_chunk_records():
     a, b = rec(0, "abcdef"), rec(4, "abXdef")
     for r in (a, b):
         r.pop("chunk_chars"), r.pop("chunk_tokens")
-    assert compare([a, b])["first_diff_token"].isna().all()
+    assert check_texts([a, b])["first_diff_token"].isna().all()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator.sweep.environment import machine_label
+from orchestrator.results.records import machine_label
 from orchestrator.results.rundir import RunDir
 from orchestrator.analysis.summary import summarize
 

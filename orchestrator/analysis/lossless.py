@@ -1,6 +1,6 @@
 """Lossless check: at temperature 0 speculation should not change the text.
 
-Each speculative output is compared with the same engine's n_spec 0 output for the same
+Each speculative output is checked against the same engine's n_spec 0 output for the same
 prompt, repeat and concurrency. Divergence is reported, never hidden: numerical noise in
 batched verification can cause it.
 """
@@ -17,13 +17,13 @@ KEY = ["engine", "concurrency", "prompt_set", "prompt_id", "repeat"]
 SNIPPET = 24
 
 
-def compare(requests: list[dict]) -> pd.DataFrame:
-    """One row per speculative measured request that has a baseline to compare with."""
+def check_texts(requests: list[dict]) -> pd.DataFrame:
+    """One row per speculative measured request that has a baseline to check against."""
     df = measured_frame(requests)
     if df.empty:
         return pd.DataFrame()
     texts = df["text"] if "text" in df else pd.Series(None, index=df.index, dtype=object)
-    df = df[df["ok"].astype(bool) & texts.map(lambda t: isinstance(t, str))]  # no text: nothing to compare
+    df = df[df["ok"].astype(bool) & texts.map(lambda t: isinstance(t, str))]  # no text: nothing to check
     base = {tuple(k): r for k, r in zip(df[KEY].itertuples(index=False), df.to_dict("records"))
             if r["n_spec"] == 0}
     rows = []
@@ -37,12 +37,12 @@ def compare(requests: list[dict]) -> pd.DataFrame:
     return out
 
 
-def per_cell(comparisons: pd.DataFrame) -> pd.DataFrame:
-    if comparisons.empty:
-        return pd.DataFrame(columns=["cell_id", "engine", "n_spec", "compared", "identical", "share_identical"])
-    g = comparisons.groupby(["cell_id", "engine", "n_spec"], sort=False)["identical"]
-    out = g.agg(compared="size", identical="sum").reset_index()
-    out["share_identical"] = out["identical"] / out["compared"]
+def per_cell(checks: pd.DataFrame) -> pd.DataFrame:
+    if checks.empty:
+        return pd.DataFrame(columns=["cell_id", "engine", "n_spec", "checked", "identical", "share_identical"])
+    g = checks.groupby(["cell_id", "engine", "n_spec"], sort=False)["identical"]
+    out = g.agg(checked="size", identical="sum").reset_index()
+    out["share_identical"] = out["identical"] / out["checked"]
     return out.sort_values(["engine", "n_spec"], ignore_index=True)
 
 

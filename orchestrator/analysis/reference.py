@@ -6,11 +6,13 @@ from importlib import resources
 
 import pandas as pd
 
-# One panel per published setup: (title, engine, model).
+from engines import ENGINES
+
+# One panel per published setup: (title, model); each model was published on one engine.
 SETUPS = [
-    ("Gemma 4 31B FP8 · vLLM · MTP", "vllm", "RedHatAI/gemma-4-31B-it-FP8-block"),
-    ("Qwen3.6 27B FP8 · vLLM · MTP", "vllm", "Qwen/Qwen3.6-27B-FP8"),
-    ("Qwen3.6 27B Q8_0 · llama.cpp · draft-mtp", "llamacpp", "unsloth/Qwen3.6-27B-MTP-GGUF:Qwen3.6-27B-Q8_0.gguf"),
+    ("Gemma 4 31B FP8 · vLLM · MTP", "RedHatAI/gemma-4-31B-it-FP8-block"),
+    ("Qwen3.6 27B FP8 · vLLM · MTP", "Qwen/Qwen3.6-27B-FP8"),
+    ("Qwen3.6 27B Q8_0 · llama.cpp · draft-mtp", "unsloth/Qwen3.6-27B-MTP-GGUF:Qwen3.6-27B-Q8_0.gguf"),
 ]
 HARDWARE = "1x RTX PRO 6000 Blackwell (96 GB), CUDA 13.1"
 
@@ -30,7 +32,13 @@ def published_means(runs: pd.DataFrame | None = None) -> pd.DataFrame:
     return out
 
 
+def of_model(means: pd.DataFrame, model: str) -> pd.DataFrame:
+    """One published setup's rows, by n_spec."""
+    return means[means["model"] == model].sort_values("n_spec")
+
+
 def matching(runs: pd.DataFrame, engine_kind: str, model: str) -> pd.DataFrame:
-    """Published rows for a run's engine and model (a run on another model matches nothing)."""
-    kind = {"llama-server": "llamacpp", "vllm": "vllm"}.get(engine_kind, engine_kind)
-    return runs[(runs["engine"] == kind) & runs["model"].apply(lambda m: model in m or m in model)]
+    """Published rows for a run's engine and model (another engine or model matches nothing)."""
+    engine = ENGINES.get(engine_kind)
+    published = engine.published_name if engine else None
+    return runs[(runs["engine"] == published) & runs["model"].apply(lambda m: model in m or m in model)]

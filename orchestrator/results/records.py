@@ -152,6 +152,12 @@ class Environment(BaseModel):
     engines: dict[str, EngineEnv] = {}
 
 
+def machine_label(env: dict) -> str:
+    """The machine a run's environment.json describes, in a few words (its first GPU, else its CPU)."""
+    gpu = env.get("gpu") or []
+    return gpu[0] if gpu else f"{env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores, no GPU)"
+
+
 R = TypeVar("R", bound=Record)
 
 

@@ -46,12 +46,6 @@ def gpus() -> list[str]:
     return [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
 
 
-def machine_label(env: dict) -> str:
-    gpu = env.get("gpu") or []
-    device = gpu[0] if gpu else f"{env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores, no GPU)"
-    return device
-
-
 def _memory_gib() -> float | None:
     try:
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
