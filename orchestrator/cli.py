@@ -111,7 +111,7 @@ def _run(sc, base_dir: Path, out: Path, resume: bool, again: str):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     failed = _print_report(run)
-    sys.exit(1 if failed or any(c["status"] != "ok" for c in cells) else 0)
+    sys.exit(1 if failed or any(c.status != "ok" for c in cells) else 0)
 
 
 @cli.command()
@@ -215,11 +215,13 @@ def _open_run(sc, out: Path, resume: bool, again: str) -> RunDir:
     if run is None:
         raise OrchError(f"--resume: no earlier run of {sc.name!r} under {out}; drop --resume to start one")
     run.again = again
+    run.schema_version()  # one line, and nothing appended, if this orch cannot read the run
     if redact.scrub(scenario_text(resolved)) != run.read_scenario_text():
         raise OrchError(f"--resume: {run.path}/scenario.toml differs from this scenario (with --set); "
                         "resume with the same settings or start a new run")
     for note in run.repair():
         click.echo(f"warning: {note}", err=True)
+    run.write_schema()
     return run
 
 
@@ -349,7 +351,7 @@ def doctor(docker_host):
 
     Example: orch doctor
     """
-    from orchestrator.setup.doctor import format_checks, run_checks
+    from orchestrator.launch.doctor import format_checks, run_checks
 
     click.echo(format_checks(run_checks(docker_host)))
 

@@ -32,10 +32,11 @@ class SweepProgress:
     def phase(self, text: str) -> None:
         self._bar.update(self._task, description=f"{self._cell}: {text}")
 
-    def request_done(self, rec: dict) -> None:
-        if rec["phase"] != "measured":
+    def request_done(self, rec) -> None:
+        """`rec`: a results.records.RequestRecord just written."""
+        if rec.phase != "measured":
             return
-        latest = f"{rec['e2e_tok_s']:.1f} tok/s" if rec.get("e2e_tok_s") else "error"
+        latest = f"{rec.e2e_tok_s:.1f} tok/s" if rec.e2e_tok_s else "error"
         self._bar.update(self._task, advance=1, latest=f"latest {latest}")
 
     def cell_finished(self, status: str, note: str = "") -> None:

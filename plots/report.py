@@ -16,7 +16,7 @@ import pandas as pd
 from engines import ENGINES
 
 from orchestrator.analysis.lossless import check_texts, per_cell
-from orchestrator.results.records import machine_label
+from orchestrator.results.records import CellRecord, machine_label
 from orchestrator.results.rundir import SUMMARY, RunDir
 from orchestrator.analysis.summary import format_table, summarize
 
@@ -36,7 +36,7 @@ class Report:
 
 def build_report(run_dir: Path, overlay=None) -> Report:
     run = RunDir(run_dir)
-    requests, cells = run.requests(), run.cells()
+    requests, cells = run.request_records(), run.cell_records()
     summary = summarize(requests, cells)
     summary.to_csv(run.path / SUMMARY, index=False)
     checks = check_texts(requests)
@@ -78,15 +78,15 @@ class _Context:
     summary: pd.DataFrame
     lossless: pd.DataFrame
     checks: pd.DataFrame
-    cells: list[dict]
+    cells: list[CellRecord]
     pngs: list[Path]
     scenario: str
     warnings: list[str]
 
     @property
     def method_lines(self) -> list[str]:
-        caches = sorted({f"{c['engine']}: {c.get('cache', 'not recorded')}" for c in self.cells})
-        kinds = sorted({c.get("kind") for c in self.cells if c.get("kind") in ENGINES})
+        caches = sorted({f"{c.engine}: {c.cache or 'not recorded'}" for c in self.cells})
+        kinds = sorted({c.kind for c in self.cells if c.kind in ENGINES})
         return [
             "e2e tok/s = completion tokens / (end - start), time to first token included; "
             "decode tok/s = (tokens - 1) / (end - first token). Definitions: docs/metrics.md.",

@@ -95,3 +95,16 @@ def jsonl_rows(path: Path) -> list[dict]:
     import json
 
     return [json.loads(ln) for ln in path.read_text().splitlines()] if path.is_file() else []
+
+
+def requests_of(rows: list[dict]):
+    """Request rows typed as a run folder's requests.jsonl is read back (checked, invalid ones salvaged)."""
+    from orchestrator.results.records import RequestRecord, validate
+
+    return [validate(RequestRecord, r)[0] for r in rows]
+
+
+def cells_of(rows: list[dict]):
+    from orchestrator.results.records import CellRecord, validate
+
+    return [validate(CellRecord, c)[0] for c in rows]

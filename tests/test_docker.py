@@ -3,6 +3,7 @@ loopback only, the model bind-mounted read-only)."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,10 +12,11 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from engines.container import ContainerSpec, Mount
 from orchestrator.cli import cli
 
 from .conftest import jsonl_rows as rows, workload_scenario as scenario, llama_server_binary
-from .docker_image import build_llama_image
+from .docker_image import IMAGE, build_llama_image
 
 pytestmark = pytest.mark.integration
 
@@ -141,6 +143,7 @@ def test_an_error_inside_the_pull_stream_fails_the_cell(tmp_path, image):
 
     from orchestrator.launch.docker import DockerServer
     from orchestrator.common.errors import ServerError
+    from engines import ServerPlan
 
     class Images:
         def get(self, name):
@@ -154,8 +157,118 @@ def test_an_error_inside_the_pull_stream_fails_the_cell(tmp_path, image):
             yield {"error": f"manifest for {image} not found: manifest unknown"}
 
     server = DockerServer.__new__(DockerServer)
-    server.c = {"image": image}
+    server.plan = ServerPlan(argv=[], port=1, health_path="/health", env={},
+                             container=ContainerSpec(image=image, argv=(), host_port=1, container_port=1))
     server.client = type("Client", (), {"images": Images(), "api": Api()})()
     with pytest.raises(ServerError) as err:
         server._ensure_image()
     assert str(err.value) == f"pull of {image} failed: manifest for {image} not found: manifest unknown"
+
+
+# ContainerSpec against the real Docker engine: containers are created, never started (bridge
+# networking is off on the CI daemon, which still records port bindings at create).
+
+TOKEN = "ORCH_TEST_TOKEN"  # set in the environment handed over...
+UNSET = "ORCH_TEST_UNSET"  # ...and absent from it
+
+
+def bridge_spec(tmp_path) -> ContainerSpec:
+    """Published port, all GPUs, private IPC; one folder mounted twice (a model beside its draft)."""
+    models, cache = tmp_path / "models", tmp_path / "cache"
+    return ContainerSpec(
+        image=IMAGE, argv=("--port", "8080", "-m", "/models/m.gguf", "--alias", "a b"), host_port=18765,
+        container_port=8080, gpus="all", ipc="private", shm_size="96m", network="bridge",
+        volumes=(Mount(str(models), "/models", "ro"), Mount(str(models), "/drafts", "ro"), Mount(str(cache), "/cache")),
+        env_names=(TOKEN, UNSET), labels={"orch.managed": "1", "orch.sweep": "dkspec", "orch.cell": "dkspec-n0"})
+
+
+def host_spec(tmp_path) -> ContainerSpec:
+    return ContainerSpec(image=IMAGE, argv=("--port", "18766"), host_port=18766, container_port=18766,
+                         gpus=(0, 3), ipc="host", network="host", labels={"orch.sweep": "dkspec"})
+
+
+@pytest.fixture
+def created(client, monkeypatch):
+    """create(spec, environ) -> the container's `docker inspect`, made from run_kwargs(environ)."""
+    monkeypatch.delenv(UNSET, raising=False)
+    made = []
+
+    def create(spec: ContainerSpec, environ: dict[str, str]) -> dict:
+        made.append(client.containers.create(spec.image, **spec.run_kwargs(environ)))
+        return made[-1].attrs
+
+    yield create
+    for container in made:
+        container.remove(force=True)
+
+
+@pytest.fixture
+def cli_created(client, monkeypatch):
+    """create(spec, environ) -> `docker inspect` of what the docker CLI makes of run_line()."""
+    if not shutil.which("docker"):
+        if os.environ.get("CI"):
+            pytest.fail("no docker CLI in CI: .ci/run installs docker.io")
+        pytest.skip("no docker CLI (apt-get install docker.io)")
+    monkeypatch.delenv(UNSET, raising=False)
+    made = []
+
+    def create(spec: ContainerSpec, environ: dict[str, str]) -> dict:
+        line = spec.run_line()
+        assert line[:2] == ["docker", "run"]
+        out = subprocess.run(["docker", "create", *line[2:]], env={**os.environ, **environ},
+                             capture_output=True, text=True, check=True)
+        made.append(client.containers.get(out.stdout.strip()))
+        return made[-1].attrs
+
+    yield create
+    for container in made:
+        container.remove(force=True)
+
+
+def test_run_kwargs_publish_on_loopback_mount_read_only_and_pass_env_by_name(created, tmp_path):
+    spec = bridge_spec(tmp_path)
+    attrs = created(spec, {TOKEN: "tok-1", "OTHER": "not named, not passed"})
+    host, config = attrs["HostConfig"], attrs["Config"]
+    assert host["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18765"}]}
+    models, cache = tmp_path / "models", tmp_path / "cache"
+    assert host["Binds"] == [f"{models}:/models:ro", f"{models}:/drafts:ro", f"{cache}:/cache:rw"]
+    # The engine's record, in no set order, read back: ro really is read-only.
+    assert sorted((m["Destination"], m["RW"]) for m in attrs["Mounts"]) == [("/cache", True), ("/drafts", False),
+                                                                             ("/models", False)]
+    assert [e for e in config["Env"] or [] if e.startswith(("ORCH_TEST", "OTHER"))] == [f"{TOKEN}=tok-1"]
+    assert (host["IpcMode"], host["ShmSize"]) == ("private", 96 * 2**20)  # not docker's default, 64m
+    (gpus,) = host["DeviceRequests"]
+    assert (gpus["Count"], gpus["DeviceIDs"] or [], gpus["Capabilities"]) == (-1, [], [["gpu"]])
+    assert config["Labels"] == spec.labels and attrs["Name"].startswith("/orch-dkspec-n0-")
+    assert config["Cmd"] == list(spec.argv) and config["Image"] == IMAGE
+
+
+def test_run_kwargs_with_host_network_and_device_ids(created, tmp_path):
+    attrs = created(host_spec(tmp_path), {})
+    host = attrs["HostConfig"]
+    assert host["NetworkMode"] == "host" and not host["PortBindings"] and host["IpcMode"] == "host"
+    (gpus,) = host["DeviceRequests"]
+    assert (gpus["Count"], gpus["DeviceIDs"], gpus["Capabilities"]) == (0, ["0", "3"], [["gpu"]])
+    assert attrs["Config"]["Cmd"] == ["--port", "18766"] and attrs["Config"]["Labels"] == {"orch.sweep": "dkspec"}
+
+
+def _facts(attrs: dict) -> dict:
+    """What a container is, as docker inspect records it, less the labels and name (orch's own
+    bookkeeping, not shown in run_line) and AutoRemove (--rm there; orch removes its containers itself)."""
+    host, config = attrs["HostConfig"], attrs["Config"]
+    return {"image": config["Image"], "cmd": config["Cmd"], "network": host["NetworkMode"],
+            # A bare NAME (from -e NAME, unset where it ran) carries no value, like a name left out.
+            "env": sorted(e for e in config["Env"] or [] if "=" in e), "ports": host["PortBindings"] or {},
+            "mounts": sorted((m["Source"], m["Destination"], m["RW"]) for m in attrs["Mounts"]),
+            "ipc": host["IpcMode"], "shm": host["ShmSize"],
+            "gpus": [(r["Count"], r["DeviceIDs"] or [], r["Capabilities"]) for r in host["DeviceRequests"] or []]}
+
+
+@pytest.mark.parametrize("make", [bridge_spec, host_spec])
+def test_run_line_and_run_kwargs_make_the_same_container(created, cli_created, tmp_path, make):
+    """The command line users see, given to the docker CLI, and the kwargs orch gives docker-py,
+    given the same environment, make containers the Docker engine records alike."""
+    spec, environ = make(tmp_path), {TOKEN: "tok-2"}
+    from_kwargs, from_line = _facts(created(spec, environ)), _facts(cli_created(spec, environ))
+    assert from_kwargs == from_line
+    assert from_line["cmd"] == list(spec.argv)

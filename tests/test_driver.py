@@ -41,8 +41,7 @@ def test_tokens_come_from_usage_not_chunks():
     assert (rec["completion_tokens"], rec["completion_tokens_source"], rec["chunks"]) == (12, "usage", 3)
     assert (rec["prompt_tokens"], rec["timings_draft_n"], rec["timings_draft_n_accepted"]) == (7, 10, 9)
     assert rec["text"] == "one two three four five six seven eight nine ten eleven twelve"
-    assert rec["e2e_tok_s"] == pytest.approx(12 / (rec["t_end"] - rec["t_start"]), rel=1e-12)
-    assert rec["decode_tok_s"] == pytest.approx(11 / (rec["t_end"] - rec["t_first_token"]), rel=1e-12)
+    # The rates those 12 tokens give are checked against a paced server's own clock in test_known_rate.
 
 
 def test_timings_predicted_n_is_the_fallback():
@@ -112,8 +111,9 @@ def test_events_split_across_reads_are_joined():
 
 
 def test_rates_definitions():
+    # 101 tokens in 2.5 s from the request's start; 100 after the first in the last 2.0 s.
     r = rates(101, t_start=10.0, t_first=10.5, t_end=12.5)
-    assert r == {"e2e_tok_s": 101 / 2.5, "decode_tok_s": 100 / 2.0, "ttft_s": 0.5}
+    assert r == pytest.approx({"e2e_tok_s": 40.4, "decode_tok_s": 50.0, "ttft_s": 0.5}, rel=1e-12)
     assert rates(1, 0.0, 0.2, 0.2)["decode_tok_s"] is None
 
 
@@ -138,7 +138,7 @@ def test_batch_opens_every_connection_first_then_keeps_order_and_concurrency():
                                                  10, lambda r: None))
     assert events[:3] == ["GET"] * 3 and "GET" not in events[3:]  # 3 streams, each connected before any clock
     assert events[3:] == [f"p{i}" for i in range(8)]  # sent in order
-    assert peak == 3 and len(recs) == 8 and all(r["ok"] for r in recs)
+    assert peak == 3 and len(recs) == 8 and all(r.ok for r in recs)
     assert gc_on == [False] * 11 and gc.isenabled()  # no collector pauses while timed; back on after
 
 
@@ -153,4 +153,4 @@ def test_a_compressed_stream_is_read():
     spec = RequestSpec(Prompt("s", "0", "p"), "measured", 1, 0)
     (rec,) = serve(handler, lambda base: run_batch(base, "chat", [spec], 1, lambda s: {"stream": True}, 10,
                                                    lambda r: None))
-    assert rec["ok"] and rec["text"] == "zipped" and rec["completion_tokens"] == 1
+    assert rec.ok and rec.text == "zipped" and rec.completion_tokens == 1

@@ -131,7 +131,7 @@ def test_orch_killed_with_sigkill_then_resume_completes_exactly(tmp_path, spawn_
         f.write('{"ok": true, "cell_id": "llamacpp-n0", "tru')  # what a kill mid-write leaves
     from orchestrator.results.rundir import RunDir
     reader = RunDir(run)
-    before = reader.requests()
+    before = reader.request_records()
     assert [w for w in reader.warnings if "ignoring a truncated last line" in w], reader.warnings
     result = CliRunner().invoke(cli, ["sweep", str(path), "--out", str(out), "--resume"])
     assert result.exit_code == 0, result.output
@@ -139,8 +139,8 @@ def test_orch_killed_with_sigkill_then_resume_completes_exactly(tmp_path, spawn_
     import pandas as pd
     s = pd.read_csv(run / "summary.csv")
     assert list(s["requests_ok"]) == [6, 6] and list(s["requests_failed"]) == [0, 0]  # as an uninterrupted run
-    measured = [r for r in RunDir(run).requests() if r.get("phase") == "measured"]
-    assert len({(r["cell_id"], r["key"]) for r in measured}) == 12
+    measured = [r for r in RunDir(run).request_records() if r.phase == "measured"]
+    assert len({(r.cell_id, r.key) for r in measured}) == 12
     assert len(before) >= 2
 
 
@@ -164,8 +164,8 @@ def test_disk_full_while_writing_is_a_clear_error_and_keeps_what_was_written(tmp
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        kept = RunDir(run).requests()
-    assert kept and all("cell_id" in r for r in kept)  # complete lines intact
+        kept = RunDir(run).request_records()
+    assert kept and all(r.cell_id for r in kept)  # complete lines intact
 
 
 def test_shell_metacharacters_reach_the_server_as_one_literal_argument(tmp_path):

@@ -29,13 +29,13 @@ def one(server, timeout=30):
 def test_bad_responses_become_error_rows(fault, error):
     with FakeServer(fault=fault) as server:
         rec, _ = one(server)
-    assert rec["ok"] is False and rec["error"] == error
-    assert rec["e2e_tok_s"] is None and rec["key"] == "measured/c1/r0/p/id"
+    assert rec.ok is False and rec.error == error
+    assert rec.e2e_tok_s is None and rec.key == "measured/c1/r0/p/id"
 
 
 def test_a_stalled_stream_ends_at_its_deadline():
     with FakeServer(fault="stall") as server:
         rec, took = one(server, timeout=1.0)
-    assert rec["ok"] is False
-    assert rec["error"] == "deadline: the request was still running after request_timeout_s = 1 s (1 text chunks read)"
+    assert rec.ok is False
+    assert rec.error == "deadline: the request was still running after request_timeout_s = 1 s (1 text chunks read)"
     assert 0.9 < took < 3

@@ -236,7 +236,7 @@ def drive_one(server: HostileServer) -> tuple[dict | None, float, str | None]:
                                                 lambda r: None, counts=TIMINGS), TIMEOUT_S + SLACK_S + 2)
     t0 = time.monotonic()
     try:
-        (rec,) = asyncio.run(go())
+        (rec,) = [r.model_dump() for r in asyncio.run(go())]  # checked as a requests.jsonl row is
     except TimeoutError:
         return None, time.monotonic() - t0, f"hung: no record {TIMEOUT_S + SLACK_S + 2:g} s after the request"
     except Exception:  # the claim under test: nothing a server sends may raise out of the driver

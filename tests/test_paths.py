@@ -10,6 +10,7 @@ from rich.console import Console
 
 from orchestrator.cli import cli
 from orchestrator.progress import SweepProgress
+from orchestrator.results.records import RequestRecord
 from orchestrator.results.rundir import RunDir
 from orchestrator.sweep.runner import Sweep
 from orchestrator.sweep.scenario import load_scenario
@@ -74,16 +75,16 @@ def test_a_cell_folder_that_cannot_be_made_fails_that_cell_as_a_record(tmp_path)
     (run.path / "cells").write_text("a file where the cells' folder should be")
     sweep = Sweep(sc, tmp_path, SweepProgress(Console(file=io.StringIO())))
     (rec,) = sweep.execute(run)
-    assert rec["status"] == "failed"
-    assert rec["error"] == f"cannot run the cell: {run.path / 'cells' / 'ep-n0'}: Not a directory"
-    assert json.loads((run.path / "cells.jsonl").read_text())["error"] == rec["error"]
+    assert rec.status == "failed"
+    assert rec.error == f"cannot run the cell: {run.path / 'cells' / 'ep-n0'}: Not a directory"
+    assert json.loads((run.path / "cells.jsonl").read_text())["error"] == rec.error
 
 
 def test_a_write_error_in_a_bench_run_names_a_fix_that_exists(tmp_path):
     run = RunDir.create(tmp_path, "bench-x", again="run orch bench again")
     (run.path / "requests.jsonl").mkdir()  # appending to it fails with EISDIR
     try:
-        run.append_request({"ok": True})
+        run.append_request(RequestRecord.model_construct(ok=True))
     except Exception as exc:  # noqa: BLE001
         message = str(exc)
     assert message == (f"cannot write {run.path / 'requests.jsonl'}: Is a directory; every line before this one "

@@ -16,7 +16,9 @@ from click.testing import CliRunner
 from orchestrator.cli import cli
 from orchestrator.results.rundir import RunDir
 from orchestrator.analysis.stats import median_ci, ratio_ci, verdict
-from orchestrator.analysis.summary import summarize
+from orchestrator.analysis.summary import summarize as summarize_records
+
+from .conftest import cells_of, requests_of
 
 from .conftest import make_run
 from .test_summary import CELLS, req
@@ -25,6 +27,10 @@ ENGINES = {"e": {"kind": "llama-server", "model": "m"}}
 CI_COLUMNS = ["e2e_tok_s_ci_low", "e2e_tok_s_ci_high", "decode_tok_s_ci_low", "decode_tok_s_ci_high",
               "speedup_ci_low", "speedup_ci_high", "acceptance_ci_low", "acceptance_ci_high"]
 
+
+
+def summarize(rows, cells):
+    return summarize_records(requests_of(rows), cells_of(cells))
 
 def invoke(*args):
     result = CliRunner().invoke(cli, [str(a) for a in args])
@@ -110,12 +116,12 @@ def test_report_skips_unreadable_lines_keeps_invalid_measurements_as_failed_and_
 
 def test_a_kept_row_names_the_invalid_field_and_never_counts_as_measured(tmp_path):
     run, _ = hostile_requests(tmp_path)
-    rows = {r["key"]: r for r in RunDir(run).requests()}
-    assert rows["b0"]["ok"] is False and rows["b0"]["completion_tokens"] is None
-    assert rows["b0"]["error"] == ("invalid record read back: completion_tokens -5: "
+    rows = {r.key: r for r in RunDir(run).request_records()}
+    assert rows["b0"].ok is False and rows["b0"].completion_tokens is None
+    assert rows["b0"].error == ("invalid record read back: completion_tokens -5: "
                                    "input should be greater than or equal to 0")
-    assert rows["b1"]["ok"] is False and rows["b1"]["e2e_tok_s"] is None and "e2e_tok_s NaN" in rows["b1"]["error"]
-    assert rows["b7"]["error"] is None  # the driver's own failure keeps its own (absent) error
+    assert rows["b1"].ok is False and rows["b1"].e2e_tok_s is None and "e2e_tok_s NaN" in rows["b1"].error
+    assert rows["b7"].error is None  # the driver's own failure keeps its own (absent) error
     assert "a2" not in rows and "b2" not in rows
 
 
@@ -222,8 +228,8 @@ def test_a_run_whose_every_line_is_unreadable_ends_in_one_line(tmp_path):
     assert result.exit_code == 0, result.output
     assert warnings_of(result) == [
         f"warning: {run / 'requests.jsonl'}: skipped 3 of 3 lines (line 1: not JSON (Expecting value at column 1); "
-        "line 2: not a JSON object (list); line 3: missing cell_id, key, phase, ok, engine, method, n_spec, "
-        "concurrency, prompt_set, prompt_id, repeat); kept 0 rows",
+        "line 2: not a JSON object (list); line 3: missing key, phase, concurrency, repeat, prompt_set, prompt_id, "
+        "ok, cell_id, engine, method, n_spec); kept 0 rows",
         f"warning: {run / 'cells.jsonl'}: skipped 1 of 1 lines (line 1: not a JSON object (str)); kept 0 rows"]
     assert result.stdout.splitlines()[0] == "no cell and no measured request in the records: nothing to summarize"
     assert len(pd.read_csv(run / "summary.csv")) == 0

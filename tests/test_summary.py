@@ -1,8 +1,14 @@
 import pandas as pd
 import pytest
 
-from orchestrator.analysis.summary import format_table, summarize
+from orchestrator.analysis.summary import format_table, summarize as summarize_records
 
+from .conftest import cells_of, requests_of
+
+
+
+def summarize(rows, cells):
+    return summarize_records(requests_of(rows), cells_of(cells))
 
 def req(cell, n_spec, e2e, ok=True, phase="measured", key=None, prompt_set="seeds", drafts=(None, None)):
     return {"cell_id": cell, "engine": "e", "method": "ngram-mod" if n_spec else "none", "n_spec": n_spec,

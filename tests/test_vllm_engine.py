@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from engines import ENGINES
-from engines.vllm import API_SERVER
 from orchestrator.common.errors import ScenarioError
 from orchestrator.setup.models import ResolvedModel
 from orchestrator.sweep.scenario import EngineSpec, build_scenario
@@ -64,7 +63,7 @@ def test_ngram_lookup_window_and_synthetic_acceptance_pass_into_the_config():
 
 def test_local_process_runs_the_api_server_module_of_its_own_environment():
     plan = ENGINES["vllm"](spec()).plan(0, MODEL, 8123, 1)
-    assert plan.argv == [PY, "-m", API_SERVER, "--model", "/cache/models/smollm2-135m-hf",
+    assert plan.argv == [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", "/cache/models/smollm2-135m-hf",
                          "--served-model-name", "smollm2-135m-hf", "--host", "127.0.0.1", "--port", "8123",
                          "--max-model-len", "2048", "--no-enable-prefix-caching"]
     assert plan.env == {"VLLM_CPU_KVCACHE_SPACE": "1"}

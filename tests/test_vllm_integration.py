@@ -57,9 +57,10 @@ def test_two_cell_ngram_sweep_records_acceptance_from_the_metric_deltas(ngram_ru
     window = spec["server_metrics"]["1"]
     assert window["accepted_tokens"] > 0 and window["drafts"] > 0
     assert window["draft_tokens"] <= 4 * window["drafts"]
-    assert window["acceptance_rate"] == window["accepted_tokens"] / window["draft_tokens"]
-    assert window["mean_acceptance_length"] == 1 + window["accepted_tokens"] / window["drafts"]
+    # Two of vLLM's own counters, per position and in all, must agree. (How the rates derive from the
+    # counters is checked against hand-computed values in test_summary, not recomputed here.)
     assert sum(window["per_pos"].values()) == window["accepted_tokens"]
+    assert 0 < window["acceptance_rate"] <= 1 and 1 < window["mean_acceptance_length"] <= 5
     assert by_id["vllm-n0"]["server_metrics"]["1"]["drafts"] == 0
     s = pd.read_csv(run / "summary.csv").set_index("cell_id")
     assert s.loc["vllm-ngram-n4", "server_acceptance_rate"] == pytest.approx(window["acceptance_rate"])

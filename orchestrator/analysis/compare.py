@@ -20,7 +20,7 @@ def compare_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[str]]:
     rows, warnings = [], []
     for path in run_dirs:
         run = RunDir(path)
-        summary = summarize(run.requests(), run.cells()).dropna(subset=["e2e_tok_s_median"])
+        summary = summarize(run.request_records(), run.cell_records()).dropna(subset=["e2e_tok_s_median"])
         machine = machine_label(run.environment())
         warnings += run.warnings
         for key, g in summary.groupby(["engine", "prompt_set", "concurrency"]):

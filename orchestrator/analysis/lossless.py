@@ -12,12 +12,13 @@ import itertools
 import pandas as pd
 
 from orchestrator.analysis.summary import measured_frame
+from orchestrator.results.records import RequestRecord
 
 KEY = ["engine", "concurrency", "prompt_set", "prompt_id", "repeat"]
 SNIPPET = 24
 
 
-def check_texts(requests: list[dict]) -> pd.DataFrame:
+def check_texts(requests: list[RequestRecord]) -> pd.DataFrame:
     """One row per speculative measured request that has a baseline to check against."""
     df = measured_frame(requests)
     if df.empty:

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.analysis.metrics import itl_per_token, tpot
+from orchestrator.results.records import CellRecord, RequestRecord
 from orchestrator.analysis.stats import median_ci, outliers, ratio_ci, ratio_of_sums_ci, verdict
 
 METRICS_SOURCE = "metrics"  # /metrics deltas over the cell's measured window, all prompt sets
@@ -22,25 +23,26 @@ COLUMNS = GROUP + [
 ]
 
 
-def measured_frame(requests: list[dict]) -> pd.DataFrame:
+def measured_frame(requests: list[RequestRecord]) -> pd.DataFrame:
     """Measured requests only, the newest record per request when a resume re-ran one."""
-    df = pd.DataFrame(requests)
+    df = pd.DataFrame([r.model_dump() for r in requests])
     if df.empty:
         return pd.DataFrame(columns=GROUP + ["cell_id", "key", "ok"])
     df = df[df["phase"] == "measured"]
     return df.drop_duplicates(subset=["cell_id", "key"], keep="last")
 
 
-def summarize(requests: list[dict], cells: list[dict]) -> pd.DataFrame:
+def summarize(requests: list[RequestRecord], cells: list[CellRecord]) -> pd.DataFrame:
     df = measured_frame(requests)
     rows = [_row(key, g) for key, g in df.groupby(GROUP + ["cell_id"], sort=False)] if len(df) else []
     out = pd.DataFrame(rows, columns=COLUMNS)
-    status = {c["cell_id"]: c["status"] for c in cells}
+    status = {c.cell_id: c.status for c in cells}
     out["cell_status"] = out["cell_id"].map(status).fillna("unknown")
-    window = {(c["cell_id"], int(conc)): m for c in cells for conc, m in (c.get("server_metrics") or {}).items()}
-    for col, key in (("server_acceptance_rate", "acceptance_rate"), ("mean_acceptance_length", "mean_acceptance_length")):
-        out[col] = [(window.get((cid, int(conc))) or {}).get(key) if pd.notna(conc) else None
-                    for cid, conc in zip(out["cell_id"], out["concurrency"])]
+    window = {(c.cell_id, int(conc)): m for c in cells for conc, m in (c.server_metrics or {}).items() if m}
+    for col in ("acceptance_rate", "mean_acceptance_length"):
+        values = [getattr(window.get((cid, int(conc))), col, None) if pd.notna(conc) else None
+                  for cid, conc in zip(out["cell_id"], out["concurrency"])]
+        out["server_acceptance_rate" if col == "acceptance_rate" else col] = values
     # Engines without per-request draft counts (vLLM) get the server's own rate for the whole cell.
     from_server = out["acceptance_rate"].isna() & out["server_acceptance_rate"].notna()
     out["acceptance_source"] = np.where(out["acceptance_rate"].notna(), "timings",
@@ -96,11 +98,11 @@ def _acceptance(ok: pd.DataFrame) -> dict:
             "acceptance_ci_low": low, "acceptance_ci_high": high}
 
 
-def _cells_without_requests(cells: list[dict], seen: set) -> pd.DataFrame:
-    rows = [{"engine": c["engine"], "method": c["method"], "n_spec": c["n_spec"],
+def _cells_without_requests(cells: list[CellRecord], seen: set) -> pd.DataFrame:
+    rows = [{"engine": c.engine, "method": c.method, "n_spec": c.n_spec,
              "concurrency": None, "prompt_set": None, "requests_ok": 0, "requests_failed": 0,
-             "cell_status": c["status"], "cell_id": c["cell_id"]}
-            for c in cells if c["cell_id"] not in seen]
+             "cell_status": c.status, "cell_id": c.cell_id}
+            for c in cells if c.cell_id not in seen]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
-import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
 import docker
-from docker.types import DeviceRequest
 
 from engines import ServerPlan
 
 from orchestrator.common import redact
 from orchestrator.common.errors import OrchError, ServerError, ServerExited, ServerTimeout
-from orchestrator.launch.launchers import MANAGED, poll_ready
+from orchestrator.launch.shared import MANAGED, poll_ready
 
 STOP_TIMEOUT_S = 10
 
@@ -42,16 +40,17 @@ def client_for(docker_host: str | None = None) -> docker.DockerClient:
 
 class DockerServer:
     def __init__(self, plan: ServerPlan, log_path: Path, ready_timeout_s: float):
-        self.plan, self.c = plan, plan.container
+        self.plan = plan
         self.log_path = Path(log_path)
         self.ready_timeout_s = ready_timeout_s
-        self.client = client_for(self.c["docker_host"])
+        self.client = client_for(plan.container.docker_host)
         self.container = None
-        self.base_url = f"http://{_server_host(self.c['docker_host'])}:{plan.port}"
+        self.base_url = f"http://{_server_host(plan.container.docker_host)}:{plan.port}"
 
     def __enter__(self) -> "DockerServer":
         image = self._ensure_image()
-        self.container = self.client.containers.run(image.id, **self._run_kwargs())
+        # Environment values are read now, at start, and handed to the engine only.
+        self.container = self.client.containers.run(image.id, **self.plan.container.run_kwargs(os.environ))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -60,8 +59,9 @@ class DockerServer:
     def describe(self) -> dict:
         if self.container is None:
             return {}
-        image = self.client.images.get(self.c["image"])
-        return {"container_id": self.container.id[:12], "image": self.c["image"], "image_id": image.id,
+        ref = self.plan.container.image
+        image = self.client.images.get(ref)
+        return {"container_id": self.container.id[:12], "image": ref, "image_id": image.id,
                 "image_digests": image.attrs.get("RepoDigests", [])}
 
     def alive(self) -> bool:
@@ -117,40 +117,19 @@ class DockerServer:
         return data.decode(errors="replace")
 
     def _ensure_image(self):
+        ref = self.plan.container.image
         try:
-            return self.client.images.get(self.c["image"])
+            return self.client.images.get(ref)
         except docker.errors.ImageNotFound:
             pass
         # docker-py parses the reference (tag or @sha256 digest) and does not raise on an error
         # reported inside the pull stream: look for it.
-        for event in self.client.api.pull(self.c["image"], stream=True, decode=True):
+        for event in self.client.api.pull(ref, stream=True, decode=True):
             if "error" in event:
-                raise ServerError(f"pull of {self.c['image']} failed: {event['error']}")
+                raise ServerError(f"pull of {ref} failed: {event['error']}")
             if event.get("status", "").startswith(("Pulling from", "Digest", "Status")):
-                print(f"  {self.c['image']}: {event['status']}", flush=True)
-        return self.client.images.get(self.c["image"])
-
-    def _run_kwargs(self) -> dict:
-        c = self.c
-        kwargs = {
-            "command": self.plan.argv, "detach": True, "labels": c.get("labels", {}),
-            "name": f"orch-{c.get('labels', {}).get('orch.cell', 'cell')}-{uuid.uuid4().hex[:6]}",
-            "environment": {n: os.environ[n] for n in c["env_names"] if n in os.environ},
-            "volumes": {src: {"bind": target, "mode": mode} for src, (target, mode) in c["volumes"].items()},
-        }
-        if c["ipc"] == "host":
-            kwargs["ipc_mode"] = "host"
-        elif c["shm_size"]:
-            kwargs["shm_size"] = c["shm_size"]
-        if c["network"] == "host":
-            kwargs["network_mode"] = "host"
-        else:
-            kwargs["ports"] = {f"{c['container_port']}/tcp": ("127.0.0.1", self.plan.port)}
-        if c["gpus"] != "none":
-            ids = None if c["gpus"] == "all" else [str(g) for g in c["gpus"]]
-            kwargs["device_requests"] = [DeviceRequest(count=-1 if ids is None else 0, device_ids=ids,
-                                                       capabilities=[["gpu"]])]
-        return kwargs
+                print(f"  {ref}: {event['status']}", flush=True)
+        return self.client.images.get(ref)
 
 
 def list_containers(docker_host: str | None = None) -> list:

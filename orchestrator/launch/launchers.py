@@ -13,23 +13,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from urllib.parse import urlsplit
-
 from engines import ServerPlan
 
-from orchestrator.common import probe
 from orchestrator.common import redact
-from orchestrator.common.errors import AuthRefused, ServerExited, ServerTimeout
+from orchestrator.common.errors import ServerExited, ServerTimeout
+from orchestrator.launch.shared import poll_ready
 
-MANAGED = "orch.managed"  # label on every container orch starts
-POLL_INTERVAL_S = 0.1
 STOP_GRACE_S = 10.0
-
-
-def owner_labels(sweep: str, cell: str, run: str) -> dict[str, str]:
-    """Labels that let `orch ls` and `orch down` find a run's containers and their owner."""
-    return {MANAGED: "1", "orch.sweep": sweep, "orch.cell": cell, "orch.run": run,
-            "orch.owner_pid": str(os.getpid()), "orch.owner_host": socket.gethostname()}
 
 
 def command_text(plan: ServerPlan) -> str:
@@ -106,20 +96,6 @@ class ProcessServer:
             return self.proc.wait(5)
 
 
-def poll_ready(urls: list[str], timeout_s: float, check_exit, timeout_error, headers: dict | None = None) -> float:
-    """Seconds until one of `urls` answers 200, polling against a monotonic deadline.
-    `check_exit()` raises as soon as the server is gone; `timeout_error()` makes the error
-    raised at the deadline; a 401/403 raises AuthRefused at once. `headers` carry the API key."""
-    started = time.monotonic()
-    while True:
-        check_exit()
-        if any(_healthy(url, headers) for url in urls):
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout_s:
-            raise timeout_error()
-        time.sleep(POLL_INTERVAL_S)
-
-
 def _die_with_parent() -> None:
     """Linux: the server gets SIGTERM if orch dies, even by SIGKILL, so none is left running."""
     try:
@@ -129,14 +105,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass  # not Linux: Ctrl-C and SIGTERM still stop the server; `kill -9 orch` may leave it
-
-
-def _healthy(url: str, headers: dict | None) -> bool:
-    """One poll, bounded as a whole (probe.status): a server that drips its answer is not ready."""
-    status = probe.status(url, headers, timeout_s=1.0)
-    if status in AuthRefused.STATUSES:
-        raise AuthRefused(urlsplit(url).path, status)
-    return status == 200
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -29,6 +29,7 @@ from orchestrator.common.errors import AuthRefused
 from orchestrator.common.probe import read_capped
 from orchestrator.measure.prompts import Prompt
 from orchestrator.measure.sse import EventTooLarge, SseDecoder, split_documents
+from orchestrator.results.records import Measured, validate
 
 ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 MAX_COUNT = 10**9  # no request has more tokens than this; a larger count is a broken server
@@ -69,8 +70,8 @@ def request_body(api: str, text: str, model: str, workload, extra: dict) -> dict
 
 async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurrency: int,
                     make_body: Callable[[RequestSpec], dict], timeout_s: float,
-                    on_record: Callable[[dict], None], headers: dict | None = None,
-                    tokenize_path: str | None = None, counts: StreamCounts | None = None) -> list[dict]:
+                    on_record: Callable[[Measured], None], headers: dict | None = None,
+                    tokenize_path: str | None = None, counts: StreamCounts | None = None) -> list[Measured]:
     """Send `specs` in order with at most `concurrency` in flight; call on_record as each ends.
 
     Each of the `concurrency` streams is a worker with its own connection (a closed loop, as a
@@ -84,7 +85,7 @@ async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurren
     pending = collections.deque(specs)
     workers = min(concurrency, len(specs))
     start = asyncio.Barrier(workers) if workers else None
-    records: list[dict] = []
+    records: list[Measured] = []
     base = base_url.rstrip("/")
 
     async def worker() -> None:
@@ -99,9 +100,9 @@ async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurren
                     await _retokenize(session, base + tokenize_path, rec, timeout_s, body.get("max_tokens"))
                 if rec["http_status"] in AuthRefused.STATUSES:
                     pending.clear()  # the server refuses orch's credentials: send nothing more
-                rec.update(_spec_fields(spec))
-                records.append(rec)
-                on_record(rec)
+                measured = _typed({**rec, **_spec_fields(spec)})
+                records.append(measured)
+                on_record(measured)
                 # Let the other streams' events that are already waiting be read (and timed)
                 # before this worker spends the loop's time building and sending its next request.
                 await asyncio.sleep(0)
@@ -153,6 +154,16 @@ async def open_connection(session: aiohttp.ClientSession, base: str) -> None:
             await resp.content.read(ERROR_BODY_BYTES)
     except (aiohttp.ClientError, TimeoutError):
         pass
+
+
+def _typed(rec: dict) -> Measured:
+    """The record, typed and checked; a value the checks refuse (which the stream checks should
+    already have caught) turns it into a failed request that says why, never a lost one."""
+    measured, problems, _ = validate(Measured, rec)
+    if measured is None:  # its identity itself is broken: keep it, as a failed request
+        error = f"invalid record: {'; '.join(problems)}"
+        measured = Measured.model_construct(_fields_set=set(rec) | {"ok", "error"}, **{**rec, "ok": False, "error": error})
+    return measured
 
 
 def _spec_fields(spec: RequestSpec) -> dict:

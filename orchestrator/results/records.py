@@ -1,4 +1,9 @@
-"""The records of a run folder, read back as hostile input.
+"""The records of a run folder, typed: what the driver measures (Measured), a line of
+requests.jsonl (RequestRecord) and of cells.jsonl (CellRecord). The driver builds Measured, the
+runner RequestRecord and CellRecord, and RunDir writes them; summary, lossless and the report
+read them back through the same classes. SCHEMA_VERSION goes into each run folder's run.json.
+
+Read back, they are hostile input.
 
 requests.jsonl and cells.jsonl are read line by line into typed records. A line that is not
 JSON, not an object, or lacks (or mistypes) a field the analysis needs is skipped. A request
@@ -29,6 +34,8 @@ Rate = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]  # NaN an
 Time = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 Name = Annotated[str, Field(strict=True, min_length=1)]
 
+SCHEMA_VERSION = 1  # raise it when a field changes meaning or a required field is added
+
 DETAILS = 5  # problems described in a warning; the rest are counted, with their line numbers
 LINES = 20  # line numbers listed for the rest
 
@@ -46,38 +53,55 @@ class Record(BaseModel):
     def salvage(self, problems: list[str]) -> None:
         """Called on a record kept after its invalid optional fields were dropped."""
 
+    def set(self, **fields) -> None:
+        """Fill in fields as a cell or request goes on (each one is then written)."""
+        for name, value in fields.items():
+            setattr(self, name, value)
 
-class RequestRecord(Record):
-    """One request as the driver wrote it; the fields the summary, ITL/TPOT and lossless check read."""
+    def line(self) -> dict:
+        """What goes into the .jsonl file: the fields that were set, and nothing else."""
+        # warnings=False: a field filled in by set() is not re-validated, so pydantic's serializer
+        # would warn that server_metrics holds dicts rather than WindowMetrics; the JSON is the same.
+        return self.model_dump(mode="json", exclude_unset=True, warnings=False)
+
+
+class Measured(Record):
+    """One request as the driver measured it: which request it was, and what the server sent."""
 
     KEPT: ClassVar[str] = "as failed"
 
-    cell_id: Name
-    key: Name
+    key: Name  # phase/c<concurrency>/r<repeat>/<prompt set>/<prompt id>: unique within a cell
     phase: Literal["warmup", "measured"]
-    ok: StrictBool
-    engine: Name
-    method: StrictStr
-    n_spec: Count
     concurrency: Positive
+    repeat: Count
     prompt_set: Name
     prompt_id: StrictStr
-    repeat: Count
+    ok: StrictBool
     error: StrictStr | None = None
-    completion_tokens: Count | None = None
+    http_status: Annotated[int, Field(strict=True)] | None = None
+    wall_start: Time | None = None  # Unix time the request's bytes went out
+    t_start: Time | None = None  # perf_counter seconds: bytes out, first text, last byte in
+    t_first_token: Time | None = None
+    t_end: Time | None = None
+    completion_tokens: Count | None = None  # the server's count, never stream chunks
+    completion_tokens_source: StrictStr | None = None  # usage, timings.predicted_n, retokenized
+    prompt_tokens: Count | None = None
+    chunks: Count | None = None  # stream events that carried text
+    finish_reason: StrictStr | None = None
+    text: StrictStr | None = None
+    # llama.cpp's per-request timings (engines.StreamCounts), where the stream carries them.
+    timings_prompt_n: Count | None = None
+    timings_predicted_n: Count | None = None
+    timings_draft_n: Count | None = None
+    timings_draft_n_accepted: Count | None = None
+    timings_prompt_per_second: Rate | None = None
+    timings_predicted_per_second: Rate | None = None
+    chunk_t: list[Time] | None = None  # seconds after t_start of each text chunk
+    chunk_chars: list[Count] | None = None
+    chunk_tokens: list[Count | None] | None = None  # cumulative completion tokens, where reported
     e2e_tok_s: Rate | None = None
     decode_tok_s: Rate | None = None
     ttft_s: Rate | None = None
-    timings_draft_n: Count | None = None
-    timings_draft_n_accepted: Count | None = None
-    t_start: Time | None = None
-    t_first_token: Time | None = None
-    t_end: Time | None = None
-    text: StrictStr | None = None
-    chunks: Count | None = None
-    chunk_t: list[Time] | None = None
-    chunk_chars: list[Count] | None = None
-    chunk_tokens: list[Count | None] | None = None
 
     @field_validator("timings_draft_n_accepted")
     @classmethod
@@ -111,6 +135,23 @@ class RequestRecord(Record):
         self.e2e_tok_s = self.decode_tok_s = self.ttft_s = None
 
 
+class RequestRecord(Measured):
+    """One line of requests.jsonl: a measured request and the cell it ran in."""
+
+    cell_id: Name
+    engine: Name
+    method: StrictStr
+    n_spec: Count
+    endpoint: StrictStr | None = None  # /v1/completions or /v1/chat/completions
+    prompt_tokens_low: StrictBool | None = None  # fewer prompt tokens than half the prompt's words
+
+    @classmethod
+    def of(cls, measured: Measured, **cell) -> "RequestRecord":
+        """`measured` (already checked) in the cell it ran in; not validated a second time."""
+        fields = {**measured.model_dump(exclude_unset=True), **cell}
+        return cls.model_construct(_fields_set=set(fields), **fields)
+
+
 class WindowMetrics(BaseModel):
     """A cell's /metrics deltas over one concurrency level's measured window."""
 
@@ -119,13 +160,45 @@ class WindowMetrics(BaseModel):
     mean_acceptance_length: Rate | None = None
 
 
+Text = StrictStr | None
+
+
 class CellRecord(Record):
+    """One line of cells.jsonl: one server start, what ran on it and how it ended. Written when
+    the cell ends (a resumed run appends a newer line for the same cell)."""
+
     cell_id: Name
     engine: Name
     method: StrictStr
     n_spec: Count
-    status: Name
-    server_metrics: dict[str, WindowMetrics | None] | None = None
+    status: Name  # ok, partial, failed, interrupted
+    kind: Text = None
+    launcher: Text = None
+    started_at: Time | None = None
+    model: Text = None
+    api: Text = None
+    argv: list[StrictStr] | None = None
+    command: Text = None  # what a user would type, secrets hidden
+    endpoint: Text = None
+    cache: Text = None  # how prompt or prefix caching was set
+    ready_s: Rate | None = None
+    pid: Count | None = None  # process launcher
+    url: Text = None  # external launcher, password hidden
+    container_id: Text = None  # Docker launcher
+    image: Text = None
+    image_id: Text = None
+    image_digests: list[StrictStr] | None = None
+    template: Text = None
+    server_metrics: dict[str, WindowMetrics | None] | None = None  # /metrics deltas per concurrency level
+    requests_ok: Count | None = None
+    requests_failed: Count | None = None
+    requests_not_sent: Count | None = None
+    prompt_check: Text = None
+    error: Text = None
+    log_tail: Text = None
+    traceback: Text = None
+    phases: dict[str, float] | None = None  # seconds per phase of the cell's wall time
+    seconds: Rate | None = None
 
     @field_validator("server_metrics")
     @classmethod

@@ -1,5 +1,6 @@
 """A run's folder: results/<sweep>-<timestamp>/.
 
+    run.json            the records' schema version (records.SCHEMA_VERSION) and orch's version
     scenario.toml       the scenario as run (after --set)
     environment.json    orch, engine binaries and versions, CPU, GPU, OS
     requests.jsonl      one line per request (warm-up and measured), flushed as each ends
@@ -20,15 +21,18 @@ from pathlib import Path
 
 import tomli_w
 
+from orchestrator import __version__
 from orchestrator.common import redact
 from orchestrator.common.errors import ResultsError
-from orchestrator.results.records import CellRecord, R, RequestRecord, read_environment, read_records
+from orchestrator.results.records import (SCHEMA_VERSION, CellRecord, R, RequestRecord, read_environment,
+                                          read_records)
 
 REQUESTS = "requests.jsonl"
 CELLS = "cells.jsonl"
 SCENARIO = "scenario.toml"
 ENVIRONMENT = "environment.json"
 SUMMARY = "summary.csv"
+RUN = "run.json"
 
 
 RESUME = "continue with --resume"
@@ -54,7 +58,31 @@ class RunDir:
             path.mkdir(parents=True)
         except OSError as exc:
             raise ResultsError(f"cannot create the run folder {path}: {why(exc)}; pass a writable --out")
-        return cls(path, again)
+        run = cls(path, again)
+        run.write_schema()
+        return run
+
+    def write_schema(self) -> None:
+        self._write(RUN, json.dumps({"schema_version": SCHEMA_VERSION, "orch": __version__}) + "\n")
+
+    def schema_version(self) -> int:
+        """The records' schema version; 0 for a folder from before run.json (the same fields as 1).
+        A folder this orch cannot read is refused with one line saying why."""
+        path = self.path / RUN
+        if not path.is_file():
+            return 0
+        try:
+            version = json.loads(path.read_bytes().decode("utf-8")).get("schema_version")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            version = None
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise ResultsError(f"{path}: no readable schema_version; this folder was not written by orch "
+                               "(or run.json was damaged): restore it as {\"schema_version\": "
+                               f"{SCHEMA_VERSION}}} if the records are orch's")
+        if version > SCHEMA_VERSION:
+            raise ResultsError(f"{path}: schema_version {version} is newer than this orch reads "
+                               f"({SCHEMA_VERSION}); upgrade orch (pip install -U) to read this run")
+        return version
 
     @classmethod
     def latest(cls, out: Path, sweep_name: str) -> "RunDir | None":
@@ -111,11 +139,11 @@ class RunDir:
     def _note(self, notes: list[str]) -> None:
         self.warnings.extend(n for n in notes if n not in self.warnings)
 
-    def append_request(self, rec: dict) -> None:
-        append_jsonl(self.path / REQUESTS, rec, self.again)
+    def append_request(self, rec: RequestRecord) -> None:
+        append_jsonl(self.path / REQUESTS, rec.line(), self.again)
 
-    def append_cell(self, rec: dict) -> None:
-        append_jsonl(self.path / CELLS, rec, self.again)
+    def append_cell(self, rec: CellRecord) -> None:
+        append_jsonl(self.path / CELLS, rec.line(), self.again)
 
     def request_records(self) -> list[RequestRecord]:
         return self._load(REQUESTS, RequestRecord)
@@ -125,14 +153,8 @@ class RunDir:
         latest = {rec.cell_id: rec for rec in self._load(CELLS, CellRecord)}
         return list(latest.values())
 
-    def requests(self) -> list[dict]:
-        """Validated request records as dicts (every field the analysis reads is present)."""
-        return [r.model_dump() for r in self.request_records()]
-
-    def cells(self) -> list[dict]:
-        return [c.model_dump() for c in self.cell_records()]
-
     def _load(self, name: str, model: type[R]) -> list[R]:
+        self.schema_version()
         records, notes = read_records(self.path / name, model)  # never raises on bad content
         self._note(notes)
         return records

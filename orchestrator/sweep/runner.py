@@ -19,9 +19,11 @@ from orchestrator.common import redact
 from orchestrator.common.credentials import KeyProblem, auth_fix, bearer
 from orchestrator.measure.driver import ENDPOINTS, RequestSpec, request_body, run_batch
 from orchestrator.common.errors import AuthRefused, InstallError, OrchError, ResultsError, ServerError
-from orchestrator.launch.launchers import LAUNCHERS, command_text, free_port, log_tail, owner_labels
+from orchestrator.launch.launchers import LAUNCHERS, command_text, free_port, log_tail
+from orchestrator.launch.shared import owner_labels
 from orchestrator.setup.models import ResolvedModel, resolve_model
 from orchestrator.measure.prompts import Prompt, load_prompt_set
+from orchestrator.results.records import CellRecord, Measured, RequestRecord
 from orchestrator.results.rundir import RunDir, why
 from orchestrator.sweep.scenario import EngineSpec, Scenario, cell_id
 
@@ -101,11 +103,11 @@ class Sweep:
         self.parallel = max(self.workload.concurrency)
         self.prepared = prepare(scenario, base_dir)
 
-    def execute(self, run: RunDir) -> list[dict]:
+    def execute(self, run: RunDir) -> list[CellRecord]:
         """Run every cell not already done in `run`; return the cell records written."""
         self.run = run
-        done_cells = {c["cell_id"] for c in self.run.cells() if c["status"] == "ok"}
-        done_keys = {(r["cell_id"], r["key"]) for r in self.run.requests() if r["phase"] == "measured" and r["ok"]}
+        done_cells = {c.cell_id for c in self.run.cell_records() if c.status == "ok"}
+        done_keys = {(r.cell_id, r.key) for r in self.run.request_records() if r.phase == "measured" and r.ok}
         cells = plan_cells(self.scenario)
         records = []
         for k, cell in enumerate(cells, 1):
@@ -115,7 +117,7 @@ class Sweep:
             self.progress.cell_started(k, len(cells), cell.id, len(todo))
             rec = self.run_cell(cell, todo)
             records.append(rec)
-            self.progress.cell_finished(rec["status"], rec.get("error") or rec.get("prompt_check", ""))
+            self.progress.cell_finished(rec.status, rec.error or rec.prompt_check or "")
         return records
 
     def measured_specs(self) -> list[RequestSpec]:
@@ -128,56 +130,56 @@ class Sweep:
         return [RequestSpec(self.prompts[i % len(self.prompts)], "warmup", 1, i)
                 for i in range(self.workload.warmup)]
 
-    def run_cell(self, cell: Cell, todo: list[RequestSpec]) -> dict:
+    def run_cell(self, cell: Cell, todo: list[RequestSpec]) -> CellRecord:
         """Run one cell and append its record, whatever happens to it; only a failure to write
         records (ResultsError) or an interrupt leaves here as an exception."""
         prep = self.prepared[cell.engine.name]
         started = time.monotonic()
-        rec = {"cell_id": cell.id, "engine": cell.engine.name, "kind": cell.engine.kind,
-               "launcher": cell.engine.launcher, "method": cell.method, "n_spec": cell.n_spec,
-               "status": "running", "started_at": round(time.time(), 3)}
+        rec = CellRecord(cell_id=cell.id, engine=cell.engine.name, kind=cell.engine.kind,
+                         launcher=cell.engine.launcher, method=cell.method, n_spec=cell.n_spec,
+                         status="running", started_at=round(time.time(), 3))
         try:
             self._serve(cell, prep, rec, todo, started)
         except (KeyboardInterrupt, SystemExit):
-            rec.update(status="interrupted", error="interrupted", seconds=round(time.monotonic() - started, 3))
+            rec.set(status="interrupted", error="interrupted", seconds=round(time.monotonic() - started, 3))
             self.run.append_cell(rec)
             raise
         except ResultsError:
             raise  # the records themselves cannot be kept
         except Exception as exc:  # noqa: BLE001 - one cell's failure, of any kind, must not end the sweep
-            rec.update(_failed(exc, cell.engine))
-        rec["seconds"] = round(time.monotonic() - started, 3)
+            rec.set(**_failed(exc, cell.engine))
+        rec.set(seconds=round(time.monotonic() - started, 3))
         self.run.append_cell(rec)
         return rec
 
-    def _serve(self, cell: Cell, prep: Prepared, rec: dict, todo: list[RequestSpec], started: float) -> None:
+    def _serve(self, cell: Cell, prep: Prepared, rec: CellRecord, todo: list[RequestSpec], started: float) -> None:
         plan = command_for(cell, prep, self.parallel)
         if plan.container is not None:
-            plan.container["labels"] = owner_labels(self.scenario.name, cell.id, self.run.path.name)
-        rec.update(self._cell_base(cell, prep, plan))
+            plan.container.labels.update(owner_labels(self.scenario.name, cell.id, self.run.path.name))
+        rec.set(**self._cell_base(cell, prep, plan))
         log = self.run.cell_dir(cell.id) / "server.log"
         marks = {"start": started}  # where the cell's wall time goes: see _phases
         headers = bearer(cell.engine.api_key_env)
         with LAUNCHERS[cell.engine.launcher](plan, log, cell.engine.ready_timeout_s) as server:
             marks["launched"] = time.monotonic()
-            rec["ready_s"] = round(server.wait_ready(headers), 3)
+            rec.set(ready_s=round(server.wait_ready(headers), 3))
             marks["ready"] = time.monotonic()
-            rec.update(server.describe())
-            rec["template"] = self._template(cell, server.base_url, headers)
-            results, rec["server_metrics"] = self._drive(cell, server, todo, marks, headers)
-            rec.update(_judge(results, len(todo), server.alive(), cell.engine))
-            if rec["status"] != "ok":
-                rec["log_tail"] = log_tail(log)
+            rec.set(**server.describe())
+            rec.set(template=self._template(cell, server.base_url, headers))
+            results, windows = self._drive(cell, server, todo, marks, headers)
+            rec.set(server_metrics=windows, **_judge(results, len(todo), server.alive(), cell.engine))
+            if rec.status != "ok":
+                rec.set(log_tail=log_tail(log))
             marks["driven"] = time.monotonic()
         marks["stopped"] = time.monotonic()
-        rec["phases"] = _phases(marks)
+        rec.set(phases=_phases(marks))
 
     def _cell_base(self, cell: Cell, prep: Prepared, plan) -> dict:
         return {"model": prep.model.label, "api": cell.engine.api, "argv": plan.argv, "command": command_text(plan),
                 "endpoint": ENDPOINTS[cell.engine.api], "cache": prep.engine.cache_setting(self.workload)}
 
     def _drive(self, cell: Cell, server, todo: list[RequestSpec], marks: dict,
-               headers: dict) -> tuple[list[dict], dict]:
+               headers: dict) -> tuple[list[RequestRecord], dict]:
         """Warm-up, then the measured requests per concurrency level; returns the measured
         records and the /metrics deltas of each level's window. `headers` carry the API key."""
         prep = self.prepared[cell.engine.name]
@@ -186,30 +188,35 @@ class Sweep:
         def body(spec: RequestSpec) -> dict:
             return request_body(cell.engine.api, spec.prompt.text, prep.model.label, self.workload, extra)
 
-        def record(rec: dict) -> None:
-            rec.update(cell_id=cell.id, engine=cell.engine.name, method=cell.method, n_spec=cell.n_spec,
-                       endpoint=ENDPOINTS[cell.engine.api])
-            rec["prompt_tokens_low"] = _prompt_tokens_low(rec, self.prompts)
+        def record(measured: Measured) -> None:
+            rec = RequestRecord.of(measured, cell_id=cell.id, engine=cell.engine.name, method=cell.method,
+                                   n_spec=cell.n_spec, endpoint=ENDPOINTS[cell.engine.api],
+                                   prompt_tokens_low=_prompt_tokens_low(measured, self.prompts))
+            typed.append(rec)
             self.run.append_request(rec)
             self.progress.request_done(rec)
+
+        typed: list[RequestRecord] = []  # the records as written, in the order they ended
 
         timeout = self.workload.request_timeout_s
         tokenize, counts, prefix = prep.engine.tokenize_path, prep.engine.stream_counts, prep.engine.metrics_prefix
         warm = self.warmup_specs()
         if warm:
             self.progress.phase("warm-up")
-            warmed = asyncio.run(run_batch(server.base_url, cell.engine.api, warm, 1, body, timeout, record, headers,
-                                           tokenize, counts))
-            _raise_if_refused(warmed)
+            asyncio.run(run_batch(server.base_url, cell.engine.api, warm, 1, body, timeout, record, headers,
+                                  tokenize, counts))
+            _raise_if_refused(typed)
         marks["warmed"] = time.monotonic()
-        results, windows, measuring = [], {}, 0.0
+        results: list[RequestRecord] = []
+        windows, measuring = {}, 0.0
         for conc in self.workload.concurrency:
             specs = [s for s in todo if s.concurrency == conc]
             self.progress.phase(f"measuring, concurrency {conc}")
             before = server_metrics.scrape(server.base_url, headers, prefix)
-            t0 = time.monotonic()
-            results += asyncio.run(run_batch(server.base_url, cell.engine.api, specs, conc, body, timeout, record,
-                                             headers, tokenize, counts))
+            t0, first = time.monotonic(), len(typed)
+            asyncio.run(run_batch(server.base_url, cell.engine.api, specs, conc, body, timeout, record,
+                                  headers, tokenize, counts))
+            results += typed[first:]
             measuring += time.monotonic() - t0
             window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers, prefix))
             if window is not None:
@@ -233,14 +240,14 @@ class Sweep:
         return f"server chat template sha1:{hashlib.sha1(tpl.encode(errors='replace')).hexdigest()[:12]} {first!r}"
 
 
-def _refused(records: list[dict]) -> dict | None:
-    return next((r for r in records if r.get("http_status") in AuthRefused.STATUSES), None)
+def _refused(records: list[RequestRecord]) -> RequestRecord | None:
+    return next((r for r in records if r.http_status in AuthRefused.STATUSES), None)
 
 
-def _raise_if_refused(records: list[dict]) -> None:
+def _raise_if_refused(records: list[RequestRecord]) -> None:
     refused = _refused(records)
     if refused is not None:
-        raise AuthRefused(refused["endpoint"], refused["http_status"])
+        raise AuthRefused(refused.endpoint, refused.http_status)
 
 
 def _phases(m: dict) -> dict:
@@ -272,9 +279,9 @@ def _refusal(exc: AuthRefused, spec: EngineSpec) -> str:
     return f"{exc}; {auth_fix(spec.api_key_env)}"
 
 
-def _judge(results: list[dict], sent_for: int, alive: bool, spec: EngineSpec) -> dict:
-    failed = sum(not r["ok"] for r in results)
-    low = sum(bool(r.get("prompt_tokens_low")) for r in results)
+def _judge(results: list[RequestRecord], sent_for: int, alive: bool, spec: EngineSpec) -> dict:
+    failed = sum(not r.ok for r in results)
+    low = sum(bool(r.prompt_tokens_low) for r in results)
     out = {"requests_ok": len(results) - failed, "requests_failed": failed,
            "requests_not_sent": sent_for - len(results)}
     if low:
@@ -282,17 +289,17 @@ def _judge(results: list[dict], sent_for: int, alive: bool, spec: EngineSpec) ->
                                "prompt's words: the chat template may drop the text; try api = \"completions\"")
     refused = _refused(results)
     if refused is not None:
-        out.update(status="failed", error=_refusal(AuthRefused(refused["endpoint"], refused["http_status"]), spec))
+        out.update(status="failed", error=_refusal(AuthRefused(refused.endpoint, refused.http_status), spec))
     elif not alive:
         out.update(status="failed", error="server exited during the measured requests")
     elif results and failed == len(results):
-        out.update(status="failed", error=f"all {failed} measured requests failed: {results[0]['error']}")
+        out.update(status="failed", error=f"all {failed} measured requests failed: {results[0].error}")
     else:
         out["status"] = "partial" if failed else "ok"
     return out
 
 
-def _prompt_tokens_low(rec: dict, prompts: list[Prompt]) -> bool:
-    n = rec.get("prompt_tokens")
-    text = next((p.text for p in prompts if p.id == rec["prompt_id"] and p.set == rec["prompt_set"]), "")
+def _prompt_tokens_low(rec: Measured, prompts: list[Prompt]) -> bool:
+    n = rec.prompt_tokens
+    text = next((p.text for p in prompts if p.id == rec.prompt_id and p.set == rec.prompt_set), "")
     return n is not None and n < 0.5 * len(text.split())

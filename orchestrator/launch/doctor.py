@@ -1,4 +1,5 @@
-"""`orch doctor`: what this host can run, and the command that fixes each missing piece."""
+"""`orch doctor`: what this host can launch (Docker, the NVIDIA runtime, GPUs, disk, local engines),
+and the command that fixes each missing piece."""
 
 from __future__ import annotations
 

