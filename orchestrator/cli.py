@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,19 +11,18 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from orchestrator import __version__
-from orchestrator.sweep.environment import capture
-from orchestrator.common import redact
-from orchestrator.common.errors import AuthRefused, OrchError, ResultsError, ScenarioError
-from orchestrator.setup.models import KNOWN_MODELS
 from engines import INSTALLERS
 
-from orchestrator.setup.provision import run_step, setup_steps
-from orchestrator.results.rundir import RunDir, fix_for, scenario_text, why
-from orchestrator.launch.launchers import command_text
-from orchestrator.sweep.runner import Sweep, command_for, plan_cells, prepare
-from orchestrator.sweep.scenario import build_scenario, load_scenario, read_workload, url_problem
+from orchestrator import __version__
 from orchestrator.analysis.summary import format_table
+from orchestrator.common import redact
+from orchestrator.common.errors import OrchError, ResultsError
+from orchestrator.results.rundir import RunDir, fix_for, why
+from orchestrator.setup.models import KNOWN_MODELS
+from orchestrator.setup.provision import run_step, setup_steps
+from orchestrator.sweep.runner import plan_cells
+from orchestrator.sweep.scenario import load_scenario
+from orchestrator.sweep.session import BenchTarget, bench_scenario, dry_run_text, run_sweep
 
 
 class OrchGroup(click.Group):
@@ -88,30 +86,20 @@ def sweep(scenario, out, overrides, dry_run, resume):
 
 
 def _run(sc, base_dir: Path, out: Path, resume: bool, again: str):
-    """Run every cell, print the summary, exit 0 only if every cell and request succeeded.
-    `again` is how to carry on after an interrupt or a write error (a bench run has no --resume)."""
+    """Run the cells, print the summary; the exit code is the library's (0 only if all succeeded)."""
     from orchestrator.progress import SweepProgress
 
-    progress = SweepProgress(Console(stderr=True))
-    runner = Sweep(sc, base_dir, progress)
-    run = _open_run(sc, out, resume, again)
-    run.write_environment(capture(_engine_env(runner)))
+    finished = run_sweep(sc, base_dir, out, resume, again, SweepProgress(Console(stderr=True)), _opened)
+    if finished.interrupted is not None:
+        click.echo(f"\ninterrupted: records so far are in {finished.run.path}; {again}", err=True)
+        sys.exit(finished.interrupted)
+    sys.exit(finished.exit_code(_print_report(finished.run)))
+
+
+def _opened(run: RunDir, warnings: list[str]) -> None:
+    for note in warnings:  # what resuming an interrupted run dropped
+        click.echo(f"warning: {note}", err=True)
     click.echo(f"run folder: {run.path}")
-    signal.signal(signal.SIGTERM, _sigterm)
-    # Not Python's own handler: asyncio.run replaces that one with "cancel the main task", and
-    # a cancellation that the HTTP stack absorbs mid-read lets the sweep run on after Ctrl-C.
-    signal.signal(signal.SIGINT, _sigint)
-    try:
-        with progress:
-            cells = runner.execute(run)
-    except KeyboardInterrupt as exc:
-        click.echo(f"\ninterrupted: records so far are in {run.path}; {again}", err=True)
-        sys.exit(143 if isinstance(exc, Terminated) else 130)
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    failed = _print_report(run)
-    sys.exit(1 if failed or any(c.status != "ok" for c in cells) else 0)
 
 
 @cli.command()
@@ -123,7 +111,7 @@ def _run(sc, base_dir: Path, out: Path, resume: bool, again: str):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key, e.g. workload.max_tokens=64.")
 @click.option("--api-key-env", default=None, metavar="NAME",
               help="Environment variable holding the endpoint's API key (sent as a Bearer token, never written).")
-@click.option("--label", default="endpoint", show_default=True, help="Engine name in the results.")
+@click.option("--label", default=None, help="Engine name in the results.  [default: endpoint]")
 @click.option("--method", default="none", show_default=True, help="Speculation method the server runs (a label).")
 @click.option("--n-spec", type=int, default=0, show_default=True, help="Speculation depth the server runs (a label).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
@@ -132,103 +120,9 @@ def bench(url, model, api, scenario_file, overrides, api_key_env, label, method,
 
     Example: orch bench --url http://127.0.0.1:8080 --api completions --set workload.max_tokens=64
     """
-    problem = url_problem(url)
-    if problem:
-        raise ScenarioError("orch bench", "--url", problem)
-    if len(label) > 58:  # the run folder is bench-LABEL-STAMP, and names stop at 64 characters
-        raise ScenarioError("orch bench", "--label", f"at most 58 characters (got {len(label)}); shorten it")
-    redact.remember_url(url)
-    raw = {"name": f"bench-{label}", "workload": read_workload(scenario_file) if scenario_file else {},
-           "engines": [{"name": label, "kind": "endpoint", "launcher": "external", "url": url,
-                        "model": model or "?", "api": api, "api_key_env": api_key_env,
-                        "speculation": {"method": method, "n_spec": [n_spec]}}]}
-    base = scenario_file.parent if scenario_file else Path.cwd()
-    sc = build_scenario(raw, scenario_file or Path("orch bench"), overrides)
-    if model is None:  # asked only once the rest is known to be valid, with the key the requests will carry
-        sc.engines[0].model = _served_model(url, api_key_env)
+    target = BenchTarget(url, model, api, api_key_env, label, method, n_spec)
+    sc, base = bench_scenario(target, scenario_file, overrides)
     _run(sc, base, out, False, "run orch bench again (an endpoint run is not resumable)")
-
-
-def _served_model(url: str, api_key_env: str | None) -> str:
-    import json
-
-    from orchestrator.common import probe
-    from orchestrator.common.credentials import KeyProblem, auth_fix, bearer
-
-    shown = f"{redact.public_url(url.rstrip('/'))}/v1/models"
-    try:
-        headers = bearer(api_key_env)
-    except KeyProblem as exc:
-        raise OrchError(f"--api-key-env: {exc}")
-    try:
-        name = json.loads(probe.get(url.rstrip("/"), "/v1/models", headers, timeout_s=10))["data"][0]["id"]
-    except AuthRefused as exc:
-        raise OrchError(f"{shown}: {exc}; {auth_fix(api_key_env)}")
-    except (probe.ProbeFailed, ValueError, KeyError, IndexError, TypeError, RecursionError):
-        name = None
-    if not isinstance(name, str) or not name:
-        raise OrchError(f"could not read the model name from {shown}; pass --model NAME")
-    return name
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, unwound like Ctrl-C through every server's context manager."""
-
-
-def _sigint(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _sigterm(signum, frame):
-    raise Terminated()
-
-
-def dry_run_text(sc, base_dir: Path) -> str:
-    prepared = prepare(sc, base_dir, need_binaries=False)
-    cells = plan_cells(sc)
-    w = sc.workload
-    lines = [f"sweep {sc.name}: {len(cells)} cells; per cell {w.warmup} warm-up and "
-             f"{_prompt_count(sc, base_dir)} prompts x {w.repeats} repeats x concurrency {w.concurrency} measured requests",
-             "(ports are picked free when each cell starts)"]
-    for k, cell in enumerate(cells, 1):
-        plan = command_for(cell, prepared[cell.engine.name], max(w.concurrency))
-        lines += [f"cell {k}/{len(cells)} {cell.id} [{cell.engine.launcher}, {cell.engine.api}]",
-                  f"  {command_text(plan)}"]
-    return "\n".join(lines)
-
-
-def _prompt_count(sc, base_dir: Path) -> int:
-    from orchestrator.measure.prompts import load_prompt_set
-
-    return sum(len(load_prompt_set(ref, base_dir)) for ref in sc.workload.prompts)
-
-
-def _open_run(sc, out: Path, resume: bool, again: str) -> RunDir:
-    resolved = sc.model_dump(mode="json")
-    for engine in resolved["engines"]:
-        engine["url"] = redact.public_url(engine["url"])  # the scenario as run, less any password
-    if not resume:
-        run = RunDir.create(out, sc.name, again)
-        run.write_scenario(resolved)
-        return run
-    run = RunDir.latest(out, sc.name)
-    if run is None:
-        raise OrchError(f"--resume: no earlier run of {sc.name!r} under {out}; drop --resume to start one")
-    run.again = again
-    run.schema_version()  # one line, and nothing appended, if this orch cannot read the run
-    if redact.scrub(scenario_text(resolved)) != run.read_scenario_text():
-        raise OrchError(f"--resume: {run.path}/scenario.toml differs from this scenario (with --set); "
-                        "resume with the same settings or start a new run")
-    for note in run.repair():
-        click.echo(f"warning: {note}", err=True)
-    run.write_schema()
-    return run
-
-
-def _engine_env(runner: Sweep) -> dict:
-    return {name: {"kind": p.engine.kind, "binary": p.engine.binary(), "version": p.engine.version(),
-                   "model": p.model.label, "model_path": str(p.model.path) if p.model.path else None}
-            for name, p in runner.prepared.items()}
 
 
 def _print_report(run: RunDir, overlay=None) -> bool:
@@ -400,7 +294,8 @@ def engines():
 
 @engines.command("install")
 @click.argument("names", nargs=-1, required=True, type=click.Choice(list(INSTALLERS)))
-@click.option("--jobs", "-j", type=int, default=None, help="Parallel compile jobs for llama-server (default: cores).")
+@click.option("--jobs", "-j", type=int, default=None,
+              help="Parallel compile jobs for an engine built from source (default: cores).")
 def engines_install(names, jobs):
     """Install engines into orch's cache (a second call returns at once).
 

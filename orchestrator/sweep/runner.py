@@ -175,8 +175,8 @@ class Sweep:
         rec.set(phases=_phases(marks))
 
     def _cell_base(self, cell: Cell, prep: Prepared, plan) -> dict:
-        return {"model": prep.model.label, "api": cell.engine.api, "argv": plan.argv, "command": command_text(plan),
-                "endpoint": ENDPOINTS[cell.engine.api], "cache": prep.engine.cache_setting(self.workload)}
+        return dict(model=prep.model.label, api=cell.engine.api, argv=plan.argv, command=command_text(plan),
+                    endpoint=ENDPOINTS[cell.engine.api], cache=prep.engine.cache_setting(self.workload))
 
     def _drive(self, cell: Cell, server, todo: list[RequestSpec], marks: dict,
                headers: dict) -> tuple[list[RequestRecord], dict]:

@@ -1,0 +1,180 @@
+"""One `orch sweep` or `orch bench` from start to exit code: the run folder opened (or resumed,
+under the resume policy), the environment recorded, every cell run with Ctrl-C and SIGTERM turned
+into a clean stop, and how it ended. The CLI parses, calls these, and prints."""
+
+from __future__ import annotations
+
+import json
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from engines.endpoint import Endpoint
+
+from orchestrator.common import probe, redact
+from orchestrator.common.credentials import KeyProblem, auth_fix, bearer
+from orchestrator.common.errors import AuthRefused, OrchError, ScenarioError
+from orchestrator.launch.launchers import command_text
+from orchestrator.measure.prompts import load_prompt_set
+from orchestrator.results.records import CellRecord
+from orchestrator.results.rundir import RunDir, scenario_text
+from orchestrator.sweep.environment import capture
+from orchestrator.sweep.runner import Sweep, command_for, plan_cells, prepare
+from orchestrator.sweep.scenario import Scenario, build_scenario, read_workload, url_problem
+
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
+EXIT_TERMINATED = 143  # SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C through every server's context manager."""
+
+
+@dataclass
+class Finished:
+    run: RunDir
+    cells: list[CellRecord]  # the cell records this call wrote
+    interrupted: int | None = None  # the exit code of an interrupt, or None if every cell ran
+
+    def exit_code(self, failed_requests: bool) -> int:
+        """0 only if every cell and every request succeeded."""
+        if self.interrupted is not None:
+            return self.interrupted
+        return 1 if failed_requests or any(c.status != "ok" for c in self.cells) else 0
+
+
+def run_sweep(sc: Scenario, base_dir: Path, out: Path, resume: bool, again: str, progress,
+              opened: Callable[[RunDir, list[str]], None]) -> Finished:
+    """Run every cell not yet done. `again` says how to carry on after an interrupt or a write
+    error; `opened(run, warnings)` is called once the run folder exists, before any server starts."""
+    runner = Sweep(sc, base_dir, progress)  # resolves engines and models: nothing starts if one is missing
+    run, warnings = open_run(sc, out, resume, again)
+    run.write_environment(capture(engine_env(runner)))
+    opened(run, warnings)
+    with _signals_stop_the_sweep():
+        try:
+            with progress:
+                return Finished(run, runner.execute(run))
+        except KeyboardInterrupt as exc:
+            return Finished(run, [], EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
+
+
+class _signals_stop_the_sweep:
+    """SIGINT and SIGTERM raise KeyboardInterrupt (Terminated) in the main thread. Not Python's own
+    SIGINT handler: asyncio.run replaces that one with "cancel the main task", and a cancellation
+    that the HTTP stack absorbs mid-read lets the sweep run on after Ctrl-C."""
+
+    def __enter__(self):
+        signal.signal(signal.SIGTERM, _sigterm)
+        signal.signal(signal.SIGINT, _sigint)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _sigint(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _sigterm(signum, frame):
+    raise Terminated()
+
+
+def open_run(sc: Scenario, out: Path, resume: bool, again: str) -> tuple[RunDir, list[str]]:
+    """A new run folder, or with `resume` the latest of this sweep, if its scenario is the same
+    and this orch can read its records; returns it and what repairing it dropped."""
+    resolved = sc.model_dump(mode="json")
+    for engine in resolved["engines"]:
+        engine["url"] = redact.public_url(engine["url"])  # the scenario as run, less any password
+    if not resume:
+        run = RunDir.create(out, sc.name, again)
+        run.write_scenario(resolved)
+        return run, []
+    run = RunDir.latest(out, sc.name)
+    if run is None:
+        raise OrchError(f"--resume: no earlier run of {sc.name!r} under {out}; drop --resume to start one")
+    run.again = again
+    run.schema_version()  # one line, and nothing appended, if this orch cannot read the run
+    if redact.scrub(scenario_text(resolved)) != run.read_scenario_text():
+        raise OrchError(f"--resume: {run.path}/scenario.toml differs from this scenario (with --set); "
+                        "resume with the same settings or start a new run")
+    notes = run.repair()
+    run.write_schema()
+    return run, notes
+
+
+def engine_env(runner: Sweep) -> dict:
+    return {name: {"kind": p.engine.kind, "binary": p.engine.binary(), "version": p.engine.version(),
+                   "model": p.model.label, "model_path": str(p.model.path) if p.model.path else None}
+            for name, p in runner.prepared.items()}
+
+
+def dry_run_text(sc: Scenario, base_dir: Path) -> str:
+    """Every cell and its command line; nothing is started."""
+    prepared = prepare(sc, base_dir, need_binaries=False)
+    cells = plan_cells(sc)
+    w = sc.workload
+    prompts = sum(len(load_prompt_set(ref, base_dir)) for ref in w.prompts)
+    lines = [f"sweep {sc.name}: {len(cells)} cells; per cell {w.warmup} warm-up and "
+             f"{prompts} prompts x {w.repeats} repeats x concurrency {w.concurrency} measured requests",
+             "(ports are picked free when each cell starts)"]
+    for k, cell in enumerate(cells, 1):
+        plan = command_for(cell, prepared[cell.engine.name], max(w.concurrency))
+        lines += [f"cell {k}/{len(cells)} {cell.id} [{cell.engine.launcher}, {cell.engine.api}]",
+                  f"  {command_text(plan)}"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- orch bench
+
+
+@dataclass(frozen=True)
+class BenchTarget:
+    """What `orch bench` is pointed at: a server that is already running."""
+
+    url: str
+    model: str | None
+    api: str
+    api_key_env: str | None
+    label: str | None
+    method: str
+    n_spec: int
+
+
+def bench_scenario(target: BenchTarget, scenario_file: Path | None, overrides) -> tuple[Scenario, Path]:
+    """The one-cell scenario of a bench run, and the folder its prompt files are relative to."""
+    label = target.label or Endpoint.kind
+    problem = url_problem(target.url)
+    if problem:
+        raise ScenarioError("orch bench", "--url", problem)
+    if len(label) > 58:  # the run folder is bench-LABEL-STAMP, and names stop at 64 characters
+        raise ScenarioError("orch bench", "--label", f"at most 58 characters (got {len(label)}); shorten it")
+    redact.remember_url(target.url)
+    raw = {"name": f"bench-{label}", "workload": read_workload(scenario_file) if scenario_file else {},
+           "engines": [{"name": label, "kind": Endpoint.kind, "launcher": "external", "url": target.url,
+                        "model": target.model or "?", "api": target.api, "api_key_env": target.api_key_env,
+                        "speculation": {"method": target.method, "n_spec": [target.n_spec]}}]}
+    sc = build_scenario(raw, scenario_file or Path("orch bench"), overrides)
+    if target.model is None:  # asked only once the rest is known to be valid, with the key the requests will carry
+        sc.engines[0].model = served_model(target.url, target.api_key_env)
+    return sc, scenario_file.parent if scenario_file else Path.cwd()
+
+
+def served_model(url: str, api_key_env: str | None) -> str:
+    """The first model a running server lists at /v1/models."""
+    shown = f"{redact.public_url(url.rstrip('/'))}/v1/models"
+    try:
+        headers = bearer(api_key_env)
+    except KeyProblem as exc:
+        raise OrchError(f"--api-key-env: {exc}")
+    try:
+        name = json.loads(probe.get(url.rstrip("/"), "/v1/models", headers, timeout_s=10))["data"][0]["id"]
+    except AuthRefused as exc:
+        raise OrchError(f"{shown}: {exc}; {auth_fix(api_key_env)}")
+    except (probe.ProbeFailed, ValueError, KeyError, IndexError, TypeError, RecursionError):
+        name = None
+    if not isinstance(name, str) or not name:
+        raise OrchError(f"could not read the model name from {shown}; pass --model NAME")
+    return name
