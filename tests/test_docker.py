@@ -272,3 +272,16 @@ def test_run_line_and_run_kwargs_make_the_same_container(created, cli_created, t
     from_kwargs, from_line = _facts(created(spec, environ)), _facts(cli_created(spec, environ))
     assert from_kwargs == from_line
     assert from_line["cmd"] == list(spec.argv)
+
+
+def test_the_docker_client_is_injectable(client):
+    """list_containers and DockerServer take a client instead of dialling DOCKER_HOST themselves."""
+    from orchestrator.launch.docker import list_containers
+    from orchestrator.launch.shared import MANAGED
+
+    made = client.containers.create("orch-test/llama-server:cpu", command=["--version"],
+                                    labels={MANAGED: "1", "orch.sweep": "dk-inject"})
+    try:
+        assert made.id in {c.id for c in list_containers(client=client)}
+    finally:
+        made.remove(force=True)

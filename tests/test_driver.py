@@ -154,3 +154,25 @@ def test_a_compressed_stream_is_read():
     (rec,) = serve(handler, lambda base: run_batch(base, "chat", [spec], 1, lambda s: {"stream": True}, 10,
                                                    lambda r: None))
     assert rec.ok and rec.text == "zipped" and rec.completion_tokens == 1
+
+
+def test_the_http_session_is_injectable():
+    """run_batch's open_session hands the driver another session: here one that adds a header
+    the server sees, built on the driver's own (so the clock and connection rules still hold)."""
+    from orchestrator.measure.driver import session_for
+
+    seen = []
+
+    async def handler(request):
+        seen.append(request.headers.get("X-Injected"))
+        if request.method == "GET":
+            return web.json_response({"data": []})
+        return event_stream(sse(chunk("hi"), {"choices": [], "usage": {"completion_tokens": 1}}))
+
+    def injected(timeout, tls, headers):
+        return session_for(timeout, tls, {**(headers or {}), "X-Injected": "yes"})
+
+    spec = RequestSpec(Prompt("s", "0", "p"), "measured", 1, 0)
+    (rec,) = serve(handler, lambda base: run_batch(base, "chat", [spec], 1, lambda s: {"stream": True}, 10,
+                                                   lambda r: None, open_session=injected))
+    assert rec.ok and rec.text == "hi" and seen == ["yes", "yes"]  # the connection's GET, then the request

@@ -39,11 +39,13 @@ def client_for(docker_host: str | None = None) -> docker.DockerClient:
 
 
 class DockerServer:
-    def __init__(self, plan: ServerPlan, log_path: Path, ready_timeout_s: float):
+    def __init__(self, plan: ServerPlan, log_path: Path, ready_timeout_s: float,
+                 client: docker.DockerClient | None = None):
+        """`client`: a Docker client to use instead of one for the plan's docker_host (tests)."""
         self.plan = plan
         self.log_path = Path(log_path)
         self.ready_timeout_s = ready_timeout_s
-        self.client = client_for(plan.container.docker_host)
+        self.client = client or client_for(plan.container.docker_host)
         self.container = None
         self.base_url = f"http://{_server_host(plan.container.docker_host)}:{plan.port}"
 
@@ -132,8 +134,9 @@ class DockerServer:
         return self.client.images.get(ref)
 
 
-def list_containers(docker_host: str | None = None) -> list:
-    return client_for(docker_host).containers.list(all=True, filters={"label": f"{MANAGED}=1"})
+def list_containers(docker_host: str | None = None, client: docker.DockerClient | None = None) -> list:
+    client = client or client_for(docker_host)
+    return client.containers.list(all=True, filters={"label": f"{MANAGED}=1"})
 
 
 def orphaned(container) -> bool:

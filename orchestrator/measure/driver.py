@@ -71,7 +71,8 @@ def request_body(api: str, text: str, model: str, workload, extra: dict) -> dict
 async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurrency: int,
                     make_body: Callable[[RequestSpec], dict], timeout_s: float,
                     on_record: Callable[[Measured], None], headers: dict | None = None,
-                    tokenize_path: str | None = None, counts: StreamCounts | None = None) -> list[Measured]:
+                    tokenize_path: str | None = None, counts: StreamCounts | None = None,
+                    open_session: Callable[..., aiohttp.ClientSession] | None = None) -> list[Measured]:
     """Send `specs` in order with at most `concurrency` in flight; call on_record as each ends.
 
     Each of the `concurrency` streams is a worker with its own connection (a closed loop, as a
@@ -89,7 +90,7 @@ async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurren
     base = base_url.rstrip("/")
 
     async def worker() -> None:
-        async with _session(timeout, tls, headers) as session:
+        async with (open_session or session_for)(timeout, tls, headers) as session:
             await open_connection(session, base)
             await start.wait()
             while pending:
@@ -127,8 +128,9 @@ def _no_gc_pauses():
             gc.enable()
 
 
-def _session(timeout: aiohttp.ClientTimeout, tls: ssl.SSLContext, headers: dict | None) -> aiohttp.ClientSession:
-    """One connection, kept alive; the trace marks when a request's bytes go out."""
+def session_for(timeout: aiohttp.ClientTimeout, tls: ssl.SSLContext, headers: dict | None) -> aiohttp.ClientSession:
+    """One connection, kept alive; the trace marks when a request's bytes go out. run_batch's
+    `open_session` replaces this (same arguments) to hand the driver another session (tests)."""
     trace = aiohttp.TraceConfig()
     # aiohttp holds the headers back and writes them with the body, so the body's write is the
     # moment the request leaves (the headers' signal can come a whole event-loop turn earlier).
