@@ -2,8 +2,8 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 
-from .conftest import make_run
-from .test_summary import req
+from .support.runs import make_run
+from .support.runs import req
 
 
 def test_compare_picks_the_best_setting_per_engine_across_runs(tmp_path):

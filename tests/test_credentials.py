@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 
-from .threaded_server import ThreadedApp
+from .support.threaded_server import ThreadedApp
 
 KEY = "sk-test-7f3a9c2e51"
 PASSWORD = "hunter2-pw-x9"

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from engines.container import ContainerSpec, Mount
 from orchestrator.cli import cli
 
-from .conftest import jsonl_rows as rows, workload_scenario as scenario, llama_server_binary
-from .docker_image import IMAGE, build_llama_image
+from .support.runs import jsonl_rows as rows, workload_scenario as scenario, llama_server_binary
+from .support.docker_image import IMAGE, build_llama_image
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from engines.llama_server import LlamaServer  # llama.cpp's timings: the stream 
 
 TIMINGS = LlamaServer.stream_counts
 
-from .canned_server import answer, event_stream, serve, sse
+from .support.canned_server import answer, event_stream, serve, sse
 
 
 def stream(body: bytes):

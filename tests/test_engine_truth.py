@@ -18,7 +18,7 @@ from orchestrator.setup.models import ResolvedModel
 from engines.vllm import VLLM_CPU
 from orchestrator.sweep.scenario import EngineSpec
 
-from .conftest import llama_server_binary
+from .support.runs import llama_server_binary
 
 MODEL = ResolvedModel("m", path=Path("/models/m.gguf"))
 DRAFT = ResolvedModel("d", path=Path("/models/d.gguf"))

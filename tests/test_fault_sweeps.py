@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 
-from .conftest import jsonl_rows as rows, workload_scenario as scenario, llama_server_binary
+from .support.runs import jsonl_rows as rows, workload_scenario as scenario, llama_server_binary
 
 pytestmark = pytest.mark.integration
 ORCH = [sys.executable, "-c", "from orchestrator.cli import main; main()"]
@@ -185,7 +185,7 @@ def test_shell_metacharacters_reach_the_server_as_one_literal_argument(tmp_path)
 
 
 def test_api_key_for_url_endpoints_is_sent_and_never_written(tmp_path, monkeypatch):
-    from .fake_server import FakeServer
+    from .support.fake_server import FakeServer
 
     secret = "sk-orch-test-9f8e7d6c5b4a"
     monkeypatch.setenv("MY_ENDPOINT_KEY", secret)

@@ -8,7 +8,7 @@ import pytest
 from orchestrator.measure.driver import RequestSpec, run_batch
 from orchestrator.measure.prompts import Prompt
 
-from .fake_server import FakeServer
+from .support.fake_server import FakeServer
 
 
 def one(server, timeout=30):

@@ -34,7 +34,7 @@ from engines.llama_server import LlamaServer  # llama.cpp's timings: the stream 
 
 TIMINGS = LlamaServer.stream_counts
 
-from .hostile_server import LABELS, RARE, RARE_REPEATS, Expect, HostileServer, min_cases
+from .support.hostile_server import LABELS, RARE, RARE_REPEATS, Expect, HostileServer, min_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = [1, 2, 3]  # each run: 210 requests, every label; ~12 s with a driver that keeps its deadlines

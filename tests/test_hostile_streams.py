@@ -15,7 +15,7 @@ from engines.llama_server import LlamaServer  # llama.cpp's timings: the stream 
 
 TIMINGS = LlamaServer.stream_counts
 
-from .canned_server import answer, event_stream, serve
+from .support.canned_server import answer, event_stream, serve
 
 USAGE = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from orchestrator.cli import cli
 from orchestrator.setup.models import resolve_model
 
-from .conftest import llama_server_binary, real_scenario
+from .support.runs import llama_server_binary, real_scenario
 
 pytestmark = pytest.mark.integration
 

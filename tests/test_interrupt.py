@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .conftest import jsonl_rows as rows, real_scenario
+from .support.runs import jsonl_rows as rows, real_scenario
 
 pytestmark = pytest.mark.integration
 

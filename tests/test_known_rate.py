@@ -26,7 +26,7 @@ from orchestrator.analysis.metrics import itl_per_token, tpot
 from orchestrator.measure.driver import RequestSpec, run_batch
 from orchestrator.measure.prompts import Prompt
 
-from .threaded_server import ThreadedApp
+from .support.threaded_server import ThreadedApp
 
 N = 40  # tokens per response
 PACE_S = 0.020  # seconds per token: 50 tok/s per stream

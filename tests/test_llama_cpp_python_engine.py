@@ -15,7 +15,7 @@ from orchestrator.setup.models import ResolvedModel
 from orchestrator.measure.prompts import Prompt
 from orchestrator.sweep.scenario import EngineSpec
 
-from .canned_server import event_stream, serve, sse
+from .support.canned_server import event_stream, serve, sse
 
 MODEL = ResolvedModel("m", path=Path("/models/m.gguf"))
 PY = "/cache/llama-cpp-python/venv/bin/python"

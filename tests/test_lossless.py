@@ -1,7 +1,7 @@
 from orchestrator.analysis import lossless
 from orchestrator.analysis.lossless import per_cell
 
-from .conftest import requests_of
+from .support.runs import requests_of
 
 
 def check_texts(rows):

@@ -8,7 +8,7 @@ from orchestrator.measure.driver import RequestSpec, run_batch
 from orchestrator.analysis.metrics import itl_per_token
 from orchestrator.measure.prompts import Prompt
 
-from .fake_server import FakeServer
+from .support.fake_server import FakeServer
 
 
 def drive(server, n=2):

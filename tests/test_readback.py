@@ -18,10 +18,10 @@ from orchestrator.results.rundir import RunDir
 from orchestrator.analysis.stats import median_ci, ratio_ci, verdict
 from orchestrator.analysis.summary import summarize as summarize_records
 
-from .conftest import cells_of, requests_of
+from .support.runs import cells_of, requests_of
 
-from .conftest import make_run
-from .test_summary import CELLS, req
+from .support.runs import make_run
+from .support.runs import CELLS, req
 
 ENGINES = {"e": {"kind": "llama-server", "model": "m"}}
 CI_COLUMNS = ["e2e_tok_s_ci_low", "e2e_tok_s_ci_high", "decode_tok_s_ci_low", "decode_tok_s_ci_high",

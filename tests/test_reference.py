@@ -37,8 +37,8 @@ def test_orch_reference_prints_and_draws(tmp_path):
 
 
 def test_report_overlays_only_a_matching_run(tmp_path):
-    from tests.conftest import make_run
-    from tests.test_summary import req
+    from tests.support.runs import make_run
+    from tests.support.runs import req
 
     rows = [dict(req("g-n0", 0, 40), engine="g"), dict(req("g-n5", 5, 130, key="b"), engine="g")]
     run = make_run(tmp_path / "run", rows, {"g": {"kind": "vllm", "model": "RedHatAI/gemma-4-31B-it-FP8-block"}})

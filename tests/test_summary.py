@@ -3,24 +3,13 @@ import pytest
 
 from orchestrator.analysis.summary import format_table, summarize as summarize_records
 
-from .conftest import cells_of, requests_of
+from .support.runs import CELLS, cells_of, req, requests_of
 
 
 
 def summarize(rows, cells):
     return summarize_records(requests_of(rows), cells_of(cells))
 
-def req(cell, n_spec, e2e, ok=True, phase="measured", key=None, prompt_set="seeds", drafts=(None, None)):
-    return {"cell_id": cell, "engine": "e", "method": "ngram-mod" if n_spec else "none", "n_spec": n_spec,
-            "concurrency": 1, "prompt_set": prompt_set, "phase": phase, "ok": ok, "key": key or f"k{e2e}",
-            "e2e_tok_s": e2e if ok else None, "decode_tok_s": e2e * 1.1 if ok else None, "ttft_s": 0.1,
-            "completion_tokens": 100, "timings_draft_n": drafts[0], "timings_draft_n_accepted": drafts[1],
-            "prompt_id": key or f"k{e2e}", "repeat": 0, "text": "same"}
-
-
-CELLS = [{"cell_id": "e-n0", "engine": "e", "method": "none", "n_spec": 0, "status": "ok"},
-         {"cell_id": "e-n4", "engine": "e", "method": "ngram-mod", "n_spec": 4, "status": "ok"},
-         {"cell_id": "e-n8", "engine": "e", "method": "ngram-mod", "n_spec": 8, "status": "failed"}]
 
 
 def test_medians_speedup_acceptance_and_warmup_excluded():
@@ -110,7 +99,7 @@ def test_server_metrics_deltas_from_prometheus_text():
 
 
 def test_a_metrics_page_that_is_not_prometheus_text_means_no_counters():
-    from .fake_server import FakeServer
+    from .support.fake_server import FakeServer
     from orchestrator.measure.server_metrics import scrape
 
     with FakeServer() as server:  # answers every GET with JSON

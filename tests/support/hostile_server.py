@@ -11,7 +11,7 @@ must make of it: "ok" with the stream's token count and text, or an error.
 It runs aiohttp in a thread with its own event loop. Every response ends by itself within CAP_S
 (bounded loops, a hard wait_for), and leaving the `with` block stops the server within seconds.
 
-One case by hand: python -m tests.hostile_server --seed 1 --only tokens_nan
+One case by hand: python -m tests.support.hostile_server --seed 1 --only tokens_nan
 """
 
 from __future__ import annotations
