@@ -1,1 +1,1 @@
-"""orch's cache: engines installed and models prepared for a scenario, and `orch doctor`'s host checks."""
+"""orch's cache: which engines and models a scenario needs, models fetched and converted (the installers themselves live with their engines)."""
