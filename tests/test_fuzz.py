@@ -1,4 +1,4 @@
-"""Fuzz: `orch bench --url` against a hostile server (tests/hostile_server.py) that answers every
+"""Fuzz: `orch bench --url` against a hostile server (tests/support/hostile_server.py) that answers every
 request with a seeded mutation of a valid stream: SSE framing, shapes, types, values, cut points,
 HTTP status, streams that never end, responses too big to buffer.
 
