@@ -167,7 +167,8 @@ def kind_mentions(path: Path) -> list[str]:
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
-            found = [m.group(1) for m in WORD.finditer(node.value)] + ([node.value] if node.value in NAMES else [])
+            found = dict.fromkeys([m.group(1) for m in WORD.finditer(node.value)]
+                                  + ([node.value] if node.value in NAMES else []))
             out += [f"{path.relative_to(ROOT)}:{node.lineno}: {name!r} in {node.value[:60]!r}" for name in found]
     return out
 
