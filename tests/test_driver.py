@@ -176,3 +176,39 @@ def test_the_http_session_is_injectable():
     (rec,) = serve(handler, lambda base: run_batch(base, "chat", [spec], 1, lambda s: {"stream": True}, 10,
                                                    lambda r: None, open_session=injected))
     assert rec.ok and rec.text == "hi" and seen == ["yes", "yes"]  # the connection's GET, then the request
+
+
+def _hang_up_first(times: int):
+    """Fault injection: the first `times` requests find their connection closed under them, before any answer."""
+    posts = []
+
+    async def handler(request):
+        if request.method == "GET":
+            return web.json_response({"data": []})
+        posts.append(request.path)
+        if len(posts) <= times:
+            request.transport.close()  # the server hangs up: no status line ever goes out
+            return web.Response()
+        return event_stream(sse(chunk("ok"), {"choices": [], "usage": {"completion_tokens": 1}}))
+    return handler, posts
+
+
+def test_a_connection_closed_before_any_answer_is_sent_once_more_and_said():
+    handler, posts = _hang_up_first(1)
+    (rec,) = serve(handler, lambda base: run_batch(base, "chat", [RequestSpec(Prompt("s", "0", "p"), "measured", 1, 0)],
+                                                   1, lambda s: {"stream": True}, 10, lambda r: None))
+    assert len(posts) == 2 and rec.ok and rec.text == "ok" and rec.reconnected is True
+    assert rec.model_dump(exclude_unset=True)["reconnected"] is True  # written to requests.jsonl
+
+
+def test_a_server_that_always_hangs_up_is_an_error_row_after_one_more_try():
+    handler, posts = _hang_up_first(99)
+    (rec,) = serve(handler, lambda base: run_batch(base, "chat", [RequestSpec(Prompt("s", "0", "p"), "measured", 1, 0)],
+                                                   1, lambda s: {"stream": True}, 10, lambda r: None))
+    assert len(posts) == 2 and not rec.ok and rec.reconnected is True
+    assert rec.error.startswith("ServerDisconnectedError") and rec.http_status is None
+
+
+def test_a_refused_connection_is_not_tried_again():
+    rec = run(_hang_up_first(0)[0], url="http://127.0.0.1:9")  # nothing listens on port 9
+    assert not rec["ok"] and "reconnected" not in rec and rec["error"].startswith("ClientConnectorError")

@@ -177,10 +177,26 @@ async def stream_request(session: aiohttp.ClientSession, url: str, body: dict, t
                          counts: StreamCounts | None = None) -> dict:
     """One streamed request, ended by its deadline (`timeout_s`, first byte out to last byte in)
     whatever the server does: comments that keep the stream alive, tokens past max_tokens. Any
-    failure, of the server or of the bytes it sent, ends as an error row, never an exception."""
+    failure, of the server or of the bytes it sent, ends as an error row, never an exception.
+
+    A kept-alive connection that the server closed just as the request went out (llama-server
+    does, now and then, right after a response) never reached it: that request is sent once more
+    on a new connection, within the same deadline, and its record says `reconnected`."""
+    started = time.monotonic()
+    rec, unanswered = await _attempt(session, url, body, timeout_s, counts)
+    left = timeout_s - (time.monotonic() - started)
+    if unanswered and left > 0:
+        rec, _ = await _attempt(session, url, body, left, counts)
+        rec["reconnected"] = True
+    return rec
+
+
+async def _attempt(session: aiohttp.ClientSession, url: str, body: dict, timeout_s: float,
+                   counts: StreamCounts | None) -> tuple[dict, bool]:
+    """(the record, whether the connection failed before the server answered at all)."""
     t_call, wall_call = time.perf_counter(), time.time()
     state = _StreamState(t_call, body.get("max_tokens"), counts)
-    t_end = None
+    t_end, unanswered = None, False
     try:
         async with asyncio.timeout(timeout_s):
             async with session.post(url, json=body, trace_request_ctx=state) as resp:
@@ -188,6 +204,7 @@ async def stream_request(session: aiohttp.ClientSession, url: str, body: dict, t
                 t_end = time.perf_counter()  # the last event read, before the response is closed
     except aiohttp.ClientError as exc:  # before TimeoutError: a connect timeout is both
         state.error = _describe(exc)
+        unanswered = state.http_status is None and _closed_under_us(exc)
     except TimeoutError:
         state.error = (f"deadline: the request was still running after request_timeout_s = {timeout_s:g} s "
                        f"({state.chunks} text chunks read)")
@@ -195,7 +212,14 @@ async def stream_request(session: aiohttp.ClientSession, url: str, body: dict, t
         state.error = f"unexpected response ({type(exc).__name__}: {redact.credentials(str(exc))[:200]})"
     if t_end is None:
         t_end = time.perf_counter()
-    return state.record(wall_call + (state.t_start - t_call), state.t_start, t_end)
+    return state.record(wall_call + (state.t_start - t_call), state.t_start, t_end), unanswered
+
+
+def _closed_under_us(exc: aiohttp.ClientError) -> bool:
+    """A connection that was open and is closed now (writing the request failed, or the server
+    hung up before any answer); not one that could not be made (that is the server being down)."""
+    return (isinstance(exc, (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError))
+            and not isinstance(exc, aiohttp.ClientConnectorError))
 
 
 async def _read_response(resp: aiohttp.ClientResponse, state: "_StreamState") -> None:

@@ -102,6 +102,9 @@ class Measured(Record):
     e2e_tok_s: Rate | None = None
     decode_tok_s: Rate | None = None
     ttft_s: Rate | None = None
+    # Set (true) only when the first try met a kept-alive connection the server had just closed,
+    # before it answered: this record is of the second try, on a new connection.
+    reconnected: StrictBool | None = None
 
     @field_validator("timings_draft_n_accepted")
     @classmethod
