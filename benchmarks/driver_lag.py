@@ -42,10 +42,10 @@ def one_run(url: str, rate: float, streams: int, requests: int, max_tokens: int)
     spans = {user: (arrived, last) for user, arrived, last in stats["spans"]}
     out = {"pickup_ms": [], "tail_ms": [], "error_pct": []}
     for r in recs:
-        arrived, last = spans[str(r["repeat"])]
-        out["pickup_ms"].append(1000 * (arrived - r["t_start"]))
-        out["tail_ms"].append(1000 * (r["t_end"] - last))
-        out["error_pct"].append(100 * (r["e2e_tok_s"] / rate - 1))
+        arrived, last = spans[str(r.repeat)]
+        out["pickup_ms"].append(1000 * (arrived - r.t_start))
+        out["tail_ms"].append(1000 * (r.t_end - last))
+        out["error_pct"].append(100 * (r.e2e_tok_s / rate - 1))
     out["server_late_ms"] = stats["max_late_ms"]
     return out
 

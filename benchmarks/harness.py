@@ -122,7 +122,7 @@ specs = [RequestSpec(Prompt("p", str(i), "hello"), "measured", conc, i) for i in
 import os
 recs = asyncio.run(run_batch(url, "completions", specs, conc,
                              lambda s: request_body("completions", s.prompt.text, "synthetic", wl, {}), 600, lambda r: None))
-print(json.dumps([[r["completion_tokens"], r["e2e_tok_s"]] for r in recs]))
+print(json.dumps([[r.completion_tokens, r.e2e_tok_s] for r in recs]))
 """
 
 

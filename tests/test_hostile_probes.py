@@ -109,3 +109,15 @@ def test_a_key_with_its_newline_is_one_line_not_a_wait(tmp_path):
     assert result.exit_code == 1
     assert result.output == ("Error: --api-key-env: $K holds spaces, a line end or characters an HTTP header cannot "
                              "carry (a key copied with its newline?); set it to the key alone\n")
+
+
+def test_a_gauge_of_minus_one_beside_the_counters_does_not_discard_them():
+    # vLLM reports a gauge it does not measure as -1 (prefix-cache hit rate with caching off);
+    # only the speculation counters must be counts, and other engines' names are not ours.
+    text = ("vllm:gpu_prefix_cache_hit_rate -1\nvllm:spec_decode_num_drafts_total 4\n"
+            "vllm:spec_decode_num_draft_tokens_total 12\nvllm:spec_decode_num_accepted_tokens_total 6\n"
+            "llamacpp:spec_decode_num_drafts_total 99\n")
+    got = server_metrics.parse(text, "vllm:")
+    assert (got["drafts"], got["draft_tokens"], got["accepted_tokens"]) == (4, 12, 6)
+    with pytest.raises(ValueError):
+        server_metrics.parse("vllm:spec_decode_num_drafts_total -1\n", "vllm:")

@@ -154,3 +154,8 @@ def test_what_one_response_may_buffer_is_bounded():
     assert rec["error"] == "an SSE line passed 1024 KiB without a line end"
     rec = run(b"data: " + b"x" * (600 << 10) + b"\ndata: " + b"y" * (600 << 10) + b"\n\n")
     assert rec["error"] == "one SSE event passed 1024 KiB"
+
+
+def test_a_rate_too_large_for_a_float_is_the_streams_error_not_a_failed_write():
+    rec = run(events(text("a"), {"choices": [], "timings": {"prompt_per_second": 10**400}}, USAGE))
+    assert not rec["ok"] and rec["error"].startswith("timings.prompt_per_second is 100000... (401 digits)")

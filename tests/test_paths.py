@@ -90,3 +90,9 @@ def test_a_write_error_in_a_bench_run_names_a_fix_that_exists(tmp_path):
     assert message == (f"cannot write {run.path / 'requests.jsonl'}: Is a directory; every line before this one "
                        "is kept; fix that, then run orch bench again")
     assert "--resume" not in message
+
+
+def test_an_empty_label_is_refused_not_replaced(tmp_path):
+    result = CliRunner().invoke(cli, ["bench", "--url", "http://127.0.0.1:9", "--model", "m", "--label", ""])
+    assert result.exit_code == 2
+    assert result.output == "Error: orch bench: --label: empty; name the server, or leave --label out\n"

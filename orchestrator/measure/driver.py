@@ -162,6 +162,8 @@ def _typed(rec: dict) -> Measured:
     """The record, typed and checked; a value the checks refuse (which the stream checks should
     already have caught) turns it into a failed request that says why, never a lost one."""
     measured, problems, _ = validate(Measured, rec)
+    if measured is not None and problems:  # salvage() words it for a record read back; this one was not
+        measured.error = measured.error.replace("invalid record read back: ", "invalid record as measured: ")
     if measured is None:  # its identity itself is broken: keep it, as a failed request
         error = f"invalid record: {'; '.join(problems)}"
         measured = Measured.model_construct(_fields_set=set(rec) | {"ok", "error"}, **{**rec, "ok": False, "error": error})
@@ -314,9 +316,17 @@ def _short(value: int | float) -> str:
     return text if len(text) <= 16 else f"{text[:6]}... ({len(text)} digits)"
 
 
+def _fits_a_float(value: int | float) -> bool:
+    """An integer of 400 digits compares below infinity but is no float (the record's type)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _rate(obj: dict, name: str, where: str) -> float | None:
     value = _field(obj, name, (int, float), where)
-    if value is not None and not (0 <= value < math.inf):  # negative, or 1e999 read as inf
+    if value is not None and not (0 <= value < math.inf and _fits_a_float(value)):  # negative, 1e999 read as inf
         raise StreamFault(f"{where}{name} is {_short(value)}: a rate is a finite number from 0")
     return value
 

@@ -35,11 +35,13 @@ def parse(text: str, prefix: str | None = None) -> dict:
     out: dict = {"drafts": 0.0, "draft_tokens": 0.0, "accepted_tokens": 0.0, "per_pos": {}}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if not math.isfinite(sample.value) or sample.value < 0:
-                raise ValueError(f"{sample.name} is {sample.value}: not a counter's value")
             if prefix is not None and not sample.name.startswith(prefix):
                 continue  # another component's metric of the same name
             name = sample.name.split(":", 1)[-1].removesuffix("_total")
+            if name not in COUNTERS and name != PER_POS:
+                continue  # a gauge of -1 (vLLM's "not measured") is no concern of ours
+            if not math.isfinite(sample.value) or sample.value < 0:
+                raise ValueError(f"{sample.name} is {sample.value}: not a counter's value")
             if name in COUNTERS:
                 out[COUNTERS[name]] += sample.value
             elif name == PER_POS:

@@ -145,10 +145,12 @@ class BenchTarget:
 
 def bench_scenario(target: BenchTarget, scenario_file: Path | None, overrides) -> tuple[Scenario, Path]:
     """The one-cell scenario of a bench run, and the folder its prompt files are relative to."""
-    label = target.label or Endpoint.kind
+    label = Endpoint.kind if target.label is None else target.label  # "" is refused below, as a name
     problem = url_problem(target.url)
     if problem:
         raise ScenarioError("orch bench", "--url", problem)
+    if not label:
+        raise ScenarioError("orch bench", "--label", "empty; name the server, or leave --label out")
     if len(label) > 58:  # the run folder is bench-LABEL-STAMP, and names stop at 64 characters
         raise ScenarioError("orch bench", "--label", f"at most 58 characters (got {len(label)}); shorten it")
     redact.remember_url(target.url)
