@@ -182,41 +182,20 @@ class Sweep:
                headers: dict) -> tuple[list[RequestRecord], dict]:
         """Warm-up, then the measured requests per concurrency level; returns the measured
         records and the /metrics deltas of each level's window. `headers` carry the API key."""
-        prep = self.prepared[cell.engine.name]
-        extra = prep.engine.request_fields(self.workload)
-
-        def body(spec: RequestSpec) -> dict:
-            return request_body(cell.engine.api, spec.prompt.text, prep.model.label, self.workload, extra)
-
-        def record(measured: Measured) -> None:
-            rec = RequestRecord.of(measured, cell_id=cell.id, engine=cell.engine.name, method=cell.method,
-                                   n_spec=cell.n_spec, endpoint=ENDPOINTS[cell.engine.api],
-                                   prompt_tokens_low=_prompt_tokens_low(measured, self.prompts))
-            typed.append(rec)
-            self.run.append_request(rec)
-            self.progress.request_done(rec)
-
-        typed: list[RequestRecord] = []  # the records as written, in the order they ended
-
-        timeout = self.workload.request_timeout_s
-        tokenize, counts, prefix = prep.engine.tokenize_path, prep.engine.stream_counts, prep.engine.metrics_prefix
+        batches = _Batches(self, cell, server.base_url, headers)
+        prefix = self.prepared[cell.engine.name].engine.metrics_prefix
         warm = self.warmup_specs()
         if warm:
             self.progress.phase("warm-up")
-            asyncio.run(run_batch(server.base_url, cell.engine.api, warm, 1, body, timeout, record, headers,
-                                  tokenize, counts))
-            _raise_if_refused(typed)
+            _raise_if_refused(batches.send(warm, 1))
         marks["warmed"] = time.monotonic()
         results: list[RequestRecord] = []
         windows, measuring = {}, 0.0
         for conc in self.workload.concurrency:
-            specs = [s for s in todo if s.concurrency == conc]
             self.progress.phase(f"measuring, concurrency {conc}")
             before = server_metrics.scrape(server.base_url, headers, prefix)
-            t0, first = time.monotonic(), len(typed)
-            asyncio.run(run_batch(server.base_url, cell.engine.api, specs, conc, body, timeout, record,
-                                  headers, tokenize, counts))
-            results += typed[first:]
+            t0 = time.monotonic()
+            results += batches.send([s for s in todo if s.concurrency == conc], conc)
             measuring += time.monotonic() - t0
             window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers, prefix))
             if window is not None:
@@ -238,6 +217,37 @@ class Sweep:
             return "unknown (no chat_template in /props)"
         first = tpl.strip().splitlines()[0][:60] if tpl.strip() else ""
         return f"server chat template sha1:{hashlib.sha1(tpl.encode(errors='replace')).hexdigest()[:12]} {first!r}"
+
+
+class _Batches:
+    """Sends one cell's requests with its engine's settings and writes each request's record,
+    stamped with its cell, as it ends."""
+
+    def __init__(self, sweep: Sweep, cell: Cell, base_url: str, headers: dict):
+        self.sweep, self.cell, self.base_url, self.headers = sweep, cell, base_url, headers
+        self.prep = sweep.prepared[cell.engine.name]
+        self.extra = self.prep.engine.request_fields(sweep.workload)
+        self.written: list[RequestRecord] = []  # in the order the requests ended
+
+    def send(self, specs: list[RequestSpec], concurrency: int) -> list[RequestRecord]:
+        first, engine = len(self.written), self.prep.engine
+        asyncio.run(run_batch(self.base_url, self.cell.engine.api, specs, concurrency, self._body,
+                              self.sweep.workload.request_timeout_s, self._record, self.headers,
+                              engine.tokenize_path, engine.stream_counts))
+        return self.written[first:]
+
+    def _body(self, spec: RequestSpec) -> dict:
+        return request_body(self.cell.engine.api, spec.prompt.text, self.prep.model.label, self.sweep.workload,
+                            self.extra)
+
+    def _record(self, measured: Measured) -> None:
+        cell = self.cell
+        rec = RequestRecord.of(measured, cell_id=cell.id, engine=cell.engine.name, method=cell.method,
+                               n_spec=cell.n_spec, endpoint=ENDPOINTS[cell.engine.api],
+                               prompt_tokens_low=_prompt_tokens_low(measured, self.sweep.prompts))
+        self.written.append(rec)
+        self.sweep.run.append_request(rec)
+        self.sweep.progress.request_done(rec)
 
 
 def _refused(records: list[RequestRecord]) -> RequestRecord | None:
