@@ -161,9 +161,7 @@ async def open_connection(session: aiohttp.ClientSession, base: str) -> None:
 def _typed(rec: dict) -> Measured:
     """The record, typed and checked; a value the checks refuse (which the stream checks should
     already have caught) turns it into a failed request that says why, never a lost one."""
-    measured, problems, _ = validate(Measured, rec)
-    if measured is not None and problems:  # salvage() words it for a record read back; this one was not
-        measured.error = measured.error.replace("invalid record read back: ", "invalid record as measured: ")
+    measured, problems, _ = validate(Measured, rec, "as measured")
     if measured is None:  # its identity itself is broken: keep it, as a failed request
         error = f"invalid record: {'; '.join(problems)}"
         measured = Measured.model_construct(_fields_set=set(rec) | {"ok", "error"}, **{**rec, "ok": False, "error": error})

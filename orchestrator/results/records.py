@@ -50,8 +50,9 @@ class Record(BaseModel):
     def required(cls) -> set[str]:
         return {name for name, f in cls.model_fields.items() if f.is_required()}
 
-    def salvage(self, problems: list[str]) -> None:
-        """Called on a record kept after its invalid optional fields were dropped."""
+    def salvage(self, problems: list[str], when: str = "read back") -> None:
+        """Called on a record kept after its invalid optional fields were dropped; `when` says
+        where that happened (read back from a file, or as measured)."""
 
     def set(self, **fields) -> None:
         """Fill in fields as a cell or request goes on (each one is then written)."""
@@ -130,9 +131,9 @@ class Measured(Record):
             raise ValueError("times go backwards")
         return v
 
-    def salvage(self, problems: list[str]) -> None:
+    def salvage(self, problems: list[str], when: str = "read back") -> None:
         """Invalid measurements: counted as a failed request, never as a measured one."""
-        note = "invalid record read back: " + "; ".join(problems)
+        note = f"invalid record {when}: " + "; ".join(problems)
         self.error = note if self.ok or not self.error else f"{self.error}; {note}"
         self.ok = False
         self.e2e_tok_s = self.decode_tok_s = self.ttft_s = None
@@ -275,7 +276,7 @@ def read_records(path: Path, model: type[R]) -> tuple[list[R], list[str]]:
     return records, notes
 
 
-def validate(model: type[R], obj: Any) -> tuple[R | None, list[str], bool]:
+def validate(model: type[R], obj: Any, when: str = "read back") -> tuple[R | None, list[str], bool]:
     """(record or None, problems, skipped). A record with invalid optional fields is kept
     without them and salvaged; one with an invalid required field is skipped."""
     if not isinstance(obj, dict):
@@ -295,7 +296,7 @@ def validate(model: type[R], obj: Any) -> tuple[R | None, list[str], bool]:
                 data.pop(field, None)
             continue
         if problems:
-            rec.salvage(problems)
+            rec.salvage(problems, when)
         return rec, problems, False
     return None, problems, True
 
