@@ -14,7 +14,7 @@ from rich.console import Console
 from engines import INSTALLERS
 
 from orchestrator import __version__
-from orchestrator.analysis.summary import format_table
+from orchestrator.analysis.summary import format_speedups, format_table
 from orchestrator.common import redact
 from orchestrator.common.errors import OrchError, ResultsError
 from orchestrator.results.rundir import RunDir, fix_for, why
@@ -136,7 +136,11 @@ def _print_report(run: RunDir, overlay=None) -> bool:
     for note in report.warnings:  # records skipped or kept as failed on reading back
         click.echo(f"warning: {note}", err=True)
     click.echo(format_table(report.summary))
+    speedups = format_speedups(report.summary)
+    if speedups:
+        click.echo(f"\n{speedups}")
     click.echo(f"\nsummary: {report.summary_path}")
+    click.echo(f"pairs:   {report.pairs_path}")
     for chart in report.charts:
         if chart.suffix == ".png":
             click.echo(f"chart:   {chart}")

@@ -10,8 +10,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 matplotlib.rcParams["svg.hashsalt"] = "orch"  # stable ids: a redrawn SVG is byte-identical
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from orchestrator.analysis.pairs import PAIRED  # noqa: E402
 from orchestrator.analysis.summary import METRICS_SOURCE  # noqa: E402
 
 
@@ -28,7 +31,8 @@ class Chart:
 CHARTS = [
     Chart("tok_s_vs_n_spec", "Output tokens/s by speculation depth", "e2e output tok/s (median, 95% CI)",
           "e2e_tok_s_median", "e2e_tok_s_ci_low", "e2e_tok_s_ci_high"),
-    Chart("speedup_vs_n_spec", "Speedup over no speculation", "speedup (x, median e2e tok/s / n_spec 0; 95% CI)",
+    Chart("speedup_vs_n_spec", "Speedup over no speculation (request pairs)",
+          "speedup (x, geometric mean of paired e2e ratios; 95% CI)",
           "speedup", "speedup_ci_low", "speedup_ci_high"),
     Chart("acceptance_vs_n_spec", "Draft acceptance rate", "accepted / drafted tokens (95% CI)",
           "acceptance_rate", "acceptance_ci_low", "acceptance_ci_high"),
@@ -55,6 +59,65 @@ def draw_charts(summary: pd.DataFrame, subtitle: str, out_dir: Path, overlay=Non
         _decorate(ax, chart, subtitle, data)
         paths += save(fig, Path(out_dir) / chart.file)
     return paths
+
+
+def draw_pairs(pairs: pd.DataFrame, summary: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]:
+    """Every request pair a point (speculative / n_spec 0 e2e tok/s, log scale), one panel per
+    engine, prompt sets side by side at each depth; the bar is the cell's typical speedup with its
+    95% interval."""
+    ok = pairs[pairs["status"] == PAIRED] if len(pairs) else pairs
+    engines = sorted(ok["engine"].unique()) if len(ok) else []
+    fig, axes = plt.subplots(1, max(1, len(engines)), figsize=(max(8, 5 * len(engines)), 5), dpi=110,
+                             sharey=True, squeeze=False)
+    for ax, engine in zip(axes[0], engines):
+        _pair_panel(ax, ok[ok["engine"] == engine], summary[summary["engine"] == engine], engine)
+    if not engines:
+        axes[0][0].text(0.5, 0.5, "no speculative request with a twin at n_spec 0", transform=axes[0][0].transAxes,
+                        ha="center")
+    axes[0][0].set_ylabel("speculative / n_spec 0 e2e tok/s, per request pair (log)")
+    fig.suptitle(f"Speedup per request pair (same prompt, repeat and concurrency)\n{subtitle}", fontsize=10)
+    return save(fig, Path(out_dir) / "paired_speedup_vs_n_spec")
+
+
+RATIO_TICKS = [1 / 16, 1 / 8, 1 / 4, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 8, 16]
+
+
+def _pair_panel(ax, ok: pd.DataFrame, summary: pd.DataFrame, engine: str) -> None:
+    groups = sorted({(p, c) for p, c in ok[["prompt_set", "concurrency"]].itertuples(index=False)})
+    depths = sorted(int(n) for n in ok["n_spec"].unique())
+    width = 0.7 / max(1, len(groups))
+    many_conc = len({c for _, c in groups}) > 1
+    for gi, (prompts, conc) in enumerate(groups):
+        offset = (gi - (len(groups) - 1) / 2) * width
+        color = f"C{gi}"
+        mine = ok[(ok["prompt_set"] == prompts) & (ok["concurrency"] == conc)]
+        for di, n in enumerate(depths):
+            r = mine.loc[mine["n_spec"] == n, "ratio"].astype(float)
+            jitter = (np.linspace(-0.3, 0.3, len(r)) if len(r) > 1 else np.zeros(len(r))) * width
+            ax.scatter(di + offset + jitter, r, s=12, alpha=0.5, color=color,
+                       label=f"{prompts}" + (f" · c={int(conc)}" if many_conc else "") if di == 0 else None)
+            row = summary[(summary["n_spec"] == n) & (summary["prompt_set"] == prompts)
+                          & (summary["concurrency"] == conc)]
+            if len(row) and pd.notna(row["speedup"].iloc[0]):
+                _typical(ax, di + offset, row.iloc[0], color, width)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(depths)), [str(n) for n in depths])
+    ax.set_xlabel("n_spec (speculative tokens per step)")
+    ax.set_title(engine, fontsize=10)
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(RATIO_TICKS))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=8, title="prompts (bar: typical, 95% CI)", title_fontsize=8)
+
+
+def _typical(ax, x: float, row, color: str, width: float) -> None:
+    y = float(row["speedup"])
+    low, high = row["speedup_ci_low"], row["speedup_ci_high"]
+    ax.hlines(y, x - width / 2, x + width / 2, color=color, linewidth=2.5)
+    if pd.notna(low) and pd.notna(high):
+        ax.vlines(x, float(low), float(high), color=color, linewidth=1.5)
 
 
 def draw_acceptance_length(summary: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]:

@@ -16,17 +16,21 @@ import pandas as pd
 from engines import ENGINES
 
 from orchestrator.analysis.lossless import check_texts, per_cell
+from orchestrator.analysis.pairs import pair_table, slower_prompts
 from orchestrator.results.records import CellRecord, machine_label
-from orchestrator.results.rundir import SUMMARY, RunDir
-from orchestrator.analysis.summary import format_table, summarize
+from orchestrator.results.rundir import PAIRS, SUMMARY, RunDir
+from orchestrator.analysis.summary import (format_speedups, format_table, measured_frame, speedup_frame, summarize,
+                                           unpaired_note)
 
-from .charts import draw_acceptance_length, draw_charts, draw_lossless
+from .charts import draw_acceptance_length, draw_charts, draw_lossless, draw_pairs
 
 
 @dataclass
 class Report:
     summary: pd.DataFrame
     summary_path: Path
+    pairs: pd.DataFrame
+    pairs_path: Path
     lossless: pd.DataFrame
     charts: list[Path]
     html: Path
@@ -39,21 +43,23 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     requests, cells = run.request_records(), run.cell_records()
     summary = summarize(requests, cells)
     summary.to_csv(run.path / SUMMARY, index=False)
+    pairs = pair_table(measured_frame(requests))
+    pairs.to_csv(run.path / PAIRS, index=False)
     checks = check_texts(requests)
     lossless = per_cell(checks)
     checks.to_csv(run.path / "lossless.csv", index=False)
     sub = subtitle(run)
     scenario = _scenario_text(run)
-    charts = (draw_charts(summary, sub, run.path, overlay) + draw_acceptance_length(summary, sub, run.path)
-              + draw_lossless(lossless, sub, run.path))
+    charts = (draw_charts(summary, sub, run.path, overlay) + draw_pairs(pairs, summary, sub, run.path)
+              + draw_acceptance_length(summary, sub, run.path) + draw_lossless(lossless, sub, run.path))
     out = run.path / "report"
     out.mkdir(exist_ok=True)
-    ctx = _Context(run, summary, lossless, checks, cells, [c for c in charts if c.suffix == ".png"],
+    ctx = _Context(run, summary, pairs, lossless, checks, cells, [c for c in charts if c.suffix == ".png"],
                    scenario, list(run.warnings))
     (out / "index.html").write_text(_html(ctx))
     (out / "summary.md").write_text(_markdown(ctx))
-    return Report(summary, run.path / SUMMARY, lossless, charts, out / "index.html", out / "summary.md",
-                  ctx.warnings)
+    return Report(summary, run.path / SUMMARY, pairs, run.path / PAIRS, lossless, charts, out / "index.html",
+                  out / "summary.md", ctx.warnings)
 
 
 def _scenario_text(run: RunDir) -> str:
@@ -76,6 +82,7 @@ def subtitle(run: RunDir) -> str:
 class _Context:
     run: RunDir
     summary: pd.DataFrame
+    pairs: pd.DataFrame
     lossless: pd.DataFrame
     checks: pd.DataFrame
     cells: list[CellRecord]
@@ -96,6 +103,10 @@ class _Context:
             "Warm-up requests after every server start are recorded apart and never measured.",
             "Medians with seeded bootstrap 95% intervals over measured requests; a speedup whose "
             "interval includes 1.0 is marked 'no clear difference'. Outliers are flagged, not dropped.",
+            "Speedups come from request pairs: each speculative request over its twin at n_spec 0 (same prompt, "
+            "repeat and concurrency). Typical = geometric mean of the pair ratios; throughput = total tokens / "
+            "total seconds over the same pairs; intervals resample pairs. Independent = the old ratio of cell "
+            "medians with requests resampled as if unpaired, shown for comparison.",
             *[f"Cache: {c}" for c in caches],
         ]
 
@@ -107,7 +118,7 @@ class _Context:
 def _markdown(ctx: _Context) -> str:
     lines = [f"## orch sweep `{ctx.run.path.name}`", "", f"{subtitle(ctx.run)}", "",
              *[f"- {m}" for m in ctx.method_lines], "", *_md_skipped(ctx.warnings),
-             "```", format_table(ctx.summary), "```", "",
+             "```", format_table(ctx.summary), "```", "", *_md_pairs(ctx),
              "### Lossless check (temperature 0, against n_spec 0)", ""]
     lines += _md_table(ctx.lossless, ["cell_id", "checked", "identical", "share_identical"])
     div = _divergences(ctx.checks)
@@ -120,6 +131,34 @@ def _markdown(ctx: _Context) -> str:
         lines += [f"- {r.cell_id} {r.prompt_set}: {r.outliers}" for r in outl.itertuples()]
     lines += ["", f"Rerun: `{ctx.rerun}`", ""]
     return "\n".join(lines)
+
+
+SLOWER_SHOWN = 25  # the report lists the slowest prompts; pairs.csv has every pair
+
+
+def _md_pairs(ctx: _Context) -> list[str]:
+    speedups = format_speedups(ctx.summary)
+    if not speedups:
+        return []
+    lines = ["### Speedup from request pairs", "", "```", speedups, "```", ""]
+    unpaired = unpaired_note(ctx.summary).strip()
+    lines += [unpaired, ""] if unpaired else []
+    slow, total = _slower(ctx)
+    lines += ["### Prompts where speculation was slower", "", _slower_caption(len(slow), total), ""]
+    return lines + _md_table(slow, list(slow.columns)) + [""] if len(slow) else lines
+
+
+def _slower(ctx: _Context) -> tuple[pd.DataFrame, int]:
+    slow = slower_prompts(ctx.pairs)
+    return slow.head(SLOWER_SHOWN), len(slow)
+
+
+def _slower_caption(shown: int, total: int) -> str:
+    if not total:
+        return "None: in every speculative cell, every prompt's pairs were at least as fast as n_spec 0."
+    more = f" (the slowest {shown} shown; every pair is in pairs.csv)" if total > shown else ""
+    return (f"{total} prompt{'s' if total != 1 else ''} whose paired ratio (geometric mean over repeats) is "
+            f"below 1.0{more}. One pair carries the server's noise: look at its repeats.")
 
 
 SKIPPED = ("Records skipped: some lines of this run's records could not be read back; the figures "
@@ -173,6 +212,7 @@ def _html(ctx: _Context) -> str:
     imgs = "\n".join(f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,'
                      f'{base64.b64encode(p.read_bytes()).decode()}"></figure>' for p in ctx.pngs)
     table = _compact(ctx.summary).to_html(index=False, na_rep="-", border=0)
+    pairs = _html_pairs(ctx)
     lossless = ctx.lossless.to_html(index=False, float_format=lambda v: f"{v:.2f}", border=0)
     div = _divergences(ctx.checks)
     div_html = div.to_html(index=False, border=0, na_rep="-") if len(div) else "<p>No divergence: every checked output was identical.</p>"
@@ -180,8 +220,22 @@ def _html(ctx: _Context) -> str:
     return _PAGE.format(
         title=esc(ctx.run.path.name), subtitle=esc(subtitle(ctx.run)),
         method="".join(f"<li>{esc(m)}</li>" for m in ctx.method_lines),
-        images=imgs, summary=table, lossless=lossless, divergences=div_html,
+        images=imgs, summary=table, pairs=pairs, lossless=lossless, divergences=div_html,
         env=esc(env), scenario=esc(ctx.scenario), rerun=esc(ctx.rerun), skipped=_html_skipped(ctx.warnings))
+
+
+def _html_pairs(ctx: _Context) -> str:
+    view = speedup_frame(ctx.summary)
+    if view.empty:
+        return ""
+    esc = html.escape
+    slow, total = _slower(ctx)
+    unpaired = unpaired_note(ctx.summary).strip()
+    slow_html = slow.to_html(index=False, border=0, float_format=lambda v: f"{v:.2f}") if len(slow) else ""
+    return (f'<h2 id="pairs">Speedup from request pairs</h2>{view.to_html(index=False, border=0)}'
+            + (f"<p>{esc(unpaired)}</p>" if unpaired else "")
+            + f'<h3 id="slower">Prompts where speculation was slower</h3><p>{esc(_slower_caption(len(slow), total))}</p>'
+            + slow_html)
 
 
 def _html_skipped(warnings: list[str]) -> str:
@@ -209,6 +263,7 @@ pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }}
 {images}
 <h2 id="summary">Summary</h2>
 {summary}
+{pairs}
 <h2>Lossless check (temperature 0, against n_spec 0)</h2>
 {lossless}
 {divergences}

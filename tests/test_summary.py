@@ -13,13 +13,15 @@ def summarize(rows, cells):
 
 
 def test_medians_speedup_acceptance_and_warmup_excluded():
-    rows = [req("e-n0", 0, v) for v in (40, 42, 44)] + [req("e-n0", 0, 5, phase="warmup", key="w")]
-    rows += [req("e-n4", 4, v, drafts=(10, 8)) for v in (80, 84, 88)]
+    rows = [req("e-n0", 0, v, key=f"p{i}") for i, v in enumerate((40, 42, 44))]
+    rows += [req("e-n0", 0, 5, phase="warmup", key="w")]
+    rows += [req("e-n4", 4, v, drafts=(10, 8), key=f"p{i}") for i, v in enumerate((80, 84, 88))]
     rows += [req("e-n4", 4, 0, ok=False, key="bad")]
     s = summarize(rows, CELLS).set_index("cell_id")
     assert s.loc["e-n0", "e2e_tok_s_median"] == 42 and s.loc["e-n0", "requests_ok"] == 3
     assert s.loc["e-n4", "e2e_tok_s_median"] == 84 and s.loc["e-n4", "requests_failed"] == 1
     assert s.loc["e-n4", "speedup"] == pytest.approx(2.0)
+    assert (s.loc["e-n4", "requests_paired"], s.loc["e-n4", "requests_unpaired"]) == (3, 1)  # "bad": no twin
     assert s.loc["e-n4", "acceptance_rate"] == pytest.approx(24 / 30)
     assert s.loc["e-n4", "e2e_tok_s_p10"] == pytest.approx(80.8)
     assert pd.isna(s.loc["e-n0", "acceptance_rate"])
@@ -34,15 +36,15 @@ def test_resumed_request_counts_once_newest_wins():
 
 
 def test_speedup_is_per_prompt_set():
-    rows = [req("e-n0", 0, 40, prompt_set="seeds"), req("e-n0", 0, 20, prompt_set="repeat", key="r0"),
-            req("e-n4", 4, 40, prompt_set="seeds", key="s4"), req("e-n4", 4, 60, prompt_set="repeat", key="r4")]
+    rows = [req("e-n0", 0, 40, prompt_set="seeds", key="a"), req("e-n0", 0, 20, prompt_set="repeat", key="b"),
+            req("e-n4", 4, 40, prompt_set="seeds", key="a"), req("e-n4", 4, 60, prompt_set="repeat", key="b")]
     s = summarize(rows, CELLS[:2]).set_index(["cell_id", "prompt_set"])
     assert s.loc[("e-n4", "seeds"), "speedup"] == pytest.approx(1.0)
     assert s.loc[("e-n4", "repeat"), "speedup"] == pytest.approx(3.0)
 
 
 def test_table_text():
-    rows = [req("e-n0", 0, 40), req("e-n4", 4, 80, key="x", drafts=(4, 4))]
+    rows = [req("e-n0", 0, 40, key="x"), req("e-n4", 4, 80, key="x", drafts=(4, 4))]
     lines = format_table(summarize(rows, CELLS[:2])).splitlines()
     assert lines[0].split() == ["engine", "method", "n_spec", "conc", "prompts", "ok", "failed", "e2e_tok/s",
                                 "decode_tok/s", "ttft_s", "accept", "speedup", "95%", "CI", "verdict"]
@@ -53,14 +55,26 @@ def test_table_text():
                                 "2.00x", "-", "-"]
 
 
-def test_overlapping_cells_are_no_clear_difference_and_interval_brackets_the_median():
+def test_overlapping_cells_differ_when_paired_and_not_when_resampled_independently():
+    # Each speculative request is 2 tok/s faster than its twin; the prompts spread the rates 40-60.
     rows = [req("e-n0", 0, v, key=f"a{i}") for i, v in enumerate([40, 60, 45, 55, 50])]
-    rows += [req("e-n4", 4, v, key=f"b{i}") for i, v in enumerate([42, 62, 47, 57, 52])]
+    rows += [req("e-n4", 4, v, key=f"a{i}") for i, v in enumerate([42, 62, 47, 57, 52])]
+    s = summarize(rows, CELLS[:2]).set_index("cell_id")
+    assert s.loc["e-n4", "independent_verdict"] == "no clear difference"
+    assert s.loc["e-n4", "independent_ci_low"] < 1.0 < s.loc["e-n4", "independent_ci_high"]
+    assert s.loc["e-n4", "speedup_verdict"] == "faster"
+    assert 62 / 60 <= s.loc["e-n4", "speedup_ci_low"] <= s.loc["e-n4", "speedup_ci_high"] <= 42 / 40
+    assert s.loc["e-n0", "e2e_tok_s_ci_low"] <= 50 <= s.loc["e-n0", "e2e_tok_s_ci_high"]
+    assert summarize(rows, CELLS[:2]).equals(summarize(rows, CELLS[:2]))  # seeded: same numbers twice
+
+
+def test_pairs_that_go_both_ways_are_no_clear_difference():
+    rows = [req("e-n0", 0, v, key=f"a{i}") for i, v in enumerate([40, 60, 45, 55, 50])]
+    rows += [req("e-n4", 4, v, key=f"a{i}") for i, v in enumerate([44, 54, 45, 60.5, 45])]
     s = summarize(rows, CELLS[:2]).set_index("cell_id")
     assert s.loc["e-n4", "speedup_verdict"] == "no clear difference"
     assert s.loc["e-n4", "speedup_ci_low"] < 1.0 < s.loc["e-n4", "speedup_ci_high"]
-    assert s.loc["e-n0", "e2e_tok_s_ci_low"] <= 50 <= s.loc["e-n0", "e2e_tok_s_ci_high"]
-    assert summarize(rows, CELLS[:2]).equals(summarize(rows, CELLS[:2]))  # seeded: same numbers twice
+    assert s.loc["e-n4", "pairs_slower"] == 2
 
 
 def test_outlier_is_flagged_not_dropped():

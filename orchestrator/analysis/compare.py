@@ -1,4 +1,11 @@
-"""`orch compare`: baseline against the best setting per engine, across runs."""
+"""`orch compare`: baseline against the best setting per engine, across runs.
+
+Within a run, requests pair (same prompt and repeat at n_spec 0 and at the best depth), so each
+row's speedup and interval are that run's paired ones (analysis/pairs.py). Across runs nothing
+pairs: two runs' rows are independent measurements, each with its own interval, and compare puts
+them side by side without a ratio of its own. The best setting is the speculative cell with the
+highest median e2e tok/s; its interval resamples that cell's requests.
+"""
 
 from __future__ import annotations
 
@@ -53,7 +60,11 @@ def format_compare(df: pd.DataFrame) -> str:
         "speedup": [_speedup_text(s, lo, hi) for s, lo, hi in
                     zip(df["speedup"], df["speedup_ci_low"], df["speedup_ci_high"])],
         "verdict": df["verdict"].map(lambda v: "-" if v is None or pd.isna(v) else v)})
-    return view.to_string(index=False)
+    return view.to_string(index=False) + "\n" + NOTE
+
+
+NOTE = ("speedup: each run's own, from its request pairs (geometric mean, 95% CI over pairs); runs are not "
+        "paired with each other, so read two runs' intervals side by side")
 
 
 def _speedup_text(s, low, high) -> str:

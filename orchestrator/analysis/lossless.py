@@ -11,10 +11,10 @@ import itertools
 
 import pandas as pd
 
+from orchestrator.analysis.pairs import TWIN, baseline_index
 from orchestrator.analysis.summary import measured_frame
 from orchestrator.results.records import RequestRecord
 
-KEY = ["engine", "concurrency", "prompt_set", "prompt_id", "repeat"]
 SNIPPET = 24
 
 
@@ -25,11 +25,10 @@ def check_texts(requests: list[RequestRecord]) -> pd.DataFrame:
         return pd.DataFrame()
     texts = df["text"] if "text" in df else pd.Series(None, index=df.index, dtype=object)
     df = df[df["ok"].astype(bool) & texts.map(lambda t: isinstance(t, str))]  # no text: nothing to check
-    base = {tuple(k): r for k, r in zip(df[KEY].itertuples(index=False), df.to_dict("records"))
-            if r["n_spec"] == 0}
+    base = baseline_index(df)
     rows = []
     for rec in df[df["n_spec"] > 0].to_dict("records"):
-        ref = base.get(tuple(rec[k] for k in KEY))
+        ref = base.get(tuple(rec[k] for k in TWIN))
         if ref is not None:
             rows.append(_one(rec, ref))
     out = pd.DataFrame(rows)

@@ -29,7 +29,8 @@ def median_ci(values) -> tuple[float | None, float | None]:
 
 
 def ratio_ci(num, den) -> tuple[float | None, float | None]:
-    """Interval of median(num) / median(den), both groups resampled independently. One request
+    """Interval of median(num) / median(den), both groups resampled independently (the
+    `independent_*` speedup columns: cells whose requests do not pair). One request
     on either side has no spread to resample: no interval, so no verdict from a single pair."""
     a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
     if a.size < 2 or b.size < 2:
@@ -38,6 +39,30 @@ def ratio_ci(num, den) -> tuple[float | None, float | None]:
     with np.errstate(divide="ignore", invalid="ignore"):  # a zero median: inf or NaN, no interval
         ratios = np.median(_resample(a, rng), axis=1) / np.median(_resample(b, rng), axis=1)
     return _interval(ratios)
+
+
+def geometric_mean(ratios, axis: int = -1):
+    """exp(mean(log r)) along `axis`: the average of ratios that a 2x and a 0.5x cancel in."""
+    with np.errstate(divide="ignore", invalid="ignore"):  # a ratio of 0 gives 0; callers pass r > 0
+        return np.exp(np.log(np.asarray(ratios, dtype=float)).mean(axis=axis))
+
+
+def throughput_ratio(spec_tokens, spec_s, base_tokens, base_s, axis: int = -1):
+    """(sum of speculative tokens / their seconds) over (the same for the baseline) along `axis`."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spec = np.sum(spec_tokens, axis=axis) / np.sum(spec_s, axis=axis)
+        return spec / (np.sum(base_tokens, axis=axis) / np.sum(base_s, axis=axis))
+
+
+def paired_ci(statistic, *columns) -> tuple[float | None, float | None]:
+    """Interval of `statistic(*columns)` with rows resampled together: row i of every column is
+    one request pair, so a pair is never split. `statistic` reduces along the last axis. Fewer
+    than two pairs have no spread to resample: no interval."""
+    arrays = [np.asarray(c, dtype=float) for c in columns]
+    if arrays[0].size < 2:
+        return None, None
+    idx = np.random.default_rng(SEED).integers(0, arrays[0].size, size=(RESAMPLES, arrays[0].size))
+    return _interval(np.asarray(statistic(*(a[idx] for a in arrays)), dtype=float))
 
 
 def ratio_of_sums_ci(num, den) -> tuple[float | None, float | None]:

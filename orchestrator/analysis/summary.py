@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.analysis.metrics import itl_per_token, tpot
+from orchestrator.analysis.pairs import PairedSpeedup, pair_table, paired_speedup
 from orchestrator.results.records import CellRecord, RequestRecord
 from orchestrator.analysis.stats import median_ci, outliers, ratio_ci, ratio_of_sums_ci, verdict
 
@@ -17,7 +18,8 @@ COLUMNS = GROUP + [
     "decode_tok_s_median", "decode_tok_s_ci_low", "decode_tok_s_ci_high", "decode_tok_s_p10", "decode_tok_s_p90",
     "ttft_s_median", "tpot_ms_median", "itl_ms_median", "itl_ms_p90", "completion_tokens_median",
     "draft_n", "draft_n_accepted", "acceptance_rate", "acceptance_ci_low", "acceptance_ci_high", "acceptance_source",
-    "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_verdict",
+    *PairedSpeedup.columns(),  # speedup, its interval and verdict: from request pairs (pairs.py)
+    "independent_speedup", "independent_ci_low", "independent_ci_high", "independent_verdict",
     "server_acceptance_rate", "mean_acceptance_length",  # /metrics deltas: all prompt sets of the cell
     "outliers", "cell_status", "cell_id",
 ]
@@ -49,7 +51,7 @@ def summarize(requests: list[RequestRecord], cells: list[CellRecord]) -> pd.Data
                                         np.where(from_server, METRICS_SOURCE, None))
     out["acceptance_rate"] = out["acceptance_rate"].where(~from_server, out["server_acceptance_rate"])
     out = pd.concat([out, _cells_without_requests(cells, set(out["cell_id"]))], ignore_index=True)
-    out = _add_speedups(out.astype({"speedup_verdict": object}), df)
+    out = _add_independent(_add_paired(out, df), df)
     return out.sort_values(["engine", "concurrency", "prompt_set", "n_spec"], ignore_index=True)[COLUMNS]
 
 
@@ -106,28 +108,40 @@ def _cells_without_requests(cells: list[CellRecord], seen: set) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _add_speedups(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
-    """e2e median over the same engine's n_spec 0 cell at the same concurrency and prompt set,
-    with a bootstrap interval over both cells' requests. A baseline whose median is 0 gives no
-    speedup, no interval and no verdict: the ratio is undefined, not "faster"."""
+def _add_paired(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """Each speculative row's speedups from its request pairs; the n_spec 0 row is the baseline."""
+    pairs = pair_table(df)
+    groups = dict(iter(pairs.groupby(["cell_id", "concurrency", "prompt_set"], sort=False))) if len(pairs) else {}
+    has_base = {(e, c, p) for e, c, p in df.loc[df["n_spec"] == 0, ["engine", "concurrency", "prompt_set"]]
+                .itertuples(index=False)} if len(df) else set()
+    rows = []
+    for r in out.itertuples(index=False):
+        if r.n_spec == 0 and (r.engine, r.concurrency, r.prompt_set) in has_base:
+            rows.append(PairedSpeedup(speedup=1.0, speedup_verdict="baseline", throughput_speedup=1.0))
+        elif (r.cell_id, r.concurrency, r.prompt_set) in groups:
+            rows.append(paired_speedup(groups[(r.cell_id, r.concurrency, r.prompt_set)]))
+        else:
+            rows.append(PairedSpeedup())
+    paired = pd.DataFrame([vars(p) for p in rows], columns=PairedSpeedup.columns(), index=out.index)
+    return out.drop(columns=PairedSpeedup.columns()).join(paired.astype(object))
+
+
+def _add_independent(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """Median e2e over the same engine's n_spec 0 median, with both cells' requests resampled
+    independently, as if they did not pair: kept beside the paired figures to show what pairing
+    changes. A baseline whose median is 0 gives no ratio, no interval and no verdict."""
+    out = out.astype({c: object for c in ("independent_speedup", "independent_verdict")})
     ok = df[df["ok"]] if len(df) else df
     rates = {k: pd.to_numeric(g["e2e_tok_s"], errors="coerce").dropna().to_numpy()
              for k, g in ok.groupby(["engine", "n_spec", "concurrency", "prompt_set"])} if len(ok) else {}
     for i, r in out.iterrows():
         mine = rates.get((r["engine"], r["n_spec"], r["concurrency"], r["prompt_set"]))
         base = rates.get((r["engine"], 0, r["concurrency"], r["prompt_set"]))
-        if mine is None or base is None or not len(mine) or not len(base):
-            continue
-        defined = np.median(base) > 0
-        if r["n_spec"] == 0:
-            out.loc[i, ["speedup", "speedup_verdict"]] = [1.0 if defined else None, "baseline"]
-            continue
-        if not defined:
+        if r["n_spec"] == 0 or mine is None or base is None or not len(mine) or not len(base) or np.median(base) <= 0:
             continue
         low, high = ratio_ci(mine, base)
-        out.loc[i, ["speedup", "speedup_ci_low", "speedup_ci_high"]] = [
-            float(np.median(mine) / np.median(base)), low, high]
-        out.loc[i, "speedup_verdict"] = verdict(low, high)
+        out.loc[i, ["independent_speedup", "independent_ci_low", "independent_ci_high", "independent_verdict"]] = [
+            float(np.median(mine) / np.median(base)), low, high, verdict(low, high)]
     return out
 
 
@@ -154,7 +168,63 @@ def format_table(summary: pd.DataFrame) -> str:
     view = view.astype(object).where(view.notna(), "-")
     note = ("\n* accept from the server's /metrics over the whole measured window (all prompt sets): "
             "this engine reports no per-request draft counts") if server.any() else ""
-    return view.to_string(index=False) + note
+    note += ("\nspeedup: geometric mean of the speculative/n_spec 0 ratios of request pairs (same prompt, "
+             "repeat and concurrency), 95% CI over resampled pairs") if summary["requests_paired"].fillna(0).gt(0).any() else ""
+    return view.to_string(index=False) + note + unpaired_note(summary)
+
+
+def unpaired_note(summary: pd.DataFrame) -> str:
+    """One line when some speculative request had no usable twin: counted, never dropped silently."""
+    n = int(pd.to_numeric(summary["requests_unpaired"], errors="coerce").fillna(0).sum())
+    if not n:
+        return ""
+    cells = summary.loc[pd.to_numeric(summary["requests_unpaired"], errors="coerce").fillna(0) > 0, "cell_id"].nunique()
+    return (f"\nunpaired: {n} speculative request{'s' if n != 1 else ''} in {cells} cell{'s' if cells != 1 else ''} "
+            "had no usable twin at n_spec 0 (a failed request on either side, or none sent) and are in no "
+            "speedup; pairs.csv says why for each")
+
+
+SPEEDUP_COLUMNS = ["engine", "method", "n_spec", "conc", "prompts", "pairs", "unpaired", "typical [95% CI]",
+                   "verdict", "throughput [95% CI]", "pair ratios min/med/max", "slower", "independent [95% CI]",
+                   "independent verdict"]
+
+
+def speedup_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """Each speculative row with pairs or a baseline: its paired speedups, their spread, and the
+    independent interval beside them (what the speedup was before pairing)."""
+    spec = summary[(summary["n_spec"] > 0) & (summary["requests_paired"].fillna(0).astype(int)
+                                              + summary["requests_unpaired"].fillna(0).astype(int) > 0)]
+    rows = [[r["engine"], r["method"], r["n_spec"], r["concurrency"], r["prompt_set"], r["requests_paired"],
+             r["requests_unpaired"], _with_ci(r, "speedup", "speedup"), r["speedup_verdict"] or "-",
+             _with_ci(r, "throughput_speedup", "throughput"), _spread(r), r["pairs_slower"],
+             _with_ci(r, "independent_speedup", "independent"), r["independent_verdict"] or "-"]
+            for _, r in spec.iterrows()]
+    return pd.DataFrame(rows, columns=SPEEDUP_COLUMNS).astype(object).where(lambda d: d.notna(), "-")
+
+
+def _with_ci(r, value: str, stem: str) -> str:
+    v = r[value]
+    if v is None or pd.isna(v):
+        return "-"
+    ci = _ci_text(r[f"{stem}_ci_low"], r[f"{stem}_ci_high"])
+    return f"{v:.2f}x [{ci}]" if ci != "-" else f"{v:.2f}x"
+
+
+def format_speedups(summary: pd.DataFrame) -> str:
+    """The pairs table the CLI prints after the summary, with a line saying what each figure is."""
+    view = speedup_frame(summary)
+    if view.empty:
+        return ""
+    return ("speedup from request pairs (speculative / n_spec 0, same prompt, repeat and concurrency):\n"
+            + view.to_string(index=False)
+            + "\ntypical: geometric mean of the pair ratios; throughput: total tokens / total seconds over the "
+              "same pairs; independent: ratio of the cells' medians, requests resampled as if unpaired")
+
+
+def _spread(r) -> str:
+    if r["pair_ratio_min"] is None or pd.isna(r["pair_ratio_min"]):
+        return "-"
+    return f"{r['pair_ratio_min']:.2f}/{r['pair_ratio_median']:.2f}/{r['pair_ratio_max']:.2f}"
 
 
 def _ci_text(low, high) -> str:

@@ -6,7 +6,7 @@
     requests.jsonl      one line per request (warm-up and measured), flushed as each ends
     cells.jsonl         one line per cell: status, command, endpoint, template, error, log tail
     cells/<cell>/server.log
-    summary.csv and the PNG charts
+    summary.csv, pairs.csv, lossless.csv and the PNG charts (orch report redraws them)
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ CELLS = "cells.jsonl"
 SCENARIO = "scenario.toml"
 ENVIRONMENT = "environment.json"
 SUMMARY = "summary.csv"
+PAIRS = "pairs.csv"
 RUN = "run.json"
 
 

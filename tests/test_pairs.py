@@ -1,0 +1,150 @@
+"""Speedups from request pairs, on constructed records whose answer is known exactly."""
+
+import csv
+import math
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.analysis.pairs import pair_table
+from orchestrator.analysis.summary import format_table, measured_frame, summarize as summarize_records
+from orchestrator.cli import cli
+
+from .support.runs import CELLS, cells_of, make_run, requests_of
+
+
+def timed(cell, n_spec, prompt, tokens, seconds, ok=True, repeat=0, prompt_set="seeds", concurrency=1):
+    """A measured request whose rate is tokens / seconds, as the driver records it."""
+    return {"cell_id": cell, "engine": "e", "method": "ngram-mod" if n_spec else "none", "n_spec": n_spec,
+            "concurrency": concurrency, "prompt_set": prompt_set, "phase": "measured", "ok": ok,
+            "key": f"measured/c{concurrency}/r{repeat}/{prompt_set}/{prompt}", "prompt_id": prompt,
+            "repeat": repeat, "t_start": 100.0, "t_end": 100.0 + seconds, "t_first_token": 100.05,
+            "completion_tokens": tokens if ok else None, "e2e_tok_s": tokens / seconds if ok else None,
+            "error": None if ok else "HTTP 500", "text": "same"}
+
+
+def summarize(rows, cells=CELLS[:2]):
+    return summarize_records(requests_of(rows), cells_of(cells)).set_index(["cell_id", "prompt_set"])
+
+
+def one_and_a_half_everywhere():
+    """Ten prompts whose answers are 10x apart in length and rate; each pair exactly 1.5x."""
+    rows = []
+    for i in range(10):
+        tokens, base_s = 100 * (i + 1), 10.0 / (i + 1) ** 0.5  # rates from 10 to 316 tok/s
+        rows += [timed("e-n0", 0, f"p{i}", tokens, base_s), timed("e-n4", 4, f"p{i}", tokens, base_s / 1.5)]
+    return rows
+
+
+def test_every_pair_one_and_a_half_gives_an_interval_of_exactly_one_and_a_half():
+    s = summarize(one_and_a_half_everywhere()).loc[("e-n4", "seeds")]
+    assert (s["speedup"], s["speedup_ci_low"], s["speedup_ci_high"]) == pytest.approx((1.5, 1.5, 1.5))
+    assert (s["throughput_speedup"], s["throughput_ci_low"], s["throughput_ci_high"]) == pytest.approx((1.5,) * 3)
+    assert s["speedup_verdict"] == "faster" and s["throughput_verdict"] == "faster"
+    assert (s["requests_paired"], s["requests_unpaired"], s["pairs_slower"]) == (10, 0, 0)
+    # Resampled as if unrelated, the same records give an interval that says nothing.
+    assert s["independent_ci_low"] < 1.0 < 2.0 < s["independent_ci_high"]
+    assert s["independent_verdict"] == "no clear difference"
+
+
+def test_typical_and_throughput_speedups_differ_as_their_definitions_say():
+    # A short answer twice as fast, a long one no faster.
+    rows = [timed("e-n0", 0, "short", 10, 1.0), timed("e-n4", 4, "short", 10, 0.5),
+            timed("e-n0", 0, "long", 100, 10.0), timed("e-n4", 4, "long", 100, 10.0)]
+    s = summarize(rows).loc[("e-n4", "seeds")]
+    assert s["speedup"] == pytest.approx(math.sqrt(2.0))  # geometric mean of 2.0 and 1.0
+    assert s["throughput_speedup"] == pytest.approx((110 / 10.5) / (110 / 11.0))  # 1.048
+    assert (s["pair_ratio_min"], s["pair_ratio_median"], s["pair_ratio_max"]) == pytest.approx((1.0, 1.5, 2.0))
+
+
+def test_a_failed_twin_is_counted_and_said_never_dropped(tmp_path):
+    rows = one_and_a_half_everywhere()
+    rows[2] = timed("e-n0", 0, "p1", 0, 1.0, ok=False)  # p1's baseline failed
+    rows[9] = timed("e-n4", 4, "p4", 0, 1.0, ok=False)  # p4's speculative request failed
+    rows.append(timed("e-n4", 4, "extra", 10, 1.0))  # the baseline never sent this one
+    s = summarize(rows).loc[("e-n4", "seeds")]
+    assert (s["requests_paired"], s["requests_unpaired"]) == (8, 3)
+    assert (s["speedup"], s["speedup_ci_low"], s["speedup_ci_high"]) == pytest.approx((1.5, 1.5, 1.5))
+    pairs = pair_table(measured_frame(requests_of(rows))).set_index("prompt_id")
+    assert pairs.loc["p1", "status"] == "baseline request failed"
+    assert pairs.loc["p4", "status"] == "speculative request failed"
+    assert pairs.loc["extra", "status"] == "no baseline request"
+    assert format_table(summarize_records(requests_of(rows), cells_of(CELLS[:2]))).splitlines()[-1] == (
+        "unpaired: 3 speculative requests in 1 cell had no usable twin at n_spec 0 (a failed request on either "
+        "side, or none sent) and are in no speedup; pairs.csv says why for each")
+
+    run = make_run(tmp_path / "run", rows, {"e": {"kind": "llama-server", "model": "m"}})
+    result = CliRunner().invoke(cli, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    with open(run / "pairs.csv", newline="") as f:
+        statuses = sorted(r["status"] for r in csv.DictReader(f))
+    assert statuses == sorted(["paired"] * 8 + ["baseline request failed", "speculative request failed",
+                                                "no baseline request"])
+    table = result.output[result.output.index("speedup from request pairs"):].splitlines()
+    assert table[1].split() == ["engine", "method", "n_spec", "conc", "prompts", "pairs", "unpaired", "typical",
+                                "[95%", "CI]", "verdict", "throughput", "[95%", "CI]", "pair", "ratios",
+                                "min/med/max", "slower", "independent", "[95%", "CI]", "independent", "verdict"]
+    row = table[2].split()
+    assert row[:14] == ["e", "ngram-mod", "4", "1", "seeds", "8", "3", "1.50x", "[1.50-1.50]", "faster", "1.50x",
+                        "[1.50-1.50]", "1.50/1.50/1.50", "0"]
+    assert " ".join(row[-3:]) == "no clear difference"  # the same records, resampled as if unpaired
+    md = (run / "report" / "summary.md").read_text()
+    assert "unpaired: 3 speculative requests in 1 cell" in md
+
+
+def test_one_pair_has_a_ratio_but_no_interval_and_no_verdict():
+    s = summarize([timed("e-n0", 0, "a", 10, 1.0), timed("e-n4", 4, "a", 10, 0.5)]).loc[("e-n4", "seeds")]
+    assert s["speedup"] == pytest.approx(2.0)
+    assert all(pd.isna(s[c]) for c in ("speedup_ci_low", "speedup_ci_high", "speedup_verdict", "throughput_verdict"))
+
+
+def test_a_side_with_no_tokens_has_no_ratio_and_is_counted():
+    rows = [timed("e-n0", 0, "a", 10, 1.0), timed("e-n4", 4, "a", 0, 0.5),
+            timed("e-n0", 0, "b", 10, 1.0), timed("e-n4", 4, "b", 20, 1.0)]
+    s = summarize(rows).loc[("e-n4", "seeds")]
+    assert (s["requests_paired"], s["requests_unpaired"], s["speedup"]) == (1, 1, pytest.approx(2.0))
+    pairs = pair_table(measured_frame(requests_of(rows))).set_index("prompt_id")
+    assert pairs.loc["a", "status"] == "no ratio: a side has no tokens per second"
+
+
+def test_twins_share_prompt_set_repeat_and_concurrency():
+    rows = [timed("e-n0", 0, "a", 10, 1.0, repeat=0), timed("e-n4", 4, "a", 30, 1.0, repeat=0),
+            timed("e-n0", 0, "a", 20, 1.0, repeat=1), timed("e-n4", 4, "a", 20, 1.0, repeat=1),
+            timed("e-n4", 4, "a", 40, 1.0, concurrency=2),  # no n_spec 0 request at concurrency 2
+            timed("e-n0", 0, "a", 10, 1.0, prompt_set="repeat"), timed("e-n4", 4, "a", 5, 1.0, prompt_set="repeat")]
+    pairs = pair_table(measured_frame(requests_of(rows)))
+    got = sorted(zip(pairs["prompt_set"], pairs["concurrency"], pairs["repeat"], pairs["status"], pairs["ratio"]),
+                 key=str)
+    assert [g[:4] for g in got] == [("repeat", 1, 0, "paired"), ("seeds", 1, 0, "paired"), ("seeds", 1, 1, "paired"),
+                                    ("seeds", 2, 0, "no baseline request")]
+    assert [g[4] for g in got[:3]] == pytest.approx([0.5, 3.0, 1.0])
+
+
+def test_an_engine_without_a_baseline_cell_has_no_pairs_and_no_unpaired_count():
+    rows = [timed("e-n4", 4, "a", 10, 1.0), timed("e-n4", 4, "b", 10, 1.0)]
+    s = summarize(rows, CELLS[1:2]).loc[("e-n4", "seeds")]
+    assert (s["requests_paired"], s["requests_unpaired"]) == (0, 0) and pd.isna(s["speedup"])
+
+
+def test_a_resumed_request_pairs_through_its_newest_record():
+    rows = [timed("e-n0", 0, "a", 10, 1.0), timed("e-n4", 4, "a", 10, 1.0, ok=False), timed("e-n4", 4, "a", 30, 1.0),
+            timed("e-n0", 0, "b", 10, 1.0), timed("e-n4", 4, "b", 30, 1.0)]
+    s = summarize(rows).loc[("e-n4", "seeds")]
+    assert (s["requests_paired"], s["requests_unpaired"], s["speedup"]) == (2, 0, pytest.approx(3.0))
+
+
+def test_slower_prompts_are_listed_and_a_hostile_prompt_id_is_escaped(tmp_path):
+    hostile = '<script>alert(1)</script>|x\n'
+    rows = [timed("e-n0", 0, hostile, 10, 1.0), timed("e-n4", 4, hostile, 5, 1.0),
+            timed("e-n0", 0, "fine", 10, 1.0), timed("e-n4", 4, "fine", 20, 1.0)]
+    run = make_run(tmp_path / "run", rows, {"e": {"kind": "llama-server", "model": "m"}})
+    assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0
+    page = (run / "report" / "index.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;|x" in page
+    assert "1 prompt whose paired ratio (geometric mean over repeats) is below 1.0" in page
+    md = (run / "report" / "summary.md").read_text()
+    slow = md[md.index("### Prompts where speculation was slower"):]
+    assert "&lt;" not in slow and "<script>alert(1)</script>\\|x⏎ | 1 | 0.50 | 0.50 | 10.00 | 5.00 |" in slow
+    assert "fine" not in slow
+    assert (run / "paired_speedup_vs_n_spec.png").stat().st_size > 10_000
