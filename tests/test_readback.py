@@ -25,7 +25,7 @@ from .support.runs import CELLS, req
 
 ENGINES = {"e": {"kind": "llama-server", "model": "m"}}
 CI_COLUMNS = ["e2e_tok_s_ci_low", "e2e_tok_s_ci_high", "decode_tok_s_ci_low", "decode_tok_s_ci_high",
-              "speedup_ci_low", "speedup_ci_high", "acceptance_ci_low", "acceptance_ci_high"]
+              "independent_ci_low", "independent_ci_high", "acceptance_ci_low", "acceptance_ci_high"]
 
 
 
@@ -103,7 +103,9 @@ def test_report_skips_unreadable_lines_keeps_invalid_measurements_as_failed_and_
         assert (s.loc[cell, "requests_ok"], s.loc[cell, "requests_failed"]) == (ok, failed)
     assert s.loc["e-n0", "e2e_tok_s_median"] == 41  # a0, a1, a3: 40, 41, 43
     assert s.loc["e-n4", "e2e_tok_s_median"] == 84.5  # b3, b6: 83, 86
-    assert s.loc["e-n4", "speedup"] == pytest.approx(84.5 / 41)
+    assert s.loc["e-n4", "independent_speedup"] == pytest.approx(84.5 / 41)
+    # The b requests have no twins among the a ones (other prompt ids): every kept one is counted unpaired.
+    assert (s.loc["e-n4", "requests_paired"], s.loc["e-n4", "requests_unpaired"]) == (0, 7)
     bounds = s[CI_COLUMNS].to_numpy(dtype=float)
     assert (bounds[~np.isnan(bounds)] >= 0).all() and (~np.isnan(bounds)).sum() == 10  # e2e, decode x 2; speedup
 
@@ -131,7 +133,8 @@ def test_compare_reads_the_same_hostile_run_with_the_same_warning(tmp_path):
     assert result.exit_code == 0, result.output
     assert warnings_of(result) == [expected_requests_warning(run)]
     row = result.stdout.splitlines()[1]
-    assert "41.0" in row and "n4 ngram-mod 84.5" in row and f"{84.5 / 41:.2f}x" in row
+    # Medians from the kept rows; no speedup, since the b requests have no twins among the a ones.
+    assert "41.0" in row and "n4 ngram-mod 84.5" in row and row.split()[-2:] == ["-", "-"]
 
 
 def test_a_truncated_last_line_is_still_its_own_warning(tmp_path):
@@ -243,11 +246,14 @@ def test_a_run_whose_every_line_is_unreadable_ends_in_one_line(tmp_path):
 
 
 def test_a_zero_baseline_gives_no_speedup_and_no_verdict(tmp_path):
-    rows = [req("e-n0", 0, 0, key=f"a{i}") for i in range(3)] + [req("e-n4", 4, v, key=f"b{v}") for v in (80, 81, 82)]
+    rows = [req("e-n0", 0, 0, key=f"a{i}") for i in range(3)] + [req("e-n4", 4, v, key=f"a{i}")
+                                                                  for i, v in enumerate((80, 81, 82))]
     s = summarize(rows, CELLS[:2]).set_index("cell_id")
     assert s.loc["e-n0", "speedup_verdict"] == "baseline" and pd.isna(s.loc["e-n0", "speedup"])
-    assert pd.isna(s.loc["e-n4", "speedup"]) and pd.isna(s.loc["e-n4", "speedup_ci_low"])
-    assert s.loc["e-n4", "speedup_verdict"] is None or pd.isna(s.loc["e-n4", "speedup_verdict"])
+    assert (s.loc["e-n4", "requests_paired"], s.loc["e-n4", "requests_unpaired"]) == (0, 3)  # x / 0: no ratio
+    for col in ("speedup", "speedup_ci_low", "speedup_verdict", "independent_speedup", "independent_ci_low",
+                "independent_verdict"):
+        assert pd.isna(s.loc["e-n4", col]), col
     run = make_run(tmp_path / "run", rows, ENGINES)
     result = invoke("compare", run, "--out", tmp_path / "cmp")
     assert result.exit_code == 0, result.output
@@ -256,20 +262,20 @@ def test_a_zero_baseline_gives_no_speedup_and_no_verdict(tmp_path):
 
 
 def test_a_baseline_that_is_often_zero_in_resamples_has_no_interval():
-    # Baseline [0, 40, 42, 44, 45]: median 42, but a resample's median is 0 when it draws the 0 three
-    # or more times out of five: P = 10(.2^3)(.8^2) + 5(.2^4)(.8) + .2^5 = 0.0579 > 2.5%, so the
+    # Cells resampled independently (independent_*). Baseline [0, 40, 42, 44, 45]: median 42, but a
+    # resample's median is 0 when it draws the 0 three or more times out of five: P = 10(.2^3)(.8^2) + 5(.2^4)(.8) + .2^5 = 0.0579 > 2.5%, so the
     # upper 97.5% bound of the ratio is infinite: no interval, no verdict, though the speedup is 2.
     rows = [req("e-n0", 0, v, key=f"a{i}") for i, v in enumerate([0, 40, 42, 44, 45])]
     rows += [req("e-n4", 4, v, key=f"b{i}") for i, v in enumerate([80, 84, 88])]
     s = summarize(rows, CELLS[:2]).set_index("cell_id")
-    assert s.loc["e-n4", "speedup"] == pytest.approx(2.0)
-    assert pd.isna(s.loc["e-n4", "speedup_ci_low"]) and pd.isna(s.loc["e-n4", "speedup_ci_high"])
-    assert pd.isna(s.loc["e-n4", "speedup_verdict"])
+    assert s.loc["e-n4", "independent_speedup"] == pytest.approx(2.0)
+    assert pd.isna(s.loc["e-n4", "independent_ci_low"]) and pd.isna(s.loc["e-n4", "independent_ci_high"])
+    assert pd.isna(s.loc["e-n4", "independent_verdict"])
     # One zero among eleven: P(median of 11 draws is 0) = P(6+ zeros, p = 1/11) < 0.1%: defined.
     rows = [req("e-n0", 0, v, key=f"a{i}") for i, v in enumerate([0] + list(range(40, 50)))]
     rows += [req("e-n4", 4, v, key=f"b{i}") for i, v in enumerate([80, 84, 88])]
     s = summarize(rows, CELLS[:2]).set_index("cell_id")
-    assert s.loc["e-n4", "speedup_verdict"] == "faster" and 1 < s.loc["e-n4", "speedup_ci_low"]
+    assert s.loc["e-n4", "independent_verdict"] == "faster" and 1 < s.loc["e-n4", "independent_ci_low"]
 
 
 def test_undefined_intervals_are_none_and_give_no_verdict():

@@ -117,7 +117,8 @@ def _add_paired(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in out.itertuples(index=False):
         if r.n_spec == 0 and (r.engine, r.concurrency, r.prompt_set) in has_base:
-            rows.append(PairedSpeedup(speedup=1.0, speedup_verdict="baseline", throughput_speedup=1.0))
+            one = 1.0 if r.e2e_tok_s_median > 0 else None  # a baseline of 0 tok/s is no unit
+            rows.append(PairedSpeedup(speedup=one, speedup_verdict="baseline", throughput_speedup=one))
         elif (r.cell_id, r.concurrency, r.prompt_set) in groups:
             rows.append(paired_speedup(groups[(r.cell_id, r.concurrency, r.prompt_set)]))
         else:
