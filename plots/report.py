@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     requests, cells = run.request_records(), run.cell_records()
     summary = summarize(requests, cells)
     summary.to_csv(run.path / SUMMARY, index=False)
-    pairs = pair_table(measured_frame(requests))
+    pairs = pair_table(measured_frame(requests), cells)
     pairs.to_csv(run.path / PAIRS, index=False)
     checks = check_texts(requests)
     lossless = per_cell(checks)
@@ -174,10 +175,22 @@ def _md_skipped(warnings: list[str]) -> list[str]:
 def _md_table(df: pd.DataFrame, cols: list[str]) -> list[str]:
     if df.empty:
         return ["(none)"]
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v).replace("|", "\\|").replace("\n", "⏎")
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df[cols].itertuples(index=False)]
+    out += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in df[cols].itertuples(index=False)]
     return out
+
+
+MD_SPECIAL = re.compile(r"([\\`*_\[\]|#~])")
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _md_cell(v) -> str:
+    """A table cell from any text (prompt ids, model output): no HTML, no Markdown markup and no line
+    break of its own gets through; a break shows as ⏎."""
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    text = MD_SPECIAL.sub(r"\\\1", html.escape(str(v), quote=False))
+    return LINE_BREAK.sub("⏎", text)
 
 
 def _compact(summary: pd.DataFrame) -> pd.DataFrame:

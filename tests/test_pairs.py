@@ -71,8 +71,8 @@ def test_a_failed_twin_is_counted_and_said_never_dropped(tmp_path):
     assert pairs.loc["p4", "status"] == "speculative request failed"
     assert pairs.loc["extra", "status"] == "no baseline request"
     assert format_table(summarize_records(requests_of(rows), cells_of(CELLS[:2]))).splitlines()[-1] == (
-        "unpaired: 3 speculative requests in 1 cell had no usable twin at n_spec 0 (a failed request on either "
-        "side, or none sent) and are in no speedup; pairs.csv says why for each")
+        "unpaired: 3 speculative requests in 1 cell have no usable twin at n_spec 0 (a failed request on either "
+        "side, or none sent) and no part in any speedup; pairs.csv says why for each")
 
     run = make_run(tmp_path / "run", rows, {"e": {"kind": "llama-server", "model": "m"}})
     result = CliRunner().invoke(cli, ["report", str(run)])
@@ -93,10 +93,55 @@ def test_a_failed_twin_is_counted_and_said_never_dropped(tmp_path):
     assert "unpaired: 3 speculative requests in 1 cell" in md
 
 
-def test_one_pair_has_a_ratio_but_no_interval_and_no_verdict():
-    s = summarize([timed("e-n0", 0, "a", 10, 1.0), timed("e-n4", 4, "a", 10, 0.5)]).loc[("e-n4", "seeds")]
-    assert s["speedup"] == pytest.approx(2.0)
+def test_fewer_than_five_pairs_have_a_ratio_but_no_interval_and_no_verdict():
+    # Four pairs a hair above 1: a percentile bootstrap of so few would call it "faster" from the smallest one.
+    rows = [r for i, tokens in enumerate((101, 102, 103, 104))
+            for r in (timed("e-n0", 0, f"p{i}", 100, 1.0), timed("e-n4", 4, f"p{i}", tokens, 1.0))]
+    s = summarize(rows).loc[("e-n4", "seeds")]
+    assert s["speedup"] == pytest.approx((1.01 * 1.02 * 1.03 * 1.04) ** 0.25)
     assert all(pd.isna(s[c]) for c in ("speedup_ci_low", "speedup_ci_high", "speedup_verdict", "throughput_verdict"))
+    rows += [timed("e-n0", 0, "p4", 100, 1.0), timed("e-n4", 4, "p4", 105, 1.0)]
+    s = summarize(rows).loc[("e-n4", "seeds")]
+    assert s["speedup_verdict"] == "faster" and 1.01 < s["speedup_ci_low"] < s["speedup"]  # not the smallest ratio
+
+
+def test_every_request_failed_gives_rows_without_speedups(tmp_path):
+    rows = [timed("e-n0", 0, "a", 0, 1.0, ok=False), timed("e-n4", 4, "a", 0, 1.0, ok=False)]
+    s = summarize(rows)
+    assert s["speedup"].isna().all() and s["speedup_verdict"].isna().all()
+    assert s.loc[("e-n4", "seeds"), "requests_unpaired"] == 1
+    run = make_run(tmp_path / "run", rows, {"e": {"kind": "llama-server", "model": "m"}})
+    result = CliRunner().invoke(cli, ["report", str(run)])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+
+
+def test_a_baseline_cell_that_sent_nothing_leaves_every_speculative_request_unpaired():
+    rows = [timed("e-n4", 4, "a", 10, 1.0), timed("e-n4", 4, "b", 10, 1.0)]
+    cells = [{**CELLS[0], "status": "failed"}, CELLS[1]]  # n_spec 0 failed to start
+    s = summarize(rows, cells).loc[("e-n4", "seeds")]
+    assert (s["requests_paired"], s["requests_unpaired"]) == (0, 2)
+    pairs = pair_table(measured_frame(requests_of(rows)), cells_of(cells))
+    assert list(pairs["status"]) == ["no baseline request"] * 2
+
+
+def test_a_request_read_back_without_times_or_count_is_unpaired_not_a_silent_gap():
+    rows = one_and_a_half_everywhere()
+    rows[1] = {k: v for k, v in rows[1].items() if k not in ("t_start", "t_end")}  # p0's speculative request
+    rows[3] = {**rows[3], "completion_tokens": None}  # p1's
+    s = summarize(rows).loc[("e-n4", "seeds")]
+    assert (s["requests_paired"], s["requests_unpaired"]) == (8, 2)
+    assert s["throughput_speedup"] == pytest.approx(1.5) and s["throughput_verdict"] == "faster"
+    pairs = pair_table(measured_frame(requests_of(rows))).set_index("prompt_id")
+    assert pairs.loc["p0", "status"] == pairs.loc["p1", "status"] == (
+        "no ratio: a side has no token count, times or tokens per second")
+
+
+def test_two_baseline_cells_of_one_engine_make_the_twin_ambiguous_not_a_guess():
+    rows = [timed("e-n0", 0, "a", 10, 1.0), {**timed("e-n0", 0, "a", 40, 1.0), "cell_id": "e-n0-old"},
+            timed("e-n4", 4, "a", 20, 1.0)]
+    pairs = pair_table(measured_frame(requests_of(rows)))
+    assert list(pairs["status"]) == ["ambiguous: two n_spec 0 cells of this engine sent this request"]
+    assert pd.isna(pairs["ratio"].iloc[0])
 
 
 def test_a_side_with_no_tokens_has_no_ratio_and_is_counted():
@@ -105,7 +150,8 @@ def test_a_side_with_no_tokens_has_no_ratio_and_is_counted():
     s = summarize(rows).loc[("e-n4", "seeds")]
     assert (s["requests_paired"], s["requests_unpaired"], s["speedup"]) == (1, 1, pytest.approx(2.0))
     pairs = pair_table(measured_frame(requests_of(rows))).set_index("prompt_id")
-    assert pairs.loc["a", "status"] == "no ratio: a side has no tokens per second"
+    assert pairs.loc["a", "status"] == "no ratio: a side has no token count, times or tokens per second"
+    assert str(pairs["speculative_tokens"].dtype) == "Int64"  # counts stay whole numbers in pairs.csv
 
 
 def test_twins_share_prompt_set_repeat_and_concurrency():
@@ -145,6 +191,6 @@ def test_slower_prompts_are_listed_and_a_hostile_prompt_id_is_escaped(tmp_path):
     assert "1 prompt whose paired ratio (geometric mean over repeats) is below 1.0" in page
     md = (run / "report" / "summary.md").read_text()
     slow = md[md.index("### Prompts where speculation was slower"):]
-    assert "&lt;" not in slow and "<script>alert(1)</script>\\|x⏎ | 1 | 0.50 | 0.50 | 10.00 | 5.00 |" in slow
+    assert "<script>" not in slow and "&lt;script&gt;alert(1)&lt;/script&gt;\\|x⏎ | 1 | 0.50 | 0.50 | 10.00 | 5.00 |" in slow
     assert "fine" not in slow
     assert (run / "paired_speedup_vs_n_spec.png").stat().st_size > 10_000

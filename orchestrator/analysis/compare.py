@@ -1,10 +1,10 @@
 """`orch compare`: baseline against the best setting per engine, across runs.
 
-Within a run, requests pair (same prompt and repeat at n_spec 0 and at the best depth), so each
-row's speedup and interval are that run's paired ones (analysis/pairs.py). Across runs nothing
-pairs: two runs' rows are independent measurements, each with its own interval, and compare puts
-them side by side without a ratio of its own. The best setting is the speculative cell with the
-highest median e2e tok/s; its interval resamples that cell's requests.
+The best setting is the speculative cell with the highest median e2e tok/s (best_ci_*: that
+median's interval, over the cell's requests). Within a run, requests pair (same prompt and repeat
+at n_spec 0 and at the best depth), so each row's speedup and its interval are that run's paired
+ones (analysis/pairs.py). Across runs nothing pairs: two runs' rows are independent measurements,
+each with its own interval, and compare puts them side by side without a ratio of its own.
 """
 
 from __future__ import annotations

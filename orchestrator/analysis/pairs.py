@@ -23,35 +23,45 @@ CELL = ["cell_id", "engine", "method", "n_spec", "concurrency", "prompt_set"]
 
 PAIRED = "paired"
 NO_BASELINE = "no baseline request"  # the n_spec 0 cell never sent this prompt and repeat
+AMBIGUOUS = "ambiguous: two n_spec 0 cells of this engine sent this request"
+INCOMPLETE = "no ratio: a side has no token count, times or tokens per second"
+MIN_PAIRS = 5  # fewer: a ratio, but no interval and no verdict (see _interval_of)
 COLUMNS = CELL + ["prompt_id", "repeat", "status", "ratio", "speculative_tok_s", "baseline_tok_s",
                   "speculative_tokens", "baseline_tokens", "speculative_s", "baseline_s", "baseline_cell_id"]
 
 
-def baseline_index(df: pd.DataFrame) -> dict[tuple, dict]:
-    """The n_spec 0 request of each twin key (TWIN), from a measured frame."""
+def baseline_index(df: pd.DataFrame) -> dict[tuple, dict | None]:
+    """The n_spec 0 request of each twin key (TWIN), from a measured frame. A key that two n_spec 0
+    cells of one engine both sent maps to None: which one is the twin cannot be told."""
     base = df[df["n_spec"] == 0]
-    return {tuple(k): r for k, r in zip(base[TWIN].itertuples(index=False), base.to_dict("records"))}
+    index: dict[tuple, dict | None] = {}
+    for key, rec in zip(base[TWIN].itertuples(index=False), base.to_dict("records")):
+        index[tuple(key)] = None if tuple(key) in index else rec
+    return index
 
 
-def pair_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per measured speculative request of an engine that has an n_spec 0 cell."""
+def pair_table(df: pd.DataFrame, cells=()) -> pd.DataFrame:
+    """One row per measured speculative request of an engine that has an n_spec 0 cell (in `cells`,
+    the run's CellRecords, even one that never sent a request, or in the requests)."""
     if df.empty:
         return pd.DataFrame(columns=COLUMNS)
     base = baseline_index(df)
-    engines = set(df.loc[df["n_spec"] == 0, "engine"])
+    engines = set(df.loc[df["n_spec"] == 0, "engine"]) | {c.engine for c in cells if c.n_spec == 0}
     spec = df[(df["n_spec"] > 0) & df["engine"].isin(engines)]
-    rows = [_pair(rec, base.get(tuple(rec[k] for k in TWIN))) for rec in spec.to_dict("records")]
-    return pd.DataFrame(rows, columns=COLUMNS)
+    rows = [_pair(rec, tuple(rec[k] for k in TWIN), base) for rec in spec.to_dict("records")]
+    out = pd.DataFrame(rows, columns=COLUMNS)
+    return out.astype({"speculative_tokens": "Int64", "baseline_tokens": "Int64"})
 
 
-def _pair(rec: dict, twin: dict | None) -> dict:
+def _pair(rec: dict, key: tuple, base: dict) -> dict:
+    twin = base.get(key)
     row = {k: rec[k] for k in CELL + ["prompt_id", "repeat"]}
     row.update(speculative_tok_s=rec.get("e2e_tok_s"), speculative_tokens=rec.get("completion_tokens"),
                speculative_s=_seconds(rec))
     if twin is not None:
         row.update(baseline_tok_s=twin.get("e2e_tok_s"), baseline_tokens=twin.get("completion_tokens"),
                    baseline_s=_seconds(twin), baseline_cell_id=twin["cell_id"])
-    row["status"] = _status(rec, twin)
+    row["status"] = AMBIGUOUS if key in base and twin is None else _status(rec, twin)
     if row["status"] == PAIRED:
         row["ratio"] = row["speculative_tok_s"] / row["baseline_tok_s"]
     return row
@@ -63,9 +73,10 @@ def _status(rec: dict, twin: dict | None) -> str:
     failed = [side for side, r in (("speculative", rec), ("baseline", twin)) if not r["ok"]]
     if failed:
         return " and ".join(failed) + " request failed"
-    rates = (rec.get("e2e_tok_s"), twin.get("e2e_tok_s"))
-    if any(not _positive(v) for v in rates):
-        return "no ratio: a side has no tokens per second"  # 0 tokens, or a rate not recorded
+    # 0 tokens, or a record read back without its rate, count or times: no ratio and no throughput
+    needed = [r.get(f) for r in (rec, twin) for f in ("e2e_tok_s", "completion_tokens")]
+    if not all(_positive(v) for v in needed + [_seconds(rec), _seconds(twin)]):
+        return INCOMPLETE
     return PAIRED
 
 
@@ -117,15 +128,24 @@ def paired_speedup(pairs: pd.DataFrame) -> PairedSpeedup:
     sides = [ok[c].to_numpy(dtype=float) for c in
              ("speculative_tokens", "speculative_s", "baseline_tokens", "baseline_s")]
     out.speedup = _finite(geometric_mean(ratios))
-    out.speedup_ci_low, out.speedup_ci_high = paired_ci(geometric_mean, ratios)
+    out.speedup_ci_low, out.speedup_ci_high = _interval_of(geometric_mean, ratios)
     out.speedup_verdict = verdict(out.speedup_ci_low, out.speedup_ci_high)
     out.throughput_speedup = _finite(throughput_ratio(*sides))
-    out.throughput_ci_low, out.throughput_ci_high = paired_ci(throughput_ratio, *sides)
+    out.throughput_ci_low, out.throughput_ci_high = _interval_of(throughput_ratio, *sides)
     out.throughput_verdict = verdict(out.throughput_ci_low, out.throughput_ci_high)
     out.pair_ratio_min, out.pair_ratio_median, out.pair_ratio_max = (
         float(ratios.min()), float(np.median(ratios)), float(ratios.max()))
     out.pairs_slower = int((ratios < 1.0).sum())
     return out
+
+
+def _interval_of(statistic, *columns) -> tuple[float | None, float | None]:
+    """The pair bootstrap's interval, from MIN_PAIRS pairs on: with n pairs a resample is all one
+    pair with chance n**-n, so below 4 pairs the 2.5th percentile is the smallest ratio itself and
+    two ratios of 1.01 and 1.02 would read 'faster'."""
+    if len(columns[0]) < MIN_PAIRS:
+        return None, None
+    return paired_ci(statistic, *columns)
 
 
 def slower_prompts(pairs: pd.DataFrame) -> pd.DataFrame:

@@ -51,7 +51,7 @@ def summarize(requests: list[RequestRecord], cells: list[CellRecord]) -> pd.Data
                                         np.where(from_server, METRICS_SOURCE, None))
     out["acceptance_rate"] = out["acceptance_rate"].where(~from_server, out["server_acceptance_rate"])
     out = pd.concat([out, _cells_without_requests(cells, set(out["cell_id"]))], ignore_index=True)
-    out = _add_independent(_add_paired(out, df), df)
+    out = _add_independent(_add_paired(out, df, cells), df)
     return out.sort_values(["engine", "concurrency", "prompt_set", "n_spec"], ignore_index=True)[COLUMNS]
 
 
@@ -108,16 +108,16 @@ def _cells_without_requests(cells: list[CellRecord], seen: set) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _add_paired(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
-    """Each speculative row's speedups from its request pairs; the n_spec 0 row is the baseline."""
-    pairs = pair_table(df)
+def _add_paired(out: pd.DataFrame, df: pd.DataFrame, cells: list[CellRecord]) -> pd.DataFrame:
+    """Each speculative row's speedups from its request pairs; an n_spec 0 row with a successful
+    request is the baseline (1.0, unless its median is 0 tok/s: then it is no unit)."""
+    pairs = pair_table(df, cells)
     groups = dict(iter(pairs.groupby(["cell_id", "concurrency", "prompt_set"], sort=False))) if len(pairs) else {}
-    has_base = {(e, c, p) for e, c, p in df.loc[df["n_spec"] == 0, ["engine", "concurrency", "prompt_set"]]
-                .itertuples(index=False)} if len(df) else set()
     rows = []
     for r in out.itertuples(index=False):
-        if r.n_spec == 0 and (r.engine, r.concurrency, r.prompt_set) in has_base:
-            one = 1.0 if r.e2e_tok_s_median > 0 else None  # a baseline of 0 tok/s is no unit
+        median = pd.to_numeric(r.e2e_tok_s_median, errors="coerce")
+        if r.n_spec == 0 and r.requests_ok:
+            one = 1.0 if median > 0 else None
             rows.append(PairedSpeedup(speedup=one, speedup_verdict="baseline", throughput_speedup=one))
         elif (r.cell_id, r.concurrency, r.prompt_set) in groups:
             rows.append(paired_speedup(groups[(r.cell_id, r.concurrency, r.prompt_set)]))
@@ -180,9 +180,10 @@ def unpaired_note(summary: pd.DataFrame) -> str:
     if not n:
         return ""
     cells = summary.loc[pd.to_numeric(summary["requests_unpaired"], errors="coerce").fillna(0) > 0, "cell_id"].nunique()
-    return (f"\nunpaired: {n} speculative request{'s' if n != 1 else ''} in {cells} cell{'s' if cells != 1 else ''} "
-            "had no usable twin at n_spec 0 (a failed request on either side, or none sent) and are in no "
-            "speedup; pairs.csv says why for each")
+    requests, were = ("1 speculative request", "has") if n == 1 else (f"{n} speculative requests", "have")
+    return (f"\nunpaired: {requests} in {cells} cell{'s' if cells != 1 else ''} {were} no usable twin at n_spec 0 "
+            "(a failed request on either side, or none sent) and no part in any speedup; pairs.csv says why "
+            "for each")
 
 
 SPEEDUP_COLUMNS = ["engine", "method", "n_spec", "conc", "prompts", "pairs", "unpaired", "typical [95% CI]",

@@ -78,7 +78,8 @@ def req(cell, n_spec, e2e, ok=True, phase="measured", key=None, prompt_set="seed
     return {"cell_id": cell, "engine": "e", "method": "ngram-mod" if n_spec else "none", "n_spec": n_spec,
             "concurrency": 1, "prompt_set": prompt_set, "phase": phase, "ok": ok, "key": key or f"k{e2e}",
             "e2e_tok_s": e2e if ok else None, "decode_tok_s": e2e * 1.1 if ok else None, "ttft_s": 0.1,
-            "completion_tokens": 100, "timings_draft_n": drafts[0], "timings_draft_n_accepted": drafts[1],
+            "completion_tokens": 100, "t_start": 0.0, "t_end": 100 / e2e if ok and e2e else 1.0,
+            "timings_draft_n": drafts[0], "timings_draft_n_accepted": drafts[1],
             "prompt_id": key or f"k{e2e}", "repeat": 0, "text": "same"}
 
 
