@@ -41,6 +41,22 @@ def test_one_record_per_measured_request(run_dir):
     assert all(r["ok"] for r in rows)
 
 
+def test_every_real_speculative_request_pairs_with_its_baseline_twin(run_dir):
+    """pairs.csv against the raw requests.jsonl: each n4 request beside the n0 request of the same
+    prompt and repeat, and the summary's typical speedup the geometric mean of those ratios."""
+    rows = [r for r in lines(run_dir / "requests.jsonl") if r["phase"] == "measured"]
+    rate = {(r["cell_id"], r["prompt_id"], r["repeat"]): r["e2e_tok_s"] for r in rows}
+    pairs = pd.read_csv(run_dir / "pairs.csv")
+    assert len(pairs) == 6 and set(pairs["status"]) == {"paired"}
+    for p in pairs.itertuples():
+        assert p.ratio == pytest.approx(rate[("llamacpp-ngram-mod-n4", p.prompt_id, p.repeat)]
+                                        / rate[("llamacpp-n0", p.prompt_id, p.repeat)])
+    s = pd.read_csv(run_dir / "summary.csv").set_index("cell_id")
+    geo = float(pairs["ratio"].prod() ** (1 / len(pairs)))
+    assert s.loc["llamacpp-ngram-mod-n4", "speedup"] == pytest.approx(geo)
+    assert s.loc["llamacpp-ngram-mod-n4", "requests_paired"] == 6
+
+
 def test_completion_tokens_are_the_servers_count(run_dir):
     for r in lines(run_dir / "requests.jsonl"):
         assert r["completion_tokens_source"] == "usage"
