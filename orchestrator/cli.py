@@ -14,6 +14,7 @@ from rich.console import Console
 from engines import INSTALLERS
 
 from orchestrator import __version__
+from orchestrator.analysis.load import format_crossover
 from orchestrator.analysis.summary import format_speedups, format_table
 from orchestrator.common import redact
 from orchestrator.common.errors import OrchError, ResultsError
@@ -136,9 +137,9 @@ def _print_report(run: RunDir, overlay=None) -> bool:
     for note in report.warnings:  # records skipped or kept as failed on reading back
         click.echo(f"warning: {note}", err=True)
     click.echo(format_table(report.summary))
-    speedups = format_speedups(report.summary)
-    if speedups:
-        click.echo(f"\n{speedups}")
+    for text in (format_speedups(report.summary), format_crossover(report.summary)):
+        if text:
+            click.echo(f"\n{text}")
     click.echo(f"\nsummary: {report.summary_path}")
     click.echo(f"pairs:   {report.pairs_path}")
     for chart in report.charts:

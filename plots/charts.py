@@ -120,6 +120,39 @@ def _typical(ax, x: float, row, color: str, width: float) -> None:
         ax.vlines(x, float(low), float(high), color=color, linewidth=1.5)
 
 
+def draw_load(summary: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]:
+    """Typical paired speedup against concurrency, one line per depth and prompt set, one panel per
+    engine; drawn only when some depth was measured at two or more levels."""
+    data = summary[(summary["n_spec"] > 0) & summary["concurrency"].notna() & summary["speedup"].notna()]
+    levels = data.groupby(["engine", "n_spec", "prompt_set"])["concurrency"].nunique()
+    if data.empty or levels.max() < 2:
+        return []
+    engines = sorted(data["engine"].unique())
+    fig, axes = plt.subplots(1, len(engines), figsize=(max(8, 5 * len(engines)), 5), dpi=110, sharey=True,
+                             squeeze=False)
+    for ax, engine in zip(axes[0], engines):
+        for (n, prompts), g in data[data["engine"] == engine].groupby(["n_spec", "prompt_set"], sort=True):
+            _series(ax, SPEEDUP_BY_LOAD, g.sort_values("concurrency"), f"n_spec {int(n)} · {prompts}",
+                    x="concurrency")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(int(c) for c in data.loc[data["engine"] == engine, "concurrency"].unique()))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel("concurrent streams")
+        ax.set_title(engine, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(SPEEDUP_BY_LOAD.ylabel)
+    fig.suptitle(f"{SPEEDUP_BY_LOAD.title}\n{subtitle}", fontsize=10)
+    return save(fig, Path(out_dir) / SPEEDUP_BY_LOAD.file)
+
+
+SPEEDUP_BY_LOAD = Chart("speedup_vs_concurrency", "Where speculation stops paying under load",
+                        "speedup (x, geometric mean of paired ratios; 95% CI)", "speedup", "speedup_ci_low",
+                        "speedup_ci_high")
+
+
 def draw_acceptance_length(summary: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]:
     """Server-side mean acceptance length (1 + accepted / drafts) from the /metrics deltas."""
     data = summary.dropna(subset=["mean_acceptance_length"]).drop_duplicates(["cell_id", "concurrency"])
@@ -170,12 +203,12 @@ def _label(key: tuple, many_conc: bool) -> str:
     return f"{engine} · {prompts} prompts" + (f" · c={int(conc)}" if many_conc else "")
 
 
-def _series(ax, chart: Chart, g: pd.DataFrame, label: str) -> None:
+def _series(ax, chart: Chart, g: pd.DataFrame, label: str, x: str = "n_spec") -> None:
     y = pd.to_numeric(g[chart.y], errors="coerce")
     low = pd.to_numeric(g[chart.low], errors="coerce") if chart.low in g else y
     high = pd.to_numeric(g[chart.high], errors="coerce") if chart.high in g else y
     err = [(y - low).clip(lower=0).fillna(0), (high - y).clip(lower=0).fillna(0)]
-    ax.errorbar(g["n_spec"].astype(int), y, yerr=err, marker="o", capsize=4, label=label)
+    ax.errorbar(g[x].astype(int), y, yerr=err, marker="o", capsize=4, label=label)
 
 
 def _decorate(ax, chart: Chart, subtitle: str, data: pd.DataFrame) -> None:

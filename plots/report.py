@@ -16,6 +16,7 @@ import pandas as pd
 
 from engines import ENGINES
 
+from orchestrator.analysis.load import format_crossover
 from orchestrator.analysis.lossless import check_texts, per_cell
 from orchestrator.analysis.pairs import pair_table, slower_prompts
 from orchestrator.results.records import CellRecord, machine_label
@@ -23,7 +24,7 @@ from orchestrator.results.rundir import PAIRS, SUMMARY, RunDir
 from orchestrator.analysis.summary import (format_speedups, format_table, measured_frame, speedup_frame, summarize,
                                            unpaired_note)
 
-from .charts import draw_acceptance_length, draw_charts, draw_lossless, draw_pairs
+from .charts import draw_acceptance_length, draw_charts, draw_load, draw_lossless, draw_pairs
 
 
 @dataclass
@@ -52,6 +53,7 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     sub = subtitle(run)
     scenario = _scenario_text(run)
     charts = (draw_charts(summary, sub, run.path, overlay) + draw_pairs(pairs, summary, sub, run.path)
+              + draw_load(summary, sub, run.path)
               + draw_acceptance_length(summary, sub, run.path) + draw_lossless(lossless, sub, run.path))
     out = run.path / "report"
     out.mkdir(exist_ok=True)
@@ -142,6 +144,8 @@ def _md_pairs(ctx: _Context) -> list[str]:
     if not speedups:
         return []
     lines = ["### Speedup from request pairs", "", "```", speedups, "```", ""]
+    load = format_crossover(ctx.summary)
+    lines += ["### Under load", "", "```", load, "```", ""] if load else []
     unpaired = unpaired_note(ctx.summary).strip()
     lines += [unpaired, ""] if unpaired else []
     slow, total = _slower(ctx)
@@ -245,8 +249,10 @@ def _html_pairs(ctx: _Context) -> str:
     slow, total = _slower(ctx)
     unpaired = unpaired_note(ctx.summary).strip()
     slow_html = slow.to_html(index=False, border=0, float_format=lambda v: f"{v:.2f}") if len(slow) else ""
+    load = format_crossover(ctx.summary)
     return (f'<h2 id="pairs">Speedup from request pairs</h2>{view.to_html(index=False, border=0)}'
             + (f"<p>{esc(unpaired)}</p>" if unpaired else "")
+            + (f'<h3 id="load">Under load</h3><pre>{esc(load)}</pre>' if load else "")
             + f'<h3 id="slower">Prompts where speculation was slower</h3><p>{esc(_slower_caption(len(slow), total))}</p>'
             + slow_html)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from orchestrator.analysis.load import crossover
 from orchestrator.analysis.metrics import itl_per_token, tpot
 from orchestrator.analysis.pairs import PairedSpeedup, pair_table, paired_speedup
 from orchestrator.results.records import CellRecord, RequestRecord
@@ -20,6 +21,7 @@ COLUMNS = GROUP + [
     "draft_n", "draft_n_accepted", "acceptance_rate", "acceptance_ci_low", "acceptance_ci_high", "acceptance_source",
     *PairedSpeedup.columns(),  # speedup, its interval and verdict: from request pairs (pairs.py)
     "independent_speedup", "independent_ci_low", "independent_ci_high", "independent_verdict",
+    "stops_paying_at",  # lowest concurrency whose paired interval includes or is below 1.0 (load.py)
     "server_acceptance_rate", "mean_acceptance_length",  # /metrics deltas: all prompt sets of the cell
     "outliers", "cell_status", "cell_id",
 ]
@@ -52,7 +54,17 @@ def summarize(requests: list[RequestRecord], cells: list[CellRecord]) -> pd.Data
     out["acceptance_rate"] = out["acceptance_rate"].where(~from_server, out["server_acceptance_rate"])
     out = pd.concat([out, _cells_without_requests(cells, set(out["cell_id"]))], ignore_index=True)
     out = _add_independent(_add_paired(out, df, cells), df)
+    out = _add_crossover(out)
     return out.sort_values(["engine", "concurrency", "prompt_set", "n_spec"], ignore_index=True)[COLUMNS]
+
+
+def _add_crossover(out: pd.DataFrame) -> pd.DataFrame:
+    found = crossover(out)
+    at = {tuple(r[:4]): r[4] for r in found[["engine", "method", "n_spec", "prompt_set", "stops_paying_at"]]
+          .itertuples(index=False)}
+    out["stops_paying_at"] = [at.get((e, m, n, p)) for e, m, n, p in
+                              zip(out["engine"], out["method"], out["n_spec"], out["prompt_set"])]
+    return out.astype({"stops_paying_at": "Int64"})
 
 
 def _row(key: tuple, g: pd.DataFrame) -> dict:

@@ -1,0 +1,67 @@
+"""Where speculation stops paying under load, on constructed records whose answer is known."""
+
+import pandas as pd
+from click.testing import CliRunner
+
+from orchestrator.analysis.load import crossover
+from orchestrator.analysis.summary import summarize
+from orchestrator.cli import cli
+
+from .support.runs import cells_of, make_run, requests_of
+from .test_pairs import timed
+
+SPEEDUPS = {4: {1: 2.0, 4: 1.5, 8: 1.0}, 8: {1: 2.2, 4: 0.9, 8: 0.8}, 2: {1: 1.3, 4: 1.2, 8: 1.1}}
+
+
+def loaded(prompts=8, speedups=SPEEDUPS):
+    """Every pair at exactly its depth's speedup for that level; answers 10x apart in length."""
+    rows = []
+    for c in (1, 4, 8):
+        for i in range(prompts):
+            tokens, base_s = 30 * (i + 1), 1.0 + i
+            rows.append(timed("e-n0", 0, f"p{i}", tokens, base_s, concurrency=c))
+            rows += [timed(f"e-n{n}", n, f"p{i}", tokens, base_s / s[c], concurrency=c) for n, s in speedups.items()]
+    return rows
+
+
+def summary_of(rows):
+    cells = {r["cell_id"]: {k: r[k] for k in ("cell_id", "engine", "method", "n_spec")} for r in rows}
+    return summarize(requests_of(rows), cells_of([{**c, "status": "ok"} for c in cells.values()]))
+
+
+def test_the_lowest_level_whose_interval_reaches_one_is_where_a_depth_stops_paying():
+    found = crossover(summary_of(loaded())).set_index("n_spec")
+    assert found.loc[4, "stops_paying_at"] == 8  # 1.0 exactly: no clear difference
+    assert found.loc[8, "stops_paying_at"] == 4  # below 1.0 at 4 already
+    assert found.loc[8, "finding"] == "stops paying at c=4: 0.90x [0.90-0.90], slower"
+    assert found.loc[2, "finding"] == "pays at every measured level up to c=8"
+    assert pd.isna(found.loc[2, "stops_paying_at"]) and found.loc[4, "levels"] == "1,4,8"
+    s = summary_of(loaded())
+    assert list(s.loc[s["n_spec"] == 8, "stops_paying_at"]) == [4, 4, 4]  # every level's row says it
+
+
+def test_levels_without_a_verdict_give_no_crossover():
+    found = crossover(summary_of(loaded(prompts=3)))
+    assert set(found["finding"]) == {"no verdict at any level (fewer than 5 pairs per level)"}
+    assert found["stops_paying_at"].isna().all()
+
+
+def test_the_report_says_it_and_draws_speedup_against_concurrency(tmp_path):
+    run = make_run(tmp_path / "run", loaded(), {"e": {"kind": "llama-server", "model": "m"}})
+    result = CliRunner().invoke(cli, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    block = result.output[result.output.index("under load"):].splitlines()[:4]
+    assert block == ["under load (typical paired speedup by concurrency):",
+                     "e ngram-mod n_spec 2 (seeds, c=1,4,8): pays at every measured level up to c=8",
+                     "e ngram-mod n_spec 4 (seeds, c=1,4,8): stops paying at c=8: 1.00x [1.00-1.00], no clear difference",
+                     "e ngram-mod n_spec 8 (seeds, c=1,4,8): stops paying at c=4: 0.90x [0.90-0.90], slower"]
+    assert (run / "speedup_vs_concurrency.png").stat().st_size > 10_000
+    assert "stops paying at c=4" in (run / "report" / "summary.md").read_text()
+
+
+def test_one_level_draws_no_load_chart(tmp_path):
+    rows = [r for r in loaded() if r["concurrency"] == 1]
+    run = make_run(tmp_path / "run", rows, {"e": {"kind": "llama-server", "model": "m"}})
+    result = CliRunner().invoke(cli, ["report", str(run)])
+    assert result.exit_code == 0 and "under load" not in result.output
+    assert not (run / "speedup_vs_concurrency.png").exists()
