@@ -15,6 +15,7 @@ from engines import INSTALLERS
 
 from orchestrator import __version__
 from orchestrator.analysis.load import format_crossover
+from orchestrator.analysis.recommend import format_advice
 from orchestrator.analysis.summary import format_speedups, format_table
 from orchestrator.common import redact
 from orchestrator.common.errors import OrchError, ResultsError
@@ -137,7 +138,7 @@ def _print_report(run: RunDir, overlay=None) -> bool:
     for note in report.warnings:  # records skipped or kept as failed on reading back
         click.echo(f"warning: {note}", err=True)
     click.echo(format_table(report.summary))
-    for text in (format_speedups(report.summary), format_crossover(report.summary)):
+    for text in (format_speedups(report.summary), format_crossover(report.summary), format_advice(report.advice)):
         if text:
             click.echo(f"\n{text}")
     click.echo(f"\nsummary: {report.summary_path}")

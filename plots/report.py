@@ -17,6 +17,7 @@ import pandas as pd
 from engines import ENGINES
 
 from orchestrator.analysis.load import format_crossover
+from orchestrator.analysis.recommend import format_advice, what_to_run
 from orchestrator.analysis.lossless import check_texts, per_cell
 from orchestrator.analysis.pairs import pair_table, slower_prompts
 from orchestrator.results.records import CellRecord, machine_label
@@ -33,6 +34,7 @@ class Report:
     summary_path: Path
     pairs: pd.DataFrame
     pairs_path: Path
+    advice: pd.DataFrame
     lossless: pd.DataFrame
     charts: list[Path]
     html: Path
@@ -61,7 +63,7 @@ def build_report(run_dir: Path, overlay=None) -> Report:
                    scenario, list(run.warnings))
     (out / "index.html").write_text(_html(ctx))
     (out / "summary.md").write_text(_markdown(ctx))
-    return Report(summary, run.path / SUMMARY, pairs, run.path / PAIRS, lossless, charts, out / "index.html",
+    return Report(summary, run.path / SUMMARY, pairs, run.path / PAIRS, ctx.advice, lossless, charts, out / "index.html",
                   out / "summary.md", ctx.warnings)
 
 
@@ -94,6 +96,10 @@ class _Context:
     warnings: list[str]
 
     @property
+    def advice(self) -> pd.DataFrame:
+        return what_to_run(self.summary, self.pairs, self.cells)
+
+    @property
     def method_lines(self) -> list[str]:
         caches = sorted({f"{c.engine}: {c.cache or 'not recorded'}" for c in self.cells})
         kinds = sorted({c.kind for c in self.cells if c.kind in ENGINES})
@@ -119,7 +125,9 @@ class _Context:
 
 
 def _markdown(ctx: _Context) -> str:
+    advice = format_advice(ctx.advice)
     lines = [f"## orch sweep `{ctx.run.path.name}`", "", f"{subtitle(ctx.run)}", "",
+             *(["### What to run", "", "```", advice, "```", ""] if advice else []),
              *[f"- {m}" for m in ctx.method_lines], "", *_md_skipped(ctx.warnings),
              "```", format_table(ctx.summary), "```", "", *_md_pairs(ctx),
              "### Lossless check (temperature 0, against n_spec 0)", ""]
@@ -237,8 +245,13 @@ def _html(ctx: _Context) -> str:
     return _PAGE.format(
         title=esc(ctx.run.path.name), subtitle=esc(subtitle(ctx.run)),
         method="".join(f"<li>{esc(m)}</li>" for m in ctx.method_lines),
-        images=imgs, summary=table, pairs=pairs, lossless=lossless, divergences=div_html,
+        images=imgs, summary=table, pairs=pairs, lossless=lossless, advice=_html_advice(ctx), divergences=div_html,
         env=esc(env), scenario=esc(ctx.scenario), rerun=esc(ctx.rerun), skipped=_html_skipped(ctx.warnings))
+
+
+def _html_advice(ctx: _Context) -> str:
+    text = format_advice(ctx.advice)
+    return f'<h2 id="what-to-run">What to run</h2><pre>{html.escape(text)}</pre>' if text else ""
 
 
 def _html_pairs(ctx: _Context) -> str:
@@ -276,6 +289,7 @@ pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }}
 </style></head><body>
 <h1>orch report: {title}</h1>
 <p>{subtitle}</p>
+{advice}
 {skipped}
 <h2>How it was measured</h2><ul>{method}</ul>
 <h2>Charts</h2>

@@ -25,7 +25,7 @@ PAIRED = "paired"
 NO_BASELINE = "no baseline request"  # the n_spec 0 cell never sent this prompt and repeat
 AMBIGUOUS = "ambiguous: two n_spec 0 cells of this engine sent this request"
 INCOMPLETE = "no ratio: a side has no token count, times or tokens per second"
-MIN_PAIRS = 5  # fewer: a ratio, but no interval and no verdict (see _interval_of)
+MIN_PAIRS = 5  # fewer: a ratio, but no interval and no verdict (see interval_of_pairs)
 COLUMNS = CELL + ["prompt_id", "repeat", "status", "ratio", "speculative_tok_s", "baseline_tok_s",
                   "speculative_tokens", "baseline_tokens", "speculative_s", "baseline_s", "baseline_cell_id"]
 
@@ -128,10 +128,10 @@ def paired_speedup(pairs: pd.DataFrame) -> PairedSpeedup:
     sides = [ok[c].to_numpy(dtype=float) for c in
              ("speculative_tokens", "speculative_s", "baseline_tokens", "baseline_s")]
     out.speedup = _finite(geometric_mean(ratios))
-    out.speedup_ci_low, out.speedup_ci_high = _interval_of(geometric_mean, ratios)
+    out.speedup_ci_low, out.speedup_ci_high = interval_of_pairs(geometric_mean, ratios)
     out.speedup_verdict = verdict(out.speedup_ci_low, out.speedup_ci_high)
     out.throughput_speedup = _finite(throughput_ratio(*sides))
-    out.throughput_ci_low, out.throughput_ci_high = _interval_of(throughput_ratio, *sides)
+    out.throughput_ci_low, out.throughput_ci_high = interval_of_pairs(throughput_ratio, *sides)
     out.throughput_verdict = verdict(out.throughput_ci_low, out.throughput_ci_high)
     out.pair_ratio_min, out.pair_ratio_median, out.pair_ratio_max = (
         float(ratios.min()), float(np.median(ratios)), float(ratios.max()))
@@ -139,7 +139,7 @@ def paired_speedup(pairs: pd.DataFrame) -> PairedSpeedup:
     return out
 
 
-def _interval_of(statistic, *columns) -> tuple[float | None, float | None]:
+def interval_of_pairs(statistic, *columns) -> tuple[float | None, float | None]:
     """The pair bootstrap's interval, from MIN_PAIRS pairs on: with n pairs a resample is all one
     pair with chance n**-n, so below 4 pairs the 2.5th percentile is the smallest ratio itself and
     two ratios of 1.01 and 1.02 would read 'faster'."""
