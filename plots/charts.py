@@ -32,7 +32,7 @@ CHARTS = [
     Chart("tok_s_vs_n_spec", "Output tokens/s by speculation depth", "e2e output tok/s (median, 95% CI)",
           "e2e_tok_s_median", "e2e_tok_s_ci_low", "e2e_tok_s_ci_high"),
     Chart("speedup_vs_n_spec", "Speedup over no speculation (request pairs)",
-          "speedup (x, geometric mean of paired e2e ratios; 95% CI)",
+          "speedup (x, median of paired e2e ratios; 95% CI)",
           "speedup", "speedup_ci_low", "speedup_ci_high"),
     Chart("acceptance_vs_n_spec", "Draft acceptance rate", "accepted / drafted tokens (95% CI)",
           "acceptance_rate", "acceptance_ci_low", "acceptance_ci_high"),
@@ -149,8 +149,49 @@ def draw_load(summary: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]
 
 
 SPEEDUP_BY_LOAD = Chart("speedup_vs_concurrency", "Where speculation stops paying under load",
-                        "speedup (x, geometric mean of paired ratios; 95% CI)", "speedup", "speedup_ci_low",
+                        "speedup (x, median of paired ratios; 95% CI)", "speedup", "speedup_ci_low",
                         "speedup_ci_high")
+
+
+def draw_acceptance_by_position(cells, subtitle: str, out_dir: Path) -> list[Path]:
+    """Share of drafts whose token at each position was accepted, from the /metrics deltas of each
+    speculative cell's measured window (cells.jsonl `server_metrics`), one line per depth."""
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    lines = 0
+    many_conc = len({conc for c in cells for conc in (c.server_metrics or {})}) > 1
+    newest = {c.cell_id: c for c in cells}.values()  # a resumed cell has a newer line
+    for c in sorted(newest, key=lambda c: (c.engine, c.n_spec)):
+        for conc, window in sorted((c.server_metrics or {}).items(), key=lambda kv: int(kv[0])):
+            per_pos = _per_position(window)
+            if c.n_spec == 0 or not per_pos:
+                continue
+            label = f"{c.engine} n_spec {c.n_spec}" + (f" · c={conc}" if many_conc else "")
+            ax.plot([p + 1 for p, _ in per_pos], [v for _, v in per_pos], marker="o", markersize=3, label=label)
+            lines += 1
+    ax.set_title(f"Acceptance by draft position (server /metrics, measured windows)\n{subtitle}", fontsize=10)
+    ax.set_xlabel("draft position (1 = first drafted token)")
+    ax.set_ylabel("share of drafts with this position accepted")
+    ax.set_ylim(0, 1.05)
+    ax.grid(True, alpha=0.3)
+    if lines:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no per-position counters in /metrics", transform=ax.transAxes, ha="center")
+    return save(fig, Path(out_dir) / "acceptance_by_position")
+
+
+def _per_position(window) -> list[tuple[int, float]]:
+    """(position, share) from a window's per_pos_acceptance, positions as whole numbers, shares
+    finite and within 0..1; anything else in a record read back is left out."""
+    raw = getattr(window, "per_pos_acceptance", None) if window is not None else None
+    if not isinstance(raw, dict):
+        return []
+    out = []
+    for pos, v in raw.items():
+        if isinstance(pos, str) and pos.isascii() and pos.isdecimal() and isinstance(v, (int, float)) \
+                and not isinstance(v, bool) and 0 <= v <= 1:
+            out.append((int(pos), float(v)))
+    return sorted(out)
 
 
 def draw_acceptance_length(summary: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]:

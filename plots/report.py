@@ -25,7 +25,8 @@ from orchestrator.results.rundir import PAIRS, SUMMARY, RunDir
 from orchestrator.analysis.summary import (format_speedups, format_table, measured_frame, speedup_frame, summarize,
                                            unpaired_note)
 
-from .charts import draw_acceptance_length, draw_charts, draw_load, draw_lossless, draw_pairs
+from .charts import (draw_acceptance_by_position, draw_acceptance_length, draw_charts, draw_load, draw_lossless,
+                     draw_pairs)
 
 
 @dataclass
@@ -56,7 +57,8 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     scenario = _scenario_text(run)
     charts = (draw_charts(summary, sub, run.path, overlay) + draw_pairs(pairs, summary, sub, run.path)
               + draw_load(summary, sub, run.path)
-              + draw_acceptance_length(summary, sub, run.path) + draw_lossless(lossless, sub, run.path))
+              + draw_acceptance_length(summary, sub, run.path) + draw_acceptance_by_position(cells, sub, run.path)
+              + draw_lossless(lossless, sub, run.path))
     out = run.path / "report"
     out.mkdir(exist_ok=True)
     ctx = _Context(run, summary, pairs, lossless, checks, cells, [c for c in charts if c.suffix == ".png"],
@@ -113,7 +115,7 @@ class _Context:
             "Medians with seeded bootstrap 95% intervals over measured requests; a speedup whose "
             "interval includes 1.0 is marked 'no clear difference'. Outliers are flagged, not dropped.",
             "Speedups come from request pairs: each speculative request over its twin at n_spec 0 (same prompt, "
-            "repeat and concurrency). Typical = geometric mean of the pair ratios; throughput = total tokens / "
+            "repeat and concurrency). Typical = median of the pair ratios; throughput = total tokens / "
             "total seconds over the same pairs; intervals resample pairs. Independent = the old ratio of cell "
             "medians with requests resampled as if unpaired, shown for comparison.",
             *[f"Cache: {c}" for c in caches],
@@ -170,7 +172,7 @@ def _slower_caption(shown: int, total: int) -> str:
     if not total:
         return "None: in every speculative cell, every prompt's pairs were at least as fast as n_spec 0."
     more = f" (the slowest {shown} shown; every pair is in pairs.csv)" if total > shown else ""
-    return (f"{total} prompt{'s' if total != 1 else ''} whose paired ratio (geometric mean over repeats) is "
+    return (f"{total} prompt{'s' if total != 1 else ''} whose paired ratio (median over repeats) is "
             f"below 1.0{more}. One pair carries the server's noise: look at its repeats.")
 
 

@@ -42,7 +42,7 @@ def test_the_lowest_level_whose_interval_reaches_one_is_where_a_depth_stops_payi
 
 def test_levels_without_a_verdict_give_no_crossover():
     found = crossover(summary_of(loaded(prompts=3)))
-    assert set(found["finding"]) == {"no verdict at any level (fewer than 5 pairs per level)"}
+    assert set(found["finding"]) == {"no verdict at any level (fewer than 6 pairs per level)"}
     assert found["stops_paying_at"].isna().all()
 
 

@@ -1,7 +1,6 @@
 """Speedups from request pairs, on constructed records whose answer is known exactly."""
 
 import csv
-import math
 
 import pandas as pd
 import pytest
@@ -53,9 +52,19 @@ def test_typical_and_throughput_speedups_differ_as_their_definitions_say():
     rows = [timed("e-n0", 0, "short", 10, 1.0), timed("e-n4", 4, "short", 10, 0.5),
             timed("e-n0", 0, "long", 100, 10.0), timed("e-n4", 4, "long", 100, 10.0)]
     s = summarize(rows).loc[("e-n4", "seeds")]
-    assert s["speedup"] == pytest.approx(math.sqrt(2.0))  # geometric mean of 2.0 and 1.0
+    assert s["speedup"] == pytest.approx(1.5)  # the median of 2.0 and 1.0
     assert s["throughput_speedup"] == pytest.approx((110 / 10.5) / (110 / 11.0))  # 1.048
-    assert (s["pair_ratio_min"], s["pair_ratio_median"], s["pair_ratio_max"]) == pytest.approx((1.0, 1.5, 2.0))
+    assert (s["pair_ratio_min"], s["pair_ratio_max"]) == pytest.approx((1.0, 2.0))
+
+
+def test_one_pair_hit_by_a_hiccup_does_not_move_the_typical_speedup():
+    # Seen on this machine: one pair at 0.13x among 1.4-2.4x while another process took a core.
+    rows = one_and_a_half_everywhere()
+    rows[1] = timed("e-n4", 4, "p0", 100, 10.0 / 0.13)  # p0's speculative request, 0.13x its twin
+    s = summarize(rows).loc[("e-n4", "seeds")]
+    assert s["speedup"] == pytest.approx(1.5) and s["speedup_verdict"] == "faster"
+    assert (s["pair_ratio_min"], s["pairs_slower"]) == (pytest.approx(0.13), 1)
+    assert s["throughput_speedup"] < 1.3  # the time it cost is in the throughput, as a user would pay it
 
 
 def test_a_failed_twin_is_counted_and_said_never_dropped(tmp_path):
@@ -84,23 +93,23 @@ def test_a_failed_twin_is_counted_and_said_never_dropped(tmp_path):
     table = result.output[result.output.index("speedup from request pairs"):].splitlines()
     assert table[1].split() == ["engine", "method", "n_spec", "conc", "prompts", "pairs", "unpaired", "typical",
                                 "[95%", "CI]", "verdict", "throughput", "[95%", "CI]", "pair", "ratios",
-                                "min/med/max", "slower", "independent", "[95%", "CI]", "independent", "verdict"]
+                                "min-max", "slower", "independent", "[95%", "CI]", "independent", "verdict"]
     row = table[2].split()
     assert row[:14] == ["e", "ngram-mod", "4", "1", "seeds", "8", "3", "1.50x", "[1.50-1.50]", "faster", "1.50x",
-                        "[1.50-1.50]", "1.50/1.50/1.50", "0"]
+                        "[1.50-1.50]", "1.50-1.50", "0"]
     assert " ".join(row[-3:]) == "no clear difference"  # the same records, resampled as if unpaired
     md = (run / "report" / "summary.md").read_text()
     assert "unpaired: 3 speculative requests in 1 cell" in md
 
 
-def test_fewer_than_five_pairs_have_a_ratio_but_no_interval_and_no_verdict():
-    # Four pairs a hair above 1: a percentile bootstrap of so few would call it "faster" from the smallest one.
-    rows = [r for i, tokens in enumerate((101, 102, 103, 104))
+def test_fewer_than_six_pairs_have_a_ratio_but_no_interval_and_no_verdict():
+    # Five pairs a hair above 1: a bootstrap of their median would call it "faster" from the smallest one.
+    rows = [r for i, tokens in enumerate((101, 102, 103, 104, 105))
             for r in (timed("e-n0", 0, f"p{i}", 100, 1.0), timed("e-n4", 4, f"p{i}", tokens, 1.0))]
     s = summarize(rows).loc[("e-n4", "seeds")]
-    assert s["speedup"] == pytest.approx((1.01 * 1.02 * 1.03 * 1.04) ** 0.25)
+    assert s["speedup"] == pytest.approx(1.03)
     assert all(pd.isna(s[c]) for c in ("speedup_ci_low", "speedup_ci_high", "speedup_verdict", "throughput_verdict"))
-    rows += [timed("e-n0", 0, "p4", 100, 1.0), timed("e-n4", 4, "p4", 105, 1.0)]
+    rows += [timed("e-n0", 0, "p5", 100, 1.0), timed("e-n4", 4, "p5", 106, 1.0)]
     s = summarize(rows).loc[("e-n4", "seeds")]
     assert s["speedup_verdict"] == "faster" and 1.01 < s["speedup_ci_low"] < s["speedup"]  # not the smallest ratio
 
@@ -188,7 +197,7 @@ def test_slower_prompts_are_listed_and_a_hostile_prompt_id_is_escaped(tmp_path):
     assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0
     page = (run / "report" / "index.html").read_text()
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;|x" in page
-    assert "1 prompt whose paired ratio (geometric mean over repeats) is below 1.0" in page
+    assert "1 prompt whose paired ratio (median over repeats) is below 1.0" in page
     md = (run / "report" / "summary.md").read_text()
     slow = md[md.index("### Prompts where speculation was slower"):]
     assert "<script>" not in slow and "&lt;script&gt;alert(1)&lt;/script&gt;\\|x⏎ | 1 | 0.50 | 0.50 | 10.00 | 5.00 |" in slow

@@ -54,7 +54,7 @@ def test_no_faster_depth_means_run_without_speculation():
 
 def test_too_few_pairs_for_a_verdict_recommend_nothing_faster():
     (a,) = advise(*run_of({4: 2.0}, prompts=3)).itertuples(index=False)
-    assert a.n_spec == 0 and a.why == "no depth was shown to be faster; the best, n_spec 4, was 2.00x (no verdict: fewer than 5 pairs)"
+    assert a.n_spec == 0 and a.why == "no depth was shown to be faster; the best, n_spec 4, was 2.00x (no verdict: fewer than 6 pairs)"
 
 
 def test_what_to_run_opens_the_report(tmp_path):

@@ -63,7 +63,7 @@ def format_compare(df: pd.DataFrame) -> str:
     return view.to_string(index=False) + "\n" + NOTE
 
 
-NOTE = ("speedup: each run's own, from its request pairs (geometric mean, 95% CI over pairs); runs are not "
+NOTE = ("speedup: each run's own, from its request pairs (median pair ratio, 95% CI over pairs); runs are not "
         "paired with each other, so read two runs' intervals side by side")
 
 

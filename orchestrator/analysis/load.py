@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from orchestrator.analysis.pairs import MIN_PAIRS
+
 PAYS = "faster"
 KEY = ["engine", "method", "n_spec", "prompt_set"]
 COLUMNS = KEY + ["levels", "stops_paying_at", "finding"]
@@ -33,7 +35,7 @@ def crossover(summary: pd.DataFrame) -> pd.DataFrame:
 def _first_level_not_paying(g: pd.DataFrame) -> tuple[int | None, str]:
     judged = g[g["speedup_verdict"].notna()]
     if judged.empty:
-        return None, "no verdict at any level (fewer than 5 pairs per level)"
+        return None, f"no verdict at any level (fewer than {MIN_PAIRS} pairs per level)"
     for r in judged.itertuples(index=False):
         if r.speedup_verdict != PAYS:
             return int(r.concurrency), (f"stops paying at c={int(r.concurrency)}: {r.speedup:.2f}x "

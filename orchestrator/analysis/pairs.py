@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis.stats import geometric_mean, paired_ci, throughput_ratio, verdict
+from orchestrator.analysis.stats import median, paired_ci, throughput_ratio, verdict
 
 TWIN = ["engine", "concurrency", "prompt_set", "prompt_id", "repeat"]
 CELL = ["cell_id", "engine", "method", "n_spec", "concurrency", "prompt_set"]
@@ -25,7 +25,7 @@ PAIRED = "paired"
 NO_BASELINE = "no baseline request"  # the n_spec 0 cell never sent this prompt and repeat
 AMBIGUOUS = "ambiguous: two n_spec 0 cells of this engine sent this request"
 INCOMPLETE = "no ratio: a side has no token count, times or tokens per second"
-MIN_PAIRS = 5  # fewer: a ratio, but no interval and no verdict (see interval_of_pairs)
+MIN_PAIRS = 6  # fewer: a ratio, but no interval and no verdict (see interval_of_pairs)
 COLUMNS = CELL + ["prompt_id", "repeat", "status", "ratio", "speculative_tok_s", "baseline_tok_s",
                   "speculative_tokens", "baseline_tokens", "speculative_s", "baseline_s", "baseline_cell_id"]
 
@@ -100,7 +100,7 @@ class PairedSpeedup:
 
     requests_paired: int = 0
     requests_unpaired: int = 0
-    speedup: float | None = None  # typical request: geometric mean of the paired ratios
+    speedup: float | None = None  # typical request: median of the paired ratios
     speedup_ci_low: float | None = None
     speedup_ci_high: float | None = None
     speedup_verdict: str | None = None
@@ -109,7 +109,6 @@ class PairedSpeedup:
     throughput_ci_high: float | None = None
     throughput_verdict: str | None = None
     pair_ratio_min: float | None = None
-    pair_ratio_median: float | None = None
     pair_ratio_max: float | None = None
     pairs_slower: int = 0  # pairs whose speculative request was slower than its twin
 
@@ -127,29 +126,28 @@ def paired_speedup(pairs: pd.DataFrame) -> PairedSpeedup:
     ratios = ok["ratio"].to_numpy(dtype=float)
     sides = [ok[c].to_numpy(dtype=float) for c in
              ("speculative_tokens", "speculative_s", "baseline_tokens", "baseline_s")]
-    out.speedup = _finite(geometric_mean(ratios))
-    out.speedup_ci_low, out.speedup_ci_high = interval_of_pairs(geometric_mean, ratios)
+    out.speedup = _finite(median(ratios))
+    out.speedup_ci_low, out.speedup_ci_high = interval_of_pairs(median, ratios)
     out.speedup_verdict = verdict(out.speedup_ci_low, out.speedup_ci_high)
     out.throughput_speedup = _finite(throughput_ratio(*sides))
     out.throughput_ci_low, out.throughput_ci_high = interval_of_pairs(throughput_ratio, *sides)
     out.throughput_verdict = verdict(out.throughput_ci_low, out.throughput_ci_high)
-    out.pair_ratio_min, out.pair_ratio_median, out.pair_ratio_max = (
-        float(ratios.min()), float(np.median(ratios)), float(ratios.max()))
+    out.pair_ratio_min, out.pair_ratio_max = float(ratios.min()), float(ratios.max())
     out.pairs_slower = int((ratios < 1.0).sum())
     return out
 
 
 def interval_of_pairs(statistic, *columns) -> tuple[float | None, float | None]:
-    """The pair bootstrap's interval, from MIN_PAIRS pairs on: with n pairs a resample is all one
-    pair with chance n**-n, so below 4 pairs the 2.5th percentile is the smallest ratio itself and
-    two ratios of 1.01 and 1.02 would read 'faster'."""
+    """The pair bootstrap's interval, from MIN_PAIRS pairs on. Below that the 2.5th percentile of
+    resampled medians is the smallest ratio itself (with 5 pairs a resample draws the smallest
+    three times or more with chance 5.8%), so two ratios of 1.01 and 1.02 would read 'faster'."""
     if len(columns[0]) < MIN_PAIRS:
         return None, None
     return paired_ci(statistic, *columns)
 
 
 def slower_prompts(pairs: pd.DataFrame) -> pd.DataFrame:
-    """Prompts whose speculative requests were slower than their twins: the geometric mean of a
+    """Prompts whose speculative requests were slower than their twins: the median of a
     prompt's paired ratios (over its repeats) below 1.0, slowest first."""
     ok = pairs[pairs["status"] == PAIRED]
     cols = ["cell_id", "concurrency", "prompt_set", "prompt_id", "pairs", "ratio", "ratios",
@@ -158,7 +156,7 @@ def slower_prompts(pairs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     rows = []
     for (cell, conc, prompts, pid), g in ok.groupby(["cell_id", "concurrency", "prompt_set", "prompt_id"], sort=False):
-        r = geometric_mean(g["ratio"].to_numpy(dtype=float))
+        r = median(g["ratio"].to_numpy(dtype=float))
         if r < 1.0:
             rows.append({"cell_id": cell, "concurrency": conc, "prompt_set": prompts, "prompt_id": pid,
                          "pairs": len(g), "ratio": r,

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from orchestrator.analysis.pairs import PAIRED, interval_of_pairs
-from orchestrator.analysis.stats import geometric_mean, verdict
+from orchestrator.analysis.pairs import MIN_PAIRS, PAIRED, interval_of_pairs
+from orchestrator.analysis.stats import median, verdict
 
 KEY = ["prompt_id", "repeat"]  # within one engine, concurrency and prompt set
 
@@ -79,12 +79,12 @@ def _indistinguishable(pairs: pd.DataFrame, cell_a: str, cell_b: str) -> bool:
     b = pairs[pairs["cell_id"] == cell_b].set_index(KEY)["speculative_tok_s"]
     both = pd.concat([a, b], axis=1, join="inner").astype(float)
     ratios = (both.iloc[:, 0] / both.iloc[:, 1]).to_numpy()
-    low, high = interval_of_pairs(geometric_mean, ratios)
+    low, high = interval_of_pairs(median, ratios)
     return verdict(low, high) in (None, "no clear difference")
 
 
 def _verdict_text(v) -> str:
-    return v if isinstance(v, str) else "no verdict: fewer than 5 pairs"
+    return v if isinstance(v, str) else f"no verdict: fewer than {MIN_PAIRS} pairs"
 
 
 def _x(r) -> str:

@@ -41,10 +41,9 @@ def ratio_ci(num, den) -> tuple[float | None, float | None]:
     return _interval(ratios)
 
 
-def geometric_mean(ratios, axis: int = -1):
-    """exp(mean(log r)) along `axis`: the average of ratios that a 2x and a 0.5x cancel in."""
-    with np.errstate(divide="ignore", invalid="ignore"):  # a ratio of 0 gives 0; callers pass r > 0
-        return np.exp(np.log(np.asarray(ratios, dtype=float)).mean(axis=axis))
+def median(values, axis: int = -1):
+    """The median along `axis` (paired_ci's statistics reduce along the last axis)."""
+    return np.median(np.asarray(values, dtype=float), axis=axis)
 
 
 def throughput_ratio(spec_tokens, spec_s, base_tokens, base_s, axis: int = -1):

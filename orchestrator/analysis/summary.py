@@ -181,7 +181,7 @@ def format_table(summary: pd.DataFrame) -> str:
     view = view.astype(object).where(view.notna(), "-")
     note = ("\n* accept from the server's /metrics over the whole measured window (all prompt sets): "
             "this engine reports no per-request draft counts") if server.any() else ""
-    note += ("\nspeedup: geometric mean of the speculative/n_spec 0 ratios of request pairs (same prompt, "
+    note += ("\nspeedup: median of the speculative/n_spec 0 ratios of request pairs (same prompt, "
              "repeat and concurrency), 95% CI over resampled pairs") if summary["requests_paired"].fillna(0).gt(0).any() else ""
     return view.to_string(index=False) + note + unpaired_note(summary)
 
@@ -199,7 +199,7 @@ def unpaired_note(summary: pd.DataFrame) -> str:
 
 
 SPEEDUP_COLUMNS = ["engine", "method", "n_spec", "conc", "prompts", "pairs", "unpaired", "typical [95% CI]",
-                   "verdict", "throughput [95% CI]", "pair ratios min/med/max", "slower", "independent [95% CI]",
+                   "verdict", "throughput [95% CI]", "pair ratios min-max", "slower", "independent [95% CI]",
                    "independent verdict"]
 
 
@@ -231,14 +231,14 @@ def format_speedups(summary: pd.DataFrame) -> str:
         return ""
     return ("speedup from request pairs (speculative / n_spec 0, same prompt, repeat and concurrency):\n"
             + view.to_string(index=False)
-            + "\ntypical: geometric mean of the pair ratios; throughput: total tokens / total seconds over the "
+            + "\ntypical: median of the pair ratios; throughput: total tokens / total seconds over the "
               "same pairs; independent: ratio of the cells' medians, requests resampled as if unpaired")
 
 
 def _spread(r) -> str:
     if r["pair_ratio_min"] is None or pd.isna(r["pair_ratio_min"]):
         return "-"
-    return f"{r['pair_ratio_min']:.2f}/{r['pair_ratio_median']:.2f}/{r['pair_ratio_max']:.2f}"
+    return f"{r['pair_ratio_min']:.2f}-{r['pair_ratio_max']:.2f}"
 
 
 def _ci_text(low, high) -> str:
