@@ -111,7 +111,8 @@ def test_report_on_a_copy_reproduces_summary_and_charts(run_dir, tmp_path):
     result = CliRunner().invoke(cli, ["report", str(copy)])
     assert result.exit_code == 0, result.output
     pngs = sorted(p.name for p in run_dir.glob("*.png"))
-    assert pngs == ["acceptance_length_vs_n_spec.png", "acceptance_vs_n_spec.png", "lossless.png",
+    assert pngs == ["acceptance_by_position.png", "acceptance_length_vs_n_spec.png", "acceptance_vs_n_spec.png",
+                    "lossless.png",
                     "paired_speedup_vs_n_spec.png", "speedup_vs_n_spec.png", "tok_s_vs_n_spec.png"]
     for name in made:
         assert (copy / name).read_bytes() == (run_dir / name).read_bytes(), name

@@ -65,3 +65,23 @@ def test_one_level_draws_no_load_chart(tmp_path):
     result = CliRunner().invoke(cli, ["report", str(run)])
     assert result.exit_code == 0 and "under load" not in result.output
     assert not (run / "speedup_vs_concurrency.png").exists()
+
+
+def test_acceptance_by_position_reads_only_sound_positions_from_cells(tmp_path):
+    import json
+
+    from plots.charts import _per_position
+    from orchestrator.results.records import WindowMetrics
+
+    hostile = {"0": 1.0, "1": 0.5, "2": "0.4", "3": -0.1, "4": 1.5, "²": 0.3, "5": True, "6": float("nan")}
+    assert _per_position(WindowMetrics.model_validate({"per_pos_acceptance": hostile})) == [(0, 1.0), (1, 0.5)]
+    assert _per_position(WindowMetrics.model_validate({"per_pos_acceptance": [0.9]})) == []
+    assert _per_position(None) == []
+    run = make_run(tmp_path / "run", loaded(), {"e": {"kind": "llama-server", "model": "m"}})
+    cells = [json.loads(ln) for ln in (run / "cells.jsonl").read_text().splitlines()]
+    for c in cells:
+        c["server_metrics"] = {"1": {"per_pos_acceptance": hostile}, "4": None}
+    (run / "cells.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cells))
+    result = CliRunner().invoke(cli, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    assert (run / "acceptance_by_position.png").stat().st_size > 10_000
