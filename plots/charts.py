@@ -155,13 +155,13 @@ SPEEDUP_BY_LOAD = Chart("speedup_vs_concurrency", "Where speculation stops payin
 
 def draw_acceptance_by_position(cells, subtitle: str, out_dir: Path) -> list[Path]:
     """Share of drafts whose token at each position was accepted, from the /metrics deltas of each
-    speculative cell's measured window (cells.jsonl `server_metrics`), one line per depth."""
+    speculative cell's measured window (cells.jsonl `server_metrics`, the newest line of each cell),
+    one line per depth; no chart when no cell has per-position counters."""
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     lines = 0
     many_conc = len({conc for c in cells for conc in (c.server_metrics or {})}) > 1
-    newest = {c.cell_id: c for c in cells}.values()  # a resumed cell has a newer line
-    for c in sorted(newest, key=lambda c: (c.engine, c.n_spec)):
-        for conc, window in sorted((c.server_metrics or {}).items(), key=lambda kv: int(kv[0])):
+    for c in sorted(cells, key=lambda c: (c.engine, c.n_spec)):
+        for conc, window in sorted((c.server_metrics or {}).items(), key=lambda kv: int(kv[0])):  # keys checked
             per_pos = _per_position(window)
             if c.n_spec == 0 or not per_pos:
                 continue
@@ -173,10 +173,10 @@ def draw_acceptance_by_position(cells, subtitle: str, out_dir: Path) -> list[Pat
     ax.set_ylabel("share of drafts with this position accepted")
     ax.set_ylim(0, 1.05)
     ax.grid(True, alpha=0.3)
-    if lines:
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no per-position counters in /metrics", transform=ax.transAxes, ha="center")
+    if not lines:
+        plt.close(fig)
+        return []
+    ax.legend(fontsize=8)
     return save(fig, Path(out_dir) / "acceptance_by_position")
 
 
@@ -188,7 +188,7 @@ def _per_position(window) -> list[tuple[int, float]]:
         return []
     out = []
     for pos, v in raw.items():
-        if isinstance(pos, str) and pos.isascii() and pos.isdecimal() and isinstance(v, (int, float)) \
+        if isinstance(pos, str) and pos.isascii() and pos.isdecimal() and len(pos) <= 6 and isinstance(v, (int, float)) \
                 and not isinstance(v, bool) and 0 <= v <= 1:
             out.append((int(pos), float(v)))
     return sorted(out)

@@ -10,6 +10,7 @@ import html
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -97,9 +98,9 @@ class _Context:
     scenario: str
     warnings: list[str]
 
-    @property
+    @cached_property
     def advice(self) -> pd.DataFrame:
-        return what_to_run(self.summary, self.pairs, self.cells)
+        return what_to_run(self.summary, self.pairs, self.run.server_starts())
 
     @property
     def method_lines(self) -> list[str]:
@@ -128,9 +129,9 @@ class _Context:
 
 def _markdown(ctx: _Context) -> str:
     advice = format_advice(ctx.advice)
-    lines = [f"## orch sweep `{ctx.run.path.name}`", "", f"{subtitle(ctx.run)}", "",
+    lines = [f"## orch sweep `{ctx.run.path.name}`", "", f"{subtitle(ctx.run)}", "", *_md_skipped(ctx.warnings),
              *(["### What to run", "", "```", advice, "```", ""] if advice else []),
-             *[f"- {m}" for m in ctx.method_lines], "", *_md_skipped(ctx.warnings),
+             *[f"- {m}" for m in ctx.method_lines], "",
              "```", format_table(ctx.summary), "```", "", *_md_pairs(ctx),
              "### Lossless check (temperature 0, against n_spec 0)", ""]
     lines += _md_table(ctx.lossless, ["cell_id", "checked", "identical", "share_identical"])
@@ -291,8 +292,8 @@ pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }}
 </style></head><body>
 <h1>orch report: {title}</h1>
 <p>{subtitle}</p>
-{advice}
 {skipped}
+{advice}
 <h2>How it was measured</h2><ul>{method}</ul>
 <h2>Charts</h2>
 {images}

@@ -2,9 +2,10 @@
 concurrency level whose paired speedup interval includes 1.0 or lies below it.
 
 Speculation spends spare compute; as concurrent streams fill the batch there is less to spare,
-and public reports put the crossover at 8-20 streams for some methods. A depth that never stops
-paying within the measured levels says so ("pays up to c=N"), and one whose levels have no
-verdict (too few pairs) says that, rather than guessing.
+and public reports put the crossover at 8-20 streams for some methods. Only levels with a
+verdict are judged; a level without one (fewer than MIN_PAIRS pairs, or every request failed)
+is named as such, never read as paying or not. A level that pays again above the crossover is
+said too.
 """
 
 from __future__ import annotations
@@ -12,36 +13,49 @@ from __future__ import annotations
 import pandas as pd
 
 from orchestrator.analysis.pairs import MIN_PAIRS
+from orchestrator.analysis.stats import ratio_text
 
 PAYS = "faster"
-KEY = ["engine", "method", "n_spec", "prompt_set"]
-COLUMNS = KEY + ["levels", "stops_paying_at", "finding"]
+GROUP = ["engine", "method", "n_spec", "prompt_set", "cell_id"]
+COLUMNS = GROUP + ["levels", "stops_paying_at", "finding"]
 
 
 def crossover(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per speculative engine x depth x prompt set measured at two or more levels."""
+    """One row per speculative cell and prompt set measured at two or more levels."""
     spec = summary[(summary["n_spec"] > 0) & summary["concurrency"].notna()]
     rows = []
-    for key, g in spec.groupby(KEY, sort=True):
-        g = g.sort_values("concurrency")
-        if g["concurrency"].nunique() < 2:
+    for key, g in spec.groupby(GROUP, sort=True):
+        g = g.sort_values("concurrency", kind="stable").drop_duplicates("concurrency", keep="last")
+        if len(g) < 2:
             continue
-        levels = [int(c) for c in g["concurrency"]]
-        at, finding = _first_level_not_paying(g)
-        rows.append(dict(zip(KEY, key), levels=",".join(map(str, levels)), stops_paying_at=at, finding=finding))
+        at, finding = _finding(g)
+        rows.append(dict(zip(GROUP, key), levels=",".join(str(int(c)) for c in g["concurrency"]),
+                         stops_paying_at=at, finding=finding))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _first_level_not_paying(g: pd.DataFrame) -> tuple[int | None, str]:
+def _finding(g: pd.DataFrame) -> tuple[int | None, str]:
     judged = g[g["speedup_verdict"].notna()]
+    unjudged = _levels(g[g["speedup_verdict"].isna()])
+    note = f"; no verdict at c={unjudged} (fewer than {MIN_PAIRS} pairs)" if unjudged else ""
     if judged.empty:
         return None, f"no verdict at any level (fewer than {MIN_PAIRS} pairs per level)"
-    for r in judged.itertuples(index=False):
-        if r.speedup_verdict != PAYS:
-            return int(r.concurrency), (f"stops paying at c={int(r.concurrency)}: {r.speedup:.2f}x "
-                                        f"[{r.speedup_ci_low:.2f}-{r.speedup_ci_high:.2f}], {r.speedup_verdict}")
-    top = int(judged["concurrency"].max())
-    return None, f"pays at every measured level up to c={top}"
+    paying = judged["speedup_verdict"] == PAYS
+    if paying.all():
+        return None, f"faster at every judged level, c={_levels(judged)}" + note
+    first = judged[~paying].iloc[0]
+    at = int(first["concurrency"])
+    what = f"{ratio_text(first['speedup'], first['speedup_ci_low'], first['speedup_ci_high'])}, " \
+           f"{first['speedup_verdict']}"
+    before = judged[judged["concurrency"] < at]
+    head = (f"faster at c={_levels(before)}, stops paying at c={at}: {what}" if len(before)
+            else f"not faster at c={at}, the lowest judged level: {what}")
+    again = judged[(judged["concurrency"] > at) & paying]
+    return at, head + (f"; faster again at c={_levels(again)}" if len(again) else "") + note
+
+
+def _levels(g: pd.DataFrame) -> str:
+    return ",".join(str(int(c)) for c in g["concurrency"])
 
 
 def format_crossover(summary: pd.DataFrame) -> str:

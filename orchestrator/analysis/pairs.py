@@ -138,9 +138,9 @@ def paired_speedup(pairs: pd.DataFrame) -> PairedSpeedup:
 
 
 def interval_of_pairs(statistic, *columns) -> tuple[float | None, float | None]:
-    """The pair bootstrap's interval, from MIN_PAIRS pairs on. Below that the 2.5th percentile of
-    resampled medians is the smallest ratio itself (with 5 pairs a resample draws the smallest
-    three times or more with chance 5.8%), so two ratios of 1.01 and 1.02 would read 'faster'."""
+    """The pair bootstrap's interval, from MIN_PAIRS pairs on. With 5 pairs a resample draws the
+    smallest ratio three times or more with chance 5.8% (> 2.5%), so the lower bound of the median
+    would be that one request's ratio: a verdict would hang on a single pair."""
     if len(columns[0]) < MIN_PAIRS:
         return None, None
     return paired_ci(statistic, *columns)

@@ -97,6 +97,15 @@ def outliers(values, rel: float = 0.10, z: float = 3.5) -> list[bool]:
     return [bool(d > rel * med and (mad == 0 or d > z * mad)) for d in dev]
 
 
+def ratio_text(value, low=None, high=None) -> str:
+    """'1.52x [1.40-1.66]', '1.52x' without an interval, '-' without a value: the one way orch
+    writes a speedup in text."""
+    if not _finite(value):
+        return "-"
+    ci = f" [{low:.2f}-{high:.2f}]" if _finite(low) and _finite(high) else ""
+    return f"{value:.2f}x{ci}"
+
+
 def _resample(x: np.ndarray, rng) -> np.ndarray:
     return x[rng.integers(0, x.size, size=(RESAMPLES, x.size))]
 

@@ -9,7 +9,7 @@ from orchestrator.analysis.load import crossover
 from orchestrator.analysis.metrics import itl_per_token, tpot
 from orchestrator.analysis.pairs import PairedSpeedup, pair_table, paired_speedup
 from orchestrator.results.records import CellRecord, RequestRecord
-from orchestrator.analysis.stats import median_ci, outliers, ratio_ci, ratio_of_sums_ci, verdict
+from orchestrator.analysis.stats import median_ci, outliers, ratio_ci, ratio_of_sums_ci, ratio_text, verdict
 
 METRICS_SOURCE = "metrics"  # /metrics deltas over the cell's measured window, all prompt sets
 GROUP = ["engine", "method", "n_spec", "concurrency", "prompt_set"]
@@ -21,7 +21,7 @@ COLUMNS = GROUP + [
     "draft_n", "draft_n_accepted", "acceptance_rate", "acceptance_ci_low", "acceptance_ci_high", "acceptance_source",
     *PairedSpeedup.columns(),  # speedup, its interval and verdict: from request pairs (pairs.py)
     "independent_speedup", "independent_ci_low", "independent_ci_high", "independent_verdict",
-    "stops_paying_at",  # lowest concurrency whose paired interval includes or is below 1.0 (load.py)
+    "stops_paying_at", "load_finding",  # the lowest level whose paired interval reaches 1.0, and why (load.py)
     "server_acceptance_rate", "mean_acceptance_length",  # /metrics deltas: all prompt sets of the cell
     "outliers", "cell_status", "cell_id",
 ]
@@ -59,11 +59,10 @@ def summarize(requests: list[RequestRecord], cells: list[CellRecord]) -> pd.Data
 
 
 def _add_crossover(out: pd.DataFrame) -> pd.DataFrame:
-    found = crossover(out)
-    at = {tuple(r[:4]): r[4] for r in found[["engine", "method", "n_spec", "prompt_set", "stops_paying_at"]]
-          .itertuples(index=False)}
-    out["stops_paying_at"] = [at.get((e, m, n, p)) for e, m, n, p in
-                              zip(out["engine"], out["method"], out["n_spec"], out["prompt_set"])]
+    found = crossover(out).set_index(["cell_id", "prompt_set"])
+    keys = list(zip(out["cell_id"], out["prompt_set"]))
+    out["stops_paying_at"] = [found["stops_paying_at"].get(k) if k in found.index else None for k in keys]
+    out["load_finding"] = [found["finding"].get(k) if k in found.index else None for k in keys]
     return out.astype({"stops_paying_at": "Int64"})
 
 
@@ -217,11 +216,7 @@ def speedup_frame(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def _with_ci(r, value: str, stem: str) -> str:
-    v = r[value]
-    if v is None or pd.isna(v):
-        return "-"
-    ci = _ci_text(r[f"{stem}_ci_low"], r[f"{stem}_ci_high"])
-    return f"{v:.2f}x [{ci}]" if ci != "-" else f"{v:.2f}x"
+    return ratio_text(r[value], r[f"{stem}_ci_low"], r[f"{stem}_ci_high"])
 
 
 def format_speedups(summary: pd.DataFrame) -> str:

@@ -154,6 +154,14 @@ class RunDir:
         latest = {rec.cell_id: rec for rec in self._load(CELLS, CellRecord)}
         return list(latest.values())
 
+    def server_starts(self) -> dict[str, int]:
+        """Server starts per engine: each line of cells.jsonl is one cell's server run to its end
+        (a resumed cell adds a line, and it started its server again)."""
+        starts: dict[str, int] = {}
+        for rec in self._load(CELLS, CellRecord):  # warnings are noted once, as for cell_records
+            starts[rec.engine] = starts.get(rec.engine, 0) + 1
+        return starts
+
     def _load(self, name: str, model: type[R]) -> list[R]:
         self.schema_version()
         records, notes = read_records(self.path / name, model)  # never raises on bad content
