@@ -49,7 +49,7 @@ def test_a_level_without_a_verdict_is_named_and_a_level_that_pays_again_is_said(
     assert found.loc[4, "finding"] == ("faster at c=1, stops paying at c=4: 1.00x [1.00-1.00], no clear difference; "
                                        "faster again at c=8")
     assert found.loc[8, "finding"] == ("not faster at c=1, the lowest judged level: 0.90x [0.90-0.90], slower; "
-                                       "no verdict at c=8 (fewer than 6 pairs)")
+                                       "faster at c=4; no verdict at c=8 (fewer than 6 pairs)")
     assert found.loc[8, "stops_paying_at"] == 1
 
 

@@ -51,7 +51,8 @@ def _finding(g: pd.DataFrame) -> tuple[int | None, str]:
     head = (f"faster at c={_levels(before)}, stops paying at c={at}: {what}" if len(before)
             else f"not faster at c={at}, the lowest judged level: {what}")
     again = judged[(judged["concurrency"] > at) & paying]
-    return at, head + (f"; faster again at c={_levels(again)}" if len(again) else "") + note
+    above = f"; faster {'again ' if len(before) else ''}at c={_levels(again)}" if len(again) else ""
+    return at, head + above + note
 
 
 def _levels(g: pd.DataFrame) -> str:
