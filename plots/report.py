@@ -289,6 +289,7 @@ body {{ font-family: sans-serif; margin: 2em; color: #222; }}
 figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 640px; border: 1px solid #ddd; }}
 table {{ border-collapse: collapse; font-size: 12px; }} td, th {{ border: 1px solid #ccc; padding: 2px 6px; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }}
+#what-to-run + pre {{ white-space: pre-wrap; }}
 </style></head><body>
 <h1>orch report: {title}</h1>
 <p>{subtitle}</p>
