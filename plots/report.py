@@ -20,14 +20,16 @@ from engines import ENGINES
 from orchestrator.analysis.load import format_crossover
 from orchestrator.analysis.recommend import format_advice, what_to_run
 from orchestrator.analysis.lossless import check_texts, per_cell
+from orchestrator.analysis.model import fits, format_check, format_fits, model_table, window_check
 from orchestrator.analysis.pairs import pair_table, slower_prompts
+from orchestrator.analysis.search import format_decision, step
 from orchestrator.results.records import CellRecord, machine_label
-from orchestrator.results.rundir import PAIRS, SUMMARY, RunDir
+from orchestrator.results.rundir import MODEL, PAIRS, SUMMARY, RunDir
 from orchestrator.analysis.summary import (format_speedups, format_table, measured_frame, speedup_frame, summarize,
                                            unpaired_note)
 
 from .charts import (draw_acceptance_by_position, draw_acceptance_length, draw_charts, draw_load, draw_lossless,
-                     draw_pairs)
+                     draw_model, draw_pairs)
 
 
 @dataclass
@@ -37,6 +39,9 @@ class Report:
     pairs: pd.DataFrame
     pairs_path: Path
     advice: pd.DataFrame
+    model: str  # the speedup model's fit, in a few lines ("" without one)
+    search: str  # what the depth search did ("" for a run that was no search)
+    check: str  # per-request draft counts against the /metrics deltas, per window
     lossless: pd.DataFrame
     charts: list[Path]
     html: Path
@@ -49,8 +54,16 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     requests, cells = run.request_records(), run.cell_records()
     summary = summarize(requests, cells)
     summary.to_csv(run.path / SUMMARY, index=False)
-    pairs = pair_table(measured_frame(requests), cells)
+    frame = measured_frame(requests)
+    pairs = pair_table(frame, cells)
     pairs.to_csv(run.path / PAIRS, index=False)
+    found = fits(frame, cells)
+    model = model_table(found)
+    model.to_csv(run.path / MODEL, index=False)
+    check = window_check(frame, cells)
+    check.to_csv(run.path / "acceptance_check.csv", index=False)
+    search = "\n".join(format_decision(step(engine, grid, budget, frame, cells))
+                       for engine, (grid, budget) in run.search_settings().items())
     checks = check_texts(requests)
     lossless = per_cell(checks)
     checks.to_csv(run.path / "lossless.csv", index=False)
@@ -59,15 +72,15 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     charts = (draw_charts(summary, sub, run.path, overlay) + draw_pairs(pairs, summary, sub, run.path)
               + draw_load(summary, sub, run.path)
               + draw_acceptance_length(summary, sub, run.path) + draw_acceptance_by_position(cells, sub, run.path)
-              + draw_lossless(lossless, sub, run.path))
+              + draw_model(model, sub, run.path) + draw_lossless(lossless, sub, run.path))
     out = run.path / "report"
     out.mkdir(exist_ok=True)
     ctx = _Context(run, summary, pairs, lossless, checks, cells, [c for c in charts if c.suffix == ".png"],
-                   scenario, list(run.warnings))
+                   scenario, list(run.warnings), format_fits(found), search, format_check(check))
     (out / "index.html").write_text(_html(ctx))
     (out / "summary.md").write_text(_markdown(ctx))
-    return Report(summary, run.path / SUMMARY, pairs, run.path / PAIRS, ctx.advice, lossless, charts, out / "index.html",
-                  out / "summary.md", ctx.warnings)
+    return Report(summary, run.path / SUMMARY, pairs, run.path / PAIRS, ctx.advice, ctx.model, ctx.search, ctx.check, lossless,
+                  charts, out / "index.html", out / "summary.md", ctx.warnings)
 
 
 def _scenario_text(run: RunDir) -> str:
@@ -97,6 +110,14 @@ class _Context:
     pngs: list[Path]
     scenario: str
     warnings: list[str]
+    model: str = ""
+    search: str = ""
+    check: str = ""
+
+    @property
+    def top(self) -> str:
+        """What to run: the measured advice, then the search's outcome and the model's."""
+        return "\n\n".join(t for t in (format_advice(self.advice), self.search, self.model) if t)
 
     @cached_property
     def advice(self) -> pd.DataFrame:
@@ -128,11 +149,12 @@ class _Context:
 
 
 def _markdown(ctx: _Context) -> str:
-    advice = format_advice(ctx.advice)
+    advice = ctx.top
     lines = [f"## orch sweep `{ctx.run.path.name}`", "", f"{subtitle(ctx.run)}", "", *_md_skipped(ctx.warnings),
              *(["### What to run", "", "```", advice, "```", ""] if advice else []),
              *[f"- {m}" for m in ctx.method_lines], "",
              "```", format_table(ctx.summary), "```", "", *_md_pairs(ctx),
+             *(["### Acceptance: per request against /metrics", "", "```", ctx.check, "```", ""] if ctx.check else []),
              "### Lossless check (temperature 0, against n_spec 0)", ""]
     lines += _md_table(ctx.lossless, ["cell_id", "checked", "identical", "share_identical"])
     div = _divergences(ctx.checks)
@@ -248,12 +270,14 @@ def _html(ctx: _Context) -> str:
     return _PAGE.format(
         title=esc(ctx.run.path.name), subtitle=esc(subtitle(ctx.run)),
         method="".join(f"<li>{esc(m)}</li>" for m in ctx.method_lines),
+        check=f'<h2 id="acceptance-check">Acceptance: per request against /metrics</h2><pre>{esc(ctx.check)}</pre>'
+        if ctx.check else "",
         images=imgs, summary=table, pairs=pairs, lossless=lossless, advice=_html_advice(ctx), divergences=div_html,
         env=esc(env), scenario=esc(ctx.scenario), rerun=esc(ctx.rerun), skipped=_html_skipped(ctx.warnings))
 
 
 def _html_advice(ctx: _Context) -> str:
-    text = format_advice(ctx.advice)
+    text = ctx.top
     return f'<h2 id="what-to-run">What to run</h2><pre>{html.escape(text)}</pre>' if text else ""
 
 
@@ -301,6 +325,7 @@ pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }}
 <h2 id="summary">Summary</h2>
 {summary}
 {pairs}
+{check}
 <h2>Lossless check (temperature 0, against n_spec 0)</h2>
 {lossless}
 {divergences}

@@ -26,7 +26,7 @@ ALLOWED = {
     "orchestrator.measure": {"orchestrator.common", "orchestrator.results", "engines"},
     "orchestrator.analysis": {"orchestrator.common", "orchestrator.results", "engines"},
     "orchestrator.sweep": {"orchestrator", "orchestrator.common", "orchestrator.results", "orchestrator.setup",
-                           "orchestrator.launch", "orchestrator.measure", "engines"},
+                           "orchestrator.launch", "orchestrator.measure", "orchestrator.analysis", "engines"},
     "plots": {"orchestrator.common", "orchestrator.analysis", "orchestrator.results", "engines"},
     "orchestrator.progress": {"orchestrator.common"},
     "orchestrator.cli": {"orchestrator", "orchestrator.common", "orchestrator.results", "orchestrator.setup",

@@ -19,6 +19,10 @@ COLUMNS = GROUP + [
     "decode_tok_s_median", "decode_tok_s_ci_low", "decode_tok_s_ci_high", "decode_tok_s_p10", "decode_tok_s_p90",
     "ttft_s_median", "tpot_ms_median", "itl_ms_median", "itl_ms_p90", "completion_tokens_median",
     "draft_n", "draft_n_accepted", "acceptance_rate", "acceptance_ci_low", "acceptance_ci_high", "acceptance_source",
+    # per request: output tokens per step (both engines) and accepted per drafted step + 1 (vLLM's
+    # per-request metrics), each with its interval over requests
+    "tokens_per_step", "tokens_per_step_ci_low", "tokens_per_step_ci_high",
+    "acceptance_length", "acceptance_length_ci_low", "acceptance_length_ci_high",
     *PairedSpeedup.columns(),  # speedup, its interval and verdict: from request pairs (pairs.py)
     "independent_speedup", "independent_ci_low", "independent_ci_high", "independent_verdict",
     "stops_paying_at", "load_finding",  # the lowest level whose paired interval reaches 1.0, and why (load.py)
@@ -100,15 +104,43 @@ def _outliers(ok: pd.DataFrame) -> str:
     return "; ".join(f"{k} ({v:.1f} tok/s)" for k, v, f in zip(ok["key"], vals, flags) if f)
 
 
+# Per-request draft counts: llama.cpp's timings, vLLM's metrics.speculative_decoding (records.py).
+DRAFTED = ("timings_draft_n", "spec_num_draft_tokens")
+ACCEPTED = ("timings_draft_n_accepted", "spec_num_accepted_draft_tokens")
+STEPS = "spec_num_spec_steps"
+
+
+def _column(ok: pd.DataFrame, names) -> pd.Series:
+    """The first of `names` a request has (an engine reports under one of them)."""
+    out = pd.Series(np.nan, index=ok.index, dtype=float)
+    for name in (names,) if isinstance(names, str) else names:
+        if name in ok:
+            out = out.fillna(pd.to_numeric(ok[name], errors="coerce"))
+    return out
+
+
 def _acceptance(ok: pd.DataFrame) -> dict:
-    if "timings_draft_n" not in ok:
+    drafted, accepted = _column(ok, DRAFTED), _column(ok, ACCEPTED)
+    known = drafted.notna() & accepted.notna()
+    if not known.any():
         return {"draft_n": 0, "draft_n_accepted": 0, "acceptance_rate": None}
-    drafted = pd.to_numeric(ok["timings_draft_n"], errors="coerce").fillna(0)
-    accepted = pd.to_numeric(ok["timings_draft_n_accepted"], errors="coerce").fillna(0)
+    drafted, accepted = drafted[known], accepted[known]
     low, high = ratio_of_sums_ci(accepted, drafted)
-    return {"draft_n": int(drafted.sum()), "draft_n_accepted": int(accepted.sum()),
-            "acceptance_rate": accepted.sum() / drafted.sum() if drafted.sum() else None,
-            "acceptance_ci_low": low, "acceptance_ci_high": high}
+    out = {"draft_n": int(drafted.sum()), "draft_n_accepted": int(accepted.sum()),
+           "acceptance_rate": accepted.sum() / drafted.sum() if drafted.sum() else None,
+           "acceptance_ci_low": low, "acceptance_ci_high": high}
+    tokens = pd.to_numeric(ok.loc[known.index[known], "completion_tokens"], errors="coerce").fillna(0)
+    steps = tokens - accepted  # each step yields one token of its own and the drafts it accepted
+    if steps.sum() > 0 and (steps >= 0).all():
+        low, high = ratio_of_sums_ci(tokens, steps)
+        out.update(tokens_per_step=tokens.sum() / steps.sum(), tokens_per_step_ci_low=low, tokens_per_step_ci_high=high)
+    drafts = _column(ok, STEPS)[known]
+    if drafts.notna().all() and drafts.sum() > 0:
+        low, high = ratio_of_sums_ci(accepted, drafts)
+        out.update(acceptance_length=1 + accepted.sum() / drafts.sum(),
+                   acceptance_length_ci_low=None if low is None else 1 + low,
+                   acceptance_length_ci_high=None if high is None else 1 + high)
+    return out
 
 
 def _cells_without_requests(cells: list[CellRecord], seen: set) -> pd.DataFrame:

@@ -380,7 +380,7 @@ class _StreamState:
             return True
         usage = _field(obj, "usage", dict, "")
         usage = _usage(usage, self.max_tokens) if usage else None
-        extra = _field(obj, self.counts.key, dict, "") if self.counts else None
+        extra = _nested(obj, self.counts.key) if self.counts else None
         extra = _extra_counts(extra, self.counts, self.max_tokens) if extra else None
         self.usage, self.extra = usage or self.usage, extra or self.extra
         if self._choices(_field(obj, "choices", list, "") or []):
@@ -430,7 +430,7 @@ class _StreamState:
             "prompt_tokens": self.usage.get("prompt_tokens"),
             "chunks": self.chunks, "finish_reason": _utf8(self.finish_reason),
             "text": _utf8("".join(self.parts)),
-            **({f"{self.counts.key}_{k}": v for k, v in self.extra.items()} if self.counts else {}),
+            **({f"{self.counts.record_prefix}_{k}": v for k, v in self.extra.items()} if self.counts else {}),
             "chunk_t": self.chunk_t, "chunk_chars": [len(p) for p in self.parts],
             "chunk_tokens": self.chunk_tokens,
         }
@@ -441,7 +441,7 @@ class _StreamState:
     def _completion_tokens(self) -> tuple[int | None, str | None]:
         if self.usage.get("completion_tokens") is not None:
             return self.usage["completion_tokens"], "usage"
-        if self.counts and self.extra.get(self.counts.completion) is not None:
+        if self.counts and self.counts.completion and self.extra.get(self.counts.completion) is not None:
             return self.extra[self.counts.completion], f"{self.counts.key}.{self.counts.completion}"
         return None, None
 
@@ -449,7 +449,9 @@ class _StreamState:
         """Completion tokens so far, where the server reports them per chunk (vLLM's
         continuous_usage_stats, llama.cpp's timings_per_token); both already checked."""
         count = (usage or {}).get("completion_tokens")
-        return count if count is not None or not self.counts else (extra or {}).get(self.counts.completion)
+        if count is not None or not self.counts or not self.counts.completion:
+            return count
+        return (extra or {}).get(self.counts.completion)
 
 
 def _usage(usage: dict, max_tokens: int | None) -> dict:
@@ -466,7 +468,43 @@ def _extra_counts(obj: dict, counts: StreamCounts, max_tokens: int | None) -> di
     drafted, accepted = out.get(counts.drafted), out.get(counts.accepted)
     if (accepted or 0) > (drafted or 0):
         raise StreamFault(f"{where}{counts.accepted} ({accepted}) is more than {where}{counts.drafted} ({drafted or 0})")
+    if counts.histogram:
+        out[counts.histogram] = _histogram(obj, counts, out, where)
     return out
+
+
+MAX_BINS = 4097  # a histogram of accepted drafts per step has depth + 1 bins
+
+
+def _histogram(obj: dict, counts: StreamCounts, got: dict, where: str) -> list[int] | None:
+    """Steps by accepted drafts: whole counts, summing to the steps and, weighted, to the accepted."""
+    hist = _field(obj, counts.histogram, list, where)
+    if hist is None:
+        return None
+    name = f"{where}{counts.histogram}"
+    if len(hist) > MAX_BINS:
+        raise StreamFault(f"{name} has {len(hist)} bins, more than {MAX_BINS}")
+    bins = [_count({"bin": v}, "bin", f"{name}[{j}].") for j, v in enumerate(hist)]
+    if any(b is None for b in bins):
+        raise StreamFault(f"{name} holds a null")
+    steps, accepted = got.get(counts.steps), got.get(counts.accepted)
+    if steps is not None and sum(bins) != steps:
+        raise StreamFault(f"{name} counts {sum(bins)} steps, not {where}{counts.steps} ({steps})")
+    weighted = sum(j * b for j, b in enumerate(bins))
+    if accepted is not None and weighted != accepted:
+        raise StreamFault(f"{name} accepts {weighted} tokens, not {where}{counts.accepted} ({accepted})")
+    return bins
+
+
+def _nested(obj: dict, key: str) -> dict | None:
+    """obj[a][b]... for key "a.b..."; None where a level is absent or null."""
+    where = ""
+    for part in key.split("."):
+        obj = _field(obj, part, dict, where)
+        if obj is None:
+            return None
+        where += f"{part}."
+    return obj
 
 
 def _utf8(text: str | None) -> str | None:

@@ -97,6 +97,13 @@ class Measured(Record):
     timings_draft_n_accepted: Count | None = None
     timings_prompt_per_second: Rate | None = None
     timings_predicted_per_second: Rate | None = None
+    # vLLM's per-request acceptance (--per-request-spec-decode-metrics, the last stream event's
+    # metrics.speculative_decoding): steps that drafted, their draft and accepted tokens, and the
+    # steps by the number of drafts accepted (histogram[j]: exactly j).
+    spec_num_spec_steps: Count | None = None
+    spec_num_draft_tokens: Count | None = None
+    spec_num_accepted_draft_tokens: Count | None = None
+    spec_acceptance_histogram: list[Count] | None = None
     chunk_t: list[Time] | None = None  # seconds after t_start of each text chunk
     chunk_chars: list[Count] | None = None
     chunk_tokens: list[Count | None] | None = None  # cumulative completion tokens, where reported
@@ -113,6 +120,24 @@ class Measured(Record):
         drafted = info.data.get("timings_draft_n")
         if v is not None and drafted is not None and v > drafted:
             raise ValueError(f"more than timings_draft_n ({drafted})")
+        return v
+
+    @field_validator("spec_acceptance_histogram")
+    @classmethod
+    def _histogram_adds_up(cls, v, info: ValidationInfo):
+        steps, accepted = info.data.get("spec_num_spec_steps"), info.data.get("spec_num_accepted_draft_tokens")
+        if v is not None and steps is not None and sum(v) != steps:
+            raise ValueError(f"counts {sum(v)} steps, not spec_num_spec_steps ({steps})")
+        if v is not None and accepted is not None and sum(j * b for j, b in enumerate(v)) != accepted:
+            raise ValueError(f"does not add up to spec_num_accepted_draft_tokens ({accepted})")
+        return v
+
+    @field_validator("spec_num_accepted_draft_tokens")
+    @classmethod
+    def _spec_accepted_within_drafted(cls, v, info: ValidationInfo):
+        drafted = info.data.get("spec_num_draft_tokens")
+        if v is not None and drafted is not None and v > drafted:
+            raise ValueError(f"more than spec_num_draft_tokens ({drafted})")
         return v
 
     @field_validator("t_first_token", "t_end")

@@ -6,7 +6,9 @@
     requests.jsonl      one line per request (warm-up and measured), flushed as each ends
     cells.jsonl         one line per cell: status, command, endpoint, template, error, log tail
     cells/<cell>/server.log
-    summary.csv, pairs.csv, lossless.csv and the PNG charts (orch report redraws them)
+    search.jsonl        `orch sweep --search`: one line per step of the depth search (what ran,
+                        what runs next, what was skipped and why)
+    summary.csv, pairs.csv, model.csv, lossless.csv and the PNG charts (orch report redraws them)
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ SCENARIO = "scenario.toml"
 ENVIRONMENT = "environment.json"
 SUMMARY = "summary.csv"
 PAIRS = "pairs.csv"
+SEARCH = "search.jsonl"
+MODEL = "model.csv"
 RUN = "run.json"
 
 
@@ -146,6 +150,36 @@ class RunDir:
     def append_cell(self, rec: CellRecord) -> None:
         append_jsonl(self.path / CELLS, rec.line(), self.again)
 
+    def append_search(self, line: dict) -> None:
+        append_jsonl(self.path / SEARCH, line, self.again)
+
+    def search_settings(self) -> dict[str, tuple[list[int], int]]:
+        """Per engine, the depths and the starts allowed of its depth search, from the newest valid
+        line of search.jsonl (hostile: a line without a list of depths and a budget is skipped,
+        with a warning); {} for a run that was no search."""
+        out: dict[str, tuple[list[int], int]] = {}
+        path = self.path / SEARCH
+        if not path.is_file():
+            return out
+        bad = []
+        for n, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+                engine, grid, budget = obj["engine"], obj["grid"], obj["budget"]
+                if not (isinstance(engine, str) and engine and isinstance(grid, list) and 0 < len(grid) <= 1000
+                        and all(_whole(k) and k < 1 << 20 for k in grid) and _whole(budget)):
+                    raise ValueError("no engine, list of depths and budget")
+            except (ValueError, KeyError, TypeError, RecursionError, UnicodeDecodeError):
+                bad.append(n)
+                continue
+            out[engine] = (sorted(set(grid)), budget)
+        if bad:
+            self._note([f"{path}: skipped {len(bad)} lines without an engine, its depths and its budget "
+                        f"(lines {', '.join(map(str, bad[:20]))})"])
+        return out
+
     def request_records(self) -> list[RequestRecord]:
         return self._load(REQUESTS, RequestRecord)
 
@@ -167,6 +201,10 @@ class RunDir:
         records, notes = read_records(self.path / name, model)  # never raises on bad content
         self._note(notes)
         return records
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def why(exc: OSError) -> str:

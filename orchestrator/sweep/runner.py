@@ -13,6 +13,8 @@ from pathlib import Path
 
 from engines import ENGINES, Engine
 
+from orchestrator.analysis.search import Decision, step
+from orchestrator.analysis.summary import measured_frame
 from orchestrator.measure import server_metrics
 from orchestrator.common import probe
 from orchestrator.common import redact
@@ -120,6 +122,30 @@ class Sweep:
             self.progress.cell_finished(rec.status, rec.error or rec.prompt_check or "")
         return records
 
+    def search(self, run: RunDir, budgets: dict[str, int]) -> list[CellRecord]:
+        """The depth search (analysis/search.py), engine by engine: decide from the records so far,
+        log the decision in search.jsonl, start the one cell it asks for, until it stops. A
+        resumed search decides from the records it finds, so it carries on where it stopped; a
+        cell that did not end ok before the resume runs again."""
+        self.run = run
+        self._ran: set[str] = set()
+        records = []
+        for spec in self.scenario.engines:
+            while True:
+                decision = search_step(run, spec, budgets[spec.name], self._ran)
+                run.append_search(decision.line())
+                if not decision.next:
+                    break
+                cell = Cell(spec, decision.next[0])
+                done = {r.key for r in run.request_records() if r.cell_id == cell.id and r.phase == "measured" and r.ok}
+                todo = [s for s in self.measured_specs() if s.key not in done]
+                self.progress.cell_started(len(decision.started) + 1, decision.budget, cell.id, len(todo))
+                rec = self.run_cell(cell, todo)
+                self._ran.add(cell.id)
+                records.append(rec)
+                self.progress.cell_finished(rec.status, rec.error or rec.prompt_check or "")
+        return records
+
     def measured_specs(self) -> list[RequestSpec]:
         return [RequestSpec(p, "measured", c, r)
                 for c in self.workload.concurrency
@@ -217,6 +243,13 @@ class Sweep:
             return "unknown (no chat_template in /props)"
         first = tpl.strip().splitlines()[0][:60] if tpl.strip() else ""
         return f"server chat template sha1:{hashlib.sha1(tpl.encode(errors='replace')).hexdigest()[:12]} {first!r}"
+
+
+def search_step(run: RunDir, spec: EngineSpec, budget: int, ran: set[str] = frozenset()) -> Decision:
+    """The search's next step for one engine from the run's records; a cell that failed before a
+    resume (not in `ran`) is started again, once."""
+    return step(spec.name, spec.speculation.n_spec, budget, measured_frame(run.request_records()),
+                run.cell_records(), set(ran))
 
 
 class _Batches:

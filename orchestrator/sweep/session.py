@@ -12,6 +12,7 @@ from typing import Callable
 
 from engines.endpoint import Endpoint
 
+from orchestrator.analysis.search import default_budget, format_decision, opening
 from orchestrator.common import probe, redact
 from orchestrator.common.credentials import KeyProblem, auth_fix, bearer
 from orchestrator.common.errors import AuthRefused, OrchError, ScenarioError
@@ -20,7 +21,7 @@ from orchestrator.measure.prompts import load_prompt_set
 from orchestrator.results.records import CellRecord
 from orchestrator.results.rundir import RunDir, scenario_text
 from orchestrator.sweep.environment import capture
-from orchestrator.sweep.runner import Sweep, command_for, plan_cells, prepare
+from orchestrator.sweep.runner import Cell, Sweep, command_for, plan_cells, prepare, search_step
 from orchestrator.sweep.scenario import Scenario, build_scenario, read_workload, url_problem
 
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
@@ -45,9 +46,10 @@ class Finished:
 
 
 def run_sweep(sc: Scenario, base_dir: Path, out: Path, resume: bool, again: str, progress,
-              opened: Callable[[RunDir, list[str]], None]) -> Finished:
-    """Run every cell not yet done. `again` says how to carry on after an interrupt or a write
-    error; `opened(run, warnings)` is called once the run folder exists, before any server starts."""
+              opened: Callable[[RunDir, list[str]], None], search: dict[str, int] | None = None) -> Finished:
+    """Run every cell not yet done, or with `search` (starts allowed per engine) the depth search.
+    `again` says how to carry on after an interrupt or a write error; `opened(run, warnings)` is
+    called once the run folder exists, before any server starts."""
     runner = Sweep(sc, base_dir, progress)  # resolves engines and models: nothing starts if one is missing
     run, warnings = open_run(sc, out, resume, again)
     run.write_environment(capture(engine_env(runner)))
@@ -55,7 +57,7 @@ def run_sweep(sc: Scenario, base_dir: Path, out: Path, resume: bool, again: str,
     with _signals_stop_the_sweep():
         try:
             with progress:
-                return Finished(run, runner.execute(run))
+                return Finished(run, runner.search(run, search) if search else runner.execute(run))
         except KeyboardInterrupt as exc:
             return Finished(run, [], EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
 
@@ -124,6 +126,50 @@ def dry_run_text(sc: Scenario, base_dir: Path) -> str:
         plan = command_for(cell, prepared[cell.engine.name], max(w.concurrency))
         lines += [f"cell {k}/{len(cells)} {cell.id} [{cell.engine.launcher}, {cell.engine.api}]",
                   f"  {command_text(plan)}"]
+    return "\n".join(lines)
+
+
+def search_budgets(sc: Scenario, starts: int | None, where: str) -> dict[str, int]:
+    """The starts allowed per engine of a depth search (half its grid unless `starts` is given);
+    a scenario whose depths cannot be searched is refused in one line."""
+    out = {}
+    for e in sc.engines:
+        grid = e.speculation.n_spec
+        if 0 not in grid or len(set(grid)) < 3:
+            raise ScenarioError(where, f"engines.{e.name}.speculation.n_spec",
+                                f"the depth search needs 0 (the baseline) and at least two other depths "
+                                f"(got {grid}); list them, or drop --search")
+        out[e.name] = starts if starts is not None else default_budget(grid)
+        if out[e.name] < 2:
+            raise ScenarioError("orch sweep", "--search-starts", "at least 2 (the baseline and the deepest depth)")
+    return out
+
+
+def search_dry_run_text(sc: Scenario, base_dir: Path, budgets: dict[str, int], out: Path, resume: bool) -> str:
+    """The search's plan; nothing is started. With `resume`, the next step decided from the latest
+    run's records: what the search would start now, and what it has skipped and why."""
+    prepared = prepare(sc, base_dir, need_binaries=False)
+    lines = []
+    run = RunDir.latest(out, sc.name) if resume else None
+    if resume and run is None:
+        raise OrchError(f"--resume: no earlier run of {sc.name!r} under {out}; drop --resume to see the plan")
+    for e in sc.engines:
+        grid, budget = sorted(set(e.speculation.n_spec)), budgets[e.name]
+        if run is None:
+            first = opening(grid)
+            lines.append(f"{e.name}: depth search over n_spec {', '.join(map(str, grid))}: at most {budget} of "
+                         f"{len(grid)} server starts; it opens with n_spec {', '.join(map(str, first))}, fits the "
+                         "speedup model, then starts the predicted best and the best measured depth's neighbours "
+                         "one at a time, refitting after each")
+        else:
+            decision = search_step(run, e, budget)
+            first = decision.next
+            lines.append(format_decision(decision))
+            if not first:
+                lines.append(f"  {e.name}: nothing left to start")
+        for k in first:
+            plan = command_for(Cell(e, k), prepared[e.name], max(sc.workload.concurrency))
+            lines += [f"  next: {Cell(e, k).id} [{e.launcher}, {e.api}]", f"    {command_text(plan)}"]
     return "\n".join(lines)
 
 

@@ -1,0 +1,357 @@
+"""The speedup model: tok/s at every depth from a few measured cells, and why a depth wins.
+
+Per engine and concurrency level, over every prompt set of the cell (the /metrics window that
+gives the per-position counters covers them all):
+
+    p_i      share of drafts whose first i+1 tokens were all accepted (position i, 0-based):
+             accepted_per_pos[i] / drafts. vLLM and llama.cpp both count a position only when
+             it and every position before it were accepted, so p_i falls with i.
+    f        drafted steps / all steps; steps = output tokens - accepted tokens (every step
+             yields one token of its own plus the drafts it accepted). n-gram lookup drafts only
+             where the context repeats, so f < 1; a draft model or MTP head drafts every step.
+    T(k)     tokens per step at depth k: 1 + f * sum_{i<k} p_i, with p and f read at the
+             smallest measured depth K >= k (a draft at depth k is the first k tokens of the
+             one at K). T(K) equals the measured out / steps exactly. Beyond the deepest
+             measured depth nothing is known of p_i: T stays at its last value ("extrapolated").
+    s(k)     seconds per step at depth k. Measured: 1 / tok/s at n_spec 0; T(K) / tok/s at K.
+             Fitted: s(k) = a + b k, least squares over the measured cells. On a compute-bound
+             CPU b is large (every drafted token costs a forward pass's worth of compute); on a
+             memory-bound GPU it is small for small k. Nothing is assumed: a and b are fitted.
+    R(k)     predicted tok/s = T(k) / s(k).
+
+The reference curve is Leviathan et al. (2023), a constant acceptance rate a and a draft cost
+c per drafted token relative to a target step: tokens per step (1 - a^(k+1)) / (1 - a), speedup
+that divided by (k c + 1). Here a is solved so that the closed form gives the deepest measured
+cell's mean acceptance length, c = b / a of the fit, and the curve is R(0) times that speedup.
+
+The tok/s predicted and measured is the median e2e tok/s of the cell's successful requests at
+that level (summary.csv's figure, pooled over prompt sets).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.analysis.stats import median_ci
+
+MAX_POSITIONS = 4096  # a per-position counter past this is no draft position
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """One speculative cell's counters over one measured window."""
+
+    drafts: float
+    accepted: float
+    output_tokens: float
+    per_pos: tuple[float, ...]  # accepted counts by position, 0-based, no gaps
+
+    @property
+    def steps(self) -> float:
+        return self.output_tokens - self.accepted
+
+    @property
+    def draft_share(self) -> float:
+        return min(1.0, self.drafts / self.steps) if self.steps > 0 else 0.0
+
+    def shares(self) -> list[float]:
+        """p_i for each position."""
+        return [v / self.drafts for v in self.per_pos] if self.drafts > 0 else []
+
+    def acceptance_length(self) -> float | None:
+        """Mean tokens per drafted step: 1 + accepted / drafts."""
+        return 1 + self.accepted / self.drafts if self.drafts > 0 else None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One cell at one concurrency level, as measured."""
+
+    n_spec: int
+    tok_s: float  # median e2e tok/s of its successful requests
+    ci_low: float | None
+    ci_high: float | None
+    requests: int
+    acceptance: Acceptance | None = None  # None for n_spec 0, or without counters
+
+
+@dataclass
+class Fit:
+    """The model of one engine at one concurrency level."""
+
+    engine: str
+    concurrency: int
+    measured: dict[int, Measured]
+    a: float | None = None  # seconds per step at k = 0
+    b: float | None = None  # seconds per step added per unit of depth
+    alpha: float | None = None  # Leviathan's constant acceptance rate
+    problem: str | None = None  # why there is no prediction
+    notes: list[str] = field(default_factory=list)
+
+    def tokens_per_step(self, k: int) -> tuple[float | None, str]:
+        """T(k) and where it came from: "measured at K" or "extrapolated from K"."""
+        if k == 0:
+            return 1.0, "no drafts"
+        known = sorted(n for n, m in self.measured.items() if n > 0 and m.acceptance is not None)
+        if not known:
+            return None, "no counters"
+        source = next((n for n in known if n >= k), known[-1])
+        acc = self.measured[source].acceptance
+        shares = acc.shares()[:k]
+        where = f"from n_spec {source}" if source >= k else f"extrapolated from n_spec {source}"
+        return 1 + acc.draft_share * sum(shares), where
+
+    def step_s(self, k: int) -> float | None:
+        return None if self.a is None else self.a + self.b * k
+
+    def predict(self, k: int) -> float | None:
+        t, _ = self.tokens_per_step(k)
+        s = self.step_s(k)
+        return t / s if t is not None and s is not None and s > 0 else None
+
+    def reference(self, k: int) -> float | None:
+        """Leviathan et al.'s closed form at this fit's a and c, times the baseline's tok/s."""
+        if self.alpha is None or self.a is None or 0 not in self.measured:
+            return None
+        return self.measured[0].tok_s * leviathan_speedup(self.alpha, k, self.b / self.a)
+
+    def best(self, depths) -> int | None:
+        """The depth of `depths` with the highest predicted tok/s (the smaller one on a tie)."""
+        scored = [(self.predict(k), k) for k in depths]
+        scored = [(r, k) for r, k in scored if r is not None]
+        return max(scored, key=lambda rk: (rk[0], -rk[1]))[1] if scored else None
+
+
+def leviathan_tokens(alpha: float, k: int) -> float:
+    """Expected tokens per step for a constant acceptance rate alpha: (1 - a^(k+1)) / (1 - a)."""
+    return float(k + 1) if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+def leviathan_speedup(alpha: float, k: int, c: float) -> float:
+    """Leviathan et al. (2023), Theorem 3.8: tokens per step over (k c + 1)."""
+    return leviathan_tokens(alpha, k) / (k * c + 1)
+
+
+def solve_alpha(length: float, k: int) -> float | None:
+    """The constant acceptance rate whose expected tokens per step at depth k equal `length`."""
+    if not (1 <= length <= k + 1) or k < 1:
+        return None
+    lo, hi = 0.0, 1.0
+    for _ in range(60):  # bisection: leviathan_tokens rises with alpha
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if leviathan_tokens(mid, k) < length else (lo, mid)
+    return (lo + hi) / 2
+
+
+def fit(engine: str, concurrency: int, measured: dict[int, Measured]) -> Fit:
+    """Fit the step cost to the measured cells; a fit without a baseline or a speculative cell
+    with counters says why in `problem`."""
+    out = Fit(engine, concurrency, dict(measured))
+    if 0 not in measured or measured[0].tok_s <= 0:
+        out.problem = "no n_spec 0 cell with a measured tok/s"
+        return out
+    points = [(0, 1 / measured[0].tok_s)]
+    for k, m in sorted(measured.items()):
+        t, _ = out.tokens_per_step(k) if k else (None, "")
+        if k and t is not None and m.tok_s > 0 and m.acceptance is not None:
+            points.append((k, t / m.tok_s))
+    if len(points) < 2:
+        out.problem = "no speculative cell with /metrics draft counters (per position) to fit"
+        return out
+    ks, ss = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
+    out.b, out.a = (float(v) for v in np.polyfit(ks, ss, 1))
+    if out.a <= 0:
+        out.problem = f"the fitted cost of a step at depth 0 is {out.a:.3g} s: the cells do not fit a line"
+        out.a = out.b = None
+        return out
+    deepest = max(k for k, _ in points)
+    length = measured[deepest].acceptance.acceptance_length() if deepest else None
+    out.alpha = solve_alpha(length, deepest) if length else None
+    return out
+
+
+# ---------------------------------------------------------------- from records
+
+
+def measured_cells(df: pd.DataFrame, cells) -> dict[tuple[str, int], dict[int, Measured]]:
+    """Per (engine, concurrency): each n_spec's Measured, from a measured frame
+    (summary.measured_frame) and the run's CellRecords (the newest line of each cell)."""
+    if df.empty:
+        return {}
+    windows = {c.cell_id: c.server_metrics or {} for c in cells}
+    ok = df[df["ok"]]
+    out: dict[tuple[str, int], dict[int, Measured]] = {}
+    for (engine, conc, n_spec, cell_id), g in ok.groupby(["engine", "concurrency", "n_spec", "cell_id"]):
+        rates = pd.to_numeric(g["e2e_tok_s"], errors="coerce").dropna()
+        if rates.empty:
+            continue
+        low, high = median_ci(rates)
+        tokens = float(pd.to_numeric(g["completion_tokens"], errors="coerce").fillna(0).sum())
+        acc = None
+        if n_spec:
+            acc = from_requests(g, tokens) or acceptance_of(windows.get(cell_id, {}).get(str(int(conc))), tokens)
+        slot = out.setdefault((engine, int(conc)), {})
+        if int(n_spec) in slot:  # two cells at one depth (merged runs): the model takes neither
+            slot[int(n_spec)] = None
+            continue
+        slot[int(n_spec)] = Measured(int(n_spec), float(rates.median()), low, high, len(rates), acc)
+    return {key: {k: m for k, m in v.items() if m is not None} for key, v in out.items()}
+
+
+def acceptance_of(window, output_tokens: float) -> Acceptance | None:
+    """The counters of a window read back from cells.jsonl (hostile): per-position counts at
+    positions 0, 1, ... without gaps, none above the drafts, accepted within output tokens."""
+    if window is None:
+        return None
+    raw = window.model_dump() if hasattr(window, "model_dump") else window
+    drafts, accepted, per_pos = raw.get("drafts"), raw.get("accepted_tokens"), raw.get("per_pos")
+    if not (_count(drafts) and _count(accepted) and isinstance(per_pos, dict)) or drafts <= 0:
+        return None
+    counts = {}
+    for pos, v in per_pos.items():
+        if not (isinstance(pos, str) and pos.isascii() and pos.isdecimal() and len(pos) <= 6 and _count(v)):
+            return None
+        counts[int(pos)] = float(v)
+    if not counts or set(counts) != set(range(len(counts))) or len(counts) > MAX_POSITIONS:
+        return None
+    series = tuple(counts[i] for i in range(len(counts)))
+    if max(series) > drafts or accepted >= output_tokens:
+        return None
+    return Acceptance(float(drafts), float(accepted), float(output_tokens), series)
+
+
+HISTOGRAM, STEPS, ACCEPTED = "spec_acceptance_histogram", "spec_num_spec_steps", "spec_num_accepted_draft_tokens"
+
+
+def from_requests(g: pd.DataFrame, output_tokens: float) -> Acceptance | None:
+    """Per-position counts from the requests' own histograms (vLLM's per-request metrics), when
+    every request of the group has one: position i was accepted in the steps that accepted more
+    than i drafts. The records were checked on reading back (records.py)."""
+    if HISTOGRAM not in g or g[HISTOGRAM].isna().any() or not len(g):
+        return None
+    hists = [list(h) for h in g[HISTOGRAM]]
+    width = max(len(h) for h in hists)
+    total = np.zeros(width)
+    for h in hists:
+        total[:len(h)] += h
+    drafts, accepted = float(total.sum()), float(sum(j * v for j, v in enumerate(total)))
+    if drafts <= 0 or accepted >= output_tokens:
+        return None
+    per_pos = tuple(float(total[i + 1:].sum()) for i in range(width - 1))
+    return Acceptance(drafts, accepted, output_tokens, per_pos)
+
+
+def _count(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def fits(df: pd.DataFrame, cells) -> list[Fit]:
+    return [fit(engine, conc, m) for (engine, conc), m in sorted(measured_cells(df, cells).items())]
+
+
+MODEL_COLUMNS = ["engine", "concurrency", "n_spec", "measured_tok_s", "measured_ci_low", "measured_ci_high",
+                 "predicted_tok_s", "error", "tokens_per_step", "tokens_per_step_source", "step_ms",
+                 "reference_tok_s"]
+
+
+def model_table(found: list[Fit]) -> pd.DataFrame:
+    """model.csv: every depth from 0 to the deepest measured one, per engine and level."""
+    rows = []
+    for f in found:
+        if f.problem:
+            continue
+        for k in range(0, max(f.measured) + 1):
+            m = f.measured.get(k)
+            pred, (t, where) = f.predict(k), f.tokens_per_step(k)
+            rows.append(dict(engine=f.engine, concurrency=f.concurrency, n_spec=k,
+                             measured_tok_s=m.tok_s if m else None, measured_ci_low=m.ci_low if m else None,
+                             measured_ci_high=m.ci_high if m else None, predicted_tok_s=pred,
+                             error=pred / m.tok_s - 1 if m and pred and m.tok_s else None,
+                             tokens_per_step=t, tokens_per_step_source=where,
+                             step_ms=1000 * f.step_s(k), reference_tok_s=f.reference(k)))
+    return pd.DataFrame(rows, columns=MODEL_COLUMNS)
+
+
+def format_fits(found: list[Fit]) -> str:
+    """A few lines: the fit per engine and level, the predicted best and how well it fits."""
+    lines = []
+    for f in found:
+        head = f"{f.engine} at c={f.concurrency}"
+        if f.problem:
+            lines.append(f"{head}: no model ({f.problem})")
+            continue
+        top = f.best(range(0, max(f.measured) + 1))
+        errs = [abs(f.predict(k) / m.tok_s - 1) for k, m in f.measured.items() if f.predict(k) and m.tok_s]
+        lines.append(f"{head}: step {1000 * f.a:.2f} ms + {1000 * f.b:.3f} ms per drafted position; predicted best "
+                     f"n_spec {top} at {f.predict(top):.1f} tok/s (measured: {_measured_text(f, top)}); "
+                     f"fit within {100 * max(errs):.0f}% on {len(errs)} measured cells")
+    return "speedup model (tokens per step x steps per second, fitted):\n" + "\n".join(lines) if lines else ""
+
+
+def _measured_text(f: Fit, k: int) -> str:
+    m = f.measured.get(k)
+    return "not measured" if m is None else f"{m.tok_s:.1f} tok/s"
+
+
+CHECK_COLUMNS = ["engine", "cell_id", "concurrency", "requests", "counted", "drafts_requests", "drafts_metrics",
+                 "draft_tokens_requests", "draft_tokens_metrics", "accepted_requests", "accepted_metrics", "equal"]
+
+
+def window_check(df: pd.DataFrame, cells) -> pd.DataFrame:
+    """Per speculative cell and level: the requests' own draft counts summed over the measured
+    window against the /metrics deltas of that window (every measured request of the level,
+    failed ones too, is in the window; a request without counts leaves the sums short)."""
+    rows = []
+    windows = {c.cell_id: c.server_metrics or {} for c in cells}
+    drafted_cols = [c for c in ("timings_draft_n", "spec_num_draft_tokens") if c in df]
+    if df.empty or not drafted_cols:
+        return pd.DataFrame(columns=CHECK_COLUMNS)
+    for (engine, cell_id, conc), g in df[df["n_spec"] > 0].groupby(["engine", "cell_id", "concurrency"]):
+        w = windows.get(cell_id, {}).get(str(int(conc)))
+        w = w.model_dump() if hasattr(w, "model_dump") else w
+        drafted = _sum_first(g, ("timings_draft_n", "spec_num_draft_tokens"))
+        if w is None or drafted is None:
+            continue
+        accepted = _sum_first(g, ("timings_draft_n_accepted", "spec_num_accepted_draft_tokens"))
+        steps = _sum_first(g, ("spec_num_spec_steps",))
+        counted = int(g[[c for c in drafted_cols]].notna().any(axis=1).sum())
+        row = dict(engine=engine, cell_id=cell_id, concurrency=int(conc), requests=len(g), counted=counted,
+                   drafts_requests=steps, drafts_metrics=w.get("drafts"), draft_tokens_requests=drafted,
+                   draft_tokens_metrics=w.get("draft_tokens"), accepted_requests=accepted,
+                   accepted_metrics=w.get("accepted_tokens"))
+        pairs = [(row["draft_tokens_requests"], row["draft_tokens_metrics"]),
+                 (row["accepted_requests"], row["accepted_metrics"])]
+        if steps is not None:
+            pairs.append((steps, row["drafts_metrics"]))
+        row["equal"] = all(a is not None and b is not None and _count(b) and a == b for a, b in pairs)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=CHECK_COLUMNS)
+
+
+def _sum_first(g: pd.DataFrame, names) -> float | None:
+    for name in names:
+        if name in g and g[name].notna().any():
+            return float(pd.to_numeric(g[name], errors="coerce").fillna(0).sum())
+    return None
+
+
+def format_check(check: pd.DataFrame) -> str:
+    if check.empty:
+        return ""
+    lines = []
+    for r in check.itertuples(index=False):
+        steps = "" if r.drafts_requests is None or pd.isna(r.drafts_requests) else \
+            f"steps {int(r.drafts_requests)} vs {_num(r.drafts_metrics)}, "
+        lines.append(f"{r.cell_id} c={r.concurrency}: {r.counted} of {r.requests} requests counted; {steps}"
+                     f"draft tokens {int(r.draft_tokens_requests)} vs {_num(r.draft_tokens_metrics)}, accepted "
+                     f"{int(r.accepted_requests or 0)} vs {_num(r.accepted_metrics)}: "
+                     + ("equal" if r.equal else "NOT equal"))
+    return "per-request draft counts summed over each measured window vs the /metrics deltas:\n" + "\n".join(lines)
+
+
+def _num(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.0f}"

@@ -1,0 +1,216 @@
+"""The depth search: which depth to start next, from the records so far, and when to stop.
+
+Per engine, over the scenario's depths (its `n_spec` list, which must hold 0):
+
+1. Opening: the baseline (n_spec 0) and the deepest depth. The deepest cell's per-position
+   counters give the acceptance of every smaller depth (model.py), and with the baseline they
+   fix the step cost's line.
+2. Then, one server start at a time, the model is refitted on every measured cell and the next
+   depth is the first of, per concurrency level:
+   - the predicted best depth, if it has not run;
+   - a neighbour (the next smaller and next larger depth of the list) of the best measured
+     depth that has not run, unless the model predicts it more than TOLERANCE below that
+     depth's measured interval: then it is skipped, and the record says so.
+3. Stop when no depth is wanted (the best measured depth stands next to measured neighbours,
+   or to neighbours the model rules out), or when the starts allowed (half the grid, by
+   default) are spent. Every depth of the list that never ran is recorded with the reason.
+
+The final judgement per level compares the best measured depth with each measured neighbour
+pair by pair (the same prompts and repeats ran at both): "beats" when the interval of the
+ratios lies above 1, "cannot be told apart" when it includes 1. The recommended depth is the
+smallest that cannot be told apart from the best (the same rule as "What to run").
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+
+from orchestrator.analysis.model import Fit, fits
+from orchestrator.analysis.pairs import interval_of_pairs
+from orchestrator.analysis.stats import median, verdict
+
+TOLERANCE = 0.10  # a neighbour predicted more than this below the best's interval is not started
+PAIR_KEY = ["prompt_set", "prompt_id", "repeat"]
+
+
+@dataclass
+class Judged:
+    """The outcome at one concurrency level."""
+
+    concurrency: int
+    best_measured: int | None
+    best_tok_s: float | None
+    recommended: int | None
+    predicted_best: int | None
+    against: dict[int, str] = field(default_factory=dict)  # neighbour -> "beats" / "cannot be told apart" / ...
+
+
+@dataclass
+class Decision:
+    """One step of the search for one engine: what ran, what runs next, what never will."""
+
+    engine: str
+    grid: list[int]
+    started: list[int]
+    budget: int
+    next: list[int]
+    skipped: dict[int, str]
+    stop: str | None
+    levels: list[Judged]
+
+    def line(self) -> dict:
+        """A search.jsonl line (JSON keys are strings)."""
+        d = asdict(self)
+        d["skipped"] = {str(k): v for k, v in self.skipped.items()}
+        for lv in d["levels"]:
+            lv["against"] = {str(k): v for k, v in lv["against"].items()}
+        return d
+
+
+def default_budget(grid: list[int]) -> int:
+    """Half the grid's server starts, and never fewer than the opening plus one."""
+    return max(3, len(set(grid)) // 2)
+
+
+def opening(grid: list[int]) -> list[int]:
+    return sorted({0, max(grid)})
+
+
+def decide(engine: str, grid: list[int], started: set[int], fits: dict[int, Fit], df: pd.DataFrame,
+           budget: int) -> Decision:
+    """The next step. `started`: depths whose cell has a record (ok or not: a start is a start);
+    `fits`: the model per concurrency level from the measured cells; `df`: the measured frame of
+    this engine (for the pair-by-pair judgement)."""
+    grid = sorted(set(grid))
+    first = [k for k in opening(grid) if k not in started]
+    left = budget - len(started)
+    if first and left > 0:
+        return Decision(engine, grid, sorted(started), budget, first[:left], {}, None, [])
+    wanted: list[int] = []
+    reasons: dict[int, str] = {}
+    levels = []
+    for conc, f in sorted(fits.items()):
+        level, want = _level(grid, started, f, reasons)
+        levels.append(level)
+        wanted += [k for k in want if k not in wanted]
+    if not fits:
+        reasons.update({k: "no cell measured a successful request: nothing to fit" for k in grid if k not in started})
+    nxt = [k for k in wanted if k not in started]
+    stop = None
+    if nxt and left <= 0:
+        stop = f"the {budget} server starts allowed are spent; still wanted: n_spec {_join(nxt)}"
+        reasons.update({k: "wanted, but the starts allowed are spent" for k in nxt})
+        nxt = []
+    elif not nxt:
+        stop = "the best measured depth stands beside measured or ruled-out neighbours"
+    skipped = {k: reasons.get(k, "not needed: neither the predicted best nor a neighbour of the best measured")
+               for k in grid if k not in started and k not in nxt}
+    if stop:
+        _judge(levels, grid, df)
+    return Decision(engine, grid, sorted(started), budget, nxt[:1], skipped, stop, levels)
+
+
+def step(engine: str, grid: list[int], budget: int, df: pd.DataFrame, cells, ran: set[str] | None = None) -> Decision:
+    """`decide` from a run's records: `df` the measured frame (summary.measured_frame), `cells` the
+    CellRecords. A depth counts as started if its cell ended ok or partial, or its id is in `ran`
+    (the cells run in this session; None: every recorded cell, as the report reads a run)."""
+    df = df[df["engine"] == engine] if len(df) else df
+    cells = [c for c in cells if c.engine == engine]
+    started = {c.n_spec for c in cells if ran is None or c.status in ("ok", "partial") or c.cell_id in ran}
+    found = {f.concurrency: f for f in fits(df, cells)}
+    return decide(engine, grid, started, found, df, budget)
+
+
+def _level(grid, started, f: Fit, reasons: dict[int, str]) -> tuple[Judged, list[int]]:
+    measured = {k: m for k, m in f.measured.items() if k in grid}
+    best = max(measured.values(), key=lambda m: (m.tok_s, -m.n_spec)) if measured else None
+    level = Judged(f.concurrency, best.n_spec if best else None, best.tok_s if best else None, None, None)
+    if f.problem:
+        for k in grid:
+            reasons.setdefault(k, f"no model at c={f.concurrency}: {f.problem}")
+        return level, []
+    predicted = f.best(grid)
+    level.predicted_best = predicted
+    want = [predicted] if predicted not in started else []
+    floor = best.ci_low if best.ci_low is not None else best.tok_s
+    for k in _neighbours(grid, best.n_spec):
+        if k in started or k in want:
+            continue
+        guess = f.predict(k)
+        if guess is not None and guess * (1 + TOLERANCE) < floor:
+            reasons.setdefault(k, f"predicted {guess:.1f} tok/s at c={f.concurrency}, more than "
+                                  f"{TOLERANCE:.0%} below n_spec {best.n_spec}'s measured {best.tok_s:.1f} "
+                                  f"(interval from {floor:.1f})")
+        else:
+            want.append(k)
+    for k in grid:
+        guess = f.predict(k)
+        if k not in started and guess is not None:
+            reasons.setdefault(k, f"predicted {guess:.1f} tok/s at c={f.concurrency}; the predicted best is "
+                                  f"n_spec {predicted} at {f.predict(predicted):.1f}")
+    return level, want
+
+
+def _neighbours(grid: list[int], k: int) -> list[int]:
+    i = grid.index(k)
+    return [grid[j] for j in (i - 1, i + 1) if 0 <= j < len(grid)]
+
+
+def _judge(levels: list[Judged], grid: list[int], df: pd.DataFrame) -> None:
+    """The best measured depth against its measured neighbours, pair by pair; the recommendation."""
+    for lv in levels:
+        if lv.best_measured is None:
+            continue
+        tied = [lv.best_measured]
+        for k in _neighbours(grid, lv.best_measured):
+            v = compare_depths(df, lv.concurrency, lv.best_measured, k)
+            if v is None and not _ran(df, lv.concurrency, k):
+                continue
+            lv.against[k] = {"faster": "beats", "no clear difference": "cannot be told apart",
+                             "slower": "slower pair by pair (a tied median)",
+                             None: "too few requests in common to compare"}[v]
+            if v == "no clear difference":
+                tied.append(k)
+        lv.recommended = min(tied)
+
+
+def _ran(df: pd.DataFrame, conc: int, k: int) -> bool:
+    return bool(((df["n_spec"] == k) & (df["concurrency"] == conc)).any()) if len(df) else False
+
+
+def compare_depths(df: pd.DataFrame, conc: int, a: int, b: int) -> str | None:
+    """The verdict of depth a's e2e tok/s over depth b's, request by request (same prompt set,
+    prompt and repeat at this level); None with too few requests in common."""
+    def rates(k):
+        g = df[(df["n_spec"] == k) & (df["concurrency"] == conc) & df["ok"]]
+        s = pd.to_numeric(g.set_index(PAIR_KEY)["e2e_tok_s"], errors="coerce")
+        return s[~s.index.duplicated(keep="last")]
+
+    both = pd.concat([rates(a), rates(b)], axis=1, join="inner").dropna().astype(float)
+    both = both[both.iloc[:, 1] > 0]
+    low, high = interval_of_pairs(median, (both.iloc[:, 0] / both.iloc[:, 1]).to_numpy())
+    return verdict(low, high)
+
+
+def _join(ks) -> str:
+    return ", ".join(map(str, ks))
+
+
+def format_decision(d: Decision) -> str:
+    """What the search did for one engine, for the CLI and the report."""
+    lines = [f"{d.engine}: depth search over n_spec {_join(d.grid)}: {len(d.started)} of {len(d.grid)} "
+             f"server starts (allowed {d.budget}); measured n_spec {_join(d.started)}"]
+    if d.stop:
+        lines.append(f"  stopped: {d.stop}")
+    for lv in d.levels:
+        if lv.recommended is None:
+            continue
+        vs = "; ".join(f"{what} n_spec {k}" for k, what in lv.against.items())
+        lines.append(f"  c={lv.concurrency}: run n_spec {lv.recommended} (best measured n_spec {lv.best_measured}, "
+                     f"{lv.best_tok_s:.1f} tok/s" + (f"; {vs}" if vs else "") + f"; model's best n_spec {lv.predicted_best})")
+    for k, why in sorted(d.skipped.items()):
+        lines.append(f"  skipped n_spec {k}: {why}")
+    return "\n".join(lines)
+

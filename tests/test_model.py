@@ -1,0 +1,84 @@
+"""The speedup model's arithmetic against cases computed by hand (docs/metrics.md has the formulas)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from orchestrator.analysis.model import (Acceptance, Measured, acceptance_of, fit, leviathan_speedup,
+                                         leviathan_tokens, model_table, solve_alpha)
+
+# 100 drafts; 80 had position 0 accepted, 50 positions 0-1, 20 all three: 150 accepted tokens.
+# 450 output tokens, so 300 steps, a third of them drafted.
+ACC = Acceptance(drafts=100, accepted=150, output_tokens=450, per_pos=(80, 50, 20))
+
+
+def test_tokens_per_step_by_hand():
+    f = fit("e", 1, {0: Measured(0, 100.0, 95, 105, 10), 3: Measured(3, 120.0, 110, 130, 10, ACC)})
+    assert ACC.steps == 300 and ACC.draft_share == pytest.approx(1 / 3)
+    assert ACC.shares() == [0.8, 0.5, 0.2]
+    assert f.tokens_per_step(1)[0] == pytest.approx(1 + 0.8 / 3)
+    assert f.tokens_per_step(2)[0] == pytest.approx(1 + 1.3 / 3)
+    # at the depth measured, T is the measured output tokens per step, exactly
+    assert f.tokens_per_step(3)[0] == pytest.approx(450 / 300)
+    assert f.tokens_per_step(5) == (pytest.approx(1.5), "extrapolated from n_spec 3")
+
+
+def test_step_cost_line_and_prediction_by_hand():
+    f = fit("e", 1, {0: Measured(0, 100.0, 95, 105, 10), 3: Measured(3, 120.0, 110, 130, 10, ACC)})
+    # s(0) = 1/100 s; s(3) = 1.5 / 120 = 0.0125 s: the line through both
+    assert f.a == pytest.approx(0.01) and f.b == pytest.approx(0.0025 / 3)
+    assert f.predict(0) == pytest.approx(100.0)
+    assert f.predict(3) == pytest.approx(120.0)
+    assert f.predict(1) == pytest.approx((1 + 0.8 / 3) / (0.01 + 0.0025 / 3))  # 116.92
+    assert f.predict(2) == pytest.approx((1 + 1.3 / 3) / (0.01 + 0.005 / 3))  # 122.86
+    assert f.best([0, 1, 2, 3]) == 2
+
+
+def test_leviathan_closed_form():
+    assert leviathan_tokens(0.5, 3) == pytest.approx(1 + 0.5 + 0.25 + 0.125)
+    assert leviathan_tokens(1.0, 4) == 5
+    assert leviathan_speedup(0.5, 3, 0.1) == pytest.approx(1.875 / 1.3)
+    a = solve_alpha(2.5, 3)
+    assert 1 + a + a * a + a ** 3 == pytest.approx(2.5, abs=1e-9)
+    assert solve_alpha(5.0, 3) is None  # more tokens per step than k + 1: no constant rate gives it
+
+
+def test_reference_curve_uses_fitted_cost():
+    f = fit("e", 1, {0: Measured(0, 100.0, 95, 105, 10), 3: Measured(3, 120.0, 110, 130, 10, ACC)})
+    # per drafted step 1 + 150/100 = 2.5 tokens; c = b / a = 1/12; at k = 3: 100 * 2.5 / (3/12 + 1)
+    assert f.reference(3) == pytest.approx(200.0)
+
+
+def test_a_fit_needs_a_baseline_and_counters():
+    assert fit("e", 1, {3: Measured(3, 120.0, 110, 130, 10, ACC)}).problem.startswith("no n_spec 0")
+    assert "counters" in fit("e", 1, {0: Measured(0, 100.0, 95, 105, 10), 3: Measured(3, 120.0, 1, 2, 10)}).problem
+
+
+def test_model_table_errors():
+    f = fit("e", 1, {0: Measured(0, 100.0, 95, 105, 10), 3: Measured(3, 120.0, 110, 130, 10, ACC)})
+    t = model_table([f])
+    assert list(t["n_spec"]) == [0, 1, 2, 3]
+    assert t.loc[t["n_spec"] == 3, "error"].item() == pytest.approx(0.0)
+    assert math.isnan(t.loc[t["n_spec"] == 1, "measured_tok_s"].item())
+
+
+@pytest.mark.parametrize("window", [
+    {"drafts": 10, "accepted_tokens": 5, "per_pos": {"0": 4, "2": 1}},  # a gap
+    {"drafts": 10, "accepted_tokens": 5, "per_pos": {"0": 11}},  # more than the drafts
+    {"drafts": 10, "accepted_tokens": 5, "per_pos": {"-1": 4}},
+    {"drafts": 10, "accepted_tokens": 5, "per_pos": {"0": float("nan")}},
+    {"drafts": 10, "accepted_tokens": 5, "per_pos": {"0": True}},
+    {"drafts": "10", "accepted_tokens": 5, "per_pos": {"0": 4}},
+    {"drafts": 10, "accepted_tokens": 500, "per_pos": {"0": 4}},  # accepted at least the output tokens
+    {"drafts": 0, "accepted_tokens": 0, "per_pos": {}},
+    {"drafts": 10, "accepted_tokens": 5, "per_pos": ["4"]},
+])
+def test_hostile_windows_give_no_acceptance(window):
+    assert acceptance_of(window, 100) is None
+
+
+def test_window_read_back():
+    got = acceptance_of({"drafts": 10, "accepted_tokens": 7, "per_pos": {"1": 3, "0": 4}}, 100)
+    assert got.per_pos == (4.0, 3.0) and got.steps == 93
