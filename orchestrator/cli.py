@@ -81,12 +81,13 @@ def validate(scenario, overrides):
                    "cells and confirm its best (at most half the server starts).")
 @click.option("--search-starts", type=click.IntRange(min=2), default=None, metavar="N",
               help="Server starts the search may use per engine.  [default: half the depths]")
-def sweep(scenario, out, overrides, dry_run, resume, search, search_starts):
+@click.option("--engine", "only", multiple=True, metavar="NAME", help="Run only this engine of the scenario (repeatable).")
+def sweep(scenario, out, overrides, dry_run, resume, search, search_starts, only):
     """Run every engine at every speculation depth and chart tokens/sec.
 
     Example: orch sweep scenarios/n_spec.toml --set workload.max_tokens=64
     """
-    sc = load_scenario(scenario, overrides)
+    sc = load_scenario(scenario, overrides, only)
     budgets = search_budgets(sc, search_starts, str(scenario)) if search else None
     if search_starts is not None and not search:
         raise click.UsageError("--search-starts goes with --search")

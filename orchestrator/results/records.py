@@ -222,6 +222,7 @@ class CellRecord(Record):
     requests_ok: Count | None = None
     requests_failed: Count | None = None
     requests_not_sent: Count | None = None
+    repeats: dict[str, Count] | None = None  # workload.target_ci: repeats each concurrency level took
     prompt_check: Text = None
     error: Text = None
     log_tail: Text = None

@@ -11,9 +11,12 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from engines import ENGINES, Engine
 
 from orchestrator.analysis.search import Decision, step
+from orchestrator.analysis.stats import median_ci
 from orchestrator.analysis.summary import measured_frame
 from orchestrator.measure import server_metrics
 from orchestrator.common import probe
@@ -192,8 +195,10 @@ class Sweep:
             marks["ready"] = time.monotonic()
             rec.set(**server.describe())
             rec.set(template=self._template(cell, server.base_url, headers))
-            results, windows = self._drive(cell, server, todo, marks, headers)
+            results, windows, repeats = self._drive(cell, server, todo, marks, headers)
             rec.set(server_metrics=windows, **_judge(results, len(todo), server.alive(), cell.engine))
+            if repeats:
+                rec.set(repeats=repeats)
             if rec.status != "ok":
                 rec.set(log_tail=log_tail(log))
             marks["driven"] = time.monotonic()
@@ -205,10 +210,12 @@ class Sweep:
                     endpoint=ENDPOINTS[cell.engine.api], cache=prep.engine.cache_setting(self.workload))
 
     def _drive(self, cell: Cell, server, todo: list[RequestSpec], marks: dict,
-               headers: dict) -> tuple[list[RequestRecord], dict]:
+               headers: dict) -> tuple[list[RequestRecord], dict, dict]:
         """Warm-up, then the measured requests per concurrency level; returns the measured
-        records and the /metrics deltas of each level's window. `headers` carry the API key."""
+        records, the /metrics deltas of each level's window, and (with workload.target_ci) the
+        repeats each level took. `headers` carry the API key."""
         batches = _Batches(self, cell, server.base_url, headers)
+        batches.alive = server.alive
         prefix = self.prepared[cell.engine.name].engine.metrics_prefix
         warm = self.warmup_specs()
         if warm:
@@ -221,7 +228,9 @@ class Sweep:
             self.progress.phase(f"measuring, concurrency {conc}")
             before = server_metrics.scrape(server.base_url, headers, prefix)
             t0 = time.monotonic()
-            results += batches.send([s for s in todo if s.concurrency == conc], conc)
+            level = batches.send([s for s in todo if s.concurrency == conc], conc)
+            level += self._until_narrow(batches, conc, level)
+            results += level
             measuring += time.monotonic() - t0
             window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers, prefix))
             if window is not None:
@@ -229,7 +238,21 @@ class Sweep:
             if not server.alive() or _refused(results):
                 break
         marks["measuring_s"] = measuring
-        return results, windows
+        return results, windows, batches.repeats
+
+    def _until_narrow(self, batches: "_Batches", conc: int, level: list[RequestRecord]) -> list[RequestRecord]:
+        """With workload.target_ci: more repeats of every prompt, one at a time, until the median's
+        interval is narrow enough or the cap is reached; the cell record says how many it took."""
+        w, more = self.workload, []
+        repeats = w.repeats
+        while w.target_ci is not None and repeats < w.repeat_cap and not _narrow(level + more, w.target_ci):
+            if _refused(level + more) or not batches.server_alive():
+                break
+            more += batches.send([RequestSpec(p, "measured", conc, repeats) for p in self.prompts], conc)
+            repeats += 1
+        if w.target_ci is not None:
+            batches.repeats[str(conc)] = repeats
+        return more
 
     def _template(self, cell: Cell, base_url: str, headers: dict) -> str:
         if cell.engine.api == "completions":
@@ -261,6 +284,11 @@ class _Batches:
         self.prep = sweep.prepared[cell.engine.name]
         self.extra = self.prep.engine.request_fields(sweep.workload)
         self.written: list[RequestRecord] = []  # in the order the requests ended
+        self.repeats: dict[str, int] = {}  # per concurrency level, the repeats a target_ci run took
+        self.alive = lambda: True  # the server's liveness, set by the runner
+
+    def server_alive(self) -> bool:
+        return self.alive()
 
     def send(self, specs: list[RequestSpec], concurrency: int) -> list[RequestRecord]:
         first, engine = len(self.written), self.prep.engine
@@ -281,6 +309,14 @@ class _Batches:
         self.written.append(rec)
         self.sweep.run.append_request(rec)
         self.sweep.progress.request_done(rec)
+
+
+def _narrow(records: list[RequestRecord], target: float) -> bool:
+    """The e2e median's 95% interval within +-target of the median."""
+    rates = [r.e2e_tok_s for r in records if r.ok and r.e2e_tok_s is not None]
+    low, high = median_ci(rates)
+    med = float(np.median(rates)) if rates else 0.0
+    return low is not None and med > 0 and (high - low) / 2 <= target * med
 
 
 def _refused(records: list[RequestRecord]) -> RequestRecord | None:
@@ -326,7 +362,7 @@ def _judge(results: list[RequestRecord], sent_for: int, alive: bool, spec: Engin
     failed = sum(not r.ok for r in results)
     low = sum(bool(r.prompt_tokens_low) for r in results)
     out = {"requests_ok": len(results) - failed, "requests_failed": failed,
-           "requests_not_sent": sent_for - len(results)}
+           "requests_not_sent": max(0, sent_for - len(results))}  # target_ci sends more than planned
     if low:
         out["prompt_check"] = (f"{low} of {len(results)} requests reported fewer prompt tokens than half the "
                                "prompt's words: the chat template may drop the text; try api = \"completions\"")

@@ -99,6 +99,26 @@ class Workload(_Strict):
     ignore_eos: bool = False
     cache_prompt: bool = False
     request_timeout_s: float = Field(default=300.0, gt=0)
+    # Measure each cell as long as needed: after `repeats`, one more repeat of every prompt at a
+    # time until the e2e median's 95% interval lies within +-target_ci of it (0.03: +-3%), or
+    # max_repeats repeats ran. None: exactly `repeats`.
+    target_ci: float | None = Field(default=None, gt=0, lt=1)
+    max_repeats: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _repeat_cap(self):
+        if self.max_repeats is not None and self.target_ci is None:
+            raise ValueError("max_repeats caps target_ci's repeats: set target_ci too, or drop max_repeats")
+        if self.max_repeats is not None and self.max_repeats < self.repeats:
+            raise ValueError(f"max_repeats ({self.max_repeats}) is below repeats ({self.repeats}); raise it")
+        return self
+
+    @property
+    def repeat_cap(self) -> int:
+        """The most repeats a cell may take (repeats when there is no target)."""
+        if self.target_ci is None:
+            return self.repeats
+        return self.max_repeats if self.max_repeats is not None else max(10, self.repeats)
 
     @field_validator("prompts")
     @classmethod
@@ -313,9 +333,18 @@ class _KeyedError(ValueError):
 # ---------------------------------------------------------------- loading
 
 
-def load_scenario(path: str | Path, overrides: list[str] = ()) -> Scenario:
+def load_scenario(path: str | Path, overrides: list[str] = (), only: list[str] = ()) -> Scenario:
+    """The scenario file, validated, after --set; with `only`, just those engines of it."""
     path = Path(path)
-    return build_scenario(_read_toml(path), path, overrides)
+    scenario = build_scenario(_read_toml(path), path, overrides)
+    if only:
+        names = [e.name for e in scenario.engines]
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise ScenarioError(path, "--engine", f"no engine named {unknown[0]!r}; this scenario has "
+                                                  f"{', '.join(names)}")
+        scenario.engines = [e for e in scenario.engines if e.name in only]
+    return scenario
 
 
 def read_workload(path: str | Path) -> dict:

@@ -1,0 +1,114 @@
+"""The depth search's stopping rule on recorded data whose answer is known: records drawn from a
+known speedup curve, one depth "measured" each time the search asks for one."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from orchestrator.analysis.search import default_budget, step
+from orchestrator.analysis.summary import measured_frame
+
+from tests.support.runs import cells_of, requests_of
+
+GRID = [0, 2, 4, 8, 12, 16, 24, 32, 48, 64]
+A, B, SHARE, P = 0.02, 0.0008, 0.5, 0.9  # step cost a + b k seconds; half the steps draft; p_i = 0.9^(i+1)
+TOKENS = 256
+PROMPTS = [f"p{i}" for i in range(8)]
+FACTOR = {p: 0.85 + 0.04 * i for i, p in enumerate(PROMPTS)}  # each prompt's own pace, the same at every depth; each request
+# then varies by up to 3% (seeded: the same records on every run)
+
+
+def true_tok_s(k: int) -> float:
+    tokens_per_step = 1 + SHARE * sum(P ** (i + 1) for i in range(k))
+    return tokens_per_step / (A + B * k)
+
+
+def cell(k: int, status: str = "ok") -> tuple[list[dict], dict]:
+    """Requests and the cell record of depth k, measured exactly as the true curve says."""
+    rows = []
+    for r in range(2):
+        for p in PROMPTS:
+            rate = true_tok_s(k) * FACTOR[p] * random.Random(f"{k}/{p}/{r}").uniform(0.97, 1.03)
+            rows.append({"cell_id": f"e-n{k}", "engine": "e", "method": "ngram" if k else "none", "n_spec": k,
+                         "concurrency": 1, "prompt_set": "s", "phase": "measured", "ok": True,
+                         "key": f"measured/c1/r{r}/s/{p}", "prompt_id": p, "repeat": r, "e2e_tok_s": rate,
+                         "completion_tokens": TOKENS, "t_start": 0.0, "t_end": TOKENS / rate})
+    rec = {"cell_id": f"e-n{k}", "engine": "e", "method": "ngram" if k else "none", "n_spec": k, "status": status}
+    if k:
+        out = TOKENS * len(rows)
+        shares = [P ** (i + 1) for i in range(k)]
+        steps = out / (1 + SHARE * sum(shares))  # out = steps + accepted; drafts = SHARE * steps
+        drafts = SHARE * steps
+        rec["server_metrics"] = {"1": {"drafts": drafts, "draft_tokens": drafts * k,
+                                       "accepted_tokens": drafts * sum(shares),
+                                       "per_pos": {str(i): drafts * s for i, s in enumerate(shares)}}}
+    return rows, rec
+
+
+def search(budget: int, fail: frozenset = frozenset()):
+    """Run the search against the true curve; returns the depths it started and its last decision."""
+    started: list[int] = []
+    for _ in range(len(GRID) + 1):
+        rows, cells = [], []
+        for k in started:
+            r, c = cell(k, "failed" if k in fail else "ok")
+            rows += [] if k in fail else r
+            cells.append(c)
+        decision = step("e", GRID, budget, measured_frame(requests_of(rows)), cells_of(cells))
+        if not decision.next:
+            return started, decision
+        started.append(decision.next[0])
+    raise AssertionError("the search never stopped")
+
+
+def test_the_truth_has_its_best_at_12():
+    rates = {k: true_tok_s(k) for k in GRID}
+    assert max(rates, key=rates.get) == 12
+    assert rates[16] / rates[12] > 0.99  # 16 is within 1%: a tie the data cannot break
+
+
+def test_search_finds_the_best_in_half_the_starts():
+    started, d = search(default_budget(GRID))
+    assert default_budget(GRID) == 5
+    assert started[:2] == [0, 64]  # the opening
+    assert started[2] == 12  # the model's predicted best, measured next
+    assert sorted(started) == [0, 8, 12, 16, 64] and len(started) <= len(GRID) // 2
+    (level,) = d.levels
+    assert level.best_measured == 12 and level.predicted_best == 12
+    assert level.against == {8: "beats", 16: "cannot be told apart"}
+    assert level.recommended == 12
+    assert d.stop.startswith("the best measured depth stands beside")
+    assert set(d.skipped) == {2, 4, 24, 32, 48}
+    guess = float(re.match(r"predicted ([\d.]+) tok/s at c=1; the predicted best is n_spec 12", d.skipped[24])[1])
+    assert guess == pytest.approx(true_tok_s(24), rel=0.03)  # the model, fitted on noisy cells, near the truth
+
+
+def test_search_stops_when_the_starts_are_spent():
+    started, d = search(3)
+    assert started == [0, 64, 12]
+    assert d.stop == "the 3 server starts allowed are spent; still wanted: n_spec 8, 16"
+    assert d.skipped[8] == d.skipped[16] == "wanted, but the starts allowed are spent"
+
+
+def test_a_failed_cell_is_a_start_and_no_measurement():
+    started, d = search(5, fail=frozenset({12}))
+    assert started[:3] == [0, 64, 12]
+    assert 12 not in {lv.best_measured for lv in d.levels}
+    assert len(started) <= 5
+
+
+def test_no_baseline_gives_no_model_and_says_so():
+    rows, c = cell(64)
+    d = step("e", GRID, 5, measured_frame(requests_of(rows)), cells_of([c, {"cell_id": "e-n0", "engine": "e",
+                                                                             "method": "none", "n_spec": 0,
+                                                                             "status": "failed"}]))
+    assert d.next == []
+    assert "no model at c=1: no n_spec 0 cell" in d.skipped[12]
+
+
+@pytest.mark.parametrize("grid,expected", [([0, 4, 8], 3), (GRID, 5), (list(range(0, 40, 2)), 10)])
+def test_default_budget(grid, expected):
+    assert default_budget(grid) == expected
