@@ -214,6 +214,7 @@ def draw_model(table: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]:
         ax.set_title(f"{engine} · c={int(conc)}", fontsize=10)
         ax.set_xlabel("n_spec (speculative tokens per step)")
         ax.set_ylabel("e2e output tok/s (median of requests)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)

@@ -80,6 +80,8 @@ def test_search_finds_the_best_in_half_the_starts():
     assert level.best_measured == 12 and level.predicted_best == 12
     assert level.against == {8: "beats", 16: "cannot be told apart"}
     assert level.recommended == 12
+    assert level.speedup == pytest.approx(true_tok_s(12) / true_tok_s(0), rel=0.03)
+    assert level.speedup_ci_low < level.speedup < level.speedup_ci_high
     assert d.stop.startswith("the best measured depth stands beside")
     assert set(d.skipped) == {2, 4, 24, 32, 48}
     guess = float(re.match(r"predicted ([\d.]+) tok/s at c=1; the predicted best is n_spec 12", d.skipped[24])[1])

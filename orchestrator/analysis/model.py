@@ -286,15 +286,16 @@ def format_fits(found: list[Fit]) -> str:
             continue
         top = f.best(range(0, max(f.measured) + 1))
         errs = [abs(f.predict(k) / m.tok_s - 1) for k, m in f.measured.items() if f.predict(k) and m.tok_s]
-        lines.append(f"{head}: step {1000 * f.a:.2f} ms + {1000 * f.b:.3f} ms per drafted position; predicted best "
-                     f"n_spec {top} at {f.predict(top):.1f} tok/s (measured: {_measured_text(f, top)}); "
+        gain = f", {f.predict(top) / f.measured[0].tok_s:.2f}x n_spec 0's median" if f.measured[0].tok_s else ""
+        lines.append(f"{head}: step {1000 * f.a:.2f} ms + {1000 * f.b:.3f} ms per unit of depth; predicted best "
+                     f"n_spec {top} at {f.predict(top):.1f} tok/s{gain} ({_measured_text(f, top)}); "
                      f"fit within {100 * max(errs):.0f}% on {len(errs)} measured cells")
     return "speedup model (tokens per step x steps per second, fitted):\n" + "\n".join(lines) if lines else ""
 
 
 def _measured_text(f: Fit, k: int) -> str:
     m = f.measured.get(k)
-    return "not measured" if m is None else f"{m.tok_s:.1f} tok/s"
+    return "predicted, not measured" if m is None else f"measured: {m.tok_s:.1f} tok/s"
 
 
 CHECK_COLUMNS = ["engine", "cell_id", "concurrency", "requests", "counted", "drafts_requests", "drafts_metrics",

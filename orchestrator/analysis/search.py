@@ -29,7 +29,7 @@ import pandas as pd
 
 from orchestrator.analysis.model import Fit, fits
 from orchestrator.analysis.pairs import interval_of_pairs
-from orchestrator.analysis.stats import median, verdict
+from orchestrator.analysis.stats import median, ratio_text, verdict
 
 TOLERANCE = 0.10  # a neighbour predicted more than this below the best's interval is not started
 PAIR_KEY = ["prompt_set", "prompt_id", "repeat"]
@@ -45,6 +45,9 @@ class Judged:
     recommended: int | None
     predicted_best: int | None
     against: dict[int, str] = field(default_factory=dict)  # neighbour -> "beats" / "cannot be told apart" / ...
+    speedup: float | None = None  # the recommended depth over n_spec 0, median of request ratios
+    speedup_ci_low: float | None = None
+    speedup_ci_high: float | None = None
 
 
 @dataclass
@@ -174,6 +177,8 @@ def _judge(levels: list[Judged], grid: list[int], df: pd.DataFrame) -> None:
             if v == "no clear difference":
                 tied.append(k)
         lv.recommended = min(tied)
+        if lv.recommended:
+            lv.speedup, lv.speedup_ci_low, lv.speedup_ci_high = paired_ratio(df, lv.concurrency, lv.recommended, 0)
 
 
 def _ran(df: pd.DataFrame, conc: int, k: int) -> bool:
@@ -183,6 +188,13 @@ def _ran(df: pd.DataFrame, conc: int, k: int) -> bool:
 def compare_depths(df: pd.DataFrame, conc: int, a: int, b: int) -> str | None:
     """The verdict of depth a's e2e tok/s over depth b's, request by request (same prompt set,
     prompt and repeat at this level); None with too few requests in common."""
+    _, low, high = paired_ratio(df, conc, a, b)
+    return verdict(low, high)
+
+
+def paired_ratio(df: pd.DataFrame, conc: int, a: int, b: int) -> tuple[float | None, float | None, float | None]:
+    """Median of depth a's e2e tok/s over depth b's, request by request, and its pair-bootstrap
+    interval (None below MIN_PAIRS requests in common)."""
     def rates(k):
         g = df[(df["n_spec"] == k) & (df["concurrency"] == conc) & df["ok"]]
         s = pd.to_numeric(g.set_index(PAIR_KEY)["e2e_tok_s"], errors="coerce")
@@ -190,8 +202,11 @@ def compare_depths(df: pd.DataFrame, conc: int, a: int, b: int) -> str | None:
 
     both = pd.concat([rates(a), rates(b)], axis=1, join="inner").dropna().astype(float)
     both = both[both.iloc[:, 1] > 0]
-    low, high = interval_of_pairs(median, (both.iloc[:, 0] / both.iloc[:, 1]).to_numpy())
-    return verdict(low, high)
+    ratios = (both.iloc[:, 0] / both.iloc[:, 1]).to_numpy()
+    if not len(ratios):
+        return None, None, None
+    low, high = interval_of_pairs(median, ratios)
+    return float(median(ratios)), low, high
 
 
 def _join(ks) -> str:
@@ -208,8 +223,11 @@ def format_decision(d: Decision) -> str:
         if lv.recommended is None:
             continue
         vs = "; ".join(f"{what} n_spec {k}" for k, what in lv.against.items())
-        lines.append(f"  c={lv.concurrency}: run n_spec {lv.recommended} (best measured n_spec {lv.best_measured}, "
-                     f"{lv.best_tok_s:.1f} tok/s" + (f"; {vs}" if vs else "") + f"; model's best n_spec {lv.predicted_best})")
+        gain = f", {ratio_text(lv.speedup, lv.speedup_ci_low, lv.speedup_ci_high)} over n_spec 0 request by request" \
+            if lv.speedup is not None else ""
+        lines.append(f"  c={lv.concurrency}: run n_spec {lv.recommended}{gain} (measured; best measured n_spec "
+                     f"{lv.best_measured}, {lv.best_tok_s:.1f} tok/s" + (f"; {vs}" if vs else "")
+                     + f"; the model's best: n_spec {lv.predicted_best})")
     for k, why in sorted(d.skipped.items()):
         lines.append(f"  skipped n_spec {k}: {why}")
     return "\n".join(lines)
