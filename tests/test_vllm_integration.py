@@ -47,13 +47,16 @@ def ngram_run(vllm_ready, tmp_path_factory):
     return sweep(tmp_path_factory.mktemp("vllm"), scenario("v", "[0, 4]", 32, "prompt_lookup_min = 2, prompt_lookup_max = 5"))
 
 
-def test_two_cell_ngram_sweep_records_acceptance_from_the_metric_deltas(ngram_run):
+def test_two_cell_ngram_sweep_records_acceptance_per_request_and_in_the_metric_deltas(ngram_run):
     run, cells, requests, output = ngram_run
     by_id = {c["cell_id"]: c for c in cells}
     assert set(by_id) == {"vllm-n0", "vllm-ngram-n4"} and all(c["status"] == "ok" for c in cells)
     spec = by_id["vllm-ngram-n4"]
-    assert json.loads(spec["argv"][spec["argv"].index("--speculative-config") + 1]) == {
+    argv = spec["argv"]
+    assert json.loads(argv[argv.index("--speculative-config") + 1]) == {
         "method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 5}
+    assert argv[argv.index("--per-request-spec-decode-metrics") + 1] == "summary"
+    assert "--per-request-spec-decode-metrics" not in by_id["vllm-n0"]["argv"]  # vLLM refuses it without speculation
     window = spec["server_metrics"]["1"]
     assert window["accepted_tokens"] > 0 and window["drafts"] > 0
     assert window["draft_tokens"] <= 4 * window["drafts"]
@@ -62,11 +65,22 @@ def test_two_cell_ngram_sweep_records_acceptance_from_the_metric_deltas(ngram_ru
     assert sum(window["per_pos"].values()) == window["accepted_tokens"]
     assert 0 < window["acceptance_rate"] <= 1 and 1 < window["mean_acceptance_length"] <= 5
     assert by_id["vllm-n0"]["server_metrics"]["1"]["drafts"] == 0
+    # Each request's own metrics.speculative_decoding, summed over the window, is the window's
+    # /metrics deltas: two independent reports of the same drafts by the server.
+    mine = [r for r in requests if r["cell_id"] == "vllm-ngram-n4" and r["phase"] == "measured"]
+    assert all(r["spec_acceptance_histogram"] is not None for r in mine)
+    assert sum(r["spec_num_spec_steps"] for r in mine) == window["drafts"]
+    assert sum(r["spec_num_draft_tokens"] for r in mine) == window["draft_tokens"]
+    assert sum(r["spec_num_accepted_draft_tokens"] for r in mine) == window["accepted_tokens"]
+    check = pd.read_csv(run / "acceptance_check.csv")
+    assert list(check["equal"]) == [True]
+    assert "vllm-ngram-n4 c=1: 6 of 6 requests counted" in output and ": equal" in output
     s = pd.read_csv(run / "summary.csv").set_index("cell_id")
     assert s.loc["vllm-ngram-n4", "server_acceptance_rate"] == pytest.approx(window["acceptance_rate"])
     assert s.loc["vllm-ngram-n4", "mean_acceptance_length"] == pytest.approx(window["mean_acceptance_length"])
-    assert s.loc["vllm-ngram-n4", "acceptance_source"] == "metrics"
-    assert f"{window['acceptance_rate']:.2f}*" in output  # the table marks the server-side figure
+    assert s.loc["vllm-ngram-n4", "acceptance_source"] == "requests"
+    assert s.loc["vllm-ngram-n4", "acceptance_rate"] == pytest.approx(window["acceptance_rate"])
+    assert s.loc["vllm-ngram-n4", "acceptance_length"] == pytest.approx(window["mean_acceptance_length"])
 
 
 def test_vllm_token_counts_come_from_usage(ngram_run):

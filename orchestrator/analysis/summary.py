@@ -53,7 +53,7 @@ def summarize(requests: list[RequestRecord], cells: list[CellRecord]) -> pd.Data
         out["server_acceptance_rate" if col == "acceptance_rate" else col] = values
     # Engines without per-request draft counts (vLLM) get the server's own rate for the whole cell.
     from_server = out["acceptance_rate"].isna() & out["server_acceptance_rate"].notna()
-    out["acceptance_source"] = np.where(out["acceptance_rate"].notna(), "timings",
+    out["acceptance_source"] = np.where(out["acceptance_rate"].notna(), "requests",
                                         np.where(from_server, METRICS_SOURCE, None))
     out["acceptance_rate"] = out["acceptance_rate"].where(~from_server, out["server_acceptance_rate"])
     out = pd.concat([out, _cells_without_requests(cells, set(out["cell_id"]))], ignore_index=True)
