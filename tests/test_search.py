@@ -26,17 +26,17 @@ def true_tok_s(k: int) -> float:
     return tokens_per_step / (A + B * k)
 
 
-def cell(k: int, status: str = "ok") -> tuple[list[dict], dict]:
-    """Requests and the cell record of depth k, measured exactly as the true curve says."""
+def cell(k: int, status: str = "ok", engine: str = "e") -> tuple[list[dict], dict]:
+    """Requests and the cell record of depth k, measured as the true curve says (with noise)."""
     rows = []
     for r in range(2):
         for p in PROMPTS:
             rate = true_tok_s(k) * FACTOR[p] * random.Random(f"{k}/{p}/{r}").uniform(0.97, 1.03)
-            rows.append({"cell_id": f"e-n{k}", "engine": "e", "method": "ngram" if k else "none", "n_spec": k,
+            rows.append({"cell_id": f"{engine}-n{k}", "engine": engine, "method": "ngram" if k else "none", "n_spec": k,
                          "concurrency": 1, "prompt_set": "s", "phase": "measured", "ok": True,
                          "key": f"measured/c1/r{r}/s/{p}", "prompt_id": p, "repeat": r, "e2e_tok_s": rate,
                          "completion_tokens": TOKENS, "t_start": 0.0, "t_end": TOKENS / rate})
-    rec = {"cell_id": f"e-n{k}", "engine": "e", "method": "ngram" if k else "none", "n_spec": k, "status": status}
+    rec = {"cell_id": f"{engine}-n{k}", "engine": engine, "method": "ngram" if k else "none", "n_spec": k, "status": status}
     if k:
         out = TOKENS * len(rows)
         shares = [P ** (i + 1) for i in range(k)]
