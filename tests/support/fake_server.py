@@ -14,8 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class FakeServer:
     # Faults: "http500", "http429", "http503", "not_json", "cut", "no_usage", "stall".
-    def __init__(self, total_tokens=24, tokens_per_chunk=4, gap_s=0.02, continuous_usage=True, fault=None):
+    def __init__(self, total_tokens=24, tokens_per_chunk=4, gap_s=0.02, continuous_usage=True, fault=None, gaps=None):
         self.total, self.k, self.gap, self.continuous = total_tokens, tokens_per_chunk, gap_s, continuous_usage
+        self.gaps = list(gaps or [])  # per request in turn, where given: a server whose pace varies
         self.fault = fault
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -56,6 +57,7 @@ class FakeServer:
                 self.send_header("Connection", "close")
                 self.end_headers()
                 sent = 0
+                gap = server.gaps[(len(server.bodies) - 1) % len(server.gaps)] if server.gaps else server.gap
                 if fault == "stall":  # headers, one chunk, then no bytes (bounded: the test's timeout is shorter)
                     self._event({"choices": [{"index": 0, "delta": {"content": "x"}}]})
                     time.sleep(10)
@@ -67,7 +69,7 @@ class FakeServer:
                     if server.continuous and fault != "no_usage":
                         chunk["usage"] = {"prompt_tokens": 5, "completion_tokens": sent}
                     self._event(chunk)
-                    time.sleep(server.gap)
+                    time.sleep(gap)
                     if fault == "cut" and sent >= server.total // 2:
                         return  # the connection closes mid-stream: no usage, no [DONE]
                 if fault != "no_usage":
