@@ -82,3 +82,26 @@ def test_hostile_windows_give_no_acceptance(window):
 def test_window_read_back():
     got = acceptance_of({"drafts": 10, "accepted_tokens": 7, "per_pos": {"1": 3, "0": 4}}, 100)
     assert got.per_pos == (4.0, 3.0) and got.steps == 93
+
+
+def test_window_check_sums_requests_against_metrics():
+    import pandas as pd
+
+    from orchestrator.analysis.model import format_check, window_check
+    from tests.support.runs import cells_of
+
+    def row(k, d, a, ok=True):
+        return {"engine": "e", "cell_id": "e-n4", "concurrency": 1, "n_spec": 4, "ok": ok,
+                "timings_draft_n": d, "timings_draft_n_accepted": a}
+
+    df = pd.DataFrame([row(0, 10, 7), row(1, 6, 2), row(2, None, None, ok=False)])
+    def cells(accepted):
+        return cells_of([{"cell_id": "e-n4", "engine": "e", "method": "m", "n_spec": 4, "status": "ok",
+                          "server_metrics": {"1": {"drafts": 5, "draft_tokens": 16, "accepted_tokens": accepted}}}])
+
+    check = window_check(df, cells(9))
+    assert check[["counted", "draft_tokens_requests", "accepted_requests", "equal"]].values.tolist() == [[2, 16, 9, True]]
+    check = window_check(df, cells(10))  # the server counted one more
+    assert not check["equal"].item()
+    assert format_check(check).splitlines()[1] == ("e-n4 c=1: 2 of 3 requests counted; draft tokens 16 vs 16, "
+                                                   "accepted 9 vs 10: NOT equal")

@@ -64,3 +64,22 @@ def test_a_stream_whose_counts_disagree_is_an_error_row(metrics, error):
     rec = run({"metrics": metrics})
     assert not rec["ok"] and error in rec["error"], rec["error"]
     assert rec["e2e_tok_s"] is None
+
+
+def test_per_request_counts_read_back_as_hostile_input():
+    from orchestrator.results.records import RequestRecord, validate
+
+    base = {"key": "measured/c1/r0/s/p", "phase": "measured", "concurrency": 1, "repeat": 0, "prompt_set": "s",
+            "prompt_id": "p", "ok": True, "cell_id": "v-ngram-n4", "engine": "v", "method": "ngram", "n_spec": 4,
+            "e2e_tok_s": 10.0, "completion_tokens": 8, "spec_num_spec_steps": 4, "spec_num_draft_tokens": 16,
+            "spec_num_accepted_draft_tokens": 4, "spec_acceptance_histogram": [2, 1, 0, 1, 0]}
+    rec, problems, skipped = validate(RequestRecord, base)
+    assert rec.ok and not problems and not skipped
+    for bad, why in [({"spec_acceptance_histogram": [2, 1, 0, 2, 0]}, "counts 5 steps, not spec_num_spec_steps (4)"),
+                     ({"spec_acceptance_histogram": [1, 2, 0, 0, 1]}, "does not add up to spec_num_accepted_draft_tokens"),
+                     ({"spec_num_accepted_draft_tokens": 17, "spec_acceptance_histogram": None},
+                      "more than spec_num_draft_tokens (16)"),
+                     ({"spec_acceptance_histogram": [2, -1]}, "spec_acceptance_histogram.1 -1")]:
+        rec, problems, skipped = validate(RequestRecord, {**base, **bad})
+        assert not skipped and not rec.ok and rec.e2e_tok_s is None  # kept, counted as failed
+        assert any(why in p for p in problems), problems
