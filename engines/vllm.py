@@ -73,8 +73,9 @@ class Vllm(Engine):
         args += ["--served-model-name", model.label, "--host", host, "--port", str(port)]
         if n_spec > 0:
             args += ["--speculative-config", json.dumps(self.speculative_config(n_spec, draft), separators=(",", ":"))]
-            if "--per-request-spec-decode-metrics" not in self.spec.args:
-                args += ["--per-request-spec-decode-metrics", "summary"]
+            flag = "--per-request-spec-decode-metrics"  # vLLM 0.29 and later; an older server needs args to omit it
+            if not any(a == flag or a.startswith(flag + "=") for a in self.spec.args):
+                args += [flag, "summary"]
         return args
 
     def speculative_config(self, n_spec: int, draft=None) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,7 +92,11 @@ def sweep(scenario, out, overrides, dry_run, resume, search, search_starts, only
     budgets = search_budgets(sc, search_starts, str(scenario)) if search else None
     if search_starts is not None and not search:
         raise click.UsageError("--search-starts goes with --search")
-    again = f"continue with: orch sweep {scenario}{' --search' if search else ''} --resume --out {out}"
+    again = "continue with: " + shlex.join(
+        ["orch", "sweep", str(scenario), *[a for o in overrides for a in ("--set", o)],
+         *[a for e in only for a in ("--engine", e)], *(["--search"] if search else []),
+         *(["--search-starts", str(search_starts)] if search_starts is not None else []),
+         "--resume", "--out", str(out)])
     if dry_run:
         click.echo(search_dry_run_text(sc, scenario.parent, budgets, out, resume) if search
                    else dry_run_text(sc, scenario.parent))

@@ -78,7 +78,7 @@ def test_search_finds_the_best_in_half_the_starts():
     assert sorted(started) == [0, 8, 12, 16, 64] and len(started) <= len(GRID) // 2
     (level,) = d.levels
     assert level.best_measured == 12 and level.predicted_best == 12
-    assert level.against == {8: "beats", 16: "cannot be told apart"}
+    assert level.against == {8: "beats", 16: "cannot be told apart from"}
     assert level.recommended == 12
     assert level.speedup == pytest.approx(true_tok_s(12) / true_tok_s(0), rel=0.03)
     assert level.speedup_ci_low < level.speedup < level.speedup_ci_high
@@ -109,6 +109,9 @@ def test_no_baseline_gives_no_model_and_says_so():
                                                                              "status": "failed"}]))
     assert d.next == []
     assert "no model at c=1: no n_spec 0 cell" in d.skipped[12]
+    assert d.stop == "no model to decide with: no n_spec 0 cell with a measured tok/s"
+    assert [lv.recommended for lv in d.levels] == [None]  # nothing is recommended without a baseline
+    assert d.failed == [0]
 
 
 @pytest.mark.parametrize("grid,expected", [([0, 4, 8], 3), (GRID, 5), (list(range(0, 40, 2)), 10)])

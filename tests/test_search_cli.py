@@ -73,8 +73,8 @@ def test_dry_run_on_a_runs_records_shows_the_step_it_adapts_to(tmp_path, no_proc
     run_folder(tmp_path, [0, 64])
     result = invoke(path, "--search", "--dry-run", "--resume", "--out", tmp_path / "r")
     assert result.exit_code == 0, result.output
-    assert "llamacpp: depth search over n_spec 0, 2, 4, 8, 12, 16, 24, 32, 48, 64: 2 of 10 server starts " \
-           "(allowed 5); measured n_spec 0, 64" in result.output
+    assert "llamacpp: depth search over n_spec 0, 2, 4, 8, 12, 16, 24, 32, 48, 64: 2 server starts " \
+           "(allowed 5; the full grid takes 10); measured n_spec 0, 64" in result.output
     assert "  next: llamacpp-ngram-mod-n12 [process, chat]" in result.output  # the model's best, from 2 cells
     assert "skipped n_spec 2: predicted" in result.output
 
@@ -107,11 +107,13 @@ def test_the_report_recomputes_the_search_and_skips_hostile_lines(tmp_path):
     good = json.dumps({"engine": "llamacpp", "grid": GRID, "budget": 5})
     folder = run_folder(tmp_path, [0, 64, 12, 8, 16], [
         "not json", json.dumps({"engine": "llamacpp", "grid": ["0"], "budget": 5}),
-        json.dumps({"engine": "llamacpp", "grid": GRID, "budget": True}), json.dumps([1]), good])
+        json.dumps({"engine": "llamacpp", "grid": GRID, "budget": True}), json.dumps([1]),
+        json.dumps({"engine": "llamacpp", "grid": [1, 2], "budget": 5}), good])
     result = CliRunner().invoke(cli, ["report", str(folder)])
     assert result.exit_code == 0, result.output
-    assert "skipped 4 lines without an engine, its depths and its budget (lines 1, 2, 3, 4)" in result.output
-    assert "llamacpp: depth search over n_spec 0, 2, 4, 8, 12, 16, 24, 32, 48, 64: 5 of 10 server starts" in result.output
+    assert "skipped 5 lines without an engine, its depths (0 among them) and its budget (lines 1, 2, 3, 4, 5)" in result.output
+    assert "llamacpp: depth search over n_spec 0, 2, 4, 8, 12, 16, 24, 32, 48, 64: 5 server starts (allowed 5; " \
+           "the full grid takes 10)" in result.output
     md = (folder / "report" / "summary.md").read_text()
     top = md.split("### What to run")[1]
     assert top.index("depth search") < top.index("speedup model")  # both open the report

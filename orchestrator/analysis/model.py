@@ -115,8 +115,8 @@ class Fit:
 
     def reference(self, k: int) -> float | None:
         """Leviathan et al.'s closed form at this fit's a and c, times the baseline's tok/s."""
-        if self.alpha is None or self.a is None or 0 not in self.measured:
-            return None
+        if self.alpha is None or self.a is None or 0 not in self.measured or self.b < 0:
+            return None  # a falling step cost has no draft cost to put in the closed form
         return self.measured[0].tok_s * leviathan_speedup(self.alpha, k, self.b / self.a)
 
     def best(self, depths) -> int | None:
@@ -234,19 +234,22 @@ def from_requests(g: pd.DataFrame, output_tokens: float) -> Acceptance | None:
     if HISTOGRAM not in g or g[HISTOGRAM].isna().any() or not len(g):
         return None
     hists = [list(h) for h in g[HISTOGRAM]]
+    if not all(len(h) <= MAX_POSITIONS + 1 and all(_count(v) for v in h) for h in hists):
+        return None  # records.py bounds these; a frame built elsewhere is not trusted either
     width = max(len(h) for h in hists)
     total = np.zeros(width)
     for h in hists:
-        total[:len(h)] += h
+        total[:len(h)] += np.asarray(h, dtype=float)
     drafts, accepted = float(total.sum()), float(sum(j * v for j, v in enumerate(total)))
     if drafts <= 0 or accepted >= output_tokens:
         return None
-    per_pos = tuple(float(total[i + 1:].sum()) for i in range(width - 1))
+    per_pos = tuple(float(v) for v in np.cumsum(total[::-1])[::-1][1:])  # position i: steps accepting > i
     return Acceptance(drafts, accepted, output_tokens, per_pos)
 
 
 def _count(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+    """A counter's value read back: a number from 0 to 1e15 (an integer of 400 digits is none)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1e15
 
 
 def fits(df: pd.DataFrame, cells) -> list[Fit]:
@@ -264,7 +267,7 @@ def model_table(found: list[Fit]) -> pd.DataFrame:
     for f in found:
         if f.problem:
             continue
-        for k in range(0, max(f.measured) + 1):
+        for k in range(0, _deepest(f) + 1):
             m = f.measured.get(k)
             pred, (t, where) = f.predict(k), f.tokens_per_step(k)
             rows.append(dict(engine=f.engine, concurrency=f.concurrency, n_spec=k,
@@ -284,13 +287,19 @@ def format_fits(found: list[Fit]) -> str:
         if f.problem:
             lines.append(f"{head}: no model ({f.problem})")
             continue
-        top = f.best(range(0, max(f.measured) + 1))
+        top = f.best(range(0, _deepest(f) + 1))
         errs = [abs(f.predict(k) / m.tok_s - 1) for k, m in f.measured.items() if f.predict(k) and m.tok_s]
         gain = f", {f.predict(top) / f.measured[0].tok_s:.2f}x n_spec 0's median" if f.measured[0].tok_s else ""
         lines.append(f"{head}: step {1000 * f.a:.2f} ms + {1000 * f.b:.3f} ms per unit of depth; predicted best "
                      f"n_spec {top} at {f.predict(top):.1f} tok/s{gain} ({_measured_text(f, top)}); "
-                     f"fit within {100 * max(errs):.0f}% on {len(errs)} measured cells")
+                     f"in-sample fit within {100 * max(errs):.0f}% on {len(errs)} measured cells"
+                     + (" (two cells: a line through both, so 0% by construction)" if len(errs) == 2 else ""))
     return "speedup model (tokens per step x steps per second, fitted):\n" + "\n".join(lines) if lines else ""
+
+
+def _deepest(f: Fit) -> int:
+    """The deepest measured depth, capped: a record read back may claim any n_spec."""
+    return min(max(f.measured), MAX_POSITIONS)
 
 
 def _measured_text(f: Fit, k: int) -> str:
@@ -348,11 +357,14 @@ def format_check(check: pd.DataFrame) -> str:
         steps = "" if r.drafts_requests is None or pd.isna(r.drafts_requests) else \
             f"steps {int(r.drafts_requests)} vs {_num(r.drafts_metrics)}, "
         lines.append(f"{r.cell_id} c={r.concurrency}: {r.counted} of {r.requests} requests counted; {steps}"
-                     f"draft tokens {int(r.draft_tokens_requests)} vs {_num(r.draft_tokens_metrics)}, accepted "
-                     f"{int(r.accepted_requests or 0)} vs {_num(r.accepted_metrics)}: "
+                     f"draft tokens {_num(r.draft_tokens_requests)} vs {_num(r.draft_tokens_metrics)}, accepted "
+                     f"{_num(r.accepted_requests)} vs {_num(r.accepted_metrics)}: "
                      + ("equal" if r.equal else "NOT equal"))
     return "per-request draft counts summed over each measured window vs the /metrics deltas:\n" + "\n".join(lines)
 
 
 def _num(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.0f}"
+    """A count for the check's line; "-" for anything that is no finite number (records are hostile)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not _count(v):
+        return "-"
+    return f"{v:.0f}"

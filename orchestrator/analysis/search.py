@@ -31,7 +31,7 @@ from orchestrator.analysis.model import Fit, fits
 from orchestrator.analysis.pairs import interval_of_pairs
 from orchestrator.analysis.stats import median, ratio_text, verdict
 
-TOLERANCE = 0.10  # a neighbour predicted more than this below the best's interval is not started
+TOLERANCE = 0.10  # a neighbour predicted more than 10% below the best's interval is not started
 PAIR_KEY = ["prompt_set", "prompt_id", "repeat"]
 
 
@@ -62,6 +62,8 @@ class Decision:
     skipped: dict[int, str]
     stop: str | None
     levels: list[Judged]
+    starts: int = 0  # server starts so far (cells.jsonl lines: a cell started again counts again)
+    failed: list[int] = field(default_factory=list)  # depths whose cell started but measured nothing
 
     def line(self) -> dict:
         """A search.jsonl line (JSON keys are strings)."""
@@ -82,15 +84,19 @@ def opening(grid: list[int]) -> list[int]:
 
 
 def decide(engine: str, grid: list[int], started: set[int], fits: dict[int, Fit], df: pd.DataFrame,
-           budget: int) -> Decision:
+           budget: int, starts: int | None = None) -> Decision:
     """The next step. `started`: depths whose cell has a record (ok or not: a start is a start);
     `fits`: the model per concurrency level from the measured cells; `df`: the measured frame of
-    this engine (for the pair-by-pair judgement)."""
+    this engine (for the pair-by-pair judgement); `starts`: server starts so far (default: one per
+    started depth), which the budget is charged with."""
     grid = sorted(set(grid))
+    starts = len(started) if starts is None else starts
+    measured = {k for f in fits.values() for k in f.measured}
+    failed = sorted(k for k in started if k not in measured)
     first = [k for k in opening(grid) if k not in started]
-    left = budget - len(started)
+    left = budget - starts
     if first and left > 0:
-        return Decision(engine, grid, sorted(started), budget, first[:left], {}, None, [])
+        return Decision(engine, grid, sorted(started), budget, first[:1], {}, None, [], starts, failed)
     wanted: list[int] = []
     reasons: dict[int, str] = {}
     levels = []
@@ -102,7 +108,13 @@ def decide(engine: str, grid: list[int], started: set[int], fits: dict[int, Fit]
         reasons.update({k: "no cell measured a successful request: nothing to fit" for k in grid if k not in started})
     nxt = [k for k in wanted if k not in started]
     stop = None
-    if nxt and left <= 0:
+    modelled = [f for f in fits.values() if not f.problem]
+    if not modelled and not first:
+        problems = sorted({f.problem for f in fits.values()}) or ["no cell measured a successful request"]
+        stop = f"no model to decide with: {'; '.join(problems)}"
+    elif first:
+        stop = f"the {budget} server starts allowed are spent before the opening (n_spec {_join(first)}) ran"
+    elif nxt and left <= 0:
         stop = f"the {budget} server starts allowed are spent; still wanted: n_spec {_join(nxt)}"
         reasons.update({k: "wanted, but the starts allowed are spent" for k in nxt})
         nxt = []
@@ -112,24 +124,29 @@ def decide(engine: str, grid: list[int], started: set[int], fits: dict[int, Fit]
                for k in grid if k not in started and k not in nxt}
     if stop:
         _judge(levels, grid, df)
-    return Decision(engine, grid, sorted(started), budget, nxt[:1], skipped, stop, levels)
+    return Decision(engine, grid, sorted(started), budget, nxt[:1], skipped, stop, levels, starts, failed)
 
 
-def step(engine: str, grid: list[int], budget: int, df: pd.DataFrame, cells, ran: set[str] | None = None) -> Decision:
+def step(engine: str, grid: list[int], budget: int, df: pd.DataFrame, cells, ran: set[str] | None = None,
+         starts: int | None = None) -> Decision:
     """`decide` from a run's records: `df` the measured frame (summary.measured_frame), `cells` the
-    CellRecords. A depth counts as started if its cell ended ok or partial, or its id is in `ran`
-    (the cells run in this session; None: every recorded cell, as the report reads a run)."""
+    CellRecords (the newest of each cell); `starts` the engine's server starts (RunDir.server_starts).
+    A depth counts as started if its cell ended ok or partial, or its id is in `ran` (the cells run
+    in this session; None: every recorded cell, as the report reads a run): a cell that failed or
+    was interrupted before a resume starts again, and that start is charged to the budget."""
     df = df[df["engine"] == engine] if len(df) else df
     cells = [c for c in cells if c.engine == engine]
     started = {c.n_spec for c in cells if ran is None or c.status in ("ok", "partial") or c.cell_id in ran}
     found = {f.concurrency: f for f in fits(df, cells)}
-    return decide(engine, grid, started, found, df, budget)
+    return decide(engine, grid, started, found, df, budget, starts)
 
 
 def _level(grid, started, f: Fit, reasons: dict[int, str]) -> tuple[Judged, list[int]]:
     measured = {k: m for k, m in f.measured.items() if k in grid}
     best = max(measured.values(), key=lambda m: (m.tok_s, -m.n_spec)) if measured else None
     level = Judged(f.concurrency, best.n_spec if best else None, best.tok_s if best else None, None, None)
+    if best is None:
+        return level, []
     if f.problem:
         for k in grid:
             reasons.setdefault(k, f"no model at c={f.concurrency}: {f.problem}")
@@ -142,7 +159,7 @@ def _level(grid, started, f: Fit, reasons: dict[int, str]) -> tuple[Judged, list
         if k in started or k in want:
             continue
         guess = f.predict(k)
-        if guess is not None and guess * (1 + TOLERANCE) < floor:
+        if guess is not None and guess < floor * (1 - TOLERANCE):
             reasons.setdefault(k, f"predicted {guess:.1f} tok/s at c={f.concurrency}, more than "
                                   f"{TOLERANCE:.0%} below n_spec {best.n_spec}'s measured {best.tok_s:.1f} "
                                   f"(interval from {floor:.1f})")
@@ -164,19 +181,20 @@ def _neighbours(grid: list[int], k: int) -> list[int]:
 def _judge(levels: list[Judged], grid: list[int], df: pd.DataFrame) -> None:
     """The best measured depth against its measured neighbours, pair by pair; the recommendation."""
     for lv in levels:
-        if lv.best_measured is None:
-            continue
-        tied = [lv.best_measured]
+        if lv.best_measured is None or not _ran(df, lv.concurrency, 0):
+            continue  # no baseline measured at this level: nothing to recommend against
+        tied, ahead = [lv.best_measured], []
         for k in _neighbours(grid, lv.best_measured):
             v = compare_depths(df, lv.concurrency, lv.best_measured, k)
             if v is None and not _ran(df, lv.concurrency, k):
                 continue
-            lv.against[k] = {"faster": "beats", "no clear difference": "cannot be told apart",
-                             "slower": "slower pair by pair (a tied median)",
-                             None: "too few requests in common to compare"}[v]
-            if v == "no clear difference":
-                tied.append(k)
-        lv.recommended = min(tied)
+            lv.against[k] = {"faster": "beats", "no clear difference": "cannot be told apart from",
+                             "slower": "is slower pair by pair than",
+                             None: "too few requests in common to compare with"}[v]
+            tied += [k] if v == "no clear difference" else []
+            ahead += [k] if v == "slower" else []
+        # a neighbour faster request by request wins over a higher median; else the smallest tie
+        lv.recommended = ahead[0] if ahead else min(tied)
         if lv.recommended:
             lv.speedup, lv.speedup_ci_low, lv.speedup_ci_high = paired_ratio(df, lv.concurrency, lv.recommended, 0)
 
@@ -215,8 +233,10 @@ def _join(ks) -> str:
 
 def format_decision(d: Decision) -> str:
     """What the search did for one engine, for the CLI and the report."""
-    lines = [f"{d.engine}: depth search over n_spec {_join(d.grid)}: {len(d.started)} of {len(d.grid)} "
-             f"server starts (allowed {d.budget}); measured n_spec {_join(d.started)}"]
+    measured = [k for k in d.started if k not in d.failed]
+    lines = [f"{d.engine}: depth search over n_spec {_join(d.grid)}: {d.starts} server starts (allowed {d.budget}; "
+             f"the full grid takes {len(d.grid)}); measured n_spec {_join(measured) or 'none'}"
+             + (f"; started but measured nothing: n_spec {_join(d.failed)}" if d.failed else "")]
     if d.stop:
         lines.append(f"  stopped: {d.stop}")
     for lv in d.levels:

@@ -30,6 +30,7 @@ from orchestrator.common.errors import ResultsError
 
 Count = Annotated[int, Field(ge=0, strict=True)]
 Positive = Annotated[int, Field(ge=1, strict=True)]
+Tokens = Annotated[int, Field(ge=0, le=10**9, strict=True)]  # a request's token count: as the driver bounds it
 Rate = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]  # NaN and Infinity are invalid
 Time = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 Name = Annotated[str, Field(strict=True, min_length=1)]
@@ -100,10 +101,10 @@ class Measured(Record):
     # vLLM's per-request acceptance (--per-request-spec-decode-metrics, the last stream event's
     # metrics.speculative_decoding): steps that drafted, their draft and accepted tokens, and the
     # steps by the number of drafts accepted (histogram[j]: exactly j).
-    spec_num_spec_steps: Count | None = None
-    spec_num_draft_tokens: Count | None = None
-    spec_num_accepted_draft_tokens: Count | None = None
-    spec_acceptance_histogram: list[Count] | None = None
+    spec_num_spec_steps: Tokens | None = None
+    spec_num_draft_tokens: Tokens | None = None
+    spec_num_accepted_draft_tokens: Tokens | None = None
+    spec_acceptance_histogram: Annotated[list[Tokens], Field(max_length=4097)] | None = None
     chunk_t: list[Time] | None = None  # seconds after t_start of each text chunk
     chunk_chars: list[Count] | None = None
     chunk_tokens: list[Count | None] | None = None  # cumulative completion tokens, where reported

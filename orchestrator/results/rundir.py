@@ -169,14 +169,14 @@ class RunDir:
                 obj = json.loads(raw.decode("utf-8"))
                 engine, grid, budget = obj["engine"], obj["grid"], obj["budget"]
                 if not (isinstance(engine, str) and engine and isinstance(grid, list) and 0 < len(grid) <= 1000
-                        and all(_whole(k) and k < 1 << 20 for k in grid) and _whole(budget)):
+                        and all(_whole(k) and k < 1 << 20 for k in grid) and 0 in grid and _whole(budget)):
                     raise ValueError("no engine, list of depths and budget")
             except (ValueError, KeyError, TypeError, RecursionError, UnicodeDecodeError):
                 bad.append(n)
                 continue
             out[engine] = (sorted(set(grid)), budget)
         if bad:
-            self._note([f"{path}: skipped {len(bad)} lines without an engine, its depths and its budget "
+            self._note([f"{path}: skipped {len(bad)} lines without an engine, its depths (0 among them) and its budget "
                         f"(lines {', '.join(map(str, bad[:20]))})"])
         return out
 

@@ -142,7 +142,7 @@ class Sweep:
                 cell = Cell(spec, decision.next[0])
                 done = {r.key for r in run.request_records() if r.cell_id == cell.id and r.phase == "measured" and r.ok}
                 todo = [s for s in self.measured_specs() if s.key not in done]
-                self.progress.cell_started(len(decision.started) + 1, decision.budget, cell.id, len(todo))
+                self.progress.cell_started(decision.starts + 1, decision.budget, cell.id, len(todo))
                 rec = self.run_cell(cell, todo)
                 self._ran.add(cell.id)
                 records.append(rec)
@@ -196,7 +196,7 @@ class Sweep:
             rec.set(**server.describe())
             rec.set(template=self._template(cell, server.base_url, headers))
             results, windows, repeats = self._drive(cell, server, todo, marks, headers)
-            rec.set(server_metrics=windows, **_judge(results, len(todo), server.alive(), cell.engine))
+            rec.set(server_metrics=windows, **_judge(results, todo, server.alive(), cell.engine))
             if repeats:
                 rec.set(repeats=repeats)
             if rec.status != "ok":
@@ -228,8 +228,10 @@ class Sweep:
             self.progress.phase(f"measuring, concurrency {conc}")
             before = server_metrics.scrape(server.base_url, headers, prefix)
             t0 = time.monotonic()
-            level = batches.send([s for s in todo if s.concurrency == conc], conc)
-            level += self._until_narrow(batches, conc, level)
+            planned = [s for s in todo if s.concurrency == conc]
+            level = batches.send(planned, conc)
+            if planned:  # a level a resumed cell had finished took its repeats then
+                level += self._until_narrow(batches, conc, level)
             results += level
             measuring += time.monotonic() - t0
             window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers, prefix))
@@ -245,11 +247,15 @@ class Sweep:
         interval is narrow enough or the cap is reached; the cell record says how many it took."""
         w, more = self.workload, []
         repeats = w.repeats
-        while w.target_ci is not None and repeats < w.repeat_cap and not _narrow(level + more, w.target_ci):
+        while w.target_ci is not None and repeats < w.repeat_cap and not _narrow(level + more, w.target_ci,
+                                                                                   len(self.prompts)):
             if _refused(level + more) or not batches.server_alive():
                 break
-            more += batches.send([RequestSpec(p, "measured", conc, repeats) for p in self.prompts], conc)
+            batch = batches.send([RequestSpec(p, "measured", conc, repeats) for p in self.prompts], conc)
+            more += batch
             repeats += 1
+            if not any(r.ok for r in batch):
+                break  # every request of a repeat failed: more of them would measure nothing
         if w.target_ci is not None:
             batches.repeats[str(conc)] = repeats
         return more
@@ -272,7 +278,7 @@ def search_step(run: RunDir, spec: EngineSpec, budget: int, ran: set[str] = froz
     """The search's next step for one engine from the run's records; a cell that failed before a
     resume (not in `ran`) is started again, once."""
     return step(spec.name, spec.speculation.n_spec, budget, measured_frame(run.request_records()),
-                run.cell_records(), set(ran))
+                run.cell_records(), set(ran), run.server_starts().get(spec.name, 0))
 
 
 class _Batches:
@@ -311,9 +317,12 @@ class _Batches:
         self.sweep.progress.request_done(rec)
 
 
-def _narrow(records: list[RequestRecord], target: float) -> bool:
-    """The e2e median's 95% interval within +-target of the median."""
+def _narrow(records: list[RequestRecord], target: float, fewest: int) -> bool:
+    """The e2e median's 95% interval within +-target of the median, from at least `fewest`
+    successful requests (one request is a zero-width interval, and no measurement of spread)."""
     rates = [r.e2e_tok_s for r in records if r.ok and r.e2e_tok_s is not None]
+    if len(rates) < max(2, fewest):
+        return False
     low, high = median_ci(rates)
     med = float(np.median(rates)) if rates else 0.0
     return low is not None and med > 0 and (high - low) / 2 <= target * med
@@ -358,11 +367,12 @@ def _refusal(exc: AuthRefused, spec: EngineSpec) -> str:
     return f"{exc}; {auth_fix(spec.api_key_env)}"
 
 
-def _judge(results: list[RequestRecord], sent_for: int, alive: bool, spec: EngineSpec) -> dict:
+def _judge(results: list[RequestRecord], todo: list[RequestSpec], alive: bool, spec: EngineSpec) -> dict:
     failed = sum(not r.ok for r in results)
     low = sum(bool(r.prompt_tokens_low) for r in results)
+    sent = {r.key for r in results}  # target_ci's extra repeats are sent beyond the plan
     out = {"requests_ok": len(results) - failed, "requests_failed": failed,
-           "requests_not_sent": max(0, sent_for - len(results))}  # target_ci sends more than planned
+           "requests_not_sent": sum(s.key not in sent for s in todo)}
     if low:
         out["prompt_check"] = (f"{low} of {len(results)} requests reported fewer prompt tokens than half the "
                                "prompt's words: the chat template may drop the text; try api = \"completions\"")
