@@ -104,7 +104,7 @@ def test_cells_record_command_endpoint_template_and_servers_are_gone(run_dir):
 def test_report_on_a_copy_reproduces_summary_and_charts(run_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
-    made = ["summary.csv", "pairs.csv", "lossless.csv", *[p.name for p in copy.glob("*.png")], *[p.name for p in copy.glob("*.svg")]]
+    made = ["summary.csv", "pairs.csv", "model.csv", "acceptance_check.csv", "lossless.csv", *[p.name for p in copy.glob("*.png")], *[p.name for p in copy.glob("*.svg")]]
     for f in made:
         (copy / f).unlink()
     shutil.rmtree(copy / "report")
@@ -112,7 +112,7 @@ def test_report_on_a_copy_reproduces_summary_and_charts(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     pngs = sorted(p.name for p in run_dir.glob("*.png"))
     assert pngs == ["acceptance_by_position.png", "acceptance_length_vs_n_spec.png", "acceptance_vs_n_spec.png",
-                    "lossless.png",
+                    "lossless.png", "model_vs_measured.png",
                     "paired_speedup_vs_n_spec.png", "speedup_vs_n_spec.png", "tok_s_vs_n_spec.png"]
     for name in made:
         assert (copy / name).read_bytes() == (run_dir / name).read_bytes(), name
@@ -220,6 +220,15 @@ def test_metrics_deltas_agree_with_per_request_timings(run_dir):
     s = pd.read_csv(run_dir / "summary.csv").set_index("cell_id")
     assert s.loc["llamacpp-ngram-mod-n4", "mean_acceptance_length"] == pytest.approx(window["mean_acceptance_length"])
     assert (run_dir / "acceptance_length_vs_n_spec.png").is_file()
+    # per position, llama.cpp counts each draft once at every position up to its accepted length
+    assert sum(window["per_pos"].values()) == window["accepted_tokens"]
+    check = pd.read_csv(run_dir / "acceptance_check.csv").set_index("cell_id")
+    assert bool(check.loc["llamacpp-ngram-mod-n4", "equal"])
+    # the model's tokens per step at the measured depth is the cell's own output tokens per step
+    model = pd.read_csv(run_dir / "model.csv").set_index("n_spec")
+    ok = [r for r in measured if r["ok"]]
+    out = sum(r["completion_tokens"] for r in ok)
+    assert model.loc[4, "tokens_per_step"] == pytest.approx(out / (out - window["accepted_tokens"]), rel=0.01)
 
 
 SYNTH_RATES = [0.8, 0.6, 0.4, 0.2]  # unconditional per position: 0.5 of draft tokens accepted
