@@ -10,30 +10,53 @@ from orchestrator.analysis.model import (Acceptance, Measured, acceptance_of, fi
                                          leviathan_tokens, model_table, solve_alpha)
 
 # 100 drafts; 80 had position 0 accepted, 50 positions 0-1, 20 all three: 150 accepted tokens.
-# 450 output tokens, so 300 steps, a third of them drafted.
-ACC = Acceptance(drafts=100, accepted=150, output_tokens=450, per_pos=(80, 50, 20))
+# 450 output tokens, so 300 steps: 100 drafted (250 tokens), 200 without a draft (200 tokens).
+ACC = Acceptance(drafts=100, accepted=150, output_tokens=450, per_pos=(80, 50, 20), draft_tokens=300)
 
 
 def test_tokens_per_step_by_hand():
     f = fit("e", 1, {0: Measured(0, 100.0, 95, 105, 10), 3: Measured(3, 120.0, 110, 130, 10, ACC)})
-    assert ACC.steps == 300 and ACC.draft_share == pytest.approx(1 / 3)
+    assert ACC.steps == 300 and ACC.undrafted == pytest.approx(200 / 450)
     assert ACC.shares() == [0.8, 0.5, 0.2]
-    assert f.tokens_per_step(1)[0] == pytest.approx(1 + 0.8 / 3)
-    assert f.tokens_per_step(2)[0] == pytest.approx(1 + 1.3 / 3)
+    # AL(1) = 1.8: 200 draftless steps + 250 tokens / 1.8 per drafted step
+    assert f.tokens_per_step(1)[0] == pytest.approx(450 / (200 + 250 / 1.8))
+    assert f.tokens_per_step(2)[0] == pytest.approx(450 / (200 + 250 / 2.3))
     # at the depth measured, T is the measured output tokens per step, exactly
     assert f.tokens_per_step(3)[0] == pytest.approx(450 / 300)
     assert f.tokens_per_step(5) == (pytest.approx(1.5), "extrapolated from n_spec 3")
 
 
-def test_step_cost_line_and_prediction_by_hand():
+def test_step_cost_and_prediction_by_hand():
     f = fit("e", 1, {0: Measured(0, 100.0, 95, 105, 10), 3: Measured(3, 120.0, 110, 130, 10, ACC)})
-    # s(0) = 1/100 s; s(3) = 1.5 / 120 = 0.0125 s: the line through both
-    assert f.a == pytest.approx(0.01) and f.b == pytest.approx(0.0025 / 3)
+    # a plain step: 1/100 s. Per output token at K=3: 1/120 = u a + (1 - u) / AL(3) * drafted step,
+    # u = 200/450, AL(3) = 2.5, so a drafted step (3 draft tokens) takes 0.0175 s; one cell: c = a.
+    assert f.a == pytest.approx(0.01) and f.c == pytest.approx(0.01) and f.b == pytest.approx(0.0025)
+    u = 200 / 450
     assert f.predict(0) == pytest.approx(100.0)
     assert f.predict(3) == pytest.approx(120.0)
-    assert f.predict(1) == pytest.approx((1 + 0.8 / 3) / (0.01 + 0.0025 / 3))  # 116.92
-    assert f.predict(2) == pytest.approx((1 + 1.3 / 3) / (0.01 + 0.005 / 3))  # 122.86
+    assert f.predict(1) == pytest.approx(1 / (u * 0.01 + (1 - u) / 1.8 * 0.0125))  # 120.45
+    assert f.predict(2) == pytest.approx(1 / (u * 0.01 + (1 - u) / 2.3 * 0.015))  # 123.95
     assert f.best([0, 1, 2, 3]) == 2
+
+
+def test_two_speculative_cells_fit_the_drafted_step_line():
+    # depth 1 of the same drafts: 80 accepted in 100 drafts of 1 token; 450 tokens in 370 steps
+    one = Acceptance(drafts=100, accepted=80, output_tokens=450, per_pos=(80,), draft_tokens=100)
+    u1 = (370 - 100) / 450
+    # choose the depth-1 rate so that its drafted step takes 0.014 s: the line through (1, 0.014), (3, 0.0175)
+    rate1 = 1 / (u1 * 0.01 + (1 - u1) / 1.8 * 0.014)
+    f = fit("e", 1, {0: Measured(0, 100.0, 95, 105, 10), 1: Measured(1, rate1, 1, 2, 10, one),
+                     3: Measured(3, 120.0, 110, 130, 10, ACC)})
+    assert f.b == pytest.approx(0.00175) and f.c == pytest.approx(0.01225)
+    assert f.predict(1) == pytest.approx(rate1) and f.predict(3) == pytest.approx(120.0)
+
+
+def test_a_short_draft_costs_its_length_not_the_depth():
+    # at depth 64 the n-gram drafts averaged 3 tokens: depth 64 costs what 3 tokens cost
+    deep = Acceptance(drafts=100, accepted=150, output_tokens=450, per_pos=(80, 50, 20) + (0,) * 61, draft_tokens=300)
+    f = fit("e", 1, {0: Measured(0, 100.0, 95, 105, 10), 64: Measured(64, 120.0, 110, 130, 10, deep)})
+    assert deep.draft_length_at(64) == 3 and deep.draft_length_at(2) == 2
+    assert f.predict(64) == pytest.approx(120.0) and f.predict(3) == pytest.approx(120.0)
 
 
 def test_leviathan_closed_form():
@@ -47,8 +70,8 @@ def test_leviathan_closed_form():
 
 def test_reference_curve_uses_fitted_cost():
     f = fit("e", 1, {0: Measured(0, 100.0, 95, 105, 10), 3: Measured(3, 120.0, 110, 130, 10, ACC)})
-    # per drafted step 1 + 150/100 = 2.5 tokens; c = b / a = 1/12; at k = 3: 100 * 2.5 / (3/12 + 1)
-    assert f.reference(3) == pytest.approx(200.0)
+    # per drafted step 1 + 150/100 = 2.5 tokens; c' = b / a = 0.25; at k = 3: 100 * 2.5 / (3 * 0.25 + 1)
+    assert f.reference(3) == pytest.approx(100 * 2.5 / 1.75)
 
 
 def test_a_fit_needs_a_baseline_and_counters():

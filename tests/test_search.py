@@ -91,7 +91,7 @@ def test_search_finds_the_best_in_half_the_starts():
 def test_search_stops_when_the_starts_are_spent():
     started, d = search(3)
     assert started == [0, 64, 12]
-    assert d.stop == "the 3 server starts allowed are spent; still wanted: n_spec 8, 16"
+    assert d.stop == "the 3 server starts allowed are spent; still wanted: n_spec 16, 8"
     assert d.skipped[8] == d.skipped[16] == "wanted, but the starts allowed are spent"
 
 

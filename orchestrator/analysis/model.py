@@ -6,23 +6,33 @@ gives the per-position counters covers them all):
     p_i      share of drafts whose first i+1 tokens were all accepted (position i, 0-based):
              accepted_per_pos[i] / drafts. vLLM and llama.cpp both count a position only when
              it and every position before it were accepted, so p_i falls with i.
-    f        drafted steps / all steps; steps = output tokens - accepted tokens (every step
-             yields one token of its own plus the drafts it accepted). n-gram lookup drafts only
-             where the context repeats, so f < 1; a draft model or MTP head drafts every step.
-    T(k)     tokens per step at depth k: 1 + f * sum_{i<k} p_i, with p and f read at the
-             smallest measured depth K >= k (a draft at depth k is the first k tokens of the
-             one at K). T(K) equals the measured out / steps exactly. Beyond the deepest
-             measured depth nothing is known of p_i: T stays at its last value ("extrapolated").
-    s(k)     seconds per step at depth k. Measured: 1 / tok/s at n_spec 0; T(K) / tok/s at K.
-             Fitted: s(k) = a + b k, least squares over the measured cells. On a compute-bound
-             CPU b is large (every drafted token costs a forward pass's worth of compute); on a
-             memory-bound GPU it is small for small k. Nothing is assumed: a and b are fitted.
-    R(k)     predicted tok/s = T(k) / s(k).
+    AL(k)    tokens per drafted step at depth k: 1 + sum_{i<k} p_i, with p read at the smallest
+             measured depth K >= k (a draft at depth k is the first k tokens of the one at K).
+    u        the share of output tokens made by steps without a draft: (steps - drafts) / output
+             tokens, steps = output tokens - accepted tokens (every step yields one token of its
+             own plus the drafts it accepted). n-gram lookup drafts only where the context
+             repeats; those stretches of text, not the share of steps, stay put as k changes (a
+             deeper draft covers the same stretch in fewer steps). A draft model or MTP head
+             drafts every step: u = 0.
+    T(k)     tokens per step at depth k: 1 / (u + (1 - u) / AL(k)): the draftless tokens take a
+             step each, the rest take one step per AL(k). T(K) equals the measured out / steps.
+             Beyond the deepest measured depth nothing is known of p_i: T stays at its last
+             value ("extrapolated").
+    cost     two kinds of step: one without a draft takes a = 1 / tok/s at n_spec 0 (the
+             baseline, measured); a drafted one takes c + b L(k), L(k) = min(k, the source cell's
+             mean draft length): verifying a batch costs more than one token (c > a on a CPU)
+             and grows with the tokens it verifies (b). For each measured speculative cell its
+             seconds per output token, 1 / tok/s = u a + (1 - u) / AL(K) (c + b L(K)), gives
+             one (L, seconds per drafted step) point; c and b are a least-squares line through
+             them (with a single cell, c = a). On a compute-bound CPU b is large; on a
+             memory-bound GPU small for small k. Nothing is assumed: c and b are fitted.
+    R(k)     predicted tok/s = 1 / (u a + (1 - u) / AL(k) (c + b L(k))); R(0) = 1 / a.
 
-The reference curve is Leviathan et al. (2023), a constant acceptance rate a and a draft cost
-c per drafted token relative to a target step: tokens per step (1 - a^(k+1)) / (1 - a), speedup
-that divided by (k c + 1). Here a is solved so that the closed form gives the deepest measured
-cell's mean acceptance length, c = b / a of the fit, and the curve is R(0) times that speedup.
+The reference curve is Leviathan et al. (2023), a constant acceptance rate alpha and a draft cost
+c' per drafted token relative to a target step: tokens per step (1 - alpha^(k+1)) / (1 - alpha),
+speedup that divided by (k c' + 1). Here alpha is solved so that the closed form gives the
+deepest measured cell's mean acceptance length, c' = b / a of the fit, and the curve is the
+measured n_spec 0 tok/s times that speedup. It assumes every step drafts a full k tokens.
 
 The tok/s predicted and measured is the median e2e tok/s of the cell's successful requests at
 that level (summary.csv's figure, pooled over prompt sets).
@@ -49,14 +59,16 @@ class Acceptance:
     accepted: float
     output_tokens: float
     per_pos: tuple[float, ...]  # accepted counts by position, 0-based, no gaps
+    draft_tokens: float | None = None  # tokens proposed in all (None: not reported)
 
     @property
     def steps(self) -> float:
         return self.output_tokens - self.accepted
 
     @property
-    def draft_share(self) -> float:
-        return min(1.0, self.drafts / self.steps) if self.steps > 0 else 0.0
+    def undrafted(self) -> float:
+        """u: the share of output tokens made by steps without a draft."""
+        return min(1.0, max(0.0, (self.steps - self.drafts) / self.output_tokens)) if self.output_tokens > 0 else 1.0
 
     def shares(self) -> list[float]:
         """p_i for each position."""
@@ -65,6 +77,16 @@ class Acceptance:
     def acceptance_length(self) -> float | None:
         """Mean tokens per drafted step: 1 + accepted / drafts."""
         return 1 + self.accepted / self.drafts if self.drafts > 0 else None
+
+    def length_at(self, k: int) -> float:
+        """AL(k) = 1 + sum_{i<k} p_i: tokens per drafted step if drafts stopped at k tokens."""
+        return 1 + sum(self.shares()[:k])
+
+    def draft_length_at(self, k: int) -> float:
+        """Draft tokens per drafted step at depth k: min(k, this cell's mean draft length). n-gram
+        drafts end where the match ends, so a depth-64 cell may draft 20 tokens a step."""
+        mean = self.draft_tokens / self.drafts if self.draft_tokens is not None and self.drafts > 0 else float(k)
+        return min(float(k), mean)
 
 
 @dataclass(frozen=True)
@@ -86,37 +108,51 @@ class Fit:
     engine: str
     concurrency: int
     measured: dict[int, Measured]
-    a: float | None = None  # seconds per step at k = 0
-    b: float | None = None  # seconds per step added per unit of depth
+    a: float | None = None  # seconds per step without a draft: 1 / n_spec 0's tok/s
+    c: float | None = None  # seconds per drafted step, before its draft tokens ...
+    b: float | None = None  # ... and per draft token it verifies
     alpha: float | None = None  # Leviathan's constant acceptance rate
     problem: str | None = None  # why there is no prediction
     notes: list[str] = field(default_factory=list)
 
+    def source(self, k: int) -> int | None:
+        """The measured depth whose counters describe depth k: the smallest K >= k, else the deepest."""
+        known = sorted(n for n, m in self.measured.items() if n > 0 and m.acceptance is not None)
+        return next((n for n in known if n >= k), known[-1]) if known else None
+
     def tokens_per_step(self, k: int) -> tuple[float | None, str]:
-        """T(k) and where it came from: "measured at K" or "extrapolated from K"."""
+        """T(k) and where it came from: "from n_spec K" or "extrapolated from n_spec K"."""
         if k == 0:
             return 1.0, "no drafts"
-        known = sorted(n for n, m in self.measured.items() if n > 0 and m.acceptance is not None)
-        if not known:
+        source = self.source(k)
+        if source is None:
             return None, "no counters"
-        source = next((n for n in known if n >= k), known[-1])
         acc = self.measured[source].acceptance
-        shares = acc.shares()[:k]
         where = f"from n_spec {source}" if source >= k else f"extrapolated from n_spec {source}"
-        return 1 + acc.draft_share * sum(shares), where
+        return 1 / (acc.undrafted + (1 - acc.undrafted) / acc.length_at(k)), where
 
     def step_s(self, k: int) -> float | None:
-        return None if self.a is None else self.a + self.b * k
+        """Seconds of one drafted step at depth k (of a plain step at 0)."""
+        if self.a is None:
+            return None
+        if k == 0:
+            return self.a
+        return self.c + self.b * self.measured[self.source(k)].acceptance.draft_length_at(k)
 
     def predict(self, k: int) -> float | None:
-        t, _ = self.tokens_per_step(k)
-        s = self.step_s(k)
-        return t / s if t is not None and s is not None and s > 0 else None
+        """R(k) = 1 / (u a + (1 - u) / AL(k) * (c + b L(k))): seconds per output token inverted."""
+        if self.a is None:
+            return None
+        if k == 0:
+            return 1 / self.a
+        acc = self.measured[self.source(k)].acceptance
+        per_token = acc.undrafted * self.a + (1 - acc.undrafted) / acc.length_at(k) * self.step_s(k)
+        return 1 / per_token if per_token > 0 else None
 
     def reference(self, k: int) -> float | None:
-        """Leviathan et al.'s closed form at this fit's a and c, times the baseline's tok/s."""
+        """Leviathan et al.'s closed form, draft cost c = b / a, times the baseline's tok/s."""
         if self.alpha is None or self.a is None or 0 not in self.measured or self.b < 0:
-            return None  # a falling step cost has no draft cost to put in the closed form
+            return None  # a falling cost per draft token has no draft cost to put in the closed form
         return self.measured[0].tok_s * leviathan_speedup(self.alpha, k, self.b / self.a)
 
     def best(self, depths) -> int | None:
@@ -148,29 +184,35 @@ def solve_alpha(length: float, k: int) -> float | None:
 
 
 def fit(engine: str, concurrency: int, measured: dict[int, Measured]) -> Fit:
-    """Fit the step cost to the measured cells; a fit without a baseline or a speculative cell
-    with counters says why in `problem`."""
+    """Fit the cost of a drafted step to the measured cells; a fit without a baseline or a
+    speculative cell with counters says why in `problem`."""
     out = Fit(engine, concurrency, dict(measured))
     if 0 not in measured or measured[0].tok_s <= 0:
         out.problem = "no n_spec 0 cell with a measured tok/s"
         return out
-    points = [(0, 1 / measured[0].tok_s)]
+    out.a = 1 / measured[0].tok_s
+    points = []  # (draft tokens per drafted step, seconds per drafted step) of each speculative cell
     for k, m in sorted(measured.items()):
-        t, _ = out.tokens_per_step(k) if k else (None, "")
-        if k and t is not None and m.tok_s > 0 and m.acceptance is not None:
-            points.append((k, t / m.tok_s))
-    if len(points) < 2:
-        out.problem = "no speculative cell with /metrics draft counters (per position) to fit"
+        acc = m.acceptance
+        if k and acc is not None and m.tok_s > 0 and acc.undrafted < 1:
+            drafted = (1 / m.tok_s - acc.undrafted * out.a) * acc.length_at(k) / (1 - acc.undrafted)
+            points.append((acc.draft_length_at(k), drafted))
+    if not points:
+        out.problem = "no speculative cell with draft counters (per position) to fit"
+        out.a = None
         return out
-    ks, ss = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
-    out.b, out.a = (float(v) for v in np.polyfit(ks, ss, 1))
-    if out.a <= 0:
-        out.problem = f"the fitted cost of a step at depth 0 is {out.a:.3g} s: the cells do not fit a line"
-        out.a = out.b = None
+    xs, ys = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
+    if len(points) >= 2 and np.ptp(xs) > 0:
+        out.b, out.c = (float(v) for v in np.polyfit(xs, ys, 1))
+    else:  # one speculative cell: its drafted step is a plain step plus b per draft token
+        out.c = out.a
+        out.b = float((ys.mean() - out.a) / xs.mean()) if xs.mean() > 0 else 0.0
+    if out.c <= 0:
+        out.problem = f"the fitted cost of a drafted step before its tokens is {out.c:.3g} s: the cells do not fit a line"
+        out.a = out.b = out.c = None
         return out
-    deepest = max(k for k, _ in points)
-    length = measured[deepest].acceptance.acceptance_length() if deepest else None
-    out.alpha = solve_alpha(length, deepest) if length else None
+    deepest = max(k for k, m in measured.items() if m.acceptance is not None)
+    out.alpha = solve_alpha(measured[deepest].acceptance.acceptance_length(), deepest)
     return out
 
 
@@ -221,7 +263,9 @@ def acceptance_of(window, output_tokens: float) -> Acceptance | None:
     series = tuple(counts[i] for i in range(len(counts)))
     if max(series) > drafts or accepted >= output_tokens:
         return None
-    return Acceptance(float(drafts), float(accepted), float(output_tokens), series)
+    tokens = raw.get("draft_tokens")
+    tokens = float(tokens) if _count(tokens) and tokens >= accepted else None
+    return Acceptance(float(drafts), float(accepted), float(output_tokens), series, tokens)
 
 
 HISTOGRAM, STEPS, ACCEPTED = "spec_acceptance_histogram", "spec_num_spec_steps", "spec_num_accepted_draft_tokens"
@@ -244,7 +288,8 @@ def from_requests(g: pd.DataFrame, output_tokens: float) -> Acceptance | None:
     if drafts <= 0 or accepted >= output_tokens:
         return None
     per_pos = tuple(float(v) for v in np.cumsum(total[::-1])[::-1][1:])  # position i: steps accepting > i
-    return Acceptance(drafts, accepted, output_tokens, per_pos)
+    drafted = float(pd.to_numeric(g["spec_num_draft_tokens"], errors="coerce").sum()) if "spec_num_draft_tokens" in g else None
+    return Acceptance(drafts, accepted, output_tokens, per_pos, drafted if drafted and drafted >= accepted else None)
 
 
 def _count(v) -> bool:
@@ -290,7 +335,8 @@ def format_fits(found: list[Fit]) -> str:
         top = f.best(range(0, _deepest(f) + 1))
         errs = [abs(f.predict(k) / m.tok_s - 1) for k, m in f.measured.items() if f.predict(k) and m.tok_s]
         gain = f", {f.predict(top) / f.measured[0].tok_s:.2f}x n_spec 0's median" if f.measured[0].tok_s else ""
-        lines.append(f"{head}: step {1000 * f.a:.2f} ms + {1000 * f.b:.3f} ms per unit of depth; predicted best "
+        lines.append(f"{head}: a plain step {1000 * f.a:.2f} ms, a drafted one {1000 * f.c:.2f} ms + {1000 * f.b:.3f} ms "
+                     f"per draft token; predicted best "
                      f"n_spec {top} at {f.predict(top):.1f} tok/s{gain} ({_measured_text(f, top)}); "
                      f"in-sample fit within {100 * max(errs):.0f}% on {len(errs)} measured cells"
                      + (" (two cells: a line through both, so 0% by construction)" if len(errs) == 2 else ""))
