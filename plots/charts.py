@@ -203,7 +203,7 @@ def draw_model(table: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 5), dpi=110, squeeze=False)
     for ax, ((engine, conc), g) in zip(axes[0], groups):
         g = g.sort_values("n_spec")
-        ax.plot(g["n_spec"], g["predicted_tok_s"].astype(float), color="C0", label="model: T(k) / s(k)")
+        ax.plot(g["n_spec"], g["predicted_tok_s"].astype(float), color="C0", label="model: plain + drafted steps, fitted")
         ax.plot(g["n_spec"], g["reference_tok_s"].astype(float), color="C7", linestyle="--",
                 label="Leviathan et al. (constant acceptance)")
         m = g.dropna(subset=["measured_tok_s"])
