@@ -43,12 +43,21 @@ def test_two_speculative_cells_fit_the_drafted_step_line():
     # depth 1 of the same drafts: 80 accepted in 100 drafts of 1 token; 450 tokens in 370 steps
     one = Acceptance(drafts=100, accepted=80, output_tokens=450, per_pos=(80,), draft_tokens=100)
     u1 = (370 - 100) / 450
-    # choose the depth-1 rate so that its drafted step takes 0.014 s: the line through (1, 0.014), (3, 0.0175)
-    rate1 = 1 / (u1 * 0.01 + (1 - u1) / 1.8 * 0.014)
-    f = fit("e", 1, {0: Measured(0, 100.0, 95, 105, 10), 1: Measured(1, rate1, 1, 2, 10, one),
-                     3: Measured(3, 120.0, 110, 130, 10, ACC)})
-    assert f.b == pytest.approx(0.00175) and f.c == pytest.approx(0.01225)
-    assert f.predict(1) == pytest.approx(rate1) and f.predict(3) == pytest.approx(120.0)
+
+    def rate1(drafted_step):
+        return 1 / (u1 * 0.01 + (1 - u1) / 1.8 * drafted_step)
+
+    cells = {0: Measured(0, 100.0, 95, 105, 10), 3: Measured(3, 120.0, 110, 130, 10, ACC)}
+    # on the line through the baseline (0, 0.01) and depth 3 (3, 0.0175): the fit is that line
+    f = fit("e", 1, {**cells, 1: Measured(1, rate1(0.0125), 1, 2, 10, one)})
+    assert f.b == pytest.approx(0.0025) and f.c == pytest.approx(0.01)
+    assert f.predict(1) == pytest.approx(rate1(0.0125)) and f.predict(3) == pytest.approx(120.0)
+    # off it, (1, 0.014): least squares through (0, 0.01), (1, 0.014), (3, 0.0175), by hand
+    f = fit("e", 1, {**cells, 1: Measured(1, rate1(0.014), 1, 2, 10, one)})
+    xs, ys = [0, 1, 3], [0.01, 0.014, 0.0175]
+    mx, my = sum(xs) / 3, sum(ys) / 3
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    assert f.b == pytest.approx(slope) and f.c == pytest.approx(my - slope * mx)
 
 
 def test_a_short_draft_costs_its_length_not_the_depth():

@@ -24,7 +24,8 @@ gives the per-position counters covers them all):
              and grows with the tokens it verifies (b). For each measured speculative cell its
              seconds per output token, 1 / tok/s = u a + (1 - u) / AL(K) (c + b L(K)), gives
              one (L, seconds per drafted step) point; c and b are a least-squares line through
-             them (with a single cell, c = a). On a compute-bound CPU b is large; on a
+             them and (0, a), the baseline's step, which verifies no draft token (with a single
+             cell, c = a). On a compute-bound CPU b is large; on a
              memory-bound GPU small for small k. Nothing is assumed: c and b are fitted.
     R(k)     predicted tok/s = 1 / (u a + (1 - u) / AL(k) (c + b L(k))); R(0) = 1 / a.
 
@@ -201,12 +202,11 @@ def fit(engine: str, concurrency: int, measured: dict[int, Measured]) -> Fit:
         out.problem = "no speculative cell with draft counters (per position) to fit"
         out.a = None
         return out
-    xs, ys = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
-    if len(points) >= 2 and np.ptp(xs) > 0:
-        out.b, out.c = (float(v) for v in np.polyfit(xs, ys, 1))
-    else:  # one speculative cell: its drafted step is a plain step plus b per draft token
-        out.c = out.a
-        out.b = float((ys.mean() - out.a) / xs.mean()) if xs.mean() > 0 else 0.0
+    # The baseline is the point of a step that verifies no draft token (L = 0): it anchors the line
+    # where the speculative cells are few or all deep (two deep cells alone extrapolate wildly).
+    xs = np.array([0.0] + [p[0] for p in points], float)
+    ys = np.array([out.a] + [p[1] for p in points], float)
+    out.b, out.c = (float(v) for v in np.polyfit(xs, ys, 1))
     if out.c <= 0:
         out.problem = f"the fitted cost of a drafted step before its tokens is {out.c:.3g} s: the cells do not fit a line"
         out.a = out.b = out.c = None
