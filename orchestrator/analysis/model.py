@@ -340,7 +340,7 @@ def format_fits(found: list[Fit]) -> str:
                      f"n_spec {top} at {f.predict(top):.1f} tok/s{gain} ({_measured_text(f, top)}); "
                      f"in-sample fit within {100 * max(errs):.0f}% on {len(errs)} measured cells"
                      + (" (two cells: a line through both, so 0% by construction)" if len(errs) == 2 else ""))
-    return "speedup model (tokens per step x steps per second, fitted):\n" + "\n".join(lines) if lines else ""
+    return "speedup model (plain and drafted steps, fitted to the measured cells; docs/metrics.md):\n" + "\n".join(lines) if lines else ""
 
 
 def _deepest(f: Fit) -> int:
