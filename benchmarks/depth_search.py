@@ -96,7 +96,7 @@ def main(argv=None) -> int:
             close = sum(abs(e) <= WITHIN for e in errs.values())
             print(f"  model fitted on {label}: within {WITHIN:.0%} of the grid's measured tok/s at {close} of "
                   f"{len(errs)} depths ({close / len(errs):.0%}); "
-                  + ", ".join(f"{k}: {f.predict(k):.1f} vs {g[k].tok_s:.1f} ({e:+.0%})" for k, e in errs.items()))
+                  + ", ".join(f"{k}: {f.predict(k):.1f} vs {g[k].tok_s:.1f} ({e:+.1%})" for k, e in errs.items()))
     print("search: " + ("at most half the starts, and its pick inside the grid best's interval" if ok
                         else "NOT within the bar (see above)"))
     return 0 if ok else 1
