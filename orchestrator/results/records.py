@@ -115,12 +115,17 @@ class Measured(Record):
     # before it answered: this record is of the second try, on a new connection.
     reconnected: StrictBool | None = None
 
-    @field_validator("timings_draft_n_accepted")
+    # Each engine's accepted count against its drafted count (llama.cpp's timings, vLLM's metrics).
+    DRAFTED_OF: ClassVar[dict[str, str]] = {"timings_draft_n_accepted": "timings_draft_n",
+                                            "spec_num_accepted_draft_tokens": "spec_num_draft_tokens"}
+
+    @field_validator("timings_draft_n_accepted", "spec_num_accepted_draft_tokens")
     @classmethod
     def _accepted_within_drafted(cls, v, info: ValidationInfo):
-        drafted = info.data.get("timings_draft_n")
+        name = cls.DRAFTED_OF[info.field_name]
+        drafted = info.data.get(name)
         if v is not None and drafted is not None and v > drafted:
-            raise ValueError(f"more than timings_draft_n ({drafted})")
+            raise ValueError(f"more than {name} ({drafted})")
         return v
 
     @field_validator("spec_acceptance_histogram")
@@ -131,14 +136,6 @@ class Measured(Record):
             raise ValueError(f"counts {sum(v)} steps, not spec_num_spec_steps ({steps})")
         if v is not None and accepted is not None and sum(j * b for j, b in enumerate(v)) != accepted:
             raise ValueError(f"does not add up to spec_num_accepted_draft_tokens ({accepted})")
-        return v
-
-    @field_validator("spec_num_accepted_draft_tokens")
-    @classmethod
-    def _spec_accepted_within_drafted(cls, v, info: ValidationInfo):
-        drafted = info.data.get("spec_num_draft_tokens")
-        if v is not None and drafted is not None and v > drafted:
-            raise ValueError(f"more than spec_num_draft_tokens ({drafted})")
         return v
 
     @field_validator("t_first_token", "t_end")
