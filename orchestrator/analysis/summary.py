@@ -130,11 +130,14 @@ def _acceptance(ok: pd.DataFrame) -> dict:
            "acceptance_rate": accepted.sum() / drafted.sum() if drafted.sum() else None,
            "acceptance_ci_low": low, "acceptance_ci_high": high}
     tokens = pd.to_numeric(ok.loc[known.index[known], "completion_tokens"], errors="coerce").fillna(0)
+    drafts = _column(ok, STEPS)[known]
+    # Tokens generated: a last step may accept drafts past max_tokens, which the server drops
+    # (model.generated); where the requests report their drafted steps, count what was generated.
+    tokens = np.maximum(tokens, (drafts + accepted).fillna(0))
     steps = tokens - accepted  # each step yields one token of its own and the drafts it accepted
     if steps.sum() > 0 and (steps >= 0).all():
         low, high = ratio_of_sums_ci(tokens, steps)
         out.update(tokens_per_step=tokens.sum() / steps.sum(), tokens_per_step_ci_low=low, tokens_per_step_ci_high=high)
-    drafts = _column(ok, STEPS)[known]
     if drafts.notna().all() and drafts.sum() > 0:
         low, high = ratio_of_sums_ci(accepted, drafts)
         out.update(acceptance_length=1 + accepted.sum() / drafts.sum(),
