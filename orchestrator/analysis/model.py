@@ -42,12 +42,13 @@ that level (summary.csv's figure, pooled over prompt sets).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from orchestrator.analysis.stats import median_ci
+from orchestrator.analysis.summary import ACCEPTED, DRAFTED, STEPS, per_request
 
 MAX_POSITIONS = 4096  # a per-position counter past this is no draft position
 
@@ -114,7 +115,6 @@ class Fit:
     b: float | None = None  # ... and per draft token it verifies
     alpha: float | None = None  # Leviathan's constant acceptance rate
     problem: str | None = None  # why there is no prediction
-    notes: list[str] = field(default_factory=list)
 
     def source(self, k: int) -> int | None:
         """The measured depth whose counters describe depth k: the smallest K >= k, else the deepest."""
@@ -246,7 +246,7 @@ def measured_cells(df: pd.DataFrame, cells) -> dict[tuple[str, int], dict[int, M
 
 def acceptance_of(window, output_tokens: float) -> Acceptance | None:
     """The counters of a window read back from cells.jsonl (hostile): per-position counts at
-    positions 0, 1, ... without gaps, none above the drafts, accepted within output tokens."""
+    positions 0, 1, ... without gaps, none above the drafts; the tokens generated (`generated`)."""
     if window is None:
         return None
     raw = window.model_dump() if hasattr(window, "model_dump") else window
@@ -268,7 +268,7 @@ def acceptance_of(window, output_tokens: float) -> Acceptance | None:
     return Acceptance(float(drafts), float(accepted), generated(output_tokens, drafts, accepted), series, tokens)
 
 
-HISTOGRAM, STEPS, ACCEPTED = "spec_acceptance_histogram", "spec_num_spec_steps", "spec_num_accepted_draft_tokens"
+HISTOGRAM = "spec_acceptance_histogram"
 
 
 def from_requests(g: pd.DataFrame, output_tokens: float) -> Acceptance | None:
@@ -372,20 +372,18 @@ def window_check(df: pd.DataFrame, cells) -> pd.DataFrame:
     failed ones too, is in the window; a request without counts leaves the sums short)."""
     rows = []
     windows = {c.cell_id: c.server_metrics or {} for c in cells}
-    drafted_cols = [c for c in ("timings_draft_n", "spec_num_draft_tokens") if c in df]
-    if df.empty or not drafted_cols:
+    if df.empty or not any(name in df for name in DRAFTED):
         return pd.DataFrame(columns=CHECK_COLUMNS)
     for (engine, cell_id, conc), g in df[df["n_spec"] > 0].groupby(["engine", "cell_id", "concurrency"]):
         w = windows.get(cell_id, {}).get(str(int(conc)))
         w = w.model_dump() if hasattr(w, "model_dump") else w
-        drafted = _sum_first(g, ("timings_draft_n", "spec_num_draft_tokens"))
-        if w is None or drafted is None:
+        drafted = per_request(g, DRAFTED)
+        if w is None or drafted.isna().all():
             continue
-        accepted = _sum_first(g, ("timings_draft_n_accepted", "spec_num_accepted_draft_tokens"))
-        steps = _sum_first(g, ("spec_num_spec_steps",))
-        counted = int(g[[c for c in drafted_cols]].notna().any(axis=1).sum())
+        accepted, steps = _total(per_request(g, ACCEPTED)), _total(per_request(g, STEPS))
+        counted = int(drafted.notna().sum())
         row = dict(engine=engine, cell_id=cell_id, concurrency=int(conc), requests=len(g), counted=counted,
-                   drafts_requests=steps, drafts_metrics=w.get("drafts"), draft_tokens_requests=drafted,
+                   drafts_requests=steps, drafts_metrics=w.get("drafts"), draft_tokens_requests=_total(drafted),
                    draft_tokens_metrics=w.get("draft_tokens"), accepted_requests=accepted,
                    accepted_metrics=w.get("accepted_tokens"))
         pairs = [(row["draft_tokens_requests"], row["draft_tokens_metrics"]),
@@ -397,11 +395,9 @@ def window_check(df: pd.DataFrame, cells) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CHECK_COLUMNS)
 
 
-def _sum_first(g: pd.DataFrame, names) -> float | None:
-    for name in names:
-        if name in g and g[name].notna().any():
-            return float(pd.to_numeric(g[name], errors="coerce").fillna(0).sum())
-    return None
+def _total(values: pd.Series) -> float | None:
+    """The sum of the requests' counts; None when no request has one."""
+    return None if values.isna().all() else float(values.fillna(0).sum())
 
 
 def format_check(check: pd.DataFrame) -> str:

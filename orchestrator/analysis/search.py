@@ -17,8 +17,9 @@ Per engine, over the scenario's depths (its `n_spec` list, which must hold 0):
 
 The final judgement per level compares the best measured depth with each measured neighbour
 pair by pair (the same prompts and repeats ran at both): "beats" when the interval of the
-ratios lies above 1, "cannot be told apart" when it includes 1. The recommended depth is the
-smallest that cannot be told apart from the best (the same rule as "What to run").
+ratios lies above 1, "cannot be told apart from" when it includes 1. The recommended depth is the
+smallest that cannot be told apart from the best (the same rule as "What to run"), unless a
+neighbour is faster than the best request by request: then that neighbour.
 """
 
 from __future__ import annotations

@@ -110,8 +110,8 @@ ACCEPTED = ("timings_draft_n_accepted", "spec_num_accepted_draft_tokens")
 STEPS = "spec_num_spec_steps"
 
 
-def _column(ok: pd.DataFrame, names) -> pd.Series:
-    """The first of `names` a request has (an engine reports under one of them)."""
+def per_request(ok: pd.DataFrame, names) -> pd.Series:
+    """Per request, the first of `names` it has (an engine reports under one of them)."""
     out = pd.Series(np.nan, index=ok.index, dtype=float)
     for name in (names,) if isinstance(names, str) else names:
         if name in ok:
@@ -120,7 +120,7 @@ def _column(ok: pd.DataFrame, names) -> pd.Series:
 
 
 def _acceptance(ok: pd.DataFrame) -> dict:
-    drafted, accepted = _column(ok, DRAFTED), _column(ok, ACCEPTED)
+    drafted, accepted = per_request(ok, DRAFTED), per_request(ok, ACCEPTED)
     known = drafted.notna() & accepted.notna()
     if not known.any():
         return {"draft_n": 0, "draft_n_accepted": 0, "acceptance_rate": None}
@@ -130,7 +130,7 @@ def _acceptance(ok: pd.DataFrame) -> dict:
            "acceptance_rate": accepted.sum() / drafted.sum() if drafted.sum() else None,
            "acceptance_ci_low": low, "acceptance_ci_high": high}
     tokens = pd.to_numeric(ok.loc[known.index[known], "completion_tokens"], errors="coerce").fillna(0)
-    drafts = _column(ok, STEPS)[known]
+    drafts = per_request(ok, STEPS)[known]
     # Tokens generated: a last step may accept drafts past max_tokens, which the server drops
     # (model.generated); where the requests report their drafted steps, count what was generated.
     tokens = np.maximum(tokens, (drafts + accepted).fillna(0))
