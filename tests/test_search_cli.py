@@ -118,3 +118,12 @@ def test_the_report_recomputes_the_search_and_skips_hostile_lines(tmp_path):
     top = md.split("### What to run")[1]
     assert top.index("depth search") < top.index("speedup model")  # both open the report
     assert (folder / "model.csv").is_file() and (folder / "model_vs_measured.png").is_file()
+
+
+def test_engine_picks_one_engine_and_an_unknown_name_is_refused(tmp_path, no_processes):
+    path = scenario(tmp_path)
+    result = invoke(path, "--engine", "llamacpp", "--dry-run")
+    assert result.exit_code == 0 and "cell 10/10 llamacpp-ngram-mod-n64" in result.output
+    result = invoke(path, "--engine", "vllm", "--dry-run")
+    assert result.exit_code == 2
+    assert result.output == f"Error: {path}: --engine: no engine named 'vllm'; this scenario has llamacpp\n"
