@@ -131,6 +131,11 @@ class Engine(ABC):
         """Defaults for a local process's environment; the scenario's env overrides them."""
         return {}
 
+    def host_warnings(self, cpu_flags: dict[str, bool] | None, gpus: list[str]) -> list[str]:
+        """What this engine's speed depends on that the host lacks (`cpu_flags`: environment.json's,
+        None when unknown; `gpus`: NVIDIA GPUs seen). Printed as each of its cells starts."""
+        return []
+
     def _container_plan(self, n_spec, model, host_port, parallel, draft) -> ServerPlan:
         d = self.spec.docker
         host_net = d.network == "host"

@@ -106,9 +106,9 @@ def sweep(scenario, out, overrides, dry_run, resume, search, search_starts, only
 
 def _run(sc, base_dir: Path, out: Path, resume: bool, again: str, search=None):
     """Run the cells, print the summary; the exit code is the library's (0 only if all succeeded)."""
-    from orchestrator.progress import SweepProgress
+    from orchestrator.progress import sweep_progress
 
-    finished = run_sweep(sc, base_dir, out, resume, again, SweepProgress(Console(stderr=True)), _opened, search)
+    finished = run_sweep(sc, base_dir, out, resume, again, sweep_progress(Console(stderr=True)), _opened, search)
     if finished.interrupted is not None:
         click.echo(f"\ninterrupted: records so far are in {finished.run.path}; {again}", err=True)
         sys.exit(finished.interrupted)
@@ -345,13 +345,13 @@ def engines_list():
 
 
 def _install_one(what: str, name: str, jobs: int | None = None) -> None:
-    from orchestrator.progress import BuildProgress
+    from orchestrator.progress import build_progress
 
     label = name.replace(":", " as ") if what == "model" else name
     if what == "engine" and INSTALLERS[name].installed():
         click.echo(f"{name} already installed: {INSTALLERS[name].installed()}")
         return
-    with BuildProgress(Console(stderr=True)) as progress:
+    with build_progress(Console(stderr=True)) as progress:
         path, made = run_step(what, name, progress, jobs)
     verb = {"engine": "installed", "model": "prepared"}[what] if made else "already there"
     click.echo(f"{label} {verb}: {path}")

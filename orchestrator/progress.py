@@ -1,12 +1,35 @@
-"""The live display: cell k of n, requests done, the latest tok/s."""
+"""What a running sweep or build says while it runs.
+
+On a terminal: a live bar (cell k of n, requests done, the latest tok/s). Anywhere else (`nohup`,
+CI, `| tee log`) a live bar prints nothing until it ends, so the same calls print plain lines
+instead: a cell's start, every EVERY_REQUESTS requests or EVERY_S seconds its median tok/s so far,
+its end with status and time, and an estimate of what remains. `sweep_progress(console)` and
+`build_progress(console)` pick one as rich does for its live display: `console.is_interactive`.
+"""
 
 from __future__ import annotations
+
+import statistics
+import time
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from orchestrator.common import redact
+
+EVERY_REQUESTS = 10  # a plain progress line after this many measured requests ...
+EVERY_S = 30.0  # ... or this many seconds, whichever comes first
+
+
+def sweep_progress(console: Console | None = None):
+    console = console or Console(stderr=True)
+    return SweepProgress(console) if console.is_interactive else PlainSweepProgress(console)
+
+
+def build_progress(console: Console | None = None):
+    console = console or Console(stderr=True)
+    return BuildProgress(console) if console.is_interactive else PlainBuildProgress(console)
 
 
 class SweepProgress:
@@ -39,10 +62,74 @@ class SweepProgress:
         latest = f"{rec.e2e_tok_s:.1f} tok/s" if rec.e2e_tok_s else "error"
         self._bar.update(self._task, advance=1, latest=f"latest {latest}")
 
+    def warn(self, text: str) -> None:
+        self.console.print(f"  {self._cell}: warning: {escape(redact.scrub(text))}")
+
     def cell_finished(self, status: str, note: str = "") -> None:
         self._bar.update(self._task, description=f"{self._cell}: {status}")
         if note:  # a server's words: no secret, and no rich markup ("[/x]" would raise)
             self.console.print(f"  {self._cell}: {escape(redact.scrub(note))}")
+
+
+class PlainSweepProgress:
+    """The same calls as SweepProgress, as plain lines stamped with the sweep's elapsed time."""
+
+    def __init__(self, console: Console, clock=time.monotonic):
+        self.console, self.clock = console, clock
+        self._t0 = clock()
+        self._cell, self._k, self._n, self._total = "", 0, 0, 0
+        self._cell_t0 = self._last = self._t0
+        self._rates: list[float] = []
+        self._errors = 0
+        self._cell_s: list[float] = []  # seconds of each finished cell, for the estimate
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def _say(self, text: str) -> None:
+        self._last = self.clock()
+        s = int(self._last - self._t0)
+        # markup off: a cell id or a server's words are printed as they are, less any secret
+        self.console.print(redact.scrub(f"[{s // 60:02d}:{s % 60:02d}] {self._cell}: {text}"), markup=False,
+                           highlight=False, soft_wrap=True)
+
+    def cell_started(self, k: int, n: int, cell_id: str, requests: int) -> None:
+        self._cell, self._k, self._n, self._total = f"cell {k}/{n} {cell_id}", k, n, requests
+        self._cell_t0 = self._last = self.clock()
+        self._rates, self._errors = [], 0
+        self._say(f"starting server ({requests} requests to measure)")
+
+    def phase(self, text: str) -> None:
+        self._say(text)
+
+    def warn(self, text: str) -> None:
+        self._say(f"warning: {text}")
+
+    def request_done(self, rec) -> None:
+        if rec.phase != "measured":
+            return
+        if rec.e2e_tok_s:
+            self._rates.append(rec.e2e_tok_s)
+        else:
+            self._errors += 1
+        done = len(self._rates) + self._errors
+        if done % EVERY_REQUESTS == 0 or self.clock() - self._last >= EVERY_S or done == self._total:
+            so_far = f"median {statistics.median(self._rates):.1f} tok/s so far" if self._rates else "no successful request yet"
+            errors = f", {self._errors} failed" if self._errors else ""
+            self._say(f"{done}/{self._total} requests, {so_far}{errors}")
+
+    def cell_finished(self, status: str, note: str = "") -> None:
+        took = self.clock() - self._cell_t0
+        self._cell_s.append(took)
+        left = self._n - self._k
+        estimate = (f"; about {_minutes(statistics.mean(self._cell_s) * left)} left for {left} more cell(s) "
+                    f"at this pace" if left > 0 else "")
+        self._say(f"{status} in {took:.0f} s{estimate}")
+        if note:
+            self._say(note)
 
 
 class BuildProgress:
@@ -69,3 +156,35 @@ class BuildProgress:
 
     def percent(self, value: int) -> None:
         self._bar.update(self._task, completed=value)
+
+
+class PlainBuildProgress:
+    """Steps as lines, and the compiler's percentage every 10% (a log shows the build is alive)."""
+
+    def __init__(self, console: Console, clock=time.monotonic):
+        self.console, self.clock = console, clock
+        self._t0 = clock()
+        self._shown = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def _say(self, text: str) -> None:
+        s = int(self.clock() - self._t0)
+        self.console.print(f"[{s // 60:02d}:{s % 60:02d}] {text}", markup=False, highlight=False, soft_wrap=True)
+
+    def step(self, text: str) -> None:
+        self._shown = -1
+        self._say(text)
+
+    def percent(self, value: int) -> None:
+        if value // 10 > self._shown:
+            self._shown = value // 10
+            self._say(f"{value}%")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"

@@ -313,3 +313,23 @@ def test_compare_and_reference_into_a_file_are_one_error_line(tmp_path):
         assert result.exit_code == 1, result.output
         assert result.stderr.splitlines() == [f"Error: cannot write {target}: Not a directory; pass a writable --out"]
     assert afile.read_text() == "not a folder"
+
+
+def test_cpu_flags_name_the_instruction_sets_and_bad_ones_are_dropped(tmp_path):
+    rows = [req("e-n0", 0, 40), req("e-n4", 4, 80, key="b")]
+    run = make_run(tmp_path / "run", rows, ENGINES)
+    flags = {"avx2": True, "avx512f": False, "amx_tile": False}
+    (run / "environment.json").write_text(json.dumps({"cpu": "Test CPU", "cpu_count": 2, "cpu_flags": flags}))
+    assert invoke("report", run).exit_code == 0
+    assert (run / "report" / "summary.md").read_text().splitlines()[2] == \
+        "model: ? · machine: Test CPU (2 cores; AVX2, no AVX-512, no AMX, no GPU)"
+    (run / "environment.json").write_text(json.dumps({"cpu": "Test CPU", "cpu_count": 2,
+                                                      "cpu_flags": {"avx2": "yes", "avx512f": True}}))
+    result = invoke("report", run)
+    assert result.exit_code == 0, result.output
+    assert warnings_of(result) == [
+        f"warning: {run / 'environment.json'}: ignored invalid fields (cpu_flags.avx2 \"yes\": input should be a "
+        "valid boolean); the report goes on without them"]
+    # what was dropped is unknown, not absent
+    assert (run / "report" / "summary.md").read_text().splitlines()[2] == \
+        "model: ? · machine: Test CPU (2 cores; AVX-512, no GPU)"

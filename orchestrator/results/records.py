@@ -249,6 +249,7 @@ class Environment(BaseModel):
     model_config = ConfigDict(extra="allow")
     cpu: StrictStr | None = None
     cpu_count: Count | None = None
+    cpu_flags: dict[StrictStr, StrictBool] | None = None
     gpu: list[StrictStr] | None = None
     engines: dict[str, EngineEnv] = {}
 
@@ -256,7 +257,21 @@ class Environment(BaseModel):
 def machine_label(env: dict) -> str:
     """The machine a run's environment.json describes, in a few words (its first GPU, else its CPU)."""
     gpu = env.get("gpu") or []
-    return gpu[0] if gpu else f"{env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores, no GPU)"
+    if gpu:
+        return gpu[0]
+    isa = instruction_sets(env["cpu_flags"]) if env.get("cpu_flags") else ""
+    isa = f"; {isa}" if isa else ""
+    return f"{env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores{isa}, no GPU)"
+
+
+def instruction_sets(flags: dict[str, bool]) -> str:
+    """"AVX2, no AVX-512, no AMX": what a CPU engine's speed depends on, in a few words."""
+    def named(label: str, *names: str) -> str | None:
+        if any(flags.get(n) is True for n in names):
+            return label
+        return f"no {label}" if any(flags.get(n) is False for n in names) else None  # absent: unknown
+    said = [named("AVX2", "avx2"), named("AVX-512", "avx512f"), named("AMX", "amx_tile", "amx_bf16")]
+    return ", ".join(s for s in said if s)
 
 
 R = TypeVar("R", bound=Record)

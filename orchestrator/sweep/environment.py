@@ -18,6 +18,7 @@ def capture(engines: dict[str, dict]) -> dict:
         "python": sys.version.split()[0],
         "os": platform.platform(),
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "memory_gib": _memory_gib(),
         "gpu": gpus(),
@@ -34,6 +35,25 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# The instruction sets engines' CPU kernels are chosen by: vLLM's CPU path is built for AVX-512
+# (and AMX on Sapphire Rapids and later); ggml picks AVX2 or AVX-512 kernels at build time.
+CPU_FLAGS = ("avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+             "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> dict[str, bool] | None:
+    """Which of CPU_FLAGS the first CPU reports; None where /proc/cpuinfo says nothing (not Linux)."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[-1].split())
+                    return {flag: flag in have for flag in CPU_FLAGS}
+    except OSError:
+        pass
+    return None
 
 
 def gpus() -> list[str]:

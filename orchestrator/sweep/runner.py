@@ -30,6 +30,7 @@ from orchestrator.setup.models import ResolvedModel, resolve_model
 from orchestrator.measure.prompts import Prompt, load_prompt_set
 from orchestrator.results.records import CellRecord, Measured, RequestRecord
 from orchestrator.results.rundir import RunDir, why
+from orchestrator.sweep.environment import cpu_flags, gpus
 from orchestrator.sweep.scenario import EngineSpec, Scenario, cell_id
 
 
@@ -107,6 +108,7 @@ class Sweep:
         self.prompts: list[Prompt] = [p for ref in self.workload.prompts for p in load_prompt_set(ref, base_dir)]
         self.parallel = max(self.workload.concurrency)
         self.prepared = prepare(scenario, base_dir)
+        self.host = (cpu_flags(), gpus())  # for the engines' host_warnings
 
     def execute(self, run: RunDir) -> list[CellRecord]:
         """Run every cell not already done in `run`; return the cell records written."""
@@ -186,6 +188,8 @@ class Sweep:
         if plan.container is not None:
             plan.container.labels.update(owner_labels(self.scenario.name, cell.id, self.run.path.name))
         rec.set(**self._cell_base(cell, prep, plan))
+        for note in prep.engine.host_warnings(*self.host):
+            self.progress.warn(note)
         log = self.run.cell_dir(cell.id) / "server.log"
         marks = {"start": started}  # where the cell's wall time goes: see _phases
         headers = bearer(cell.engine.api_key_env)
