@@ -22,6 +22,9 @@ class Installer(ABC):
     """One `orch engines install NAME` target."""
 
     name: str
+    # True: it compiles with every core, so `orch setup` runs it beside the steps that download,
+    # unpack and convert (which wait on the disk and the network more than on the CPU).
+    compiles: bool = False
 
     @abstractmethod
     def expected(self) -> Path:

