@@ -70,10 +70,10 @@ def breakdown(cells: list[dict], t0: float, t1: float) -> dict:
             "after last cell": t1 - last_end}
     return {"wall_s": wall, "cells": len(cells), "server": {p: phases[p] for p in SERVER_PHASES},
             "orch": orch, "orch_total_s": sum(orch.values()),
-            "per_engine": _per_engine(cells)}
+            "per_engine": per_engine(cells)}
 
 
-def _per_engine(cells: list[dict]) -> dict:
+def per_engine(cells: list[dict]) -> dict:
     out: dict = {}
     for c in cells:
         e = out.setdefault(c["engine"], {p: 0.0 for p in (*SERVER_PHASES, "orch_s")})
