@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -199,3 +200,25 @@ def test_api_key_for_url_endpoints_is_sent_and_never_written(tmp_path, monkeypat
     written = [f for f in (tmp_path / "r").rglob("*") if f.is_file()]
     assert len(written) > 10 and not [f for f in written if secret.encode() in f.read_bytes()]
     assert "MY_ENDPOINT_KEY" in next((tmp_path / "r").glob("*/scenario.toml")).read_text()  # the name only
+
+
+def test_a_log_shows_progress_lines_while_the_sweep_runs(tmp_path, spawn_orch):
+    """Output to a pipe (what `| tee log`, nohup and CI give): plain lines arrive while the sweep
+    runs, not only when it ends. The real llama-server and model."""
+    path = scenario(tmp_path, "teelog", engine("llamacpp", n_spec="[0, 8]"), max_tokens=32, repeats=4)
+    proc = spawn_orch("sweep", str(path), "--out", str(tmp_path / "r"), stdout=subprocess.PIPE,
+                      stderr=subprocess.STDOUT)
+    seen_running = []
+    for raw in proc.stdout:
+        line = raw.decode()
+        seen_running.append((line.rstrip("\n"), proc.poll() is None))
+    proc.wait(60)
+    assert proc.returncode == 0, "\n".join(ln for ln, _ in seen_running)
+    live = [ln for ln, running in seen_running if running]
+    start = next(ln for ln in live if "cell 1/2 llamacpp-n0: starting server (12 requests to measure)" in ln)
+    assert start.startswith("[00:")
+    assert any(re.search(r"cell 1/2 llamacpp-n0: 10/12 requests, median [\d.]+ tok/s so far$", ln) for ln in live)
+    assert any(re.search(r"cell 1/2 llamacpp-n0: ok in \d+ s; about .+ left for 1 more cell\(s\) at this pace$", ln)
+               for ln in live)
+    assert any("cell 2/2 llamacpp-ngram-mod-n8: ok in" in ln for ln, _ in seen_running)
+    assert not any("\x1b[" in ln for ln, _ in seen_running)  # no terminal control codes in a log
