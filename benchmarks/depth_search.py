@@ -10,9 +10,9 @@ search acted on), each depth's predicted tok/s against the grid's measured one.
 
 Make the two runs one after the other on the same machine, e.g.:
 
-    orch sweep scenarios/n_spec.toml --engine llamacpp \\
+    orch sweep scenarios/n_spec-full.toml --engine llamacpp \\
         --set 'engines.llamacpp.speculation.n_spec=[0,2,4,8,12,16,24,32,48,64]'
-    orch sweep scenarios/n_spec.toml --engine llamacpp --search \\
+    orch sweep scenarios/n_spec-full.toml --engine llamacpp --search \\
         --set 'engines.llamacpp.speculation.n_spec=[0,2,4,8,12,16,24,32,48,64]'
 """
 
