@@ -70,8 +70,8 @@ class Vllm(Engine):
         if self.spec.docker is not None or gpus or cpu_flags is None or cpu_flags.get("avx512f"):
             return []
         return ["vLLM on a CPU without AVX-512: its CPU kernels are written for AVX-512 and AMX, so decode "
-                "runs several times slower than on a CPU that has them (Gemma 3 270M: 9-14 tok/s on a 2-core "
-                "AVX2 AMD EPYC); llama.cpp's figures on the same machine are not affected"]
+                "runs several times slower than on a CPU that has them (Gemma 3 270M at n_spec 0: 7 tok/s and "
+                "2 minutes to start on a 2-core AVX2 AMD EPYC); llama.cpp on the same machine is not affected"]
 
     def server_args(self, n_spec, model, port, parallel, draft=None, host="127.0.0.1") -> list[str]:
         ref = str(model.path or model.hf_ref)

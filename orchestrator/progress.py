@@ -80,7 +80,7 @@ class PlainSweepProgress:
         self._cell, self._k, self._n, self._total = "", 0, 0, 0
         self._cell_t0 = self._last = self._t0
         self._rates: list[float] = []
-        self._errors = 0
+        self._errors = self._empty = 0
         self._cell_s: list[float] = []  # seconds of each finished cell, for the estimate
 
     def __enter__(self):
@@ -99,7 +99,7 @@ class PlainSweepProgress:
     def cell_started(self, k: int, n: int, cell_id: str, requests: int) -> None:
         self._cell, self._k, self._n, self._total = f"cell {k}/{n} {cell_id}", k, n, requests
         self._cell_t0 = self._last = self.clock()
-        self._rates, self._errors = [], 0
+        self._rates, self._errors, self._empty = [], 0, 0
         self._say(f"starting server ({requests} requests to measure)")
 
     def phase(self, text: str) -> None:
@@ -111,11 +111,13 @@ class PlainSweepProgress:
     def request_done(self, rec) -> None:
         if rec.phase != "measured":
             return
-        if rec.e2e_tok_s:
+        if not getattr(rec, "ok", rec.e2e_tok_s is not None):
+            self._errors += 1
+        elif rec.e2e_tok_s:
             self._rates.append(rec.e2e_tok_s)
         else:
-            self._errors += 1
-        done = len(self._rates) + self._errors
+            self._empty += 1  # ok, but no tokens to rate
+        done = len(self._rates) + self._errors + self._empty
         if done % EVERY_REQUESTS == 0 or self.clock() - self._last >= EVERY_S or done == self._total:
             so_far = f"median {statistics.median(self._rates):.1f} tok/s so far" if self._rates else "no successful request yet"
             errors = f", {self._errors} failed" if self._errors else ""
