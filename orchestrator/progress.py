@@ -134,7 +134,24 @@ class PlainSweepProgress:
             self._say(note)
 
 
-class BuildProgress:
+class _SingleLane:
+    """`step` and `percent` without a lane: a single install (`orch engines install`) has one."""
+
+    _one = None
+
+    def lane(self, steps=()):
+        raise NotImplementedError
+
+    def step(self, text: str) -> None:
+        self._one = self._one or self.lane()
+        self._one.step(text)
+
+    def percent(self, value: int) -> None:
+        self._one = self._one or self.lane()
+        self._one.percent(value)
+
+
+class BuildProgress(_SingleLane):
     """Steps and the compiler's percentage while an engine builds: one bar per lane of set-up
     (`lane`), or one bar for a single install (`step`, `percent`)."""
 
@@ -142,7 +159,6 @@ class BuildProgress:
         self.console = console or Console(stderr=True)
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                              TimeElapsedColumn(), console=self.console, transient=True)
-        self._one = None
 
     def __enter__(self):
         self._bar.__enter__()
@@ -154,13 +170,6 @@ class BuildProgress:
     def lane(self, steps=()) -> "_BarLane":
         return _BarLane(self, self._bar.add_task("preparing", total=100), _label(steps))
 
-    def step(self, text: str) -> None:
-        self._one = self._one or self.lane()
-        self._one.step(text)
-
-    def percent(self, value: int) -> None:
-        self._one = self._one or self.lane()
-        self._one.percent(value)
 
 
 class _BarLane:
@@ -176,13 +185,12 @@ class _BarLane:
         self.owner._bar.update(self.task, completed=value)
 
 
-class PlainBuildProgress:
+class PlainBuildProgress(_SingleLane):
     """Steps as lines, and the compiler's percentage every 10% (a log shows the build is alive)."""
 
     def __init__(self, console: Console, clock=time.monotonic):
         self.console, self.clock = console, clock
         self._t0 = clock()
-        self._one = None
 
     def __enter__(self):
         return self
@@ -197,13 +205,6 @@ class PlainBuildProgress:
         s = int(self.clock() - self._t0)
         self.console.print(f"[{s // 60:02d}:{s % 60:02d}] {text}", markup=False, highlight=False, soft_wrap=True)
 
-    def step(self, text: str) -> None:
-        self._one = self._one or self.lane()
-        self._one.step(text)
-
-    def percent(self, value: int) -> None:
-        self._one = self._one or self.lane()
-        self._one.percent(value)
 
 
 class _PlainLane:
