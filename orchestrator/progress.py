@@ -91,9 +91,8 @@ class PlainSweepProgress:
 
     def _say(self, text: str) -> None:
         self._last = self.clock()
-        s = int(self._last - self._t0)
         # markup off: a cell id or a server's words are printed as they are, less any secret
-        self.console.print(redact.scrub(f"[{s // 60:02d}:{s % 60:02d}] {self._cell}: {text}"), markup=False,
+        self.console.print(redact.scrub(f"{_stamp(self._last - self._t0)} {self._cell}: {text}"), markup=False,
                            highlight=False, soft_wrap=True)
 
     def cell_started(self, k: int, n: int, cell_id: str, requests: int) -> None:
@@ -202,8 +201,7 @@ class PlainBuildProgress(_SingleLane):
         return _PlainLane(self, _label(steps))
 
     def say(self, text: str) -> None:
-        s = int(self.clock() - self._t0)
-        self.console.print(f"[{s // 60:02d}:{s % 60:02d}] {text}", markup=False, highlight=False, soft_wrap=True)
+        self.console.print(f"{_stamp(self.clock() - self._t0)} {text}", markup=False, highlight=False, soft_wrap=True)
 
 
 
@@ -226,6 +224,12 @@ def _label(steps) -> str:
     """"llama-server: " before a lane's lines, when set-up runs lanes side by side."""
     names = [name.split(":")[0] for _, name in steps]
     return f"{', '.join(dict.fromkeys(names))}: " if names else ""
+
+
+def _stamp(seconds: float) -> str:
+    """"[02:05]": minutes and seconds since the sweep or set-up began."""
+    s = int(seconds)
+    return f"[{s // 60:02d}:{s % 60:02d}]"
 
 
 def _minutes(seconds: float) -> str:

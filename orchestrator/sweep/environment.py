@@ -12,16 +12,18 @@ from importlib import metadata
 from orchestrator import __version__
 
 
-def capture(engines: dict[str, dict]) -> dict:
+def capture(engines: dict[str, dict], host: tuple[dict[str, bool] | None, list[str]] | None = None) -> dict:
+    """environment.json; `host`: (cpu_flags(), gpus()) when the caller has read them already."""
+    flags, gpu = host if host is not None else (cpu_flags(), gpus())
     return {
         "orch_version": __version__,
         "python": sys.version.split()[0],
         "os": platform.platform(),
         "cpu": cpu_model(),
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": flags,
         "cpu_count": os.cpu_count(),
         "memory_gib": _memory_gib(),
-        "gpu": gpus(),
+        "gpu": gpu,
         "engines": engines,
         "packages": {p: _version(p) for p in ("aiohttp", "httpx", "pandas", "matplotlib", "pydantic")},
     }

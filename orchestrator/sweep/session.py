@@ -52,7 +52,7 @@ def run_sweep(sc: Scenario, base_dir: Path, out: Path, resume: bool, again: str,
     called once the run folder exists, before any server starts."""
     runner = Sweep(sc, base_dir, progress)  # resolves engines and models: nothing starts if one is missing
     run, warnings = open_run(sc, out, resume, again)
-    run.write_environment(capture(engine_env(runner)))
+    run.write_environment(capture(engine_env(runner), runner.host))
     opened(run, warnings)
     with _signals_stop_the_sweep():
         try:
