@@ -142,7 +142,7 @@ def test_an_empty_file(tmp_path):
 def test_a_folder_named_like_a_prompt_file(tmp_path):
     path = tmp_path / "x.jsonl"
     path.mkdir()
-    assert _error(path) == f"{path}: cannot read it (Is a directory); pass a readable .jsonl file"
+    assert _error(path) == f"{path}: cannot read it (Is a directory); pass a readable .jsonl or .parquet file"
 
 
 def test_permission_denied(tmp_path, monkeypatch):
@@ -152,7 +152,7 @@ def test_permission_denied(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(self))
 
     monkeypatch.setattr(Path, "read_bytes", denied)
-    assert _error(path) == f"{path}: cannot read it (Permission denied); pass a readable .jsonl file"
+    assert _error(path) == f"{path}: cannot read it (Permission denied); pass a readable .jsonl or .parquet file"
 
 
 MISSING = "does not exist; relative paths start at the scenario file's folder"
@@ -176,7 +176,7 @@ def test_a_nul_in_the_name(tmp_path):
 def test_a_file_where_a_folder_should_be(tmp_path):
     _file(tmp_path, "x", "plain.txt")
     path = tmp_path / "plain.txt" / "x.jsonl"
-    assert _error(path) == f"{path}: cannot read it (Not a directory); pass a readable .jsonl file"
+    assert _error(path) == f"{path}: cannot read it (Not a directory); pass a readable .jsonl or .parquet file"
 
 
 def test_a_bad_prompt_file_fails_validate_in_one_line_exit_2(tmp_path, no_processes):

@@ -37,9 +37,15 @@ FINITE = "must be a finite number, not inf or nan"
 
 # Newer cases give the whole message after the key, and the test compares it exactly.
 EXACT = {
+    "prompt_table_unknown_key.toml": ("workload.prompts[0].per_categry", "unknown key; remove it or check its spelling"),
+    "prompt_file_category_int.toml": ("workload.prompts[0]", f"{BAD}/../fixtures/prompt_sets/bad-category-int.parquet "
+                                      'row 1: "category" must be a string (got 3); put it in quotes or leave "category" out'),
+    "prompt_file_empty_split.toml": ("workload.prompts[0]", f"{BAD}/../fixtures/prompt_sets/bad-empty-split.parquet: "
+                                     "speed-bench columns but no rows (an empty split); point at a split file that "
+                                     "holds prompts"),
     "duplicate_prompt_set.toml": ("workload.prompts", "duplicate prompt sets ['seeds']; list each once"),
     "prompt_set_name_clash.toml": ("workload.prompts", "'prompts/a/qa.jsonl' and 'prompts/b/qa.jsonl' are both "
-                                   "prompt set 'qa' (a file's name is its set's name); rename one of the files"),
+                                   "prompt set 'qa' (a file's name is its set's name); rename one of the files, or give one a `name` in a table"),
     "inf_temperature.toml": ("workload.temperature", FINITE),
     "negative_inf_request_timeout.toml": ("workload.request_timeout_s", FINITE),
     "nan_ready_timeout.toml": ("engines[0].ready_timeout_s", FINITE),
@@ -249,7 +255,7 @@ def test_prompt_set_file_named_like_a_builtin_set_clashes(tmp_path):
     (tmp_path / "seeds.jsonl").write_text('{"prompt": "p"}\n')
     path = _write(tmp_path, GOOD.replace("max_tokens = 64", 'prompts = ["seeds", "seeds.jsonl"]'))
     assert _error(path) == (f"{path}: workload.prompts: 'seeds' and 'seeds.jsonl' are both prompt set 'seeds' "
-                            "(a file's name is its set's name); rename one of the files")
+                            "(a file's name is its set's name); rename one of the files, or give one a `name` in a table")
 
 
 def test_deeply_nested_toml_is_one_line(tmp_path):

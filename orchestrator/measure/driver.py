@@ -169,8 +169,10 @@ def _typed(rec: dict) -> Measured:
 
 
 def _spec_fields(spec: RequestSpec) -> dict:
+    p = spec.prompt
+    labels = {k: v for k, v in (("category", p.category), ("sub_category", p.sub_category)) if v is not None}
     return {"key": spec.key, "phase": spec.phase, "concurrency": spec.concurrency,
-            "repeat": spec.repeat, "prompt_set": spec.prompt.set, "prompt_id": spec.prompt.id}
+            "repeat": spec.repeat, "prompt_set": p.set, "prompt_id": p.id, **labels}
 
 
 async def stream_request(session: aiohttp.ClientSession, url: str, body: dict, timeout_s: float,

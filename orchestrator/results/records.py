@@ -78,6 +78,8 @@ class Measured(Record):
     repeat: Count
     prompt_set: Name
     prompt_id: StrictStr
+    category: StrictStr | None = None  # the prompt's, where its set has categories (SPEED-Bench's, MT-Bench's)
+    sub_category: StrictStr | None = None
     ok: StrictBool
     error: StrictStr | None = None
     http_status: Annotated[int, Field(strict=True)] | None = None

@@ -16,7 +16,7 @@ from engines import ENGINES
 from orchestrator.common.errors import ScenarioError
 from orchestrator.launch.launchers import LAUNCHERS
 from orchestrator.setup.models import check_model_ref
-from orchestrator.measure.prompts import PromptFileError, load_prompt_set
+from orchestrator.measure.prompts import PromptFileError, PromptSource, load_prompt_set
 
 
 class _Strict(BaseModel):
@@ -89,7 +89,9 @@ def _port(parts) -> int | None:
 
 
 class Workload(_Strict):
-    prompts: list[str] = Field(default=["seeds"], min_length=1)
+    # Each a set's name or file ("seeds", "my.jsonl"), or a table: {source, format, name,
+    # per_category, sample_seed, turns} (measure/prompts.py's PromptSource).
+    prompts: list[PromptSource] = Field(default=[PromptSource(source="seeds")], min_length=1)
     max_tokens: int = Field(default=256, gt=0)
     temperature: float = Field(default=0.0, ge=0)
     seed: int = 1234
@@ -123,7 +125,8 @@ class Workload(_Strict):
     @field_validator("prompts")
     @classmethod
     def _prompts(cls, v):
-        return _unique(v, "prompt sets")
+        _unique([p.source if p.plain else p.label for p in v], "prompt sets")
+        return v
 
     @field_validator("concurrency")
     @classmethod
@@ -436,7 +439,7 @@ def _check_files(scenario: Scenario, path: Path) -> None:
                 raise ScenarioError(path, f"engines[{i}].speculation.draft_model", problem)
 
 
-def _check_prompt_sets(refs: list[str], path: Path) -> None:
+def _check_prompt_sets(refs: list[PromptSource], path: Path) -> None:
     """Every set loads, and no two share a name: results tell prompts apart by (set, id)."""
     named: dict[str, str] = {}
     for i, ref in enumerate(refs):
@@ -445,9 +448,9 @@ def _check_prompt_sets(refs: list[str], path: Path) -> None:
         except PromptFileError as exc:
             raise ScenarioError(path, f"workload.prompts[{i}]", str(exc))
         if name in named:
-            raise ScenarioError(path, "workload.prompts", f"{named[name]!r} and {ref!r} are both prompt set {name!r} "
-                                "(a file's name is its set's name); rename one of the files")
-        named[name] = ref
+            raise ScenarioError(path, "workload.prompts", f"{named[name]} and {ref.label} are both prompt set {name!r} "
+                                "(a file's name is its set's name); rename one of the files, or give one a `name` in a table")
+        named[name] = ref.label
 
 
 # ---------------------------------------------------------------- --set KEY=VALUE

