@@ -20,7 +20,7 @@ from orchestrator.analysis.recommend import format_advice
 from orchestrator.analysis.summary import format_speedups, format_table
 from orchestrator.common import redact
 from orchestrator.common.errors import OrchError, ResultsError
-from orchestrator.results.rundir import RunDir, fix_for, why
+from orchestrator.results.rundir import BY_CATEGORY, RunDir, fix_for, why
 from orchestrator.setup.models import KNOWN_MODELS
 from orchestrator.setup.provision import run_setup, run_step, setup_steps
 from orchestrator.sweep.runner import plan_cells
@@ -155,13 +155,16 @@ def _print_report(run: RunDir, overlay=None) -> bool:
     for note in report.warnings:  # records skipped or kept as failed on reading back
         click.echo(f"warning: {note}", err=True)
     click.echo(format_table(report.summary))
+    by_category = report.categories.advice_text() if report.categories is not None else ""
     for text in (format_speedups(report.summary), format_crossover(report.summary), format_advice(report.advice),
-                 report.check, report.search, report.model):
+                 by_category, report.check, report.search, report.model):
         if text:
             click.echo(f"\n{text}")
     click.echo(f"\nsummary: {report.summary_path}")
     click.echo(f"pairs:   {report.pairs_path}")
     click.echo(f"model:   {report.pairs_path.with_name('model.csv')}")
+    if report.categories is not None:
+        click.echo(f"by category: {report.pairs_path.with_name(BY_CATEGORY)}")
     for chart in report.charts:
         if chart.suffix == ".png":
             click.echo(f"chart:   {chart}")

@@ -17,6 +17,7 @@ import pandas as pd
 
 from engines import ENGINES
 
+from orchestrator.analysis.categories import CategoryView, category_view
 from orchestrator.analysis.load import format_crossover
 from orchestrator.analysis.recommend import format_advice, what_to_run
 from orchestrator.analysis.lossless import check_texts, per_cell
@@ -24,10 +25,11 @@ from orchestrator.analysis.model import fits, format_check, format_fits, model_t
 from orchestrator.analysis.pairs import pair_table, slower_prompts
 from orchestrator.analysis.search import format_decision, step
 from orchestrator.results.records import CellRecord, machine_label
-from orchestrator.results.rundir import MODEL, PAIRS, SUMMARY, RunDir
+from orchestrator.results.rundir import BY_CATEGORY, MODEL, PAIRS, SUMMARY, RunDir
 from orchestrator.analysis.summary import (format_speedups, format_table, measured_frame, speedup_frame, summarize,
                                            unpaired_note)
 
+from .categories import draw_category_heatmap
 from .charts import (draw_acceptance_by_position, draw_acceptance_length, draw_charts, draw_load, draw_lossless,
                      draw_model, draw_pairs)
 
@@ -43,6 +45,7 @@ class Report:
     search: str  # what the depth search did ("" for a run that was no search)
     check: str  # per-request draft counts against the /metrics deltas, per window
     lossless: pd.DataFrame
+    categories: CategoryView | None  # None: the run's prompts carry no category
     charts: list[Path]
     html: Path
     markdown: Path
@@ -63,6 +66,9 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     check = window_check(frame, cells)
     check.to_csv(run.path / "acceptance_check.csv", index=False)
     starts = run.server_starts()
+    categories = category_view(requests, cells, starts)
+    if categories is not None:
+        categories.table().to_csv(run.path / BY_CATEGORY, index=False)
     search = "\n".join(format_decision(step(engine, grid, budget, frame, cells, None, starts.get(engine, 0)))
                        for engine, (grid, budget) in run.search_settings().items())
     checks = check_texts(requests)
@@ -73,15 +79,16 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     charts = (draw_charts(summary, sub, run.path, overlay) + draw_pairs(pairs, summary, sub, run.path)
               + draw_load(summary, sub, run.path)
               + draw_acceptance_length(summary, sub, run.path) + draw_acceptance_by_position(cells, sub, run.path)
-              + draw_model(model, sub, run.path) + draw_lossless(lossless, sub, run.path))
+              + draw_model(model, sub, run.path) + draw_lossless(lossless, sub, run.path)
+              + draw_category_heatmap(categories, sub, run.path))
     out = run.path / "report"
     out.mkdir(exist_ok=True)
     ctx = _Context(run, summary, pairs, lossless, checks, cells, [c for c in charts if c.suffix == ".png"],
-                   scenario, list(run.warnings), format_fits(found), search, format_check(check))
+                   scenario, list(run.warnings), format_fits(found), search, format_check(check), categories)
     (out / "index.html").write_text(_html(ctx))
     (out / "summary.md").write_text(_markdown(ctx))
     return Report(summary, run.path / SUMMARY, pairs, run.path / PAIRS, ctx.advice, ctx.model, ctx.search, ctx.check, lossless,
-                  charts, out / "index.html", out / "summary.md", ctx.warnings)
+                  categories, charts, out / "index.html", out / "summary.md", ctx.warnings)
 
 
 def _scenario_text(run: RunDir) -> str:
@@ -114,11 +121,14 @@ class _Context:
     model: str = ""
     search: str = ""
     check: str = ""
+    categories: CategoryView | None = None
 
     @property
     def top(self) -> str:
-        """What to run: the measured advice, then the search's outcome and the model's."""
-        return "\n\n".join(t for t in (format_advice(self.advice), self.search, self.model) if t)
+        """What to run: the measured advice by prompt set, then by category, then the search's
+        outcome and the model's."""
+        by_category = self.categories.advice_text() if self.categories is not None else ""
+        return "\n\n".join(t for t in (format_advice(self.advice), by_category, self.search, self.model) if t)
 
     @cached_property
     def advice(self) -> pd.DataFrame:
@@ -154,7 +164,7 @@ def _markdown(ctx: _Context) -> str:
     lines = [f"## orch sweep `{ctx.run.path.name}`", "", f"{subtitle(ctx.run)}", "", *_md_skipped(ctx.warnings),
              *(["### What to run", "", "```", advice, "```", ""] if advice else []),
              *[f"- {m}" for m in ctx.method_lines], "",
-             "```", format_table(ctx.summary), "```", "", *_md_pairs(ctx),
+             "```", format_table(ctx.summary), "```", "", *_md_pairs(ctx), *_md_categories(ctx),
              *(["### Acceptance: per request against /metrics", "", "```", ctx.check, "```", ""] if ctx.check else []),
              "### Lossless check (temperature 0, against n_spec 0)", ""]
     lines += _md_table(ctx.lossless, ["cell_id", "checked", "identical", "share_identical"])
@@ -185,6 +195,42 @@ def _md_pairs(ctx: _Context) -> list[str]:
     slow, total = _slower(ctx)
     lines += ["### Prompts where speculation was slower", "", _slower_caption(len(slow), total), ""]
     return lines + _md_table(slow, list(slow.columns)) + [""] if len(slow) else lines
+
+
+def _md_categories(ctx: _Context) -> list[str]:
+    if ctx.categories is None:
+        return []
+    table = _by_category(ctx.categories)
+    return ["### By category", "", CATEGORY_CAPTION, ""] + _md_table(table, list(table.columns)) + [""]
+
+
+CATEGORY_CAPTION = ("Each category's requests across the prompt sets that hold it (summary_by_category.csv has "
+                    "every column). Acceptance from per-request draft counts; speedup: the typical paired ratio "
+                    "against n_spec 0, with its 95% interval.")
+
+
+def _by_category(view: CategoryView) -> pd.DataFrame:
+    t = view.table()
+    t = t[t["concurrency"].notna()]
+
+    def ci(r, stem):
+        lo, hi = r[f"{stem}_ci_low"], r[f"{stem}_ci_high"]
+        return "-" if pd.isna(lo) or pd.isna(hi) else f"{lo:.2f}-{hi:.2f}"
+    num = lambda v, f: "-" if v is None or pd.isna(v) else f.format(v)
+    return pd.DataFrame([{
+        "engine": r["engine"], "n_spec": r["n_spec"], "conc": r["concurrency"], "category": r["category"],
+        "sets": r["prompt_sets"], "ok / failed": f"{r['requests_ok']} / {r['requests_failed']}",
+        "e2e tok/s": num(r["e2e_tok_s_median"], "{:.1f}"), "accept": num(r["acceptance_rate"], "{:.2f}"),
+        "accept CI": ci(r, "acceptance"), "speedup": num(r["speedup"], "{:.2f}x"), "speedup CI": ci(r, "speedup"),
+        "pairs": r["requests_paired"], "verdict": r["speedup_verdict"] or "-",
+    } for _, r in t.sort_values(["engine", "concurrency", "category", "n_spec"]).iterrows()])
+
+
+def _html_categories(ctx: _Context) -> str:
+    if ctx.categories is None:
+        return ""
+    table = _by_category(ctx.categories).to_html(index=False, border=0, na_rep="-")
+    return f'<h2 id="by-category">By category</h2><p>{html.escape(CATEGORY_CAPTION)}</p>{table}'
 
 
 def _slower(ctx: _Context) -> tuple[pd.DataFrame, int]:
@@ -273,7 +319,7 @@ def _html(ctx: _Context) -> str:
         method="".join(f"<li>{esc(m)}</li>" for m in ctx.method_lines),
         check=f'<h2 id="acceptance-check">Acceptance: per request against /metrics</h2><pre>{esc(ctx.check)}</pre>'
         if ctx.check else "",
-        images=imgs, summary=table, pairs=pairs, lossless=lossless, advice=_html_advice(ctx), divergences=div_html,
+        images=imgs, summary=table, pairs=pairs + _html_categories(ctx), lossless=lossless, advice=_html_advice(ctx), divergences=div_html,
         env=esc(env), scenario=esc(ctx.scenario), rerun=esc(ctx.rerun), skipped=_html_skipped(ctx.warnings))
 
 

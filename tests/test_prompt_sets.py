@@ -161,7 +161,28 @@ def test_a_gzip_bomb_is_refused_unread(tmp_path, monkeypatch):
 def test_a_bad_table_in_a_scenario_names_the_field(tmp_path):
     scenario = tmp_path / "s.toml"
     scenario.write_text('name = "s"\n[workload]\nprompts = [{ source = "seeds", per_category = 0 }]\n'
-                        '[[engines]]\nname = "e"\nkind = "endpoint"\nurl = "http://127.0.0.1:1"\nmodel = "m"\n')
+                        '[[engines]]\nname = "e"\nkind = "endpoint"\nlauncher = "external"\nurl = "http://127.0.0.1:1"\nmodel = "m"\n')
     with pytest.raises(ScenarioError) as exc:
         load_scenario(scenario)
     assert str(exc.value) == f"{scenario}: workload.prompts[0].per_category: Input should be greater than 0"
+
+
+def test_the_readme_prompt_sets_example_loads(tmp_path):
+    """The README's example, with the fixtures where a user's downloads would be."""
+    import re
+    import shutil
+
+    from orchestrator.measure.prompts import load_prompt_set as load
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"### Prompt sets\n.*?```toml\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "speed-bench").mkdir()
+    (tmp_path / "mt_bench").mkdir()
+    shutil.copy(FIX / "speed-bench-qualitative.parquet", tmp_path / "speed-bench" / "qualitative.parquet")
+    shutil.copy(FIX / "mt-bench-question.jsonl", tmp_path / "mt_bench" / "question.jsonl")
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('name = "s"\n' + block + '[[engines]]\nname = "e"\nkind = "endpoint"\n'
+                        'launcher = "external"\nurl = "http://127.0.0.1:1"\nmodel = "m"\n')
+    sets = {ref.source: load(ref, tmp_path) for ref in load_scenario(scenario).workload.prompts}
+    assert [len(v) for v in sets.values()] == [8, 3, 8, 7, 4]
+    assert {p.set for p in sets["speed-bench/qualitative.parquet"]} == {"speed-bench"}
+    assert "\n\n" in sets["mt_bench/question.jsonl"][0].text  # turns = "all"

@@ -119,13 +119,16 @@ def _x(r) -> str:
     return ratio_text(float(r["speedup"]), r["speedup_ci_low"], r["speedup_ci_high"])
 
 
-def format_advice(advice: pd.DataFrame) -> str:
+def format_advice(advice: pd.DataFrame, title: str = "what to run (typical paired speedup):",
+                  where=lambda r: r.prompt_set) -> str:
+    """One line per row of `advice`; `where(row)` names what the row is about (its prompt set,
+    or its category and the sets it came from)."""
     if advice.empty:
         return ""
     lines = []
     for r in advice.itertuples(index=False):
         depth = "no speculation" if r.n_spec == 0 else \
             f"{r.method} n_spec {r.n_spec}, {ratio_text(r.speedup, r.speedup_ci_low, r.speedup_ci_high)}"
-        lines.append(f"{r.engine} at c={r.concurrency} on {r.prompt_set}: {depth} "
+        lines.append(f"{r.engine} at c={r.concurrency} on {where(r)}: {depth} "
                      f"({r.basis}, {r.server_starts} server starts): {r.why}")
-    return "what to run (typical paired speedup):\n" + "\n".join(lines)
+    return title + "\n" + "\n".join(lines)

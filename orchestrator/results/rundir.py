@@ -37,6 +37,7 @@ SUMMARY = "summary.csv"
 PAIRS = "pairs.csv"
 SEARCH = "search.jsonl"
 MODEL = "model.csv"
+BY_CATEGORY = "summary_by_category.csv"  # where the prompts carry categories (analysis/categories.py)
 RUN = "run.json"
 
 

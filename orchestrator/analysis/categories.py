@@ -1,0 +1,68 @@
+"""Results per category: a run's summary, request pairs and what-to-run, cut by the prompts'
+categories (SPEED-Bench's, MT-Bench's, the built-in sets') instead of by prompt set.
+
+Acceptance, and so the speedup, depends on what is being written: a depth that wins on code can
+lose on prose. The category view relabels each measured request: its prompt set becomes its
+category (its set's name where the set has none) and its prompt id becomes `set/id`. Twins still
+pair exactly (same prompt, repeat and concurrency at n_spec 0), and every column, interval and
+verdict comes from summary.py, pairs.py and recommend.py unchanged: one definition of each
+figure, whichever way the run is cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from orchestrator.analysis.pairs import pair_table
+from orchestrator.analysis.recommend import format_advice, what_to_run
+from orchestrator.analysis.summary import measured_frame, summarize
+from orchestrator.results.records import CellRecord, RequestRecord
+
+# summary_by_category.csv: the summary's columns, the prompt set's replaced by these two.
+LABELS = ["category", "prompt_sets"]
+
+
+@dataclass
+class CategoryView:
+    summary: pd.DataFrame  # summary.py's rows, `prompt_set` holding the category
+    pairs: pd.DataFrame
+    advice: pd.DataFrame  # recommend.what_to_run per engine, concurrency and category
+    sets: dict[str, list[str]]  # category -> the prompt sets its requests came from
+
+    def table(self) -> pd.DataFrame:
+        """summary_by_category.csv."""
+        out = self.summary.rename(columns={"prompt_set": "category"})
+        out.insert(out.columns.get_loc("category") + 1, "prompt_sets",
+                   [", ".join(self.sets.get(c, [])) if isinstance(c, str) else None for c in out["category"]])
+        return out[out["category"].notna()]
+
+    def advice_text(self) -> str:
+        return format_advice(self.advice, "what to run per category (typical paired speedup):",
+                             lambda r: f"{r.prompt_set} ({', '.join(self.sets.get(r.prompt_set, []))})")
+
+
+def has_categories(requests: list[RequestRecord]) -> bool:
+    return any(r.category for r in requests if r.phase == "measured")
+
+
+def relabel(requests: list[RequestRecord]) -> list[RequestRecord]:
+    """The records with category for prompt set and set/id for prompt id."""
+    return [r.model_copy(update={"prompt_set": r.category or r.prompt_set,
+                                 "prompt_id": f"{r.prompt_set}/{r.prompt_id}"}) for r in requests]
+
+
+def category_view(requests: list[RequestRecord], cells: list[CellRecord],
+                  starts: dict[str, int]) -> CategoryView | None:
+    """None for a run whose prompts carry no category."""
+    if not has_categories(requests):
+        return None
+    sets: dict[str, set[str]] = {}
+    for r in requests:
+        sets.setdefault(r.category or r.prompt_set, set()).add(r.prompt_set)
+    records = relabel(requests)
+    summary = summarize(records, cells)
+    pairs = pair_table(measured_frame(records), cells)
+    advice = what_to_run(summary, pairs, starts)
+    return CategoryView(summary, pairs, advice, {c: sorted(s) for c, s in sets.items()})
