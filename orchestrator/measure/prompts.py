@@ -54,7 +54,7 @@ SEEDS = [
     ("average-speed", "A car drives 60 km at 30 km/h and then another 60 km at 60 km/h. "
                       "What is its average speed over the whole trip? Show your reasoning.", "math"),
     ("counterexample", "Is it true that every number divisible by both 4 and 6 is divisible by 24? "
-                       "Answer with a counterexample if it is false.", "reasoning"),
+                       "Answer with a counterexample if it is false.", "math"),
     ("tamil-formal", "Correct the grammar of this sentence, then translate it into formal Tamil: "
                      "'Me and him goes to the market every sundays.'", "multilingual"),
     ("ten-word-sentences", "Write a paragraph about the ocean in which every sentence has "
