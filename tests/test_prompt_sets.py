@@ -93,33 +93,24 @@ def test_a_name_replaces_the_files_stem():
 # ---------------------------------------------------------------- hostile files
 
 
-def test_a_missing_column():
-    path = FIX / "bad-no-turns.parquet"
-    assert _error(path, format="speed-bench") == (
-        f"{path}: no column turns (speed-bench format); SPEED-Bench rows have question_id, category, "
-        "sub_category (strings) and turns (a list of strings)")
+BAD_FILES = {  # fixture, loader settings, the one line after "<path>"
+    "bad-no-turns.parquet": ({"format": "speed-bench"},
+                             ": no column turns (speed-bench format); SPEED-Bench rows have question_id, category, "
+                             "sub_category (strings) and turns (a list of strings)"),
+    "bad-category-int.parquet": ({}, ' row 1: "category" must be a string (got 3); put it in quotes or leave '
+                                     '"category" out'),
+    "bad-empty-split.parquet": ({}, ": speed-bench columns but no rows (an empty split); point at a split file "
+                                    "that holds prompts"),
+    "bad-latin1.jsonl": ({}, ": not UTF-8 text (byte 0xe9 at offset 56); save it as UTF-8"),
+    "bad-turns-string.jsonl": ({}, ':2: "turns" must be a list of strings (got a string); '
+                                   'write it as ["first turn", "second turn"]'),
+}
 
 
-def test_a_category_of_the_wrong_type():
-    path = FIX / "bad-category-int.parquet"
-    assert _error(path) == f'{path} row 1: "category" must be a string (got 3); put it in quotes or leave "category" out'
-
-
-def test_an_empty_split():
-    path = FIX / "bad-empty-split.parquet"
-    assert _error(path) == (f"{path}: speed-bench columns but no rows (an empty split); point at a split file "
-                            "that holds prompts")
-
-
-def test_a_file_that_is_not_utf8():
-    path = FIX / "bad-latin1.jsonl"
-    assert _error(path) == f"{path}: not UTF-8 text (byte 0xe9 at offset 56); save it as UTF-8"
-
-
-def test_turns_that_are_not_a_list():
-    path = FIX / "bad-turns-string.jsonl"
-    assert _error(path) == (f'{path}:2: "turns" must be a list of strings (got a string); '
-                            'write it as ["first turn", "second turn"]')
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_a_bad_file_is_one_line_naming_file_row_column_and_fix(name):
+    settings, rest = BAD_FILES[name]
+    assert _error(FIX / name, **settings) == f"{FIX / name}{rest}"
 
 
 def test_a_file_that_is_not_parquet():
@@ -186,3 +177,18 @@ def test_the_readme_prompt_sets_example_loads(tmp_path):
     assert [len(v) for v in sets.values()] == [8, 3, 8, 7, 4]
     assert {p.set for p in sets["speed-bench/qualitative.parquet"]} == {"speed-bench"}
     assert "\n\n" in sets["mt_bench/question.jsonl"][0].text  # turns = "all"
+
+
+def test_nulls_inside_a_parquet_row(tmp_path):
+    import pyarrow.parquet as pq
+
+    from tests.fixtures.prompt_sets.make import SPEED_ROWS, speed_table
+    rows = [SPEED_ROWS[0], ("sb-x", "coding", "python", ["fine", None], "orch", "9", "easy", True)]
+    pq.write_table(speed_table(rows), tmp_path / "nulls.parquet")
+    assert _error(tmp_path / "nulls.parquet", turns="all") == (
+        f'{tmp_path / "nulls.parquet"} row 2: "turns[1]" must be a string (got null); put the text in quotes')
+    rows = [SPEED_ROWS[0], (None,) + SPEED_ROWS[1][1:]]
+    pq.write_table(speed_table(rows), tmp_path / "no-id.parquet")
+    assert _error(tmp_path / "no-id.parquet") == (
+        f'{tmp_path / "no-id.parquet"} row 2: "question_id" must be a string or an integer (got null); '
+        "give every row its question_id")
