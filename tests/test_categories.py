@@ -85,3 +85,11 @@ def test_the_report_and_the_cli_show_categories(tmp_path):
     md = (run / "report" / "summary.md").read_text()
     assert "### By category" in md and "| e | 4 | 1 | code | a, b | 6 / 0 |" in md
     assert 'id="by-category"' in (run / "report" / "index.html").read_text()
+
+
+def test_categories_with_too_few_pairs_are_named_in_one_line():
+    rows = [r for r in rows_by_category() if not (r["category"] == "prose" and r["prompt_id"] in ("p0", "p2", "p3"))]
+    text = view_of(rows).advice_text().splitlines()
+    assert len(text) == 3 and text[1].startswith("e at c=1 on code (a, b): ngram-mod n_spec 4")
+    assert text[2] == ("too few pairs for a verdict per category (fewer than 6 at every depth): prose; "
+                       "raise workload.repeats or take more prompts per category")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from orchestrator.analysis.pairs import pair_table
+from orchestrator.analysis.pairs import MIN_PAIRS, pair_table
 from orchestrator.analysis.recommend import format_advice, what_to_run
 from orchestrator.analysis.summary import measured_frame, summarize
 from orchestrator.results.records import CellRecord, RequestRecord
@@ -39,8 +39,19 @@ class CategoryView:
         return out[out["category"].notna()]
 
     def advice_text(self) -> str:
-        return format_advice(self.advice, "what to run per category (typical paired speedup):",
+        """A line per category with enough pairs for a verdict; the rest named in one line."""
+        paired = self.summary.groupby(["engine", "concurrency", "prompt_set"])["requests_paired"].max()
+        enough = [paired.get((r.engine, r.concurrency, r.prompt_set), 0) >= MIN_PAIRS
+                  for r in self.advice.itertuples(index=False)]
+        shown, few = self.advice[enough], self.advice[[not e for e in enough]]
+        text = format_advice(shown, "what to run per category (typical paired speedup):",
                              lambda r: f"{r.prompt_set} ({', '.join(self.sets.get(r.prompt_set, []))})")
+        if few.empty:
+            return text
+        names = ", ".join(sorted(set(few["prompt_set"])))
+        note = (f"too few pairs for a verdict per category (fewer than {MIN_PAIRS} at every depth): {names}; "
+                "raise workload.repeats or take more prompts per category")
+        return f"{text}\n{note}" if text else f"what to run per category:\n{note}"
 
 
 def has_categories(requests: list[RequestRecord]) -> bool:
