@@ -61,6 +61,44 @@ def draw_charts(summary: pd.DataFrame, subtitle: str, out_dir: Path, overlay=Non
     return paths
 
 
+PREFILL = Chart("prefill_decode_vs_n_spec", "Prefill", "prefill tok/s (median, 95% CI)",
+                "prefill_tok_s_median", "prefill_tok_s_ci_low", "prefill_tok_s_ci_high")
+SERVER_DECODE = Chart("", "Decode", "decode tok/s (median, 95% CI)", "server_decode_tok_s_median",
+                      "server_decode_tok_s_ci_low", "server_decode_tok_s_ci_high")
+STREAM_DECODE = Chart("", "Decode", "decode tok/s (median, 95% CI)", "decode_tok_s_median",
+                      "decode_tok_s_ci_low", "decode_tok_s_ci_high")
+
+
+def draw_phase_rates(summary: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]:
+    """Prefill and decode tok/s by depth, side by side: the server's own timings where it reports
+    them (llama.cpp), else prefill from TTFT and decode from the stream, marked in the legend."""
+    data = summary.dropna(subset=["concurrency"])
+    if data.empty or data["prefill_tok_s_median"].isna().all():
+        return []
+    many_conc = data["concurrency"].nunique() > 1
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), dpi=110)
+    for key, g in data.groupby(["engine", "prompt_set", "concurrency"], sort=True):
+        g = g.sort_values("n_spec")
+        label = _label(key, many_conc)
+        ttft = g["prefill_source"].fillna("").str.contains("ttft").any()
+        _series(left, PREFILL, g, label + (" (from TTFT)" if ttft else ""))
+        timed = g["server_decode_tok_s_median"].notna().any()
+        _series(right, SERVER_DECODE if timed else STREAM_DECODE, g, label + ("" if timed else " (stream)"))
+    depths = sorted(int(n) for n in data["n_spec"].unique())
+    for ax, chart in ((left, PREFILL), (right, SERVER_DECODE)):
+        ax.set_title(chart.title, fontsize=10)
+        ax.set_xlabel("n_spec (speculative tokens per step)")
+        ax.set_xticks(depths)
+        ax.set_ylabel(chart.ylabel)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.subplots_adjust(top=0.84)
+    fig.suptitle("Prefill and decode rates by speculation depth (the server's timings; else from TTFT and the "
+                 f"stream, marked)\n{subtitle}", fontsize=10)
+    return save(fig, Path(out_dir) / PREFILL.file)
+
+
 def draw_pairs(pairs: pd.DataFrame, summary: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]:
     """Every request pair a point (speculative / n_spec 0 e2e tok/s, log scale), one panel per
     engine, prompt sets side by side at each depth; the bar is the cell's typical speedup with its

@@ -31,7 +31,7 @@ from orchestrator.analysis.summary import (format_speedups, format_table, measur
 
 from .categories import draw_category_heatmap
 from .charts import (draw_acceptance_by_position, draw_acceptance_length, draw_charts, draw_load, draw_lossless,
-                     draw_model, draw_pairs)
+                     draw_model, draw_pairs, draw_phase_rates)
 
 
 @dataclass
@@ -76,7 +76,8 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     checks.to_csv(run.path / "lossless.csv", index=False)
     sub = subtitle(run)
     scenario = _scenario_text(run)
-    charts = (draw_charts(summary, sub, run.path, overlay) + draw_pairs(pairs, summary, sub, run.path)
+    charts = (draw_charts(summary, sub, run.path, overlay) + draw_phase_rates(summary, sub, run.path)
+              + draw_pairs(pairs, summary, sub, run.path)
               + draw_load(summary, sub, run.path)
               + draw_acceptance_length(summary, sub, run.path) + draw_acceptance_by_position(cells, sub, run.path)
               + draw_model(model, sub, run.path) + draw_lossless(lossless, sub, run.path)
@@ -140,7 +141,9 @@ class _Context:
         kinds = sorted({c.kind for c in self.cells if c.kind in ENGINES})
         return [
             "e2e tok/s = completion tokens / (end - start), time to first token included; "
-            "decode tok/s = (tokens - 1) / (end - first token). Definitions: docs/metrics.md.",
+            "decode tok/s = (tokens - 1) / (end - first token). Prefill and server decode tok/s: the server's "
+            "own timings (llama.cpp's prompt_per_second, predicted_per_second); where it reports none, prefill = "
+            "prompt tokens / TTFT, marked †. Definitions: docs/metrics.md.",
             "Token counts are the server's, never stream chunks; acceptance per request where the stream "
             "reports drafts, else the deltas of the server's /metrics counters over each measured window (marked *).",
             *[ENGINES[kind].report_note for kind in kinds if ENGINES[kind].report_note],
@@ -287,12 +290,24 @@ def _compact(summary: pd.DataFrame) -> pd.DataFrame:
         "engine": r["engine"], "method": "none" if r["n_spec"] == 0 else r["method"], "n_spec": r["n_spec"],
         "conc": r["concurrency"], "prompts": r["prompt_set"], "ok / failed": f"{r['requests_ok']} / {r['requests_failed']}",
         "e2e tok/s": num(r["e2e_tok_s_median"], "{:.1f}"), "95% CI": ci(r, "e2e_tok_s", "{:.1f}"),
-        "decode tok/s": num(r["decode_tok_s_median"], "{:.1f}"), "TTFT s": num(r["ttft_s_median"], "{:.3f}"),
+        "decode tok/s": num(r["decode_tok_s_median"], "{:.1f}"),
+        "prefill tok/s": _phase(r, "prefill_tok_s", "{:.0f}", r["prefill_source"] != "timings"),
+        "server decode tok/s": _phase(r, "server_decode_tok_s", "{:.1f}", False),
+        "TTFT s": num(r["ttft_s_median"], "{:.3f}"),
         "TPOT ms": num(r["tpot_ms_median"], "{:.1f}"), "ITL p90 ms": num(r["itl_ms_p90"], "{:.1f}"),
         "accept": num(r["acceptance_rate"], "{:.2f}"), "speedup": num(r["speedup"], "{:.2f}x"),
         "speedup CI": ci(r, "speedup", "{:.2f}"), "verdict": r["speedup_verdict"] or "-",
         "outliers": r["outliers"] or "",
     } for _, r in summary.iterrows()])
+
+
+def _phase(r, stem: str, fmt: str, derived: bool) -> str:
+    """A median with its interval; "†" marks a prefill rate derived from TTFT, not the server's."""
+    v, lo, hi = r[f"{stem}_median"], r[f"{stem}_ci_low"], r[f"{stem}_ci_high"]
+    if v is None or pd.isna(v):
+        return "-"
+    text = fmt.format(v) + (f" [{fmt.format(lo)}-{fmt.format(hi)}]" if pd.notna(lo) and pd.notna(hi) else "")
+    return text + (" †" if derived else "")
 
 
 def _divergences(checks: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,10 @@ COLUMNS = GROUP + [
     "requests_ok", "requests_failed",
     "e2e_tok_s_median", "e2e_tok_s_ci_low", "e2e_tok_s_ci_high", "e2e_tok_s_p10", "e2e_tok_s_p90",
     "decode_tok_s_median", "decode_tok_s_ci_low", "decode_tok_s_ci_high", "decode_tok_s_p10", "decode_tok_s_p90",
+    # prompt processing and generation as the server times them (llama.cpp's timings), else prefill
+    # from TTFT (marked by prefill_source); analysis/summary.py's _phase_rates
+    "prefill_tok_s_median", "prefill_tok_s_ci_low", "prefill_tok_s_ci_high", "prefill_source",
+    "server_decode_tok_s_median", "server_decode_tok_s_ci_low", "server_decode_tok_s_ci_high",
     "ttft_s_median", "tpot_ms_median", "itl_ms_median", "itl_ms_p90", "completion_tokens_median",
     "draft_n", "draft_n_accepted", "acceptance_rate", "acceptance_ci_low", "acceptance_ci_high", "acceptance_source",
     # per request: output tokens per step (both engines) and accepted per drafted step + 1 (vLLM's
@@ -81,11 +85,35 @@ def _row(key: tuple, g: pd.DataFrame) -> dict:
         row[f"{rate}_p10"] = vals.quantile(0.1) if len(vals) else None
         row[f"{rate}_p90"] = vals.quantile(0.9) if len(vals) else None
     row["ttft_s_median"] = pd.to_numeric(ok["ttft_s"], errors="coerce").median() if len(ok) else None
+    row.update(_phase_rates(ok))
     row.update(_latency(ok))
     row["completion_tokens_median"] = pd.to_numeric(ok["completion_tokens"], errors="coerce").median() if len(ok) else None
     row["outliers"] = _outliers(ok)
     row.update(_acceptance(ok))
     return row
+
+
+PREFILL_TIMED, PREFILL_FROM_TTFT = "timings", "ttft"
+
+
+def _phase_rates(ok: pd.DataFrame) -> dict:
+    """Prefill and decode tok/s per request, medians with intervals. Prefill: the server's own
+    prompt_per_second where it reports one (llama.cpp), else prompt tokens / TTFT, which also
+    holds the network, queueing and the first decode step (prefill_source says which). Decode:
+    the server's predicted_per_second; the stream's decode_tok_s is its own column."""
+    timed = per_request(ok, "timings_prompt_per_second")
+    tokens, ttft = per_request(ok, "prompt_tokens"), per_request(ok, "ttft_s")
+    derived = (tokens / ttft).where((tokens > 0) & (ttft > 0))
+    prefill = timed.fillna(derived)
+    out = {}
+    if prefill.notna().any():
+        out["prefill_source"] = PREFILL_TIMED if timed.notna().all() else (
+            PREFILL_FROM_TTFT if timed.isna().all() else f"{PREFILL_TIMED}+{PREFILL_FROM_TTFT}")
+    for stem, values in (("prefill_tok_s", prefill), ("server_decode_tok_s", per_request(ok, "timings_predicted_per_second"))):
+        values = values.dropna()
+        out[f"{stem}_median"] = values.median() if len(values) else None
+        out[f"{stem}_ci_low"], out[f"{stem}_ci_high"] = median_ci(values)
+    return out
 
 
 def _latency(ok: pd.DataFrame) -> dict:
@@ -198,23 +226,27 @@ def format_table(summary: pd.DataFrame) -> str:
     summary = summary.copy()
     summary["speedup_ci"] = [_ci_text(lo, hi) for lo, hi in zip(summary["speedup_ci_low"], summary["speedup_ci_high"])]
     cols = ["engine", "method", "n_spec", "concurrency", "prompt_set", "requests_ok", "requests_failed",
-            "e2e_tok_s_median", "decode_tok_s_median", "ttft_s_median", "acceptance_rate", "speedup",
-            "speedup_ci", "speedup_verdict"]
+            "e2e_tok_s_median", "decode_tok_s_median", "prefill_tok_s_median", "ttft_s_median", "acceptance_rate",
+            "speedup", "speedup_ci", "speedup_verdict"]
     view = summary[cols].rename(columns={
         "concurrency": "conc", "prompt_set": "prompts", "requests_ok": "ok", "requests_failed": "failed",
-        "e2e_tok_s_median": "e2e_tok/s", "decode_tok_s_median": "decode_tok/s",
+        "e2e_tok_s_median": "e2e_tok/s", "decode_tok_s_median": "decode_tok/s", "prefill_tok_s_median": "prefill_tok/s",
         "ttft_s_median": "ttft_s", "acceptance_rate": "accept", "speedup": "speedup",
         "speedup_ci": "95% CI", "speedup_verdict": "verdict"})
     view.loc[view["n_spec"] == 0, "method"] = "none"
-    fmt = {"e2e_tok/s": "{:.1f}", "decode_tok/s": "{:.1f}", "ttft_s": "{:.3f}", "accept": "{:.2f}",
-           "speedup": "{:.2f}x"}
+    fmt = {"e2e_tok/s": "{:.1f}", "decode_tok/s": "{:.1f}", "prefill_tok/s": "{:.0f}", "ttft_s": "{:.3f}",
+           "accept": "{:.2f}", "speedup": "{:.2f}x"}
     for col, f in fmt.items():
         view[col] = view[col].map(lambda v, f=f: "-" if v is None or pd.isna(v) else f.format(v))
     server = summary["acceptance_source"] == METRICS_SOURCE
     view.loc[server.to_numpy(), "accept"] = view.loc[server.to_numpy(), "accept"] + "*"
+    derived = (summary["prefill_source"].fillna(PREFILL_TIMED) != PREFILL_TIMED).to_numpy()
+    view.loc[derived, "prefill_tok/s"] = view.loc[derived, "prefill_tok/s"] + "†"
     view = view.astype(object).where(view.notna(), "-")
     note = ("\n* accept from the server's /metrics over the whole measured window (all prompt sets): "
             "this engine reports no per-request draft counts") if server.any() else ""
+    note += ("\n† prefill tok/s from prompt tokens / TTFT (network, queueing and the first decode step "
+             "included): the server reports no prompt timing") if derived.any() else ""
     note += ("\nspeedup: median of the speculative/n_spec 0 ratios of request pairs (same prompt, "
              "repeat and concurrency), 95% CI over resampled pairs") if summary["requests_paired"].fillna(0).gt(0).any() else ""
     return view.to_string(index=False) + note + unpaired_note(summary)
