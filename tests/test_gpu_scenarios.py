@@ -11,6 +11,8 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 
+from .test_engine_truth import llama_help  # noqa: F401  (the real llama-server's --help, a fixture)
+
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
 VLLM_LIMITS = {"--max-model-len": "3000", "--tensor-parallel-size": "1", "--gpu-memory-utilization": "0.45",
                "--max-num-seqs": "1", "--limit-mm-per-prompt": '{"image":0,"audio":0}'}
@@ -89,3 +91,42 @@ def test_llamacpp_setup_matches_the_published_flags():
         else:
             assert f["--spec-type"] == ["draft-mtp"] and f["--spec-draft-n-max"] == [str(n)]
         assert not {"--draft-max", "--draft-min"} & set(f)
+
+
+GEMMA4_12B = {  # engine -> (-hf, -hfd, depths), as the scenario's comments say where each comes from
+    "q4km": ("ggml-org/gemma-4-12B-it-GGUF:Q4_K_M", None, [0]),
+    "q4km-mtp": ("ggml-org/gemma-4-12B-it-GGUF:Q4_K_M", "cortexist/gemma-4-12B-it-assistant-MTP-GGUF", [0, 2, 3, 4]),
+    "qat-mtp": ("google/gemma-4-12B-it-qat-q4_0-gguf", "Janvitos/gemma-4-12B-it-qat-assistant-MTP-Q8_0-GGUF",
+                [0, 2, 3, 4]),
+}
+
+
+def test_gemma4_12b_three_variants_flag_by_flag():
+    found = cells("gemma4-12b-mtp-qat-llamacpp.toml")
+    depths: dict[str, list[int]] = {}
+    for cell, cmd in found.items():
+        engine, n = re.fullmatch(r"(q4km|q4km-mtp|qat-mtp)-(?:none-|draft-mtp-)?n(\d+)", cell).groups()
+        depths.setdefault(engine, []).append(int(n))
+        opts, argv = split(cmd, "ghcr.io/ggml-org/llama.cpp:server-cuda13")
+        assert docker_opts(opts)["volume"].endswith(":/root/.cache/llama.cpp")
+        f = flags(argv)
+        hf, hfd, _ = GEMMA4_12B[engine]
+        assert f["-hf"] == [hf] and f["-ngl"] == ["-1"] and f["-c"] == ["4096"] and f["-fa"] == ["on"]
+        assert f["--parallel"] == ["1"] and f["--metrics"] == [""]
+        if int(n) == 0:
+            assert not {"--spec-type", "--spec-draft-n-max", "-hfd", "-md"} & set(f)
+        else:  # MTP from the separate head GGUF: the type must be named, llama.cpp does not detect it
+            assert f["--spec-type"] == ["draft-mtp"] and f["--spec-draft-n-max"] == [n] and f["-hfd"] == [hfd]
+        assert not {"--draft-max", "--draft-min", "--draft"} & set(f)
+    assert {e: sorted(d) for e, d in depths.items()} == {e: v[2] for e, v in GEMMA4_12B.items()}
+
+
+@pytest.mark.parametrize("name", ["gemma4-12b-mtp-qat-llamacpp.toml", "qwen36-27b-mtp-llamacpp.toml"])
+def test_every_flag_of_the_llamacpp_gpu_scenarios_is_live_in_the_real_binary(name, llama_help):
+    live, removed, types = llama_help
+    for cell, cmd in cells(name).items():
+        _, argv = split(cmd, "ghcr.io/ggml-org/llama.cpp:server-cuda13")
+        used = {a for a in argv if a.startswith("-") and not re.fullmatch(r"-\d+", a)}
+        assert used <= live and not used & removed, (cell, sorted(used - live))
+        if "--spec-type" in argv:
+            assert argv[argv.index("--spec-type") + 1] in types
