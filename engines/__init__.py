@@ -5,6 +5,7 @@ from .installing import Installer, InstallFailed
 from .endpoint import Endpoint
 from .llama_cpp_python import LlamaCppPython
 from .llama_server import LlamaServer
+from .sglang import SGLang
 from .vllm import VLLM_CPU, Vllm
 
 ENGINES: dict[str, type[Engine]] = {
@@ -12,6 +13,7 @@ ENGINES: dict[str, type[Engine]] = {
     Endpoint.kind: Endpoint,
     Vllm.kind: Vllm,
     LlamaCppPython.kind: LlamaCppPython,
+    SGLang.kind: SGLang,
 }
 
 # The environment whose torch, transformers and gguf turn a GGUF into the Hugging Face folder that

@@ -74,6 +74,13 @@ class Engine(ABC):
     installer: ClassVar[Installer | None] = None
     # Prefix of its Prometheus metric names (None: count any prefix's speculation counters).
     metrics_prefix: ClassVar[str | None] = None
+    # Its speculation counters: metric name (prefix and _total removed) -> what
+    # orchestrator/measure/server_metrics.py counts ("drafts", "draft_tokens", "accepted_tokens",
+    # or "generated_tokens": a step's own token plus the drafts it accepted). None: vLLM's and
+    # llama.cpp's spec_decode_* names.
+    metric_counters: ClassVar[dict[str, str] | None] = None
+    # Where the image has no entrypoint that starts the server: the command before server_args.
+    image_command: ClassVar[tuple[str, ...]] = ()
     # Counts its stream events carry beyond `usage`, if any.
     stream_counts: ClassVar[StreamCounts | None] = None
     # Its `engine` value in the published figures (orch reference), if it has rows there.
@@ -147,7 +154,7 @@ class Engine(ABC):
         args = self.with_defaults([*self.server_args(n_spec, model, inner, parallel, draft,
                                                      host="127.0.0.1" if host_net else "0.0.0.0"), *self.spec.args])
         container = ContainerSpec(
-            image=d.image, argv=tuple(args), host_port=host_port, container_port=inner,
+            image=d.image, argv=(*self.image_command, *args), host_port=host_port, container_port=inner,
             gpus=d.gpus if isinstance(d.gpus, str) else tuple(d.gpus), ipc=d.ipc, shm_size=d.shm_size,
             network=d.network, volumes=volumes, env_names=tuple(d.env), docker_host=d.docker_host)
         return ServerPlan(argv=args, port=host_port, health_path=self.health_path, env={}, container=container)

@@ -104,7 +104,8 @@ def test_cells_record_command_endpoint_template_and_servers_are_gone(run_dir):
 def test_report_on_a_copy_reproduces_summary_and_charts(run_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
-    made = ["summary.csv", "pairs.csv", "model.csv", "acceptance_check.csv", "lossless.csv", *[p.name for p in copy.glob("*.png")], *[p.name for p in copy.glob("*.svg")]]
+    made = ["summary.csv", "pairs.csv", "model.csv", "acceptance_check.csv", "lossless.csv", "summary_by_category.csv",
+            *[p.name for p in copy.glob("*.png")], *[p.name for p in copy.glob("*.svg")]]
     for f in made:
         (copy / f).unlink()
     shutil.rmtree(copy / "report")
@@ -112,8 +113,9 @@ def test_report_on_a_copy_reproduces_summary_and_charts(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     pngs = sorted(p.name for p in run_dir.glob("*.png"))
     assert pngs == ["acceptance_by_position.png", "acceptance_length_vs_n_spec.png", "acceptance_vs_n_spec.png",
-                    "lossless.png", "model_vs_measured.png",
-                    "paired_speedup_vs_n_spec.png", "speedup_vs_n_spec.png", "tok_s_vs_n_spec.png"]
+                    "lossless.png", "model_vs_measured.png", "paired_speedup_vs_n_spec.png",
+                    "prefill_decode_vs_n_spec.png", "speedup_by_category.png", "speedup_vs_n_spec.png",
+                    "tok_s_vs_n_spec.png"]
     for name in made:
         assert (copy / name).read_bytes() == (run_dir / name).read_bytes(), name
     def md(folder):  # the rerun line names the folder's own path; everything else must match

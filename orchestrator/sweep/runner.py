@@ -220,7 +220,8 @@ class Sweep:
         repeats each level took. `headers` carry the API key."""
         batches = _Batches(self, cell, server.base_url, headers)
         batches.alive = server.alive
-        prefix = self.prepared[cell.engine.name].engine.metrics_prefix
+        engine = self.prepared[cell.engine.name].engine
+        prefix, counters = engine.metrics_prefix, engine.metric_counters
         warm = self.warmup_specs()
         if warm:
             self.progress.phase("warm-up")
@@ -230,7 +231,7 @@ class Sweep:
         windows, measuring = {}, 0.0
         for conc in self.workload.concurrency:
             self.progress.phase(f"measuring, concurrency {conc}")
-            before = server_metrics.scrape(server.base_url, headers, prefix)
+            before = server_metrics.scrape(server.base_url, headers, prefix, counters)
             t0 = time.monotonic()
             planned = [s for s in todo if s.concurrency == conc]
             level = batches.send(planned, conc)
@@ -238,7 +239,7 @@ class Sweep:
                 level += self._until_narrow(batches, conc, level)
             results += level
             measuring += time.monotonic() - t0
-            window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers, prefix))
+            window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers, prefix, counters))
             if window is not None:
                 windows[str(conc)] = window
             if not server.alive() or _refused(results):
