@@ -225,7 +225,7 @@ def _by_category(view: CategoryView) -> pd.DataFrame:
         "sets": r["prompt_sets"], "ok / failed": f"{r['requests_ok']} / {r['requests_failed']}",
         "e2e tok/s": num(r["e2e_tok_s_median"], "{:.1f}"), "accept": num(r["acceptance_rate"], "{:.2f}"),
         "accept CI": ci(r, "acceptance"), "speedup": num(r["speedup"], "{:.2f}x"), "speedup CI": ci(r, "speedup"),
-        "pairs": r["requests_paired"], "verdict": r["speedup_verdict"] or "-",
+        "pairs": r["requests_paired"], "verdict": r["speedup_verdict"] if isinstance(r["speedup_verdict"], str) else "-",
     } for _, r in t.sort_values(["engine", "concurrency", "category", "n_spec"]).iterrows()])
 
 

@@ -93,3 +93,20 @@ def test_categories_with_too_few_pairs_are_named_in_one_line():
     assert len(text) == 3 and text[1].startswith("e at c=1 on code (a, b): ngram-mod n_spec 4")
     assert text[2] == ("too few pairs for a verdict per category (fewer than 6 at every depth): prose; "
                        "raise workload.repeats or take more prompts per category")
+
+
+def test_a_baseline_measured_before_sets_had_categories_still_pairs():
+    # A run resumed across orch versions: its n_spec 0 records carry no category, the later ones do.
+    rows = [{k: v for k, v in r.items() if k != "category"} if r["n_spec"] == 0 else r for r in rows_by_category()]
+    t = view_of(rows).table().set_index(["category", "n_spec"])
+    assert t.loc[("code", 4), "requests_paired"] == 6 and t.loc[("code", 0), "requests_ok"] == 6
+
+
+def test_a_set_without_categories_is_a_category_of_its_own_not_merged_by_name():
+    rows = rows_by_category()
+    for r in rows:
+        if r["prompt_set"] == "b":
+            r.pop("category")
+            r["prompt_set"] = "code"  # a set named like a category of set a
+    cats = set(view_of(rows).table()["category"])
+    assert cats == {"code", "prose", "code (set)"}

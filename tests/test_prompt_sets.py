@@ -192,3 +192,80 @@ def test_nulls_inside_a_parquet_row(tmp_path):
     assert _error(tmp_path / "no-id.parquet") == (
         f'{tmp_path / "no-id.parquet"} row 2: "question_id" must be a string or an integer (got null); '
         "give every row its question_id")
+
+
+# ---------------------------------------------------------------- files that are not what they say
+
+
+def _gz_lines(n: int) -> bytes:
+    import gzip
+    return gzip.compress("".join('{"task_id": "t%d", "prompt": "p%d"}\n' % (i, i) for i in range(n)).encode())
+
+
+def test_a_truncated_gzip_is_refused_not_read_in_part(tmp_path):
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(_gz_lines(200)[:-12])  # the stream's end and its checksum lost
+    assert _error(path) == f"{path}: the gzip stream ends early (a truncated file); download it again"
+
+
+def test_every_member_of_a_multi_member_gzip_is_read(tmp_path):
+    import gzip
+    path = tmp_path / "two.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"task_id": "a", "prompt": "p"}\n') + _gz_lines(3))
+    assert [p.id for p in _load(path)] == ["a", "t0", "t1", "t2"]  # as gzip itself reads it
+    assert len(gzip.decompress(path.read_bytes()).splitlines()) == 4
+
+
+def test_trailing_bytes_after_a_gzip_are_refused(tmp_path):
+    path = tmp_path / "junk.jsonl.gz"
+    path.write_bytes(_gz_lines(3) + b"garbage!")
+    assert _error(path).startswith(f"{path}: not a gzip file (")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_pipe_or_a_device_is_refused_unread(tmp_path, kind):
+    import os
+    path = tmp_path / "p.jsonl"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    assert _error(path) == f"{path}: not a regular file (a device, pipe or socket); pass a .jsonl or .parquet file"
+
+
+def test_a_parquet_whose_text_decodes_past_the_bound(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import orchestrator.measure.prompt_files as pf
+    monkeypatch.setattr(pf, "MAX_TEXT_BYTES", 1 << 20)
+    n = 5000  # 5000 x 1000 characters of one dictionary-encoded string: 5 MB of text in a small file
+    table = pa.table({"id": [str(i) for i in range(n)],
+                      "prompt": pa.array(["x" * 1000] * n).dictionary_encode()})
+    pq.write_table(table, tmp_path / "bomb.parquet")
+    assert (tmp_path / "bomb.parquet").stat().st_size < (1 << 20)
+    assert _error(tmp_path / "bomb.parquet") == (
+        f"{tmp_path / 'bomb.parquet'}: its prompts pass 1 MiB of text by row 1049; sample the prompts you "
+        "need into a smaller file")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ('{ source = "seeds", name = "a/b" }', "workload.prompts[0].name: 'a/b' is no set name; use printable text "
+                                          "without '/'"),
+    ('{ source = "seeds", format = "mt-bench" }', "workload.prompts[0]: format and turns are for files; the built-in "
+                                                  "set 'seeds' has its own"),
+    ('{ source = "seeds", sample_seed = 3 }', "workload.prompts[0]: sample_seed draws per_category prompts: set "
+                                              "per_category too, or drop sample_seed"),
+])
+def test_table_settings_that_would_be_ignored_or_collide_are_refused(tmp_path, entry, message):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(f'name = "s"\n[workload]\nprompts = [{entry}]\n[[engines]]\nname = "e"\nkind = "endpoint"\n'
+                        'launcher = "external"\nurl = "http://127.0.0.1:1"\nmodel = "m"\n')
+    with pytest.raises(ScenarioError) as exc:
+        load_scenario(scenario)
+    assert str(exc.value) == f"{scenario}: {message}"
+
+
+def test_a_category_with_a_line_break_is_refused(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question_id": 1, "category": "a\\n# heading", "turns": ["x"]}\n')
+    assert _error(path) == f'{path}:1: "category" holds \'\\n\', a line break or control character; use printable text'

@@ -89,9 +89,17 @@ def test_id_length_is_bounded(tmp_path):
 
 def test_ids_with_unsafe_characters_are_fine(tmp_path):
     # Ids never become paths; they only label request rows.
-    ids = ["../../etc/passwd", "a/b", "x\ny", "$(rm -rf /)", "💥"]
+    ids = ["../../etc/passwd", "a/b", "$(rm -rf /)", "💥"]
     lines = "".join('{"id": %s, "prompt": "p"}\n' % json.dumps(i) for i in ids)
     assert [p.id for p in load_prompt_set(str(_file(tmp_path, lines)))] == ids
+
+
+@pytest.mark.parametrize("pid", ["x\ny", "a\u001b[31mred", "tab\there"])
+def test_ids_with_a_line_break_or_control_character_are_refused(tmp_path, pid):
+    # They label rows of the terminal's tables and the Markdown report, where they would break lines.
+    path = _file(tmp_path, '{"id": %s, "prompt": "p"}\n' % json.dumps(pid))
+    bad = next(c for c in pid if not c.isprintable())
+    assert _error(path) == f'{path}:1: "id" holds {ascii(bad)}, a line break or control character; use printable text'
 
 
 @pytest.mark.parametrize("lines, n, pid, k", [
@@ -148,10 +156,10 @@ def test_a_folder_named_like_a_prompt_file(tmp_path):
 def test_permission_denied(tmp_path, monkeypatch):
     path = _file(tmp_path, '{"prompt": "a"}\n')
 
-    def denied(self):  # tests run as root, where chmod 000 does not stop a read
+    def denied(self, *args, **kwargs):  # tests run as root, where chmod 000 does not stop a read
         raise PermissionError(13, "Permission denied", str(self))
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    monkeypatch.setattr(Path, "open", denied)
     assert _error(path) == f"{path}: cannot read it (Permission denied); pass a readable .jsonl or .parquet file"
 
 

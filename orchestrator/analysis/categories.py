@@ -3,7 +3,7 @@ categories (SPEED-Bench's, MT-Bench's, the built-in sets') instead of by prompt 
 
 Acceptance, and so the speedup, depends on what is being written: a depth that wins on code can
 lose on prose. The category view relabels each measured request: its prompt set becomes its
-category (its set's name where the set has none) and its prompt id becomes `set/id`. Twins still
+category (`<set> (set)` where the set has none) and its prompt id becomes `set/id`. Twins still
 pair exactly (same prompt, repeat and concurrency at n_spec 0), and every column, interval and
 verdict comes from summary.py, pairs.py and recommend.py unchanged: one definition of each
 figure, whichever way the run is cut.
@@ -59,9 +59,16 @@ def has_categories(requests: list[RequestRecord]) -> bool:
 
 
 def relabel(requests: list[RequestRecord]) -> list[RequestRecord]:
-    """The records with category for prompt set and set/id for prompt id."""
-    return [r.model_copy(update={"prompt_set": r.category or r.prompt_set,
+    """The records with category for prompt set and set/id for prompt id. A prompt's category
+    is taken from any of its records that has one (a run resumed across a version of orch whose
+    sets had none); a set without categories is a category of its own, named "<set> (set)"."""
+    known = {(r.prompt_set, r.prompt_id): r.category for r in requests if r.category}
+    return [r.model_copy(update={"prompt_set": category_of(r, known),
                                  "prompt_id": f"{r.prompt_set}/{r.prompt_id}"}) for r in requests]
+
+
+def category_of(r: RequestRecord, known: dict) -> str:
+    return r.category or known.get((r.prompt_set, r.prompt_id)) or f"{r.prompt_set} (set)"
 
 
 def category_view(requests: list[RequestRecord], cells: list[CellRecord],
@@ -70,8 +77,9 @@ def category_view(requests: list[RequestRecord], cells: list[CellRecord],
     if not has_categories(requests):
         return None
     sets: dict[str, set[str]] = {}
+    known = {(r.prompt_set, r.prompt_id): r.category for r in requests if r.category}
     for r in requests:
-        sets.setdefault(r.category or r.prompt_set, set()).add(r.prompt_set)
+        sets.setdefault(category_of(r, known), set()).add(r.prompt_set)
     records = relabel(requests)
     summary = summarize(records, cells)
     pairs = pair_table(measured_frame(records), cells)

@@ -15,7 +15,10 @@ and the fix; nothing here returns a partial set.
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,25 +94,45 @@ def read_file(path: Path, fmt: str | None, turns: str) -> list[Item]:
 # ---------------------------------------------------------------- bytes
 
 
-def _read_bytes(path: Path) -> bytes:
+def _check_file(path: Path) -> None:
+    """A regular file of at most MAX_TEXT_BYTES: a device or a FIFO (st_size 0) would be read
+    without end, and a folder named like a prompt file cannot be read at all."""
     try:
-        size = path.stat().st_size
-        if size > MAX_TEXT_BYTES:
-            raise PromptFileError(f"{shown(path)}: {size >> 20} MiB, more than the {MAX_TEXT_BYTES >> 20} MiB "
-                                  "orch reads; sample the prompts you need into a smaller file")
-        data = path.read_bytes()
+        st = path.stat()
     except FileNotFoundError:
         raise PromptFileError(f"prompt file {shown(path)} does not exist; relative paths start at the "
                               "scenario file's folder")
-    except OSError as exc:  # a folder, no permission, a file where a folder should be
+    except OSError as exc:  # no permission on a folder above it, a symlink loop, a file as a folder
         raise PromptFileError(f"{shown(path)}: cannot read it ({exc.strerror}); pass a readable .jsonl or .parquet file")
     except ValueError as exc:  # a NUL character in the name
         raise PromptFileError(f"{shown(path)}: cannot read it ({exc}); fix the file name")
+    if stat.S_ISDIR(st.st_mode):
+        raise PromptFileError(f"{shown(path)}: cannot read it (Is a directory); pass a readable .jsonl or .parquet file")
+    if not stat.S_ISREG(st.st_mode):
+        raise PromptFileError(f"{shown(path)}: not a regular file (a device, pipe or socket); pass a .jsonl or "
+                              ".parquet file")
+    if st.st_size > MAX_TEXT_BYTES:
+        raise PromptFileError(f"{shown(path)}: {st.st_size >> 20} MiB, more than the {MAX_TEXT_BYTES >> 20} MiB "
+                              "orch reads; sample the prompts you need into a smaller file")
+
+
+def _read_bytes(path: Path) -> bytes:
+    _check_file(path)
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_TEXT_BYTES + 1)  # bounded, should the file grow after the check
+    except OSError as exc:  # no permission
+        raise PromptFileError(f"{shown(path)}: cannot read it ({exc.strerror}); pass a readable .jsonl or .parquet file")
     if path.suffix != ".gz":
         return data
-    try:  # bounded: a small gzip can expand to gigabytes
-        out = zlib.decompressobj(wbits=31).decompress(data, MAX_TEXT_BYTES + 1)
-    except zlib.error as exc:
+    # gzip's own reader: every member of a multi-member file, a truncated stream or trailing
+    # bytes refused; read with a bound, since a small gzip can expand to gigabytes.
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+            out = f.read(MAX_TEXT_BYTES + 1)
+    except EOFError:
+        raise PromptFileError(f"{shown(path)}: the gzip stream ends early (a truncated file); download it again")
+    except (OSError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise PromptFileError(f"{shown(path)}: not a gzip file ({exc}); gunzip it yourself or rename it")
     if len(out) > MAX_TEXT_BYTES:
         raise PromptFileError(f"{shown(path)}: expands past {MAX_TEXT_BYTES >> 20} MiB; sample the prompts "
@@ -173,13 +196,21 @@ def _parquet(path: Path, fmt: str | None, turns: str) -> list[Item]:
         raise PromptFileError(f"{shown(path)}: {form.name} columns but no rows (an empty split); point at a "
                               "split file that holds prompts")
     keep = [c for c in (form.id, form.text, form.category, "sub_category") if c and c in table.column_names]
-    rows = table.select(keep).to_pylist()  # Arrow's own values: lists, str, int, None; never numpy
     items: list[Item] = []
     first_row: dict[str, int] = {}
-    for n, row in enumerate(rows, 1):
-        where = f"{shown(path)} row {n}"
-        items.append(parse_row(row, form, where, n, turns, "row"))
-        _first(first_row, items[-1].id, n, where, "row")
+    text_bytes, n = 0, 0
+    # A batch at a time, the text counted as it is decoded: a few MB of dictionary-encoded
+    # parquet can hold gigabytes of strings.
+    for batch in table.select(keep).to_batches(max_chunksize=1024):
+        for row in batch.to_pylist():  # Arrow's own values: lists, str, int, None; never numpy
+            n += 1
+            where = f"{shown(path)} row {n}"
+            items.append(parse_row(row, form, where, n, turns, "row"))
+            _first(first_row, items[-1].id, n, where, "row")
+            text_bytes += len(items[-1].text)
+            if text_bytes > MAX_TEXT_BYTES:
+                raise PromptFileError(f"{shown(path)}: its prompts pass {MAX_TEXT_BYTES >> 20} MiB of text by row {n}; "
+                                      "sample the prompts you need into a smaller file")
     return items
 
 
@@ -194,7 +225,7 @@ def _parquet_table(path: Path):
     import pyarrow as pa  # pandas' parquet engine; imported here so JSONL runs never load it
     import pyarrow.parquet as pq
 
-    _read_bytes(path)  # the same size, existence and permission checks, before Arrow opens it
+    _check_file(path)  # the same size, existence and file-type checks, before Arrow opens it
     try:
         return pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
@@ -244,7 +275,7 @@ def _label(value, col: str, where: str) -> str | None:
                               f'leave "{col}" out')
     if not value.strip() or len(value) > MAX_ID_CHARS:
         raise PromptFileError(f'{where}: "{col}" has {len(value.strip())} characters; use 1 to {MAX_ID_CHARS}')
-    return encodable(value, col, where)
+    return printable(encodable(value, col, where), col, where)
 
 
 def _item_id(pid, form: Format, where: str) -> str:
@@ -255,9 +286,9 @@ def _item_id(pid, form: Format, where: str) -> str:
             else f"give every row its {form.id}"
         raise PromptFileError(f"{where}: {lead}; {fix}")
     pid = str(pid)
-    if not 0 < len(pid) <= MAX_ID_CHARS:
-        raise PromptFileError(f'{where}: "{form.id}" has {len(pid)} characters; use an id of 1 to {MAX_ID_CHARS}')
-    return encodable(pid, form.id, where)
+    if not 0 < len(pid.strip()) <= MAX_ID_CHARS:
+        raise PromptFileError(f'{where}: "{form.id}" has {len(pid.strip())} characters; use an id of 1 to {MAX_ID_CHARS}')
+    return printable(encodable(pid, form.id, where), form.id, where)
 
 
 
@@ -277,6 +308,15 @@ def encodable(text: str, key: str, where: str) -> str:
     except UnicodeEncodeError as exc:
         raise PromptFileError(f'{where}: "{key}" holds an unpaired surrogate ({ascii(exc.object[exc.start])}); '
                               "remove it or complete its \\uD8xx\\uDCxx pair")
+    return text
+
+
+def printable(text: str, key: str, where: str) -> str:
+    """Labels and ids fill tables, terminals and Markdown: no line break or control character."""
+    bad = next((c for c in text if not c.isprintable()), None)
+    if bad is not None:
+        raise PromptFileError(f'{where}: "{key}" holds {ascii(bad)}, a line break or control character; '
+                              "use printable text")
     return text
 
 

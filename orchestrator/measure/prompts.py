@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_serializer, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_serializer,
+                      model_validator)
 
 from orchestrator.measure.prompt_files import FORMATS, MAX_ID_CHARS, Item, PromptFileError, read_file, shown
 
@@ -102,6 +103,23 @@ class PromptSource(BaseModel):
     @classmethod
     def _from_string(cls, data):
         return {"source": data} if isinstance(data, str) else data
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        # A set's name is part of every request key (.../<set>/<id>): a "/" would let two sets'
+        # keys collide; a control character would break the tables it labels.
+        if v is not None and ("/" in v or not v.isprintable() or not v.strip()):
+            raise ValueError(f"{v!r} is no set name; use printable text without '/'")
+        return v
+
+    @model_validator(mode="after")
+    def _applies(self):
+        if self.source in BUILTIN and (self.format is not None or self.turns != "first"):
+            raise ValueError(f"format and turns are for files; the built-in set {self.source!r} has its own")
+        if self.per_category is None and "sample_seed" in self.model_fields_set:
+            raise ValueError("sample_seed draws per_category prompts: set per_category too, or drop sample_seed")
+        return self
 
     @model_serializer(mode="wrap")
     def _as_string(self, handler):
