@@ -76,11 +76,10 @@ def category_view(requests: list[RequestRecord], cells: list[CellRecord],
     """None for a run whose prompts carry no category."""
     if not has_categories(requests):
         return None
-    sets: dict[str, set[str]] = {}
-    known = {(r.prompt_set, r.prompt_id): r.category for r in requests if r.category}
-    for r in requests:
-        sets.setdefault(category_of(r, known), set()).add(r.prompt_set)
     records = relabel(requests)
+    sets: dict[str, set[str]] = {}
+    for before, after in zip(requests, records):
+        sets.setdefault(after.prompt_set, set()).add(before.prompt_set)
     summary = summarize(records, cells)
     pairs = pair_table(measured_frame(records), cells)
     advice = what_to_run(summary, pairs, starts)
