@@ -26,8 +26,8 @@ from orchestrator.analysis.pairs import pair_table, slower_prompts
 from orchestrator.analysis.search import format_decision, step
 from orchestrator.results.records import CellRecord, machine_label
 from orchestrator.results.rundir import BY_CATEGORY, MODEL, PAIRS, SUMMARY, RunDir
-from orchestrator.analysis.summary import (format_speedups, format_table, measured_frame, speedup_frame, summarize,
-                                           unpaired_note)
+from orchestrator.analysis.summary import (PREFILL_TIMED, format_speedups, format_table, measured_frame,
+                                           speedup_frame, summarize, unpaired_note)
 
 from .categories import draw_category_heatmap
 from .charts import (draw_acceptance_by_position, draw_acceptance_length, draw_charts, draw_load, draw_lossless,
@@ -215,16 +215,12 @@ CATEGORY_CAPTION = ("Each category's requests across the prompt sets that hold i
 def _by_category(view: CategoryView) -> pd.DataFrame:
     t = view.table()
     t = t[t["concurrency"].notna()]
-
-    def ci(r, stem):
-        lo, hi = r[f"{stem}_ci_low"], r[f"{stem}_ci_high"]
-        return "-" if pd.isna(lo) or pd.isna(hi) else f"{lo:.2f}-{hi:.2f}"
-    num = lambda v, f: "-" if v is None or pd.isna(v) else f.format(v)
     return pd.DataFrame([{
         "engine": r["engine"], "n_spec": r["n_spec"], "conc": r["concurrency"], "category": r["category"],
         "sets": r["prompt_sets"], "ok / failed": f"{r['requests_ok']} / {r['requests_failed']}",
-        "e2e tok/s": num(r["e2e_tok_s_median"], "{:.1f}"), "accept": num(r["acceptance_rate"], "{:.2f}"),
-        "accept CI": ci(r, "acceptance"), "speedup": num(r["speedup"], "{:.2f}x"), "speedup CI": ci(r, "speedup"),
+        "e2e tok/s": _num(r["e2e_tok_s_median"], "{:.1f}"), "accept": _num(r["acceptance_rate"], "{:.2f}"),
+        "accept CI": _ci(r, "acceptance", "{:.2f}"), "speedup": _num(r["speedup"], "{:.2f}x"),
+        "speedup CI": _ci(r, "speedup", "{:.2f}"),
         "pairs": r["requests_paired"], "verdict": r["speedup_verdict"] if isinstance(r["speedup_verdict"], str) else "-",
     } for _, r in t.sort_values(["engine", "concurrency", "category", "n_spec"]).iterrows()])
 
@@ -280,34 +276,39 @@ def _md_cell(v) -> str:
     return LINE_BREAK.sub("⏎", text)
 
 
+def _num(v, fmt: str) -> str:
+    return "-" if v is None or pd.isna(v) else fmt.format(v)
+
+
+def _ci(row, stem: str, fmt: str) -> str:
+    lo, hi = row[f"{stem}_ci_low"], row[f"{stem}_ci_high"]
+    return "-" if pd.isna(lo) or pd.isna(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
+
+
 def _compact(summary: pd.DataFrame) -> pd.DataFrame:
     """The report's table; summary.csv keeps every column."""
-    def ci(row, stem, fmt):
-        lo, hi = row[f"{stem}_ci_low"], row[f"{stem}_ci_high"]
-        return "-" if pd.isna(lo) or pd.isna(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
-    num = lambda v, f: "-" if v is None or pd.isna(v) else f.format(v)
     return pd.DataFrame([{
         "engine": r["engine"], "method": "none" if r["n_spec"] == 0 else r["method"], "n_spec": r["n_spec"],
         "conc": r["concurrency"], "prompts": r["prompt_set"], "ok / failed": f"{r['requests_ok']} / {r['requests_failed']}",
-        "e2e tok/s": num(r["e2e_tok_s_median"], "{:.1f}"), "95% CI": ci(r, "e2e_tok_s", "{:.1f}"),
-        "decode tok/s": num(r["decode_tok_s_median"], "{:.1f}"),
-        "prefill tok/s": _phase(r, "prefill_tok_s", "{:.0f}", r["prefill_source"] != "timings"),
+        "e2e tok/s": _num(r["e2e_tok_s_median"], "{:.1f}"), "95% CI": _ci(r, "e2e_tok_s", "{:.1f}"),
+        "decode tok/s": _num(r["decode_tok_s_median"], "{:.1f}"),
+        "prefill tok/s": _phase(r, "prefill_tok_s", "{:.0f}", r["prefill_source"] != PREFILL_TIMED),
         "server decode tok/s": _phase(r, "server_decode_tok_s", "{:.1f}", False),
-        "TTFT s": num(r["ttft_s_median"], "{:.3f}"),
-        "TPOT ms": num(r["tpot_ms_median"], "{:.1f}"), "ITL p90 ms": num(r["itl_ms_p90"], "{:.1f}"),
-        "accept": num(r["acceptance_rate"], "{:.2f}"), "speedup": num(r["speedup"], "{:.2f}x"),
-        "speedup CI": ci(r, "speedup", "{:.2f}"), "verdict": r["speedup_verdict"] or "-",
+        "TTFT s": _num(r["ttft_s_median"], "{:.3f}"),
+        "TPOT ms": _num(r["tpot_ms_median"], "{:.1f}"), "ITL p90 ms": _num(r["itl_ms_p90"], "{:.1f}"),
+        "accept": _num(r["acceptance_rate"], "{:.2f}"), "speedup": _num(r["speedup"], "{:.2f}x"),
+        "speedup CI": _ci(r, "speedup", "{:.2f}"), "verdict": r["speedup_verdict"] or "-",
         "outliers": r["outliers"] or "",
     } for _, r in summary.iterrows()])
 
 
 def _phase(r, stem: str, fmt: str, derived: bool) -> str:
     """A median with its interval; "†" marks a prefill rate derived from TTFT, not the server's."""
-    v, lo, hi = r[f"{stem}_median"], r[f"{stem}_ci_low"], r[f"{stem}_ci_high"]
-    if v is None or pd.isna(v):
-        return "-"
-    text = fmt.format(v) + (f" [{fmt.format(lo)}-{fmt.format(hi)}]" if pd.notna(lo) and pd.notna(hi) else "")
-    return text + (" †" if derived else "")
+    text = _num(r[f"{stem}_median"], fmt)
+    if text == "-":
+        return text
+    interval = _ci(r, stem, fmt)
+    return text + (f" [{interval}]" if interval != "-" else "") + (" †" if derived else "")
 
 
 def _divergences(checks: pd.DataFrame) -> pd.DataFrame:

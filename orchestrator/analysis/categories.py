@@ -20,10 +20,6 @@ from orchestrator.analysis.recommend import format_advice, what_to_run
 from orchestrator.analysis.summary import measured_frame, summarize
 from orchestrator.results.records import CellRecord, RequestRecord
 
-# summary_by_category.csv: the summary's columns, the prompt set's replaced by these two.
-LABELS = ["category", "prompt_sets"]
-
-
 @dataclass
 class CategoryView:
     summary: pd.DataFrame  # summary.py's rows, `prompt_set` holding the category

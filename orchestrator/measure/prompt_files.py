@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_ID_CHARS = 200  # ids are never paths, but they fill every request row and table
+SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet")  # the files orch reads, longest first
 MAX_TEXT_BYTES = 512 << 20  # a file (after gunzip) larger than this is refused, not read into memory
 
 
@@ -289,7 +290,6 @@ def _item_id(pid, form: Format, where: str) -> str:
     if not 0 < len(pid.strip()) <= MAX_ID_CHARS:
         raise PromptFileError(f'{where}: "{form.id}" has {len(pid.strip())} characters; use an id of 1 to {MAX_ID_CHARS}')
     return printable(encodable(pid, form.id, where), form.id, where)
-
 
 
 # ---------------------------------------------------------------- message helpers

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_serializer,
                       model_validator)
 
-from orchestrator.measure.prompt_files import FORMATS, MAX_ID_CHARS, Item, PromptFileError, read_file, shown
+from orchestrator.measure.prompt_files import FORMATS, MAX_ID_CHARS, SUFFIXES, Item, PromptFileError, read_file
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def load_prompt_set(ref: str | PromptSource, base_dir: Path | None = None) -> li
         path = Path(src.source)
         if base_dir is not None and not path.is_absolute():
             path = base_dir / path
-        if not path.name.endswith((".jsonl", ".jsonl.gz", ".parquet")):
+        if not path.name.endswith(SUFFIXES):
             raise PromptFileError(f"unknown prompt set {src.source!r}; use one of {sorted(BUILTIN)} or a .jsonl, "
                                   ".jsonl.gz or .parquet file")
         items, name = read_file(path, src.format, src.turns), _stem(path.name)
@@ -159,7 +159,7 @@ def load_prompt_set(ref: str | PromptSource, base_dir: Path | None = None) -> li
 
 def _stem(name: str) -> str:
     """A file's set name: its name without .jsonl, .jsonl.gz or .parquet."""
-    for suffix in (".jsonl.gz", ".jsonl", ".parquet"):
+    for suffix in SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)] or name
     return name
