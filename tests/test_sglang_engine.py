@@ -112,3 +112,24 @@ def test_vllm_counters_are_unchanged_by_the_engine_mapping():
     text = "vllm:spec_decode_num_drafts_total 10\nvllm:spec_decode_num_draft_tokens_total 40\n" \
            "vllm:spec_decode_num_accepted_tokens_total 30\n"
     assert server_metrics.parse(text, "vllm:")["accepted_tokens"] == 30.0
+
+
+def test_counters_that_contradict_each_other_give_no_window():
+    engine = ENGINES["sglang"]
+    read = lambda gen, calls: server_metrics.parse(SGLANG_METRICS % (gen, calls), engine.metrics_prefix,
+                                                   engine.metric_counters)
+    # 100 more verify steps than tokens out: no step yields fewer than its own token
+    assert server_metrics.delta(read(5000, 2000), read(5100, 2200)) is None
+    assert server_metrics.delta(read(5000, 2000), read(4000, 2100)) is None  # a restart: counters went back
+    with pytest.raises(ValueError):
+        server_metrics.parse(SGLANG_METRICS % (5000, 2000) + 'sglang:spec_verify_calls_total{tp_rank="1"} NaN\n',
+                             engine.metrics_prefix, engine.metric_counters)
+
+
+def test_the_window_is_the_difference_of_the_counters_whatever_their_totals():
+    # Totals can come from before a restart of the scheduler's counting; only the window's deltas count.
+    engine = ENGINES["sglang"]
+    read = lambda gen, calls: server_metrics.parse(SGLANG_METRICS % (gen, calls), engine.metrics_prefix,
+                                                   engine.metric_counters)
+    d = server_metrics.delta(read(100, 200), read(300, 250))  # 200 tokens over 50 steps
+    assert d["mean_acceptance_length"] == pytest.approx(4.0)

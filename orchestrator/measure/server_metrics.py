@@ -55,7 +55,8 @@ def parse(text: str, prefix: str | None = None, counters: dict[str, str] | None 
                 pos = sample.labels.get("position", "?")
                 out["per_pos"][pos] = out["per_pos"].get(pos, 0.0) + sample.value
     if "generated_tokens" in counters.values():
-        out["accepted_tokens"] = max(0.0, generated - out["drafts"])
+        # Fewer tokens than steps contradicts the counters: delta() then refuses the window.
+        out["accepted_tokens"] = generated - out["drafts"]
         out["draft_tokens"] = None  # not counted: no acceptance rate, only the acceptance length
     return out
 
