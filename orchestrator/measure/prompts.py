@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_serializer,
                       model_validator)
@@ -98,6 +98,8 @@ class PromptSource(BaseModel):
     per_category: StrictInt | None = Field(default=None, gt=0)  # N prompts per category, drawn with sample_seed
     sample_seed: StrictInt = 0
     turns: Literal["first", "all"] = "first"  # multi-turn items: the first user turn, or all joined
+    # Only these prompts of the set, in the set's order (before per_category sampling).
+    ids: Annotated[list[StrictStr], Field(min_length=1)] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -111,6 +113,13 @@ class PromptSource(BaseModel):
         # keys collide; a control character would break the tables it labels.
         if v is not None and ("/" in v or not v.isprintable() or not v.strip()):
             raise ValueError(f"{v!r} is no set name; use printable text without '/'")
+        return v
+
+    @field_validator("ids")
+    @classmethod
+    def _ids(cls, v):
+        if v is not None and len(set(v)) < len(v):
+            raise ValueError(f"ids lists {next(i for i in v if v.count(i) > 1)!r} twice")
         return v
 
     @model_validator(mode="after")
@@ -153,8 +162,19 @@ def load_prompt_set(ref: str | PromptSource, base_dir: Path | None = None) -> li
             raise PromptFileError(f"unknown prompt set {src.source!r}; use one of {sorted(BUILTIN)} or a .jsonl, "
                                   ".jsonl.gz or .parquet file")
         items, name = read_file(path, src.format, src.turns), _stem(path.name)
-    items = _sample(items, src.per_category, src.sample_seed)
+    items = _sample(_only(items, src.ids, src.label), src.per_category, src.sample_seed)
     return [Prompt(src.name or name, it.id, it.text, it.category, it.sub_category) for it in items]
+
+
+def _only(items: list[Item], ids: list[str] | None, label: str) -> list[Item]:
+    if ids is None:
+        return items
+    have = {it.id for it in items}
+    missing = [i for i in ids if i not in have]
+    if missing:
+        raise PromptFileError(f"prompt set {label} has no prompt with id {missing[0]!r}; its ids include "
+                              f"{', '.join(sorted(have)[:8])}")
+    return [it for it in items if it.id in set(ids)]
 
 
 def _stem(name: str) -> str:

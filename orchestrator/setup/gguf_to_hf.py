@@ -6,6 +6,11 @@ imported by orch itself.
 
 transformers dequantizes the GGUF on load. The result is saved in bfloat16 (vLLM's CPU dtype)
 without the GGUF quantization config, which save_pretrained refuses to serialize.
+
+The tokenizer transformers builds from a GGUF ignores `tokenizer.ggml.add_bos_token`: Gemma's
+prompts then reach the model without <bos> and it writes "<b><b><b>...". The GGUF's own setting
+is put back as the tokenizer's post-processor, so every engine that loads the folder encodes a
+prompt as llama.cpp does.
 """
 
 import json
@@ -13,23 +18,41 @@ import sys
 import time
 from pathlib import Path
 
+import gguf
 import torch
 import transformers
+from tokenizers.processors import TemplateProcessing
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+CONVERTER = 2  # orch-model.json's "converter": 2 adds the GGUF's BOS (1 did not)
 
-def convert(gguf: Path, out: Path) -> dict:
+
+def add_bos(gguf_path: Path) -> bool:
+    field = gguf.GGUFReader(str(gguf_path)).fields.get("tokenizer.ggml.add_bos_token")
+    return bool(field is not None and field.parts[field.data[0]][0])
+
+
+def with_bos(tokenizer) -> None:
+    bos = tokenizer.bos_token
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tokenizer.bos_token_id)])
+
+
+def convert(gguf_path: Path, out: Path) -> dict:
     t0 = time.monotonic()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    bos = add_bos(gguf_path)
+    if bos:
+        with_bos(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.bfloat16)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return {"source_gguf": str(gguf), "source_bytes": gguf.stat().st_size, "dtype": "bfloat16",
+    return {"source_gguf": str(gguf_path), "source_bytes": gguf_path.stat().st_size, "dtype": "bfloat16",
             "architecture": model.config.architectures, "parameters": sum(p.numel() for p in model.parameters()),
-            "transformers": transformers.__version__, "torch": torch.__version__,
+            "add_bos_token": bos, "converter": CONVERTER, "transformers": transformers.__version__, "torch": torch.__version__,
             "seconds": round(time.monotonic() - t0, 1)}
 
 

