@@ -391,7 +391,11 @@ def models_list():
     Example: orch models list
     """
     for name, known in KNOWN_MODELS.items():
-        click.echo(f"{name}: {known.description}; hf folder: {hf_folder(name) or 'not prepared'}")
+        if known.requantize:  # a GGUF only, made by llama-quantize
+            made = known.gguf_path(name)
+            click.echo(f"{name}: {known.description}; gguf: {made if made.is_file() else 'not made'}")
+        else:
+            click.echo(f"{name}: {known.description}; hf folder: {hf_folder(name) or 'not prepared'}")
 
 
 # ---------------------------------------------------------------- setup

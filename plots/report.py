@@ -292,9 +292,9 @@ def _compact(summary: pd.DataFrame) -> pd.DataFrame:
         "conc": r["concurrency"], "prompts": r["prompt_set"], "ok / failed": f"{r['requests_ok']} / {r['requests_failed']}",
         "e2e tok/s": _num(r["e2e_tok_s_median"], "{:.1f}"), "95% CI": _ci(r, "e2e_tok_s", "{:.1f}"),
         "decode tok/s": _num(r["decode_tok_s_median"], "{:.1f}"),
-        "prefill tok/s": _phase(r, "prefill_tok_s", "{:.0f}", r["prefill_source"] != PREFILL_TIMED),
-        "server decode tok/s": _phase(r, "server_decode_tok_s", "{:.1f}", False),
-        "TTFT s": _num(r["ttft_s_median"], "{:.3f}"),
+        "prefill tok/s": _with_ci(r, "prefill_tok_s", "{:.0f}", r["prefill_source"] != PREFILL_TIMED),
+        "server decode tok/s": _with_ci(r, "server_decode_tok_s", "{:.1f}", False),
+        "TTFT s": _with_ci(r, "ttft_s", "{:.3f}", False), "latency s": _with_ci(r, "latency_s", "{:.2f}", False),
         "TPOT ms": _num(r["tpot_ms_median"], "{:.1f}"), "ITL p90 ms": _num(r["itl_ms_p90"], "{:.1f}"),
         "accept": _num(r["acceptance_rate"], "{:.2f}"), "speedup": _num(r["speedup"], "{:.2f}x"),
         "speedup CI": _ci(r, "speedup", "{:.2f}"), "verdict": r["speedup_verdict"] or "-",
@@ -302,7 +302,7 @@ def _compact(summary: pd.DataFrame) -> pd.DataFrame:
     } for _, r in summary.iterrows()])
 
 
-def _phase(r, stem: str, fmt: str, derived: bool) -> str:
+def _with_ci(r, stem: str, fmt: str, derived: bool) -> str:
     """A median with its interval; "†" marks a prefill rate derived from TTFT, not the server's."""
     text = _num(r[f"{stem}_median"], fmt)
     if text == "-":

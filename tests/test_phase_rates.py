@@ -43,3 +43,20 @@ def test_a_cell_with_some_timed_requests_says_so():
     mixed = rows(True)[:2] + rows(False)[2:]
     (row,) = summarize(requests_of(mixed), cells_of(CELLS)).to_dict("records")
     assert row["prefill_source"] == "timings+ttft"
+
+
+def test_ttft_and_total_latency_per_cell_with_intervals():
+    # requests of 2, 4 and 9 s from start to last byte, TTFT 0.5, 1.0, 1.5 s
+    reqs = [dict(timed("e-n0", 0, f"p{i}", 64, s), prompt_tokens=50, ttft_s=0.5 * (i + 1))
+            for i, s in enumerate([2.0, 4.0, 9.0])]
+    summary = summarize(requests_of(reqs), cells_of(CELLS))
+    (row,) = summary.to_dict("records")
+    assert row["latency_s_median"] == 4.0 and row["latency_s_mean"] == pytest.approx(5.0)
+    assert 2.0 <= row["latency_s_ci_low"] <= 4.0 <= row["latency_s_ci_high"] <= 9.0
+    assert row["ttft_s_median"] == 1.0 and 0.5 <= row["ttft_s_ci_low"] <= 1.0 <= row["ttft_s_ci_high"] <= 1.5
+
+
+def test_a_failed_request_has_no_latency_in_its_cell():
+    reqs = [dict(timed("e-n0", 0, "p0", 64, 2.0), ttft_s=0.5), dict(timed("e-n0", 0, "p1", 64, 30.0, ok=False))]
+    (row,) = summarize(requests_of(reqs), cells_of(CELLS)).to_dict("records")
+    assert row["latency_s_median"] == 2.0 and row["requests_failed"] == 1

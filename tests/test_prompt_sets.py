@@ -269,3 +269,18 @@ def test_a_category_with_a_line_break_is_refused(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text('{"question_id": 1, "category": "a\\n# heading", "turns": ["x"]}\n')
     assert _error(path) == f'{path}:1: "category" holds \'\\n\', a line break or control character; use printable text'
+
+
+def test_ids_pick_prompts_of_a_set_in_the_sets_order():
+    from orchestrator.measure.prompts import PromptSource, load_prompt_set
+
+    got = load_prompt_set(PromptSource(source="seeds", ids=["tamil-formal", "hello"]))
+    assert [(p.set, p.id, p.category) for p in got] == [("seeds", "hello", "qa"), ("seeds", "tamil-formal", "multilingual")]
+
+
+def test_ids_keep_a_table_in_the_runs_scenario():
+    from orchestrator.measure.prompts import PromptSource
+
+    src = PromptSource(source="seeds", ids=["hello"])
+    assert not src.plain and src.model_dump() == {"source": "seeds", "format": None, "name": None, "per_category": None,
+                                                  "sample_seed": 0, "turns": "first", "ids": ["hello"]}

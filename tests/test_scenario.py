@@ -43,6 +43,12 @@ EXACT = {
     "prompt_file_empty_split.toml": ("workload.prompts[0]", f"{BAD}/../fixtures/prompt_sets/bad-empty-split.parquet: "
                                      "speed-bench columns but no rows (an empty split); point at a split file that "
                                      "holds prompts"),
+    "prompt_ids_unknown.toml": ("workload.prompts[0]", "prompt set {source = 'seeds', ids = ['hello', 'tcp-vs-udp']} has no prompt with id "
+                                "'tcp-vs-udp'; its ids include average-speed, counterexample, fibonacci, fizzbuzz-ts, "
+                                "hello, tamil-formal, tcp-udp-quic, ten-word-sentences"),
+    "prompt_ids_twice.toml": ("workload.prompts[0].ids", "ids lists 'hello' twice"),
+    "requantized_for_hf.toml": ("engines[0].model", "gemma-3-270m-q8_0 is a GGUF for llama.cpp; an engine that loads "
+                                "Hugging Face folders can use 'gemma-3-270m'"),
     "duplicate_prompt_set.toml": ("workload.prompts", "duplicate prompt sets ['seeds']; list each once"),
     "prompt_set_name_clash.toml": ("workload.prompts", "'prompts/a/qa.jsonl' and 'prompts/b/qa.jsonl' are both "
                                    "prompt set 'qa' (a file's name is its set's name); rename one of the files, or give one a `name` in a table"),

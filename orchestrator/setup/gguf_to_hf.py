@@ -52,7 +52,7 @@ def convert(gguf_path: Path, out: Path) -> dict:
     tokenizer.save_pretrained(out)
     return {"source_gguf": str(gguf_path), "source_bytes": gguf_path.stat().st_size, "dtype": "bfloat16",
             "architecture": model.config.architectures, "parameters": sum(p.numel() for p in model.parameters()),
-            "add_bos_token": bos, "converter": CONVERTER, "transformers": transformers.__version__, "torch": torch.__version__,
+            "add_bos_token": bos, "converter": CONVERTER, "transformers_version": transformers.__version__, "torch": torch.__version__,
             "seconds": round(time.monotonic() - t0, 1)}
 
 
