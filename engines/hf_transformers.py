@@ -4,9 +4,10 @@ and prompt-lookup decoding, served by orch's small OpenAI-compatible server
 an environment of its own (`orch engines install transformers`).
 
 Methods: `assistant` (draft_model is the assistant; n_spec = num_assistant_tokens, schedule
-"constant" and no confidence cut, so every step drafts n_spec tokens) and `prompt-lookup`
-(n_spec = prompt_lookup_num_tokens). An assistant with a different tokenizer works too: generate()
-translates between the vocabularies, and the server says so as it starts. Token counts come from
+"constant" and no confidence cut, so every step drafts n_spec tokens but the last, cut at EOS or
+max_tokens) and `prompt-lookup` (n_spec = prompt_lookup_num_tokens, the most a match drafts). An assistant with a different tokenizer works too: generate()
+translates between the vocabularies (greedy only), and the server says so as it starts; drafts
+are then counted in the target's tokens, so a step may draft more than n_spec. Token counts come from
 the server's usage; drafted and accepted tokens per request from the candidate generator, reported
 in vLLM's per-request shape.
 """

@@ -151,6 +151,7 @@ def _post(url: str, body: bytes) -> tuple[int, dict]:
     (b'{"prompt": "hi", "temperature": "hot"}', "temperature"),
     (b'{"prompt": ""}', "prompt"),
     (b'{"prompt": 7}', "prompt"),
+    (b'{"prompt": "hi", "max_tokens": 1048576}', "positions"),  # past the model's context: refused, not run for hours
 ])
 def test_a_bad_request_is_a_400_that_names_the_field(plain_server, body, field):
     status, obj = _post(plain_server + "/v1/completions", body)

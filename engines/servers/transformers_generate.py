@@ -129,7 +129,7 @@ class Cancelled(StoppingCriteria):
         self.event = event
 
     def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class Server:
@@ -138,17 +138,25 @@ class Server:
         torch.set_num_threads(args.threads) if args.threads else None
         dtype = getattr(torch, args.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(args.model)
-        self.model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval()
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(self.device).eval()
+        self.max_len = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
         self.assistant = self.assistant_tokenizer = None
         if args.method == "assistant":
-            self.assistant = AutoModelForCausalLM.from_pretrained(args.assistant, dtype=dtype).eval()
+            self.assistant = AutoModelForCausalLM.from_pretrained(args.assistant, dtype=dtype).to(self.device).eval()
             # A fixed schedule with no confidence cut: every step drafts n_spec tokens.
             gc = self.assistant.generation_config
             gc.num_assistant_tokens, gc.num_assistant_tokens_schedule = args.n_spec, "constant"
             gc.assistant_confidence_threshold = 0.0
             tok = AutoTokenizer.from_pretrained(args.assistant)
-            if tok.get_vocab() != self.tokenizer.get_vocab():
-                self.assistant_tokenizer = tok  # generate() then translates between the vocabularies
+            # generate()'s own rule (GenerationMixin._validate_assistant): the same vocab_size means
+            # one vocabulary; another needs both tokenizers, and generate() translates.
+            size = lambda m: m.config.get_text_config().vocab_size  # noqa: E731
+            if size(self.assistant) != size(self.model):
+                self.assistant_tokenizer = tok
+            elif tok.get_vocab() != self.tokenizer.get_vocab():
+                raise SystemExit(f"the assistant {args.assistant} has the target's vocab_size but another "
+                                 "vocabulary; generate() would take its token ids as the target's")
         self.counts = Counts()
         instrument(self.model, lambda: self.counts)
         self.pool = ThreadPoolExecutor(max_workers=1)  # one generation at a time, in arrival order
@@ -170,8 +178,18 @@ class Server:
             return {"prompt_lookup_num_tokens": a.n_spec, "max_matching_ngram_size": a.max_matching_ngram}
         return {}
 
+    def check(self, input_ids, req) -> None:
+        """What generate() would fail on or run for hours with: refused before it runs."""
+        if self.max_len and input_ids.shape[1] + req["max_tokens"] > self.max_len:
+            raise BadRequest(f"prompt ({input_ids.shape[1]} tokens) plus max_tokens ({req['max_tokens']}) passes "
+                             f"the model's {self.max_len} positions")
+        if req["temperature"] > 0 and self.assistant_tokenizer is not None:
+            # Sampling across vocabularies prunes the assistant's LM head in place, for good.
+            raise BadRequest("temperature > 0 with an assistant of another tokenizer is not served; use 0")
+
     def generate(self, input_ids, req, stream, cancel) -> tuple[list[int], dict]:
         self.counts = Counts()
+        input_ids = input_ids.to(self.device)
         kwargs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
                   "max_new_tokens": req["max_tokens"], "streamer": stream,
                   "stopping_criteria": StoppingCriteriaList([Cancelled(cancel)]),
@@ -196,8 +214,11 @@ class Server:
                 raise BadRequest("messages must be a non-empty list")
             if not self.tokenizer.chat_template:
                 raise BadRequest("this model has no chat template; send a prompt to /v1/completions")
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
-                                                     return_tensors="pt")["input_ids"]
+            try:
+                ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
+                                                         return_tensors="pt")["input_ids"]
+            except Exception as exc:  # the template's own complaint (jinja, a malformed message)
+                raise BadRequest(f"the chat template refused these messages: {type(exc).__name__}: {exc}"[:300])
         else:
             prompt = body.get("prompt")
             if not isinstance(prompt, str) or not prompt:
@@ -253,6 +274,7 @@ def make_app(server: Server) -> web.Application:
             body = json.loads(await request.read())
             req = _request(body)
             input_ids = server.encode(body, chat)
+            server.check(input_ids, req)
         except (ValueError, BadRequest) as exc:
             return web.json_response({"error": {"message": str(exc), "type": "invalid_request_error"}}, status=400)
         loop, queue, cancel = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
@@ -260,7 +282,10 @@ def make_app(server: Server) -> web.Application:
         job = loop.run_in_executor(server.pool, server.generate, input_ids, req,
                                    Stream(server.tokenizer, loop, queue) if req["stream"] else None, cancel)
         if not req["stream"]:
-            ids, spec = await job
+            try:
+                ids, spec = await job
+            finally:
+                cancel.set()  # a client that hung up stops its generation too
             text = server.tokenizer.decode(ids, skip_special_tokens=True)
             finish = "length" if len(ids) >= req["max_tokens"] else "stop"
             choice = ({"message": {"role": "assistant", "content": text}} if chat else {"text": text})

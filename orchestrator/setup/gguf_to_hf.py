@@ -32,24 +32,35 @@ def add_bos(gguf_path: Path) -> bool:
     return bool(field is not None and field.parts[field.data[0]][0])
 
 
-def with_bos(tokenizer) -> None:
-    bos = tokenizer.bos_token
-    tokenizer._tokenizer.post_processor = TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tokenizer.bos_token_id)])
+def set_bos(tokenizer, bos: bool) -> None:
+    """The GGUF's add_bos_token, as the tokenizer's flag and its post-processor (the setter
+    rebuilds it; set here as well in case a tokenizer class has no such setter)."""
+    tokenizer.add_bos_token = bos
+    if bos:
+        token = tokenizer.bos_token
+        tokenizer._tokenizer.post_processor = TemplateProcessing(
+            single=f"{token} $A", pair=f"{token} $A $B", special_tokens=[(token, tokenizer.bos_token_id)])
+
+
+def check_bos(out: Path, bos: bool, bos_id: int | None) -> None:
+    """The saved folder, loaded back, encodes as the GGUF says (<bos> first, or not)."""
+    ids = AutoTokenizer.from_pretrained(str(out))("hello").input_ids
+    if (ids[:1] == [bos_id]) != bos:
+        raise SystemExit(f"the saved tokenizer encodes 'hello' as {ids}; the GGUF says add_bos_token={bos}")
 
 
 def convert(gguf_path: Path, out: Path) -> dict:
     t0 = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     bos = add_bos(gguf_path)
-    if bos:
-        with_bos(tokenizer)
+    set_bos(tokenizer, bos)
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.bfloat16)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    check_bos(out, bos, tokenizer.bos_token_id)
     return {"source_gguf": str(gguf_path), "source_bytes": gguf_path.stat().st_size, "dtype": "bfloat16",
             "architecture": model.config.architectures, "parameters": sum(p.numel() for p in model.parameters()),
             "add_bos_token": bos, "converter": CONVERTER, "transformers_version": transformers.__version__, "torch": torch.__version__,

