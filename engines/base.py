@@ -56,6 +56,15 @@ class StreamCounts:
         return self.prefix or self.key
 
 
+# vLLM's per-request draft counts (--per-request-spec-decode-metrics summary: the last event's
+# metrics.speculative_decoding), a shape other servers that count drafts per request can report in
+# (orch's transformers server does), read into the records' spec_* fields.
+SPEC_DECODE_METRICS = StreamCounts(
+    "metrics.speculative_decoding", counts=("num_spec_steps", "num_draft_tokens", "num_accepted_draft_tokens"),
+    prefix="spec", drafted="num_draft_tokens", accepted="num_accepted_draft_tokens", steps="num_spec_steps",
+    histogram="acceptance_histogram")
+
+
 class Engine(ABC):
     """One kind of server. Everything orch knows about it is here or in its module; the rest of
     orch asks these attributes and methods and never branches on `kind`."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Engine, StreamCounts
+from .base import SPEC_DECODE_METRICS, Engine
 from .pyenv import PythonEnv
 
 SERVER = Path(__file__).parent / "servers" / "transformers_generate.py"
@@ -41,10 +41,7 @@ class HfTransformers(Engine):
     installer = ENV
     install_hint = "orch engines install transformers"
     # The same per-request fields as vLLM's --per-request-spec-decode-metrics summary.
-    stream_counts = StreamCounts(
-        "metrics.speculative_decoding", counts=("num_spec_steps", "num_draft_tokens", "num_accepted_draft_tokens"),
-        prefix="spec", drafted="num_draft_tokens", accepted="num_accepted_draft_tokens", steps="num_spec_steps",
-        histogram="acceptance_histogram")
+    stream_counts = SPEC_DECODE_METRICS
     report_note = ("transformers: token counts from usage; drafted and accepted tokens per request from "
                    "generate()'s candidate generator (orch's server, engines/servers/transformers_generate.py). "
                    "One request at a time: assisted generation takes a batch of one.")

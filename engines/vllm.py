@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .base import Engine, StreamCounts
+from .base import SPEC_DECODE_METRICS, Engine
 from .pyenv import PythonEnv
 
 # SpeculativeConfig's user-settable fields in vLLM 0.32 (method, num_speculative_tokens and the
@@ -46,10 +46,7 @@ class Vllm(Engine):
     published_name = "vllm"  # its rows in the published figures
     # --per-request-spec-decode-metrics summary: the stream's last event (the one with `usage`)
     # carries metrics.speculative_decoding for each request (docs: "Per-Request Acceptance Metrics").
-    stream_counts = StreamCounts(
-        "metrics.speculative_decoding", counts=("num_spec_steps", "num_draft_tokens", "num_accepted_draft_tokens"),
-        prefix="spec", drafted="num_draft_tokens", accepted="num_accepted_draft_tokens", steps="num_spec_steps",
-        histogram="acceptance_histogram")
+    stream_counts = SPEC_DECODE_METRICS
     report_note = ("vLLM: token counts from usage; acceptance per request from metrics.speculative_decoding "
                    "(--per-request-spec-decode-metrics summary), checked against the deltas of its /metrics "
                    "counters over each measured window, which a server without the flag leaves (marked *).")

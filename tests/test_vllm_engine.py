@@ -126,6 +126,6 @@ def test_sweep_stops_before_any_run_folder_when_the_hf_folder_is_not_prepared(tm
         '[engines.speculation]\nmethod = "ngram"\nn_spec = [0, 4]\n')
     result = CliRunner().invoke(cli, ["sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "r")])
     assert result.exit_code == 1
-    assert result.output == ("Error: model 'smollm2-135m' has no Hugging Face folder yet: "
-                             "run `orch models prepare smollm2-135m --format hf`\n")
+    assert result.output == ("Error: model 'smollm2-135m' has no Hugging Face folder yet, or one from an older "
+                             "orch: run `orch models prepare smollm2-135m --format hf`\n")
     assert not (tmp_path / "r").exists()
