@@ -47,11 +47,13 @@ def test_table_text():
     rows = [req("e-n0", 0, 40, key="x"), req("e-n4", 4, 80, key="x", drafts=(4, 4))]
     lines = format_table(summarize(rows, CELLS[:2])).splitlines()
     assert lines[0].split() == ["engine", "method", "n_spec", "conc", "prompts", "ok", "failed", "e2e_tok/s",
-                                "decode_tok/s", "prefill_tok/s", "ttft_s", "accept", "speedup", "95%", "CI", "verdict"]
-    assert lines[1].split() == ["e", "none", "0", "1", "seeds", "1", "0", "40.0", "44.0", "-", "0.100", "-", "1.00x",
+                                "decode_tok/s", "prefill_tok/s", "ttft_s", "latency_s", "accept", "speedup", "95%", "CI",
+                                "verdict"]
+    # latency: 100 tokens at 40 and 80 tok/s are 2.50 s and 1.25 s from start to end
+    assert lines[1].split() == ["e", "none", "0", "1", "seeds", "1", "0", "40.0", "44.0", "-", "0.100", "2.50", "-", "1.00x",
                                 "-", "baseline"]
     # One request a side: a ratio, but no spread to give an interval or a verdict from.
-    assert lines[2].split() == ["e", "ngram-mod", "4", "1", "seeds", "1", "0", "80.0", "88.0", "-", "0.100", "1.00",
+    assert lines[2].split() == ["e", "ngram-mod", "4", "1", "seeds", "1", "0", "80.0", "88.0", "-", "0.100", "1.25", "1.00",
                                 "2.00x", "-", "-"]
 
 

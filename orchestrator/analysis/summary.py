@@ -240,16 +240,16 @@ def format_table(summary: pd.DataFrame) -> str:
     summary = summary.copy()
     summary["speedup_ci"] = [_ci_text(lo, hi) for lo, hi in zip(summary["speedup_ci_low"], summary["speedup_ci_high"])]
     cols = ["engine", "method", "n_spec", "concurrency", "prompt_set", "requests_ok", "requests_failed",
-            "e2e_tok_s_median", "decode_tok_s_median", "prefill_tok_s_median", "ttft_s_median", "acceptance_rate",
-            "speedup", "speedup_ci", "speedup_verdict"]
+            "e2e_tok_s_median", "decode_tok_s_median", "prefill_tok_s_median", "ttft_s_median", "latency_s_median",
+            "acceptance_rate", "speedup", "speedup_ci", "speedup_verdict"]
     view = summary[cols].rename(columns={
         "concurrency": "conc", "prompt_set": "prompts", "requests_ok": "ok", "requests_failed": "failed",
         "e2e_tok_s_median": "e2e_tok/s", "decode_tok_s_median": "decode_tok/s", "prefill_tok_s_median": "prefill_tok/s",
-        "ttft_s_median": "ttft_s", "acceptance_rate": "accept", "speedup": "speedup",
+        "ttft_s_median": "ttft_s", "latency_s_median": "latency_s", "acceptance_rate": "accept", "speedup": "speedup",
         "speedup_ci": "95% CI", "speedup_verdict": "verdict"})
     view.loc[view["n_spec"] == 0, "method"] = "none"
     fmt = {"e2e_tok/s": "{:.1f}", "decode_tok/s": "{:.1f}", "prefill_tok/s": "{:.0f}", "ttft_s": "{:.3f}",
-           "accept": "{:.2f}", "speedup": "{:.2f}x"}
+           "latency_s": "{:.2f}", "accept": "{:.2f}", "speedup": "{:.2f}x"}
     for col, f in fmt.items():
         view[col] = view[col].map(lambda v, f=f: "-" if v is None or pd.isna(v) else f.format(v))
     server = summary["acceptance_source"] == METRICS_SOURCE
