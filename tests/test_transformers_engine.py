@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -29,8 +30,8 @@ def engine(method="assistant", draft=None):
     return HfTransformers(spec)
 
 
-TARGET = ResolvedModel("gemma-3-270m", path=__import__("pathlib").Path("/m/gemma-3-270m-hf"))
-DRAFT = ResolvedModel("smollm2-135m", path=__import__("pathlib").Path("/m/smollm2-135m-hf"))
+TARGET = ResolvedModel("gemma-3-270m", path=Path("/m/gemma-3-270m-hf"))
+DRAFT = ResolvedModel("smollm2-135m", path=Path("/m/smollm2-135m-hf"))
 
 
 def test_assistant_cells_name_the_assistant_and_the_depth():

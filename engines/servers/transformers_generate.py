@@ -135,7 +135,8 @@ class Cancelled(StoppingCriteria):
 class Server:
     def __init__(self, args):
         self.args = args
-        torch.set_num_threads(args.threads) if args.threads else None
+        if args.threads:
+            torch.set_num_threads(args.threads)
         dtype = getattr(torch, args.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(args.model)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -174,7 +174,8 @@ def _only(items: list[Item], ids: list[str] | None, label: str) -> list[Item]:
     if missing:
         raise PromptFileError(f"prompt set {label} has no prompt with id {missing[0]!r}; its ids include "
                               f"{', '.join(sorted(have)[:8])}")
-    return [it for it in items if it.id in set(ids)]
+    wanted = set(ids)
+    return [it for it in items if it.id in wanted]
 
 
 def _stem(name: str) -> str:

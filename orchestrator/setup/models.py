@@ -205,11 +205,8 @@ def prepare_model(name: str, fmt: str = "gguf", progress=None) -> tuple[Path, bo
 
 def _requantize(name: str, fmt: str, progress) -> tuple[Path, bool]:
     known = KNOWN_MODELS[name]
-    try:
-        return requantized(name, fmt), False
-    except ModelError:
-        if fmt != "gguf":
-            raise
+    if fmt != "gguf" or known.gguf_path(name).is_file():
+        return requantized(name, fmt), False  # the file, or the one line that says why not
     tool = QUANTIZER.tool("llama-quantize")
     if not tool.is_file():
         raise InstallError(f"model {name!r} is made by llama.cpp's llama-quantize: run "
