@@ -69,9 +69,13 @@ llama-server and llama-quantize side by side; either missing means not installed
         """Where one of TARGETS is installed."""
         return self.expected().with_name(name)
 
+    def has(self, name: str) -> bool:
+        """One of TARGETS is installed, executable."""
+        path = self.tool(name)
+        return path.is_file() and os.access(path, os.X_OK)
+
     def installed(self) -> Path | None:
-        ok = all(self.tool(t).is_file() and os.access(self.tool(t), os.X_OK) for t in TARGETS)
-        return self.expected() if ok else None
+        return self.expected() if all(self.has(t) for t in TARGETS) else None
 
     def install(self, progress=None, jobs: int | None = None) -> tuple[Path, bool]:
         found = self.installed()
@@ -153,8 +157,7 @@ class LlamaServer(Engine):
         if on_path:
             return on_path
         # llama-server alone runs a cell; llama-quantize is needed only to make a model.
-        cached = self.installer.tool("llama-server")
-        return str(cached) if cached.is_file() and os.access(cached, os.X_OK) else None
+        return str(self.installer.tool("llama-server")) if self.installer.has("llama-server") else None
 
     def server_args(self, n_spec, model, port, parallel, draft=None, host="127.0.0.1") -> list[str]:
         args = ["--host", host, "--port", str(port), "--parallel", str(parallel), "--metrics"]

@@ -117,8 +117,8 @@ def resolve_model(ref: str, base_dir: Path | None = None, fmt: str = "gguf") -> 
 
 
 def prepared_hf(name: str) -> Path:
-    folder = KNOWN_MODELS[name].hf_dir(name)
-    if not _converted(folder):
+    folder = hf_folder(name)
+    if folder is None:
         raise ModelError(f"model {name!r} has no Hugging Face folder yet, or one from an older orch: run "
                          f"`orch models prepare {name} --format hf`")
     return folder
@@ -139,11 +139,10 @@ def _converted(folder: Path) -> bool:
 
 
 def requantized(name: str, fmt: str = "gguf") -> Path:
-    known = KNOWN_MODELS[name]
-    if fmt != "gguf":
-        raise ModelError(f"model {name!r} is a GGUF made by llama-quantize, for llama.cpp; for a Hugging Face "
-                         f"folder use {known.requantize[0]!r}")
-    path = known.gguf_path(name)
+    problem = check_model_ref(name, fmt=fmt)  # a GGUF only
+    if problem:
+        raise ModelError(problem)
+    path = KNOWN_MODELS[name].gguf_path(name)
     if not path.is_file():
         raise ModelError(f"model {name!r} is not made yet: run `orch models prepare {name}`")
     return path
