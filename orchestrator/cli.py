@@ -22,7 +22,7 @@ from orchestrator.common import redact
 from orchestrator.common.errors import OrchError, ResultsError
 from orchestrator.results.rundir import BY_CATEGORY, RunDir, fix_for, why
 from orchestrator.setup.models import KNOWN_MODELS, hf_folder
-from orchestrator.setup.provision import run_setup, run_step, setup_steps
+from orchestrator.setup.provision import measure_roofline, run_setup, run_step, setup_steps
 from orchestrator.sweep.runner import plan_cells
 from orchestrator.sweep.scenario import load_scenario
 from orchestrator.sweep.session import (BenchTarget, bench_scenario, dry_run_text, run_sweep, search_budgets,
@@ -417,4 +417,6 @@ def setup(scenarios, overrides):
         done = run_setup(steps, progress.lane)
     for (what, name), path, made in done:
         click.echo(_made_line(what, name, path, made))
+    for line in measure_roofline(loaded):
+        click.echo(line)
     click.echo(f"{' '.join(map(str, scenarios))}: ready ({len(steps)} step(s))")

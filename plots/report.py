@@ -30,6 +30,7 @@ from orchestrator.analysis.summary import (PREFILL_TIMED, format_speedups, forma
                                            speedup_frame, summarize, unpaired_note)
 
 from .categories import draw_category_heatmap
+from .cost import draw_cost
 from .charts import (draw_acceptance_by_position, draw_acceptance_length, draw_charts, draw_load, draw_lossless,
                      draw_model, draw_pairs, draw_phase_rates)
 
@@ -77,6 +78,7 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     sub = subtitle(run)
     scenario = _scenario_text(run)
     charts = (draw_charts(summary, sub, run.path, overlay) + draw_phase_rates(summary, sub, run.path)
+              + draw_cost(summary, sub, run.path)
               + draw_pairs(pairs, summary, sub, run.path)
               + draw_load(summary, sub, run.path)
               + draw_acceptance_length(summary, sub, run.path) + draw_acceptance_by_position(cells, sub, run.path)

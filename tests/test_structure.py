@@ -21,17 +21,19 @@ ALLOWED = {
     "orchestrator": set(),  # the package's __init__: the version only
     "orchestrator.common": {"orchestrator"},
     "orchestrator.results": {"orchestrator", "orchestrator.common"},
-    "orchestrator.setup": {"orchestrator.common", "engines"},
+    "orchestrator.setup": {"orchestrator.common", "orchestrator.telemetry", "engines"},
+    "orchestrator.telemetry": {"orchestrator.common", "orchestrator.results"},
     "orchestrator.launch": {"orchestrator.common", "engines"},
     "orchestrator.measure": {"orchestrator.common", "orchestrator.results", "engines"},
-    "orchestrator.analysis": {"orchestrator.common", "orchestrator.results", "engines"},
+    "orchestrator.analysis": {"orchestrator.common", "orchestrator.results", "orchestrator.telemetry", "engines"},
     "orchestrator.sweep": {"orchestrator", "orchestrator.common", "orchestrator.results", "orchestrator.setup",
-                           "orchestrator.launch", "orchestrator.measure", "orchestrator.analysis", "engines"},
+                           "orchestrator.launch", "orchestrator.measure", "orchestrator.analysis",
+                           "orchestrator.telemetry", "engines"},
     "plots": {"orchestrator.common", "orchestrator.analysis", "orchestrator.results", "engines"},
     "orchestrator.progress": {"orchestrator.common"},
     "orchestrator.cli": {"orchestrator", "orchestrator.common", "orchestrator.results", "orchestrator.setup",
                          "orchestrator.launch", "orchestrator.measure", "orchestrator.analysis",
-                         "orchestrator.sweep", "orchestrator.progress", "plots", "engines"},
+                         "orchestrator.sweep", "orchestrator.telemetry", "orchestrator.progress", "plots", "engines"},
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from orchestrator.analysis import cost
 from orchestrator.analysis.load import crossover
 from orchestrator.analysis.metrics import itl_per_token, tpot
 from orchestrator.analysis.pairs import PairedSpeedup, pair_table, paired_speedup
@@ -35,6 +36,7 @@ COLUMNS = GROUP + [
     "independent_speedup", "independent_ci_low", "independent_ci_high", "independent_verdict",
     "stops_paying_at", "load_finding",  # the lowest level whose paired interval reaches 1.0, and why (load.py)
     "server_acceptance_rate", "mean_acceptance_length",  # /metrics deltas: all prompt sets of the cell
+    *cost.COLUMNS,  # telemetry and the roofline share (cost.py)
     "outliers", "cell_status", "cell_id",
 ]
 
@@ -66,7 +68,7 @@ def summarize(requests: list[RequestRecord], cells: list[CellRecord]) -> pd.Data
     out["acceptance_rate"] = out["acceptance_rate"].where(~from_server, out["server_acceptance_rate"])
     out = pd.concat([out, _cells_without_requests(cells, set(out["cell_id"]))], ignore_index=True)
     out = _add_independent(_add_paired(out, df, cells), df)
-    out = _add_crossover(out)
+    out = cost.add_cost(_add_crossover(out), df, cells)
     return out.sort_values(["engine", "concurrency", "prompt_set", "n_spec"], ignore_index=True)[COLUMNS]
 
 

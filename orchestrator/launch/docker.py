@@ -13,7 +13,7 @@ from engines import ServerPlan
 
 from orchestrator.common import redact
 from orchestrator.common.errors import OrchError, ServerError, ServerExited, ServerTimeout
-from orchestrator.launch.shared import MANAGED, poll_ready
+from orchestrator.launch.shared import MANAGED, Watch, poll_ready
 
 STOP_TIMEOUT_S = 10
 
@@ -65,6 +65,23 @@ class DockerServer:
         image = self.client.images.get(ref)
         return {"container_id": self.container.id[:12], "image": ref, "image_id": image.id,
                 "image_digests": image.attrs.get("RepoDigests", [])}
+
+    def watch(self) -> Watch:
+        """The container's process tree where its Docker host is this one (the same PID space);
+        its GPUs through NVML here, or through `nvidia-smi` inside it when the host is another:
+        the NVIDIA runtime puts nvidia-smi in every container given a GPU, whatever its image,
+        and no second container or agent has to be started on that host."""
+        spec = self.plan.container
+        gpus = spec.gpus != "none"
+        ids = None if spec.gpus in ("all", "none") else [int(g) for g in spec.gpus]
+        if _server_host(spec.docker_host) == "127.0.0.1":
+            pid = (self.container.attrs.get("State") or {}).get("Pid") if self.container else None
+            return Watch(pid=pid or None, gpu_ids=ids, gpus=gpus)
+        return Watch(gpu_ids=ids, gpus=gpus, smi_lines=self._exec_stream if gpus else None,
+                     unseen=["a container on a remote Docker host: its CPU time is not sampled"])
+
+    def _exec_stream(self, cmd: list[str]):
+        return self.container.exec_run(cmd, stream=True, demux=False).output
 
     def alive(self) -> bool:
         try:

@@ -16,7 +16,7 @@ from engines import ServerPlan
 
 from orchestrator.common import redact
 from orchestrator.common.errors import ServerExited, ServerTimeout
-from orchestrator.launch.shared import poll_ready
+from orchestrator.launch.shared import Watch, poll_ready, visible_gpus
 
 STOP_GRACE_S = 10.0
 
@@ -71,6 +71,11 @@ class ProcessServer:
 
     def describe(self) -> dict:
         return {"pid": self.proc.pid} if self.proc else {}
+
+    def watch(self) -> Watch:
+        env = {**os.environ, **self.plan.env}
+        gpus = env.get("CUDA_VISIBLE_DEVICES", "x").strip() not in ("", "-1")  # "" and -1 hide every GPU
+        return Watch(pid=self.proc.pid if self.proc else None, gpu_ids=visible_gpus(env), gpus=gpus)
 
     def wait_ready(self, headers: dict | None = None) -> float:
         """Seconds from start until the health check answered 200."""
@@ -134,6 +139,9 @@ class ExternalServer:
 
     def describe(self) -> dict:
         return {"url": redact.public_url(self.base_url)}
+
+    def watch(self) -> Watch:
+        return Watch(gpus=False, unseen=["an external server: orch cannot see its processes or GPUs"])
 
     def wait_ready(self, headers: dict | None = None) -> float:
         # /health (llama.cpp, vLLM) or, for other servers, /v1/models.

@@ -6,10 +6,36 @@ from __future__ import annotations
 import os
 import socket
 import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
 from orchestrator.common import probe
 from orchestrator.common.errors import AuthRefused
+
+@dataclass
+class Watch:
+    """What telemetry may sample for one running server (orchestrator/telemetry): its process
+    tree on this host, the GPUs it was given (None: every GPU this host has), or a stream of
+    `nvidia-smi` lines from inside its container when that runs on another host. `unseen` says
+    why a part cannot be sampled."""
+
+    pid: int | None = None
+    gpu_ids: list[int] | None = None
+    gpus: bool = True  # False: the server was given no GPU
+    smi_lines: Callable[[list[str]], Iterable] | None = None  # start `cmd` in the container, its output
+    unseen: list[str] = field(default_factory=list)
+
+
+def visible_gpus(env: dict) -> list[int] | None:
+    """CUDA_VISIBLE_DEVICES as NVML indices; None (every GPU) when unset or given as UUIDs.
+    NVML counts in PCI order, CUDA by default fastest first: on a host of one GPU model they agree."""
+    value = env.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    ids = [p.strip() for p in value.split(",") if p.strip()]
+    return [int(p) for p in ids] if all(p.isdecimal() and len(p) < 4 for p in ids) else None
+
 
 MANAGED = "orch.managed"  # label on every container orch starts
 POLL_INTERVAL_S = 0.1

@@ -190,6 +190,65 @@ class WindowMetrics(BaseModel):
 
 
 Text = StrictStr | None
+Reading = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # a sampled gauge or counter delta
+
+
+class RequestCost(BaseModel):
+    """A measured request's share of its window's CPU seconds and joules (telemetry/window.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cpu_s: Reading | None = None
+    energy_j: Reading | None = None
+
+
+class GpuWindow(BaseModel):
+    """One GPU over one measured window (NVML, or nvidia-smi in the engine's container)."""
+
+    model_config = ConfigDict(extra="allow")
+    index: Count
+    name: Text = None
+    mem_peak_b: Reading | None = None
+    power_mean_w: Reading | None = None
+    power_peak_w: Reading | None = None
+    sm_mhz_mean: Reading | None = None
+    util_pct_mean: Reading | None = None
+    temp_c_peak: Reading | None = None
+    energy_j: Reading | None = None
+    energy_source: Text = None  # "NVML energy counter" or "power integrated"
+
+
+class WindowTelemetry(BaseModel):
+    """What the sampler saw over one concurrency level's measured window. A reading that could
+    not be taken is None, with the reason in `missing` (and `gpu`, `energy_source`): never 0."""
+
+    model_config = ConfigDict(extra="allow")
+    seconds: Reading
+    samples: Count
+    interval_s: Reading
+    sampler_cpu_s: Reading | None = None  # the sampler thread's own CPU time
+    missing: dict[StrictStr, StrictStr] = {}
+    cpu_s: Reading | None = None  # the server's process tree
+    cpu_util: Reading | None = None  # cores busy on average
+    rss_peak_b: Reading | None = None
+    energy_j: Reading | None = None
+    energy_source: Text = None
+    power_mean_w: Reading | None = None
+    gpu: Text = None  # "0: NVIDIA H200", or "no GPU (why)"
+    gpus: list[GpuWindow] | None = None
+    per_request: dict[StrictStr, RequestCost] = {}
+
+
+class Roofline(BaseModel):
+    """The single-stream decode limit of a cell's model on its hardware: bytes of weights read
+    per token / memory bandwidth (telemetry/roofline.py)."""
+
+    model_config = ConfigDict(extra="allow")
+    weight_bytes: Annotated[int, Field(gt=0, strict=True)] | None = None
+    weight_source: Text = None
+    bandwidth_gb_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    bandwidth_source: Text = None
+    limit_tok_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    unknown: Text = None  # why there is no limit
 
 
 class CellRecord(Record):
@@ -223,6 +282,8 @@ class CellRecord(Record):
     requests_failed: Count | None = None
     requests_not_sent: Count | None = None
     repeats: dict[str, Count] | None = None  # workload.target_ci: repeats each concurrency level took
+    telemetry: dict[str, WindowTelemetry] | None = None  # per concurrency level (telemetry/)
+    roofline: Roofline | None = None
     prompt_check: Text = None
     error: Text = None
     log_tail: Text = None
@@ -230,7 +291,7 @@ class CellRecord(Record):
     phases: dict[str, float] | None = None  # seconds per phase of the cell's wall time
     seconds: Rate | None = None
 
-    @field_validator("server_metrics")
+    @field_validator("server_metrics", "telemetry")
     @classmethod
     def _keyed_by_concurrency(cls, v):
         for key in v or {}:

@@ -36,6 +36,7 @@ ENVIRONMENT = "environment.json"
 SUMMARY = "summary.csv"
 PAIRS = "pairs.csv"
 SEARCH = "search.jsonl"
+TELEMETRY = "telemetry.jsonl"  # in each cell's folder: the samples of its measured windows
 MODEL = "model.csv"
 BY_CATEGORY = "summary_by_category.csv"  # where the prompts carry categories (analysis/categories.py)
 RUN = "run.json"
@@ -150,6 +151,20 @@ class RunDir:
 
     def append_cell(self, rec: CellRecord) -> None:
         append_jsonl(self.path / CELLS, rec.line(), self.again)
+
+    def append_samples(self, cell_id: str, concurrency: int, rows: list[dict]) -> None:
+        """One measured window's telemetry samples (telemetry/sampler.py), after the window ended:
+        cells/<cell>/telemetry.jsonl, one line per sample, in one write."""
+        folder = self.cell_dir(cell_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        text = "".join(json.dumps({"concurrency": concurrency, **_finite(r, [])}) + "\n" for r in rows)
+        try:
+            with open(folder / TELEMETRY, "a", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise ResultsError(f"cannot write {folder / TELEMETRY}: {why(exc)}; {fix_for(exc)}, then {self.again}")
 
     def append_search(self, line: dict) -> None:
         append_jsonl(self.path / SEARCH, line, self.again)

@@ -11,9 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from engines import ENGINES, INSTALLERS, QUANTIZER, InstallFailed
+from engines.installing import cache_root
 
-from orchestrator.common.errors import InstallError
-from orchestrator.setup.models import KNOWN_MODELS, prepare_model
+from orchestrator.common.errors import InstallError, OrchError
+from orchestrator.setup.models import KNOWN_MODELS, prepare_model, resolve_model
+from orchestrator.telemetry import roofline
 
 
 def setup_steps(scenario) -> list[tuple[str, str]]:
@@ -91,3 +93,25 @@ def run_step(what: str, name: str, progress=None, jobs: int | None = None) -> tu
         return prepare_model(model, fmt, progress)
     except InstallFailed as exc:
         raise InstallError(str(exc))
+
+
+def measure_roofline(scenarios) -> list[str]:
+    """After every other step, on a quiet machine: this host's memory bandwidth (the copy
+    benchmark) and the bytes of weights of each local model, both cached for the sweeps'
+    rooflines (telemetry/roofline.py). Lines for the user."""
+    gb_s, source = roofline.cpu_bandwidth(cache_root())
+    lines = [f"memory bandwidth: {gb_s:.1f} GB/s ({source})"]
+    for spec in {s.model: s for sc in scenarios for s in sc.engines if s.launcher == "process"}.values():
+        engine = ENGINES[spec.kind](spec)
+        if not engine.resolves_model or spec.roofline.weight_gb:
+            continue
+        try:
+            path = resolve_model(spec.model, None, engine.model_format).path
+            n, where = roofline.model_bytes(path, cache_root()) if path else (None, "")
+        except (OrchError, roofline.WeightsUnknown, OSError) as exc:
+            lines.append(f"weights of {spec.model}: unknown ({exc})")
+            continue
+        if n:
+            lines.append(f"weights of {spec.model}: {n / 1e6:.1f} MB read per token ({where}): decode limit "
+                         f"{roofline.limit_tok_s(n, gb_s):.0f} tok/s on this host")
+    return lines

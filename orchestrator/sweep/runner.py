@@ -8,6 +8,7 @@ import json
 import os
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,9 @@ from orchestrator.measure.prompts import Prompt, load_prompt_set
 from orchestrator.results.records import CellRecord, Measured, RequestRecord
 from orchestrator.results.rundir import RunDir, why
 from orchestrator.sweep.environment import cpu_flags, gpus
+from orchestrator.telemetry import CellTelemetry
+from orchestrator.telemetry.roofline import roofline_for
+from engines.installing import cache_root
 from orchestrator.sweep.scenario import EngineSpec, Scenario, cell_id
 
 
@@ -109,6 +113,8 @@ class Sweep:
         self.parallel = max(self.workload.concurrency)
         self.prepared = prepare(scenario, base_dir)
         self.host = (cpu_flags(), gpus())  # for the engines' host_warnings
+        self._rooflines: dict[str, object] = {}
+        self._costs: dict = {}
 
     def execute(self, run: RunDir) -> list[CellRecord]:
         """Run every cell not already done in `run`; return the cell records written."""
@@ -199,8 +205,17 @@ class Sweep:
             marks["ready"] = time.monotonic()
             rec.set(**server.describe())
             rec.set(template=self._template(cell, server.base_url, headers))
-            results, windows, repeats = self._drive(cell, server, todo, marks, headers)
+            tele = self._telemetry(server)
+            try:
+                if tele is not None:
+                    rec.set(roofline=self._roofline(cell, prep, tele))
+                results, windows, repeats = self._drive(cell, server, todo, marks, headers, tele)
+            finally:
+                if tele is not None:
+                    tele.close()
             rec.set(server_metrics=windows, **_judge(results, todo, server.alive(), cell.engine))
+            if self._costs:
+                rec.set(telemetry=self._costs)
             if repeats:
                 rec.set(repeats=repeats)
             if rec.status != "ok":
@@ -209,19 +224,33 @@ class Sweep:
         marks["stopped"] = time.monotonic()
         rec.set(phases=_phases(marks))
 
+    def _telemetry(self, server) -> CellTelemetry | None:
+        settings = self.scenario.telemetry
+        return CellTelemetry(server.watch(), settings.interval_s) if settings.enabled else None
+
+    def _roofline(self, cell: Cell, prep: Prepared, tele: CellTelemetry):
+        """The engine's decode limit, found once per engine (the GGUF's tensor table is cached)."""
+        if cell.engine.name not in self._rooflines:
+            r = cell.engine.roofline
+            self._rooflines[cell.engine.name] = roofline_for(
+                prep.model.path, list(tele.gpu_names.values()), cache_root(), r.weight_gb, r.bandwidth_gb_s, r.gpu)
+        return self._rooflines[cell.engine.name]
+
     def _cell_base(self, cell: Cell, prep: Prepared, plan) -> dict:
         return dict(model=prep.model.label, api=cell.engine.api, argv=plan.argv, command=command_text(plan),
                     endpoint=ENDPOINTS[cell.engine.api], cache=prep.engine.cache_setting(self.workload))
 
     def _drive(self, cell: Cell, server, todo: list[RequestSpec], marks: dict,
-               headers: dict) -> tuple[list[RequestRecord], dict, dict]:
+               headers: dict, tele: CellTelemetry | None = None) -> tuple[list[RequestRecord], dict, dict]:
         """Warm-up, then the measured requests per concurrency level; returns the measured
         records, the /metrics deltas of each level's window, and (with workload.target_ci) the
-        repeats each level took. `headers` carry the API key."""
+        repeats each level took. `headers` carry the API key. With `tele`, each level's window
+        is sampled, its figures kept in self._costs and its samples in the cell's telemetry.jsonl."""
         batches = _Batches(self, cell, server.base_url, headers)
         batches.alive = server.alive
         engine = self.prepared[cell.engine.name].engine
         prefix, counters = engine.metrics_prefix, engine.metric_counters
+        self._costs = {}
         warm = self.warmup_specs()
         if warm:
             self.progress.phase("warm-up")
@@ -234,9 +263,12 @@ class Sweep:
             before = server_metrics.scrape(server.base_url, headers, prefix, counters)
             t0 = time.monotonic()
             planned = [s for s in todo if s.concurrency == conc]
-            level = batches.send(planned, conc)
-            if planned:  # a level a resumed cell had finished took its repeats then
-                level += self._until_narrow(batches, conc, level)
+            with tele.window() if tele else _nothing() as samples:
+                level = batches.send(planned, conc)
+                if planned:  # a level a resumed cell had finished took its repeats then
+                    level += self._until_narrow(batches, conc, level)
+            if tele is not None and level:
+                self._keep_window(cell, conc, tele, samples, level)
             results += level
             measuring += time.monotonic() - t0
             window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers, prefix, counters))
@@ -246,6 +278,11 @@ class Sweep:
                 break
         marks["measuring_s"] = measuring
         return results, windows, batches.repeats
+
+    def _keep_window(self, cell: Cell, conc: int, tele: CellTelemetry, samples, level: list[RequestRecord]) -> None:
+        spans = {r.key: (r.t_start, r.t_end) for r in level if r.t_start is not None and r.t_end is not None}
+        self._costs[str(conc)] = tele.summarize(samples, spans)
+        self.run.append_samples(cell.id, conc, samples.rows)
 
     def _until_narrow(self, batches: "_Batches", conc: int, level: list[RequestRecord]) -> list[RequestRecord]:
         """With workload.target_ci: more repeats of every prompt, one at a time, until the median's
@@ -277,6 +314,11 @@ class Sweep:
             return "unknown (no chat_template in /props)"
         first = tpl.strip().splitlines()[0][:60] if tpl.strip() else ""
         return f"server chat template sha1:{hashlib.sha1(tpl.encode(errors='replace')).hexdigest()[:12]} {first!r}"
+
+
+@contextmanager
+def _nothing():
+    yield None
 
 
 def search_step(run: RunDir, spec: EngineSpec, budget: int, ran: set[str] = frozenset()) -> Decision:

@@ -17,6 +17,7 @@ from orchestrator.common.errors import ScenarioError
 from orchestrator.launch.launchers import LAUNCHERS
 from orchestrator.setup.models import check_model_ref
 from orchestrator.measure.prompts import PromptFileError, PromptSource, load_prompt_set
+from orchestrator.telemetry.roofline import KNOWN_GPUS, known_gpu
 
 
 class _Strict(BaseModel):
@@ -194,6 +195,29 @@ class DockerSettings(_Strict):
         return v
 
 
+class RooflineSettings(_Strict):
+    """Overrides for the decode limit (telemetry/roofline.py), for what orch cannot read itself."""
+
+    weight_gb: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # bytes read per token / 1e9
+    bandwidth_gb_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    gpu: str | None = None  # a name in orch's table of known GPUs (`orch reference` lists them)
+
+    @field_validator("gpu")
+    @classmethod
+    def _known(cls, v):
+        if v is not None and known_gpu(v) is None:
+            raise ValueError(f"{v!r} is not a GPU orch knows; use one of {', '.join(g.name for g in KNOWN_GPUS)}, "
+                             "or set bandwidth_gb_s")
+        return v
+
+
+class Telemetry(_Strict):
+    """Sampling through each measured window (orchestrator/telemetry)."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=0.1, ge=0.01, le=10)  # 10 Hz
+
+
 class EngineSpec(_Strict):
     name: str = Field(min_length=1)
     kind: str
@@ -208,6 +232,7 @@ class EngineSpec(_Strict):
     env: dict[str, str] = {}
     ready_timeout_s: float = Field(default=300.0, gt=0)
     speculation: Speculation = Speculation()
+    roofline: RooflineSettings = RooflineSettings()
 
     @field_validator("name")
     @classmethod
@@ -297,6 +322,7 @@ class Scenario(_Strict):
     name: str = Field(min_length=1)
     description: str = ""
     workload: Workload = Workload()
+    telemetry: Telemetry = Telemetry()
     engines: list[EngineSpec] = Field(min_length=1)
 
     @field_validator("name")

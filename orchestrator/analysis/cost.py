@@ -1,0 +1,116 @@
+"""What each summary row cost, from the cells' telemetry, and how close it ran to the hardware's
+decode limit (the roofline). Per-request figures (CPU seconds and joules per output token,
+tokens per joule) are medians over the row's requests with bootstrap intervals; window figures
+(utilization, power, peak memory) are the cell's measured window at that concurrency, shared by
+every prompt set measured in it. A reading that was not taken stays empty and its reason is in
+the row's `energy_source` / `gpu`: never a zero.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from orchestrator.analysis.stats import median_ci
+from orchestrator.results.records import CellRecord, RequestCost, WindowTelemetry
+
+NO_GPU = "no GPU"
+GPU_FIELDS = ["gpu_mem_peak_mb", "gpu_power_w_mean", "gpu_util_pct_mean", "gpu_sm_mhz_mean", "gpu_temp_c_peak"]
+COLUMNS = [
+    "cpu_util", "rss_peak_mb",
+    "cpu_s_per_token_median", "cpu_s_per_token_ci_low", "cpu_s_per_token_ci_high",
+    "energy_source", "power_w_mean", "j_per_token_window",
+    "j_per_token_median", "j_per_token_ci_low", "j_per_token_ci_high",
+    "tok_per_j_median", "tok_per_j_ci_low", "tok_per_j_ci_high",  # tokens per second per watt
+    "gpu", *GPU_FIELDS,
+    "roofline_tok_s", "roofline_share", "roofline_share_ci_low", "roofline_share_ci_high", "roofline_basis",
+]
+
+
+def add_cost(out: pd.DataFrame, df: pd.DataFrame, cells: list[CellRecord]) -> pd.DataFrame:
+    """`out`: summary rows; `df`: their measured requests (summary.measured_frame)."""
+    windows, costs = _windows(cells)
+    tokens = ({(c, k): t for c, k, t in zip(df["cell_id"], df["key"], pd.to_numeric(df["completion_tokens"],
+                                                                                    errors="coerce"))}
+              if len(df) else {})
+    keys = df.groupby(["cell_id", "concurrency", "prompt_set"])["key"].apply(list).to_dict() if len(df) else {}
+    ok = set(zip(df.loc[df["ok"], "cell_id"], df.loc[df["ok"], "key"])) if len(df) else set()
+    roof = {c.cell_id: c.roofline for c in cells if c.roofline is not None}
+    made = (df[df["ok"]].assign(n=pd.to_numeric(df["completion_tokens"], errors="coerce"))
+            .groupby(["cell_id", "concurrency"])["n"].sum().to_dict() if len(df) else {})
+    rows = []
+    for r in out.itertuples(index=False):
+        conc = None if pd.isna(r.concurrency) else int(r.concurrency)
+        mine = [(k, costs[r.cell_id][k]) for k in keys.get((r.cell_id, conc, r.prompt_set), [])
+                if (r.cell_id, k) in ok and k in costs.get(r.cell_id, {})]
+        window = windows.get((r.cell_id, conc))
+        row = _window_figures(window)
+        if window is not None and window.energy_j is not None and made.get((r.cell_id, conc)):
+            # the whole window's joules, idle gaps between requests included, over its tokens
+            row["j_per_token_window"] = window.energy_j / made[(r.cell_id, conc)]
+        row.update(_per_token(mine, {k: tokens.get((r.cell_id, k)) for k, _ in mine}))
+        row.update(_roofline(roof.get(r.cell_id), r.decode_tok_s_median, r.decode_tok_s_ci_low, r.decode_tok_s_ci_high))
+        rows.append(row)
+    figures = pd.DataFrame(rows, columns=COLUMNS, index=out.index).astype(object)
+    return out.drop(columns=[c for c in COLUMNS if c in out]).join(figures)
+
+
+def _windows(cells: list[CellRecord]):
+    """Per (cell, concurrency) its newest window; per cell every request's cost (newest wins)."""
+    windows, costs = {}, {}
+    for c in cells:
+        for conc, w in (c.telemetry or {}).items():
+            w = w if isinstance(w, WindowTelemetry) else WindowTelemetry.model_validate(w)
+            windows[(c.cell_id, int(conc))] = w
+            costs.setdefault(c.cell_id, {}).update(
+                {k: v if isinstance(v, RequestCost) else RequestCost.model_validate(v) for k, v in w.per_request.items()})
+    return windows, costs
+
+
+def _window_figures(w: WindowTelemetry | None) -> dict:
+    if w is None:
+        return {}
+    out = {"cpu_util": w.cpu_util, "rss_peak_mb": None if w.rss_peak_b is None else w.rss_peak_b / 1e6,
+           "energy_source": w.energy_source, "power_w_mean": w.power_mean_w, "gpu": w.gpu}
+    if not w.gpus:
+        return out | {f: NO_GPU for f in GPU_FIELDS}
+    gpus = w.gpus
+    out.update(gpu_mem_peak_mb=_total([g.mem_peak_b for g in gpus], 1e6), gpu_power_w_mean=_total(
+        [g.power_mean_w for g in gpus]), gpu_util_pct_mean=_avg([g.util_pct_mean for g in gpus]),
+               gpu_sm_mhz_mean=_avg([g.sm_mhz_mean for g in gpus]),
+               gpu_temp_c_peak=max((g.temp_c_peak for g in gpus if g.temp_c_peak is not None), default=None))
+    return out
+
+
+def _total(values, scale: float = 1.0):
+    known = [v for v in values if v is not None]
+    return sum(known) / scale if known else None
+
+
+def _avg(values):
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def _per_token(mine: list[tuple[str, RequestCost]], tokens: dict) -> dict:
+    out = {}
+    for stem, attr in (("cpu_s_per_token", "cpu_s"), ("j_per_token", "energy_j")):
+        vals = pd.Series([getattr(c, attr) / tokens[k] for k, c in mine
+                          if getattr(c, attr) is not None and tokens.get(k) and tokens[k] > 0], dtype=float)
+        out[f"{stem}_median"] = vals.median() if len(vals) else None
+        out[f"{stem}_ci_low"], out[f"{stem}_ci_high"] = median_ci(vals)
+    per_j = pd.Series([tokens[k] / c.energy_j for k, c in mine if c.energy_j and tokens.get(k)], dtype=float)
+    out["tok_per_j_median"] = per_j.median() if len(per_j) else None
+    out["tok_per_j_ci_low"], out["tok_per_j_ci_high"] = median_ci(per_j)
+    return out
+
+
+def _roofline(roof, decode, low, high) -> dict:
+    if roof is None:
+        return {}
+    if not roof.limit_tok_s:
+        return {"roofline_basis": f"unknown: {roof.unknown}"}
+    share = lambda v: None if v is None or pd.isna(v) else float(v) / roof.limit_tok_s  # noqa: E731
+    return {"roofline_tok_s": roof.limit_tok_s, "roofline_share": share(decode),
+            "roofline_share_ci_low": share(low), "roofline_share_ci_high": share(high),
+            "roofline_basis": (f"{roof.weight_bytes / 1e9:.3g} GB of weights ({roof.weight_source}) / "
+                               f"{roof.bandwidth_gb_s:.4g} GB/s ({roof.bandwidth_source})")}
