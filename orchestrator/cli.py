@@ -17,6 +17,7 @@ from engines import INSTALLERS
 from orchestrator import __version__
 from orchestrator.analysis.load import format_crossover
 from orchestrator.analysis.recommend import format_advice
+from orchestrator.analysis.cost import format_cost
 from orchestrator.analysis.summary import format_speedups, format_table
 from orchestrator.common import redact
 from orchestrator.common.errors import OrchError, ResultsError
@@ -156,7 +157,8 @@ def _print_report(run: RunDir, overlay=None) -> bool:
         click.echo(f"warning: {note}", err=True)
     click.echo(format_table(report.summary))
     by_category = report.categories.advice_text() if report.categories is not None else ""
-    for text in (format_speedups(report.summary), format_crossover(report.summary), format_advice(report.advice),
+    for text in (format_speedups(report.summary), format_cost(report.summary), format_crossover(report.summary),
+                 format_advice(report.advice),
                  by_category, report.check, report.search, report.model):
         if text:
             click.echo(f"\n{text}")
@@ -249,14 +251,17 @@ def reference(out):
     """
     from plots.reference import draw_reference
 
-    from orchestrator.analysis.reference import SETUPS, of_model, published_means
+    from orchestrator.analysis.reference import SETUPS, published_means, roofline
 
     means = published_means()
     for title, model in SETUPS:
         click.echo(title)
-        for r in of_model(means, model).itertuples():
+        limit, basis, rows = roofline(model, means)
+        for r in rows.itertuples():
             click.echo(f"  n_spec {'off' if r.n_spec == 0 else r.n_spec:>3}: {r.mean_tok_s:6.1f} tok/s "
-                       f"({r.runs} runs, {r.min_tok_s:.1f}-{r.max_tok_s:.1f})  {r.speedup:.2f}x")
+                       f"({r.runs} runs, {r.min_tok_s:.1f}-{r.max_tok_s:.1f})  {r.speedup:.2f}x  "
+                       f"{r.share:.2f} of the roofline")
+        click.echo(f"  roofline: {limit:.1f} tok/s single-stream decode limit = {basis}")
     with _writing(out):
         paths = draw_reference(out)
     for path in paths:

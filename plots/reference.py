@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from orchestrator.analysis.reference import HARDWARE, SETUPS, of_model, published_means  # noqa: E402
+from orchestrator.analysis.reference import HARDWARE, SETUPS, published_means, roofline  # noqa: E402
 
 from .charts import save  # noqa: E402
 
@@ -18,18 +18,24 @@ def draw_reference(out_dir: Path) -> list[Path]:
     means = published_means()
     fig, axes = plt.subplots(1, len(SETUPS), figsize=(15, 4.8), dpi=110, sharey=True)
     for ax, (title, model) in zip(axes, SETUPS):
-        m = of_model(means, model)
+        limit, _, m = roofline(model, means)
         labels = ["off" if n == 0 else str(n) for n in m["n_spec"]]
         bars = ax.bar(labels, m["mean_tok_s"], color=["tab:grey"] + ["tab:blue"] * (len(m) - 1))
         for bar, v, s in zip(bars, m["mean_tok_s"], m["speedup"]):
             ax.text(bar.get_x() + bar.get_width() / 2, v + 2, f"{v:.1f}" + (f"\n{s:.2f}x" if s != 1 else ""),
                     ha="center", va="bottom", fontsize=9)
+        ax.axhline(limit, color="tab:red", linestyle="--", linewidth=1)
+        ax.text(-0.45, limit + 1.5, f"roofline {limit:.0f} tok/s", color="tab:red", ha="left", va="bottom",
+                fontsize=8, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("n_spec (speculative tokens)")
         ax.grid(True, axis="y", alpha=0.3)
     axes[0].set_ylabel("mean e2e tok/s (completion tokens / wall time)")
     axes[0].set_ylim(0, 165)
-    fig.suptitle(f"Published MTP comparison, recomputed from per-request rows · {HARDWARE}", fontsize=11)
+    fig.subplots_adjust(top=0.84)
+    fig.suptitle(f"Published MTP comparison, recomputed from per-request rows · {HARDWARE}\n"
+                 "dashed: single-stream decode limit without speculation = bandwidth / bytes of weights",
+                 fontsize=11)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return save(fig, out / "published_reference")

@@ -30,6 +30,8 @@ from orchestrator.analysis.summary import (PREFILL_TIMED, format_speedups, forma
                                            speedup_frame, summarize, unpaired_note)
 
 from .categories import draw_category_heatmap
+from orchestrator.analysis.cost import cost_frame, cost_notes
+
 from .cost import draw_cost
 from .charts import (draw_acceptance_by_position, draw_acceptance_length, draw_charts, draw_load, draw_lossless,
                      draw_model, draw_pairs, draw_phase_rates)
@@ -169,7 +171,7 @@ def _markdown(ctx: _Context) -> str:
     lines = [f"## orch sweep `{ctx.run.path.name}`", "", f"{subtitle(ctx.run)}", "", *_md_skipped(ctx.warnings),
              *(["### What to run", "", "```", advice, "```", ""] if advice else []),
              *[f"- {m}" for m in ctx.method_lines], "",
-             "```", format_table(ctx.summary), "```", "", *_md_pairs(ctx), *_md_categories(ctx),
+             "```", format_table(ctx.summary), "```", "", *_md_pairs(ctx), *_md_cost(ctx), *_md_categories(ctx),
              *(["### Acceptance: per request against /metrics", "", "```", ctx.check, "```", ""] if ctx.check else []),
              "### Lossless check (temperature 0, against n_spec 0)", ""]
     lines += _md_table(ctx.lossless, ["cell_id", "checked", "identical", "share_identical"])
@@ -200,6 +202,29 @@ def _md_pairs(ctx: _Context) -> list[str]:
     slow, total = _slower(ctx)
     lines += ["### Prompts where speculation was slower", "", _slower_caption(len(slow), total), ""]
     return lines + _md_table(slow, list(slow.columns)) + [""] if len(slow) else lines
+
+
+COST_CAPTION = ("The server's process tree (CPU seconds, resident memory), energy (RAPL or the GPUs' NVML counters) "
+                "and GPU readings, sampled through each measured window off the request path; per token: each "
+                "request's share of what the counters rose by while it ran, median with its 95% interval. "
+                "Limit: bandwidth / bytes of weights, one stream without speculation (docs/metrics.md).")
+
+
+def _md_cost(ctx: _Context) -> list[str]:
+    table = cost_frame(ctx.summary)
+    if table.empty:
+        return []
+    return (["### Cost and the hardware's limit", "", COST_CAPTION, ""] + _md_table(table, list(table.columns))
+            + [""] + [f"- {n}" for n in cost_notes(ctx.summary)] + [""])
+
+
+def _html_cost(ctx: _Context) -> str:
+    table = cost_frame(ctx.summary)
+    if table.empty:
+        return ""
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in cost_notes(ctx.summary))
+    return (f'<h2 id="cost">Cost and the hardware\'s limit</h2><p>{html.escape(COST_CAPTION)}</p>'
+            f"{table.to_html(index=False, border=0)}<ul>{notes}</ul>")
 
 
 def _md_categories(ctx: _Context) -> list[str]:
@@ -337,7 +362,7 @@ def _html(ctx: _Context) -> str:
         method="".join(f"<li>{esc(m)}</li>" for m in ctx.method_lines),
         check=f'<h2 id="acceptance-check">Acceptance: per request against /metrics</h2><pre>{esc(ctx.check)}</pre>'
         if ctx.check else "",
-        images=imgs, summary=table, pairs=pairs + _html_categories(ctx), lossless=lossless, advice=_html_advice(ctx), divergences=div_html,
+        images=imgs, summary=table, pairs=pairs + _html_cost(ctx) + _html_categories(ctx), lossless=lossless, advice=_html_advice(ctx), divergences=div_html,
         env=esc(env), scenario=esc(ctx.scenario), rerun=esc(ctx.rerun), skipped=_html_skipped(ctx.warnings))
 
 

@@ -114,3 +114,55 @@ def _roofline(roof, decode, low, high) -> dict:
             "roofline_share_ci_low": share(low), "roofline_share_ci_high": share(high),
             "roofline_basis": (f"{roof.weight_bytes / 1e9:.3g} GB of weights ({roof.weight_source}) / "
                                f"{roof.bandwidth_gb_s:.4g} GB/s ({roof.bandwidth_source})")}
+
+
+def _fmt(v, f: str) -> str:
+    if isinstance(v, str):
+        return v
+    return "-" if v is None or pd.isna(v) else f.format(v)
+
+
+def _with_ci(r, stem: str, f: str, median: str = "_median") -> str:
+    text = _fmt(r[f"{stem}{median}"], f)
+    lo, hi = r[f"{stem}_ci_low"], r[f"{stem}_ci_high"]
+    if text == "-" or lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return text
+    return f"{text} [{f.format(lo)}-{f.format(hi)}]"
+
+
+def cost_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """One line per summary row with telemetry or a roofline: what its tokens cost and its share
+    of the decode limit (intervals: bootstrap over the row's requests)."""
+    rows = summary[summary["concurrency"].notna() & (summary["cpu_util"].notna() | summary["roofline_basis"].notna())]
+    gpu = rows["gpu_mem_peak_mb"].map(lambda v: not isinstance(v, str)).any() if len(rows) else False
+    out = []
+    for _, r in rows.iterrows():
+        line = {"engine": r["engine"], "n_spec": r["n_spec"], "conc": r["concurrency"], "prompts": r["prompt_set"],
+                "CPU cores busy": _fmt(r["cpu_util"], "{:.2f}"), "CPU s/token": _with_ci(r, "cpu_s_per_token", "{:.4f}"),
+                "RSS MB": _fmt(r["rss_peak_mb"], "{:.0f}"), "J/token": _with_ci(r, "j_per_token", "{:.3f}"),
+                "tok/s/W": _with_ci(r, "tok_per_j", "{:.2f}"), "W": _fmt(r["power_w_mean"], "{:.0f}")}
+        if gpu:
+            line.update({"GPU MB": _fmt(r["gpu_mem_peak_mb"], "{:.0f}"), "GPU util %": _fmt(r["gpu_util_pct_mean"], "{:.0f}"),
+                         "SM MHz": _fmt(r["gpu_sm_mhz_mean"], "{:.0f}"), "GPU °C": _fmt(r["gpu_temp_c_peak"], "{:.0f}")})
+        line.update({"limit tok/s": _fmt(r["roofline_tok_s"], "{:.0f}"),
+                     "decode / limit": _with_ci(r, "roofline_share", "{:.2f}", "")})
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+def cost_notes(summary: pd.DataFrame) -> list[str]:
+    """What the cost table's figures rest on: the energy source, the GPUs, the roofline's basis."""
+    notes = []
+    for label, col in (("energy", "energy_source"), ("GPU", "gpu"), ("roofline", "roofline_basis")):
+        seen = sorted({str(v) for v in summary[col].dropna()}) if col in summary else []
+        notes += [f"{label}: {v}" for v in seen]
+    return notes
+
+
+def format_cost(summary: pd.DataFrame) -> str:
+    view = cost_frame(summary)
+    if view.empty:
+        return ""
+    return ("what it cost (server process tree, per measured window; per token: median over requests, 95% CI) "
+            "and decode tok/s against the single-stream limit:\n" + view.to_string(index=False) + "\n"
+            + "\n".join(cost_notes(summary)))

@@ -8,6 +8,8 @@ import pandas as pd
 
 from engines import ENGINES
 
+from orchestrator.telemetry.roofline import known_gpu, limit_tok_s
+
 # One panel per published setup: (title, model); each model was published on one engine.
 SETUPS = [
     ("Gemma 4 31B FP8 · vLLM · MTP", "RedHatAI/gemma-4-31B-it-FP8-block"),
@@ -15,6 +17,26 @@ SETUPS = [
     ("Qwen3.6 27B Q8_0 · llama.cpp · draft-mtp", "unsloth/Qwen3.6-27B-MTP-GGUF:Qwen3.6-27B-Q8_0.gguf"),
 ]
 HARDWARE = "1x RTX PRO 6000 Blackwell (96 GB), CUDA 13.1"
+CARD = known_gpu("RTX PRO 6000")
+
+# Bytes of weights each published model reads per generated token, without its MTP head: the
+# parameter count times bytes per weight (FP8: 1; Q8_0: 34 bytes per block of 32, 8.5 bits).
+# Estimates from the names, since the files are not shipped; the Gemma figure is the issue's.
+WEIGHTS = {
+    "RedHatAI/gemma-4-31B-it-FP8-block": (31e9, "31B parameters x 1 byte (FP8)"),
+    "Qwen/Qwen3.6-27B-FP8": (27e9, "27B parameters x 1 byte (FP8)"),
+    "unsloth/Qwen3.6-27B-MTP-GGUF:Qwen3.6-27B-Q8_0.gguf": (27e9 * 8.5 / 8, "27B parameters x 8.5 bits (Q8_0)"),
+}
+
+
+def roofline(model: str, means: pd.DataFrame) -> tuple[float, str, pd.DataFrame]:
+    """(limit tok/s, its basis, the setup's rows with `share`: mean tok/s over the limit) for a
+    published setup on its card. The published tok/s is e2e (TTFT included), so a share is a
+    little under what the decode rate alone would give."""
+    weights, how = WEIGHTS[model]
+    limit = limit_tok_s(int(weights), CARD.tb_s * 1000)
+    rows = of_model(means, model).assign(share=lambda d: d["mean_tok_s"] / limit)
+    return limit, f"{weights / 1e9:.1f} GB ({how}) / {CARD.tb_s * 1000:.0f} GB/s ({CARD.source})", rows
 
 
 def published_runs() -> pd.DataFrame:
