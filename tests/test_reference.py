@@ -30,8 +30,9 @@ def test_orch_reference_prints_and_draws(tmp_path):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == "Gemma 4 31B FP8 · vLLM · MTP"
-    assert lines[1] == "  n_spec off:   39.7 tok/s (10 runs, 38.3-40.9)  1.00x"
-    assert lines[5] == "  n_spec   5:  132.5 tok/s (10 runs, 126.8-133.9)  3.34x"
+    assert lines[1] == "  n_spec off:   39.7 tok/s (10 runs, 38.3-40.9)  1.00x  0.69 of the roofline"
+    assert lines[5] == "  n_spec   5:  132.5 tok/s (10 runs, 126.8-133.9)  3.34x  2.29 of the roofline"
+    assert lines[6].startswith("  roofline: 57.8 tok/s single-stream decode limit = 31.0 GB")
     png = tmp_path / "published_reference.png"
     assert png.stat().st_size > 20_000 and (tmp_path / "published_reference.svg").is_file()
 

@@ -59,8 +59,9 @@ KNOWN_GPUS = [
 
 def known_gpu(name: str) -> Gpu | None:
     """The table's entry for an NVML device name or a scenario's `roofline.gpu` (first match)."""
-    low = name.lower()
-    return next((g for g in KNOWN_GPUS if g.pattern.lower() in low), None)
+    low = name.lower().strip()
+    named = next((g for g in KNOWN_GPUS if g.name.lower() == low), None)  # a name the table lists
+    return named or next((g for g in KNOWN_GPUS if g.pattern.lower() in low), None)
 
 
 def limit_tok_s(weight_bytes: int, bandwidth_gb_s: float) -> float:

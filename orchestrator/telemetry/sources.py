@@ -215,10 +215,17 @@ class SmiStream:
         self._thread = threading.Thread(target=self._pump, args=(lines,), daemon=True, name="orch-smi")
         self._thread.start()
 
-    def _pump(self, lines) -> None:
+    def _pump(self, chunks) -> None:
+        """Chunks of the exec's output, which may end mid-line: whole lines are parsed, the rest
+        waits for the next chunk (bounded, so a stream with no newline cannot grow it)."""
+        rest = ""
         try:
-            for raw in lines:
-                for line in (raw.decode(errors="replace") if isinstance(raw, bytes) else raw).splitlines():
+            for raw in chunks:
+                text = rest + (raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw))
+                *lines, rest = text.split("\n")
+                if len(rest) > 4096:
+                    self._bad, rest = self._bad + 1, ""
+                for line in lines:
                     try:
                         index, name, fields = parse_smi_line(line)
                     except ValueError:
