@@ -72,6 +72,10 @@ def test_two_cell_docker_sweep_has_the_process_launchers_shape(client, tmp_path,
     assert all(c["status"] == "ok" and c["image_id"].startswith("sha256:") for c in cells)
     assert "llama_server" in (d / "cells" / "llamacpp-n0" / "server.log").read_text()
     assert labelled(client, "dk") == []  # every container stopped and removed
+    for c in cells:  # the container's process tree, found through its State.Pid on this host
+        w = c["telemetry"]["1"]
+        assert w["cpu_s"] > 0 and w["rss_peak_b"] > 100e6 and w["gpu"] == "no GPU given to this server"
+        assert c["roofline"]["limit_tok_s"] == rows(p / "cells.jsonl")[0]["roofline"]["limit_tok_s"]
     assert "-e HF_TOKEN" in cells[0]["command"]  # passed by name...
     for f in d.rglob("*"):  # ...and its value written nowhere
         assert not f.is_file() or secret.encode() not in f.read_bytes(), f

@@ -101,6 +101,34 @@ def test_cells_record_command_endpoint_template_and_servers_are_gone(run_dir):
     assert env["engines"]["llamacpp"]["model"] == "gemma-3-270m-q4_k_m.gguf"
 
 
+def test_each_measured_window_has_the_servers_cpu_memory_and_the_roofline(run_dir):
+    """The real llama-server's process tree, sampled at 10 Hz: with -t 2 it keeps at most 2 cores
+    busy (and decoding, more than half of one); it holds at least the weights it mapped; each
+    request's share adds up to no more than the window's CPU seconds; no GPU and no RAPL here, so
+    those say why, never 0."""
+    cells = lines(run_dir / "cells.jsonl")
+    weights = resolve_model("gemma-3-270m").path.stat().st_size * 0.9
+    for c in cells:
+        w = c["telemetry"]["1"]
+        assert 0.5 < w["cpu_util"] <= 2.2 and w["rss_peak_b"] > weights
+        assert w["samples"] >= 5 * w["seconds"]  # 10 Hz asked; a loaded machine may skip some
+        assert 0 < sum(r["cpu_s"] for r in w["per_request"].values()) <= w["cpu_s"] + 1e-6
+        assert len(w["per_request"]) == 6 and w["sampler_cpu_s"] < 0.1 * w["seconds"]
+        assert w["gpu"].startswith("no GPU") and "gpus" not in w and "energy_j" not in w
+        assert w["energy_source"].startswith("unavailable:")
+        r = c["roofline"]
+        assert r["weight_bytes"] < resolve_model("gemma-3-270m").path.stat().st_size
+        assert r["limit_tok_s"] == pytest.approx(r["bandwidth_gb_s"] * 1e9 / r["weight_bytes"], rel=1e-3)
+        samples = lines(run_dir / "cells" / c["cell_id"] / "telemetry.jsonl")
+        assert len(samples) == w["samples"] and {"t", "cpu_s", "rss_b", "concurrency"} <= set(samples[0])
+    s = pd.read_csv(run_dir / "summary.csv")
+    assert (s["roofline_share"] - s["decode_tok_s_median"] / s["roofline_tok_s"]).abs().max() < 1e-9
+    assert s["cpu_s_per_token_median"].notna().all() and s["j_per_token_median"].isna().all()
+    assert set(s["gpu_power_w_mean"]) == {"no GPU"}
+    html = (run_dir / "report" / "index.html").read_text()
+    assert "Cost and the hardware&#x27;s limit" in html or "Cost and the hardware's limit" in html
+
+
 def test_report_on_a_copy_reproduces_summary_and_charts(run_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
@@ -113,7 +141,7 @@ def test_report_on_a_copy_reproduces_summary_and_charts(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     pngs = sorted(p.name for p in run_dir.glob("*.png"))
     assert pngs == ["acceptance_by_position.png", "acceptance_length_vs_n_spec.png", "acceptance_vs_n_spec.png",
-                    "lossless.png", "model_vs_measured.png", "paired_speedup_vs_n_spec.png",
+                    "energy_per_token_vs_n_spec.png", "lossless.png", "model_vs_measured.png", "paired_speedup_vs_n_spec.png",
                     "prefill_decode_vs_n_spec.png", "speedup_by_category.png", "speedup_vs_n_spec.png",
                     "tok_s_vs_n_spec.png"]
     for name in made:
