@@ -289,3 +289,66 @@ def test_the_docker_client_is_injectable(client):
         assert made.id in {c.id for c in list_containers(client=client)}
     finally:
         made.remove(force=True)
+
+
+FAKE_SMI = r"""
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+/* A stand-in for nvidia-smi inside a container (no GPU can exist here): `nvidia-smi sleep` idles as
+   the container's main process; with --query-gpu it prints readings every -lms, as nvidia-smi does,
+   one of them split across two writes and one garbled. */
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "sleep") == 0) { for (;;) pause(); }
+    for (int i = 0; i < 50; i++) {
+        printf("0, NVIDIA H200, %d, 3", 1000 + i); fflush(stdout); usleep(20000);
+        printf("00.5, 1980, 97, 60\n"); if (i == 3) printf("garbled\n"); fflush(stdout); usleep(80000);
+    }
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_smi_image(client, tmp_path_factory):
+    import io
+    import tarfile
+
+    folder = tmp_path_factory.mktemp("smi")
+    (folder / "smi.c").write_text(FAKE_SMI)
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(folder / "nvidia-smi"), str(folder / "smi.c")], check=True)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(folder / "nvidia-smi", arcname="usr/bin/nvidia-smi")
+    client.api.import_image_from_data(buf.getvalue(), repository="orch-test/fake-smi", tag="1",
+                                      changes=['ENTRYPOINT ["/usr/bin/nvidia-smi"]'])
+    return "orch-test/fake-smi:1"
+
+
+def test_a_remote_containers_gpus_are_read_through_nvidia_smi_inside_it(client, fake_smi_image):
+    """Fault injection for what cannot exist here (a GPU): a fake nvidia-smi in a real container,
+    read through docker-py's real exec stream, as orch reads a container on a remote Docker host."""
+    from engines.base import ServerPlan
+    from orchestrator.launch.docker import DockerServer
+    from orchestrator.telemetry import CellTelemetry
+
+    spec = ContainerSpec(image=fake_smi_image, argv=(), host_port=8000, container_port=8000, gpus="all",
+                         docker_host="ssh://gpu-box.invalid")
+    plan = ServerPlan(argv=[], port=8000, health_path="/health", env={}, container=spec)
+    server = DockerServer(plan, "/dev/null", 10, client=client)
+    server.container = client.containers.run(fake_smi_image, ["sleep"], detach=True,
+                                             labels={"orch.managed": "1", "orch.sweep": "dk-smi"})
+    try:
+        watch = server.watch()
+        assert watch.pid is None and watch.smi_lines is not None  # another host's PIDs are not ours
+        tele = CellTelemetry(watch, 0.1)
+        time.sleep(1.0)
+        with tele.window() as samples:
+            time.sleep(1.0)
+        w = tele.summarize(samples, {})
+    finally:
+        server.container.remove(force=True)
+    assert w.gpu == "0: NVIDIA H200" and w.gpus[0].power_mean_w == pytest.approx(300.5)
+    assert w.gpus[0].mem_peak_b > 1000 * 2**20 and w.gpus[0].energy_source == "power integrated"
+    assert w.energy_j == pytest.approx(300.5 * w.seconds, rel=0.02)
+    assert "process" in w.missing and "remote Docker host" in w.missing["process"]

@@ -31,7 +31,7 @@ class Unavailable(Exception):
 
 class ProcessTree:
     name = "process"
-    RELIST_S = 1.0
+    RELIST_S = 5.0  # a server forks its workers before it is ready, not during a window
 
     def __init__(self, pid: int):
         self.pid = pid
@@ -45,7 +45,7 @@ class ProcessTree:
         self._listed = -1e9
 
     def _members(self) -> list:
-        """The process and its descendants, listed again at most once a second: psutil lists
+        """The process and its descendants, listed again at most every RELIST_S: psutil lists
         children by reading every process's parent, the costly part of a sample."""
         now = time.monotonic()
         if now - self._listed >= self.RELIST_S:
