@@ -301,7 +301,7 @@ FAKE_SMI = r"""
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "sleep") == 0) { for (;;) pause(); }
     for (int i = 0; i < 50; i++) {
-        printf("0, NVIDIA H200, %d, 3", 1000 + i); fflush(stdout); usleep(20000);
+        printf("0, NVIDIA H200, %d, 143771, 3", 1000 + i); fflush(stdout); usleep(20000);
         printf("00.5, 1980, 97, 60\n"); if (i == 3) printf("garbled\n"); fflush(stdout); usleep(80000);
     }
     return 0;

@@ -205,6 +205,7 @@ def test_energy_per_window_from_nvmls_counter():
     assert w.per_request["a"].energy_j == pytest.approx(300.0)
     assert w.gpu == "0: NVIDIA H200 #0, 1: NVIDIA H200 #1"
     assert w.gpus[1].mem_peak_b == 11 * 2**30 and w.gpus[0].temp_c_peak == 61
+    assert w.gpus[0].mem_total_b == 141 * 2**30
 
 
 def test_energy_integrated_from_power_where_the_gpu_has_no_counter():
@@ -245,23 +246,24 @@ def test_a_cell_with_no_gpu_says_so_in_its_record(tmp_path):
 # -- nvidia-smi inside a remote container (its output is hostile input) --------------------------
 
 def test_smi_lines_parse_with_their_units_and_na_left_out():
-    index, name, row = parse_smi_line("1, NVIDIA H100 80GB HBM3, 40960, 312.45, 1980, 99, 64")
+    index, name, row = parse_smi_line("1, NVIDIA H100 80GB HBM3, 40960, 81559, 312.45, 1980, 99, 64")
     assert (index, name) == (1, "NVIDIA H100 80GB HBM3")
-    assert row == {"gpu1.mem_b": 40960 * 2**20, "gpu1.power_w": 312.45, "gpu1.sm_mhz": 1980.0,
-                   "gpu1.util_pct": 99.0, "gpu1.temp_c": 64.0}
-    assert "gpu0.power_w" not in parse_smi_line("0, Tesla T4, 100, [N/A], 585, 0, 40")[2]
+    assert row == {"gpu1.mem_b": 40960 * 2**20, "gpu1.mem_total_b": 81559 * 2**20, "gpu1.power_w": 312.45,
+                   "gpu1.sm_mhz": 1980.0, "gpu1.util_pct": 99.0, "gpu1.temp_c": 64.0}
+    assert "gpu0.power_w" not in parse_smi_line("0, Tesla T4, 100, 15360, [N/A], 585, 0, 40")[2]
 
 
-@pytest.mark.parametrize("line", ["", "garbage", "0, A, 1, 2, 3, 4", "0, A, 1, nan, 3, 4, 5", "0, A, 1, -5, 3, 4, 5",
-                                  "99999, A, 1, 2, 3, 4, 5", "0, A, 1, inf, 3, 4, 5", "x, A, 1, 2, 3, 4, 5"])
+@pytest.mark.parametrize("line", ["", "garbage", "0, A, 1, 9, 2, 3, 4", "0, A, 1, 9, nan, 3, 4, 5",
+                                  "0, A, 1, 9, -5, 3, 4, 5", "99999, A, 1, 9, 2, 3, 4, 5", "0, A, 1, 9, inf, 3, 4, 5",
+                                  "x, A, 1, 9, 2, 3, 4, 5", "0, A, B, C, 1, 9, 2, 3, 4, 5"])
 def test_smi_lines_that_are_not_readings_are_refused(line):
     with pytest.raises(ValueError):
         parse_smi_line(line)
 
 
 def test_the_smi_stream_joins_lines_split_across_chunks_and_skips_bad_ones():
-    chunks = [b"0, NVIDIA H200, 1024, 30", b"0.5, 1980, 50, 40\nnot a line\n", b"0, NVIDIA H200, 2048, 40",
-              b"0.0, 1980, 90, 41\n" + b"x" * 10000]
+    chunks = [b"0, NVIDIA H200, 1024, 143771, 30", b"0.5, 1980, 50, 40\nnot a line\n",
+              b"0, NVIDIA H200, 2048, 143771, 40", b"0.0, 1980, 90, 41\n" + b"x" * 10000]
     stream = SmiStream(iter(chunks))
     stream._thread.join(2)
     row = stream.read()

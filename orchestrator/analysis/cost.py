@@ -14,7 +14,7 @@ from orchestrator.analysis.stats import median_ci
 from orchestrator.results.records import CellRecord, RequestCost, WindowTelemetry
 
 NO_GPU = "no GPU"
-GPU_FIELDS = ["gpu_mem_peak_mb", "gpu_power_w_mean", "gpu_util_pct_mean", "gpu_sm_mhz_mean", "gpu_temp_c_peak"]
+GPU_FIELDS = ["gpu_mem_peak_mb", "gpu_mem_headroom_mb", "gpu_power_w_mean", "gpu_util_pct_mean", "gpu_sm_mhz_mean", "gpu_temp_c_peak"]
 COLUMNS = [
     "cpu_util", "rss_peak_mb",
     "cpu_s_per_token_median", "cpu_s_per_token_ci_low", "cpu_s_per_token_ci_high",
@@ -74,8 +74,11 @@ def _window_figures(w: WindowTelemetry | None) -> dict:
     if not w.gpus:
         return out | {f: NO_GPU for f in GPU_FIELDS}
     gpus = w.gpus
-    out.update(gpu_mem_peak_mb=_total([g.mem_peak_b for g in gpus], 1e6), gpu_power_w_mean=_total(
-        [g.power_mean_w for g in gpus]), gpu_util_pct_mean=_avg([g.util_pct_mean for g in gpus]),
+    headroom = [g.mem_total_b - g.mem_peak_b for g in gpus if g.mem_total_b is not None and g.mem_peak_b is not None]
+    out.update(gpu_mem_peak_mb=_total([g.mem_peak_b for g in gpus], 1e6),
+               gpu_mem_headroom_mb=_total(headroom, 1e6),
+               gpu_power_w_mean=_total([g.power_mean_w for g in gpus]),  # the cell's GPUs together
+               gpu_util_pct_mean=_avg([g.util_pct_mean for g in gpus]),
                gpu_sm_mhz_mean=_avg([g.sm_mhz_mean for g in gpus]),
                gpu_temp_c_peak=max((g.temp_c_peak for g in gpus if g.temp_c_peak is not None), default=None))
     return out
@@ -142,7 +145,8 @@ def cost_frame(summary: pd.DataFrame) -> pd.DataFrame:
                 "RSS MB": _fmt(r["rss_peak_mb"], "{:.0f}"), "J/token": _with_ci(r, "j_per_token", "{:.3f}"),
                 "tok/s/W": _with_ci(r, "tok_per_j", "{:.2f}"), "W": _fmt(r["power_w_mean"], "{:.0f}")}
         if gpu:
-            line.update({"GPU MB": _fmt(r["gpu_mem_peak_mb"], "{:.0f}"), "GPU util %": _fmt(r["gpu_util_pct_mean"], "{:.0f}"),
+            line.update({"GPU MB": _fmt(r["gpu_mem_peak_mb"], "{:.0f}"), "GPU MB free": _fmt(r["gpu_mem_headroom_mb"], "{:.0f}"),
+                         "GPU util %": _fmt(r["gpu_util_pct_mean"], "{:.0f}"),
                          "SM MHz": _fmt(r["gpu_sm_mhz_mean"], "{:.0f}"), "GPU °C": _fmt(r["gpu_temp_c_peak"], "{:.0f}")})
         line.update({"limit tok/s": _fmt(r["roofline_tok_s"], "{:.0f}"),
                      "decode / limit": _with_ci(r, "roofline_share", "{:.2f}", "")})

@@ -208,6 +208,7 @@ class GpuWindow(BaseModel):
     index: Count
     name: Text = None
     mem_peak_b: Reading | None = None
+    mem_total_b: Reading | None = None  # the GPU's memory: headroom = total - peak
     power_mean_w: Reading | None = None
     power_peak_w: Reading | None = None
     sm_mhz_mean: Reading | None = None

@@ -29,7 +29,7 @@ from orchestrator.launch.launchers import LAUNCHERS, command_text, free_port, lo
 from orchestrator.launch.shared import owner_labels
 from orchestrator.setup.models import ResolvedModel, resolve_model
 from orchestrator.measure.prompts import Prompt, load_prompt_set
-from orchestrator.results.records import CellRecord, Measured, RequestRecord
+from orchestrator.results.records import CellRecord, Measured, RequestRecord, Roofline
 from orchestrator.results.rundir import RunDir, why
 from orchestrator.sweep.environment import cpu_flags, gpus
 from orchestrator.telemetry import CellTelemetry
@@ -225,15 +225,27 @@ class Sweep:
         rec.set(phases=_phases(marks))
 
     def _telemetry(self, server) -> CellTelemetry | None:
+        """The cell's telemetry, or None: off in the scenario, or its sources failed to open (said
+        once as a warning; telemetry never fails a cell)."""
         settings = self.scenario.telemetry
-        return CellTelemetry(server.watch(), settings.interval_s) if settings.enabled else None
+        if not settings.enabled:
+            return None
+        try:
+            return CellTelemetry(server.watch(), settings.interval_s)
+        except Exception as exc:  # noqa: BLE001 - e.g. a broken NVML install: measure without it
+            self.progress.warn(f"telemetry off for this cell: {type(exc).__name__}: {str(exc)[:160]}")
+            return None
 
     def _roofline(self, cell: Cell, prep: Prepared, tele: CellTelemetry):
         """The engine's decode limit, found once per engine (the GGUF's tensor table is cached)."""
         if cell.engine.name not in self._rooflines:
             r = cell.engine.roofline
-            self._rooflines[cell.engine.name] = roofline_for(
-                prep.model.path, list(tele.gpu_names.values()), cache_root(), r.weight_gb, r.bandwidth_gb_s, r.gpu)
+            try:
+                found = roofline_for(prep.model.path, list(tele.gpu_names.values()), cache_root(), r.weight_gb,
+                                     r.bandwidth_gb_s, r.gpu)
+            except OSError as exc:  # the cache folder unwritable, say: the limit is unknown, the cell goes on
+                found = Roofline(unknown=f"cannot read or cache the roofline's inputs: {why(exc)}")
+            self._rooflines[cell.engine.name] = found
         return self._rooflines[cell.engine.name]
 
     def _cell_base(self, cell: Cell, prep: Prepared, plan) -> dict:
@@ -281,8 +293,11 @@ class Sweep:
 
     def _keep_window(self, cell: Cell, conc: int, tele: CellTelemetry, samples, level: list[RequestRecord]) -> None:
         spans = {r.key: (r.t_start, r.t_end) for r in level if r.t_start is not None and r.t_end is not None}
-        self._costs[str(conc)] = tele.summarize(samples, spans)
-        self.run.append_samples(cell.id, conc, samples.rows)
+        self.run.append_samples(cell.id, conc, samples.rows)  # the raw samples are kept whatever follows
+        try:
+            self._costs[str(conc)] = tele.summarize(samples, spans)
+        except ValueError as exc:  # a reading out of range (pydantic's ValidationError is one): said, not fatal
+            self.progress.warn(f"{cell.id}: telemetry of concurrency {conc} not summarized: {str(exc)[:200]}")
 
     def _until_narrow(self, batches: "_Batches", conc: int, level: list[RequestRecord]) -> list[RequestRecord]:
         """With workload.target_ci: more repeats of every prompt, one at a time, until the median's

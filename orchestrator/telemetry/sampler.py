@@ -73,4 +73,6 @@ class Sampler:
                 row.update(s.read())
             except Unavailable as exc:
                 self.samples.missing.setdefault(s.name, str(exc))
+            except Exception as exc:  # noqa: BLE001 - a source's own failure costs its readings, never the window
+                self.samples.missing.setdefault(s.name, f"read failed: {type(exc).__name__}: {str(exc)[:120]}")
         self.samples.rows.append(row)

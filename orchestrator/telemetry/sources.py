@@ -150,7 +150,8 @@ class Nvml:
         n, out = self.nvml, {}
         for i, h in self.handles.items():
             try:
-                out[f"gpu{i}.mem_b"] = float(n.nvmlDeviceGetMemoryInfo(h).used)
+                mem = n.nvmlDeviceGetMemoryInfo(h)
+                out[f"gpu{i}.mem_b"], out[f"gpu{i}.mem_total_b"] = float(mem.used), float(mem.total)
                 out[f"gpu{i}.power_w"] = n.nvmlDeviceGetPowerUsage(h) / 1000.0
                 out[f"gpu{i}.sm_mhz"] = float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM))
                 out[f"gpu{i}.util_pct"] = float(n.nvmlDeviceGetUtilizationRates(h).gpu)
@@ -171,8 +172,8 @@ class Nvml:
                 pass
 
 
-SMI_FIELDS = ("index", "name", "memory.used", "power.draw", "clocks.sm", "utilization.gpu", "temperature.gpu")
-SMI_UNITS = {"memory.used": ("mem_b", 1024 * 1024), "power.draw": ("power_w", 1.0), "clocks.sm": ("sm_mhz", 1.0),
+SMI_FIELDS = ("index", "name", "memory.used", "memory.total", "power.draw", "clocks.sm", "utilization.gpu", "temperature.gpu")
+SMI_UNITS = {"memory.used": ("mem_b", 1024 * 1024), "memory.total": ("mem_total_b", 1024 * 1024), "power.draw": ("power_w", 1.0), "clocks.sm": ("sm_mhz", 1.0),
              "utilization.gpu": ("util_pct", 1.0), "temperature.gpu": ("temp_c", 1.0)}
 
 

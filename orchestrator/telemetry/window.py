@@ -86,8 +86,10 @@ def _gpus(samples: Samples, names: dict[int, str]) -> list[GpuWindow]:
     out = []
     for i in indices:
         pre = f"gpu{i}."
-        col = {stem: samples.series(pre + stem)[1] for stem in ("mem_b", "power_w", "sm_mhz", "util_pct", "temp_c")}
+        col = {stem: samples.series(pre + stem)[1]
+               for stem in ("mem_b", "mem_total_b", "power_w", "sm_mhz", "util_pct", "temp_c")}
         g = GpuWindow(index=i, name=names.get(i, f"GPU {i}"), mem_peak_b=max(col["mem_b"], default=None),
+                      mem_total_b=max(col["mem_total_b"], default=None),
                       power_mean_w=_mean(col["power_w"]), power_peak_w=max(col["power_w"], default=None),
                       sm_mhz_mean=_mean(col["sm_mhz"]), util_pct_mean=_mean(col["util_pct"]),
                       temp_c_peak=max(col["temp_c"], default=None))
