@@ -222,3 +222,25 @@ def test_a_log_shows_progress_lines_while_the_sweep_runs(tmp_path, spawn_orch):
                for ln in live)
     assert any("cell 2/2 llamacpp-ngram-mod-n8: ok in" in ln for ln, _ in seen_running)
     assert not any("\x1b[" in ln for ln, _ in seen_running)  # no terminal control codes in a log
+
+
+def test_telemetry_that_breaks_never_fails_a_cell_and_can_be_turned_off(tmp_path, monkeypatch):
+    import orchestrator.sweep.runner as runner
+
+    def broken(*a, **k):  # fault: an NVML install that raises something other than NVMLError
+        raise RuntimeError("libnvidia-ml.so: wrong ELF class")
+
+    monkeypatch.setattr(runner, "CellTelemetry", broken)
+    path = scenario(tmp_path, "telebroken", engine("llamacpp"))
+    result = CliRunner().invoke(cli, ["sweep", str(path), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "telemetry off for this cell: RuntimeError: libnvidia-ml.so: wrong ELF class" in result.output
+    (run,) = (tmp_path / "r").iterdir()
+    (cell,) = rows(run / "cells.jsonl")
+    assert cell["status"] == "ok" and cell["requests_ok"] == 3 and "telemetry" not in cell
+    monkeypatch.undo()
+    off = CliRunner().invoke(cli, ["sweep", str(path), "--out", str(tmp_path / "off"), "--set", "telemetry.enabled=false"])
+    assert off.exit_code == 0, off.output
+    (run,) = (tmp_path / "off").iterdir()
+    (cell,) = rows(run / "cells.jsonl")
+    assert "telemetry" not in cell and not (run / "cells" / "llamacpp-n0" / "telemetry.jsonl").exists()
