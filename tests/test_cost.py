@@ -66,3 +66,13 @@ def test_a_run_without_telemetry_has_empty_cost_columns_and_no_cost_table():
     s = summarize(requests_of(rows), cells_of([{"cell_id": "e-n0", "engine": "e", "method": "none", "n_spec": 0,
                                                  "status": "ok"}]))
     assert pd.isna(s.loc[0, "cpu_util"]) and pd.isna(s.loc[0, "gpu"]) and format_cost(s) == ""
+
+
+def test_a_resumed_windows_joules_are_over_the_tokens_of_the_requests_it_ran():
+    rows = [req("e-n0", 0, 40, key=f"a{i}") for i in range(10)]  # a0-a4 kept from before the resume
+    gpu = [{"index": 0, "name": "NVIDIA H200", "energy_j": 1000.0}]
+    rerun = {f"a{i}": {"cpu_s": 1.0, "energy_j": 200.0} for i in range(5, 10)}
+    cells = cells_of([{"cell_id": "e-n0", "engine": "e", "method": "none", "n_spec": 0, "status": "ok",
+                       "telemetry": {"1": window(rerun, gpu, 1000.0)}}])
+    s = summarize(requests_of(rows), cells)
+    assert s.loc[0, "j_per_token_window"] == pytest.approx(2.0)  # 1000 J over the 500 tokens re-run

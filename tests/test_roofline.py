@@ -114,9 +114,15 @@ def test_a_cells_roofline_from_overrides_the_table_and_the_host(tmp_path, monkey
     assert hub.limit_tok_s is None and "set roofline.weight_gb" in hub.unknown
     odd = roofline_for(tmp_path / "m.safetensors", ["Matrox G200"], tmp_path)
     assert odd.limit_tok_s is None and "not in orch's table" in odd.unknown
+    monkeypatch.setattr(roofline, "copy_bandwidth", lambda: pytest.fail("measured during a sweep"))
+    early = roofline_for(tmp_path / "m.safetensors", [], tmp_path, on_host_cpu=True)
+    assert early.limit_tok_s is None and "run `orch setup`" in early.unknown
     monkeypatch.setattr(roofline, "copy_bandwidth", lambda: 40.0)
-    cpu = roofline_for(tmp_path / "m.safetensors", [], tmp_path)
+    cpu_bandwidth(tmp_path)  # what orch setup does
+    cpu = roofline_for(tmp_path / "m.safetensors", [], tmp_path, on_host_cpu=True)
     assert cpu.limit_tok_s == 20.0 and cpu.bandwidth_source.startswith("copy benchmark")
+    unseen = roofline_for(tmp_path / "m.safetensors", [], tmp_path)  # external, or a GPU not read
+    assert unseen.limit_tok_s is None and "set roofline.gpu or roofline.bandwidth_gb_s" in unseen.unknown
 
 
 def test_orch_reference_shows_the_published_runs_against_their_cards_limit(tmp_path):
@@ -129,3 +135,49 @@ def test_orch_reference_shows_the_published_runs_against_their_cards_limit(tmp_p
     assert "  n_spec   5:  132.5 tok/s (10 runs, 126.8-133.9)  3.34x  2.29 of the roofline" in lines
     assert ("  roofline: 57.8 tok/s single-stream decode limit = 31.0 GB (31B parameters x 1 byte (FP8)) / 1792 GB/s "
             "(NVIDIA RTX PRO 6000 Blackwell datasheet: 1792 GB/s GDDR7)") in lines
+
+
+@pytest.mark.parametrize("nvml_name, found", [("NVIDIA L40", "L40"), ("NVIDIA RTX A1000", None),
+                                              ("NVIDIA GH200 480GB", None), ("NVIDIA L4", "L4")])
+def test_gpu_names_match_whole_words(nvml_name, found):
+    gpu = known_gpu(nvml_name)
+    assert (gpu.name if gpu else None) == found
+
+
+@pytest.mark.parametrize("header", [b'{"a": {"data_offsets": [0, Infinity]}}', b'{"a": {"data_offsets": [0, 1e400]}}',
+                                    b"[" * 100_000 + b"]" * 100_000])
+def test_safetensors_headers_that_overflow_or_nest_are_unknown_weights(tmp_path, header):
+    (tmp_path / "x.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(WeightsUnknown):
+        weight_bytes(tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize("cache", ['{"weights": [], "cpu": []}', '{"weights": {"K": [true, "x"]}}',
+                                   '{"cpu": {"K": {"gb_s": 1e309}}}', "[" * 50_000])
+def test_a_hostile_roofline_cache_is_read_as_empty(tmp_path, cache, monkeypatch):
+    _safetensors(tmp_path / "m.safetensors", {"a": ("F16", [8], 16)})
+    st = (tmp_path / "m.safetensors").stat()
+    key = f"{(tmp_path / 'm.safetensors').resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    (tmp_path / "roofline.json").write_text(cache.replace('"K"', json.dumps(key)))
+    monkeypatch.setattr(roofline, "host_key", lambda: "K")
+    assert model_bytes(tmp_path / "m.safetensors", tmp_path)[0] == 16
+    assert cpu_bandwidth(tmp_path, measure=False)[0] is None
+
+
+def test_a_split_gguf_counts_every_shard(tmp_path):
+    """Shards written by the gguf package's own writer, as llama.cpp's gguf-split writes them."""
+    import gguf
+    import numpy as np
+
+    for i, n in ((1, 1 << 20), (2, 3 << 20)):
+        w = gguf.GGUFWriter(str(tmp_path / f"m-{i:05d}-of-00002.gguf"), "llama")
+        w.add_tensor(f"t{i}", np.zeros(n // 4, dtype=np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    n, source = weight_bytes(tmp_path / "m-00001-of-00002.gguf")
+    assert n == 4 << 20 and "1 other shard" in source
+    (tmp_path / "m-00002-of-00002.gguf").unlink()
+    with pytest.raises(WeightsUnknown, match="m-00002-of-00002.gguf is not beside it"):
+        weight_bytes(tmp_path / "m-00001-of-00002.gguf")

@@ -67,7 +67,7 @@ EXACT = {
     "telemetry_interval_zero.toml": ("telemetry.interval_s", "Input should be greater than or equal to 0.01"),
     "roofline_unknown_gpu.toml": ("engines[0].roofline.gpu", "'Voodoo 5' is not a GPU orch knows; use one of RTX PRO "
                                   "6000 Blackwell, H200, H100 PCIe, H100 NVL, H100 SXM, B200, A100 80GB SXM, A100 80GB "
-                                  "PCIe, A100 40GB, L40S, L4, A10G, A10, GeForce RTX 5090, GeForce RTX 4090, or set "
+                                  "PCIe, A100 40GB, L40S, L40, L4, A10G, A10, GeForce RTX 5090, GeForce RTX 4090, or set "
                                   "bandwidth_gb_s"),
     "roofline_negative_weights.toml": ("engines[0].roofline.weight_gb", "Input should be greater than 0"),
     "roofline_bandwidth_nan.toml": ("engines[0].roofline.bandwidth_gb_s", FINITE),

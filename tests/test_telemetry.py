@@ -149,6 +149,8 @@ class FakeNvml:
         return type("Mem", (), {"used": (10 + h) * 2**30, "total": 141 * 2**30})()
 
     def nvmlDeviceGetPowerUsage(self, h):
+        if h in self.broken:
+            raise self.NVMLError("GPU is lost")
         return int(self.power_w * 1000)
 
     def nvmlDeviceGetClockInfo(self, h, kind):
@@ -269,13 +271,13 @@ def test_the_smi_stream_joins_lines_split_across_chunks_and_skips_bad_ones():
     row = stream.read()
     assert row["gpu0.mem_b"] == 2048 * 2**20 and row["gpu0.power_w"] == 400.0
     assert stream.names == {0: "NVIDIA H200"} and stream._bad == 2  # "not a line", the 10 kB line
-    assert smi_command(0.1)[-1] == "-lms=100"
+    assert smi_command(0.1)[-1] == "--loop-ms=100"
 
 
 def test_a_stream_with_no_reading_is_unavailable():
     stream = SmiStream(iter([b"nvidia-smi: command not found\n"]))
     stream._thread.join(2)
-    with pytest.raises(Unavailable, match="no GPU: nvidia-smi in the container printed no reading"):
+    with pytest.raises(Unavailable, match="GPU not readable: nvidia-smi in the container printed no reading"):
         stream.read()
 
 
@@ -313,3 +315,102 @@ def test_window_telemetry_reads_back_as_hostile_input(tmp_path):
 def test_samples_series_only_where_a_field_was_read():
     s = Samples(0.1, ["x"], rows=[{"t": 0.0, "a": 1.0}, {"t": 0.1}, {"t": 0.2, "a": 3.0}])
     assert s.series("a") == ([0.0, 0.2], [1.0, 3.0])
+
+
+# -- regressions from a hostile review of the first version ------------------------------------
+
+def test_a_field_the_gpu_does_not_support_leaves_out_that_field_only():
+    class Mig(FakeNvml):  # utilization is "Not Supported" on a MIG-enabled board
+        def nvmlDeviceGetUtilizationRates(self, h):
+            raise self.NVMLError("Not Supported")
+
+    w = window_of(Mig(count=1))
+    assert w.gpus[0].util_pct_mean is None and w.gpus[0].power_mean_w == 300.0 and w.energy_j > 0
+    assert "util_pct: Not Supported" in w.missing["nvml fields"] and w.gpu == "0: NVIDIA H200 #0"
+
+
+def test_a_request_after_the_gpu_was_lost_has_no_share_not_zero():
+    nvml = FakeNvml(count=1, power_w=300.0)
+    gpu = Nvml(None, nvml)
+    clock = iter(np.arange(20) * 0.1)
+    sampler = Sampler([gpu], 0.1, clock=lambda: next(clock))
+    for i in range(20):
+        if i == 10:
+            nvml.broken.add(0)
+        sampler._tick()
+    w = summarize_window(sampler.samples, {"before": (0.0, 0.9), "after": (1.2, 1.9)}, gpu.names)
+    assert w.per_request["before"].energy_j == pytest.approx(270.0) and w.per_request["after"].energy_j is None
+    assert w.power_mean_w == pytest.approx(300.0)  # over the counter's own 0.9 s, not the window's 1.9 s
+    assert "GPU is lost" in w.missing["nvml"]
+
+
+def test_rapl_counts_packages_not_the_platform_zone_that_holds_them(tmp_path):
+    zone = powercap(tmp_path, 1_000_000)
+    (zone / "name").write_text("package-0\n")
+    psys = tmp_path / "intel-rapl:1"
+    psys.mkdir()
+    (psys / "name").write_text("psys\n")
+    (psys / "energy_uj").write_text("5000000")
+    (psys / "max_energy_range_uj").write_text("1000000000")
+    rapl = Rapl(tmp_path)
+    first = rapl.read()["energy_j"]
+    (zone / "energy_uj").write_text("11000000")
+    (psys / "energy_uj").write_text("30000000")
+    assert rapl.read()["energy_j"] - first == pytest.approx(10.0)
+
+
+def test_an_external_server_is_not_seen_which_is_not_no_gpu():
+    from orchestrator.analysis.cost import _window_figures
+
+    tele = CellTelemetry(Watch(gpus=False, visible=False, unseen=["an external server"]), 0.05)
+    with tele.window() as samples:
+        time.sleep(0.06)
+    w = tele.summarize(samples, {})
+    assert w.gpu == "GPU not visible to orch (an external server)" and not tele.on_host_cpu
+    assert "gpu_power_w_mean" not in _window_figures(w)  # empty in summary.csv, not "no GPU"
+
+
+def test_nvidia_smi_readings_that_stopped_are_stale_not_held():
+    now = [0.0]
+    stream = SmiStream(iter([b"0, NVIDIA H200, 1024, 143771, 300.0, 1980, 90, 41\n"]), 0.1, clock=lambda: now[0])
+    stream._thread.join(2)
+    assert stream.read()["gpu0.power_w"] == 300.0
+    now[0] = 5.0
+    with pytest.raises(Unavailable, match="last reading is 5.0 s old .*stream ended"):
+        stream.read()
+
+
+def test_nvml_that_fails_after_init_is_shut_down_and_cpu_telemetry_stays():
+    class Flaky(FakeNvml):
+        shutdowns = 0
+
+        def nvmlDeviceGetHandleByIndex(self, i):
+            raise self.NVMLError("Unknown Error")
+
+        def nvmlShutdown(self):
+            Flaky.shutdowns += 1
+
+    gpu = Nvml(None, Flaky(count=1))
+    assert gpu.unavailable == "GPU not readable (NVML: Unknown Error)" and Flaky.shutdowns == 1
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
+    tele = CellTelemetry(Watch(pid=proc.pid), 0.02, nvml=Flaky(count=1))
+    with tele.window() as samples:
+        time.sleep(0.1)
+    proc.kill()
+    w = tele.summarize(samples, {})
+    assert w.cpu_s is not None and w.gpu.startswith("GPU not readable") and not tele.on_host_cpu
+
+
+def test_a_roofline_with_a_limit_but_no_basis_is_dropped_on_reading_back(tmp_path):
+    import json
+
+    from orchestrator.analysis.summary import summarize
+    from orchestrator.results.records import read_records
+
+    from .support.runs import req, requests_of
+
+    line = CellRecord(cell_id="e-n0", engine="e", method="none", n_spec=0, status="ok").line()
+    (tmp_path / "cells.jsonl").write_text(json.dumps(dict(line, roofline={"limit_tok_s": 50})) + "\n")
+    (cell,), warnings = read_records(tmp_path / "cells.jsonl", CellRecord)
+    assert cell.roofline is None and warnings
+    summarize(requests_of([req("e-n0", 0, 40, key="a")]), [cell])  # no crash

@@ -35,8 +35,6 @@ def add_cost(out: pd.DataFrame, df: pd.DataFrame, cells: list[CellRecord]) -> pd
     keys = df.groupby(["cell_id", "concurrency", "prompt_set"])["key"].apply(list).to_dict() if len(df) else {}
     ok = set(zip(df.loc[df["ok"], "cell_id"], df.loc[df["ok"], "key"])) if len(df) else set()
     roof = {c.cell_id: c.roofline for c in cells if c.roofline is not None}
-    made = (df[df["ok"]].assign(n=pd.to_numeric(df["completion_tokens"], errors="coerce"))
-            .groupby(["cell_id", "concurrency"])["n"].sum().to_dict() if len(df) else {})
     rows = []
     for r in out.itertuples(index=False):
         conc = None if pd.isna(r.concurrency) else int(r.concurrency)
@@ -44,9 +42,12 @@ def add_cost(out: pd.DataFrame, df: pd.DataFrame, cells: list[CellRecord]) -> pd
                 if (r.cell_id, k) in ok and k in costs.get(r.cell_id, {})]
         window = windows.get((r.cell_id, conc))
         row = _window_figures(window)
-        if window is not None and window.energy_j is not None and made.get((r.cell_id, conc)):
-            # the whole window's joules, idle gaps between requests included, over its tokens
-            row["j_per_token_window"] = window.energy_j / made[(r.cell_id, conc)]
+        # the whole window's joules, idle gaps included, over the tokens of the requests that ran in
+        # it (a resumed cell's window holds only the requests it re-ran)
+        made = sum(tokens.get((r.cell_id, k)) or 0 for k in (window.per_request if window else ())
+                   if (r.cell_id, k) in ok)
+        if window is not None and window.energy_j is not None and made:
+            row["j_per_token_window"] = window.energy_j / made
         row.update(_per_token(mine, {k: tokens.get((r.cell_id, k)) for k, _ in mine}))
         row.update(_roofline(roof.get(r.cell_id), r.decode_tok_s_median, r.decode_tok_s_ci_low, r.decode_tok_s_ci_high))
         rows.append(row)
@@ -71,8 +72,8 @@ def _window_figures(w: WindowTelemetry | None) -> dict:
         return {}
     out = {"cpu_util": w.cpu_util, "rss_peak_mb": None if w.rss_peak_b is None else w.rss_peak_b / 1e6,
            "energy_source": w.energy_source, "power_w_mean": w.power_mean_w, "gpu": w.gpu}
-    if not w.gpus:
-        return out | {f: NO_GPU for f in GPU_FIELDS}
+    if not w.gpus:  # "no GPU" where there is none; a GPU not read or not seen leaves them empty
+        return out | ({f: NO_GPU for f in GPU_FIELDS} if str(w.gpu).startswith(NO_GPU) else {})
     gpus = w.gpus
     headroom = [g.mem_total_b - g.mem_peak_b for g in gpus if g.mem_total_b is not None and g.mem_peak_b is not None]
     out.update(gpu_mem_peak_mb=_total([g.mem_peak_b for g in gpus], 1e6),
@@ -110,8 +111,8 @@ def _per_token(mine: list[tuple[str, RequestCost]], tokens: dict) -> dict:
 def _roofline(roof, decode, low, high) -> dict:
     if roof is None:
         return {}
-    if not roof.limit_tok_s:
-        return {"roofline_basis": f"unknown: {roof.unknown}"}
+    if not (roof.limit_tok_s and roof.weight_bytes and roof.bandwidth_gb_s):
+        return {"roofline_basis": f"unknown: {roof.unknown or 'no limit recorded'}"}
     share = lambda v: None if v is None or pd.isna(v) else float(v) / roof.limit_tok_s  # noqa: E731
     return {"roofline_tok_s": roof.limit_tok_s, "roofline_share": share(decode),
             "roofline_share_ci_low": share(low), "roofline_share_ci_high": share(high),

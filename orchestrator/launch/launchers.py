@@ -141,7 +141,7 @@ class ExternalServer:
         return {"url": redact.public_url(self.base_url)}
 
     def watch(self) -> Watch:
-        return Watch(gpus=False, unseen=["an external server: orch cannot see its processes or GPUs"])
+        return Watch(gpus=False, visible=False, unseen=["an external server: orch cannot see its processes or GPUs"])
 
     def wait_ready(self, headers: dict | None = None) -> float:
         # /health (llama.cpp, vLLM) or, for other servers, /v1/models.

@@ -23,6 +23,7 @@ class Watch:
     pid: int | None = None
     gpu_ids: list[int] | None = None
     gpus: bool = True  # False: the server was given no GPU
+    visible: bool = True  # False: orch cannot see the server's host at all (an external server)
     smi_lines: Callable[[list[str]], Iterable] | None = None  # start `cmd` in the container, its output
     unseen: list[str] = field(default_factory=list)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, ValidationInfo,
-                      field_validator)
+                      field_validator, model_validator)
 
 from orchestrator.common.errors import ResultsError
 
@@ -250,6 +250,12 @@ class Roofline(BaseModel):
     bandwidth_source: Text = None
     limit_tok_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     unknown: Text = None  # why there is no limit
+
+    @model_validator(mode="after")
+    def _limit_has_its_basis(self):
+        if self.limit_tok_s is not None and (self.weight_bytes is None or self.bandwidth_gb_s is None):
+            raise ValueError("limit_tok_s without weight_bytes and bandwidth_gb_s")
+        return self
 
 
 class CellRecord(Record):

@@ -113,5 +113,5 @@ def measure_roofline(scenarios) -> list[str]:
             continue
         if n:
             lines.append(f"weights of {spec.model}: {n / 1e6:.1f} MB read per token ({where}): decode limit "
-                         f"{roofline.limit_tok_s(n, gb_s):.0f} tok/s on this host")
+                         f"{roofline.limit_tok_s(n, gb_s):.0f} tok/s on this host's CPU")
     return lines

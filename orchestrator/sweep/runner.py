@@ -207,9 +207,10 @@ class Sweep:
             rec.set(template=self._template(cell, server.base_url, headers))
             tele = self._telemetry(server)
             try:
-                if tele is not None:
-                    rec.set(roofline=self._roofline(cell, prep, tele))
-                results, windows, repeats = self._drive(cell, server, todo, marks, headers, tele)
+                sampled = tele if self.scenario.telemetry.enabled else None
+                results, windows, repeats = self._drive(cell, server, todo, marks, headers, sampled)
+                # after the windows: a remote container's GPU names come with its first readings
+                rec.set(roofline=self._roofline(cell, prep, tele))
             finally:
                 if tele is not None:
                     tele.close()
@@ -225,28 +226,30 @@ class Sweep:
         rec.set(phases=_phases(marks))
 
     def _telemetry(self, server) -> CellTelemetry | None:
-        """The cell's telemetry, or None: off in the scenario, or its sources failed to open (said
-        once as a warning; telemetry never fails a cell)."""
-        settings = self.scenario.telemetry
-        if not settings.enabled:
-            return None
+        """The cell's telemetry sources, or None where they failed to open (said once as a
+        warning; telemetry never fails a cell). Opened even with telemetry off: the roofline
+        asks them which GPUs the server has."""
         try:
-            return CellTelemetry(server.watch(), settings.interval_s)
+            return CellTelemetry(server.watch(), self.scenario.telemetry.interval_s)
         except Exception as exc:  # noqa: BLE001 - e.g. a broken NVML install: measure without it
             self.progress.warn(f"telemetry off for this cell: {type(exc).__name__}: {str(exc)[:160]}")
             return None
 
-    def _roofline(self, cell: Cell, prep: Prepared, tele: CellTelemetry):
-        """The engine's decode limit, found once per engine (the GGUF's tensor table is cached)."""
-        if cell.engine.name not in self._rooflines:
-            r = cell.engine.roofline
-            try:
-                found = roofline_for(prep.model.path, list(tele.gpu_names.values()), cache_root(), r.weight_gb,
-                                     r.bandwidth_gb_s, r.gpu)
-            except OSError as exc:  # the cache folder unwritable, say: the limit is unknown, the cell goes on
-                found = Roofline(unknown=f"cannot read or cache the roofline's inputs: {why(exc)}")
+    def _roofline(self, cell: Cell, prep: Prepared, tele: CellTelemetry | None) -> Roofline:
+        """The engine's decode limit, kept for its later cells once found (the GGUF's tensor
+        table is cached too); never an error that fails the cell."""
+        if cell.engine.name in self._rooflines:
+            return self._rooflines[cell.engine.name]
+        r = cell.engine.roofline
+        names = list(tele.gpu_names.values()) if tele else []
+        try:
+            found = roofline_for(prep.model.path, names, cache_root(), r.weight_gb, r.bandwidth_gb_s, r.gpu,
+                                 on_host_cpu=bool(tele and tele.on_host_cpu))
+        except Exception as exc:  # noqa: BLE001 - an unreadable cache or model file: the limit is unknown
+            found = Roofline(unknown=f"roofline not found: {type(exc).__name__}: {str(exc)[:160]}")
+        if found.limit_tok_s:
             self._rooflines[cell.engine.name] = found
-        return self._rooflines[cell.engine.name]
+        return found
 
     def _cell_base(self, cell: Cell, prep: Prepared, plan) -> dict:
         return dict(model=prep.model.label, api=cell.engine.api, argv=plan.argv, command=command_text(plan),

@@ -17,7 +17,9 @@ because reading a GGUF's tensor table takes seconds and the copy benchmark wants
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import struct
 import threading
 import time
@@ -49,6 +51,7 @@ KNOWN_GPUS = [
     Gpu("A100 80GB PCIe", "A100 80GB PCIe", 1.935, "NVIDIA A100 datasheet: 1935 GB/s (80GB PCIe)"),
     Gpu("A100", "A100 40GB", 1.555, "NVIDIA A100 datasheet: 1555 GB/s (40GB)"),
     Gpu("L40S", "L40S", 0.864, "NVIDIA L40S datasheet: 864 GB/s GDDR6"),
+    Gpu("L40", "L40", 0.864, "NVIDIA L40 datasheet: 864 GB/s GDDR6"),
     Gpu("L4", "L4", 0.3, "NVIDIA L4 datasheet: 300 GB/s GDDR6"),
     Gpu("A10G", "A10G", 0.6, "AWS G5 (A10G): 600 GB/s GDDR6"),
     Gpu("A10", "A10", 0.6, "NVIDIA A10 datasheet: 600 GB/s GDDR6"),
@@ -58,10 +61,13 @@ KNOWN_GPUS = [
 
 
 def known_gpu(name: str) -> Gpu | None:
-    """The table's entry for an NVML device name or a scenario's `roofline.gpu` (first match)."""
+    """The table's entry for an NVML device name or a scenario's `roofline.gpu`: a name the table
+    lists, else the first pattern found as whole words ("L4" is not "L40", "A100" not "RTX A1000",
+    "H200" not "GH200")."""
     low = name.lower().strip()
-    named = next((g for g in KNOWN_GPUS if g.name.lower() == low), None)  # a name the table lists
-    return named or next((g for g in KNOWN_GPUS if g.pattern.lower() in low), None)
+    named = next((g for g in KNOWN_GPUS if g.name.lower() == low), None)
+    return named or next((g for g in KNOWN_GPUS
+                          if re.search(rf"(?<!\w){re.escape(g.pattern.lower())}(?!\w)", low)), None)
 
 
 def limit_tok_s(weight_bytes: int, bandwidth_gb_s: float) -> float:
@@ -84,7 +90,30 @@ def weight_bytes(path: Path) -> tuple[int, str]:
         return sum(_safetensors_bytes(f) for f in files), f"{len(files)} safetensors file(s) in {path.name}"
     if path.suffix == ".safetensors":
         return _safetensors_bytes(path), f"safetensors {path.name}"
-    return _gguf_bytes(path), f"GGUF tensors of {path.name}"
+    shards = _shards(path)
+    total = sum(_gguf_bytes(p) for p in shards)
+    if total <= 0:
+        raise WeightsUnknown(f"{path.name} holds no tensors")
+    if len(shards) > 1:
+        return total, f"GGUF tensors of {path.name} and its {len(shards) - 1} other shard(s)"
+    return total, f"GGUF tensors of {path.name}"
+
+
+SPLIT = re.compile(r"^(?P<stem>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
+
+
+def _shards(path: Path) -> list[Path]:
+    """A split GGUF (llama.cpp's `-00001-of-00003.gguf`, whose first file llama.cpp loads with
+    the rest): every shard, each of which must be there."""
+    m = SPLIT.match(path.name)
+    if not m:
+        return [path]
+    n = int(m["n"])
+    shards = [path.with_name(f"{m['stem']}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
+    absent = [p.name for p in shards if not p.is_file()]
+    if absent:
+        raise WeightsUnknown(f"{path.name} is shard {int(m['i'])} of {n}, and {absent[0]} is not beside it")
+    return shards
 
 
 def _gguf_bytes(path: Path) -> int:
@@ -110,7 +139,8 @@ def _safetensors_bytes(path: Path) -> int:
             header = json.loads(f.read(n))
         spans = [v["data_offsets"] for k, v in header.items() if k != "__metadata__"]
         total = sum(int(b) - int(a) for a, b in spans)
-    except (OSError, ValueError, struct.error, TypeError, KeyError, AttributeError) as exc:
+    except (OSError, ValueError, struct.error, TypeError, KeyError, AttributeError, OverflowError,
+            RecursionError) as exc:
         raise WeightsUnknown(f"{path.name} is not a readable .safetensors file ({type(exc).__name__})")
     if total <= 0:
         raise WeightsUnknown(f"{path.name} holds no tensor data")
@@ -151,11 +181,17 @@ def _cache_path(cache: Path) -> Path:
 
 
 def _load(cache: Path) -> dict:
+    """The cache, hostile: anything but {"cpu": {...}, "weights": {...}} is read as empty."""
     try:
         data = json.loads(_cache_path(cache).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    except (OSError, ValueError, RecursionError):
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    return {k: data[k] if isinstance(data.get(k), dict) else {} for k in ("cpu", "weights")}
+
+
+def _positive(value) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and value > 0
 
 
 def _save(cache: Path, data: dict) -> None:
@@ -184,13 +220,13 @@ def cpu_bandwidth(cache: Path, measure: bool = True) -> tuple[float | None, str]
     """(GB/s, source) of this host, measured once and cached; (None, why) when not measured and
     `measure` is False."""
     data, key = _load(cache), host_key()
-    entry = data.get("cpu", {}).get(key) if isinstance(data.get("cpu"), dict) else None
-    if isinstance(entry, dict) and isinstance(entry.get("gb_s"), (int, float)) and entry["gb_s"] > 0:
+    entry = data["cpu"].get(key)
+    if isinstance(entry, dict) and _positive(entry.get("gb_s")):
         return float(entry["gb_s"]), f"copy benchmark at orch setup, {str(entry.get('when', '?'))[:10]}"
     if not measure:
         return None, "this host's memory bandwidth is not measured yet: run `orch setup`"
     gb_s = round(copy_bandwidth(), 2)
-    data.setdefault("cpu", {})[key] = {"gb_s": gb_s, "when": time.strftime("%Y-%m-%d")}
+    data["cpu"][key] = {"gb_s": gb_s, "when": time.strftime("%Y-%m-%d")}
     _save(cache, data)
     return gb_s, f"copy benchmark at orch setup, {time.strftime('%Y-%m-%d')}"
 
@@ -200,11 +236,11 @@ def model_bytes(path: Path, cache: Path) -> tuple[int, str]:
     st = Path(path).stat()
     key = f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
     data = _load(cache)
-    hit = data.get("weights", {}).get(key) if isinstance(data.get("weights"), dict) else None
-    if isinstance(hit, list) and len(hit) == 2 and isinstance(hit[0], int) and hit[0] > 0:
-        return hit[0], str(hit[1])
+    hit = data["weights"].get(key)
+    if isinstance(hit, list) and len(hit) == 2 and type(hit[0]) is int and hit[0] > 0:
+        return hit[0], str(hit[1])[:200]
     n, source = weight_bytes(path)
-    data.setdefault("weights", {})[key] = [n, source]
+    data["weights"][key] = [n, source]
     _save(cache, data)
     return n, source
 
@@ -212,28 +248,32 @@ def model_bytes(path: Path, cache: Path) -> tuple[int, str]:
 # -- one cell ----------------------------------------------------------------------------------
 
 def roofline_for(path: Path | None, gpu_names: list[str], cache: Path, weight_gb: float | None = None,
-                 bandwidth_gb_s: float | None = None, gpu: str | None = None) -> Roofline:
+                 bandwidth_gb_s: float | None = None, gpu: str | None = None, on_host_cpu: bool = False) -> Roofline:
     """A cell's roofline from its model file (or `weight_gb`) and its hardware: `bandwidth_gb_s`,
-    else `gpu` or the first sampled GPU's name in KNOWN_GPUS, else this CPU host's copy benchmark."""
-    out = Roofline()
+    else `gpu` or the first sampled GPU's name in KNOWN_GPUS, else, for a server on this host
+    with no GPU, the copy benchmark `orch setup` cached (never measured mid-sweep)."""
+    out = {}
     try:
         if weight_gb is not None:
-            out.weight_bytes, out.weight_source = int(weight_gb * 1e9), "scenario roofline.weight_gb"
+            out.update(weight_bytes=int(weight_gb * 1e9), weight_source="scenario roofline.weight_gb")
         elif path is not None:
-            out.weight_bytes, out.weight_source = model_bytes(path, cache)
+            out["weight_bytes"], out["weight_source"] = model_bytes(path, cache)
         else:
-            out.unknown = "the model is a hub name orch has not downloaded: set roofline.weight_gb"
+            out["unknown"] = "the model is a hub name orch has not downloaded: set roofline.weight_gb"
     except (WeightsUnknown, OSError) as exc:
-        out.unknown = str(exc)
-    out.bandwidth_gb_s, out.bandwidth_source = _bandwidth(gpu_names, cache, bandwidth_gb_s, gpu)
-    if out.bandwidth_gb_s is None:
-        out.unknown = out.unknown or out.bandwidth_source
-    if out.weight_bytes and out.bandwidth_gb_s:
-        out.limit_tok_s = round(limit_tok_s(out.weight_bytes, out.bandwidth_gb_s), 3)
-    return out
+        out["unknown"] = str(exc)
+    if out.get("weight_bytes", 1) <= 0:
+        out = {"unknown": "no bytes of weights: set roofline.weight_gb"}
+    gb_s, source = _bandwidth(gpu_names, cache, bandwidth_gb_s, gpu, on_host_cpu)
+    out.update(bandwidth_gb_s=gb_s, bandwidth_source=source)
+    if gb_s is None:
+        out["unknown"] = out.get("unknown") or source
+    if out.get("weight_bytes") and gb_s:
+        out["limit_tok_s"] = round(limit_tok_s(out["weight_bytes"], gb_s), 3)
+    return Roofline.model_validate(out)
 
 
-def _bandwidth(gpu_names: list[str], cache: Path, override: float | None, gpu: str | None):
+def _bandwidth(gpu_names: list[str], cache: Path, override: float | None, gpu: str | None, on_host_cpu: bool):
     if override is not None:
         return override, "scenario roofline.bandwidth_gb_s"
     for name in ([gpu] if gpu else gpu_names):
@@ -243,4 +283,7 @@ def _bandwidth(gpu_names: list[str], cache: Path, override: float | None, gpu: s
     if gpu or gpu_names:
         return None, (f"GPU {(gpu or gpu_names[0])!r} is not in orch's table of known GPUs: "
                       "set roofline.bandwidth_gb_s")
-    return cpu_bandwidth(cache)
+    if not on_host_cpu:
+        return None, ("the server's hardware is not known here (an external server, a remote container "
+                      "without GPU readings, or a GPU NVML could not read): set roofline.gpu or roofline.bandwidth_gb_s")
+    return cpu_bandwidth(cache, measure=False)

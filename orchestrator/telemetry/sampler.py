@@ -66,11 +66,11 @@ class Sampler:
 
     def _tick(self) -> None:
         row = {"t": self.clock()}
-        for s in self.sources:
-            if s.unavailable:
-                continue
+        for s in self.sources:  # a source that cannot be read raises Unavailable, with its reason
             try:
                 row.update(s.read())
+                if getattr(s, "partial", None):  # fields this source could not read this time
+                    self.samples.missing.setdefault(f"{s.name} fields", "; ".join(s.partial)[:300])
             except Unavailable as exc:
                 self.samples.missing.setdefault(s.name, str(exc))
             except Exception as exc:  # noqa: BLE001 - a source's own failure costs its readings, never the window

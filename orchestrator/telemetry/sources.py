@@ -23,6 +23,8 @@ import psutil
 
 POWERCAP = Path("/sys/class/powercap")
 NO_GPU = "no GPU"
+UNREADABLE = "GPU not readable"
+UNSEEN = "GPU not visible to orch"
 
 
 class Unavailable(Exception):
@@ -84,7 +86,9 @@ class Rapl:
     name = "rapl"
 
     def __init__(self, root: Path = POWERCAP):
-        self.zones = sorted(p for p in Path(root).glob("intel-rapl:*") if p.name.count(":") == 1)
+        # Top-level zones that are packages: Intel client machines also have "psys", the whole
+        # platform, which already holds the package; adding it would count energy twice.
+        self.zones = sorted(p for p in Path(root).glob("intel-rapl:*") if p.name.count(":") == 1 and _package(p))
         self.unavailable = None
         self._last: dict[Path, int] = {}
         self._total = 0.0
@@ -123,20 +127,26 @@ class Nvml:
     def __init__(self, indices: list[int] | None, nvml=None):
         if nvml is None:
             import pynvml as nvml
-        self.nvml, self.unavailable, self.handles = nvml, None, {}
+        self.nvml, self.unavailable, self.handles, self.names = nvml, None, {}, {}
         try:
             nvml.nvmlInit()
-            count = nvml.nvmlDeviceGetCount()
         except nvml.NVMLError as exc:
             self.unavailable = f"{NO_GPU} (NVML: {exc})"
             return
-        wanted = list(range(count)) if indices is None else [i for i in indices if 0 <= i < count]
-        if not wanted:
-            self.unavailable = NO_GPU if count == 0 else f"{NO_GPU}: GPU ids {indices} not among NVML's {count}"
-            return
-        self.handles = {i: nvml.nvmlDeviceGetHandleByIndex(i) for i in wanted}
-        self.names = {i: _text(nvml.nvmlDeviceGetName(h)) for i, h in self.handles.items()}
-        self._energy_ok = {i: self._energy(h) is not None for i, h in self.handles.items()}
+        try:
+            count = nvml.nvmlDeviceGetCount()
+            wanted = list(range(count)) if indices is None else [i for i in indices if 0 <= i < count]
+            if not wanted:
+                self.unavailable = NO_GPU if count == 0 else f"{NO_GPU}: GPU ids {indices} not among NVML's {count}"
+            else:
+                self.handles = {i: nvml.nvmlDeviceGetHandleByIndex(i) for i in wanted}
+                self.names = {i: _text(nvml.nvmlDeviceGetName(h)) for i, h in self.handles.items()}
+                self._energy_ok = {i: self._energy(h) is not None for i, h in self.handles.items()}
+        except nvml.NVMLError as exc:
+            self.unavailable = f"{UNREADABLE} (NVML: {exc})"
+        if self.unavailable:
+            self.handles = {}
+            self._shutdown()
 
     def _energy(self, handle) -> float | None:
         try:
@@ -144,32 +154,47 @@ class Nvml:
         except self.nvml.NVMLError:
             return None  # before Volta: energy is integrated from power samples instead
 
+    FIELDS = (("mem", lambda n, h: n.nvmlDeviceGetMemoryInfo(h)),
+              ("power_w", lambda n, h: n.nvmlDeviceGetPowerUsage(h) / 1000.0),  # mW
+              ("sm_mhz", lambda n, h: float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM))),
+              ("util_pct", lambda n, h: float(n.nvmlDeviceGetUtilizationRates(h).gpu)),
+              ("temp_c", lambda n, h: float(n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU))))
+
     def read(self) -> dict:
+        """Each field on its own: a field this GPU does not support (utilization under MIG, say)
+        is left out; a GPU whose memory and power both fail is not read at all."""
         if self.unavailable:
             raise Unavailable(self.unavailable)
-        n, out = self.nvml, {}
+        out, failed = {}, []
         for i, h in self.handles.items():
-            try:
-                mem = n.nvmlDeviceGetMemoryInfo(h)
-                out[f"gpu{i}.mem_b"], out[f"gpu{i}.mem_total_b"] = float(mem.used), float(mem.total)
-                out[f"gpu{i}.power_w"] = n.nvmlDeviceGetPowerUsage(h) / 1000.0
-                out[f"gpu{i}.sm_mhz"] = float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM))
-                out[f"gpu{i}.util_pct"] = float(n.nvmlDeviceGetUtilizationRates(h).gpu)
-                out[f"gpu{i}.temp_c"] = float(n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU))
-            except n.NVMLError as exc:
-                raise Unavailable(f"NVML read of GPU {i} failed ({exc})")
+            got = {}
+            for name, get in self.FIELDS:
+                try:
+                    got[name] = get(self.nvml, h)
+                except self.nvml.NVMLError as exc:
+                    failed.append(f"GPU {i} {name}: {exc}")
+            if "mem" not in got and "power_w" not in got:
+                raise Unavailable(f"NVML read of GPU {i} failed ({'; '.join(failed)})")
+            mem = got.pop("mem", None)
+            if mem is not None:
+                got["mem_b"], got["mem_total_b"] = float(mem.used), float(mem.total)
+            out.update({f"gpu{i}.{k}": v for k, v in got.items()})
             if self._energy_ok[i]:
                 energy = self._energy(h)
                 if energy is not None:
                     out[f"gpu{i}.energy_j"] = energy
+        self.partial = failed  # kept for the window's `missing`
         return out
 
     def close(self) -> None:
         if not self.unavailable:
-            try:
-                self.nvml.nvmlShutdown()
-            except self.nvml.NVMLError:
-                pass
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            self.nvml.nvmlShutdown()
+        except self.nvml.NVMLError:
+            pass
 
 
 SMI_FIELDS = ("index", "name", "memory.used", "memory.total", "power.draw", "clocks.sm", "utilization.gpu", "temperature.gpu")
@@ -180,7 +205,7 @@ SMI_UNITS = {"memory.used": ("mem_b", 1024 * 1024), "memory.total": ("mem_total_
 def smi_command(interval_s: float) -> list[str]:
     """Every GPU the container sees (inside it they are numbered from 0), every interval_s."""
     return ["nvidia-smi", f"--query-gpu={','.join(SMI_FIELDS)}", "--format=csv,noheader,nounits",
-            f"-lms={max(1, round(interval_s * 1000))}"]
+            f"--loop-ms={max(1, round(interval_s * 1000))}"]
 
 
 def parse_smi_line(line: str) -> tuple[int, str, dict]:
@@ -208,9 +233,13 @@ class SmiStream:
 
     name = "nvml"
 
-    def __init__(self, lines):
-        self.unavailable, self.names = None, {}
+    STALE_S = 1.0  # a reading older than this (or 3 intervals) is no reading
+
+    def __init__(self, lines, interval_s: float = 0.1, clock=time.monotonic):
+        self.unavailable, self.names, self.clock = None, {}, clock
+        self.stale_s = max(self.STALE_S, 3 * interval_s)
         self._latest: dict[str, float] = {}
+        self._at: float | None = None
         self._bad = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._pump, args=(lines,), daemon=True, name="orch-smi")
@@ -234,17 +263,32 @@ class SmiStream:
                         continue
                     with self._lock:
                         self._latest.update(fields)
+                        self._at = self.clock()
                         self.names.setdefault(index, name)
         except Exception as exc:  # noqa: BLE001 - the exec's stream failing ends the readings, not the cell
-            self.unavailable = f"nvidia-smi stream ended ({type(exc).__name__})"
+            self.unavailable = f"nvidia-smi stream failed ({type(exc).__name__})"
+        finally:
+            self.unavailable = self.unavailable or f"nvidia-smi stream ended ({self._bad} unreadable lines)"
 
     def read(self) -> dict:
+        """The newest readings, unless they are stale: a stream that ended or stalled gives none,
+        so that power is never integrated from a last value held forever."""
         with self._lock:
-            latest = dict(self._latest)
+            latest, at = dict(self._latest), self._at
         if not latest:
-            raise Unavailable(self.unavailable or f"{NO_GPU}: nvidia-smi in the container printed no reading "
-                                                  f"({self._bad} unreadable lines)")
+            raise Unavailable(f"{UNREADABLE}: nvidia-smi in the container printed no reading "
+                              f"({self._bad} unreadable lines{'; ' + self.unavailable if self.unavailable else ''})")
+        if self.clock() - at > self.stale_s:
+            raise Unavailable(f"nvidia-smi's last reading is {self.clock() - at:.1f} s old"
+                              + (f" ({self.unavailable})" if self.unavailable else ""))
         return latest
+
+
+def _package(zone: Path) -> bool:
+    try:
+        return (zone / "name").read_text().strip().startswith("package")
+    except OSError:
+        return True  # no name file: a kernel that names no zones has packages only
 
 
 def _text(value) -> str:

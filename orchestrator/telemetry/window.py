@@ -13,7 +13,7 @@ import numpy as np
 
 from orchestrator.results.records import GpuWindow, RequestCost, WindowTelemetry
 from orchestrator.telemetry.sampler import Samples
-from orchestrator.telemetry.sources import NO_GPU
+from orchestrator.telemetry.sources import NO_GPU, UNREADABLE, UNSEEN
 
 RAPL_SOURCE = "RAPL package energy"
 
@@ -33,7 +33,8 @@ def summarize_window(samples: Samples, spans: dict[str, tuple[float, float]],
                           gpu=", ".join(f"{g.index}: {g.name}" for g in gpus) if gpus else _no_gpu(samples))
     if energy is not None:
         out.energy_j = float(energy[-1] - energy[0])
-        out.power_mean_w = out.energy_j / seconds if seconds > 0 else None
+        span = energy_t[-1] - energy_t[0]  # the counter's own span: a source lost mid-window covers less
+        out.power_mean_w = out.energy_j / span if span > 0 else None
     if gpus:
         out.gpus = gpus
     out.per_request = _per_request(samples, spans, energy_t, energy)
@@ -45,11 +46,20 @@ def _per_request(samples: Samples, spans, energy_t, energy) -> dict[str, Request
     if not keys:
         return {}
     cpu_t, cpu = samples.series("cpu_s")
-    cpu_share = attribute(cpu_t, cpu, [spans[k] for k in keys]) if len(cpu_t) > 1 else None
-    e_share = attribute(energy_t, energy, [spans[k] for k in keys]) if energy is not None and len(energy_t) > 1 else None
-    return {k: RequestCost(cpu_s=None if cpu_share is None else round(float(cpu_share[i]), 6),
-                           energy_j=None if e_share is None else round(float(e_share[i]), 6))
-            for i, k in enumerate(keys)}
+    slack = 1.5 * samples.interval_s
+    cpu_share = _shares(cpu_t, cpu, [spans[k] for k in keys], slack)
+    e_share = _shares(energy_t, energy, [spans[k] for k in keys], slack) if energy is not None else [None] * len(keys)
+    return {k: RequestCost(cpu_s=cpu_share[i], energy_j=e_share[i]) for i, k in enumerate(keys)}
+
+
+def _shares(times, cumulative, spans, slack: float) -> list[float | None]:
+    """attribute(), and None for a request the counter's samples do not cover (a source lost
+    before it ended, or read only after it began): its share is unknown, not zero."""
+    if len(times) < 2:
+        return [None] * len(spans)
+    share = attribute(times, cumulative, spans)
+    return [round(float(v), 6) if start >= times[0] - slack and end <= times[-1] + slack else None
+            for v, (start, end) in zip(share, spans)]
 
 
 def attribute(times, cumulative, spans: list[tuple[float, float]]) -> np.ndarray:
@@ -131,5 +141,9 @@ def _energy(samples: Samples, gpus: list[GpuWindow]):
 
 
 def _no_gpu(samples: Samples) -> str:
+    """Why the window has no GPU readings: "no GPU ..." only where there is none; a GPU that
+    could not be read, or could not be seen, says so."""
     why = samples.missing.get("nvml")
-    return why if why and why.startswith(NO_GPU) else NO_GPU
+    if not why:
+        return NO_GPU
+    return why if why.startswith((NO_GPU, UNREADABLE, UNSEEN)) else f"{UNREADABLE}: {why}"
