@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pynvml  # imported with orch, not as a cell starts: a cold import would land in a cell's timed phases
 
 POWERCAP = Path("/sys/class/powercap")
 NO_GPU = "no GPU"
@@ -125,8 +126,7 @@ class Nvml:
     name = "nvml"
 
     def __init__(self, indices: list[int] | None, nvml=None):
-        if nvml is None:
-            import pynvml as nvml
+        nvml = pynvml if nvml is None else nvml
         self.nvml, self.unavailable, self.handles, self.names = nvml, None, {}, {}
         try:
             nvml.nvmlInit()
