@@ -86,17 +86,23 @@ def draw_phase_rates(summary: pd.DataFrame, subtitle: str, out_dir: Path) -> lis
         _series(right, SERVER_DECODE if timed else STREAM_DECODE, g, label + ("" if timed else " (stream)"))
     depths = sorted(int(n) for n in data["n_spec"].unique())
     for ax, chart in ((left, PREFILL), (right, SERVER_DECODE)):
-        ax.set_title(chart.title, fontsize=10)
-        ax.set_xlabel("n_spec (speculative tokens per step)")
-        ax.set_xticks(depths)
-        ax.set_ylabel(chart.ylabel)
-        ax.set_ylim(bottom=0)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        depth_panel(ax, chart, depths, "n_spec (speculative tokens per step)", "lower right")
     fig.subplots_adjust(top=0.84)
     fig.suptitle("Prefill and decode rates by speculation depth (the server's timings; else from TTFT and the "
                  f"stream, marked)\n{subtitle}", fontsize=10)
     return save(fig, Path(out_dir) / PREFILL.file)
+
+
+def depth_panel(ax, chart: Chart, depths: list[int], xlabel: str, legend_loc: str) -> None:
+    """One panel of a two-panel chart by depth: its title, axes from 0, grid and legend."""
+    ax.set_title(chart.title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_xticks(depths)
+    ax.set_ylabel(chart.ylabel)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc=legend_loc)
 
 
 def draw_pairs(pairs: pd.DataFrame, summary: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]:

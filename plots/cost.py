@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .charts import Chart, _label, _series, plt, save
+from .charts import Chart, _label, _series, depth_panel, plt, save
 
 ENERGY = Chart("energy_per_token_vs_n_spec", "Energy per output token", "joules per output token (median, 95% CI)",
                "j_per_token_median", "j_per_token_ci_low", "j_per_token_ci_high")
@@ -33,14 +33,7 @@ def draw_cost(summary: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]
         _series(right, SHARE, g, label)
     depths = sorted(int(n) for n in data["n_spec"].unique())
     for ax, chart in ((left, cost), (right, SHARE)):
-        ax.set_title(chart.title, fontsize=10)
-        ax.set_xlabel("n_spec (speculative tokens per step; 0 = off)")
-        ax.set_xticks(depths)
-        ax.set_ylabel(chart.ylabel)
-        ax.set_ylim(bottom=0)
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="best")
+        depth_panel(ax, chart, depths, "n_spec (speculative tokens per step; 0 = off)", "best")
     high = pd.to_numeric(data["roofline_share_ci_high"], errors="coerce").max()
     right.set_ylim(0, max(1.15, 1.1 * high) if pd.notna(high) else 1.15)
     right.axhline(1.0, color="grey", linestyle="--", linewidth=1)
