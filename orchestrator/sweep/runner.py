@@ -8,13 +8,14 @@ import json
 import os
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from engines import ENGINES, Engine
+from engines.installing import cache_root
 
 from orchestrator.analysis.search import Decision, step
 from orchestrator.analysis.stats import median_ci
@@ -34,7 +35,6 @@ from orchestrator.results.rundir import RunDir, why
 from orchestrator.sweep.environment import cpu_flags, gpus
 from orchestrator.telemetry import CellTelemetry
 from orchestrator.telemetry.roofline import roofline_for
-from engines.installing import cache_root
 from orchestrator.sweep.scenario import EngineSpec, Scenario, cell_id
 
 
@@ -113,8 +113,7 @@ class Sweep:
         self.parallel = max(self.workload.concurrency)
         self.prepared = prepare(scenario, base_dir)
         self.host = (cpu_flags(), gpus())  # for the engines' host_warnings
-        self._rooflines: dict[str, object] = {}
-        self._costs: dict = {}
+        self._rooflines: dict[str, Roofline] = {}
 
     def execute(self, run: RunDir) -> list[CellRecord]:
         """Run every cell not already done in `run`; return the cell records written."""
@@ -208,15 +207,15 @@ class Sweep:
             tele = self._telemetry(server)
             try:
                 sampled = tele if self.scenario.telemetry.enabled else None
-                results, windows, repeats = self._drive(cell, server, todo, marks, headers, sampled)
+                results, windows, repeats, costs = self._drive(cell, server, todo, marks, headers, sampled)
                 # after the windows: a remote container's GPU names come with its first readings
                 rec.set(roofline=self._roofline(cell, prep, tele))
             finally:
                 if tele is not None:
                     tele.close()
             rec.set(server_metrics=windows, **_judge(results, todo, server.alive(), cell.engine))
-            if self._costs:
-                rec.set(telemetry=self._costs)
+            if costs:
+                rec.set(telemetry=costs)
             if repeats:
                 rec.set(repeats=repeats)
             if rec.status != "ok":
@@ -256,16 +255,17 @@ class Sweep:
                     endpoint=ENDPOINTS[cell.engine.api], cache=prep.engine.cache_setting(self.workload))
 
     def _drive(self, cell: Cell, server, todo: list[RequestSpec], marks: dict,
-               headers: dict, tele: CellTelemetry | None = None) -> tuple[list[RequestRecord], dict, dict]:
+               headers: dict, tele: CellTelemetry | None = None) -> tuple[list[RequestRecord], dict, dict, dict]:
         """Warm-up, then the measured requests per concurrency level; returns the measured
         records, the /metrics deltas of each level's window, and (with workload.target_ci) the
         repeats each level took. `headers` carry the API key. With `tele`, each level's window
-        is sampled, its figures kept in self._costs and its samples in the cell's telemetry.jsonl."""
+        is sampled: its samples go to the cell's telemetry.jsonl, and its figures are returned
+        last, by concurrency level."""
         batches = _Batches(self, cell, server.base_url, headers)
         batches.alive = server.alive
         engine = self.prepared[cell.engine.name].engine
         prefix, counters = engine.metrics_prefix, engine.metric_counters
-        self._costs = {}
+        costs = {}
         warm = self.warmup_specs()
         if warm:
             self.progress.phase("warm-up")
@@ -278,12 +278,12 @@ class Sweep:
             before = server_metrics.scrape(server.base_url, headers, prefix, counters)
             t0 = time.monotonic()
             planned = [s for s in todo if s.concurrency == conc]
-            with tele.window() if tele else _nothing() as samples:
+            with tele.window() if tele else nullcontext() as samples:
                 level = batches.send(planned, conc)
                 if planned:  # a level a resumed cell had finished took its repeats then
                     level += self._until_narrow(batches, conc, level)
             if tele is not None and level:
-                self._keep_window(cell, conc, tele, samples, level)
+                costs.update(self._keep_window(cell, conc, tele, samples, level))
             results += level
             measuring += time.monotonic() - t0
             window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers, prefix, counters))
@@ -292,15 +292,17 @@ class Sweep:
             if not server.alive() or _refused(results):
                 break
         marks["measuring_s"] = measuring
-        return results, windows, batches.repeats
+        return results, windows, batches.repeats, costs
 
-    def _keep_window(self, cell: Cell, conc: int, tele: CellTelemetry, samples, level: list[RequestRecord]) -> None:
+    def _keep_window(self, cell: Cell, conc: int, tele: CellTelemetry, samples, level: list[RequestRecord]) -> dict:
+        """The window's samples written, and {level: its figures} ({} where they cannot be made)."""
         spans = {r.key: (r.t_start, r.t_end) for r in level if r.t_start is not None and r.t_end is not None}
         self.run.append_samples(cell.id, conc, samples.rows)  # the raw samples are kept whatever follows
         try:
-            self._costs[str(conc)] = tele.summarize(samples, spans)
+            return {str(conc): tele.summarize(samples, spans)}
         except ValueError as exc:  # a reading out of range (pydantic's ValidationError is one): said, not fatal
             self.progress.warn(f"{cell.id}: telemetry of concurrency {conc} not summarized: {str(exc)[:200]}")
+            return {}
 
     def _until_narrow(self, batches: "_Batches", conc: int, level: list[RequestRecord]) -> list[RequestRecord]:
         """With workload.target_ci: more repeats of every prompt, one at a time, until the median's
@@ -332,11 +334,6 @@ class Sweep:
             return "unknown (no chat_template in /props)"
         first = tpl.strip().splitlines()[0][:60] if tpl.strip() else ""
         return f"server chat template sha1:{hashlib.sha1(tpl.encode(errors='replace')).hexdigest()[:12]} {first!r}"
-
-
-@contextmanager
-def _nothing():
-    yield None
 
 
 def search_step(run: RunDir, spec: EngineSpec, budget: int, ran: set[str] = frozenset()) -> Decision:
