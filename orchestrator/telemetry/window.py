@@ -24,8 +24,9 @@ def summarize_window(samples: Samples, spans: dict[str, tuple[float, float]],
     times = [r["t"] for r in samples.rows]
     seconds = times[-1] - times[0] if len(times) > 1 else 0.0
     cpu = _delta(samples, "cpu_s")
-    gpus = _gpus(samples, gpu_names or {})
-    energy_t, energy, source = _energy(samples, gpus)
+    gpu_energy = {i: _gpu_energy(samples, i) for i in _gpu_indices(samples)}  # each GPU's joules, once
+    gpus = _gpus(samples, gpu_names or {}, gpu_energy)
+    energy_t, energy, source = _energy(samples, gpus, gpu_energy)
     out = WindowTelemetry(seconds=round(seconds, 4), samples=len(times), interval_s=samples.interval_s,
                           sampler_cpu_s=round(samples.sampler_cpu_s, 4), missing=dict(samples.missing),
                           cpu_s=cpu, cpu_util=cpu / seconds if cpu is not None and seconds > 0 else None,
@@ -91,10 +92,13 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _gpus(samples: Samples, names: dict[int, str]) -> list[GpuWindow]:
-    indices = sorted({int(k[3:].split(".")[0]) for k in samples.fields() if k.startswith("gpu")})
+def _gpu_indices(samples: Samples) -> list[int]:
+    return sorted({int(k[3:].split(".")[0]) for k in samples.fields() if k.startswith("gpu")})
+
+
+def _gpus(samples: Samples, names: dict[int, str], gpu_energy: dict) -> list[GpuWindow]:
     out = []
-    for i in indices:
+    for i, (_, e) in gpu_energy.items():
         pre = f"gpu{i}."
         col = {stem: samples.series(pre + stem)[1]
                for stem in ("mem_b", "mem_total_b", "power_w", "sm_mhz", "util_pct", "temp_c")}
@@ -103,7 +107,6 @@ def _gpus(samples: Samples, names: dict[int, str]) -> list[GpuWindow]:
                       power_mean_w=_mean(col["power_w"]), power_peak_w=max(col["power_w"], default=None),
                       sm_mhz_mean=_mean(col["sm_mhz"]), util_pct_mean=_mean(col["util_pct"]),
                       temp_c_peak=max(col["temp_c"], default=None))
-        t, e = _gpu_energy(samples, i)
         if e is not None:
             g.energy_j, g.energy_source = float(e[-1] - e[0]), ("NVML energy counter" if pre + "energy_j" in
                                                                  samples.fields() else "power integrated")
@@ -123,11 +126,10 @@ def _gpu_energy(samples: Samples, i: int) -> tuple[list[float], np.ndarray | Non
     return t, np.concatenate([[0.0], np.cumsum(steps)])
 
 
-def _energy(samples: Samples, gpus: list[GpuWindow]):
+def _energy(samples: Samples, gpus: list[GpuWindow], gpu_energy: dict):
     """(times, cumulative joules, source): the GPUs' together where there are GPUs, else RAPL."""
     if gpus:
-        series = [_gpu_energy(samples, g.index) for g in gpus]
-        series = [(t, e) for t, e in series if e is not None]
+        series = [(t, e) for t, e in gpu_energy.values() if e is not None]
         if series:
             grid = np.asarray(series[0][0])
             total = sum(np.interp(grid, t, e) for t, e in series)
