@@ -23,6 +23,7 @@ class ServerPlan:
     env: dict[str, str]
     base_url: str | None = None  # set for a server orch did not start
     container: ContainerSpec | None = None  # set for launcher = "docker"
+    cores: tuple[int, ...] | None = None  # a local process's CPU affinity (a sweep's device); None: any core
 
     def display(self) -> str:
         """The command line a user would type: the argv, or the equivalent `docker run`. A server
@@ -137,6 +138,11 @@ class Engine(ABC):
     def with_defaults(self, args: list[str]) -> list[str]:
         """The server's arguments, the scenario's included, plus any default the engine adds unless
         the scenario set it. Planned once here, so a container's command and ServerPlan.argv agree."""
+        return args
+
+    def fit_threads(self, args: list[str], cores: int) -> list[str]:
+        """`args` with the server's thread count set to `cores`, for a server pinned to that many
+        cores; an engine with no thread setting returns them as they are."""
         return args
 
     def command_prefix(self, binary: str) -> list[str]:

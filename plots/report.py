@@ -31,6 +31,7 @@ from orchestrator.analysis.summary import (PREFILL_TIMED, format_speedups, forma
 
 from .categories import draw_category_heatmap
 from orchestrator.analysis.cost import cost_frame, cost_notes
+from orchestrator.analysis.placement import placement_notes
 
 from .cost import draw_cost
 from .charts import (draw_acceptance_by_position, draw_acceptance_length, draw_charts, draw_load, draw_lossless,
@@ -159,6 +160,7 @@ class _Context:
             "total seconds over the same pairs; intervals resample pairs. Independent = the old ratio of cell "
             "medians with requests resampled as if unpaired, shown for comparison.",
             *[f"Cache: {c}" for c in caches],
+            *placement_notes(self.cells),
         ]
 
     @property

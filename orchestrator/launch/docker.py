@@ -114,6 +114,15 @@ class DockerServer:
             except docker.errors.NotFound:
                 pass
 
+    def stop_from_elsewhere(self) -> None:
+        """Another thread's Ctrl-C (sweep/parallel.py): the container killed at once; the cell's own
+        thread then finds it gone, saves its log and removes it."""
+        try:
+            if self.container is not None:
+                self.container.kill()
+        except (docker.errors.APIError, OSError):
+            pass
+
     def _exited(self) -> ServerExited:
         state = self.container.attrs.get("State", {})
         err = ServerExited(state.get("ExitCode", -1), self._logs(30))

@@ -6,6 +6,7 @@ it answers its health check (or raises), leaving stops it whatever happened.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -59,7 +60,8 @@ class ProcessServer:
             # A new session puts the server and anything it forks in one group we can kill.
             self.proc = subprocess.Popen(
                 self.plan.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, **self.plan.env}, start_new_session=True, preexec_fn=_die_with_parent,
+                env={**os.environ, **self.plan.env}, start_new_session=True,
+                preexec_fn=functools.partial(_child_setup, self.plan.cores),
             )
         return self
 
@@ -71,6 +73,12 @@ class ProcessServer:
 
     def describe(self) -> dict:
         return {"pid": self.proc.pid} if self.proc else {}
+
+    def stop_from_elsewhere(self) -> None:
+        """Another thread's Ctrl-C (sweep/parallel.py): the server's group killed; the cell's own
+        thread then finds it gone and ends."""
+        if self.proc is not None and self.proc.poll() is None:
+            _signal_group(self.proc.pid, signal.SIGKILL)
 
     def watch(self) -> Watch:
         env = {**os.environ, **self.plan.env}
@@ -98,6 +106,14 @@ class ProcessServer:
         except subprocess.TimeoutExpired:
             _signal_group(self.proc.pid, signal.SIGKILL)
             return self.proc.wait(5)
+
+
+def _child_setup(cores: tuple[int, ...] | None) -> None:
+    """In the child before exec: die with orch, and run on `cores` only (a sweep's device), so the
+    server and everything it forks inherit the affinity."""
+    _die_with_parent()
+    if cores:
+        os.sched_setaffinity(0, cores)
 
 
 def _die_with_parent() -> None:
@@ -136,6 +152,9 @@ class ExternalServer:
 
     def alive(self) -> bool:
         return True
+
+    def stop_from_elsewhere(self) -> None:
+        pass  # not orch's to stop
 
     def describe(self) -> dict:
         return {"url": redact.public_url(self.base_url)}

@@ -258,6 +258,18 @@ class Roofline(BaseModel):
         return self
 
 
+class CellPlacement(BaseModel):
+    """Where a cell's server ran, and what ran beside it (sweep/placement.py, orchestrator/cluster)."""
+
+    model_config = ConfigDict(extra="allow")
+    node: Text = None  # this host's name, or a Ray node: "<host>-<node id prefix>"
+    host: Text = None  # the machine's hostname: cells on one host share its CPU, PCIe, memory bandwidth
+    device: Text = None  # "cores 0-3", "gpu 1", "any"
+    gpus: list[Count] | None = None
+    cores: list[Count] | None = None
+    beside: list[Name] = []  # cells whose servers ran on the same host at some time during this one
+
+
 class CellRecord(Record):
     """One line of cells.jsonl: one server start, what ran on it and how it ended. Written when
     the cell ends (a resumed run appends a newer line for the same cell)."""
@@ -291,6 +303,7 @@ class CellRecord(Record):
     repeats: dict[str, Count] | None = None  # workload.target_ci: repeats each concurrency level took
     telemetry: dict[str, WindowTelemetry] | None = None  # per concurrency level (telemetry/)
     roofline: Roofline | None = None
+    placement: CellPlacement | None = None  # a sweep with [placement]: where the cell ran
     prompt_check: Text = None
     error: Text = None
     log_tail: Text = None

@@ -2,7 +2,8 @@
 
     run.json            the records' schema version (records.SCHEMA_VERSION) and orch's version
     scenario.toml       the scenario as run (after --set)
-    environment.json    orch, engine binaries and versions, CPU, GPU, OS
+    environment.json    orch, engine binaries and versions, CPU, GPU, OS (the host orch ran on)
+    nodes/<node>/environment.json   the same, for each Ray node cells ran on (orchestrator/cluster)
     requests.jsonl      one line per request (warm-up and measured), flushed as each ends
     cells.jsonl         one line per cell: status, command, endpoint, template, error, log tail
     cells/<cell>/server.log
@@ -40,6 +41,7 @@ TELEMETRY = "telemetry.jsonl"  # in each cell's folder: the samples of its measu
 MODEL = "model.csv"
 BY_CATEGORY = "summary_by_category.csv"  # where the prompts carry categories (analysis/categories.py)
 RUN = "run.json"
+NODES = "nodes"
 
 
 RESUME = "continue with --resume"
@@ -131,6 +133,24 @@ class RunDir:
     def write_environment(self, env: dict) -> None:
         self._write(ENVIRONMENT, json.dumps(env, indent=2) + "\n")
 
+    def write_node_environment(self, node: str, env: dict) -> None:
+        """A Ray node's environment.json; `node` comes from the cluster, so it is made a safe name."""
+        folder = self.path / NODES / node_folder(node)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ResultsError(f"cannot write to {folder}: {why(exc)}; pass a writable --out")
+        self._write(f"{NODES}/{node_folder(node)}/{ENVIRONMENT}", json.dumps(env, indent=2) + "\n")
+
+    def node_environment(self, node: str | None) -> dict:
+        """A node's environment.json where the run has one, else the run's own."""
+        path = self.path / NODES / node_folder(node) / ENVIRONMENT if node else None
+        if path is None or not path.is_file():
+            return self.environment()
+        env, notes = read_environment(path)
+        self._note(notes)
+        return env
+
     def _write(self, name: str, text: str) -> None:
         try:
             (self.path / name).write_text(redact.scrub(text))
@@ -217,6 +237,12 @@ class RunDir:
         records, notes = read_records(self.path / name, model)  # never raises on bad content
         self._note(notes)
         return records
+
+
+def node_folder(node: str) -> str:
+    """A node's name as one folder name: letters, digits, '.', '_' and '-' only, at most 64."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", node)[:64].lstrip(".")
+    return safe or "node"
 
 
 def _whole(v) -> bool:

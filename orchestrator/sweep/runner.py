@@ -30,9 +30,10 @@ from orchestrator.launch.launchers import LAUNCHERS, command_text, free_port, lo
 from orchestrator.launch.shared import owner_labels
 from orchestrator.setup.models import ResolvedModel, resolve_model
 from orchestrator.measure.prompts import Prompt, load_prompt_set
-from orchestrator.results.records import CellRecord, Measured, RequestRecord, Roofline
+from orchestrator.results.records import CellPlacement, CellRecord, Measured, RequestRecord, Roofline
 from orchestrator.results.rundir import RunDir, why
 from orchestrator.sweep.environment import cpu_flags, gpus
+from orchestrator.sweep.placement import Device, place
 from orchestrator.telemetry import CellTelemetry
 from orchestrator.telemetry.roofline import roofline_for
 from orchestrator.sweep.scenario import EngineSpec, Scenario, cell_id
@@ -89,6 +90,13 @@ def prepare(scenario: Scenario, base_dir: Path, need_binaries: bool = True) -> d
     return prepared
 
 
+def engine_env(runner: "Sweep") -> dict:
+    """environment.json's engines: each engine's binary, version and model, as resolved here."""
+    return {name: {"kind": p.engine.kind, "binary": p.engine.binary(), "version": p.engine.version(),
+                   "model": p.model.label, "model_path": str(p.model.path) if p.model.path else None}
+            for name, p in runner.prepared.items()}
+
+
 def _check_binary(spec: EngineSpec, engine: Engine) -> None:
     binary = engine.binary()
     if binary is None:
@@ -103,13 +111,46 @@ def command_for(cell: Cell, prep: Prepared, parallel: int, port: int | None = No
     return prep.engine.plan(cell.n_spec, prep.model, port or free_port(), parallel, prep.draft)
 
 
+class Output:
+    """Where one cell's records and words go: straight into the run folder and the progress
+    display when cells run one at a time; sweep/parallel.py's Relay has the same methods and hands
+    them to the sweep's one writer."""
+
+    def __init__(self, run: RunDir, progress):
+        self.run, self.progress = run, progress
+
+    def cell_dir(self, cell_id: str) -> Path:
+        return self.run.cell_dir(cell_id)
+
+    def request(self, rec: RequestRecord) -> None:
+        self.run.append_request(rec)
+        self.progress.request_done(rec)
+
+    def samples(self, cell_id: str, concurrency: int, rows: list[dict]) -> None:
+        self.run.append_samples(cell_id, concurrency, rows)
+
+    def cell(self, rec: CellRecord) -> None:
+        self.run.append_cell(rec)
+
+    def phase(self, text: str) -> None:
+        self.progress.phase(text)
+
+    def warn(self, text: str) -> None:
+        self.progress.warn(text)
+
+    def serving(self, cell_id: str, server) -> None:
+        """The cell's server is up (a parallel sweep stops it from another thread on Ctrl-C)."""
+
+
 class Sweep:
     """Resolves engines, binaries and models at construction, so nothing starts if one is missing."""
 
-    def __init__(self, scenario: Scenario, base_dir: Path, progress):
-        self.scenario, self.workload, self.progress = scenario, scenario.workload, progress
-        self.run: RunDir | None = None
-        self.prompts: list[Prompt] = [p for ref in self.workload.prompts for p in load_prompt_set(ref, base_dir)]
+    def __init__(self, scenario: Scenario, base_dir: Path, progress, prompts: list[Prompt] | None = None):
+        """`prompts`: the workload's prompts as loaded already (on a Ray node: by the orch process)."""
+        self.scenario, self.workload, self.progress, self.base_dir = scenario, scenario.workload, progress, base_dir
+        self.run_name = ""  # the run folder's name, for the owner labels of containers
+        self.prompts: list[Prompt] = prompts if prompts is not None else [
+            p for ref in self.workload.prompts for p in load_prompt_set(ref, base_dir)]
         self.parallel = max(self.workload.concurrency)
         self.prepared = prepare(scenario, base_dir)
         self.host = (cpu_flags(), gpus())  # for the engines' host_warnings
@@ -117,27 +158,29 @@ class Sweep:
 
     def execute(self, run: RunDir) -> list[CellRecord]:
         """Run every cell not already done in `run`; return the cell records written."""
-        self.run = run
-        done_cells = {c.cell_id for c in self.run.cell_records() if c.status == "ok"}
-        done_keys = {(r.cell_id, r.key) for r in self.run.request_records() if r.phase == "measured" and r.ok}
-        cells = plan_cells(self.scenario)
+        self.run_name = run.path.name
+        order = [c.id for c in plan_cells(self.scenario)]
         records = []
-        for k, cell in enumerate(cells, 1):
-            if cell.id in done_cells:
-                continue
-            todo = [s for s in self.measured_specs() if (cell.id, s.key) not in done_keys]
-            self.progress.cell_started(k, len(cells), cell.id, len(todo))
-            rec = self.run_cell(cell, todo)
+        for cell, todo in self.cells_to_run(run):
+            self.progress.cell_started(order.index(cell.id) + 1, len(order), cell.id, len(todo))
+            rec = self.run_cell(cell, todo, Output(run, self.progress))
             records.append(rec)
             self.progress.cell_finished(rec.status, rec.error or rec.prompt_check or "")
         return records
+
+    def cells_to_run(self, run: RunDir) -> list[tuple[Cell, list[RequestSpec]]]:
+        """Every cell not already done in `run`, with the measured requests it still needs."""
+        done_cells = {c.cell_id for c in run.cell_records() if c.status == "ok"}
+        done_keys = {(r.cell_id, r.key) for r in run.request_records() if r.phase == "measured" and r.ok}
+        return [(cell, [s for s in self.measured_specs() if (cell.id, s.key) not in done_keys])
+                for cell in plan_cells(self.scenario) if cell.id not in done_cells]
 
     def search(self, run: RunDir, budgets: dict[str, int]) -> list[CellRecord]:
         """The depth search (analysis/search.py), engine by engine: decide from the records so far,
         log the decision in search.jsonl, start the one cell it asks for, until it stops. A
         resumed search decides from the records it finds, so it carries on where it stopped; a
         cell that did not end ok before the resume runs again."""
-        self.run = run
+        self.run_name = run.path.name
         self._ran: set[str] = set()
         records = []
         for spec in self.scenario.engines:
@@ -150,7 +193,7 @@ class Sweep:
                 done = {r.key for r in run.request_records() if r.cell_id == cell.id and r.phase == "measured" and r.ok}
                 todo = [s for s in self.measured_specs() if s.key not in done]
                 self.progress.cell_started(decision.starts + 1, decision.budget, cell.id, len(todo))
-                rec = self.run_cell(cell, todo)
+                rec = self.run_cell(cell, todo, Output(run, self.progress))
                 self._ran.add(cell.id)
                 records.append(rec)
                 self.progress.cell_finished(rec.status, rec.error or rec.prompt_check or "")
@@ -166,48 +209,54 @@ class Sweep:
         return [RequestSpec(self.prompts[i % len(self.prompts)], "warmup", 1, i)
                 for i in range(self.workload.warmup)]
 
-    def run_cell(self, cell: Cell, todo: list[RequestSpec]) -> CellRecord:
-        """Run one cell and append its record, whatever happens to it; only a failure to write
-        records (ResultsError) or an interrupt leaves here as an exception."""
+    def run_cell(self, cell: Cell, todo: list[RequestSpec], out: Output, device: Device | None = None,
+                 placement: CellPlacement | None = None) -> CellRecord:
+        """Run one cell (on `device`, where the sweep has them) and append its record to `out`,
+        whatever happens to it; only a failure to write records (ResultsError) or an interrupt
+        leaves here as an exception."""
         prep = self.prepared[cell.engine.name]
         started = time.monotonic()
         rec = CellRecord(cell_id=cell.id, engine=cell.engine.name, kind=cell.engine.kind,
                          launcher=cell.engine.launcher, method=cell.method, n_spec=cell.n_spec,
                          status="running", started_at=round(time.time(), 3))
+        if placement is not None:
+            rec.set(placement=placement)
         try:
-            self._serve(cell, prep, rec, todo, started)
+            self._serve(cell, prep, rec, todo, started, out, device)
         except (KeyboardInterrupt, SystemExit):
             rec.set(status="interrupted", error="interrupted", seconds=round(time.monotonic() - started, 3))
-            self.run.append_cell(rec)
+            out.cell(rec)
             raise
         except ResultsError:
             raise  # the records themselves cannot be kept
         except Exception as exc:  # noqa: BLE001 - one cell's failure, of any kind, must not end the sweep
             rec.set(**_failed(exc, cell.engine))
         rec.set(seconds=round(time.monotonic() - started, 3))
-        self.run.append_cell(rec)
+        out.cell(rec)
         return rec
 
-    def _serve(self, cell: Cell, prep: Prepared, rec: CellRecord, todo: list[RequestSpec], started: float) -> None:
-        plan = command_for(cell, prep, self.parallel)
+    def _serve(self, cell: Cell, prep: Prepared, rec: CellRecord, todo: list[RequestSpec], started: float,
+               out: Output, device: Device | None) -> None:
+        plan = place(command_for(cell, prep, self.parallel), device, prep.engine)
         if plan.container is not None:
-            plan.container.labels.update(owner_labels(self.scenario.name, cell.id, self.run.path.name))
+            plan.container.labels.update(owner_labels(self.scenario.name, cell.id, self.run_name))
         rec.set(**self._cell_base(cell, prep, plan))
         for note in prep.engine.host_warnings(*self.host):
-            self.progress.warn(note)
-        log = self.run.cell_dir(cell.id) / "server.log"
+            out.warn(note)
+        log = out.cell_dir(cell.id) / "server.log"
         marks = {"start": started}  # where the cell's wall time goes: see _phases
         headers = bearer(cell.engine.api_key_env)
         with LAUNCHERS[cell.engine.launcher](plan, log, cell.engine.ready_timeout_s) as server:
             marks["launched"] = time.monotonic()
+            out.serving(cell.id, server)
             rec.set(ready_s=round(server.wait_ready(headers), 3))
             marks["ready"] = time.monotonic()
             rec.set(**server.describe())
             rec.set(template=self._template(cell, server.base_url, headers))
-            tele = self._telemetry(server)
+            tele = self._telemetry(server, out)
             try:
                 sampled = tele if self.scenario.telemetry.enabled else None
-                results, windows, repeats, costs = self._drive(cell, server, todo, marks, headers, sampled)
+                results, windows, repeats, costs = self._drive(cell, server, todo, marks, headers, out, sampled)
                 # after the windows: a remote container's GPU names come with its first readings
                 rec.set(roofline=self._roofline(cell, prep, tele))
             finally:
@@ -224,14 +273,14 @@ class Sweep:
         marks["stopped"] = time.monotonic()
         rec.set(phases=_phases(marks))
 
-    def _telemetry(self, server) -> CellTelemetry | None:
+    def _telemetry(self, server, out: Output) -> CellTelemetry | None:
         """The cell's telemetry sources, or None where they failed to open (said once as a
         warning; telemetry never fails a cell). Opened even with telemetry off: the roofline
         asks them which GPUs the server has."""
         try:
             return CellTelemetry(server.watch(), self.scenario.telemetry.interval_s)
         except Exception as exc:  # noqa: BLE001 - e.g. a broken NVML install: measure without it
-            self.progress.warn(f"telemetry off for this cell: {type(exc).__name__}: {str(exc)[:160]}")
+            out.warn(f"telemetry off for this cell: {type(exc).__name__}: {str(exc)[:160]}")
             return None
 
     def _roofline(self, cell: Cell, prep: Prepared, tele: CellTelemetry | None) -> Roofline:
@@ -255,26 +304,26 @@ class Sweep:
                     endpoint=ENDPOINTS[cell.engine.api], cache=prep.engine.cache_setting(self.workload))
 
     def _drive(self, cell: Cell, server, todo: list[RequestSpec], marks: dict,
-               headers: dict, tele: CellTelemetry | None = None) -> tuple[list[RequestRecord], dict, dict, dict]:
+               headers: dict, out: Output, tele: CellTelemetry | None = None) -> tuple[list[RequestRecord], dict, dict, dict]:
         """Warm-up, then the measured requests per concurrency level; returns the measured
         records, the /metrics deltas of each level's window, and (with workload.target_ci) the
         repeats each level took. `headers` carry the API key. With `tele`, each level's window
         is sampled: its samples go to the cell's telemetry.jsonl, and its figures are returned
         last, by concurrency level."""
-        batches = _Batches(self, cell, server.base_url, headers)
+        batches = _Batches(self, cell, server.base_url, headers, out)
         batches.alive = server.alive
         engine = self.prepared[cell.engine.name].engine
         prefix, counters = engine.metrics_prefix, engine.metric_counters
         costs = {}
         warm = self.warmup_specs()
         if warm:
-            self.progress.phase("warm-up")
+            out.phase("warm-up")
             _raise_if_refused(batches.send(warm, 1))
         marks["warmed"] = time.monotonic()
         results: list[RequestRecord] = []
         windows, measuring = {}, 0.0
         for conc in self.workload.concurrency:
-            self.progress.phase(f"measuring, concurrency {conc}")
+            out.phase(f"measuring, concurrency {conc}")
             before = server_metrics.scrape(server.base_url, headers, prefix, counters)
             t0 = time.monotonic()
             planned = [s for s in todo if s.concurrency == conc]
@@ -283,7 +332,7 @@ class Sweep:
                 if planned:  # a level a resumed cell had finished took its repeats then
                     level += self._until_narrow(batches, conc, level)
             if tele is not None and level:
-                costs.update(self._keep_window(cell, conc, tele, samples, level))
+                costs.update(self._keep_window(cell, conc, tele, samples, level, out))
             results += level
             measuring += time.monotonic() - t0
             window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers, prefix, counters))
@@ -294,14 +343,15 @@ class Sweep:
         marks["measuring_s"] = measuring
         return results, windows, batches.repeats, costs
 
-    def _keep_window(self, cell: Cell, conc: int, tele: CellTelemetry, samples, level: list[RequestRecord]) -> dict:
+    def _keep_window(self, cell: Cell, conc: int, tele: CellTelemetry, samples, level: list[RequestRecord],
+                     out: Output) -> dict:
         """The window's samples written, and {level: its figures} ({} where they cannot be made)."""
         spans = {r.key: (r.t_start, r.t_end) for r in level if r.t_start is not None and r.t_end is not None}
-        self.run.append_samples(cell.id, conc, samples.rows)  # the raw samples are kept whatever follows
+        out.samples(cell.id, conc, samples.rows)  # the raw samples are kept whatever follows
         try:
             return {str(conc): tele.summarize(samples, spans)}
         except ValueError as exc:  # a reading out of range (pydantic's ValidationError is one): said, not fatal
-            self.progress.warn(f"{cell.id}: telemetry of concurrency {conc} not summarized: {str(exc)[:200]}")
+            out.warn(f"{cell.id}: telemetry of concurrency {conc} not summarized: {str(exc)[:200]}")
             return {}
 
     def _until_narrow(self, batches: "_Batches", conc: int, level: list[RequestRecord]) -> list[RequestRecord]:
@@ -347,8 +397,8 @@ class _Batches:
     """Sends one cell's requests with its engine's settings and writes each request's record,
     stamped with its cell, as it ends."""
 
-    def __init__(self, sweep: Sweep, cell: Cell, base_url: str, headers: dict):
-        self.sweep, self.cell, self.base_url, self.headers = sweep, cell, base_url, headers
+    def __init__(self, sweep: Sweep, cell: Cell, base_url: str, headers: dict, out: Output):
+        self.sweep, self.cell, self.base_url, self.headers, self.out = sweep, cell, base_url, headers, out
         self.prep = sweep.prepared[cell.engine.name]
         self.extra = self.prep.engine.request_fields(sweep.workload)
         self.written: list[RequestRecord] = []  # in the order the requests ended
@@ -375,8 +425,7 @@ class _Batches:
                                n_spec=cell.n_spec, endpoint=ENDPOINTS[cell.engine.api],
                                prompt_tokens_low=_prompt_tokens_low(measured, self.sweep.prompts))
         self.written.append(rec)
-        self.sweep.run.append_request(rec)
-        self.sweep.progress.request_done(rec)
+        self.out.request(rec)
 
 
 def _narrow(records: list[RequestRecord], target: float, fewest: int) -> bool:

@@ -17,6 +17,7 @@ from orchestrator.common.errors import ScenarioError
 from orchestrator.launch.launchers import LAUNCHERS
 from orchestrator.setup.models import check_model_ref
 from orchestrator.measure.prompts import PromptFileError, PromptSource, load_prompt_set
+from orchestrator.sweep.placement import Device, devices_of, parse_cores, parse_gpus
 from orchestrator.telemetry.roofline import KNOWN_GPUS, known_gpu
 
 
@@ -218,6 +219,63 @@ class Telemetry(_Strict):
     interval_s: float = Field(default=0.1, ge=0.01, le=10)  # 10 Hz
 
 
+class PlacementSettings(_Strict):
+    """Where cells run (sweep/placement.py). With none of these, one cell at a time on this host.
+    `gpus` / `cores`: devices of this host, one cell per device at a time; `cluster`: a Ray
+    address, one Ray task per cell (orchestrator/cluster)."""
+
+    gpus: list[str] = []  # one device per entry: "0", or "0,1" for a server given two GPUs
+    cores: list[str] = []  # one device per entry: a CPU core set, "0-3" (with gpus: entry i goes with gpu i)
+    cluster: str | None = None  # "auto", "HOST:6379" or "ray://HOST:10001"
+    resource: str | None = None  # with cluster: the custom resource a cell asks one of; default: one GPU
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v):
+        for entry in v:
+            parse_gpus(entry)
+        return _unique(v, "GPU devices")
+
+    @field_validator("cores")
+    @classmethod
+    def _cores(cls, v):
+        sets = [set(parse_cores(entry)) for entry in v]
+        for i, a in enumerate(sets):
+            for b in sets[i + 1:]:
+                if a & b:
+                    raise ValueError(f"core sets share cores {sorted(a & b)}; give each device cores of its own")
+        return v
+
+    @field_validator("cluster")
+    @classmethod
+    def _address(cls, v):
+        if v is not None and (v != "auto" and not re.fullmatch(r"(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}", v)):
+            raise ValueError(f"{v[:60]!r} is not a Ray address; write \"auto\", \"HOST:6379\" or \"ray://HOST:10001\"")
+        return v
+
+    @field_validator("resource")
+    @classmethod
+    def _resource(cls, v):
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", v):
+            raise ValueError("a Ray resource name: letters, digits and '_', such as \"orch_device\"")
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if self.gpus and self.cores and len(self.gpus) != len(self.cores):
+            raise _KeyedError("cores", f"{len(self.cores)} core sets for {len(self.gpus)} GPU devices; give one "
+                                       "core set per GPU device, or leave cores out")
+        if self.cluster and (self.gpus or self.cores):
+            raise _KeyedError("cluster", "on a Ray cluster each node declares its devices (docs/clusters.md); "
+                                         "drop placement.gpus and placement.cores")
+        if self.resource and not self.cluster:
+            raise _KeyedError("resource", "a Ray resource goes with placement.cluster; set the cluster's address")
+        return self
+
+    def devices(self) -> list[Device]:
+        return devices_of(self.gpus, self.cores)
+
+
 class EngineSpec(_Strict):
     name: str = Field(min_length=1)
     kind: str
@@ -323,6 +381,7 @@ class Scenario(_Strict):
     description: str = ""
     workload: Workload = Workload()
     telemetry: Telemetry = Telemetry()
+    placement: PlacementSettings = PlacementSettings()
     engines: list[EngineSpec] = Field(min_length=1)
 
     @field_validator("name")

@@ -21,7 +21,9 @@ from orchestrator.measure.prompts import load_prompt_set
 from orchestrator.results.records import CellRecord
 from orchestrator.results.rundir import RunDir, scenario_text
 from orchestrator.sweep.environment import capture
-from orchestrator.sweep.runner import Cell, Sweep, command_for, plan_cells, prepare, search_step
+from orchestrator.sweep.parallel import run_on_devices
+from orchestrator.sweep.placement import unavailable
+from orchestrator.sweep.runner import Cell, Sweep, command_for, engine_env, plan_cells, prepare, search_step
 from orchestrator.sweep.scenario import Scenario, build_scenario, read_workload, url_problem
 
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
@@ -57,9 +59,32 @@ def run_sweep(sc: Scenario, base_dir: Path, out: Path, resume: bool, again: str,
     with _signals_stop_the_sweep():
         try:
             with progress:
-                return Finished(run, runner.search(run, search) if search else runner.execute(run))
+                return Finished(run, runner.search(run, search) if search else _execute(runner, run, progress))
         except KeyboardInterrupt as exc:
             return Finished(run, [], EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
+
+
+def _execute(runner: Sweep, run: RunDir, progress) -> list[CellRecord]:
+    """The cells one at a time, or side by side where the scenario names devices or a cluster."""
+    placed = runner.scenario.placement
+    if placed.cluster:
+        from orchestrator.sweep.cluster import run_on_cluster  # ray is imported only by sweeps that use it
+
+        return run_on_cluster(runner, run, placed, progress.side_by_side())
+    if placed.gpus or placed.cores:
+        return run_on_devices(runner, run, placed.devices(), progress.side_by_side())
+    return runner.execute(run)
+
+
+def check_placement(sc: Scenario, where: str, search: bool) -> None:
+    """One line, before anything starts, if the scenario's devices cannot be used here."""
+    placed = sc.placement
+    if search and (placed.cluster or placed.gpus or placed.cores):
+        raise ScenarioError(where, "placement", "the depth search starts one cell at a time, each chosen from "
+                                                "the last; drop --search or the [placement] table")
+    problem = unavailable(placed.devices())
+    if problem:
+        raise ScenarioError(where, "placement.cores", problem)
 
 
 class _signals_stop_the_sweep:
@@ -107,12 +132,6 @@ def open_run(sc: Scenario, out: Path, resume: bool, again: str) -> tuple[RunDir,
     return run, notes
 
 
-def engine_env(runner: Sweep) -> dict:
-    return {name: {"kind": p.engine.kind, "binary": p.engine.binary(), "version": p.engine.version(),
-                   "model": p.model.label, "model_path": str(p.model.path) if p.model.path else None}
-            for name, p in runner.prepared.items()}
-
-
 def dry_run_text(sc: Scenario, base_dir: Path) -> str:
     """Every cell and its command line; nothing is started."""
     prepared = prepare(sc, base_dir, need_binaries=False)
@@ -122,6 +141,13 @@ def dry_run_text(sc: Scenario, base_dir: Path) -> str:
     lines = [f"sweep {sc.name}: {len(cells)} cells; per cell {w.warmup} warm-up and "
              f"{prompts} prompts x {w.repeats} repeats x concurrency {w.concurrency} measured requests",
              "(ports are picked free when each cell starts)"]
+    placed = sc.placement
+    if placed.cluster:
+        lines.append(f"cells run as Ray tasks on the cluster at {placed.cluster}, each asking for "
+                     + (f"one {placed.resource!r}" if placed.resource else "one GPU"))
+    elif placed.gpus or placed.cores:
+        lines.append("cells run side by side, one per device: " + "; ".join(d.name for d in placed.devices())
+                     + " (a server pinned to cores gets as many threads)")
     for k, cell in enumerate(cells, 1):
         plan = command_for(cell, prepared[cell.engine.name], max(w.concurrency))
         lines += [f"cell {k}/{len(cells)} {cell.id} [{cell.engine.launcher}, {cell.engine.api}]",

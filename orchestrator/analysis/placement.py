@@ -1,0 +1,24 @@
+"""Where a parallel sweep's cells ran, and the warning that cells side by side share a host."""
+
+from __future__ import annotations
+
+from orchestrator.results.records import CellRecord
+
+
+def placement_notes(cells: list[CellRecord]) -> list[str]:
+    """Lines for the report and the terminal; none for a sweep that ran one cell at a time."""
+    latest = {c.cell_id: c for c in cells}  # a resumed run's newer line for a cell wins
+    placed = [c for c in latest.values() if c.placement is not None]
+    if not placed:
+        return []
+    nodes = sorted({c.placement.node or "?" for c in placed})
+    where = "; ".join(f"{c.cell_id} on {c.placement.node or '?'} ({c.placement.device or 'any device'})"
+                      for c in placed)
+    lines = [f"Cells ran side by side, one per device, on {len(nodes)} node(s): {where}."]
+    shared = [c for c in placed if c.placement.beside]
+    if shared:
+        lines.append(f"Warning: {len(shared)} of {len(placed)} cells ran while other cells' servers ran on the same "
+                     "host: they shared its CPU, PCIe and memory bandwidth, so each may measure slower than it "
+                     "would alone (cells.jsonl's placement.beside names them). Compare depths measured side by "
+                     "side with each other, or rerun a cell alone to see the cost of sharing.")
+    return lines
