@@ -61,12 +61,31 @@ def connect(address: str):
         import ray
     except ImportError:
         raise OrchError(NEEDS_RAY)
+    problem = unreachable(address)
+    if problem:
+        raise OrchError(f"no Ray cluster at {address!r}: {problem}; start one with `ray start --head` "
+                        "(docs/clusters.md) or fix placement.cluster")
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, ignore_reinit_error=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise OrchError(f"no Ray cluster at {address!r}: {str(exc).splitlines()[0][:200]}; start one with "
                         "`ray start --head` (docs/clusters.md) or fix placement.cluster")
     return ray
+
+
+CONNECT_S = 5.0  # Ray itself retries an unreachable GCS for minutes
+
+
+def unreachable(address: str) -> str | None:
+    """Why nothing answers at a HOST:PORT or ray://HOST:PORT address, or None ("auto" is Ray's to find)."""
+    if address == "auto":
+        return None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
+    except (OSError, ValueError) as exc:
+        return f"nothing answers at {host}:{port} within {CONNECT_S:.0f} s ({getattr(exc, 'strerror', None) or exc})"
+    return None
 
 
 def node_name(node_id: str) -> str:
@@ -81,16 +100,17 @@ def _asks(placed: PlacementSettings) -> dict:
     return {"num_cpus": 0, "num_gpus": 1}
 
 
-def run_on_cluster(sweep: Sweep, run: RunDir, placed: PlacementSettings, progress) -> list[CellRecord]:
-    """Every cell not yet done in `run`, as Ray tasks; Ray starts each when a device is free."""
-    ray = connect(placed.cluster)
-    task = ray.remote(cell_task).options(max_retries=0, retry_exceptions=False, **_asks(placed))
+def run_on_cluster(ray, sweep: Sweep, run: RunDir, placed: PlacementSettings, progress) -> list[CellRecord]:
+    """Every cell not yet done in `run`, as Ray tasks (`ray`: connected by `connect`); Ray starts
+    each when a device is free."""
+    task = ray.remote(cell_task)
     events: queue.Queue[Event] = queue.Queue()
     jobs = sweep.cells_to_run(run)
     tasks = {}
     for cell, todo in jobs:
         job = CellJob(sweep.scenario, str(sweep.base_dir), sweep.prompts, run.path.name, cell, todo)
-        tasks[cell.id] = task.options(name=f"orch {cell.id}").remote(job)
+        tasks[cell.id] = task.options(name=f"orch {cell.id}", max_retries=0, retry_exceptions=False,
+                                      **_asks(placed)).remote(job)
         threading.Thread(target=_follow, args=(ray, tasks[cell.id], cell, events), daemon=True).start()
     writer = Writer(run, progress, len(jobs))
     try:

@@ -53,27 +53,30 @@ def run_sweep(sc: Scenario, base_dir: Path, out: Path, resume: bool, again: str,
     `again` says how to carry on after an interrupt or a write error; `opened(run, warnings)` is
     called once the run folder exists, before any server starts."""
     runner = Sweep(sc, base_dir, progress)  # resolves engines and models: nothing starts if one is missing
+    execute = _executor(runner, progress)  # a cluster is reached before there is a run folder
     run, warnings = open_run(sc, out, resume, again)
     run.write_environment(capture(engine_env(runner), runner.host))
     opened(run, warnings)
     with _signals_stop_the_sweep():
         try:
             with progress:
-                return Finished(run, runner.search(run, search) if search else _execute(runner, run, progress))
+                return Finished(run, runner.search(run, search) if search else execute(run))
         except KeyboardInterrupt as exc:
             return Finished(run, [], EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
 
 
-def _execute(runner: Sweep, run: RunDir, progress) -> list[CellRecord]:
-    """The cells one at a time, or side by side where the scenario names devices or a cluster."""
+def _executor(runner: Sweep, progress) -> Callable[[RunDir], list[CellRecord]]:
+    """How the cells will run: one at a time, or side by side where the scenario names devices or
+    a cluster (connected to here, so that an unreachable one is one line and no run folder)."""
     placed = runner.scenario.placement
     if placed.cluster:
-        from orchestrator.sweep.cluster import run_on_cluster  # ray is imported only by sweeps that use it
+        from orchestrator.sweep.cluster import connect, run_on_cluster  # ray: only for sweeps that use it
 
-        return run_on_cluster(runner, run, placed, progress.side_by_side())
+        ray = connect(placed.cluster)
+        return lambda run: run_on_cluster(ray, runner, run, placed, progress.side_by_side())
     if placed.gpus or placed.cores:
-        return run_on_devices(runner, run, placed.devices(), progress.side_by_side())
-    return runner.execute(run)
+        return lambda run: run_on_devices(runner, run, placed.devices(), progress.side_by_side())
+    return runner.execute
 
 
 def check_placement(sc: Scenario, where: str, search: bool) -> None:
