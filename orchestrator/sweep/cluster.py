@@ -103,15 +103,22 @@ def _asks(placed: PlacementSettings) -> dict:
 def run_on_cluster(ray, sweep: Sweep, run: RunDir, placed: PlacementSettings, progress) -> list[CellRecord]:
     """Every cell not yet done in `run`, as Ray tasks (`ray`: connected by `connect`); Ray starts
     each when a device is free."""
-    task = ray.remote(cell_task)
     events: queue.Queue[Event] = queue.Queue()
     jobs = sweep.cells_to_run(run)
     tasks = {}
     for cell, todo in jobs:
         job = CellJob(sweep.scenario, str(sweep.base_dir), sweep.prompts, run.path.name, cell, todo)
-        tasks[cell.id] = task.options(name=f"orch {cell.id}", max_retries=0, retry_exceptions=False,
-                                      **_asks(placed)).remote(job)
-        threading.Thread(target=_follow, args=(ray, tasks[cell.id], cell, events), daemon=True).start()
+        opts = dict(name=f"orch {cell.id}", max_retries=0, retry_exceptions=False, **_asks(placed))
+        if placed.cluster.startswith("ray://"):  # Ray Client cannot stream a generator task's yields
+            from ray.util.queue import Queue
+
+            mailbox = Queue(actor_options={"num_cpus": 0})
+            tasks[cell.id] = ray.remote(mailbox_task).options(**opts).remote(job, mailbox)
+            follow = (_follow_mailbox, (ray, tasks[cell.id], mailbox, cell, events))
+        else:
+            tasks[cell.id] = ray.remote(cell_task).options(**opts).remote(job)
+            follow = (_follow, (ray, tasks[cell.id], cell, events))
+        threading.Thread(target=follow[0], args=follow[1], daemon=True).start()
     writer = Writer(run, progress, len(jobs))
     try:
         pump(events, writer, len(jobs), lambda: _cancel(ray, tasks, run.path.name))
@@ -126,6 +133,29 @@ def _follow(ray, task, cell: Cell, events: "queue.Queue[Event]") -> None:
         for ref in task:
             events.put(ray.get(ref))
     except Exception as exc:  # noqa: BLE001 - ray.exceptions.*: a node or worker died, the task was cancelled
+        events.put(Event("lost", cell.id, cell, lost_text(exc)))
+    finally:
+        events.put(Event("done", cell.id))
+
+
+def _follow_mailbox(ray, task, mailbox, cell: Cell, events: "queue.Queue[Event]") -> None:
+    """The same through a Ray queue (Ray Client): events until the task has ended and its
+    mailbox is empty; a task that died is a lost cell."""
+    from ray.util.queue import Empty
+
+    try:
+        while True:
+            try:
+                events.put(mailbox.get(timeout=1.0))
+                continue
+            except Empty:
+                pass
+            if ray.wait([task], timeout=0)[0]:
+                ray.get(task)  # raises where the task died
+                while not mailbox.empty():  # puts are synchronous: everything it sent is here
+                    events.put(mailbox.get_nowait())
+                return
+    except Exception as exc:  # noqa: BLE001 - ray.exceptions.*, as in _follow
         events.put(Event("lost", cell.id, cell, lost_text(exc)))
     finally:
         events.put(Event("done", cell.id))
@@ -171,6 +201,12 @@ def cell_task(job: CellJob):
     threading.Thread(target=_work, args=(job, events, device, place), daemon=True).start()
     while (ev := events.get()).kind != "done":
         yield ev
+
+
+def mailbox_task(job: CellJob, mailbox) -> None:
+    """cell_task for Ray Client: each event put into a Ray queue the orch process reads."""
+    for ev in cell_task(job):
+        mailbox.put(ev)
 
 
 def _work(job: CellJob, events: "queue.Queue[Event]", device, place: CellPlacement) -> None:
