@@ -188,7 +188,7 @@ def bridge_spec(tmp_path) -> ContainerSpec:
 
 def host_spec(tmp_path) -> ContainerSpec:
     return ContainerSpec(image=IMAGE, argv=("--port", "18766"), host_port=18766, container_port=18766,
-                         gpus=(0, 3), ipc="host", network="host", labels={"orch.sweep": "dkspec"})
+                         gpus=(0, 3), ipc="host", network="host", labels={"orch.sweep": "dkspec"}, cpuset="0")
 
 
 @pytest.fixture
@@ -254,6 +254,7 @@ def test_run_kwargs_with_host_network_and_device_ids(created, tmp_path):
     (gpus,) = host["DeviceRequests"]
     assert (gpus["Count"], gpus["DeviceIDs"], gpus["Capabilities"]) == (0, ["0", "3"], [["gpu"]])
     assert attrs["Config"]["Cmd"] == ["--port", "18766"] and attrs["Config"]["Labels"] == {"orch.sweep": "dkspec"}
+    assert host["CpusetCpus"] == "0"  # a sweep's device (placement.cores): the engine pins the container
 
 
 def _facts(attrs: dict) -> dict:
@@ -264,7 +265,7 @@ def _facts(attrs: dict) -> dict:
             # A bare NAME (from -e NAME, unset where it ran) carries no value, like a name left out.
             "env": sorted(e for e in config["Env"] or [] if "=" in e), "ports": host["PortBindings"] or {},
             "mounts": sorted((m["Source"], m["Destination"], m["RW"]) for m in attrs["Mounts"]),
-            "ipc": host["IpcMode"], "shm": host["ShmSize"],
+            "ipc": host["IpcMode"], "shm": host["ShmSize"], "cpuset": host["CpusetCpus"],
             "gpus": [(r["Count"], r["DeviceIDs"] or [], r["Capabilities"]) for r in host["DeviceRequests"] or []]}
 
 

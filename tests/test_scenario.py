@@ -73,6 +73,20 @@ EXACT = {
     "roofline_bandwidth_nan.toml": ("engines[0].roofline.bandwidth_gb_s", FINITE),
     "roofline_unknown_key.toml": ("engines[0].roofline.weights_gb", "unknown key; remove it or check its spelling"),
 }
+# [placement] (sweep/placement.py): devices of this host, or a Ray cluster
+PLACEMENT = {
+    'placement_cluster_address.toml': ('placement.cluster', '\'http://head:8265; rm -rf /\' is not a Ray address; write "auto", "HOST:6379" or "ray://HOST:10001"'),
+    'placement_cluster_with_devices.toml': ('placement.cluster', 'on a Ray cluster each node declares its devices (docs/clusters.md); drop placement.gpus and placement.cores'),
+    'placement_core_huge.toml': ('placement.cores', '\'0-99999999\' is not a core set; write "0", "0-3" or "0-3,8"'),
+    'placement_core_set_text.toml': ('placement.cores', '\'../etc\' is not a core set; write "0", "0-3" or "0-3,8"'),
+    'placement_cores_backwards.toml': ('placement.cores', "'3-1' is not a range of core ids from 0 to 4095; write LOW-HIGH"),
+    'placement_cores_overlap.toml': ('placement.cores', 'core sets share cores [1]; give each device cores of its own'),
+    'placement_gpu_ids_text.toml': ('placement.gpus', '\'GPU-5fe3\' is not a list of GPU ids; write "0" or "0,1"'),
+    'placement_gpus_cores_mismatch.toml': ('placement.cores', '1 core sets for 2 GPU devices; give one core set per GPU device, or leave cores out'),
+    'placement_resource_name.toml': ('placement.resource', 'a Ray resource name: letters, digits and \'_\', such as "orch_device"'),
+    'placement_resource_without_cluster.toml': ('placement.resource', "a Ray resource goes with placement.cluster; set the cluster's address"),
+}
+EXACT.update(PLACEMENT)
 CASES.update(EXACT)
 
 

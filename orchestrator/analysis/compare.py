@@ -17,7 +17,7 @@ from orchestrator.results.records import machine_label
 from orchestrator.results.rundir import RunDir
 from orchestrator.analysis.summary import summarize
 
-COLUMNS = ["run", "machine", "engine", "prompt_set", "concurrency", "baseline_tok_s", "best_n_spec",
+COLUMNS = ["run", "machine", "node", "engine", "prompt_set", "concurrency", "baseline_tok_s", "best_n_spec",
            "best_method", "best_tok_s", "best_ci_low", "best_ci_high", "speedup", "speedup_ci_low",
            "speedup_ci_high", "verdict"]
 
@@ -28,21 +28,30 @@ def compare_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[str]]:
     for path in run_dirs:
         run = RunDir(path)
         summary = summarize(run.request_records(), run.cell_records()).dropna(subset=["e2e_tok_s_median"])
-        machine = machine_label(run.environment())
+        nodes = {(c.engine, c.n_spec): c.placement.node for c in run.cell_records() if c.placement is not None}
         warnings += run.warnings
         for key, g in summary.groupby(["engine", "prompt_set", "concurrency"]):
-            rows.append(_best(run.path.name, machine, key, g))
+            rows.append(_best(run, nodes, key, g))
+        warnings += [w for w in run.warnings if w not in warnings]
     return pd.DataFrame([r for r in rows if r], columns=COLUMNS), warnings
 
 
-def _best(run: str, machine: str, key: tuple, g: pd.DataFrame) -> dict | None:
+def _best(run: RunDir, nodes: dict, key: tuple, g: pd.DataFrame) -> dict | None:
+    """The row of one engine, prompt set and concurrency; labelled by the node the best depth ran
+    on (a cluster's cells run on several machines), and by the baseline's where it differs."""
     base = g[g["n_spec"] == 0]
     spec = g[g["n_spec"] > 0]
     if base.empty or spec.empty:
         return None
     best = spec.loc[spec["e2e_tok_s_median"].idxmax()]
     engine, prompts, conc = key
-    return {"run": run, "machine": machine, "engine": engine, "prompt_set": prompts, "concurrency": conc,
+    node, base_node = nodes.get((engine, int(best["n_spec"]))), nodes.get((engine, 0))
+    machine, base_machine = machine_label(run.node_environment(node)), machine_label(run.node_environment(base_node))
+    if base_machine != machine:  # a cluster of unlike nodes: the two sides of the speedup differ
+        machine += f"; baseline on {base_machine}"
+    where = node if base_node == node else f"{base_node or '-'} / {node or '-'}"
+    return {"run": run.path.name, "machine": machine, "node": where or "", "engine": engine, "prompt_set": prompts,
+            "concurrency": conc,
             "baseline_tok_s": base["e2e_tok_s_median"].iloc[0], "best_n_spec": int(best["n_spec"]),
             "best_method": best["method"], "best_tok_s": best["e2e_tok_s_median"],
             "best_ci_low": best["e2e_tok_s_ci_low"], "best_ci_high": best["e2e_tok_s_ci_high"],
@@ -54,17 +63,24 @@ def format_compare(df: pd.DataFrame) -> str:
     if df.empty:
         return "no run has both an n_spec 0 cell and a speculative cell to compare"
     view = pd.DataFrame({
-        "run": df["run"], "machine": df["machine"], "engine": df["engine"], "prompts": df["prompt_set"],
+        "run": df["run"], "machine": df["machine"], "node": df["node"], "engine": df["engine"],
+        "prompts": df["prompt_set"],
         "conc": df["concurrency"].astype(int), "baseline": df["baseline_tok_s"].map("{:.1f}".format),
         "best": [f"n{n} {m} {v:.1f}" for n, m, v in zip(df["best_n_spec"], df["best_method"], df["best_tok_s"])],
         "speedup": [_speedup_text(s, lo, hi) for s, lo, hi in
                     zip(df["speedup"], df["speedup_ci_low"], df["speedup_ci_high"])],
         "verdict": df["verdict"].map(lambda v: "-" if v is None or pd.isna(v) else v)})
-    return view.to_string(index=False) + "\n" + NOTE
+    if not (df["node"] != "").any():
+        view = view.drop(columns="node")  # no run ran on a cluster or side by side
+    return view.to_string(index=False) + "\n" + NOTE + (NODE_NOTE if (df["node"] != "").any() else "")
 
 
 NOTE = ("speedup: each run's own, from its request pairs (median pair ratio, 95% CI over pairs); runs are not "
         "paired with each other, so read two runs' intervals side by side")
+
+
+NODE_NOTE = ("\nnode: where the best depth ran (baseline / best where they differ); machine: that node's "
+             "environment.json (nodes/<node>/ in the run folder)")
 
 
 def _speedup_text(s, low, high) -> str:

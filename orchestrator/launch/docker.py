@@ -180,9 +180,14 @@ def orphaned(container) -> bool:
 
 
 def remove(containers) -> list[str]:
+    """The names of those removed; one already gone (another `orch down`, a cluster's nodes that
+    share a Docker engine) is not an error and not counted."""
     removed = []
     for c in containers:
-        c.remove(force=True)
+        try:
+            c.remove(force=True)
+        except docker.errors.NotFound:
+            continue
         removed.append(c.name)
     return removed
 

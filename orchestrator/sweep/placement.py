@@ -106,8 +106,8 @@ def place(plan: ServerPlan, device: Device | None, engine) -> ServerPlan:
     if container is not None:
         container = replace(container, gpus=device.gpus if device.gpus else container.gpus,
                             cpuset=",".join(map(str, device.cores)) if device.cores else container.cpuset,
-                            command=engine.fit_threads(list(container.command), len(device.cores))
-                            if device.cores else container.command)
+                            argv=tuple(engine.fit_threads(list(container.argv), len(device.cores)))
+                            if device.cores else container.argv)
     elif device.gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, device.gpus))
     return replace(plan, argv=argv, env=env, container=container, cores=device.cores)

@@ -1,0 +1,210 @@
+"""Devices of one host (sweep/placement.py) and the writer of side-by-side cells (sweep/parallel.py):
+what a device does to a server's plan, checked against the kernel and llama-server's own --help;
+which cells ran beside which; hostile core sets and GPU ids."""
+
+import os
+import queue
+import subprocess
+import sys
+import time
+
+import pytest
+
+from engines import ENGINES
+from engines.base import ServerPlan
+from engines.container import ContainerSpec
+from orchestrator.launch.launchers import _child_setup
+from orchestrator.results.records import CellPlacement, CellRecord, RequestRecord
+from orchestrator.results.rundir import RunDir, node_folder
+from orchestrator.sweep import parallel
+from orchestrator.sweep.parallel import Event, Relay, Writer, pump
+from orchestrator.sweep.placement import Device, devices_of, node_device, parse_cores, parse_gpus, place, unavailable
+from orchestrator.sweep.scenario import EngineSpec
+
+from .test_engine_truth import help_options
+from .support.runs import llama_server_binary
+
+
+def llama(args=("-c", "4096", "-t", "2")):
+    return ENGINES["llama-server"](EngineSpec(name="a", kind="llama-server", model="m.gguf", binary="/x",
+                                              args=list(args)))
+
+
+@pytest.mark.parametrize("text, cores", [("0", (0,)), ("0-3", (0, 1, 2, 3)), ("0-1,8", (0, 1, 8)), (" 2 ", (2,))])
+def test_core_sets_are_read_as_taskset_writes_them(text, cores):
+    assert parse_cores(text) == cores
+
+
+@pytest.mark.parametrize("text", ["", "a", "-1", "3-1", "0-99999", "1,1", "0;rm -rf /", "0-", "0,,1", "../0"])
+def test_hostile_core_sets_are_refused_with_the_form_to_write(text):
+    with pytest.raises(ValueError, match="core"):
+        parse_cores(text)
+
+
+@pytest.mark.parametrize("text", ["", "GPU-5fe3", "0,0", "1;2", "0-3", "9999"])
+def test_hostile_gpu_ids_are_refused(text):
+    with pytest.raises(ValueError, match="GPU"):
+        parse_gpus(text)
+
+
+def test_devices_pair_gpu_i_with_core_set_i():
+    assert devices_of(["0", "1,2"], ["0-3", "4-7"]) == [Device("gpu 0 cores 0-3", (0,), (0, 1, 2, 3)),
+                                                        Device("gpu 1,2 cores 4-7", (1, 2), (4, 5, 6, 7))]
+
+
+def test_cores_this_host_cannot_run_on_are_named():
+    allowed = sorted(os.sched_getaffinity(0))
+    assert unavailable(devices_of([], [str(allowed[0])])) is None
+    said = unavailable(devices_of([], [f"{allowed[-1] + 1}"]))
+    assert said.startswith(f"device 'cores {allowed[-1] + 1}': cores [{allowed[-1] + 1}] are not available")
+
+
+def test_a_gpu_device_becomes_cuda_visible_devices_of_a_process():
+    plan = ServerPlan(argv=["llama-server", "-t", "2"], port=1, health_path="/health", env={"A": "1"})
+    placed = place(plan, Device("gpu 1,3", gpus=(1, 3)), llama())
+    assert placed.env == {"A": "1", "CUDA_VISIBLE_DEVICES": "1,3"} and placed.cores is None
+    assert placed.argv == plan.argv  # no core set: the thread count is the scenario's
+
+
+def test_a_core_set_pins_the_process_and_sets_llama_servers_threads_with_a_flag_its_help_lists():
+    live, _, _ = help_options(llama_server_binary())
+    engine = llama(("-c", "4096", "--threads=2", "-tb", "2"))
+    argv = engine.fit_threads(["llama-server", "-c", "4096", "--threads=2", "-tb", "2"], 3)
+    assert argv == ["llama-server", "-c", "4096", "-t", "3"]
+    assert {"-t", "--threads", "-tb", "--threads-batch"} <= live  # the flags it replaces are the binary's
+
+
+def test_a_device_goes_to_a_containers_device_requests_and_cpuset():
+    spec = ContainerSpec(image="i", argv=("-t", "8"), host_port=1, container_port=2, gpus="all")
+    plan = ServerPlan(argv=["-t", "8"], port=1, health_path="/health", env={}, container=spec)
+    placed = place(plan, Device("gpu 2 cores 4-5", gpus=(2,), cores=(4, 5)), llama())
+    c = placed.container
+    assert (c.gpus, c.cpuset, c.argv) == ((2,), "4,5", ("-t", "2"))
+    assert ["--gpus", "device=2", "--cpuset-cpus", "4,5"] == [a for a in c.run_line() if a in (
+        "--gpus", "device=2", "--cpuset-cpus", "4,5")]
+    kwargs = c.run_kwargs({})
+    assert kwargs["cpuset_cpus"] == "4,5" and kwargs["device_requests"][0]["DeviceIDs"] == ["2"]
+
+
+def test_an_external_server_is_where_it_is():
+    plan = ServerPlan(argv=[], port=1, health_path="/health", env={}, base_url="http://h:1")
+    assert place(plan, Device("cores 0", cores=(0,)), llama()) is plan
+
+
+def test_the_server_process_really_runs_on_its_core_set():
+    """The kernel's own word: the child's affinity, as /proc reports it, is the device's cores."""
+    core = sorted(os.sched_getaffinity(0))[-1]
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
+                            preexec_fn=lambda: _child_setup((core,)))
+    try:
+        with open(f"/proc/{proc.pid}/status") as f:
+            allowed = next(ln.split(":")[1].strip() for ln in f if ln.startswith("Cpus_allowed_list"))
+        assert allowed == str(core)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_ray_nodes_device_is_its_gpus_and_the_cores_it_declared(monkeypatch):
+    monkeypatch.setenv("ORCH_CORES", "2-3")
+    assert node_device(["1"]) == Device("gpu 1 cores 2-3", (1,), (2, 3))
+    monkeypatch.delenv("ORCH_CORES")
+    assert node_device([]) == Device("any", None, None)
+
+
+def test_node_names_become_one_safe_folder():
+    assert node_folder("gpu-host-3f2a9c1e") == "gpu-host-3f2a9c1e"
+    assert node_folder("../../etc/passwd") == "_.._etc_passwd" and "/" not in node_folder("a/b")
+    assert node_folder("") == "node" and len(node_folder("x" * 500)) == 64
+
+
+# ---------------------------------------------------------------- the writer
+
+
+class Said:
+    def __init__(self):
+        self.lines = []
+
+    def __getattr__(self, name):
+        return lambda *a: self.lines.append((name, *a))
+
+
+def cell(cell_id, start, seconds, host="h", status="ok"):
+    return CellRecord(cell_id=cell_id, engine="e", method="m", n_spec=1, status=status, started_at=start,
+                      seconds=seconds)
+
+
+def started(cell_id, start, host="h", node="h"):
+    return Event("started", cell_id, CellPlacement(node=node, host=host, device="cores 0"), start)
+
+
+def test_cells_beside_are_those_on_the_same_host_whose_spans_overlap(tmp_path):
+    run = RunDir.create(tmp_path, "s")
+    w = Writer(run, Said(), 4)
+    for ev in [started("a", 0.0), started("b", 5.0), started("c", 1.0, host="other", node="n2"),
+               Event("cell", "a", cell("a", 0.0, 10.0)), started("d", 10.5),
+               Event("cell", "b", cell("b", 5.0, 10.0)), Event("cell", "d", cell("d", 10.5, 1.0)),
+               Event("cell", "c", cell("c", 1.0, 30.0))]:
+        w.apply(ev)
+    beside = {r.cell_id: r.placement.beside for r in w.records}
+    # a and b overlap (5-10); d starts after a ended but while b runs; c ran on another host
+    assert beside == {"a": ["b"], "b": ["a", "d"], "d": ["b"], "c": []}
+    assert [c.cell_id for c in run.cell_records()] == ["a", "b", "d", "c"]
+
+
+def test_a_lost_cell_is_a_failed_record_and_requests_killed_on_ctrl_c_are_not_measurements(tmp_path):
+    from orchestrator.sweep.runner import Cell
+
+    run = RunDir.create(tmp_path, "s")
+    w = Writer(run, Said(), 2)
+    spec = EngineSpec(name="e", kind="llama-server", model="m.gguf", binary="/x")
+    w.apply(started("e-n0", time.time()))
+    w.apply(Event("lost", "e-n0", Cell(spec, 0), "its Ray node died mid-cell (NodeDiedError: gone)"))
+    (rec,) = run.cell_records()
+    assert (rec.status, rec.error, rec.placement.node) == ("failed", "its Ray node died mid-cell (NodeDiedError: gone)",
+                                                           "h")
+    w.interrupted = True
+    bad = RequestRecord(cell_id="e-n8", engine="e", method="m", n_spec=8, key="measured/c1/r0/s/p", phase="measured",
+                        concurrency=1, repeat=0, prompt_set="s", prompt_id="p", ok=False, error="connection reset")
+    w.apply(Event("request", "e-n8", bad))
+    assert run.request_records() == []
+
+
+def test_ctrl_c_stops_the_cells_and_writes_what_they_report_then_raises(tmp_path, monkeypatch):
+    """pump's interrupt path: on_interrupt is called, the jobs' last events are still written."""
+    events = queue.Queue()
+    run = RunDir.create(tmp_path, "s")
+    w = Writer(run, Said(), 1)
+    stopped = []
+
+    def on_interrupt():
+        stopped.append(True)
+        events.put(Event("cell", "a", cell("a", 0.0, 1.0, status="failed")))
+        events.put(Event("done", "a"))
+
+    events.put(started("a", 0.0))
+    real_one = parallel._one
+    calls = {"n": 0}
+
+    def interrupting(q, writer):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_one(q, writer)
+
+    monkeypatch.setattr(parallel, "_one", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        pump(events, w, 1, on_interrupt)
+    assert stopped and [(c.cell_id, c.status, c.error) for c in run.cell_records()] == [("a", "interrupted",
+                                                                                      "interrupted")]
+
+
+def test_a_relay_hands_every_call_to_the_queue_in_order(tmp_path):
+    q = queue.Queue()
+    relay = Relay(q, lambda cid: tmp_path / cid)
+    relay.warn("w")
+    relay.samples("a", 1, [{"t": 0}])
+    relay.phase("noise")
+    assert [(e.kind, e.data) for e in iter(lambda: q.get_nowait() if not q.empty() else None, None)] == [
+        ("warn", "w"), ("samples", [{"t": 0}])]
+    assert relay.cell_dir("a") == tmp_path / "a"
