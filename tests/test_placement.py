@@ -208,3 +208,48 @@ def test_a_relay_hands_every_call_to_the_queue_in_order(tmp_path):
     assert [(e.kind, e.data) for e in iter(lambda: q.get_nowait() if not q.empty() else None, None)] == [
         ("warn", "w"), ("samples", [{"t": 0}])]
     assert relay.cell_dir("a") == tmp_path / "a"
+
+
+# ---------------------------------------------------------------- at the command line
+
+
+def test_cores_this_host_lacks_are_one_line_and_exit_2_before_anything_starts(tmp_path, no_processes):
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    beyond = max(os.sched_getaffinity(0)) + 1
+    result = CliRunner().invoke(cli, ["sweep", "scenarios/n_spec.toml", "--out", str(tmp_path), "--set",
+                                      f'placement.cores=["0", "{beyond}"]'])
+    assert result.exit_code == 2 and not list(tmp_path.iterdir())
+    allowed = sorted(os.sched_getaffinity(0))
+    span = f"{allowed[0]}-{allowed[-1]}" if len(allowed) > 1 else str(allowed[0])
+    assert result.output.splitlines() == [
+        f"Error: scenarios/n_spec.toml: placement.cores: device 'cores {beyond}': cores [{beyond}] are not available "
+        f"to orch on this host (it may run on {span}); name cores of this host"]
+
+
+def test_the_depth_search_is_refused_with_devices(tmp_path, no_processes):
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    result = CliRunner().invoke(cli, ["sweep", "scenarios/n_spec.toml", "--search", "--out", str(tmp_path),
+                                      "--set", 'placement.cores=["0"]'])
+    assert result.exit_code == 2 and "placement: the depth search starts one cell at a time" in result.output
+
+
+def test_a_ray_address_nothing_answers_at_is_one_line_within_seconds_and_no_run_folder(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()", "sweep",
+                           "scenarios/n_spec.toml", "--out", str(tmp_path), "--cluster", f"127.0.0.1:{port}"],
+                          capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - started < 30 and done.returncode == 1 and not list(tmp_path.iterdir())
+    assert done.stderr.splitlines() == [
+        f"Error: no Ray cluster at '127.0.0.1:{port}': nothing answers at 127.0.0.1:{port} within 5 s (Connection "
+        "refused); start one with `ray start --head` (docs/clusters.md) or fix placement.cluster"]
