@@ -16,7 +16,7 @@ from engines.container import ContainerSpec, Mount
 from orchestrator.cli import cli
 
 from .support.runs import jsonl_rows as rows, workload_scenario as scenario, llama_server_binary
-from .support.docker_image import IMAGE, build_llama_image
+from .support.docker_image import IMAGE, build_llama_image, docker_client
 
 pytestmark = pytest.mark.integration
 
@@ -25,15 +25,7 @@ ORCH = [sys.executable, "-c", "from orchestrator.cli import main; main()"]
 
 @pytest.fixture(scope="module")
 def client():
-    import docker
-
-    try:
-        c = docker.from_env()
-        c.ping()
-    except docker.errors.DockerException:
-        if os.environ.get("CI"):
-            pytest.fail("no Docker engine in CI: .ci/run installs docker.io and starts dockerd")
-        pytest.skip("no Docker engine (apt-get install docker.io; dockerd --bridge=none --iptables=false &)")
+    c = docker_client()
     build_llama_image(c, llama_server_binary())
     yield c
     for leftover in c.containers.list(all=True, filters={"label": "orch.managed=1"}):

@@ -67,13 +67,18 @@ def two_devices(scenario, tmp_path_factory) -> tuple[Path, subprocess.CompletedP
     return run, done
 
 
-def test_two_devices_on_one_host_give_the_records_of_a_sequential_sweep(sequential, two_devices):
-    run, _ = two_devices
+def assert_same_records(run: Path, sequential: Path) -> None:
+    """The counts of a sequential sweep's records, per cell, phase and outcome, and its fields,
+    plus `placement` in each cell record."""
+    reqs, cells, req_fields, cell_fields = shape(run)
     seq_reqs, seq_cells, seq_req_fields, seq_cell_fields = shape(sequential)
-    par_reqs, par_cells, par_req_fields, par_cell_fields = shape(run)
-    assert par_reqs == seq_reqs and par_cells == seq_cells
-    assert sum(par_reqs.values()) == 3 * (1 + 2 * 3)  # 3 cells x (1 warm-up + 2 repeats x the 3 repeat prompts)
-    assert par_req_fields == seq_req_fields and par_cell_fields == seq_cell_fields | {"placement"}
+    assert reqs == seq_reqs and cells == seq_cells
+    assert sum(reqs.values()) == 3 * (1 + 2 * 3)  # 3 cells x (1 warm-up + 2 repeats x the 3 repeat prompts)
+    assert req_fields == seq_req_fields and cell_fields == seq_cell_fields | {"placement"}
+
+
+def test_two_devices_on_one_host_give_the_records_of_a_sequential_sweep(sequential, two_devices):
+    assert_same_records(two_devices[0], sequential)
 
 
 def test_each_cell_ran_pinned_to_its_device_and_says_what_ran_beside_it(two_devices):
@@ -226,10 +231,7 @@ def on_ray(scenario, cluster, tmp_path_factory):
 
 def test_a_ray_cluster_spreads_the_cells_over_its_nodes_with_the_records_of_a_sequential_sweep(sequential, on_ray):
     run, done = on_ray
-    seq_reqs, seq_cells, seq_req_fields, seq_cell_fields = shape(sequential)
-    ray_reqs, ray_cells, ray_req_fields, ray_cell_fields = shape(run)
-    assert ray_reqs == seq_reqs and ray_cells == seq_cells
-    assert ray_req_fields == seq_req_fields and ray_cell_fields == seq_cell_fields | {"placement"}
+    assert_same_records(run, sequential)
     cells = lines(run / "cells.jsonl")
     nodes = {c["placement"]["node"] for c in cells}
     assert len(nodes) == 2 and {tuple(c["placement"]["cores"]) for c in cells} == {(0,), (1,)}
@@ -271,17 +273,10 @@ def test_ctrl_c_cancels_the_ray_tasks_and_their_servers(scenario, cluster, tmp_p
 def test_orch_down_finds_containers_on_the_clusters_docker_hosts(cluster):
     import docker
 
-    from tests.support.docker_image import build_llama_image
-
+    from .support.docker_image import build_llama_image, docker_client
     from .support.runs import llama_server_binary
 
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException:
-        if os.environ.get("CI"):
-            pytest.fail("no Docker engine in CI: .ci/run installs docker.io and starts dockerd")
-        pytest.skip("no Docker engine (apt-get install docker.io; dockerd --bridge=none --iptables=false &)")
+    client = docker_client()
     image = build_llama_image(client, llama_server_binary())
     dead = subprocess.Popen(["true"])
     dead.wait()  # a pid that was orch's and is gone: the container is orphaned

@@ -12,6 +12,24 @@ from pathlib import Path
 IMAGE = "orch-test/llama-server:cpu"
 
 
+def docker_client():
+    """The local Docker engine; a test that needs one fails in CI (.ci/run starts dockerd) and
+    skips elsewhere, saying how to start one."""
+    import os
+
+    import docker
+    import pytest
+
+    try:
+        c = docker.from_env()
+        c.ping()
+    except docker.errors.DockerException:
+        if os.environ.get("CI"):
+            pytest.fail("no Docker engine in CI: .ci/run installs docker.io and starts dockerd")
+        pytest.skip("no Docker engine (apt-get install docker.io; dockerd --bridge=none --iptables=false &)")
+    return c
+
+
 def build_llama_image(client, binary: str) -> str:
     libs = re.findall(r"(/\S+\.so[\w.]*)", subprocess.run(["ldd", binary], capture_output=True, text=True).stdout)
     buf = io.BytesIO()
