@@ -45,8 +45,10 @@ class Event:
 class Relay:
     """runner.Output's methods for a cell that runs beside others: each call becomes an Event."""
 
-    def __init__(self, events: "queue.Queue[Event]", cell_dir: Callable[[str], Path]):
+    def __init__(self, events: "queue.Queue[Event]", cell_dir: Callable[[str], Path],
+                 stopped: threading.Event | None = None):
         self.events, self._cell_dir = events, cell_dir
+        self.stopped = stopped or threading.Event()  # set by Ctrl-C in the main thread
         self.server = None
 
     def cell_dir(self, cell_id: str) -> Path:
@@ -69,6 +71,8 @@ class Relay:
 
     def serving(self, cell_id: str, server) -> None:
         self.server = server
+        if self.stopped.is_set():  # Ctrl-C came while this server was starting: it goes at once
+            server.stop_from_elsewhere()
 
     def stop_server(self) -> None:
         if self.server is not None:
@@ -176,7 +180,7 @@ def run_on_devices(sweep, run: RunDir, devices: list[Device], progress) -> list[
         try:
             if stop.is_set():
                 return  # Ctrl-C before this cell began: nothing of it ran
-            relay = relays[cell.id] = Relay(events, run.cell_dir)
+            relay = relays[cell.id] = Relay(events, run.cell_dir, stop)
             place = CellPlacement(node=host, host=host, device=device.name, gpus=_ids(device.gpus),
                                   cores=_ids(device.cores))
             events.put(Event("started", cell.id, place, time.time()))
@@ -188,10 +192,13 @@ def run_on_devices(sweep, run: RunDir, devices: list[Device], progress) -> list[
             events.put(Event("done", cell.id))
 
     writer = Writer(run, progress, len(jobs))
-    with ThreadPoolExecutor(max_workers=len(devices), thread_name_prefix="orch-cell") as pool:
+    pool = ThreadPoolExecutor(max_workers=len(devices), thread_name_prefix="orch-cell")
+    try:
         for cell, todo in jobs:
             pool.submit(work, cell, todo)
         pump(events, writer, len(jobs), lambda: _stop_all(stop, relays))
+    finally:
+        pool.shutdown(wait=not stop.is_set(), cancel_futures=True)  # after Ctrl-C, pump has waited DRAIN_S
     return writer.records
 
 
