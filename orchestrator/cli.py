@@ -326,8 +326,15 @@ def down(everything, docker_host, cluster):
     if cluster is not None:
         from orchestrator.sweep.cluster import down_on_cluster
 
+        failed = False
         for node, names in down_on_cluster(cluster, everything).items():
-            click.echo(f"{node}: removed {len(names)} container(s)" + (f": {', '.join(names)}" if names else ""))
+            if isinstance(names, Exception):
+                failed = True
+                click.echo(f"{node}: could not clean up ({names}); run orch down on that host", err=True)
+            else:
+                click.echo(f"{node}: removed {len(names)} container(s)" + (f": {', '.join(names)}" if names else ""))
+        if failed:
+            sys.exit(1)
         return
 
     found = [c for c in list_containers(docker_host) if everything or orphaned(c)]

@@ -4,8 +4,10 @@ which cells ran beside which; hostile core sets and GPU ids."""
 
 import os
 import queue
+import re
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -23,6 +25,7 @@ from orchestrator.sweep.scenario import EngineSpec
 
 from .test_engine_truth import help_options
 from .support.runs import llama_server_binary
+from .test_telemetry import FakeNvml
 
 
 def llama(args=("-c", "4096", "-t", "2")):
@@ -55,8 +58,21 @@ def test_devices_pair_gpu_i_with_core_set_i():
 def test_cores_this_host_cannot_run_on_are_named():
     allowed = sorted(os.sched_getaffinity(0))
     assert unavailable(devices_of([], [str(allowed[0])])) is None
-    said = unavailable(devices_of([], [f"{allowed[-1] + 1}"]))
+    key, said = unavailable(devices_of([], [f"{allowed[-1] + 1}"]))
+    assert key == "cores"
     assert said.startswith(f"device 'cores {allowed[-1] + 1}': cores [{allowed[-1] + 1}] are not available")
+
+
+def test_gpu_ids_this_host_does_not_have_are_named(monkeypatch):
+    """CUDA_VISIBLE_DEVICES naming no GPU leaves a CUDA build on the CPU; refused before a run."""
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert unavailable(devices_of(["0", "1"], []), FakeNvml(count=2)) is None
+    assert unavailable(devices_of(["0", "7"], []), FakeNvml(count=2)) == (
+        "gpus", "GPU ids [7] are not on this host (NVML sees 2); name GPUs from 0 to 1")
+    key, said = unavailable(devices_of(["0"], []))  # this host's real NVML: no driver, no GPU
+    assert key == "gpus" and said.startswith("this host has no GPU orch can see (NVML: ")
+    monkeypatch.setenv("DOCKER_HOST", "ssh://gpu-host")  # containers elsewhere: their GPUs are not seen here
+    assert unavailable(devices_of(["7"], [])) is None
 
 
 def test_a_gpu_device_becomes_cuda_visible_devices_of_a_process():
@@ -106,10 +122,25 @@ def test_the_server_process_really_runs_on_its_core_set():
 
 
 def test_a_ray_nodes_device_is_its_gpus_and_the_cores_it_declared(monkeypatch):
-    monkeypatch.setenv("ORCH_CORES", "2-3")
-    assert node_device(["1"]) == Device("gpu 1 cores 2-3", (1,), (2, 3))
+    allowed = sorted(os.sched_getaffinity(0))
+    monkeypatch.setenv("ORCH_CORES", str(allowed[-1]))
+    assert node_device(["1"]) == Device(f"gpu 1 cores {allowed[-1]}", (1,), (allowed[-1],))
     monkeypatch.delenv("ORCH_CORES")
     assert node_device([]) == Device("any", None, None)
+
+
+@pytest.mark.parametrize("cores, gpus, said", [
+    ("0-x", [], "ORCH_CORES='0-x' on this node: '0-x' is not a core set"),
+    ("4000", [], "ORCH_CORES names cores [4000] this node's Ray worker may not run on"),
+    (None, ["GPU-5fe3"], "Ray gave this task GPUs ['GPU-5fe3'] that are not GPU indices"),
+])
+def test_a_ray_nodes_bad_device_is_named(monkeypatch, cores, gpus, said):
+    if cores is None:
+        monkeypatch.delenv("ORCH_CORES", raising=False)
+    else:
+        monkeypatch.setenv("ORCH_CORES", cores)
+    with pytest.raises(ValueError, match=re.escape(said)):
+        node_device(gpus)
 
 
 def test_node_names_become_one_safe_folder():
@@ -197,6 +228,46 @@ def test_ctrl_c_stops_the_cells_and_writes_what_they_report_then_raises(tmp_path
         pump(events, w, 1, on_interrupt)
     assert stopped and [(c.cell_id, c.status, c.error) for c in run.cell_records()] == [("a", "interrupted",
                                                                                       "interrupted")]
+
+
+def test_a_write_that_fails_stops_every_cell_and_is_raised(tmp_path):
+    """The disk full (here: requests.jsonl is a folder, so the write really fails): the cells are
+    stopped, not left to run their measurements into nothing, and the error reaches the CLI."""
+    from orchestrator.common.errors import ResultsError
+
+    events = queue.Queue()
+    run = RunDir.create(tmp_path, "s")
+    (run.path / "requests.jsonl").mkdir()
+    stopped = []
+
+    def on_interrupt():
+        stopped.append(True)
+        events.put(Event("done", "a"))  # the cell's thread, once its server is killed, ends
+
+    ok = RequestRecord(cell_id="a", engine="e", method="m", n_spec=8, key="measured/c1/r0/s/p", phase="measured",
+                       concurrency=1, repeat=0, prompt_set="s", prompt_id="p", ok=True)
+    for ev in [started("a", 0.0), Event("request", "a", ok)]:
+        events.put(ev)
+    with pytest.raises(ResultsError, match="cannot write .*requests.jsonl: Is a directory"):
+        pump(events, Writer(run, Said(), 1), 1, on_interrupt)
+    assert stopped == [True] and events.empty()
+
+
+def test_a_server_that_comes_up_after_ctrl_c_is_stopped_at_once(tmp_path):
+    class Server:
+        stops = 0
+
+        def stop_from_elsewhere(self):
+            self.stops += 1
+
+    stop = threading.Event()
+    relay, early = Relay(queue.Queue(), lambda cid: tmp_path / cid, stop), Server()
+    relay.serving("a", early)
+    assert early.stops == 0
+    stop.set()
+    late = Server()
+    relay.serving("b", late)
+    assert late.stops == 1
 
 
 def test_a_relay_hands_every_call_to_the_queue_in_order(tmp_path):

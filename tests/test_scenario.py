@@ -82,6 +82,7 @@ PLACEMENT = {
     'placement_cores_backwards.toml': ('placement.cores', "'3-1' is not a range of core ids from 0 to 4095; write LOW-HIGH"),
     'placement_cores_overlap.toml': ('placement.cores', 'core sets share cores [1]; give each device cores of its own'),
     'placement_gpu_ids_text.toml': ('placement.gpus', '\'GPU-5fe3\' is not a list of GPU ids; write "0" or "0,1"'),
+    'placement_gpus_overlap.toml': ('placement.gpus', 'GPU sets share GPUs [1]; give each device GPUs of its own'),
     'placement_gpus_cores_mismatch.toml': ('placement.cores', '1 core sets for 2 GPU devices; give one core set per GPU device, or leave cores out'),
     'placement_resource_name.toml': ('placement.resource', 'a Ray resource name: letters, digits and \'_\', such as "orch_device"'),
     'placement_resource_without_cluster.toml': ('placement.resource', "a Ray resource goes with placement.cluster; set the cluster's address"),

@@ -270,6 +270,47 @@ def test_ctrl_c_cancels_the_ray_tasks_and_their_servers(scenario, cluster, tmp_p
     assert {c["status"] for c in lines(run / "cells.jsonl")} == {"interrupted"}
 
 
+def test_ctrl_c_on_a_cluster_leaves_no_container_of_the_run(cluster, tmp_path, spawn_orch):
+    """The same with the Docker launcher: a killed worker cannot remove its container; orch does."""
+    from .support.docker_image import build_llama_image, docker_client
+    from .support.runs import llama_server_binary, workload_scenario
+    from .test_docker import engine
+
+    client = docker_client()
+    build_llama_image(client, llama_server_binary())
+    path = workload_scenario(tmp_path, "dkray", engine("llamacpp", n_spec="[0, 4, 8]"), max_tokens=64, repeats=3)
+    proc = spawn_orch("sweep", str(path), "--out", str(tmp_path / "out"), "--cluster", f"127.0.0.1:{cluster.port}",
+                      *RESOURCE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def ours(**filters):
+        return client.containers.list(all=True, filters={"label": "orch.sweep=dkray", **filters})
+
+    wait_for(lambda: len(ours(status="running")) == 2, 180)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(120) == 130
+    assert ours() == []
+    (run,) = (tmp_path / "out").iterdir()
+    assert {c["status"] for c in lines(run / "cells.jsonl")} == {"interrupted"}
+
+
+@pytest.mark.parametrize("asks, said", [
+    (['placement.resource="orch_devce"'], "no node offers one 'orch_devce' (its resources: CPU, memory, "
+                                          "object_store_memory, orch_device); fix placement.resource"),
+    ([], "no node offers one 'GPU' (its resources: CPU, memory, object_store_memory, orch_device); on CPU nodes "
+         "set placement.resource to the resource they declare (docs/clusters.md)"),
+])
+def test_a_resource_no_node_offers_is_one_line_before_any_run_folder(cluster, tmp_path, scenario, asks, said):
+    """Ray would keep such tasks pending for ever."""
+    done = subprocess.run([*ORCH, "sweep", str(scenario), "--out", str(tmp_path), "--cluster",
+                           f"127.0.0.1:{cluster.port}", *[a for x in asks for a in ("--set", x)]],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"the Ray cluster at 127.0.0.1:{cluster.port}: placement.resource: "
+                                                f"{said}"]
+    assert not list(tmp_path.iterdir())
+
+
 def test_orch_down_finds_containers_on_the_clusters_docker_hosts(cluster):
     import docker
 
@@ -313,9 +354,16 @@ def test_a_node_killed_mid_cell_fails_that_cell_the_rest_finish_and_resume_compl
     assert len(lost) == 1 and lost[0]["error"].startswith("its Ray node died mid-cell (NodeDiedError")
     assert lost[0]["placement"]["cores"] == [1]
     assert sorted(x["status"] for x in cells.values()) == ["failed", "ok", "ok"]
+    before = lines(run / "requests.jsonl")
     resumed = subprocess.run([*ORCH, *args, "--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     latest = {x["cell_id"]: x for x in lines(run / "cells.jsonl")}
     assert all(x["status"] == "ok" for x in latest.values()) and len(latest) == 3
-    assert latest[lost[0]["cell_id"]]["placement"]["cores"] == [0]  # the head's device took it
+    moved = latest[lost[0]["cell_id"]]["placement"]
+    assert moved["cores"] == [0]  # the head's device took it
+    kept = any(r["ok"] and r["phase"] == "measured" and r["cell_id"] == lost[0]["cell_id"]
+               for r in before)
+    # the requests it kept were measured on the dead node: the record and the report say so
+    assert moved["earlier"] == ([f"{lost[0]['placement']['node']}, cores 1"] if kept else [])
+    assert ("Warning: resumed on another node or device" in resumed.stdout) == kept
     assert not llama_servers()

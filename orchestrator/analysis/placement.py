@@ -21,4 +21,10 @@ def placement_notes(cells: list[CellRecord]) -> list[str]:
                      "host: they shared its CPU, PCIe and memory bandwidth, so each may measure slower than it "
                      "would alone (cells.jsonl's placement.beside names them). Compare depths measured side by "
                      "side with each other, or rerun a cell alone to see the cost of sharing.")
+    moved = [c for c in placed if c.placement.earlier]
+    if moved:
+        lines.append("Warning: resumed on another node or device, so their requests were measured on more than one: "
+                     + "; ".join(f"{c.cell_id} on {', then '.join(c.placement.earlier)}, then {c.placement.node}, "
+                                 f"{c.placement.device}" for c in moved)
+                     + ". Their figures mix machines; rerun them in a new run to measure each on one device.")
     return lines

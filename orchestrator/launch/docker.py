@@ -180,14 +180,22 @@ def orphaned(container) -> bool:
 
 
 def remove(containers) -> list[str]:
-    """The names of those removed; one already gone (another `orch down`, a cluster's nodes that
-    share a Docker engine) is not an error and not counted."""
+    """The names of those removed; one already gone or going (another `orch down`, a cluster's
+    nodes that share a Docker engine) is not an error and not counted; one Docker refuses to
+    remove is an OrchError naming it."""
     removed = []
     for c in containers:
         try:
             c.remove(force=True)
         except docker.errors.NotFound:
             continue
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # "removal of container ... is already in progress"
+                continue
+            raise OrchError(f"Docker would not remove container {c.name}: {exc.explanation or exc}; "
+                            f"remove it with docker rm -f {c.name}")
+        except OSError as exc:
+            raise OrchError(f"Docker did not answer while removing container {c.name}: {exc}")
         removed.append(c.name)
     return removed
 

@@ -176,15 +176,24 @@ class RunDir:
         """One measured window's telemetry samples (telemetry/sampler.py), after the window ended:
         cells/<cell>/telemetry.jsonl, one line per sample, in one write."""
         folder = self.cell_dir(cell_id)
-        folder.mkdir(parents=True, exist_ok=True)
         text = "".join(json.dumps({"concurrency": concurrency, **_finite(r, [])}) + "\n" for r in rows)
         try:
+            folder.mkdir(parents=True, exist_ok=True)
             with open(folder / TELEMETRY, "a", encoding="utf-8") as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:
             raise ResultsError(f"cannot write {folder / TELEMETRY}: {why(exc)}; {fix_for(exc)}, then {self.again}")
+
+    def write_server_log(self, cell_id: str, text: str) -> None:
+        """cells/<cell>/server.log of a cell whose server ran on another node (its tail)."""
+        folder = self.cell_dir(cell_id)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "server.log").write_text(redact.scrub(text))
+        except OSError as exc:
+            raise ResultsError(f"cannot write {folder / 'server.log'}: {why(exc)}; {fix_for(exc)}, then {self.again}")
 
     def append_search(self, line: dict) -> None:
         append_jsonl(self.path / SEARCH, line, self.again)

@@ -19,6 +19,7 @@ with its parent), and containers left by the run are removed from every node's D
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import shutil
 import socket
@@ -28,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.common.errors import OrchError
+from orchestrator.common.errors import OrchError, ScenarioError
 from orchestrator.measure.driver import RequestSpec
 from orchestrator.measure.prompts import Prompt
 from orchestrator.results.records import CellPlacement, CellRecord
@@ -88,9 +89,23 @@ def unreachable(address: str) -> str | None:
     return None
 
 
-def node_name(node_id: str) -> str:
+def check_offered(ray, placed: PlacementSettings) -> None:
+    """One line, before any run folder, if no node of the cluster offers what a cell asks for:
+    Ray would keep such tasks pending for ever, in silence."""
+    offered = ray.cluster_resources()
+    wanted = placed.resource or "GPU"
+    if offered.get(wanted, 0) >= 1:
+        return
+    have = sorted(k for k in offered if not k.startswith(("node:", "accelerator_type:")))
+    fix = ("fix placement.resource, or start the nodes with --resources '{\"%s\": 1}'" % wanted if placed.resource
+           else "on CPU nodes set placement.resource to the resource they declare (docs/clusters.md)")
+    raise ScenarioError(f"the Ray cluster at {placed.cluster}", "placement.resource",
+                        f"no node offers one {wanted!r} (its resources: {', '.join(have)}); {fix}")
+
+
+def node_name(node_id: str, host: str) -> str:
     """A Ray node as records name it: its host and the start of its node id (two nodes may share a host)."""
-    return f"{socket.gethostname()}-{node_id[:8]}"
+    return f"{host}-{node_id[:8]}"
 
 
 def _asks(placed: PlacementSettings) -> dict:
@@ -102,29 +117,35 @@ def _asks(placed: PlacementSettings) -> dict:
 
 def run_on_cluster(ray, sweep: Sweep, run: RunDir, placed: PlacementSettings, progress) -> list[CellRecord]:
     """Every cell not yet done in `run`, as Ray tasks (`ray`: connected by `connect`); Ray starts
-    each when a device is free."""
+    each when a device is free. However it ends, no task of it is left running, and after an
+    interrupt or an error no container of the run is left on any node."""
     events: queue.Queue[Event] = queue.Queue()
     jobs = sweep.cells_to_run(run)
-    tasks = {}
-    for cell, todo in jobs:
-        job = CellJob(sweep.scenario, str(sweep.base_dir), sweep.prompts, run.path.name, cell, todo)
-        opts = dict(name=f"orch {cell.id}", max_retries=0, retry_exceptions=False, **_asks(placed))
-        if placed.cluster.startswith("ray://"):  # Ray Client cannot stream a generator task's yields
-            from ray.util.queue import Queue
-
-            mailbox = Queue(actor_options={"num_cpus": 0})
-            tasks[cell.id] = ray.remote(mailbox_task).options(**opts).remote(job, mailbox)
-            follow = (_follow_mailbox, (ray, tasks[cell.id], mailbox, cell, events))
-        else:
-            tasks[cell.id] = ray.remote(cell_task).options(**opts).remote(job)
-            follow = (_follow, (ray, tasks[cell.id], cell, events))
-        threading.Thread(target=follow[0], args=follow[1], daemon=True).start()
+    tasks: dict[str, object] = {}
     writer = Writer(run, progress, len(jobs))
     try:
-        pump(events, writer, len(jobs), lambda: _cancel(ray, tasks, run.path.name))
+        submit = _submit_with_mailbox if placed.cluster.startswith("ray://") else _submit_streamed
+        submit(ray, [CellJob(sweep.scenario, str(sweep.base_dir), sweep.prompts, run.path.name, cell, todo)
+                     for cell, todo in jobs], _asks(placed), tasks, events)
+        pump(events, writer, len(jobs), lambda: _cancel(ray, tasks))
+    except BaseException:  # Ctrl-C (also while submitting), or a write that failed: after pump's drain
+        _cancel(ray, tasks)
+        _remove_left(ray, run.path.name)
+        raise
     finally:
         ray.shutdown()
     return writer.records
+
+
+def _options(cell: Cell, asks: dict) -> dict:
+    return dict(name=f"orch {cell.id}", max_retries=0, retry_exceptions=False, **asks)
+
+
+def _submit_streamed(ray, jobs: list[CellJob], asks: dict, tasks: dict, events: "queue.Queue[Event]") -> None:
+    """One generator task per cell, and a thread that follows its yields."""
+    for job in jobs:
+        tasks[job.cell.id] = ray.remote(cell_task).options(**_options(job.cell, asks)).remote(job)
+        threading.Thread(target=_follow, args=(ray, tasks[job.cell.id], job.cell, events), daemon=True).start()
 
 
 def _follow(ray, task, cell: Cell, events: "queue.Queue[Event]") -> None:
@@ -138,27 +159,58 @@ def _follow(ray, task, cell: Cell, events: "queue.Queue[Event]") -> None:
         events.put(Event("done", cell.id))
 
 
-def _follow_mailbox(ray, task, mailbox, cell: Cell, events: "queue.Queue[Event]") -> None:
-    """The same through a Ray queue (Ray Client): events until the task has ended and its
-    mailbox is empty; a task that died is a lost cell."""
+def _submit_with_mailbox(ray, jobs: list[CellJob], asks: dict, tasks: dict, events: "queue.Queue[Event]") -> None:
+    """Ray Client cannot stream a generator task's yields: every task puts its events into one
+    Ray queue on the head node (which lives as long as the cluster does, so a worker node that
+    dies takes none of them along), read by one thread here."""
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    head = next((n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get(
+        "Resources", {})), None)
+    where = {"scheduling_strategy": NodeAffinitySchedulingStrategy(head, soft=False)} if head else {}
+    mailbox = Queue(actor_options={"num_cpus": 0, **where})
+    for job in jobs:
+        tasks[job.cell.id] = ray.remote(mailbox_task).options(**_options(job.cell, asks)).remote(job, mailbox)
+    cells = {tasks[job.cell.id]: job.cell for job in jobs}
+    threading.Thread(target=_read_mailbox, args=(ray, mailbox, cells, events), daemon=True).start()
+
+
+def _read_mailbox(ray, mailbox, cells: dict, events: "queue.Queue[Event]") -> None:
+    """Events until every task has ended; a task that ended is done once the mailbox holds
+    nothing more (puts are synchronous: all it sent is there), lost if it died."""
     from ray.util.queue import Empty
 
+    running = dict(cells)  # task -> cell
     try:
-        while True:
+        while running:
             try:
-                events.put(mailbox.get(timeout=1.0))
+                events.put(mailbox.get(timeout=0.5))
                 continue
             except Empty:
                 pass
-            if ray.wait([task], timeout=0)[0]:
-                ray.get(task)  # raises where the task died
-                while not mailbox.empty():  # puts are synchronous: everything it sent is here
+            ended, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
+            if ended:
+                while not mailbox.empty():
                     events.put(mailbox.get_nowait())
-                return
+            for task in ended:
+                _ended(ray, task, running.pop(task), events)
+    except Exception as exc:  # noqa: BLE001 - the mailbox itself is gone (the head died): every cell left is lost
+        for task, cell in running.items():
+            try:
+                ray.cancel(task, force=True)
+            except Exception:  # noqa: BLE001 - with the head gone, nothing answers
+                pass
+            events.put(Event("lost", cell.id, cell, lost_text(exc)))
+            events.put(Event("done", cell.id))
+
+
+def _ended(ray, task, cell: Cell, events: "queue.Queue[Event]") -> None:
+    try:
+        ray.get(task)
     except Exception as exc:  # noqa: BLE001 - ray.exceptions.*, as in _follow
         events.put(Event("lost", cell.id, cell, lost_text(exc)))
-    finally:
-        events.put(Event("done", cell.id))
+    events.put(Event("done", cell.id))
 
 
 def lost_text(exc: BaseException) -> str:
@@ -173,15 +225,20 @@ def lost_text(exc: BaseException) -> str:
     return f"{why} ({name}: {first})"
 
 
-def _cancel(ray, tasks: dict, run_name: str) -> None:
-    for task in tasks.values():
+def _cancel(ray, tasks: dict) -> None:
+    """Every task killed (a worker's servers die with it); pump's drain then waits for them."""
+    for task in list(tasks.values()):
         try:
             ray.cancel(task, force=True)
         except Exception:  # noqa: BLE001 - a task that already ended cannot be cancelled
             pass
+
+
+def _remove_left(ray, run_name: str) -> None:
+    """After the tasks ended: the run's containers that a killed worker could not remove."""
     try:
         for_each_node(ray, remove_containers, run_name, True)
-    except Exception:  # noqa: BLE001 - a node without Docker: nothing of the run can be left there
+    except Exception:  # noqa: BLE001 - a node without Docker, or one gone: nothing of the run is left there
         pass
 
 
@@ -192,15 +249,32 @@ def cell_task(job: CellJob):
     """Runs on a Ray node: the cell in a thread of its own, its Events yielded as they come."""
     import ray
 
-    node = node_name(ray.get_runtime_context().get_node_id())
-    device = node_device([str(g) for g in ray.get_gpu_ids()])
-    place = CellPlacement(node=node, host=socket.gethostname(), device=device.name,
+    host = socket.gethostname()
+    node = node_name(ray.get_runtime_context().get_node_id(), host)
+    try:
+        device = node_device([str(g) for g in ray.get_gpu_ids()])
+    except ValueError as exc:  # the node was started with a device orch cannot use: this cell fails, named
+        place = CellPlacement(node=node, host=host, device="?")
+        yield Event("started", job.cell.id, place, time.time())
+        yield Event("cell", job.cell.id, _unresolved(job.cell, place, exc))
+        return
+    _fit_omp(device)
+    place = CellPlacement(node=node, host=host, device=device.name,
                           gpus=list(device.gpus) if device.gpus else None,
                           cores=list(device.cores) if device.cores else None)
     events: queue.Queue[Event] = queue.Queue()
     threading.Thread(target=_work, args=(job, events, device, place), daemon=True).start()
     while (ev := events.get()).kind != "done":
         yield ev
+
+
+def _fit_omp(device) -> None:
+    """Ray forces OMP_NUM_THREADS=1 on a worker that asks for no CPUs, and a server started from it
+    would inherit that: as many threads as the device's cores, or none set, as in a local run."""
+    if device.cores:
+        os.environ["OMP_NUM_THREADS"] = str(len(device.cores))
+    else:
+        os.environ.pop("OMP_NUM_THREADS", None)
 
 
 def mailbox_task(job: CellJob, mailbox) -> None:
@@ -234,7 +308,7 @@ def _work(job: CellJob, events: "queue.Queue[Event]", device, place: CellPlaceme
         events.put(Event("done", cell.id))
 
 
-def _unresolved(cell: Cell, place: CellPlacement, exc: OrchError) -> CellRecord:
+def _unresolved(cell: Cell, place: CellPlacement, exc: Exception) -> CellRecord:
     return CellRecord(cell_id=cell.id, engine=cell.engine.name, kind=cell.engine.kind, launcher=cell.engine.launcher,
                       method=cell.method, n_spec=cell.n_spec, status="failed", started_at=round(time.time(), 3),
                       seconds=0.0, placement=place, error=f"on node {place.node}: {exc}")
@@ -244,13 +318,22 @@ def _unresolved(cell: Cell, place: CellPlacement, exc: OrchError) -> CellRecord:
 
 
 def for_each_node(ray, fn, *args) -> dict[str, object]:
-    """`fn(*args)` on every alive node of the cluster, each result by node name."""
+    """`fn(*args)` on every alive node of the cluster, each result by node name; a node where it
+    failed (or did not answer within 60 s) gets an OrchError naming why."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     remote = ray.remote(fn)
-    refs = {node_name(n["NodeID"]): remote.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
-        n["NodeID"], soft=False)).remote(*args) for n in ray.nodes() if n.get("Alive")}
-    return {name: ray.get(ref, timeout=60) for name, ref in refs.items()}
+    refs = {node_name(n["NodeID"], n.get("NodeManagerHostname") or "?"): remote.options(
+        num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(*args)
+        for n in ray.nodes() if n.get("Alive")}
+    out: dict[str, object] = {}
+    for name, ref in refs.items():
+        try:
+            out[name] = ray.get(ref, timeout=60)
+        except Exception as exc:  # noqa: BLE001 - ray.exceptions.*: the node's answer is this error
+            cause = getattr(exc, "cause", None) or exc
+            out[name] = OrchError(f"{type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}")
+    return out
 
 
 def remove_containers(run_name: str | None, everything: bool) -> list[str]:
@@ -268,8 +351,8 @@ def remove_containers(run_name: str | None, everything: bool) -> list[str]:
     return remove(found)
 
 
-def down_on_cluster(address: str, everything: bool) -> dict[str, list[str]]:
-    """`orch down --cluster ADDRESS`: the containers removed on each node."""
+def down_on_cluster(address: str, everything: bool) -> dict[str, list[str] | OrchError]:
+    """`orch down --cluster ADDRESS`: the containers removed on each node, or why not."""
     ray = connect(address)
     try:
         return for_each_node(ray, remove_containers, None, everything)

@@ -17,12 +17,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.common import redact
 from orchestrator.results.records import CellPlacement, CellRecord, RequestRecord
 from orchestrator.results.rundir import RunDir
 from orchestrator.sweep.placement import Device, host_name
@@ -98,6 +96,15 @@ class Writer:
     placements: dict[str, CellPlacement] = field(default_factory=dict)
     nodes: set[str] = field(default_factory=set)
     interrupted: bool = False
+    before: dict[str, set[str]] | None = None  # where each cell's earlier starts in this run ran
+
+    def __post_init__(self):
+        """Where the measurements a resumed cell keeps were made (only cells that kept some)."""
+        kept = {r.cell_id for r in self.run.request_records() if r.phase == "measured" and r.ok}
+        self.before = {}
+        for rec in self.run.cell_records():
+            if rec.placement is not None and rec.cell_id in kept:
+                self.before[rec.cell_id] = {_where(rec.placement), *rec.placement.earlier}
 
     def apply(self, ev: Event) -> None:
         getattr(self, f"_{ev.kind}")(ev)
@@ -121,9 +128,7 @@ class Writer:
         self.progress.warn(ev.data)
 
     def _log(self, ev: Event) -> None:
-        folder = self.run.cell_dir(ev.cell_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "server.log").write_text(redact.scrub(ev.data.decode(errors="replace")))
+        self.run.write_server_log(ev.cell_id, ev.data.decode(errors="replace"))
 
     def _environment(self, ev: Event) -> None:
         node = ev.extra
@@ -138,6 +143,7 @@ class Writer:
             span.end = (rec.started_at or span.start) + (rec.seconds or 0.0)
             place = self.placements[rec.cell_id]
             place.beside = self.beside(rec.cell_id)
+            place.earlier = sorted(self.before.get(rec.cell_id, set()) - {_where(place)})
             rec.set(placement=place)
         if self.interrupted and rec.status != "ok":
             rec.set(status="interrupted", error="interrupted")
@@ -164,41 +170,47 @@ class Writer:
                       and s.start < (me.end or time.time()) and (s.end is None or s.end > me.start))
 
 
+def _where(place: CellPlacement) -> str:
+    return f"{place.node or '?'}, {place.device or 'any'}"
+
+
 def run_on_devices(sweep, run: RunDir, devices: list[Device], progress) -> list[CellRecord]:
-    """Every cell not yet done in `run`, one per device at a time, on this host."""
+    """Every cell not yet done in `run`, one per device at a time, on this host: a thread per
+    device takes the next cell. Daemon threads: after Ctrl-C, a cell still stuck past the drain
+    (a server that ignores its kill) does not hold orch's exit."""
     jobs = sweep.cells_to_run(run)
+    todo: queue.Queue = queue.Queue()
+    for job in jobs:
+        todo.put(job)
     events: queue.Queue[Event] = queue.Queue()
-    free: queue.Queue[Device] = queue.Queue()
-    for d in devices:
-        free.put(d)
     relays: dict[str, Relay] = {}
     stop = threading.Event()
     host = host_name()
 
-    def work(cell, todo) -> None:
-        device = free.get()
+    def one(device: Device, cell, remaining) -> None:
         try:
-            if stop.is_set():
-                return  # Ctrl-C before this cell began: nothing of it ran
             relay = relays[cell.id] = Relay(events, run.cell_dir, stop)
             place = CellPlacement(node=host, host=host, device=device.name, gpus=_ids(device.gpus),
                                   cores=_ids(device.cores))
             events.put(Event("started", cell.id, place, time.time()))
-            sweep.run_cell(cell, todo, relay, device, place)
+            sweep.run_cell(cell, remaining, relay, device, place)
         except BaseException as exc:  # noqa: BLE001 - run_cell records a cell's own failures; this is orch's
             events.put(Event("lost", cell.id, cell, f"internal error: {type(exc).__name__}: {exc}"))
-        finally:
-            free.put(device)
+
+    def worker(device: Device) -> None:
+        while True:
+            try:
+                cell, remaining = todo.get_nowait()
+            except queue.Empty:
+                return
+            if not stop.is_set():  # after Ctrl-C a cell not begun is not begun: nothing of it ran
+                one(device, cell, remaining)
             events.put(Event("done", cell.id))
 
+    for d in devices:
+        threading.Thread(target=worker, args=(d,), name=f"orch-cell {d.name}", daemon=True).start()
     writer = Writer(run, progress, len(jobs))
-    pool = ThreadPoolExecutor(max_workers=len(devices), thread_name_prefix="orch-cell")
-    try:
-        for cell, todo in jobs:
-            pool.submit(work, cell, todo)
-        pump(events, writer, len(jobs), lambda: _stop_all(stop, relays))
-    finally:
-        pool.shutdown(wait=not stop.is_set(), cancel_futures=True)  # after Ctrl-C, pump has waited DRAIN_S
+    pump(events, writer, len(jobs), lambda: _stop_all(stop, relays))
     return writer.records
 
 
@@ -209,8 +221,10 @@ def _stop_all(stop: threading.Event, relays: dict[str, Relay]) -> None:
 
 
 def pump(events: "queue.Queue[Event]", writer: Writer, jobs: int, on_interrupt: Callable[[], None]) -> None:
-    """Write events until every job has said done; on Ctrl-C, stop them, write what they still
-    report (within DRAIN_S), and raise the interrupt again."""
+    """Write events until every job has said done. On Ctrl-C, stop the cells, write what they
+    still report (within DRAIN_S), and raise the interrupt again; on an error of the writer's own
+    (the disk is full), stop the cells, let them end (within DRAIN_S, so that each removes its
+    server), and raise it: nothing more could be written."""
     pending = jobs
     try:
         while pending:
@@ -222,17 +236,25 @@ def pump(events: "queue.Queue[Event]", writer: Writer, jobs: int, on_interrupt: 
         while pending and time.monotonic() < deadline:
             pending -= _one(events, writer)
         raise
+    except BaseException:
+        writer.interrupted = True
+        on_interrupt()
+        deadline = time.monotonic() + DRAIN_S
+        while pending and time.monotonic() < deadline:
+            pending -= _one(events, None)
+        raise
 
 
-def _one(events: "queue.Queue[Event]", writer: Writer) -> int:
-    """Apply one event; 1 if it was a job's last."""
+def _one(events: "queue.Queue[Event]", writer: Writer | None) -> int:
+    """Apply one event (None: drop it); 1 if it was a job's last."""
     try:
         ev = events.get(timeout=0.5)  # a timeout, so that Ctrl-C is seen at once
     except queue.Empty:
         return 0
     if ev.kind == "done":
         return 1
-    writer.apply(ev)
+    if writer is not None:
+        writer.apply(ev)
     return 0
 
 

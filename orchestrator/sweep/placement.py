@@ -75,22 +75,65 @@ def _span(cores: tuple[int, ...]) -> str:
         map(str, cores))
 
 
-def unavailable(devices: list[Device]) -> str | None:
-    """What is wrong with these devices on this host (cores it may not run on), or None."""
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+def unavailable(devices: list[Device], nvml=None) -> tuple[str, str] | None:
+    """What is wrong with these devices on this host (cores it may not run on, GPUs it does not
+    have), as (the scenario key, the problem), or None. `nvml`: pynvml unless a test hands a fake."""
+    allowed = allowed_cores()
     for d in devices:
         missing = sorted(set(d.cores or ()) - allowed)
         if missing:
-            return (f"device {d.name!r}: cores {missing} are not available to orch on this host (it may run on "
+            return "cores", (f"device {d.name!r}: cores {missing} are not available to orch on this host (it may run on "
                     f"{_span(tuple(sorted(allowed)))}); name cores of this host")
+    wanted = sorted({g for d in devices for g in d.gpus or ()})
+    if wanted and not os.environ.get("DOCKER_HOST"):  # containers on another host: its GPUs are not seen here
+        count, why = gpu_count(nvml)
+        beyond = [g for g in wanted if g >= count]
+        if beyond:  # CUDA_VISIBLE_DEVICES naming no GPU would leave a CUDA build on the CPU, measured unawares
+            return "gpus", (f"GPU ids {beyond} are not on this host ({why}); name GPUs from 0 to {count - 1}"
+                    if count else f"this host has no GPU orch can see ({why}); use placement.cores on a CPU host")
     return None
+
+
+def allowed_cores() -> set[int]:
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
+def gpu_count(nvml=None) -> tuple[int, str]:
+    """How many GPUs NVML sees here, and how that was found."""
+    if nvml is None:
+        import pynvml as nvml
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError as exc:
+        return 0, f"NVML: {exc}"
+    try:
+        count = nvml.nvmlDeviceGetCount()
+    except nvml.NVMLError as exc:
+        return 0, f"NVML: {exc}"
+    finally:
+        try:
+            nvml.nvmlShutdown()
+        except nvml.NVMLError:
+            pass
+    return count, f"NVML sees {count}"
 
 
 def node_device(gpu_ids: list[str]) -> Device:
     """The device a Ray task was given on its node: the GPUs Ray assigned it, and the core set the
-    node declared in ORCH_CORES when it was started (none: the server may use every core)."""
+    node declared in ORCH_CORES when it was started (none: the server may use every core).
+    ValueError, naming the fix, if either cannot be used."""
     cores = os.environ.get(ENV_CORES)
-    c = parse_cores(cores) if cores else None
+    try:
+        c = parse_cores(cores) if cores else None
+    except ValueError as exc:
+        raise ValueError(f"{ENV_CORES}={cores[:40]!r} on this node: {exc}; restart the node with a core set")
+    missing = sorted(set(c or ()) - allowed_cores())
+    if missing:
+        raise ValueError(f"{ENV_CORES} names cores {missing} this node's Ray worker may not run on; restart the "
+                         f"node with cores of {_span(tuple(sorted(allowed_cores())))}")
+    if not all(str(x).isdigit() for x in gpu_ids):
+        raise ValueError(f"Ray gave this task GPUs {gpu_ids[:4]} that are not GPU indices; start the node "
+                         "without CUDA_VISIBLE_DEVICES UUIDs")
     g = tuple(int(x) for x in gpu_ids) if gpu_ids else None
     name = " ".join(filter(None, [g and f"gpu {','.join(map(str, g))}", c and f"cores {_span(c)}"])) or "any"
     return Device(name, g, c)

@@ -219,6 +219,13 @@ class Telemetry(_Strict):
     interval_s: float = Field(default=0.1, ge=0.01, le=10)  # 10 Hz
 
 
+def _disjoint(sets: list[set[int]], message: str) -> None:
+    for i, a in enumerate(sets):
+        for b in sets[i + 1:]:
+            if a & b:
+                raise ValueError(message.format(sorted(a & b)))
+
+
 class PlacementSettings(_Strict):
     """Where cells run (sweep/placement.py). With none of these, one cell at a time on this host.
     `gpus` / `cores`: devices of this host, one cell per device at a time; `cluster`: a Ray
@@ -232,18 +239,13 @@ class PlacementSettings(_Strict):
     @field_validator("gpus")
     @classmethod
     def _gpus(cls, v):
-        for entry in v:
-            parse_gpus(entry)
-        return _unique(v, "GPU devices")
+        _disjoint([set(parse_gpus(entry)) for entry in v], "GPU sets share GPUs {}; give each device GPUs of its own")
+        return v
 
     @field_validator("cores")
     @classmethod
     def _cores(cls, v):
-        sets = [set(parse_cores(entry)) for entry in v]
-        for i, a in enumerate(sets):
-            for b in sets[i + 1:]:
-                if a & b:
-                    raise ValueError(f"core sets share cores {sorted(a & b)}; give each device cores of its own")
+        _disjoint([set(parse_cores(entry)) for entry in v], "core sets share cores {}; give each device cores of its own")
         return v
 
     @field_validator("cluster")

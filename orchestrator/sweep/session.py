@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -70,9 +71,10 @@ def _executor(runner: Sweep, progress) -> Callable[[RunDir], list[CellRecord]]:
     a cluster (connected to here, so that an unreachable one is one line and no run folder)."""
     placed = runner.scenario.placement
     if placed.cluster:
-        from orchestrator.sweep.cluster import connect, run_on_cluster  # ray: only for sweeps that use it
+        from orchestrator.sweep.cluster import check_offered, connect, run_on_cluster  # ray: only for sweeps that use it
 
         ray = connect(placed.cluster)
+        check_offered(ray, placed)
         return lambda run: run_on_cluster(ray, runner, run, placed, progress.side_by_side())
     if placed.gpus or placed.cores:
         return lambda run: run_on_devices(runner, run, placed.devices(), progress.side_by_side())
@@ -87,7 +89,7 @@ def check_placement(sc: Scenario, where: str, search: bool) -> None:
                                                 "the last; drop --search or the [placement] table")
     problem = unavailable(placed.devices())
     if problem:
-        raise ScenarioError(where, "placement.cores", problem)
+        raise ScenarioError(where, f"placement.{problem[0]}", problem[1])
 
 
 class _signals_stop_the_sweep:
@@ -127,12 +129,23 @@ def open_run(sc: Scenario, out: Path, resume: bool, again: str) -> tuple[RunDir,
         raise OrchError(f"--resume: no earlier run of {sc.name!r} under {out}; drop --resume to start one")
     run.again = again
     run.schema_version()  # one line, and nothing appended, if this orch cannot read the run
-    if redact.scrub(scenario_text(resolved)) != run.read_scenario_text():
+    if _measured_settings(redact.scrub(scenario_text(resolved))) != _measured_settings(run.read_scenario_text()):
         raise OrchError(f"--resume: {run.path}/scenario.toml differs from this scenario (with --set); "
                         "resume with the same settings or start a new run")
     notes = run.repair()
     run.write_schema()
     return run, notes
+
+
+def _measured_settings(text: str) -> dict | None:
+    """A scenario as resume compares it: all but [placement], since where the cells run may change
+    (a cluster reached by another address, fewer devices); each cell record says where it ran."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return None
+    data.pop("placement", None)
+    return data
 
 
 def dry_run_text(sc: Scenario, base_dir: Path) -> str:
@@ -234,6 +247,9 @@ def bench_scenario(target: BenchTarget, scenario_file: Path | None, overrides) -
                         "model": target.model or "?", "api": target.api, "api_key_env": target.api_key_env,
                         "speculation": {"method": target.method, "n_spec": [target.n_spec]}}]}
     sc = build_scenario(raw, scenario_file or Path("orch bench"), overrides)
+    if sc.placement != type(sc.placement)():
+        raise ScenarioError(scenario_file or "orch bench", "placement", "orch bench measures a server that is "
+                            "already running where it is; drop the [placement] settings")
     if target.model is None:  # asked only once the rest is known to be valid, with the key the requests will carry
         sc.engines[0].model = served_model(target.url, target.api_key_env)
     return sc, scenario_file.parent if scenario_file else Path.cwd()
