@@ -5,6 +5,7 @@ which cells ran beside which; hostile core sets and GPU ids."""
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -121,6 +122,14 @@ def test_the_server_process_really_runs_on_its_core_set():
         proc.wait()
 
 
+def test_the_server_process_gets_sigterm_when_orch_dies():
+    """The kernel's own word again: PR_GET_PDEATHSIG in the exec'd child is SIGTERM."""
+    ask = ("import ctypes; v = ctypes.c_int(); ctypes.CDLL('libc.so.6').prctl(2, ctypes.byref(v)); print(v.value)")
+    said = subprocess.run([sys.executable, "-c", ask], preexec_fn=lambda: _child_setup(None), capture_output=True,
+                          text=True, timeout=30)
+    assert said.stdout.strip() == str(int(signal.SIGTERM))
+
+
 def test_a_ray_nodes_device_is_its_gpus_and_the_cores_it_declared(monkeypatch):
     allowed = sorted(os.sched_getaffinity(0))
     monkeypatch.setenv("ORCH_CORES", str(allowed[-1]))
@@ -199,6 +208,26 @@ def test_a_lost_cell_is_a_failed_record_and_requests_killed_on_ctrl_c_are_not_me
                         concurrency=1, repeat=0, prompt_set="s", prompt_id="p", ok=False, error="connection reset")
     w.apply(Event("request", "e-n8", bad))
     assert run.request_records() == []
+
+
+def test_a_cell_resumed_elsewhere_says_where_its_kept_requests_ran(tmp_path):
+    from orchestrator.analysis.placement import placement_notes
+
+    run = RunDir.create(tmp_path, "s")
+    for cell_id in ("a", "b"):  # both failed on node A; only a kept a measured request
+        rec = cell(cell_id, 0.0, 1.0, status="failed")
+        rec.set(placement=CellPlacement(node="A", host="A", device="cores 1"))
+        run.append_cell(rec)
+    run.append_request(RequestRecord(cell_id="a", engine="e", method="m", n_spec=1, key="measured/c1/r0/s/p",
+                                     phase="measured", concurrency=1, repeat=0, prompt_set="s", prompt_id="p", ok=True))
+    w = Writer(run, Said(), 2)
+    for cell_id in ("a", "b"):
+        w.apply(started(cell_id, 2.0, host="B", node="B"))
+        w.apply(Event("cell", cell_id, cell(cell_id, 2.0, 1.0)))
+    assert {c.cell_id: c.placement.earlier for c in run.cell_records()} == {"a": ["A, cores 1"], "b": []}
+    (moved,) = [ln for ln in placement_notes(run.cell_records()) if "resumed" in ln]
+    assert moved.startswith("Warning: resumed on another node or device, so their requests were measured on more "
+                            "than one: a on A, cores 1, then B, cores 0.")
 
 
 def test_ctrl_c_stops_the_cells_and_writes_what_they_report_then_raises(tmp_path, monkeypatch):
@@ -324,3 +353,42 @@ def test_a_ray_address_nothing_answers_at_is_one_line_within_seconds_and_no_run_
     assert done.stderr.splitlines() == [
         f"Error: no Ray cluster at '127.0.0.1:{port}': nothing answers at 127.0.0.1:{port} within 5 s (Connection "
         "refused); start one with `ray start --head` (docs/clusters.md) or fix placement.cluster"]
+
+
+# ---------------------------------------------------------------- resume
+
+
+def test_resume_compares_the_scenario_but_not_where_its_cells_run(tmp_path):
+    """Placement may change between starts (another address of the cluster, fewer devices); each
+    cell record says where it ran. Anything measured that changes is refused."""
+    from orchestrator.common.errors import OrchError
+    from orchestrator.sweep.scenario import build_scenario
+    from orchestrator.sweep.session import open_run
+
+    def scenario(placement, max_tokens=16):
+        return build_scenario({"name": "s", "placement": placement, "workload": {"max_tokens": max_tokens},
+                               "engines": [{"name": "a", "kind": "llama-server", "model": "gemma-3-270m"}]},
+                              tmp_path / "s.toml")
+
+    run, _ = open_run(scenario({"cores": ["0", "1"]}), tmp_path, False, "again")
+    resumed, _ = open_run(scenario({"cores": ["0"]}), tmp_path, True, "again")
+    assert resumed.path == run.path
+    assert open_run(scenario({}), tmp_path, True, "again")[0].path == run.path
+    with pytest.raises(OrchError, match="scenario.toml differs from this scenario"):
+        open_run(scenario({"cores": ["0"]}, max_tokens=17), tmp_path, True, "again")
+
+
+@pytest.mark.parametrize("setting", ['placement.cores=["0"]', 'placement.cluster="auto"'])
+def test_orch_bench_refuses_placement(tmp_path, setting):
+    """A running server is where it is: a bench run has nothing to place, and a cluster's node
+    would drive a loopback URL that is not its own."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    result = CliRunner().invoke(cli, ["bench", "--url", "http://127.0.0.1:9", "--model", "m", "--out",
+                                      str(tmp_path), "--set", setting])
+    assert (result.exit_code, result.output) == (2, "Error: orch bench: placement: orch bench measures a server "
+                                                    "that is already running where it is; drop the [placement] "
+                                                    "settings\n")
+    assert not list(tmp_path.iterdir())

@@ -35,8 +35,9 @@ def lines(path: Path) -> list[dict]:
 def sweep(scenario: Path, out: Path, *args: str, timeout: float = 600) -> tuple[Path, subprocess.CompletedProcess]:
     done = subprocess.run([*ORCH, "sweep", str(scenario), "--out", str(out), *args], capture_output=True, text=True,
                           timeout=timeout)
-    (run,) = [p for p in out.iterdir() if p.is_dir() and p.name != "compare"]
-    return run, done
+    runs = [p for p in out.iterdir() if p.is_dir() and p.name != "compare"]
+    assert len(runs) == 1, f"exit {done.returncode}: {done.stderr[-3000:]}"
+    return runs[0], done
 
 
 def shape(run: Path) -> tuple[Counter, Counter, set[str], set[str]]:
@@ -296,7 +297,8 @@ def test_ctrl_c_on_a_cluster_leaves_no_container_of_the_run(cluster, tmp_path, s
 
 @pytest.mark.parametrize("asks, said", [
     (['placement.resource="orch_devce"'], "no node offers one 'orch_devce' (its resources: CPU, memory, "
-                                          "object_store_memory, orch_device); fix placement.resource"),
+                                          "object_store_memory, orch_device); fix placement.resource, or start the nodes "
+                                          "with --resources '{\"orch_devce\": 1}'"),
     ([], "no node offers one 'GPU' (its resources: CPU, memory, object_store_memory, orch_device); on CPU nodes "
          "set placement.resource to the resource they declare (docs/clusters.md)"),
 ])
@@ -306,7 +308,7 @@ def test_a_resource_no_node_offers_is_one_line_before_any_run_folder(cluster, tm
                            f"127.0.0.1:{cluster.port}", *[a for x in asks for a in ("--set", x)]],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().splitlines() == [f"the Ray cluster at 127.0.0.1:{cluster.port}: placement.resource: "
+    assert done.stderr.strip().splitlines() == [f"Error: the Ray cluster at 127.0.0.1:{cluster.port}: placement.resource: "
                                                 f"{said}"]
     assert not list(tmp_path.iterdir())
 

@@ -116,15 +116,25 @@ def _child_setup(cores: tuple[int, ...] | None) -> None:
         os.sched_setaffinity(0, cores)
 
 
-def _die_with_parent() -> None:
-    """Linux: the server gets SIGTERM if orch dies, even by SIGKILL, so none is left running."""
+def _load_prctl():
+    """libc's prctl, looked up here in the parent: a child forked from a threaded orch (cells side
+    by side) should do no more than a system call before exec."""
     try:
         import ctypes
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
-        pass  # not Linux: Ctrl-C and SIGTERM still stop the server; `kill -9 orch` may leave it
+        return None  # not Linux: Ctrl-C and SIGTERM still stop the server; `kill -9 orch` may leave it
+
+
+_PRCTL = _load_prctl()
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM if orch dies, even by SIGKILL, so none is left running."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _signal_group(pid: int, sig: int) -> None:
