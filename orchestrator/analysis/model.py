@@ -41,7 +41,6 @@ that level (summary.csv's figure, pooled over prompt sets).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
