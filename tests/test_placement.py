@@ -373,9 +373,14 @@ def test_resume_compares_the_scenario_but_not_where_its_cells_run(tmp_path):
     run, _ = open_run(scenario({"cores": ["0", "1"]}), tmp_path, False, "again")
     resumed, _ = open_run(scenario({"cores": ["0"]}), tmp_path, True, "again")
     assert resumed.path == run.path
-    assert open_run(scenario({}), tmp_path, True, "again")[0].path == run.path
     with pytest.raises(OrchError, match="scenario.toml differs from this scenario"):
         open_run(scenario({"cores": ["0"]}, max_tokens=17), tmp_path, True, "again")
+    # side by side to one at a time would leave cells measured alone and beside others unmarked
+    with pytest.raises(OrchError, match="scenario.toml differs from this scenario"):
+        open_run(scenario({}), tmp_path, True, "again")
+    run, _ = open_run(scenario({"cluster": "ray://head:10001", "resource": "d"}, 8), tmp_path / "c", False, "again")
+    assert open_run(scenario({"cluster": "head:6379", "resource": "d"}, 8), tmp_path / "c", True, "again")[0].path \
+        == run.path
 
 
 @pytest.mark.parametrize("setting", ['placement.cores=["0"]', 'placement.cluster="auto"'])
@@ -392,3 +397,29 @@ def test_orch_bench_refuses_placement(tmp_path, setting):
                                                     "that is already running where it is; drop the [placement] "
                                                     "settings\n")
     assert not list(tmp_path.iterdir())
+
+
+def test_removing_containers_goes_on_past_one_docker_refuses_and_names_it():
+    """Fault injection (Docker's own exception types, raised by fake containers): 409 is another
+    removal in progress, not an error; anything else is named after every other was tried."""
+    import docker
+
+    from orchestrator.common.errors import OrchError
+    from orchestrator.launch.docker import remove
+
+    class Box:
+        def __init__(self, name, status=None):
+            self.name, self.status = name, status
+
+        def remove(self, force):
+            if self.status == 404:
+                raise docker.errors.NotFound("gone")
+            if self.status:
+                raise docker.errors.APIError("no", response=type("R", (), {"status_code": self.status})(),
+                                             explanation="device or resource busy")
+
+    assert remove([Box("a"), Box("b", 409), Box("c", 404)]) == ["a"]
+    with pytest.raises(OrchError) as err:
+        remove([Box("a"), Box("b", 500), Box("d")])
+    assert str(err.value) == ("removed 2 container(s) (a, d); Docker would not remove b (device or resource busy); "
+                              "remove them with docker rm -f")

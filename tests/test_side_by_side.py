@@ -295,12 +295,15 @@ def test_ctrl_c_on_a_cluster_leaves_no_container_of_the_run(cluster, tmp_path, s
     assert {c["status"] for c in lines(run / "cells.jsonl")} == {"interrupted"}
 
 
+AUTOSCALING = "; an autoscaling cluster needs one such node up first (min_workers = 1)"
+
+
 @pytest.mark.parametrize("asks, said", [
     (['placement.resource="orch_devce"'], "no node offers one 'orch_devce' (its resources: CPU, memory, "
                                           "object_store_memory, orch_device); fix placement.resource, or start the nodes "
-                                          "with --resources '{\"orch_devce\": 1}'"),
+                                          "with --resources '{\"orch_devce\": 1}'" + AUTOSCALING),
     ([], "no node offers one 'GPU' (its resources: CPU, memory, object_store_memory, orch_device); on CPU nodes "
-         "set placement.resource to the resource they declare (docs/clusters.md)"),
+         "set placement.resource to the resource they declare (docs/clusters.md)" + AUTOSCALING),
 ])
 def test_a_resource_no_node_offers_is_one_line_before_any_run_folder(cluster, tmp_path, scenario, asks, said):
     """Ray would keep such tasks pending for ever."""
@@ -366,6 +369,6 @@ def test_a_node_killed_mid_cell_fails_that_cell_the_rest_finish_and_resume_compl
     kept = any(r["ok"] and r["phase"] == "measured" and r["cell_id"] == lost[0]["cell_id"]
                for r in before)
     # the requests it kept were measured on the dead node: the record and the report say so
-    assert moved["earlier"] == ([f"{lost[0]['placement']['node']}, cores 1"] if kept else [])
+    assert moved["earlier"] == ([f"{lost[0]['placement']['host']}, cores 1"] if kept else [])
     assert ("Warning: resumed on another node or device" in resumed.stdout) == kept
     assert not llama_servers()

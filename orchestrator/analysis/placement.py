@@ -24,7 +24,7 @@ def placement_notes(cells: list[CellRecord]) -> list[str]:
     moved = [c for c in placed if c.placement.earlier]
     if moved:
         lines.append("Warning: resumed on another node or device, so their requests were measured on more than one: "
-                     + "; ".join(f"{c.cell_id} on {', then '.join(c.placement.earlier)}, then {c.placement.node}, "
+                     + "; ".join(f"{c.cell_id} on {', then '.join(c.placement.earlier)}, then {c.placement.host}, "
                                  f"{c.placement.device}" for c in moved)
                      + ". Their figures mix machines; rerun them in a new run to measure each on one device.")
     return lines

@@ -183,20 +183,23 @@ def remove(containers) -> list[str]:
     """The names of those removed; one already gone or going (another `orch down`, a cluster's
     nodes that share a Docker engine) is not an error and not counted; one Docker refuses to
     remove is an OrchError naming it."""
-    removed = []
+    removed, refused = [], []
     for c in containers:
         try:
             c.remove(force=True)
         except docker.errors.NotFound:
             continue
         except docker.errors.APIError as exc:
-            if exc.status_code == 409:  # "removal of container ... is already in progress"
-                continue
-            raise OrchError(f"Docker would not remove container {c.name}: {exc.explanation or exc}; "
-                            f"remove it with docker rm -f {c.name}")
+            if exc.status_code != 409:  # 409: "removal of container ... is already in progress"
+                refused.append(f"{c.name} ({exc.explanation or exc})")
+            continue
         except OSError as exc:
-            raise OrchError(f"Docker did not answer while removing container {c.name}: {exc}")
+            refused.append(f"{c.name} (Docker did not answer: {exc})")
+            continue
         removed.append(c.name)
+    if refused:
+        raise OrchError(f"removed {len(removed)} container(s)" + (f" ({', '.join(removed)})" if removed else "")
+                        + f"; Docker would not remove {', '.join(refused)}; remove them with docker rm -f")
     return removed
 
 

@@ -268,7 +268,7 @@ class CellPlacement(BaseModel):
     gpus: list[Count] | None = None
     cores: list[Count] | None = None
     beside: list[Name] = []  # cells whose servers ran on the same host at some time during this one
-    earlier: list[StrictStr] = []  # where earlier starts of this cell ran ("node, device"), if elsewhere:
+    earlier: list[StrictStr] = []  # where earlier starts of this cell ran ("host, device"), if elsewhere:
     # a resumed cell keeps their requests, so its figures mix two machines
 
 

@@ -99,6 +99,7 @@ def check_offered(ray, placed: PlacementSettings) -> None:
     have = sorted(k for k in offered if not k.startswith(("node:", "accelerator_type:")))
     fix = ("fix placement.resource, or start the nodes with --resources '{\"%s\": 1}'" % wanted if placed.resource
            else "on CPU nodes set placement.resource to the resource they declare (docs/clusters.md)")
+    fix += "; an autoscaling cluster needs one such node up first (min_workers = 1)"
     raise ScenarioError(f"the Ray cluster at {placed.cluster}", "placement.resource",
                         f"no node offers one {wanted!r} (its resources: {', '.join(have)}); {fix}")
 
@@ -177,32 +178,35 @@ def _submit_with_mailbox(ray, jobs: list[CellJob], asks: dict, tasks: dict, even
 
 
 def _read_mailbox(ray, mailbox, cells: dict, events: "queue.Queue[Event]") -> None:
-    """Events until every task has ended; a task that ended is done once the mailbox holds
-    nothing more (puts are synchronous: all it sent is there), lost if it died."""
-    from ray.util.queue import Empty
-
+    """Events until every task has ended, read in batches (each read is a round trip to the
+    head); a task that ended is done once the mailbox holds nothing more (puts are synchronous:
+    all it sent is there), lost if it died."""
     running = dict(cells)  # task -> cell
     try:
         while running:
-            try:
-                events.put(mailbox.get(timeout=0.5))
+            if _take(mailbox, events):
                 continue
-            except Empty:
-                pass
             ended, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
-            if ended:
-                while not mailbox.empty():
-                    events.put(mailbox.get_nowait())
+            if not ended:
+                time.sleep(0.2)
+                continue
+            _take(mailbox, events)
             for task in ended:
                 _ended(ray, task, running.pop(task), events)
     except Exception as exc:  # noqa: BLE001 - the mailbox itself is gone (the head died): every cell left is lost
-        for task, cell in running.items():
-            try:
-                ray.cancel(task, force=True)
-            except Exception:  # noqa: BLE001 - with the head gone, nothing answers
-                pass
+        for cell in running.values():
             events.put(Event("lost", cell.id, cell, lost_text(exc)))
             events.put(Event("done", cell.id))
+        _cancel(ray, {cell.id: task for task, cell in running.items()})
+
+
+def _take(mailbox, events: "queue.Queue[Event]") -> int:
+    """Everything in the mailbox now, in two round trips; how many there were."""
+    n = mailbox.size()
+    if n:
+        for ev in mailbox.get_nowait_batch(n):  # this thread is the only reader: all n are there
+            events.put(ev)
+    return n
 
 
 def _ended(ray, task, cell: Cell, events: "queue.Queue[Event]") -> None:

@@ -138,6 +138,8 @@ class Writer:
 
     def _cell(self, ev: Event) -> None:
         rec: CellRecord = ev.data
+        if any(r.cell_id == rec.cell_id for r in self.records):
+            return  # a dying Ray task's last put, read after the cell was already recorded as lost
         span = self.spans.get(rec.cell_id)
         if span is not None:
             span.end = (rec.started_at or span.start) + (rec.seconds or 0.0)
@@ -171,7 +173,9 @@ class Writer:
 
 
 def _where(place: CellPlacement) -> str:
-    return f"{place.node or '?'}, {place.device or 'any'}"
+    """The machine and device, not the Ray node: a cluster restarted between an interrupt and the
+    resume gives the same machine a new node id."""
+    return f"{place.host or place.node or '?'}, {place.device or 'any'}"
 
 
 def run_on_devices(sweep, run: RunDir, devices: list[Device], progress) -> list[CellRecord]:
@@ -207,9 +211,9 @@ def run_on_devices(sweep, run: RunDir, devices: list[Device], progress) -> list[
                 one(device, cell, remaining)
             events.put(Event("done", cell.id))
 
+    writer = Writer(run, progress, len(jobs))  # reads the run's records: before any cell starts
     for d in devices:
         threading.Thread(target=worker, args=(d,), name=f"orch-cell {d.name}", daemon=True).start()
-    writer = Writer(run, progress, len(jobs))
     pump(events, writer, len(jobs), lambda: _stop_all(stop, relays))
     return writer.records
 

@@ -129,7 +129,8 @@ def open_run(sc: Scenario, out: Path, resume: bool, again: str) -> tuple[RunDir,
         raise OrchError(f"--resume: no earlier run of {sc.name!r} under {out}; drop --resume to start one")
     run.again = again
     run.schema_version()  # one line, and nothing appended, if this orch cannot read the run
-    if _measured_settings(redact.scrub(scenario_text(resolved))) != _measured_settings(run.read_scenario_text()):
+    ours, theirs = redact.scrub(scenario_text(resolved)), run.read_scenario_text()
+    if _measured_settings(ours) != _measured_settings(theirs) or _measured_settings(ours) is None and ours != theirs:
         raise OrchError(f"--resume: {run.path}/scenario.toml differs from this scenario (with --set); "
                         "resume with the same settings or start a new run")
     notes = run.repair()
@@ -138,13 +139,17 @@ def open_run(sc: Scenario, out: Path, resume: bool, again: str) -> tuple[RunDir,
 
 
 def _measured_settings(text: str) -> dict | None:
-    """A scenario as resume compares it: all but [placement], since where the cells run may change
-    (a cluster reached by another address, fewer devices); each cell record says where it ran."""
+    """A scenario as resume compares it (None: not TOML, so the texts are compared): [placement]
+    only by kind, since where the cells run may change (a cluster reached by another address,
+    fewer devices; each cell record says where it ran), but not from one at a time to side by
+    side or back, which would leave cells measured alone and beside others unmarked."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError:
         return None
-    data.pop("placement", None)
+    placed = data.pop("placement", {})
+    data["placement"] = "cluster" if placed.get("cluster") else "devices" if placed.get("gpus") or placed.get(
+        "cores") else "one at a time"
     return data
 
 
