@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 
 import pytest
 
@@ -358,19 +359,25 @@ def test_a_ray_address_nothing_answers_at_is_one_line_within_seconds_and_no_run_
 # ---------------------------------------------------------------- resume
 
 
-def test_resume_compares_the_scenario_but_not_where_its_cells_run(tmp_path):
+def test_resume_compares_the_scenario_but_not_where_its_cells_run(tmp_path, monkeypatch):
     """Placement may change between starts (another address of the cluster, fewer devices); each
-    cell record says where it ran. Anything measured that changes is refused."""
+    cell record says where it ran. Anything measured that changes is refused. A secret that looks
+    like a number (here "1234", inside max_tokens 12345) must not break scenario.toml."""
+    from orchestrator.common import redact
     from orchestrator.common.errors import OrchError
     from orchestrator.sweep.scenario import build_scenario
     from orchestrator.sweep.session import open_run
 
-    def scenario(placement, max_tokens=16):
+    monkeypatch.setattr(redact, "_secrets", set())
+    redact.remember("1234")
+
+    def scenario(placement, max_tokens=12345):
         return build_scenario({"name": "s", "placement": placement, "workload": {"max_tokens": max_tokens},
                                "engines": [{"name": "a", "kind": "llama-server", "model": "gemma-3-270m"}]},
                               tmp_path / "s.toml")
 
     run, _ = open_run(scenario({"cores": ["0", "1"]}), tmp_path, False, "again")
+    assert tomllib.loads(run.read_scenario_text())["workload"]["max_tokens"] == 12345
     resumed, _ = open_run(scenario({"cores": ["0"]}), tmp_path, True, "again")
     assert resumed.path == run.path
     with pytest.raises(OrchError, match="scenario.toml differs from this scenario"):

@@ -125,7 +125,9 @@ class RunDir:
         return self.path / "cells" / cell_id
 
     def write_scenario(self, data: dict) -> None:
-        self._write(SCENARIO, scenario_text(data))
+        """scenario.toml, with secrets taken out of its strings, not of its text: a secret that
+        looks like a number ("1234") must not break the TOML that --resume compares."""
+        self._write(SCENARIO, scenario_text(redact.scrub_values(data)), scrubbed=True)
 
     def read_scenario_text(self) -> str:
         return (self.path / SCENARIO).read_text()
@@ -151,9 +153,9 @@ class RunDir:
         self._note(notes)
         return env
 
-    def _write(self, name: str, text: str) -> None:
+    def _write(self, name: str, text: str, scrubbed: bool = False) -> None:
         try:
-            (self.path / name).write_text(redact.scrub(text))
+            (self.path / name).write_text(text if scrubbed else redact.scrub(text))
         except OSError as exc:
             raise ResultsError(f"cannot write to {self.path}: {why(exc)}; pass a writable --out")
 

@@ -129,7 +129,7 @@ def open_run(sc: Scenario, out: Path, resume: bool, again: str) -> tuple[RunDir,
         raise OrchError(f"--resume: no earlier run of {sc.name!r} under {out}; drop --resume to start one")
     run.again = again
     run.schema_version()  # one line, and nothing appended, if this orch cannot read the run
-    ours, theirs = redact.scrub(scenario_text(resolved)), run.read_scenario_text()
+    ours, theirs = scenario_text(redact.scrub_values(resolved)), run.read_scenario_text()
     if _measured_settings(ours) != _measured_settings(theirs) or _measured_settings(ours) is None and ours != theirs:
         raise OrchError(f"--resume: {run.path}/scenario.toml differs from this scenario (with --set); "
                         "resume with the same settings or start a new run")
