@@ -233,19 +233,13 @@ def pump(events: "queue.Queue[Event]", writer: Writer, jobs: int, on_interrupt: 
     try:
         while pending:
             pending -= _one(events, writer)
-    except KeyboardInterrupt:
+    except BaseException as exc:
         writer.interrupted = True
         on_interrupt()
+        still = writer if isinstance(exc, KeyboardInterrupt) else None  # a writer that failed writes no more
         deadline = time.monotonic() + DRAIN_S
         while pending and time.monotonic() < deadline:
-            pending -= _one(events, writer)
-        raise
-    except BaseException:
-        writer.interrupted = True
-        on_interrupt()
-        deadline = time.monotonic() + DRAIN_S
-        while pending and time.monotonic() < deadline:
-            pending -= _one(events, None)
+            pending -= _one(events, still)
         raise
 
 
