@@ -430,3 +430,34 @@ def test_removing_containers_goes_on_past_one_docker_refuses_and_names_it():
         remove([Box("a"), Box("b", 500), Box("d")])
     assert str(err.value) == ("removed 2 container(s) (a, d); Docker would not remove b (device or resource busy); "
                               "remove them with docker rm -f")
+
+
+def test_a_ray_client_server_that_dies_at_birth_is_retried(monkeypatch):
+    """Fault injection: ray.init fails as ray-project/ray#63202 makes it (the proxy's forked server
+    dies), twice, then connects; three failures are one line naming the cause."""
+    import ray
+
+    from orchestrator.common.errors import OrchError
+    from orchestrator.sweep import cluster
+
+    said = ("Initialization failure from server:\nTraceback (most recent call last):\n  File \"proxier.py\"\n"
+            "RuntimeError: Starting Ray client server failed. See ray_client_server_23000.err for detailed logs.")
+    calls = []
+
+    def init(**kw):
+        calls.append(kw["address"])
+        if len(calls) < 3:
+            raise ConnectionAbortedError(said)
+
+    monkeypatch.setattr(cluster, "unreachable", lambda address: None)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    assert cluster.connect("ray://head:10001") is ray and calls == ["ray://head:10001"] * 3
+    calls.clear()
+    monkeypatch.setattr(ray, "init", lambda **kw: (calls.append(1), (_ for _ in ()).throw(ConnectionAbortedError(said))))
+    with pytest.raises(OrchError) as err:
+        cluster.connect("ray://head:10001")
+    assert len(calls) == 3 and str(err.value) == (
+        "Ray Client at 'ray://head:10001' could not start a server for orch in 3 tries (RuntimeError: Starting Ray "
+        "client server failed. See ray_client_server_23000.err for detailed logs.); see ray_client_server*.err in "
+        "the head's Ray logs, or use the GCS address HEAD:6379 from a machine of the cluster")

@@ -66,12 +66,37 @@ def connect(address: str):
     if problem:
         raise OrchError(f"no Ray cluster at {address!r}: {problem}; start one with `ray start --head` "
                         "(docs/clusters.md) or fix placement.cluster")
-    try:
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, ignore_reinit_error=True)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise OrchError(f"no Ray cluster at {address!r}: {str(exc).splitlines()[0][:200]}; start one with "
-                        "`ray start --head` (docs/clusters.md) or fix placement.cluster")
+    for attempt in range(1, CLIENT_TRIES + 1):
+        try:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, ignore_reinit_error=True)
+            return ray
+        except ConnectionAbortedError as exc:  # Ray Client: the server it forks for this client died at birth
+            if attempt == CLIENT_TRIES:
+                raise OrchError(f"Ray Client at {address!r} could not start a server for orch in {CLIENT_TRIES} "
+                                f"tries ({_last_line(exc)}); see ray_client_server*.err in the head's Ray logs, "
+                                "or use the GCS address HEAD:6379 from a machine of the cluster")
+            _shutdown(ray)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise OrchError(f"no Ray cluster at {address!r}: {str(exc).splitlines()[0][:200]}; start one with "
+                            "`ray start --head` (docs/clusters.md) or fix placement.cluster")
     return ray
+
+
+# Ray Client's proxy forks one server per client while its gRPC threads run; the child dies in a
+# few percent of starts (ray-project/ray#63202, open), which a new connection gets past.
+CLIENT_TRIES = 3
+
+
+def _last_line(exc: BaseException) -> str:
+    """The cause at the end of a traceback Ray passes on as text."""
+    return next((ln.strip() for ln in reversed(str(exc).splitlines()) if ln.strip()), type(exc).__name__)[:200]
+
+
+def _shutdown(ray) -> None:
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001 - a connection that never came up has nothing to shut
+        pass
 
 
 CONNECT_S = 5.0  # Ray itself retries an unreachable GCS for minutes
