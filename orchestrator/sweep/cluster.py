@@ -56,6 +56,11 @@ class CellJob:
     todo: list[RequestSpec]
 
 
+# Ray Client's proxy forks one server per client while its gRPC threads run; the child dies in a
+# few percent of starts (ray-project/ray#63202, open), which a new connection gets past.
+CLIENT_TRIES = 3
+
+
 def connect(address: str):
     """Ray, connected to the cluster at `address`; one line if it cannot be."""
     try:
@@ -79,12 +84,6 @@ def connect(address: str):
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise OrchError(f"no Ray cluster at {address!r}: {str(exc).splitlines()[0][:200]}; start one with "
                             "`ray start --head` (docs/clusters.md) or fix placement.cluster")
-    return ray
-
-
-# Ray Client's proxy forks one server per client while its gRPC threads run; the child dies in a
-# few percent of starts (ray-project/ray#63202, open), which a new connection gets past.
-CLIENT_TRIES = 3
 
 
 def _last_line(exc: BaseException) -> str:
