@@ -78,17 +78,19 @@ def connect(address: str):
         except ConnectionAbortedError as exc:  # Ray Client: the server it forks for this client died at birth
             if attempt == CLIENT_TRIES:
                 raise OrchError(f"Ray Client at {address!r} could not start a server for orch in {CLIENT_TRIES} "
-                                f"tries ({_last_line(exc)}); see ray_client_server*.err in the head's Ray logs, "
+                                f"tries ({_line(exc, last=True)}); see ray_client_server*.err in the head's Ray logs, "
                                 "or use the GCS address HEAD:6379 from a machine of the cluster")
             _shutdown(ray)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise OrchError(f"no Ray cluster at {address!r}: {str(exc).splitlines()[0][:200]}; start one with "
+            raise OrchError(f"no Ray cluster at {address!r}: {_line(exc)}; start one with "
                             "`ray start --head` (docs/clusters.md) or fix placement.cluster")
 
 
-def _last_line(exc: BaseException) -> str:
-    """The cause at the end of a traceback Ray passes on as text."""
-    return next((ln.strip() for ln in reversed(str(exc).splitlines()) if ln.strip()), type(exc).__name__)[:200]
+def _line(exc: BaseException, last: bool = False, cap: int = 200) -> str:
+    """The first non-empty line of an exception's text, or the last (the cause at the end of a
+    traceback Ray passes on as text); its type's name where it has no text."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[-1 if last else 0] if lines else type(exc).__name__)[:cap]
 
 
 def _shutdown(ray) -> None:
@@ -243,7 +245,7 @@ def _ended(ray, task, cell: Cell, events: "queue.Queue[Event]") -> None:
 
 def lost_text(exc: BaseException) -> str:
     name = type(exc).__name__
-    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:240]
+    first = _line(exc, cap=240)
     if "NodeDied" in name or "node" in first.lower() and "died" in first.lower():
         why = "its Ray node died mid-cell"
     elif "Cancel" in name:
@@ -360,7 +362,7 @@ def for_each_node(ray, fn, *args) -> dict[str, object]:
             out[name] = ray.get(ref, timeout=60)
         except Exception as exc:  # noqa: BLE001 - ray.exceptions.*: the node's answer is this error
             cause = getattr(exc, "cause", None) or exc
-            out[name] = OrchError(f"{type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}")
+            out[name] = OrchError(f"{type(cause).__name__}: {_line(cause)}")
     return out
 
 

@@ -96,12 +96,11 @@ class Writer:
     placements: dict[str, CellPlacement] = field(default_factory=dict)
     nodes: set[str] = field(default_factory=set)
     interrupted: bool = False
-    before: dict[str, set[str]] | None = None  # where each cell's earlier starts in this run ran
+    before: dict[str, set[str]] = field(default_factory=dict, init=False)  # where each cell's earlier starts ran
 
     def __post_init__(self):
         """Where the measurements a resumed cell keeps were made (only cells that kept some)."""
         kept = {r.cell_id for r in self.run.request_records() if r.phase == "measured" and r.ok}
-        self.before = {}
         for rec in self.run.cell_records():
             if rec.placement is not None and rec.cell_id in kept:
                 self.before[rec.cell_id] = {_where(rec.placement), *rec.placement.earlier}
@@ -154,9 +153,8 @@ class Writer:
         self.progress.cell_finished(rec.cell_id, rec.status, rec.error or rec.prompt_check or "", rec.seconds)
 
     def _lost(self, ev: Event) -> None:
-        """The cell's Ray task or node died before it could write its own record."""
-        if any(r.cell_id == ev.cell_id for r in self.records):
-            return
+        """The cell's Ray task or node died before it could write its own record (one that did
+        write it is recorded once: _cell skips a second)."""
         cell = ev.data  # runner.Cell
         started = self.spans[ev.cell_id].start if ev.cell_id in self.spans else time.time()
         rec = CellRecord(cell_id=cell.id, engine=cell.engine.name, kind=cell.engine.kind,

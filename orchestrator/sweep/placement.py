@@ -82,15 +82,15 @@ def unavailable(devices: list[Device], nvml=None) -> tuple[str, str] | None:
     for d in devices:
         missing = sorted(set(d.cores or ()) - allowed)
         if missing:
-            return "cores", (f"device {d.name!r}: cores {missing} are not available to orch on this host (it may run on "
-                    f"{_span(tuple(sorted(allowed)))}); name cores of this host")
+            return "cores", (f"device {d.name!r}: cores {missing} are not available to orch on this host (it may "
+                             f"run on {_span(tuple(sorted(allowed)))}); name cores of this host")
     wanted = sorted({g for d in devices for g in d.gpus or ()})
     if wanted and not os.environ.get("DOCKER_HOST"):  # containers on another host: its GPUs are not seen here
         count, why = gpu_count(nvml)
         beyond = [g for g in wanted if g >= count]
         if beyond:  # CUDA_VISIBLE_DEVICES naming no GPU would leave a CUDA build on the CPU, measured unawares
             return "gpus", (f"GPU ids {beyond} are not on this host ({why}); name GPUs from 0 to {count - 1}"
-                    if count else f"this host has no GPU orch can see ({why}); use placement.cores on a CPU host")
+                            if count else f"this host has no GPU orch can see ({why}); use placement.cores on a CPU host")
     return None
 
 

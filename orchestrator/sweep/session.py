@@ -130,7 +130,8 @@ def open_run(sc: Scenario, out: Path, resume: bool, again: str) -> tuple[RunDir,
     run.again = again
     run.schema_version()  # one line, and nothing appended, if this orch cannot read the run
     ours, theirs = scenario_text(redact.scrub_values(resolved)), run.read_scenario_text()
-    if _measured_settings(ours) != _measured_settings(theirs) or _measured_settings(ours) is None and ours != theirs:
+    mine, saved = _measured_settings(ours), _measured_settings(theirs)
+    if mine != saved or mine is None and ours != theirs:
         raise OrchError(f"--resume: {run.path}/scenario.toml differs from this scenario (with --set); "
                         "resume with the same settings or start a new run")
     notes = run.repair()
