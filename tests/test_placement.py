@@ -283,6 +283,24 @@ def test_a_write_that_fails_stops_every_cell_and_is_raised(tmp_path):
     assert stopped == [True] and events.empty()
 
 
+def test_a_remote_server_log_is_written_as_text_without_secrets(tmp_path, monkeypatch):
+    """A node's server.log comes back as bytes: not UTF-8 throughout, with a key in it. A log
+    that cannot be written is one ResultsError, not a traceback."""
+    from orchestrator.common import redact
+    from orchestrator.common.errors import ResultsError
+
+    monkeypatch.setattr(redact, "_secrets", set())
+    redact.remember("sk-node-secret-91")
+    run = RunDir.create(tmp_path, "s")
+    w = Writer(run, Said(), 1)
+    w.apply(Event("log", "a", b"main: loaded\xff\xfe key=sk-node-secret-91\n"))
+    text = (run.cell_dir("a") / "server.log").read_text(encoding="utf-8")
+    assert text.startswith("main: loaded\ufffd\ufffd key=") and "sk-node-secret-91" not in text
+    (run.cell_dir("b") / "server.log").mkdir(parents=True)
+    with pytest.raises(ResultsError, match="cannot write .*server.log: Is a directory"):
+        w.apply(Event("log", "b", b"x"))
+
+
 def test_a_server_that_comes_up_after_ctrl_c_is_stopped_at_once(tmp_path):
     class Server:
         stops = 0
