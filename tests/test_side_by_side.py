@@ -75,7 +75,10 @@ def assert_same_records(run: Path, sequential: Path) -> None:
     seq_reqs, seq_cells, seq_req_fields, seq_cell_fields = shape(sequential)
     assert reqs == seq_reqs and cells == seq_cells
     assert sum(reqs.values()) == 3 * (1 + 2 * 3)  # 3 cells x (1 warm-up + 2 repeats x the 3 repeat prompts)
-    assert req_fields == seq_req_fields and cell_fields == seq_cell_fields | {"placement"}
+    # `reconnected` is an incident of one request (llama-server closed a kept-alive connection just
+    # as it went out), written only where it happened: either run may have it, or neither.
+    assert req_fields - {"reconnected"} == seq_req_fields - {"reconnected"}
+    assert cell_fields == seq_cell_fields | {"placement"}
 
 
 def test_two_devices_on_one_host_give_the_records_of_a_sequential_sweep(sequential, two_devices):
