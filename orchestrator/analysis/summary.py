@@ -54,7 +54,7 @@ def summarize(requests: list[RequestRecord], cells: list[CellRecord]) -> pd.Data
     df = measured_frame(requests)
     rows = [_row(key, g) for key, g in df.groupby(GROUP + ["cell_id"], sort=False)] if len(df) else []
     out = pd.DataFrame(rows, columns=COLUMNS)
-    status = {c.cell_id: c.status for c in cells}
+    status = cell_status(cells)
     out["cell_status"] = out["cell_id"].map(status).fillna("unknown")
     window = {(c.cell_id, int(conc)): m for c in cells for conc, m in (c.server_metrics or {}).items() if m}
     for col in ("acceptance_rate", "mean_acceptance_length"):
@@ -70,6 +70,16 @@ def summarize(requests: list[RequestRecord], cells: list[CellRecord]) -> pd.Data
     out = _add_independent(_add_paired(out, df, cells), df)
     out = cost.add_cost(_add_crossover(out), df, cells)
     return out.sort_values(["engine", "concurrency", "prompt_set", "n_spec"], ignore_index=True)[COLUMNS]
+
+
+def cell_status(cells: list[CellRecord]) -> dict[str, str]:
+    """Per cell, over its blocks' starts: ok when every start was, else the first start's status
+    that was not (a depth with a failed start is not clean)."""
+    out: dict[str, str] = {}
+    for c in cells:
+        if out.get(c.cell_id, "ok") == "ok":
+            out[c.cell_id] = c.status
+    return out
 
 
 def _add_crossover(out: pd.DataFrame) -> pd.DataFrame:

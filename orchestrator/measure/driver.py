@@ -50,10 +50,12 @@ class RequestSpec:
     phase: str  # "warmup" or "measured"
     concurrency: int
     repeat: int
+    block: int = 0  # workload.blocks: the replicate start; block 0 keeps the keys of runs before blocks
 
     @property
     def key(self) -> str:
-        return f"{self.phase}/c{self.concurrency}/r{self.repeat}/{self.prompt.set}/{self.prompt.id}"
+        start = f"b{self.block}/" if self.block else ""
+        return f"{self.phase}/{start}c{self.concurrency}/r{self.repeat}/{self.prompt.set}/{self.prompt.id}"
 
 
 def request_body(api: str, text: str, model: str, workload, extra: dict) -> dict:

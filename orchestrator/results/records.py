@@ -173,6 +173,7 @@ class RequestRecord(Measured):
     n_spec: Count
     endpoint: StrictStr | None = None  # /v1/completions or /v1/chat/completions
     prompt_tokens_low: StrictBool | None = None  # fewer prompt tokens than half the prompt's words
+    block: Count | None = None  # workload.blocks: which replicate start of its cell (None: before blocks, 0)
 
     @classmethod
     def of(cls, measured: Measured, **cell) -> "RequestRecord":
@@ -281,6 +282,7 @@ class CellRecord(Record):
     method: StrictStr
     n_spec: Count
     status: Name  # ok, partial, failed, interrupted
+    block: Count | None = None  # workload.blocks: which replicate start this is (None: before blocks, 0)
     kind: Text = None
     launcher: Text = None
     started_at: Time | None = None

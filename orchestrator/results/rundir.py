@@ -231,8 +231,8 @@ class RunDir:
         return self._load(REQUESTS, RequestRecord)
 
     def cell_records(self) -> list[CellRecord]:
-        """The latest record of each cell (a resumed run appends newer ones)."""
-        latest = {rec.cell_id: rec for rec in self._load(CELLS, CellRecord)}
+        """The latest record of each cell and block (a resumed run appends newer ones)."""
+        latest = {(rec.cell_id, rec.block or 0): rec for rec in self._load(CELLS, CellRecord)}
         return list(latest.values())
 
     def server_starts(self) -> dict[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import os
 import time
 import traceback
@@ -41,8 +42,11 @@ from orchestrator.sweep.scenario import EngineSpec, Scenario, cell_id
 
 @dataclass(frozen=True)
 class Cell:
+    """One server start: an engine at one depth, in one block (workload.blocks)."""
+
     engine: EngineSpec
     n_spec: int
+    block: int = 0
 
     @property
     def method(self) -> str:
@@ -52,9 +56,30 @@ class Cell:
     def id(self) -> str:
         return cell_id(self.engine.name, self.method, self.n_spec)
 
+    @property
+    def log_name(self) -> str:
+        """The server's log in the cell's folder, one per block."""
+        return f"server.b{self.block}.log" if self.block else "server.log"
+
 
 def plan_cells(scenario: Scenario) -> list[Cell]:
-    return [Cell(e, n) for e in scenario.engines for n in e.speculation.n_spec]
+    """Every server start of the sweep, in the order they run. One block: engine by engine, depth
+    by depth, as listed. Several: each block starts every cell once in an order drawn from the
+    workload's seed, except that each engine's n_spec 0 opens the first block and closes the last,
+    so the baseline is measured at the start and the end of the run (analysis/drift.py)."""
+    cells = [Cell(e, n) for e in scenario.engines for n in e.speculation.n_spec]
+    blocks = scenario.workload.blocks
+    if blocks == 1:
+        return cells
+    out: list[Cell] = []
+    for b in range(blocks):
+        order = [Cell(c.engine, c.n_spec, b) for c in cells]
+        random.Random(f"{scenario.workload.seed}/block/{b}").shuffle(order)
+        base = [c for c in order if c.n_spec == 0]
+        rest = [c for c in order if c.n_spec != 0]
+        order = base + rest if b == 0 else (rest + base if b == blocks - 1 else order)
+        out += order
+    return out
 
 
 @dataclass
@@ -159,10 +184,10 @@ class Sweep:
     def execute(self, run: RunDir) -> list[CellRecord]:
         """Run every cell not already done in `run`; return the cell records written."""
         self.run_name = run.path.name
-        order = [c.id for c in plan_cells(self.scenario)]
+        order = [(c.id, c.block) for c in plan_cells(self.scenario)]
         records = []
         for cell, todo in self.cells_to_run(run):
-            self.progress.cell_started(order.index(cell.id) + 1, len(order), cell.id, len(todo))
+            self.progress.cell_started(order.index((cell.id, cell.block)) + 1, len(order), self._label(cell), len(todo))
             rec = self.run_cell(cell, todo, Output(run, self.progress))
             records.append(rec)
             self.progress.cell_finished(rec.status, rec.error or rec.prompt_check or "")
@@ -170,10 +195,10 @@ class Sweep:
 
     def cells_to_run(self, run: RunDir) -> list[tuple[Cell, list[RequestSpec]]]:
         """Every cell not already done in `run`, with the measured requests it still needs."""
-        done_cells = {c.cell_id for c in run.cell_records() if c.status == "ok"}
+        done_cells = {(c.cell_id, c.block or 0) for c in run.cell_records() if c.status == "ok"}
         done_keys = {(r.cell_id, r.key) for r in run.request_records() if r.phase == "measured" and r.ok}
-        return [(cell, [s for s in self.measured_specs() if (cell.id, s.key) not in done_keys])
-                for cell in plan_cells(self.scenario) if cell.id not in done_cells]
+        return [(cell, [s for s in self.measured_specs(cell.block) if (cell.id, s.key) not in done_keys])
+                for cell in plan_cells(self.scenario) if (cell.id, cell.block) not in done_cells]
 
     def search(self, run: RunDir, budgets: dict[str, int]) -> list[CellRecord]:
         """The depth search (analysis/search.py), engine by engine: decide from the records so far,
@@ -199,15 +224,20 @@ class Sweep:
                 self.progress.cell_finished(rec.status, rec.error or rec.prompt_check or "")
         return records
 
-    def measured_specs(self) -> list[RequestSpec]:
-        return [RequestSpec(p, "measured", c, r)
+    def measured_specs(self, block: int = 0) -> list[RequestSpec]:
+        return [RequestSpec(p, "measured", c, r, block)
                 for c in self.workload.concurrency
                 for r in range(self.workload.repeats)
                 for p in self.prompts]
 
-    def warmup_specs(self) -> list[RequestSpec]:
-        return [RequestSpec(self.prompts[i % len(self.prompts)], "warmup", 1, i)
+    def warmup_specs(self, block: int = 0) -> list[RequestSpec]:
+        return [RequestSpec(self.prompts[i % len(self.prompts)], "warmup", 1, i, block)
                 for i in range(self.workload.warmup)]
+
+    def _label(self, cell: Cell) -> str:
+        """The cell as progress names it: its id, and its block where there are several."""
+        blocks = self.workload.blocks
+        return f"{cell.id} (block {cell.block + 1}/{blocks})" if blocks > 1 else cell.id
 
     def run_cell(self, cell: Cell, todo: list[RequestSpec], out: Output, device: Device | None = None,
                  placement: CellPlacement | None = None) -> CellRecord:
@@ -219,6 +249,8 @@ class Sweep:
         rec = CellRecord(cell_id=cell.id, engine=cell.engine.name, kind=cell.engine.kind,
                          launcher=cell.engine.launcher, method=cell.method, n_spec=cell.n_spec,
                          status="running", started_at=round(time.time(), 3))
+        if self.workload.blocks > 1:
+            rec.set(block=cell.block)
         if placement is not None:
             rec.set(placement=placement)
         try:
@@ -243,7 +275,7 @@ class Sweep:
         rec.set(**self._cell_base(cell, prep, plan))
         for note in prep.engine.host_warnings(*self.host):
             out.warn(note)
-        log = out.cell_dir(cell.id) / "server.log"
+        log = out.cell_dir(cell.id) / cell.log_name
         marks = {"start": started}  # where the cell's wall time goes: see _phases
         headers = bearer(cell.engine.api_key_env)
         with LAUNCHERS[cell.engine.launcher](plan, log, cell.engine.ready_timeout_s) as server:
@@ -315,7 +347,7 @@ class Sweep:
         engine = self.prepared[cell.engine.name].engine
         prefix, counters = engine.metrics_prefix, engine.metric_counters
         costs = {}
-        warm = self.warmup_specs()
+        warm = self.warmup_specs(cell.block)
         if warm:
             out.phase("warm-up")
             _raise_if_refused(batches.send(warm, 1))
@@ -363,7 +395,8 @@ class Sweep:
                                                                                    len(self.prompts)):
             if _refused(level + more) or not batches.server_alive():
                 break
-            batch = batches.send([RequestSpec(p, "measured", conc, repeats) for p in self.prompts], conc)
+            batch = batches.send([RequestSpec(p, "measured", conc, repeats, batches.cell.block)
+                                  for p in self.prompts], conc)
             more += batch
             repeats += 1
             if not any(r.ok for r in batch):
@@ -421,9 +454,10 @@ class _Batches:
 
     def _record(self, measured: Measured) -> None:
         cell = self.cell
+        stamp = {"block": cell.block} if self.sweep.workload.blocks > 1 else {}
         rec = RequestRecord.of(measured, cell_id=cell.id, engine=cell.engine.name, method=cell.method,
                                n_spec=cell.n_spec, endpoint=ENDPOINTS[cell.engine.api],
-                               prompt_tokens_low=_prompt_tokens_low(measured, self.sweep.prompts))
+                               prompt_tokens_low=_prompt_tokens_low(measured, self.sweep.prompts), **stamp)
         self.written.append(rec)
         self.out.request(rec)
 

@@ -90,6 +90,9 @@ def _port(parts) -> int | None:
         return 0
 
 
+MAX_BLOCKS = 50  # replicate starts per cell; more would plan more starts than any sweep sits through
+
+
 class Workload(_Strict):
     # Each a set's name or file ("seeds", "my.jsonl"), or a table: {source, format, name,
     # per_category, sample_seed, turns} (measure/prompts.py's PromptSource).
@@ -108,6 +111,10 @@ class Workload(_Strict):
     # max_repeats repeats ran. None: exactly `repeats`.
     target_ci: float | None = Field(default=None, gt=0, lt=1)
     max_repeats: int | None = Field(default=None, gt=0)
+    # Replicated starts: every cell's server is started `blocks` times, each block in its own
+    # seeded random order (n_spec 0 first in the run and last), so that start-to-start spread is
+    # measured and drift falls on every depth alike (docs/metrics.md, "Two levels").
+    blocks: int = Field(default=1, ge=1, le=MAX_BLOCKS)
 
     @model_validator(mode="after")
     def _repeat_cap(self):
@@ -409,6 +416,15 @@ class Scenario(_Strict):
                     same = repr(cid) if first_id == cid else f"{first_id!r} and {cid!r} (same folder ignoring case)"
                     raise _KeyedError("engines", f"engines {first_engine!r} and {eng.name!r} both make cell {same}, "
                                                  "which names a result folder; rename one of the engines")
+        return self
+
+    @model_validator(mode="after")
+    def _blocks_in_order(self):
+        # Blocks are one start after another in a seeded order; cells side by side have no order.
+        p = self.placement
+        if self.workload.blocks > 1 and (p.gpus or p.cores or p.cluster):
+            raise _KeyedError("workload.blocks", "replicated blocks run one start at a time; set blocks = 1 "
+                                                 "with [placement], or drop [placement]")
         return self
 
 
