@@ -37,26 +37,35 @@ def test_the_fastest_depth_when_it_is_told_apart_from_the_smaller_ones():
     (a,) = advise(*run_of({2: 1.2, 4: 1.5, 8: 1.8})).itertuples(index=False)
     assert (a.n_spec, a.basis, a.server_starts) == (8, "measured", 4)
     assert a.speedup == pytest.approx(1.8)
-    assert a.why == "the fastest depth; faster pair by pair than n_spec 2, 4"
+    assert a.why == ("the fastest depth shown faster; told apart from n_spec 2, 4 pair by pair (each comparison "
+                     "at 98.3%: 3 depths judged together)")
+    assert (a.best, a.indistinct) == (8, "8")
 
 
 def test_a_smaller_depth_that_cannot_be_told_apart_from_the_fastest_wins():
     # n8 is 1.52x on average but +-5% from prompt to prompt: n4's steady 1.5x cannot be told from it.
     (a,) = advise(*run_of({2: 1.2, 4: 1.5, 8: 1.52}, wobble={8: 0.05})).itertuples(index=False)
     assert a.n_spec == 4
-    assert a.why.startswith("the fastest, n_spec 8 at 1.52x [") and a.why.endswith("is not faster than this "
-                                                                                    "smaller depth pair by pair")
+    assert a.why.startswith("the fastest, n_spec 8 at 1.52x [") and a.why.endswith(
+        "cannot be told apart from n_spec 4 pair by pair; the smallest of those drafts least; told apart from n_spec 2 "
+        "pair by pair (each comparison at 98.3%: 3 depths judged together)")
+    assert (a.best, a.indistinct) == (8, "4, 8")
 
 
 def test_no_faster_depth_means_run_without_speculation():
     (a,) = advise(*run_of({4: 1.0, 8: 0.8})).itertuples(index=False)
     assert (a.n_spec, a.method) == (0, "none") and pd.isna(a.speedup)
-    assert a.why == "no depth was shown to be faster; the best, n_spec 4, was 1.00x [1.00-1.00] (no clear difference)"
+    assert a.why == ("no depth was shown to be faster; the best, n_spec 4, was 1.00x [0.99-1.01] (no clear difference) "
+                     "(each comparison at 97.5%: 2 depths judged together); more blocks or prompts narrow it")
 
 
-def test_too_few_pairs_for_a_verdict_recommend_nothing_faster():
-    (a,) = advise(*run_of({4: 2.0}, prompts=5)).itertuples(index=False)
-    assert a.n_spec == 0 and a.why == "no depth was shown to be faster; the best, n_spec 4, was 2.00x (no verdict: fewer than 6 pairs)"
+def test_one_prompt_repeated_gives_no_verdict_and_says_what_to_raise():
+    # Repeats of one prompt say nothing about prompts in general: no interval, not decided.
+    rows, cells = run_of({4: 2.0}, prompts=1)
+    rows += [dict(r, repeat=k, key=r["key"].replace("/r0/", f"/r{k}/")) for k in (1, 2, 3, 4, 5) for r in rows[:2]]
+    (a,) = advise(rows, cells).itertuples(index=False)
+    assert a.n_spec == 0 and a.why == ("not decided: the best, n_spec 4 at 2.00x, has no interval (fewer than 2 "
+                                       "prompts paired); add prompts to the set")
 
 
 def test_what_to_run_opens_the_report(tmp_path):
@@ -64,8 +73,9 @@ def test_what_to_run_opens_the_report(tmp_path):
     run = make_run(tmp_path / "run", rows, {"e": {"kind": "llama-server", "model": "m"}})
     result = CliRunner().invoke(cli, ["report", str(run)])
     assert result.exit_code == 0, result.output
-    line = ("e at c=1 on seeds: ngram-mod n_spec 8, 1.80x [1.80-1.80] (measured, 4 server starts): the fastest "
-            "depth; faster pair by pair than n_spec 2, 4")
+    line = ("e at c=1 on seeds: ngram-mod n_spec 8, 1.80x [1.77-1.83] (measured, 4 server starts): the fastest "
+            "depth shown faster; told apart from n_spec 2, 4 pair by pair (each comparison at 98.3%: 3 depths judged "
+            "together)")
     assert result.output.splitlines()[result.output.splitlines().index("what to run (typical paired speedup):") + 1] == line
     md = (run / "report" / "summary.md").read_text().splitlines()
     assert md[4] == "### What to run" and line in md
@@ -85,20 +95,8 @@ def test_depths_with_no_request_in_common_are_not_called_equal():
     rows = [r for r in rows if not (r["n_spec"] == 2 and r["prompt_id"] in {f"p{i}" for i in range(6, 12)})
             and not (r["n_spec"] == 8 and r["prompt_id"] in {f"p{i}" for i in range(6)})]
     (a,) = advise(rows, cells).itertuples(index=False)
-    assert a.n_spec == 8 and a.why == "the fastest depth; too few requests in common with n_spec 2 to compare"
-
-
-def test_a_smaller_depth_faster_pair_by_pair_than_the_highest_median_is_the_pick():
-    # n4 has the higher median ratio (1.3 vs 1.2), but n2 is ahead of n4 on most requests.
-    rates = {2: [120, 120, 120, 120, 300, 300, 300], 4: [110, 110, 110, 130, 130, 130, 130]}
-    rows = []
-    for i in range(7):
-        rows += [timed("e-n0", 0, f"p{i}", 100, 1.0)] + [timed(f"e-n{n}", n, f"p{i}", r[i], 1.0)
-                                                           for n, r in rates.items()]
-    cells = [{"cell_id": f"e-n{n}", "engine": "e", "method": "ngram-mod" if n else "none", "n_spec": n,
-              "status": "ok"} for n in (0, 2, 4)]
-    (a,) = advise(rows, cells).itertuples(index=False)
-    assert a.n_spec == 2 and a.why.startswith("the fastest, n_spec 4 at 1.30x")
+    assert a.n_spec == 8 and a.why == ("the fastest depth shown faster; too few requests in common with n_spec 2 to "
+                                       "compare (each comparison at 97.5%: 2 depths judged together)")
 
 
 def test_a_depth_whose_cell_failed_is_left_out_and_named():
@@ -108,7 +106,8 @@ def test_a_depth_whose_cell_failed_is_left_out_and_named():
     cells = [dict(c, status="partial") if c["n_spec"] == 8 else c for c in cells]
     (a,) = advise(rows, cells).itertuples(index=False)
     assert a.n_spec == 4
-    assert a.why == "the only depth that was faster; left out, though faster: n_spec 8 (partial, 2 failed)"
+    assert a.why == ("the only depth shown faster (each comparison at 97.5%: 2 depths judged together); left out, "
+                     "though faster: n_spec 8 (partial, 2 failed)")
 
 
 def test_merged_records_that_repeat_a_request_do_not_break_the_comparison():

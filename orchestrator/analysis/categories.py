@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from orchestrator.analysis.pairs import MIN_PAIRS, pair_table
+from orchestrator.analysis.pairs import MIN_PROMPTS, pair_table
 from orchestrator.analysis.recommend import format_advice, what_to_run
 from orchestrator.analysis.summary import measured_frame, summarize
 from orchestrator.results.records import CellRecord, RequestRecord
@@ -36,8 +36,9 @@ class CategoryView:
 
     def advice_text(self) -> str:
         """A line per category with enough pairs for a verdict; the rest named in one line."""
-        paired = self.summary.groupby(["engine", "concurrency", "prompt_set"])["requests_paired"].max()
-        enough = [paired.get((r.engine, r.concurrency, r.prompt_set), 0) >= MIN_PAIRS
+        spec = self.summary[self.summary["n_spec"] > 0]
+        judged = spec.groupby(["engine", "concurrency", "prompt_set"])["speedup_verdict"].apply(lambda v: v.notna().any())
+        enough = [bool(judged.get((r.engine, r.concurrency, r.prompt_set), False))
                   for r in self.advice.itertuples(index=False)]
         shown, few = self.advice[enough], self.advice[[not e for e in enough]]
         text = format_advice(shown, "what to run per category (typical paired speedup):",
@@ -45,8 +46,8 @@ class CategoryView:
         if few.empty:
             return text
         names = ", ".join(sorted(set(few["prompt_set"])))
-        note = (f"too few pairs for a verdict per category (fewer than {MIN_PAIRS} at every depth): {names}; "
-                "raise workload.repeats or take more prompts per category")
+        note = (f"no verdict per category (fewer than {MIN_PROMPTS} prompts paired, or no spread to judge, "
+                f"at every depth): {names}; take more prompts per category (repeats of one prompt do not help)")
         return f"{text}\n{note}" if text else f"what to run per category:\n{note}"
 
 

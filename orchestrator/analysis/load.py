@@ -3,7 +3,7 @@ concurrency level whose paired speedup interval includes 1.0 or lies below it.
 
 Speculation spends spare compute; as concurrent streams fill the batch there is less to spare,
 and public reports put the crossover at 8-20 streams for some methods. Only levels with a
-verdict are judged; a level without one (fewer than MIN_PAIRS pairs, or every request failed)
+verdict are judged; a level without one (fewer than MIN_PROMPTS prompts paired, or every request failed)
 is named as such, never read as paying or not. A level that pays again above the crossover is
 said too.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from orchestrator.analysis.pairs import MIN_PAIRS
+from orchestrator.analysis.pairs import MIN_PROMPTS
 from orchestrator.analysis.stats import ratio_text
 
 PAYS = "faster"
@@ -37,9 +37,9 @@ def crossover(summary: pd.DataFrame) -> pd.DataFrame:
 def _finding(g: pd.DataFrame) -> tuple[int | None, str]:
     judged = g[g["speedup_verdict"].notna()]
     unjudged = _levels(g[g["speedup_verdict"].isna()])
-    note = f"; no verdict at c={unjudged} (fewer than {MIN_PAIRS} pairs)" if unjudged else ""
+    note = f"; no verdict at c={unjudged} (fewer than {MIN_PROMPTS} prompts paired)" if unjudged else ""
     if judged.empty:
-        return None, f"no verdict at any level (fewer than {MIN_PAIRS} pairs per level)"
+        return None, f"no verdict at any level (fewer than {MIN_PROMPTS} prompts paired per level)"
     paying = judged["speedup_verdict"] == PAYS
     if paying.all():
         return None, f"faster at every judged level, c={_levels(judged)}" + note

@@ -11,7 +11,7 @@ import itertools
 
 import pandas as pd
 
-from orchestrator.analysis.pairs import TWIN, baseline_index
+from orchestrator.analysis.pairs import TWIN, baseline_index, nearest
 from orchestrator.analysis.summary import measured_frame
 from orchestrator.results.records import RequestRecord
 
@@ -28,7 +28,7 @@ def check_texts(requests: list[RequestRecord]) -> pd.DataFrame:
     base = baseline_index(df)
     rows = []
     for rec in df[df["n_spec"] > 0].to_dict("records"):
-        ref = base.get(tuple(rec[k] for k in TWIN))
+        ref = nearest(rec, base.get(tuple(rec[k] for k in TWIN), [])) if base.get(tuple(rec[k] for k in TWIN)) else None
         if ref is not None:
             rows.append(_one(rec, ref))
     out = pd.DataFrame(rows)

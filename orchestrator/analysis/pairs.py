@@ -16,27 +16,29 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis.stats import median, paired_ci, throughput_ratio, verdict
+from orchestrator.analysis import spread
+from orchestrator.analysis.stats import median, paired_ci
 
-TWIN = ["engine", "concurrency", "prompt_set", "prompt_id", "repeat"]
+TWIN = ["engine", "concurrency", "block", "prompt_set", "prompt_id", "repeat"]
 CELL = ["cell_id", "engine", "method", "n_spec", "concurrency", "prompt_set"]
 
 PAIRED = "paired"
 NO_BASELINE = "no baseline request"  # the n_spec 0 cell never sent this prompt and repeat
-AMBIGUOUS = "ambiguous: two n_spec 0 cells of this engine sent this request"
+AMBIGUOUS = "ambiguous: two n_spec 0 starts of this engine sent this request, and their times are not recorded"
 INCOMPLETE = "no ratio: a side has no token count, times or tokens per second"
-MIN_PAIRS = 6  # fewer: a ratio, but no interval and no verdict (see interval_of_pairs)
-COLUMNS = CELL + ["prompt_id", "repeat", "status", "ratio", "speculative_tok_s", "baseline_tok_s",
+MIN_PAIRS = 6  # interval_of_pairs (depth against depth): fewer pairs, no interval
+MIN_PROMPTS = 2  # a speedup's interval needs prompts that differ: one prompt, a ratio but no verdict
+COLUMNS = CELL + ["block", "prompt_id", "repeat", "status", "ratio", "speculative_tok_s", "baseline_tok_s",
                   "speculative_tokens", "baseline_tokens", "speculative_s", "baseline_s", "baseline_cell_id"]
 
 
-def baseline_index(df: pd.DataFrame) -> dict[tuple, dict | None]:
-    """The n_spec 0 request of each twin key (TWIN), from a measured frame. A key that two n_spec 0
-    cells of one engine both sent maps to None: which one is the twin cannot be told."""
+def baseline_index(df: pd.DataFrame) -> dict[tuple, list[dict]]:
+    """The n_spec 0 requests of each twin key (TWIN), from a measured frame: one per start of the
+    baseline in that block (a resumed start or a second baseline start adds one)."""
     base = df[df["n_spec"] == 0]
-    index: dict[tuple, dict | None] = {}
+    index: dict[tuple, list[dict]] = {}
     for key, rec in zip(base[TWIN].itertuples(index=False), base.to_dict("records")):
-        index[tuple(key)] = None if tuple(key) in index else rec
+        index.setdefault(tuple(key), []).append(rec)
     return index
 
 
@@ -53,15 +55,32 @@ def pair_table(df: pd.DataFrame, cells=()) -> pd.DataFrame:
     return out.astype({"speculative_tokens": "Int64", "baseline_tokens": "Int64"})
 
 
+def nearest(rec: dict, candidates: list[dict]) -> dict | None:
+    """The candidate sent nearest in time to `rec` (wall clock: comparable across a resume);
+    None when there are several and a time is missing."""
+    if len(candidates) == 1:
+        return candidates[0]
+    t = rec.get("wall_start")
+    times = [c.get("wall_start") for c in candidates]
+    if not _known(t) or not all(_known(x) for x in times):
+        return None
+    return min(candidates, key=lambda c: abs(c["wall_start"] - t))
+
+
+def _known(v) -> bool:
+    return v is not None and not pd.isna(v)
+
+
 def _pair(rec: dict, key: tuple, base: dict) -> dict:
-    twin = base.get(key)
-    row = {k: rec[k] for k in CELL + ["prompt_id", "repeat"]}
+    found = base.get(key, [])
+    twin = nearest(rec, found) if found else None
+    row = {k: rec[k] for k in CELL + ["block", "prompt_id", "repeat"]}
     row.update(speculative_tok_s=rec.get("e2e_tok_s"), speculative_tokens=rec.get("completion_tokens"),
                speculative_s=_seconds(rec))
     if twin is not None:
         row.update(baseline_tok_s=twin.get("e2e_tok_s"), baseline_tokens=twin.get("completion_tokens"),
                    baseline_s=_seconds(twin), baseline_cell_id=twin["cell_id"])
-    row["status"] = AMBIGUOUS if key in base and twin is None else _status(rec, twin)
+    row["status"] = AMBIGUOUS if found and twin is None else _status(rec, twin)
     if row["status"] == PAIRED:
         row["ratio"] = row["speculative_tok_s"] / row["baseline_tok_s"]
     return row
@@ -111,30 +130,65 @@ class PairedSpeedup:
     pair_ratio_min: float | None = None
     pair_ratio_max: float | None = None
     pairs_slower: int = 0  # pairs whose speculative request was slower than its twin
+    blocks: int = 0  # server starts (blocks) the pairs came from
+    interval_covers: str | None = None  # spread.BOTH, or spread.REQUESTS_ONLY with one block
+    speedup_se_starts: float | None = None  # relative standard error of the typical speedup from starts...
+    speedup_se_requests: float | None = None  # ...and from requests within them (spread.py)
 
     @classmethod
     def columns(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
 
-def paired_speedup(pairs: pd.DataFrame) -> PairedSpeedup:
-    """The aggregates of one group of pair rows (statuses other than paired are only counted)."""
+def by_group(pairs: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+    """The paired rows of each (cell, concurrency, prompt set), with the columns spread.py reads."""
     ok = pairs[pairs["status"] == PAIRED]
-    out = PairedSpeedup(requests_paired=len(ok), requests_unpaired=len(pairs) - len(ok))
     if ok.empty:
-        return out
-    ratios = ok["ratio"].to_numpy(dtype=float)
-    sides = [ok[c].to_numpy(dtype=float) for c in
-             ("speculative_tokens", "speculative_s", "baseline_tokens", "baseline_s")]
-    out.speedup = _finite(median(ratios))
-    out.speedup_ci_low, out.speedup_ci_high = interval_of_pairs(median, ratios)
-    out.speedup_verdict = verdict(out.speedup_ci_low, out.speedup_ci_high)
-    out.throughput_speedup = _finite(throughput_ratio(*sides))
-    out.throughput_ci_low, out.throughput_ci_high = interval_of_pairs(throughput_ratio, *sides)
-    out.throughput_verdict = verdict(out.throughput_ci_low, out.throughput_ci_high)
-    out.pair_ratio_min, out.pair_ratio_max = float(ratios.min()), float(ratios.max())
-    out.pairs_slower = int((ratios < 1.0).sum())
+        return {}
+    ok = ok.assign(prompt=ok["prompt_id"], block=pd.to_numeric(ok["block"]).fillna(0).astype(int))
+    return {k: g for k, g in ok.groupby(["cell_id", "concurrency", "prompt_set"], sort=False)}
+
+
+SIDES = ["speculative_tokens", "speculative_s", "baseline_tokens", "baseline_s"]
+
+
+def paired_speedups(pairs: pd.DataFrame, confidence: float = spread.CONFIDENCE) -> dict[tuple, PairedSpeedup]:
+    """{(cell, concurrency, prompt set): its speedups}, with two-level intervals whose start
+    variance is pooled over the engine's cells at each concurrency (spread.py)."""
+    groups = by_group(pairs)
+    engine = {k: g["engine"].iloc[0] for k, g in groups.items()}
+    pool = lambda k: (engine[k], k[1])  # noqa: E731
+    typical = spread.intervals(groups, spread.nanmedian, ["ratio"], pool, confidence)
+    flows = spread.intervals(groups, spread.throughput, SIDES, pool, confidence)
+    unpaired = pairs[pairs["status"] != PAIRED].groupby(["cell_id", "concurrency", "prompt_set"]).size().to_dict() \
+        if len(pairs) else {}
+    out = {k: PairedSpeedup(requests_unpaired=int(n)) for k, n in unpaired.items()}
+    for k, g in groups.items():
+        out[k] = _speedup(g, typical[k], flows[k], int(unpaired.get(k, 0)))
     return out
+
+
+def _speedup(ok: pd.DataFrame, typical: spread.Interval, flow: spread.Interval, unpaired: int) -> PairedSpeedup:
+    ratios = ok["ratio"].to_numpy(dtype=float)
+    return PairedSpeedup(
+        requests_paired=len(ok), requests_unpaired=unpaired,
+        speedup=typical.estimate, speedup_ci_low=typical.low, speedup_ci_high=typical.high,
+        speedup_verdict=spread.verdict(typical),
+        throughput_speedup=flow.estimate, throughput_ci_low=flow.low, throughput_ci_high=flow.high,
+        throughput_verdict=spread.verdict(flow),
+        pair_ratio_min=float(ratios.min()), pair_ratio_max=float(ratios.max()),
+        pairs_slower=int((ratios < 1.0).sum()), blocks=int(ok["block"].nunique()), interval_covers=typical.covers,
+        speedup_se_starts=typical.se_starts, speedup_se_requests=typical.se_requests)
+
+
+def paired_speedup(pairs: pd.DataFrame) -> PairedSpeedup:
+    """The aggregates of one group of pair rows, on its own (no start variance pooled from other
+    cells); statuses other than paired are only counted."""
+    ok = pairs[pairs["status"] == PAIRED]
+    if ok.empty:
+        return PairedSpeedup(requests_unpaired=len(pairs))
+    found = paired_speedups(pairs.assign(cell_id="one", concurrency=0, prompt_set="one"))
+    return found[("one", 0, "one")]
 
 
 def interval_of_pairs(statistic, *columns) -> tuple[float | None, float | None]:

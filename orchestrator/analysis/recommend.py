@@ -1,13 +1,20 @@
 """What to run: per engine, concurrency and prompt set, the depth to deploy, from measured cells.
 
-The rule: the candidates are the depths whose typical paired speedup is `faster` and whose cell
-ran clean (status ok, no failed request: a depth whose server failed is no depth to deploy). Take
-the fastest; then the smallest candidate that is not slower than it, pair by pair (each prompt and
-repeat ran at both depths, so speculative_a / speculative_b per request, resampled over the
-requests both have): a smaller depth drafts less, holds less memory for drafts and, under load,
-stops paying later, so when the data do not put the larger depth ahead, the smaller one is the
-better bet. Depths with too few requests in common to compare are not called equal. When no
-depth qualifies, the answer is to run without speculation, and the line says why.
+The rule (docs/metrics.md, "Deciding"):
+
+1. Each speculative depth against n_spec 0, from its request pairs, with the two-level interval
+   (spread.py) at confidence 1 - 0.05/m for m depths (Bonferroni): the chance that any depth
+   of a family with no true speedup is called faster stays at 5% or less, however many depths
+   the grid holds. Candidates: the depths so called faster whose cells ran clean (every start
+   ok, no failed request: a depth whose server failed is no depth to deploy).
+2. The best: the candidate with the highest typical speedup. Depths that cannot be told apart
+   from it: each candidate's requests over the best's, pair by pair within a block (same prompt
+   and repeat), with the same two-level interval at 1 - 0.05/(c-1) for c candidates; an interval
+   that holds 1 means "not told apart".
+3. The pick: the smallest depth of that set. A smaller depth drafts less, holds less memory for
+   drafts and, under load, stops paying later, so when the data do not put a larger depth ahead,
+   the smaller one is the better bet. When no depth qualifies, run without speculation, and the
+   line says why (and what to raise where nothing could be decided).
 """
 
 from __future__ import annotations
@@ -16,10 +23,12 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from orchestrator.analysis.pairs import MIN_PAIRS, PAIRED, interval_of_pairs
-from orchestrator.analysis.stats import median, ratio_text, verdict
+from orchestrator.analysis import spread
+from orchestrator.analysis.pairs import MIN_PROMPTS, PAIRED, paired_speedups
+from orchestrator.analysis.stats import ratio_text
 
-KEY = ["prompt_id", "repeat"]  # within one engine, concurrency and prompt set
+FAMILY = 0.05  # the family-wise error of "faster" over one engine, level and prompt set's depths
+KEY = ["block", "prompt_id", "repeat"]  # within one engine, concurrency and prompt set
 
 
 @dataclass
@@ -30,11 +39,14 @@ class Advice:
     n_spec: int  # 0: run without speculation
     method: str
     speedup: float | None  # None for no speculation: the baseline is no measured speedup
-    speedup_ci_low: float | None
+    speedup_ci_low: float | None  # at the family-wise confidence the decision used
     speedup_ci_high: float | None
     basis: str  # "measured" (a predicted depth would say "predicted")
     server_starts: int
     why: str
+    best: int | None = None  # the fastest depth shown faster than n_spec 0
+    indistinct: str = ""  # the depths not told apart from the best, "32, 48, 64" (the best among them)
+    confidence: float | None = None  # of each comparison, after the family-wise correction
 
 
 def what_to_run(summary: pd.DataFrame, pairs: pd.DataFrame, starts: dict[str, int]) -> pd.DataFrame:
@@ -46,57 +58,108 @@ def what_to_run(summary: pd.DataFrame, pairs: pd.DataFrame, starts: dict[str, in
         spec = g[g["n_spec"] > 0]
         if spec.empty or not (g["n_spec"] == 0).any():
             continue
-        mine = pairs[(pairs["engine"] == engine) & (pairs["concurrency"] == conc) & (pairs["prompt_set"] == prompts)
-                     & (pairs["status"] == PAIRED)] if len(pairs) else pairs
+        level = pairs[(pairs["engine"] == engine) & (pairs["concurrency"] == conc)] if len(pairs) else pairs
         rows.append(Advice(engine=engine, concurrency=int(conc), prompt_set=prompts, basis="measured",
-                           server_starts=int(starts.get(engine, 0)), **_advise(spec, mine)))
+                           server_starts=int(starts.get(engine, 0)), **decide(spec, level, prompts)))
     return pd.DataFrame([asdict(r) for r in rows], columns=list(Advice.__dataclass_fields__))
 
 
 NONE = dict(n_spec=0, method="none", speedup=None, speedup_ci_low=None, speedup_ci_high=None)
 
 
-def _advise(spec: pd.DataFrame, pairs: pd.DataFrame) -> dict:
-    clean = (spec["cell_status"] == "ok") & (pd.to_numeric(spec["requests_failed"], errors="coerce").fillna(0) == 0)
-    faster = spec[(spec["speedup_verdict"] == "faster") & clean]
-    left_out = _left_out(spec[(spec["speedup_verdict"] == "faster") & ~clean])
-    if faster.empty:
-        measured = spec[spec["speedup"].notna()]
-        if measured.empty:
-            return dict(NONE, why="no speculative request paired with its n_spec 0 twin" + left_out)
-        top = measured.loc[measured["speedup"].astype(float).idxmax()]
-        return dict(NONE, why=f"no depth was shown to be faster; the best, n_spec {int(top['n_spec'])}, was "
-                              f"{_x(top)} ({_verdict_text(top['speedup_verdict'])})" + left_out)
-    ranked = faster.assign(_s=faster["speedup"].astype(float)).sort_values(["_s", "n_spec"], ascending=[False, True])
-    best = ranked.iloc[0]
-    smaller = faster[faster["n_spec"] < best["n_spec"]].sort_values("n_spec")
-    verdicts = {int(r["n_spec"]): _against(pairs, r["cell_id"], best["cell_id"]) for _, r in smaller.iterrows()}
-    ties = [r for _, r in smaller.iterrows() if verdicts[int(r["n_spec"])] in ("no clear difference", "faster")]
-    pick = ties[0] if ties else best
-    if ties:
-        why = (f"the fastest, n_spec {int(best['n_spec'])} at {_x(best)}, is not faster than this smaller depth "
-               "pair by pair")
-    elif not len(smaller):
-        why = "the only depth that was faster" if len(faster) == 1 else "the fastest depth and the smallest faster one"
+def decide(spec: pd.DataFrame, level: pd.DataFrame, prompts: str) -> dict:
+    """The decision for one prompt set from its summary rows (`spec`: speculative depths) and the
+    pair rows of its engine and level (every prompt set: they share the start variance)."""
+    m = max(1, int(spec["requests_paired"].fillna(0).astype(int).gt(0).sum()))
+    confidence = 1 - FAMILY / m
+    found = paired_speedups(level, confidence) if len(level) else {}
+    judged = {int(r["n_spec"]): found.get((r["cell_id"], int(r["concurrency"]), prompts)) for _, r in spec.iterrows()}
+    clean = {int(r["n_spec"]): r["cell_status"] == "ok" and not (pd.to_numeric(r["requests_failed"], errors="coerce") or 0)
+             for _, r in spec.iterrows()}
+    method = {int(r["n_spec"]): r["method"] for _, r in spec.iterrows()}
+    cell = {int(r["n_spec"]): r["cell_id"] for _, r in spec.iterrows()}
+    faster = {k: p for k, p in judged.items() if p is not None and p.speedup_verdict == "faster"}
+    left_out = _left_out(spec[spec["n_spec"].isin([k for k in faster if not clean[k]])])
+    faster = {k: p for k, p in faster.items() if clean[k]}
+    base = dict(confidence=confidence)
+    if not faster:
+        return dict(NONE, **base, why=_none_why(judged, confidence) + left_out)
+    best = max(faster, key=lambda k: (faster[k].speedup, -k))
+    verdicts = _against_best(level, prompts, cell, best, sorted(faster))
+    ahead = [k for k, v in verdicts.items() if v == "faster"]
+    if ahead:  # faster than the highest median request by request: that depth is the best
+        best = max(ahead, key=lambda k: (faster[k].speedup, -k))
+        verdicts = _against_best(level, prompts, cell, best, sorted(faster))
+    apart = sorted([best] + [k for k, v in verdicts.items() if v == "no clear difference"])
+    pick, p = apart[0], faster[apart[0]]
+    if len(faster) == 1:
+        why = "the only depth shown faster"
+    elif pick == best:
+        why = "the fastest depth shown faster" + (f"; {_depths(apart)} not told apart from it: it is the smallest"
+                                                   if len(apart) > 1 else "")
     else:
-        apart = [n for n, v in verdicts.items() if v == "slower"]
-        unknown = [n for n, v in verdicts.items() if v is None]
-        why = "the fastest depth" + (f"; faster pair by pair than n_spec {_list(apart)}" if apart else "") + (
-            f"; too few requests in common with n_spec {_list(unknown)} to compare" if unknown else "")
-    return dict(n_spec=int(pick["n_spec"]), method=pick["method"], speedup=float(pick["speedup"]),
-                speedup_ci_low=pick["speedup_ci_low"], speedup_ci_high=pick["speedup_ci_high"], why=why + left_out)
+        b = faster[best]
+        why = (f"the fastest, n_spec {best} at {ratio_text(b.speedup, b.speedup_ci_low, b.speedup_ci_high)}, "
+               f"cannot be told apart from {_depths([k for k in apart if k != best])} pair by pair; the smallest "
+               "of those drafts least")
+    told = [k for k, v in verdicts.items() if v in ("slower", "faster")]
+    unknown = [k for k, v in verdicts.items() if v is None]
+    why += (f"; told apart from {_depths(told)} pair by pair" if told else "") + (
+        f"; too few requests in common with {_depths(unknown)} to compare" if unknown else "")
+    return dict(n_spec=pick, method=method[pick], speedup=p.speedup, speedup_ci_low=p.speedup_ci_low,
+                speedup_ci_high=p.speedup_ci_high, best=best, indistinct=", ".join(map(str, apart)),
+                why=why + _level_note(confidence, len(judged)) + left_out, **base)
 
 
-def _against(pairs: pd.DataFrame, cell_a: str, cell_b: str) -> str | None:
-    """The verdict of depth a's requests over depth b's, pair by pair; None with fewer than
-    MIN_PAIRS requests in common."""
+def _none_why(judged: dict, confidence: float) -> str:
+    measured = {k: p for k, p in judged.items() if p is not None and p.speedup is not None}
+    if not measured:
+        return "no speculative request paired with its n_spec 0 twin"
+    top = max(measured, key=lambda k: measured[k].speedup)
+    p = measured[top]
+    if p.speedup_verdict is None:
+        return (f"not decided: the best, n_spec {top} at {ratio_text(p.speedup)}, has no interval (fewer than "
+                f"{MIN_PROMPTS} prompts paired); add prompts to the set")
+    return (f"no depth was shown to be faster; the best, n_spec {top}, was "
+            f"{ratio_text(p.speedup, p.speedup_ci_low, p.speedup_ci_high)} ({p.speedup_verdict})"
+            f"{_level_note(confidence, len(judged))}; more blocks or prompts narrow it")
+
+
+def _level_note(confidence: float, m: int) -> str:
+    return f" (each comparison at {confidence:.1%}: {m} depths judged together)" if m > 1 else ""
+
+
+def _depths(ks: list[int]) -> str:
+    return "n_spec " + ", ".join(map(str, ks))
+
+
+def _against_best(level: pd.DataFrame, prompts: str, cell: dict, best: int, candidates: list[int]) -> dict:
+    """{candidate: verdict of its requests over the best's, pair by pair}, at the family-wise
+    confidence over the candidates; None with no prompt in common to compare on."""
+    others = [k for k in candidates if k != best]
+    if not others:
+        return {}
+    groups = {k: depth_ratios(level, prompts, cell[k], cell[best]) for k in others}
+    found = spread.intervals({k: g for k, g in groups.items() if len(g)}, spread.nanmedian, ["ratio"],
+                             lambda k: 0, 1 - FAMILY / len(others))
+    return {k: spread.verdict(found[k]) if k in found else None for k in others}
+
+
+def depth_ratios(level: pd.DataFrame, prompts: str, cell_a: str, cell_b: str) -> pd.DataFrame:
+    """Depth a's e2e tok/s over depth b's for each request both sent in the same block (same
+    prompt and repeat): columns block, prompt, ratio."""
+    ok = level[(level["prompt_set"] == prompts) & (level["status"] == PAIRED)] if len(level) else level
+    if not len(ok):
+        return pd.DataFrame(columns=["block", "prompt", "ratio"])
+
     def rates(cell):
-        s = pairs[pairs["cell_id"] == cell].set_index(KEY)["speculative_tok_s"]
+        s = ok[ok["cell_id"] == cell].set_index(KEY)["speculative_tok_s"].astype(float)
         return s[~s.index.duplicated(keep="last")]  # merged records may repeat a request
 
-    both = pd.concat([rates(cell_a), rates(cell_b)], axis=1, join="inner").astype(float)
-    low, high = interval_of_pairs(median, (both.iloc[:, 0] / both.iloc[:, 1]).to_numpy())
-    return verdict(low, high)
+    both = pd.concat([rates(cell_a), rates(cell_b)], axis=1, join="inner").dropna()
+    both = both[both.iloc[:, 1] > 0]
+    out = pd.DataFrame({"ratio": both.iloc[:, 0] / both.iloc[:, 1]}).reset_index()
+    return out.assign(prompt=out["prompt_id"], block=pd.to_numeric(out["block"]).fillna(0).astype(int))
 
 
 def _left_out(rows: pd.DataFrame) -> str:
@@ -105,18 +168,6 @@ def _left_out(rows: pd.DataFrame) -> str:
     what = [f"n_spec {int(r['n_spec'])} ({r['cell_status']}, {int(r['requests_failed'] or 0)} failed)"
             for _, r in rows.iterrows()]
     return "; left out, though faster: " + ", ".join(what)
-
-
-def _list(depths: list[int]) -> str:
-    return ", ".join(map(str, depths))
-
-
-def _verdict_text(v) -> str:
-    return v if isinstance(v, str) else f"no verdict: fewer than {MIN_PAIRS} pairs"
-
-
-def _x(r) -> str:
-    return ratio_text(float(r["speedup"]), r["speedup_ci_low"], r["speedup_ci_high"])
 
 
 def format_advice(advice: pd.DataFrame, title: str = "what to run (typical paired speedup):",

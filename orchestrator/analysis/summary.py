@@ -8,7 +8,7 @@ import pandas as pd
 from orchestrator.analysis import cost
 from orchestrator.analysis.load import crossover
 from orchestrator.analysis.metrics import itl_per_token, tpot
-from orchestrator.analysis.pairs import PairedSpeedup, pair_table, paired_speedup
+from orchestrator.analysis.pairs import PairedSpeedup, pair_table, paired_speedups
 from orchestrator.results.records import CellRecord, RequestRecord
 from orchestrator.analysis.stats import median_ci, outliers, ratio_ci, ratio_of_sums_ci, ratio_text, verdict
 
@@ -45,8 +45,10 @@ def measured_frame(requests: list[RequestRecord]) -> pd.DataFrame:
     """Measured requests only, the newest record per request when a resume re-ran one."""
     df = pd.DataFrame([r.model_dump() for r in requests])
     if df.empty:
-        return pd.DataFrame(columns=GROUP + ["cell_id", "key", "ok"])
+        return pd.DataFrame(columns=GROUP + ["cell_id", "key", "ok", "block"])
     df = df[df["phase"] == "measured"]
+    df = df.assign(block=pd.to_numeric(df["block"], errors="coerce").fillna(0).astype(int)) if "block" in df \
+        else df.assign(block=0)
     return df.drop_duplicates(subset=["cell_id", "key"], keep="last")
 
 
@@ -212,17 +214,15 @@ def _add_paired(out: pd.DataFrame, df: pd.DataFrame, cells: list[CellRecord]) ->
     """Each speculative row's speedups from its request pairs; an n_spec 0 row with a successful
     request is the baseline (1.0, unless its median is 0 tok/s: then it is no unit)."""
     pairs = pair_table(df, cells)
-    groups = dict(iter(pairs.groupby(["cell_id", "concurrency", "prompt_set"], sort=False))) if len(pairs) else {}
+    found = paired_speedups(pairs)
     rows = []
     for r in out.itertuples(index=False):
         median = pd.to_numeric(r.e2e_tok_s_median, errors="coerce")
         if r.n_spec == 0 and r.requests_ok:
             one = 1.0 if median > 0 else None
             rows.append(PairedSpeedup(speedup=one, speedup_verdict="baseline", throughput_speedup=one))
-        elif (r.cell_id, r.concurrency, r.prompt_set) in groups:
-            rows.append(paired_speedup(groups[(r.cell_id, r.concurrency, r.prompt_set)]))
         else:
-            rows.append(PairedSpeedup())
+            rows.append(found.get((r.cell_id, r.concurrency, r.prompt_set), PairedSpeedup()))
     paired = pd.DataFrame([vars(p) for p in rows], columns=PairedSpeedup.columns(), index=out.index)
     return out.drop(columns=PairedSpeedup.columns()).join(paired.astype(object))
 
