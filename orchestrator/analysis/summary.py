@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis import cost
+from orchestrator.analysis import cost, spread
 from orchestrator.analysis.load import crossover
 from orchestrator.analysis.metrics import itl_per_token, tpot
 from orchestrator.analysis.pairs import PairedSpeedup, pair_table, paired_speedups
@@ -17,6 +17,8 @@ GROUP = ["engine", "method", "n_spec", "concurrency", "prompt_set"]
 COLUMNS = GROUP + [
     "requests_ok", "requests_failed",
     "e2e_tok_s_median", "e2e_tok_s_ci_low", "e2e_tok_s_ci_high", "e2e_tok_s_p10", "e2e_tok_s_p90",
+    # the median's relative standard error from server starts and from requests within them (spread.py)
+    "e2e_se_starts", "e2e_se_requests", "e2e_interval_covers",
     "decode_tok_s_median", "decode_tok_s_ci_low", "decode_tok_s_ci_high", "decode_tok_s_p10", "decode_tok_s_p90",
     # prompt processing and generation as the server times them (llama.cpp's timings), else prefill
     # from TTFT (marked by prefill_source); analysis/summary.py's _phase_rates
@@ -69,9 +71,47 @@ def summarize(requests: list[RequestRecord], cells: list[CellRecord]) -> pd.Data
                                         np.where(from_server, METRICS_SOURCE, None))
     out["acceptance_rate"] = out["acceptance_rate"].where(~from_server, out["server_acceptance_rate"])
     out = pd.concat([out, _cells_without_requests(cells, set(out["cell_id"]))], ignore_index=True)
+    out = _add_two_level(out, df)
     out = _add_independent(_add_paired(out, df, cells), df)
     out = cost.add_cost(_add_crossover(out), df, cells)
     return out.sort_values(["engine", "concurrency", "prompt_set", "n_spec"], ignore_index=True)[COLUMNS]
+
+
+def _frames(df: pd.DataFrame, value: str, other: str | None = None) -> dict[tuple, pd.DataFrame]:
+    """Per (cell, concurrency, prompt set): its ok requests as block, prompt and value columns."""
+    ok = df[df["ok"].astype(bool)] if len(df) else df
+    cols = [value] + ([other] if other else [])
+    out = {}
+    for key, g in (ok.groupby(["cell_id", "concurrency", "prompt_set"], sort=False) if len(ok) else []):
+        g = g.assign(prompt=g["prompt_id"], **{c: pd.to_numeric(g[c], errors="coerce") for c in cols if c in g})
+        if all(c in g for c in cols):
+            g = g.dropna(subset=cols)
+            if len(g):
+                out[key] = g[["block", "prompt", "engine", *cols]]
+    return out
+
+
+def _add_two_level(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """The e2e median's and the acceptance's intervals over both levels (spread.py), the start
+    variance pooled per engine and concurrency."""
+    out = out.astype({"e2e_interval_covers": object})
+    frames = _frames(df, "e2e_tok_s")
+    engine = {k: g["engine"].iloc[0] for k, g in frames.items()}
+    found = spread.intervals(frames, spread.nanmedian, ["e2e_tok_s"], lambda k: (engine[k], k[1]))
+    counted = df.assign(_drafted=per_request(df, DRAFTED), _accepted=per_request(df, ACCEPTED)) if len(df) else df
+    drafts = {k: g for k, g in _frames(counted, "_drafted", "_accepted").items() if g["_drafted"].sum() > 0}
+    accepted = spread.intervals(drafts, spread.ratio_of_sums, ["_accepted", "_drafted"],
+                                lambda k: (engine.get(k, k), k[1]))
+    for i, r in out.iterrows():
+        key = (r["cell_id"], r["concurrency"], r["prompt_set"])
+        iv = found.get(key)
+        if iv is not None and iv.estimate is not None:
+            out.loc[i, ["e2e_tok_s_ci_low", "e2e_tok_s_ci_high", "e2e_se_starts", "e2e_se_requests",
+                        "e2e_interval_covers"]] = [iv.low, iv.high, iv.se_starts, iv.se_requests, iv.covers]
+        a = accepted.get(key)
+        if a is not None and a.low is not None:
+            out.loc[i, ["acceptance_ci_low", "acceptance_ci_high"]] = [a.low, a.high]
+    return out
 
 
 def cell_status(cells: list[CellRecord]) -> dict[str, str]:

@@ -26,6 +26,13 @@ class Prompt:
     sub_category: str | None = None
 
 
+# Warm-up requests send none of the measured prompts: ngram-mod's pool outlives a request, so a
+# warm-up on a measured prompt would hand its first measured twin n-grams that the baseline,
+# with no pool, cannot use.
+WARMUP = [Prompt("warmup", "w0", "List the days of the week, one per line, then the months of the year."),
+          Prompt("warmup", "w1", "Describe a bicycle in three sentences.")]
+
+
 _PASSAGE = (
     "The scheduler keeps a queue of waiting requests. Each step it admits as many requests as "
     "the key-value cache can hold, runs one forward pass over the batch, and appends one token "

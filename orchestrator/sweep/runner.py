@@ -30,7 +30,7 @@ from orchestrator.common.errors import AuthRefused, InstallError, OrchError, Res
 from orchestrator.launch.launchers import LAUNCHERS, command_text, free_port, log_tail
 from orchestrator.launch.shared import owner_labels
 from orchestrator.setup.models import ResolvedModel, resolve_model
-from orchestrator.measure.prompts import Prompt, load_prompt_set
+from orchestrator.measure.prompts import WARMUP, Prompt, load_prompt_set
 from orchestrator.results.records import CellPlacement, CellRecord, Measured, RequestRecord, Roofline
 from orchestrator.results.rundir import RunDir, why
 from orchestrator.sweep.environment import cpu_flags, gpus
@@ -231,8 +231,7 @@ class Sweep:
                 for p in self.prompts]
 
     def warmup_specs(self, block: int = 0) -> list[RequestSpec]:
-        return [RequestSpec(self.prompts[i % len(self.prompts)], "warmup", 1, i, block)
-                for i in range(self.workload.warmup)]
+        return [RequestSpec(WARMUP[i % len(WARMUP)], "warmup", 1, i, block) for i in range(self.workload.warmup)]
 
     def _label(self, cell: Cell) -> str:
         """The cell as progress names it: its id, and its block where there are several."""
