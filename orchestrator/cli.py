@@ -164,6 +164,7 @@ def _print_report(run: RunDir, overlay=None) -> bool:
                            f"{fix_for(exc)}, then run orch report {run.path}")
     for note in report.warnings:  # records skipped or kept as failed on reading back
         click.echo(f"warning: {note}", err=True)
+    click.echo(report.drift + "\n")
     click.echo(format_table(report.summary))
     by_category = report.categories.advice_text() if report.categories is not None else ""
     for text in (format_speedups(report.summary), format_cost(report.summary), format_crossover(report.summary),
@@ -205,6 +206,28 @@ def report(run_dir, reference):
         overlay, note = published_overlay(run)
         click.echo(note)
     _print_report(run, overlay)
+
+
+@cli.command()
+@click.argument("run_a", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_b", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def retest(run_a, run_b):
+    """Two runs of one scenario: does each interval hold the other's estimate, and do the two
+    answers to "what to run" agree? Exit code 1 where they disagree (a regression check).
+
+    Example: orch retest results/n_spec-depths-20261207-063009 results/n_spec-depths-20261207-065600
+    """
+    from orchestrator.analysis.retest import format_retest, retest as retest_runs
+
+    for d in (run_a, run_b):
+        if not (d / "requests.jsonl").is_file():
+            raise OrchError(f"{d} holds no requests.jsonl; pass two run folders made by orch sweep")
+    found = retest_runs(run_a, run_b)
+    for note in found.warnings:
+        click.echo(f"warning: {note}", err=True)
+    click.echo(format_retest(found))
+    if not found.agree:
+        raise SystemExit(1)
 
 
 # ---------------------------------------------------------------- compare

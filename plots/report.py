@@ -19,6 +19,7 @@ from engines import ENGINES
 
 from orchestrator.analysis.categories import CategoryView, category_view
 from orchestrator.analysis.load import format_crossover
+from orchestrator.analysis.drift import drift, flagged, format_drift
 from orchestrator.analysis.recommend import format_advice, what_to_run
 from orchestrator.analysis.lossless import check_texts, per_cell
 from orchestrator.analysis.model import fits, format_check, format_fits, model_table, window_check
@@ -47,6 +48,7 @@ class Report:
     advice: pd.DataFrame
     model: str  # the speedup model's fit, in a few lines ("" without one)
     search: str  # what the depth search did ("" for a run that was no search)
+    drift: str  # n_spec 0 at the run's end against its start (analysis/drift.py): the report's first lines
     check: str  # per-request draft counts against the /metrics deltas, per window
     lossless: pd.DataFrame
     categories: CategoryView | None  # None: the run's prompts carry no category
@@ -60,8 +62,13 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     run = RunDir(run_dir)
     requests, cells = run.request_records(), run.cell_records()
     summary = summarize(requests, cells)
-    summary.to_csv(run.path / SUMMARY, index=False)
     frame = measured_frame(requests)
+    drifts = drift(frame, cells, summary)
+    flips = flagged(drifts)
+    summary["drift_could_flip"] = [(e, n, p) in flips for e, n, p in
+                                   zip(summary["engine"], summary["n_spec"], summary["prompt_set"])]
+    summary.to_csv(run.path / SUMMARY, index=False)
+    blocks = 1 + max((c.block or 0 for c in cells), default=0)
     pairs = pair_table(frame, cells)
     pairs.to_csv(run.path / PAIRS, index=False)
     found = fits(frame, cells)
@@ -90,10 +97,12 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     out = run.path / "report"
     out.mkdir(exist_ok=True)
     ctx = _Context(run, summary, pairs, lossless, checks, cells, [c for c in charts if c.suffix == ".png"],
-                   scenario, list(run.warnings), format_fits(found), search, format_check(check), categories)
+                   scenario, list(run.warnings), format_fits(found), search, format_check(check), categories,
+                   format_drift(drifts, blocks))
     (out / "index.html").write_text(_html(ctx))
     (out / "summary.md").write_text(_markdown(ctx))
-    return Report(summary, run.path / SUMMARY, pairs, run.path / PAIRS, ctx.advice, ctx.model, ctx.search, ctx.check, lossless,
+    return Report(summary, run.path / SUMMARY, pairs, run.path / PAIRS, ctx.advice, ctx.model, ctx.search, ctx.drift,
+                  ctx.check, lossless,
                   categories, charts, out / "index.html", out / "summary.md", ctx.warnings)
 
 
@@ -128,13 +137,14 @@ class _Context:
     search: str = ""
     check: str = ""
     categories: CategoryView | None = None
+    drift: str = ""
 
     @property
     def top(self) -> str:
         """What to run: the measured advice by prompt set, then by category, then the search's
         outcome and the model's."""
         by_category = self.categories.advice_text() if self.categories is not None else ""
-        return "\n\n".join(t for t in (format_advice(self.advice), by_category, self.search, self.model) if t)
+        return "\n\n".join(t for t in (self.drift, format_advice(self.advice), by_category, self.search, self.model) if t)
 
     @cached_property
     def advice(self) -> pd.DataFrame:
@@ -153,8 +163,11 @@ class _Context:
             "reports drafts, else the deltas of the server's /metrics counters over each measured window (marked *).",
             *[ENGINES[kind].report_note for kind in kinds if ENGINES[kind].report_note],
             "Warm-up requests after every server start are recorded apart and never measured.",
-            "Medians with seeded bootstrap 95% intervals over measured requests; a speedup whose "
-            "interval includes 1.0 is marked 'no clear difference'. Outliers are flagged, not dropped.",
+            "95% intervals over both levels where the run has blocks: server starts (their variance pooled "
+            "over the engine's cells) and requests within them, prompts as the unit (docs/metrics.md, "
+            "'Two levels'); with one block they cover requests only. A speedup whose interval includes 1.0 "
+            "is marked 'no clear difference'. What to run judges its depths together (Bonferroni). "
+            "Outliers are flagged, not dropped.",
             "Speedups come from request pairs: each speculative request over its twin at n_spec 0 (same prompt, "
             "repeat and concurrency). Typical = median of the pair ratios; throughput = total tokens / "
             "total seconds over the same pairs; intervals resample pairs. Independent = the old ratio of cell "

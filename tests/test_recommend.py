@@ -47,8 +47,8 @@ def test_a_smaller_depth_that_cannot_be_told_apart_from_the_fastest_wins():
     (a,) = advise(*run_of({2: 1.2, 4: 1.5, 8: 1.52}, wobble={8: 0.05})).itertuples(index=False)
     assert a.n_spec == 4
     assert a.why.startswith("the fastest, n_spec 8 at 1.52x [") and a.why.endswith(
-        "cannot be told apart from n_spec 4 pair by pair; the smallest of those drafts least; told apart from n_spec 2 "
-        "pair by pair (each comparison at 98.3%: 3 depths judged together)")
+        "cannot be told apart from n_spec 4 pair by pair; n_spec 4 is the smallest of those shown faster than n_spec 0, "
+        "and drafts least; told apart from n_spec 2 pair by pair (each comparison at 98.3%: 3 depths judged together)")
     assert (a.best, a.indistinct) == (8, "4, 8")
 
 

@@ -82,26 +82,33 @@ def decide(spec: pd.DataFrame, level: pd.DataFrame, prompts: str) -> dict:
     left_out = _left_out(spec[spec["n_spec"].isin([k for k in faster if not clean[k]])])
     faster = {k: p for k, p in faster.items() if clean[k]}
     base = dict(confidence=confidence)
+    measured = sorted(k for k, p in judged.items() if p is not None and p.speedup is not None and clean[k])
     if not faster:
-        return dict(NONE, **base, why=_none_why(judged, confidence) + left_out)
+        tied = [k for k in measured if judged[k].speedup_verdict == "no clear difference"]
+        return dict(NONE, **base, indistinct=", ".join(map(str, [0] + tied)),
+                    why=_none_why(judged, confidence) + left_out)
     best = max(faster, key=lambda k: (faster[k].speedup, -k))
-    verdicts = _against_best(level, prompts, cell, best, sorted(faster))
-    ahead = [k for k, v in verdicts.items() if v == "faster"]
+    verdicts = _against_best(level, prompts, cell, best, measured)
+    ahead = [k for k, v in verdicts.items() if v == "faster" and k in faster]
     if ahead:  # faster than the highest median request by request: that depth is the best
         best = max(ahead, key=lambda k: (faster[k].speedup, -k))
-        verdicts = _against_best(level, prompts, cell, best, sorted(faster))
+        verdicts = _against_best(level, prompts, cell, best, measured)
     apart = sorted([best] + [k for k, v in verdicts.items() if v == "no clear difference"])
-    pick, p = apart[0], faster[apart[0]]
-    if len(faster) == 1:
+    # the smallest of them that is itself shown faster than n_spec 0: a tie with the best is not
+    # enough to deploy a depth that may not pay at all
+    pick = min(k for k in apart if k in faster)
+    p = faster[pick]
+    if len(apart) == 1 and len(faster) == 1:
         why = "the only depth shown faster"
     elif pick == best:
-        why = "the fastest depth shown faster" + (f"; {_depths(apart)} not told apart from it: it is the smallest"
-                                                   if len(apart) > 1 else "")
+        why = "the fastest depth shown faster" + (
+            f"; {_depths([k for k in apart if k != best])} not told apart from it, none of them shown faster "
+            "than n_spec 0 and smaller" if len(apart) > 1 else "")
     else:
         b = faster[best]
         why = (f"the fastest, n_spec {best} at {ratio_text(b.speedup, b.speedup_ci_low, b.speedup_ci_high)}, "
-               f"cannot be told apart from {_depths([k for k in apart if k != best])} pair by pair; the smallest "
-               "of those drafts least")
+               f"cannot be told apart from {_depths([k for k in apart if k != best])} pair by pair; n_spec {pick} "
+               "is the smallest of those shown faster than n_spec 0, and drafts least")
     told = [k for k, v in verdicts.items() if v in ("slower", "faster")]
     unknown = [k for k, v in verdicts.items() if v is None]
     why += (f"; told apart from {_depths(told)} pair by pair" if told else "") + (

@@ -77,9 +77,27 @@ class Decision:
         return d
 
 
-def default_budget(grid: list[int]) -> int:
-    """Half the grid's server starts, and never fewer than the opening plus one."""
-    return max(3, len(set(grid)) // 2)
+def default_budget(grid: list[int], blocks: int = 1) -> int:
+    """Half the server starts of the full grid with the same blocks (depths x blocks), and never
+    fewer than the opening plus one."""
+    return max(3, len(set(grid)) * blocks // 2)
+
+
+def climb_budget(budget: int, blocks: int) -> int:
+    """The starts the climb (block 0) may use: all of them with one block; with blocks, half,
+    the rest going to the confirmation (confirm_depths)."""
+    return budget if blocks < 2 else max(3, budget - budget // 2)
+
+
+def confirm_depths(ranked: list[int], starts_left: int) -> list[int]:
+    """The confirmation's starts in the next block: n_spec 0 again (the pairs of a block need
+    their own baseline), then the climb's best depths by measured speedup, as many as the starts
+    left allow. A depth is started again rather than trusted on one start: one start's figure
+    moves by the start-to-start spread, which on a shared host is as large as the gaps between
+    depths."""
+    if starts_left < 2:
+        return []
+    return [0] + [k for k in ranked if k != 0][: starts_left - 1]
 
 
 def opening(grid: list[int]) -> list[int]:

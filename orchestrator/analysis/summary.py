@@ -313,8 +313,10 @@ def format_table(summary: pd.DataFrame) -> str:
             "this engine reports no per-request draft counts") if server.any() else ""
     note += ("\n† prefill tok/s from prompt tokens / TTFT (network, queueing and the first decode step "
              "included): the server reports no prompt timing") if derived.any() else ""
-    note += ("\nspeedup: median of the speculative/n_spec 0 ratios of request pairs (same prompt, "
-             "repeat and concurrency), 95% CI over resampled pairs") if summary["requests_paired"].fillna(0).gt(0).any() else ""
+    covers = sorted({c for c in summary["interval_covers"].dropna()})
+    note += ("\nspeedup: median of the speculative/n_spec 0 ratios of request pairs (same block, prompt, "
+             "repeat and concurrency); 95% CI with prompts as the unit, covering " + " / ".join(covers)
+             ) if summary["requests_paired"].fillna(0).gt(0).any() else ""
     return view.to_string(index=False) + note + unpaired_note(summary)
 
 

@@ -18,9 +18,9 @@ import numpy as np
 from engines import ENGINES, Engine
 from engines.installing import cache_root
 
-from orchestrator.analysis.search import Decision, step
+from orchestrator.analysis.search import Decision, climb_budget, confirm_depths, step
 from orchestrator.analysis.stats import median_ci
-from orchestrator.analysis.summary import measured_frame
+from orchestrator.analysis.summary import measured_frame, summarize
 from orchestrator.measure import server_metrics
 from orchestrator.common import probe
 from orchestrator.common import redact
@@ -202,27 +202,46 @@ class Sweep:
 
     def search(self, run: RunDir, budgets: dict[str, int]) -> list[CellRecord]:
         """The depth search (analysis/search.py), engine by engine: decide from the records so far,
-        log the decision in search.jsonl, start the one cell it asks for, until it stops. A
-        resumed search decides from the records it finds, so it carries on where it stopped; a
-        cell that did not end ok before the resume runs again."""
+        log the decision in search.jsonl, start the one cell it asks for, until it stops. With
+        workload.blocks >= 2 the climb runs in block 0 on half the starts, and the rest confirm
+        its best depths in block 1 (search.confirm_depths); what to run then judges every record
+        with the grid's rule. A resumed search decides from the records it finds, so it carries
+        on where it stopped; a cell that did not end ok before the resume runs again."""
         self.run_name = run.path.name
         self._ran: set[str] = set()
         records = []
+        blocks = self.workload.blocks
         for spec in self.scenario.engines:
+            budget = budgets[spec.name]
+            climb = climb_budget(budget, blocks)
             while True:
-                decision = search_step(run, spec, budgets[spec.name], self._ran)
+                decision = search_step(run, spec, climb, self._ran)
                 run.append_search(decision.line())
                 if not decision.next:
                     break
-                cell = Cell(spec, decision.next[0])
-                done = {r.key for r in run.request_records() if r.cell_id == cell.id and r.phase == "measured" and r.ok}
-                todo = [s for s in self.measured_specs() if s.key not in done]
-                self.progress.cell_started(decision.starts + 1, decision.budget, cell.id, len(todo))
-                rec = self.run_cell(cell, todo, Output(run, self.progress))
-                self._ran.add(cell.id)
-                records.append(rec)
-                self.progress.cell_finished(rec.status, rec.error or rec.prompt_check or "")
+                records.append(self._search_cell(run, Cell(spec, decision.next[0]), decision.starts + 1, budget))
+            if blocks >= 2:
+                records += self._confirm(run, spec, budget)
         return records
+
+    def _confirm(self, run: RunDir, spec: EngineSpec, budget: int) -> list[CellRecord]:
+        done = {(c.cell_id, c.block or 0) for c in run.cell_records() if c.engine == spec.name and c.status == "ok"}
+        starts = run.server_starts().get(spec.name, 0)
+        summary = summarize(run.request_records(), run.cell_records())
+        mine = summary[(summary["engine"] == spec.name) & (summary["n_spec"] > 0)].dropna(subset=["speedup"])
+        ranked = [int(k) for k in mine.groupby("n_spec")["speedup"].median().sort_values(ascending=False).index]
+        todo = [Cell(spec, k, 1) for k in confirm_depths(ranked, budget - starts)]
+        return [self._search_cell(run, cell, starts + i + 1, budget) for i, cell in enumerate(todo)
+                if (cell.id, 1) not in done]
+
+    def _search_cell(self, run: RunDir, cell: Cell, number: int, budget: int) -> CellRecord:
+        done = {r.key for r in run.request_records() if r.cell_id == cell.id and r.phase == "measured" and r.ok}
+        todo = [s for s in self.measured_specs(cell.block) if s.key not in done]
+        self.progress.cell_started(number, budget, self._label(cell), len(todo))
+        rec = self.run_cell(cell, todo, Output(run, self.progress))
+        self._ran.add(cell.id)
+        self.progress.cell_finished(rec.status, rec.error or rec.prompt_check or "")
+        return rec
 
     def measured_specs(self, block: int = 0) -> list[RequestSpec]:
         return [RequestSpec(p, "measured", c, r, block)

@@ -13,7 +13,7 @@ from typing import Callable
 
 from engines.endpoint import Endpoint
 
-from orchestrator.analysis.search import default_budget, format_decision, opening
+from orchestrator.analysis.search import climb_budget, default_budget, format_decision, opening
 from orchestrator.common import probe, redact
 from orchestrator.common.credentials import KeyProblem, auth_fix, bearer
 from orchestrator.common.errors import AuthRefused, OrchError, ScenarioError
@@ -163,6 +163,9 @@ def dry_run_text(sc: Scenario, base_dir: Path) -> str:
     lines = [f"sweep {sc.name}: {len(cells)} cells; per cell {w.warmup} warm-up and "
              f"{prompts} prompts x {w.repeats} repeats x concurrency {w.concurrency} measured requests",
              "(ports are picked free when each cell starts)"]
+    if w.blocks > 1:
+        lines.append(f"{w.blocks} blocks: every cell started {w.blocks} times, each block in a seeded order, n_spec 0 "
+                     "first in the run and last")
     placed = sc.placement
     if placed.cluster:
         lines.append(f"cells run as Ray tasks on the cluster at {placed.cluster}, each asking for "
@@ -172,7 +175,8 @@ def dry_run_text(sc: Scenario, base_dir: Path) -> str:
                      + " (a server pinned to cores gets as many threads)")
     for k, cell in enumerate(cells, 1):
         plan = command_for(cell, prepared[cell.engine.name], max(w.concurrency))
-        lines += [f"cell {k}/{len(cells)} {cell.id} [{cell.engine.launcher}, {cell.engine.api}]",
+        block = f" (block {cell.block + 1}/{w.blocks})" if w.blocks > 1 else ""
+        lines += [f"cell {k}/{len(cells)} {cell.id}{block} [{cell.engine.launcher}, {cell.engine.api}]",
                   f"  {command_text(plan)}"]
     return "\n".join(lines)
 
@@ -187,7 +191,7 @@ def search_budgets(sc: Scenario, starts: int | None, where: str) -> dict[str, in
             raise ScenarioError(where, f"engines.{e.name}.speculation.n_spec",
                                 f"the depth search needs 0 (the baseline) and at least two other depths "
                                 f"(got {grid}); list them, or drop --search")
-        out[e.name] = starts if starts is not None else default_budget(grid)
+        out[e.name] = starts if starts is not None else default_budget(grid, sc.workload.blocks)
         if out[e.name] < 2:
             raise ScenarioError("orch sweep", "--search-starts", "at least 2 (the baseline and the deepest depth)")
     return out
@@ -205,10 +209,15 @@ def search_dry_run_text(sc: Scenario, base_dir: Path, budgets: dict[str, int], o
         grid, budget = sorted(set(e.speculation.n_spec)), budgets[e.name]
         if run is None:
             first = opening(grid)
+            blocks = sc.workload.blocks
+            full = len(grid) * blocks
+            confirm = "" if blocks < 2 else (
+                f"; with {blocks} blocks it climbs on {climb_budget(budget, blocks)} starts in block 1, then starts "
+                "n_spec 0 and the best depths it measured again in block 2 with the rest")
             lines.append(f"{e.name}: depth search over n_spec {', '.join(map(str, grid))}: at most {budget} of "
-                         f"{len(grid)} server starts; it opens with n_spec {', '.join(map(str, first))}, fits the "
+                         f"{full} server starts; it opens with n_spec {', '.join(map(str, first))}, fits the "
                          "speedup model, then starts the predicted best and the best measured depth's neighbours "
-                         "one at a time, refitting after each")
+                         "one at a time, refitting after each" + confirm)
         else:
             decision = search_step(run, e, budget)
             first = decision.next
