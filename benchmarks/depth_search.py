@@ -1,19 +1,16 @@
-"""The depth search against the full grid, from two run folders of the same scenario and engine.
+"""The depth search against the full grid, over pairs of run folders of one scenario.
 
-    python benchmarks/depth_search.py GRID_RUN SEARCH_RUN [--engine NAME]
+    python benchmarks/depth_search.py GRID_RUN SEARCH_RUN [GRID_RUN SEARCH_RUN ...] [--engine NAME]
 
-Prints, side by side: server starts, wall time (first cell's start to last cell's end), the
-recommended depth and its measured tok/s, and the grid's best with its 95% interval; then
-whether the search's pick lies within that interval, and how well the speedup model predicts
-the grid: fitted on all grid cells, and fitted on the search's cells only (the prediction the
-search acted on), each depth's predicted tok/s against the grid's measured one.
+For each pair, per concurrency level and prompt set: the grid's answer to "what to run" (its pick
+and the depths not told apart from its best: analysis/recommend.py), the search's answer from
+its own records by the same rule, and whether the search's pick lies in the grid's set; the
+server starts each used (the bar: the search at most half the grid's). Then, over every pair,
+how often the pick lay in the set. Make each grid and its search one after the other on the
+same machine, with the same blocks, e.g.:
 
-Make the two runs one after the other on the same machine, e.g.:
-
-    orch sweep scenarios/n_spec-full.toml --engine llamacpp \\
-        --set 'engines.llamacpp.speculation.n_spec=[0,2,4,8,12,16,24,32,48,64]'
-    orch sweep scenarios/n_spec-full.toml --engine llamacpp --search \\
-        --set 'engines.llamacpp.speculation.n_spec=[0,2,4,8,12,16,24,32,48,64]'
+    orch sweep scenarios/n_spec-depths.toml --out results/grid
+    orch sweep scenarios/n_spec-depths.toml --search --out results/search
 """
 
 from __future__ import annotations
@@ -24,82 +21,56 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.analysis.model import fit, measured_cells  # noqa: E402
-from orchestrator.analysis.search import step  # noqa: E402
-from orchestrator.analysis.summary import measured_frame  # noqa: E402
+from orchestrator.analysis.pairs import pair_table  # noqa: E402
+from orchestrator.analysis.recommend import what_to_run  # noqa: E402
+from orchestrator.analysis.summary import measured_frame, summarize  # noqa: E402
 from orchestrator.results.rundir import RunDir  # noqa: E402
 
-WITHIN = 0.15  # the issue's bar: predicted within 15% of measured
 
-
-def load(path: Path, engine: str | None):
+def answers(path: Path, engine: str | None):
     run = RunDir(path)
-    cells = run.cell_records()
+    requests, cells = run.request_records(), run.cell_records()
     engine = engine or sorted({c.engine for c in cells})[0]
-    cells = [c for c in cells if c.engine == engine]
-    frame = measured_frame(run.request_records())
-    frame = frame[frame["engine"] == engine] if len(frame) else frame
-    return run, engine, cells, frame
+    summary = summarize(requests, cells)
+    advice = what_to_run(summary, pair_table(measured_frame(requests), cells), run.server_starts())
+    return engine, advice[advice["engine"] == engine], run.server_starts().get(engine, 0)
 
 
-def wall_s(cells) -> float:
-    spans = [(c.started_at, c.started_at + (c.seconds or 0)) for c in cells if c.started_at is not None]
-    return max(e for _, e in spans) - min(s for s, _ in spans) if spans else float("nan")
+def depths(text) -> set[int]:
+    return {int(k) for k in str(text).split(",") if k.strip().isdigit()}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("grid", type=Path)
-    ap.add_argument("search", type=Path)
+    ap.add_argument("runs", type=Path, nargs="+", help="GRID_RUN SEARCH_RUN, one or more pairs")
     ap.add_argument("--engine")
     a = ap.parse_args(argv)
-    grid_run, engine, grid_cells, grid_df = load(a.grid, a.engine)
-    search_run, _, search_cells, search_df = load(a.search, engine)
-    settings = search_run.search_settings()
-    if engine not in settings:
-        print(f"{a.search} holds no depth search of {engine!r} (no search.jsonl line for it)")
-        return 2
-    depths, budget = settings[engine]
-    decision = step(engine, depths, budget, search_df, search_cells)
-    grid_m = measured_cells(grid_df, grid_cells)
-    search_m = measured_cells(search_df, search_cells)
-    print(f"engine {engine}; depths {depths}")
-    print(f"{'':28}{'full grid':>16}{'search':>16}")
-    print(f"{'server starts':28}{len(grid_cells):>16}{len(search_cells):>16}")
-    print(f"{'wall time (min)':28}{wall_s(grid_cells) / 60:>16.1f}{wall_s(search_cells) / 60:>16.1f}")
-    ok = True
-    for lv in decision.levels:
-        conc = lv.concurrency
-        g = grid_m.get((engine, conc), {})
-        if not g or lv.recommended is None:
-            print(f"c={conc}: nothing to compare")
-            ok = False
-            continue
-        best = max(g.values(), key=lambda m: m.tok_s)
-        pick = search_m[(engine, conc)][lv.recommended]
-        print(f"{f'c={conc} recommended / best':28}{f'n_spec {best.n_spec}':>16}{f'n_spec {lv.recommended}':>16}")
-        print(f"{f'c={conc} tok/s (median)':28}{best.tok_s:>16.1f}{pick.tok_s:>16.1f}")
-        print(f"{f'c={conc} grid best 95% CI':28}{f'{best.ci_low:.1f}-{best.ci_high:.1f}':>16}")
-        inside = best.ci_low <= pick.tok_s <= best.ci_high
-        in_grid = g.get(lv.recommended)
-        print(f"c={conc}: the search's pick measured {pick.tok_s:.1f} tok/s, "
-              + ("inside" if inside else "OUTSIDE") + f" the grid best's interval [{best.ci_low:.1f}-{best.ci_high:.1f}]"
-              + (f"; the same depth in the grid: {in_grid.tok_s:.1f} [{in_grid.ci_low:.1f}-{in_grid.ci_high:.1f}]"
-                 if in_grid else ""))
-        ok &= inside and len(search_cells) <= len(grid_cells) // 2
-        for label, source in (("all grid cells", g), ("the search's cells", search_m[(engine, conc)])):
-            f = fit(engine, conc, source)
-            if f.problem:
-                print(f"  model fitted on {label}: {f.problem}")
+    if len(a.runs) % 2:
+        ap.error("runs come in pairs: GRID_RUN SEARCH_RUN")
+    inside = total = 0
+    cheap = True
+    for grid_path, search_path in zip(a.runs[::2], a.runs[1::2]):
+        engine, grid, grid_starts = answers(grid_path, a.engine)
+        _, search, search_starts = answers(search_path, engine)
+        print(f"grid {grid_path.name}: {grid_starts} server starts; search {search_path.name}: {search_starts}"
+              + ("" if search_starts <= grid_starts // 2 else "  (MORE than half)"))
+        cheap &= search_starts <= grid_starts // 2
+        for g in grid.itertuples(index=False):
+            s = search[(search["concurrency"] == g.concurrency) & (search["prompt_set"] == g.prompt_set)]
+            if s.empty:
+                print(f"  c={g.concurrency} {g.prompt_set}: the search gave no answer")
+                total += 1
                 continue
-            errs = {k: f.predict(k) / m.tok_s - 1 for k, m in sorted(g.items())}
-            close = sum(abs(e) <= WITHIN for e in errs.values())
-            print(f"  model fitted on {label}: within {WITHIN:.0%} of the grid's measured tok/s at {close} of "
-                  f"{len(errs)} depths ({close / len(errs):.0%}); "
-                  + ", ".join(f"{k}: {f.predict(k):.1f} vs {g[k].tok_s:.1f} ({e:+.1%})" for k, e in errs.items()))
-    print("search: " + ("at most half the starts, and its pick inside the grid best's interval" if ok
-                        else "NOT within the bar (see above)"))
-    return 0 if ok else 1
+            pick = int(s.iloc[0]["n_spec"])
+            hit = pick in depths(g.indistinct)
+            inside += hit
+            total += 1
+            print(f"  c={g.concurrency} {g.prompt_set}: grid n_spec {g.n_spec} (not told apart: {g.indistinct}); "
+                  f"search n_spec {pick} (its own set: {s.iloc[0]['indistinct']}): "
+                  + ("inside the grid's set" if hit else "OUTSIDE the grid's set"))
+    print(f"the search's pick lay in the grid's indistinguishable set in {inside} of {total} answers; "
+          + ("every search used at most half the grid's starts" if cheap else "a search used more than half"))
+    return 0 if inside == total and cheap else 1
 
 
 if __name__ == "__main__":

@@ -225,7 +225,7 @@ def measured_cells(df: pd.DataFrame, cells) -> dict[tuple[str, int], dict[int, M
     (summary.measured_frame) and the run's CellRecords (the newest line of each cell)."""
     if df.empty:
         return {}
-    windows = {c.cell_id: c.server_metrics or {} for c in cells}
+    windows = {(c.cell_id, c.block or 0): c.server_metrics or {} for c in cells}
     ok = df[df["ok"]]
     out: dict[tuple[str, int], dict[int, Measured]] = {}
     for (engine, conc, n_spec, cell_id), g in ok.groupby(["engine", "concurrency", "n_spec", "cell_id"]):
@@ -236,7 +236,11 @@ def measured_cells(df: pd.DataFrame, cells) -> dict[tuple[str, int], dict[int, M
         tokens = float(pd.to_numeric(g["completion_tokens"], errors="coerce").fillna(0).sum())
         acc = None
         if n_spec:
-            acc = from_requests(g, tokens) or acceptance_of(windows.get(cell_id, {}).get(str(int(conc))), tokens)
+            # a window is one start's: its tokens are the first block's (the others' windows alike)
+            first = g[g["block"] == g["block"].min()] if "block" in g else g
+            tokens0 = float(pd.to_numeric(first["completion_tokens"], errors="coerce").fillna(0).sum())
+            acc = from_requests(g, tokens) or acceptance_of(
+                windows.get((cell_id, int(first["block"].min()) if "block" in g else 0), {}).get(str(int(conc))), tokens0)
         slot = out.setdefault((engine, int(conc)), {})
         if int(n_spec) in slot:  # two cells at one depth (merged runs): the model takes neither
             slot[int(n_spec)] = None
@@ -363,7 +367,7 @@ def _measured_text(f: Fit, k: int) -> str:
     return "predicted, not measured" if m is None else f"measured: {m.tok_s:.1f} tok/s"
 
 
-CHECK_COLUMNS = ["engine", "cell_id", "concurrency", "requests", "counted", "drafts_requests", "drafts_metrics",
+CHECK_COLUMNS = ["engine", "cell_id", "block", "concurrency", "requests", "counted", "drafts_requests", "drafts_metrics",
                  "draft_tokens_requests", "draft_tokens_metrics", "accepted_requests", "accepted_metrics", "equal"]
 
 
@@ -372,18 +376,19 @@ def window_check(df: pd.DataFrame, cells) -> pd.DataFrame:
     window against the /metrics deltas of that window (every measured request of the level,
     failed ones too, is in the window; a request without counts leaves the sums short)."""
     rows = []
-    windows = {c.cell_id: c.server_metrics or {} for c in cells}
+    windows = {(c.cell_id, c.block or 0): c.server_metrics or {} for c in cells}  # one window per start
     if df.empty or not any(name in df for name in DRAFTED):
         return pd.DataFrame(columns=CHECK_COLUMNS)
-    for (engine, cell_id, conc), g in df[df["n_spec"] > 0].groupby(["engine", "cell_id", "concurrency"]):
-        w = windows.get(cell_id, {}).get(str(int(conc)))
+    for (engine, cell_id, block, conc), g in df[df["n_spec"] > 0].groupby(["engine", "cell_id", "block", "concurrency"]):
+        w = windows.get((cell_id, int(block)), {}).get(str(int(conc)))
         w = w.model_dump() if hasattr(w, "model_dump") else w
         drafted = per_request(g, DRAFTED)
         if w is None or drafted.isna().all():
             continue
         accepted, steps = _total(per_request(g, ACCEPTED)), _total(per_request(g, STEPS))
         counted = int(drafted.notna().sum())
-        row = dict(engine=engine, cell_id=cell_id, concurrency=int(conc), requests=len(g), counted=counted,
+        row = dict(engine=engine, cell_id=cell_id, block=int(block), concurrency=int(conc), requests=len(g),
+                   counted=counted,
                    drafts_requests=steps, drafts_metrics=w.get("drafts"), draft_tokens_requests=_total(drafted),
                    draft_tokens_metrics=w.get("draft_tokens"), accepted_requests=accepted,
                    accepted_metrics=w.get("accepted_tokens"))
@@ -408,7 +413,8 @@ def format_check(check: pd.DataFrame) -> str:
     for r in check.itertuples(index=False):
         steps = "" if r.drafts_requests is None or pd.isna(r.drafts_requests) else \
             f"steps {int(r.drafts_requests)} vs {_num(r.drafts_metrics)}, "
-        lines.append(f"{r.cell_id} c={r.concurrency}: {r.counted} of {r.requests} requests counted; {steps}"
+        start = f" block {r.block + 1}" if check["block"].max() > 0 else ""
+        lines.append(f"{r.cell_id}{start} c={r.concurrency}: {r.counted} of {r.requests} requests counted; {steps}"
                      f"draft tokens {_num(r.draft_tokens_requests)} vs {_num(r.draft_tokens_metrics)}, accepted "
                      f"{_num(r.accepted_requests)} vs {_num(r.accepted_metrics)}: "
                      + ("equal" if r.equal else "NOT equal"))

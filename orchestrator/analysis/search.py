@@ -89,15 +89,20 @@ def climb_budget(budget: int, blocks: int) -> int:
     return budget if blocks < 2 else max(3, budget - budget // 2)
 
 
-def confirm_depths(ranked: list[int], starts_left: int) -> list[int]:
+def confirm_depths(ranked: list[int], starts_left: int, grid: list[int] = ()) -> list[int]:
     """The confirmation's starts in the next block: n_spec 0 again (the pairs of a block need
-    their own baseline), then the climb's best depths by measured speedup, as many as the starts
-    left allow. A depth is started again rather than trusted on one start: one start's figure
-    moves by the start-to-start spread, which on a shared host is as large as the gaps between
-    depths."""
-    if starts_left < 2:
-        return []
-    return [0] + [k for k in ranked if k != 0][: starts_left - 1]
+    their own baseline), the climb's best depth, the best's neighbours in the grid that the climb
+    never ran (a model may have ruled them out on too little), then the other measured depths by
+    measured speedup, as many as the starts left allow. A depth is started again rather than
+    trusted on one start: one start's figure moves by the start-to-start spread, which on a
+    shared host is as large as the gaps between depths."""
+    if starts_left < 2 or not ranked:
+        return []  # a baseline alone pairs with nothing
+    best = ranked[0]
+    grid = sorted(set(grid))
+    near = [k for k in (_neighbours(grid, best) if best in grid else []) if k not in ranked and k != 0]
+    order = [0, best] + near + [k for k in ranked[1:] if k != 0]
+    return order[:starts_left]
 
 
 def opening(grid: list[int]) -> list[int]:

@@ -230,7 +230,7 @@ class Sweep:
         summary = summarize(run.request_records(), run.cell_records())
         mine = summary[(summary["engine"] == spec.name) & (summary["n_spec"] > 0)].dropna(subset=["speedup"])
         ranked = [int(k) for k in mine.groupby("n_spec")["speedup"].median().sort_values(ascending=False).index]
-        todo = [Cell(spec, k, 1) for k in confirm_depths(ranked, budget - starts)]
+        todo = [Cell(spec, k, 1) for k in confirm_depths(ranked, budget - starts, spec.speculation.n_spec)]
         return [self._search_cell(run, cell, starts + i + 1, budget) for i, cell in enumerate(todo)
                 if (cell.id, 1) not in done]
 
