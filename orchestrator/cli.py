@@ -164,7 +164,8 @@ def _print_report(run: RunDir, overlay=None) -> bool:
                            f"{fix_for(exc)}, then run orch report {run.path}")
     for note in report.warnings:  # records skipped or kept as failed on reading back
         click.echo(f"warning: {note}", err=True)
-    click.echo(report.drift + "\n")
+    if not report.summary.empty:
+        click.echo(report.drift + "\n")
     click.echo(format_table(report.summary))
     by_category = report.categories.advice_text() if report.categories is not None else ""
     for text in (format_speedups(report.summary), format_cost(report.summary), format_crossover(report.summary),

@@ -379,6 +379,7 @@ def window_check(df: pd.DataFrame, cells) -> pd.DataFrame:
     windows = {(c.cell_id, c.block or 0): c.server_metrics or {} for c in cells}  # one window per start
     if df.empty or not any(name in df for name in DRAFTED):
         return pd.DataFrame(columns=CHECK_COLUMNS)
+    df = df if "block" in df else df.assign(block=0)  # records from before blocks
     for (engine, cell_id, block, conc), g in df[df["n_spec"] > 0].groupby(["engine", "cell_id", "block", "concurrency"]):
         w = windows.get((cell_id, int(block)), {}).get(str(int(conc)))
         w = w.model_dump() if hasattr(w, "model_dump") else w
