@@ -19,7 +19,7 @@ from engines import ENGINES
 
 from orchestrator.analysis.categories import CategoryView, category_view
 from orchestrator.analysis.load import format_crossover
-from orchestrator.analysis.drift import drift, flagged, format_drift
+from orchestrator.analysis.drift import checked, flagged
 from orchestrator.analysis.recommend import format_advice, what_to_run
 from orchestrator.analysis.lossless import check_texts, per_cell
 from orchestrator.analysis.model import fits, format_check, format_fits, model_table, window_check
@@ -63,12 +63,11 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     requests, cells = run.request_records(), run.cell_records()
     summary = summarize(requests, cells)
     frame = measured_frame(requests)
-    drifts = drift(frame, cells, summary)
+    drifts, drift_text = checked(frame, cells, summary)
     flips = flagged(drifts)
     summary["drift_could_flip"] = [(e, n, p) in flips for e, n, p in
                                    zip(summary["engine"], summary["n_spec"], summary["prompt_set"])]
     summary.to_csv(run.path / SUMMARY, index=False)
-    blocks = 1 + max((c.block or 0 for c in cells), default=0)
     pairs = pair_table(frame, cells)
     pairs.to_csv(run.path / PAIRS, index=False)
     found = fits(frame, cells)
@@ -98,7 +97,7 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     out.mkdir(exist_ok=True)
     ctx = _Context(run, summary, pairs, lossless, checks, cells, [c for c in charts if c.suffix == ".png"],
                    scenario, list(run.warnings), format_fits(found), search, format_check(check), categories,
-                   format_drift(drifts, blocks))
+                   drift_text)
     (out / "index.html").write_text(_html(ctx))
     (out / "summary.md").write_text(_markdown(ctx))
     return Report(summary, run.path / SUMMARY, pairs, run.path / PAIRS, ctx.advice, ctx.model, ctx.search, ctx.drift,

@@ -18,9 +18,19 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from orchestrator.analysis import spread
+from orchestrator.analysis.pairs import matched_ratios
 from orchestrator.analysis.stats import ratio_text
 
 KEY = ["prompt_set", "prompt_id", "repeat"]
+
+
+@dataclass(frozen=True)
+class Flip:
+    """A speedup verdict that a found drift could flip."""
+
+    n_spec: int
+    prompt_set: str
+    text: str  # "n_spec 8 on seeds (faster, 1.03x [1.01-1.20])"
 
 
 @dataclass
@@ -33,7 +43,7 @@ class Drift:
     ratio: float | None  # last / first, e2e tok/s, median over request pairs
     low: float | None
     high: float | None
-    flips: list[str] = field(default_factory=list)  # "n_spec 8 on seeds (faster, 1.03x [1.01-1.20])"
+    flips: list[Flip] = field(default_factory=list)
 
     @property
     def found(self) -> bool:
@@ -58,17 +68,15 @@ def drift(df: pd.DataFrame, cells, summary: pd.DataFrame) -> list[Drift]:
 
 def _one(engine: str, conc: int, first, last, at: pd.DataFrame, summary: pd.DataFrame) -> Drift:
     def rates(block):
-        s = at[at["block"] == block].set_index(KEY)["e2e_tok_s"].astype(float)
-        return s[~s.index.duplicated(keep="last")]
+        return at[at["block"] == block].set_index(KEY)["e2e_tok_s"]
 
-    both = pd.concat([rates(last.block), rates(first.block)], axis=1, join="inner").dropna()
-    both = both[both.iloc[:, 1] > 0]
+    ratios = matched_ratios(rates(last.block), rates(first.block))
     d = Drift(engine, conc, int(first.block), int(last.block), round((last.started_at - first.started_at) / 60, 1),
               None, None, None)
-    if both.empty:
+    if ratios.empty:
         return d
-    frame = pd.DataFrame({"ratio": (both.iloc[:, 0] / both.iloc[:, 1]).to_numpy(), "block": 0,
-                          "prompt": [f"{s}/{p}" for s, p, _ in both.index]})
+    frame = pd.DataFrame({"ratio": ratios.to_numpy(), "block": 0,
+                          "prompt": [f"{s}/{p}" for s, p, _ in ratios.index]})
     iv = spread.interval(spread.spread_of(frame, spread.nanmedian, ["ratio"]), spread.StartVariance(0.0, 0))
     d.ratio, d.low, d.high = iv.estimate, iv.low, iv.high
     if d.found:
@@ -76,7 +84,7 @@ def _one(engine: str, conc: int, first, last, at: pd.DataFrame, summary: pd.Data
     return d
 
 
-def _flips(summary: pd.DataFrame, engine: str, conc: int, size: float) -> list[str]:
+def _flips(summary: pd.DataFrame, engine: str, conc: int, size: float) -> list[Flip]:
     rows = summary[(summary["engine"] == engine) & (summary["concurrency"] == conc) & (summary["n_spec"] > 0)]
     out = []
     for _, r in rows.iterrows():
@@ -84,23 +92,25 @@ def _flips(summary: pd.DataFrame, engine: str, conc: int, size: float) -> list[s
         v = r["speedup_verdict"]
         near = (v == "faster" and low < math.exp(size)) or (v == "slower" and high > math.exp(-size))
         if near:
-            out.append(f"n_spec {int(r['n_spec'])} on {r['prompt_set']} ({v}, "
-                       f"{ratio_text(r['speedup'], low, high)})")
+            n = int(r["n_spec"])
+            out.append(Flip(n, r["prompt_set"], f"n_spec {n} on {r['prompt_set']} ({v}, {ratio_text(r['speedup'], low, high)})"))
     return out
 
 
 def flagged(drifts: list[Drift]) -> set[tuple[str, int, str]]:
     """(engine, n_spec, prompt set) of every verdict a found drift could flip."""
-    out = set()
-    for d in drifts:
-        for text in d.flips:
-            n, rest = text.removeprefix("n_spec ").split(" on ", 1)
-            out.add((d.engine, int(n), rest.split(" (", 1)[0]))
-    return out
+    return {(d.engine, f.n_spec, f.prompt_set) for d in drifts for f in d.flips}
+
+
+def checked(df: pd.DataFrame, cells, summary: pd.DataFrame) -> tuple[list[Drift], str]:
+    """The run's drifts and the report's first lines about them."""
+    blocks = 1 + max((c.block or 0 for c in cells), default=0)
+    found = drift(df, cells, summary)
+    return found, format_drift(found, blocks)
 
 
 def format_drift(drifts: list[Drift], blocks: int) -> str:
-    """The report's first lines about drift."""
+    """The report's first lines about drift, for a run of `blocks` blocks."""
     if blocks < 2:
         return ("drift: not measured (one block: n_spec 0 ran once); intervals cover requests only, and the "
                 "run-to-run spread was not measured: set workload.blocks = 2 or more")
@@ -112,7 +122,7 @@ def format_drift(drifts: list[Drift], blocks: int) -> str:
         if d.ratio is None:
             lines.append(f"drift: {where}: no request pairs to compare")
         elif d.found:
-            flips = "; verdicts it could flip: " + "; ".join(d.flips) if d.flips else "; it flips no verdict"
+            flips = "; verdicts it could flip: " + "; ".join(f.text for f in d.flips) if d.flips else "; it flips no verdict"
             lines.append(f"DRIFT: {where}, beyond its interval{flips}")
         else:
             lines.append(f"drift: {where}, within its interval")

@@ -28,7 +28,7 @@ def check_texts(requests: list[RequestRecord]) -> pd.DataFrame:
     base = baseline_index(df)
     rows = []
     for rec in df[df["n_spec"] > 0].to_dict("records"):
-        ref = nearest(rec, base.get(tuple(rec[k] for k in TWIN), [])) if base.get(tuple(rec[k] for k in TWIN)) else None
+        ref = nearest(rec, base.get(tuple(rec[k] for k in TWIN), []))
         if ref is not None:
             rows.append(_one(rec, ref))
     out = pd.DataFrame(rows)

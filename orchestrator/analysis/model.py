@@ -226,6 +226,7 @@ def measured_cells(df: pd.DataFrame, cells) -> dict[tuple[str, int], dict[int, M
     if df.empty:
         return {}
     windows = {(c.cell_id, c.block or 0): c.server_metrics or {} for c in cells}
+    df = df if "block" in df else df.assign(block=0)  # records from before blocks
     ok = df[df["ok"]]
     out: dict[tuple[str, int], dict[int, Measured]] = {}
     for (engine, conc, n_spec, cell_id), g in ok.groupby(["engine", "concurrency", "n_spec", "cell_id"]):
@@ -236,11 +237,10 @@ def measured_cells(df: pd.DataFrame, cells) -> dict[tuple[str, int], dict[int, M
         tokens = float(pd.to_numeric(g["completion_tokens"], errors="coerce").fillna(0).sum())
         acc = None
         if n_spec:
-            # a window is one start's: its tokens are the first block's (the others' windows alike)
-            first = g[g["block"] == g["block"].min()] if "block" in g else g
-            tokens0 = float(pd.to_numeric(first["completion_tokens"], errors="coerce").fillna(0).sum())
-            acc = from_requests(g, tokens) or acceptance_of(
-                windows.get((cell_id, int(first["block"].min()) if "block" in g else 0), {}).get(str(int(conc))), tokens0)
+            # a window is one start's: read the first block's against that block's tokens
+            block = int(g["block"].min())
+            tokens0 = float(pd.to_numeric(g.loc[g["block"] == block, "completion_tokens"], errors="coerce").fillna(0).sum())
+            acc = from_requests(g, tokens) or acceptance_of(windows.get((cell_id, block), {}).get(str(int(conc))), tokens0)
         slot = out.setdefault((engine, int(conc)), {})
         if int(n_spec) in slot:  # two cells at one depth (merged runs): the model takes neither
             slot[int(n_spec)] = None

@@ -57,9 +57,9 @@ def pair_table(df: pd.DataFrame, cells=()) -> pd.DataFrame:
 
 def nearest(rec: dict, candidates: list[dict]) -> dict | None:
     """The candidate sent nearest in time to `rec` (wall clock: comparable across a resume);
-    None when there are several and a time is missing."""
-    if len(candidates) == 1:
-        return candidates[0]
+    None when there is none, or several and a time is missing."""
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
     t = rec.get("wall_start")
     times = [c.get("wall_start") for c in candidates]
     if not _known(t) or not all(_known(x) for x in times):
@@ -73,7 +73,7 @@ def _known(v) -> bool:
 
 def _pair(rec: dict, key: tuple, base: dict) -> dict:
     found = base.get(key, [])
-    twin = nearest(rec, found) if found else None
+    twin = nearest(rec, found)
     row = {k: rec[k] for k in CELL + ["block", "prompt_id", "repeat"]}
     row.update(speculative_tok_s=rec.get("e2e_tok_s"), speculative_tokens=rec.get("completion_tokens"),
                speculative_s=_seconds(rec))
@@ -102,11 +102,6 @@ def _status(rec: dict, twin: dict | None) -> str:
 def _seconds(rec: dict) -> float | None:
     start, end = rec.get("t_start"), rec.get("t_end")
     return end - start if rec["ok"] and start is not None and end is not None else None
-
-
-def _finite(v) -> float | None:
-    """A float, or None for NaN and infinity (a record read back without its times)."""
-    return float(v) if np.isfinite(v) else None
 
 
 def _positive(v) -> bool:
@@ -140,6 +135,16 @@ class PairedSpeedup:
         return [f.name for f in fields(cls)]
 
 
+def matched_ratios(a: pd.Series, b: pd.Series) -> pd.Series:
+    """a / b for each index key both have (request by request), NaN and b <= 0 dropped; a key
+    repeated (merged records) counts once, its last value."""
+    a, b = (pd.to_numeric(s, errors="coerce") for s in (a, b))
+    both = pd.concat([a[~a.index.duplicated(keep="last")], b[~b.index.duplicated(keep="last")]],
+                     axis=1, join="inner").dropna().astype(float)
+    both = both[both.iloc[:, 1] > 0]
+    return both.iloc[:, 0] / both.iloc[:, 1]
+
+
 def by_group(pairs: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
     """The paired rows of each (cell, concurrency, prompt set), with the columns spread.py reads."""
     ok = pairs[pairs["status"] == PAIRED]
@@ -157,7 +162,7 @@ def paired_speedups(pairs: pd.DataFrame, confidence: float = spread.CONFIDENCE) 
     variance is pooled over the engine's cells at each concurrency (spread.py)."""
     groups = by_group(pairs)
     engine = {k: g["engine"].iloc[0] for k, g in groups.items()}
-    pool = lambda k: (engine[k], k[1])  # noqa: E731
+    pool = lambda k: (engine[k], k[1])  # noqa: E731 - the same engine at the same concurrency
     typical = spread.intervals(groups, spread.nanmedian, ["ratio"], pool, confidence)
     flows = spread.intervals(groups, spread.throughput, SIDES, pool, confidence)
     unpaired = pairs[pairs["status"] != PAIRED].groupby(["cell_id", "concurrency", "prompt_set"]).size().to_dict() \
@@ -179,16 +184,6 @@ def _speedup(ok: pd.DataFrame, typical: spread.Interval, flow: spread.Interval, 
         pair_ratio_min=float(ratios.min()), pair_ratio_max=float(ratios.max()),
         pairs_slower=int((ratios < 1.0).sum()), blocks=int(ok["block"].nunique()), interval_covers=typical.covers,
         speedup_se_starts=typical.se_starts, speedup_se_requests=typical.se_requests)
-
-
-def paired_speedup(pairs: pd.DataFrame) -> PairedSpeedup:
-    """The aggregates of one group of pair rows, on its own (no start variance pooled from other
-    cells); statuses other than paired are only counted."""
-    ok = pairs[pairs["status"] == PAIRED]
-    if ok.empty:
-        return PairedSpeedup(requests_unpaired=len(pairs))
-    found = paired_speedups(pairs.assign(cell_id="one", concurrency=0, prompt_set="one"))
-    return found[("one", 0, "one")]
 
 
 def interval_of_pairs(statistic, *columns) -> tuple[float | None, float | None]:

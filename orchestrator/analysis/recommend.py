@@ -1,20 +1,21 @@
 """What to run: per engine, concurrency and prompt set, the depth to deploy, from measured cells.
 
-The rule (docs/metrics.md, "Deciding"):
+The rule (docs/metrics.md, "What to run"):
 
 1. Each speculative depth against n_spec 0, from its request pairs, with the two-level interval
    (spread.py) at confidence 1 - 0.05/m for m depths (Bonferroni): the chance that any depth
    of a family with no true speedup is called faster stays at 5% or less, however many depths
    the grid holds. Candidates: the depths so called faster whose cells ran clean (every start
    ok, no failed request: a depth whose server failed is no depth to deploy).
-2. The best: the candidate with the highest typical speedup. Depths that cannot be told apart
-   from it: each candidate's requests over the best's, pair by pair within a block (same prompt
-   and repeat), with the same two-level interval at 1 - 0.05/(c-1) for c candidates; an interval
-   that holds 1 means "not told apart".
-3. The pick: the smallest depth of that set. A smaller depth drafts less, holds less memory for
-   drafts and, under load, stops paying later, so when the data do not put a larger depth ahead,
-   the smaller one is the better bet. When no depth qualifies, run without speculation, and the
-   line says why (and what to raise where nothing could be decided).
+2. The best: the candidate with the highest typical speedup. Every other clean measured depth is
+   compared with it pair by pair within a block (same prompt and repeat), with the same
+   two-level interval at 1 - 0.05/(d-1) for d depths; an interval that holds 1 means "not told
+   apart". A depth faster than the best pair by pair becomes the best.
+3. The pick: the smallest depth of that set that is itself shown faster than n_spec 0. A smaller
+   depth drafts less, holds less memory for drafts and, under load, stops paying later, so when
+   the data do not put a larger depth ahead, the smaller one is the better bet. When no depth
+   qualifies, run without speculation, and the line says why (and what to raise where nothing
+   could be decided).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from orchestrator.analysis import spread
-from orchestrator.analysis.pairs import MIN_PROMPTS, PAIRED, paired_speedups
+from orchestrator.analysis.pairs import MIN_PROMPTS, PAIRED, matched_ratios, paired_speedups
 from orchestrator.analysis.stats import ratio_text
 
 FAMILY = 0.05  # the family-wise error of "faster" over one engine, level and prompt set's depths
@@ -72,12 +73,12 @@ def decide(spec: pd.DataFrame, level: pd.DataFrame, prompts: str) -> dict:
     pair rows of its engine and level (every prompt set: they share the start variance)."""
     m = max(1, int(spec["requests_paired"].fillna(0).astype(int).gt(0).sum()))
     confidence = 1 - FAMILY / m
-    found = paired_speedups(level, confidence) if len(level) else {}
-    judged = {int(r["n_spec"]): found.get((r["cell_id"], int(r["concurrency"]), prompts)) for _, r in spec.iterrows()}
-    clean = {int(r["n_spec"]): r["cell_status"] == "ok" and not (pd.to_numeric(r["requests_failed"], errors="coerce") or 0)
-             for _, r in spec.iterrows()}
-    method = {int(r["n_spec"]): r["method"] for _, r in spec.iterrows()}
-    cell = {int(r["n_spec"]): r["cell_id"] for _, r in spec.iterrows()}
+    judged = _judged(spec, level, prompts, confidence)
+    rows = {int(r["n_spec"]): r for _, r in spec.iterrows()}
+    clean = {k: r["cell_status"] == "ok" and not (pd.to_numeric(r["requests_failed"], errors="coerce") or 0)
+             for k, r in rows.items()}
+    method = {k: r["method"] for k, r in rows.items()}
+    cell = {k: r["cell_id"] for k, r in rows.items()}
     faster = {k: p for k, p in judged.items() if p is not None and p.speedup_verdict == "faster"}
     left_out = _left_out(spec[spec["n_spec"].isin([k for k in faster if not clean[k]])])
     faster = {k: p for k, p in faster.items() if clean[k]}
@@ -98,6 +99,14 @@ def decide(spec: pd.DataFrame, level: pd.DataFrame, prompts: str) -> dict:
     # enough to deploy a depth that may not pay at all
     pick = min(k for k in apart if k in faster)
     p = faster[pick]
+    why = _pick_why(best, pick, apart, faster, verdicts)
+    return dict(n_spec=pick, method=method[pick], speedup=p.speedup, speedup_ci_low=p.speedup_ci_low,
+                speedup_ci_high=p.speedup_ci_high, best=best, indistinct=", ".join(map(str, apart)),
+                why=why + _level_note(confidence, len(judged)) + left_out, **base)
+
+
+def _pick_why(best: int, pick: int, apart: list[int], faster: dict, verdicts: dict) -> str:
+    """Why `pick`: the best, the depths not told apart from it, those told apart or not compared."""
     if len(apart) == 1 and len(faster) == 1:
         why = "the only depth shown faster"
     elif pick == best:
@@ -111,11 +120,14 @@ def decide(spec: pd.DataFrame, level: pd.DataFrame, prompts: str) -> dict:
                "is the smallest of those shown faster than n_spec 0, and drafts least")
     told = [k for k, v in verdicts.items() if v in ("slower", "faster")]
     unknown = [k for k, v in verdicts.items() if v is None]
-    why += (f"; told apart from {_depths(told)} pair by pair" if told else "") + (
+    return why + (f"; told apart from {_depths(told)} pair by pair" if told else "") + (
         f"; too few requests in common with {_depths(unknown)} to compare" if unknown else "")
-    return dict(n_spec=pick, method=method[pick], speedup=p.speedup, speedup_ci_low=p.speedup_ci_low,
-                speedup_ci_high=p.speedup_ci_high, best=best, indistinct=", ".join(map(str, apart)),
-                why=why + _level_note(confidence, len(judged)) + left_out, **base)
+
+
+def _judged(spec: pd.DataFrame, level: pd.DataFrame, prompts: str, confidence: float) -> dict:
+    """{depth: its PairedSpeedup at `confidence`, or None without pairs}."""
+    found = paired_speedups(level, confidence) if len(level) else {}
+    return {int(r["n_spec"]): found.get((r["cell_id"], int(r["concurrency"]), prompts)) for _, r in spec.iterrows()}
 
 
 def _none_why(judged: dict, confidence: float) -> str:
@@ -160,12 +172,9 @@ def depth_ratios(level: pd.DataFrame, prompts: str, cell_a: str, cell_b: str) ->
         return pd.DataFrame(columns=["block", "prompt", "ratio"])
 
     def rates(cell):
-        s = ok[ok["cell_id"] == cell].set_index(KEY)["speculative_tok_s"].astype(float)
-        return s[~s.index.duplicated(keep="last")]  # merged records may repeat a request
+        return ok[ok["cell_id"] == cell].set_index(KEY)["speculative_tok_s"]
 
-    both = pd.concat([rates(cell_a), rates(cell_b)], axis=1, join="inner").dropna()
-    both = both[both.iloc[:, 1] > 0]
-    out = pd.DataFrame({"ratio": both.iloc[:, 0] / both.iloc[:, 1]}).reset_index()
+    out = matched_ratios(rates(cell_a), rates(cell_b)).rename("ratio").reset_index()
     return out.assign(prompt=out["prompt_id"], block=pd.to_numeric(out["block"]).fillna(0).astype(int))
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator.analysis.drift import drift, format_drift
+from orchestrator.analysis.drift import checked
 from orchestrator.analysis.pairs import pair_table
 from orchestrator.analysis.recommend import what_to_run
 from orchestrator.analysis.stats import ratio_text
@@ -54,8 +54,7 @@ def read_side(path: Path) -> tuple[Side, list[str]]:
     frame = measured_frame(requests)
     pairs = pair_table(frame, cells)
     advice = what_to_run(summary, pairs, run.server_starts())
-    blocks = 1 + max((c.block or 0 for c in cells), default=0)
-    return Side(run.path, summary, advice, format_drift(drift(frame, cells, summary), blocks)), list(run.warnings)
+    return Side(run.path, summary, advice, checked(frame, cells, summary)[1]), list(run.warnings)
 
 
 def retest(path_a: Path, path_b: Path) -> Retest:

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from orchestrator.analysis.model import Fit, fits
-from orchestrator.analysis.pairs import interval_of_pairs
+from orchestrator.analysis.pairs import interval_of_pairs, matched_ratios
 from orchestrator.analysis.stats import median, ratio_text, verdict
 
 TOLERANCE = 0.10  # a neighbour predicted more than 10% below the best's interval is not started
@@ -244,12 +244,9 @@ def paired_ratio(df: pd.DataFrame, conc: int, a: int, b: int) -> tuple[float | N
     interval (None below MIN_PAIRS requests in common)."""
     def rates(k):
         g = df[(df["n_spec"] == k) & (df["concurrency"] == conc) & df["ok"]]
-        s = pd.to_numeric(g.set_index(PAIR_KEY)["e2e_tok_s"], errors="coerce")
-        return s[~s.index.duplicated(keep="last")]
+        return g.set_index(PAIR_KEY)["e2e_tok_s"]
 
-    both = pd.concat([rates(a), rates(b)], axis=1, join="inner").dropna().astype(float)
-    both = both[both.iloc[:, 1] > 0]
-    ratios = (both.iloc[:, 0] / both.iloc[:, 1]).to_numpy()
+    ratios = matched_ratios(rates(a), rates(b)).to_numpy()
     if not len(ratios):
         return None, None, None
     low, high = interval_of_pairs(median, ratios)

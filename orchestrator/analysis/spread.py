@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from orchestrator.analysis import stats
 from orchestrator.analysis.stats import RESAMPLES, SEED
 
 CONFIDENCE = 0.95
@@ -220,8 +221,4 @@ def intervals(groups: dict, statistic, columns: list[str], pool_by, confidence: 
 
 
 def verdict(iv: Interval) -> str | None:
-    if iv.low is None or iv.high is None:
-        return None
-    if iv.low <= 1.0 <= iv.high:
-        return "no clear difference"
-    return "faster" if iv.low > 1.0 else "slower"
+    return stats.verdict(iv.low, iv.high)

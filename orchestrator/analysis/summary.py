@@ -91,17 +91,21 @@ def _frames(df: pd.DataFrame, value: str, other: str | None = None) -> dict[tupl
     return out
 
 
+def _pool(frames: dict[tuple, pd.DataFrame]):
+    """The cells that share a start variance: the same engine at the same concurrency."""
+    engine = {k: g["engine"].iloc[0] for k, g in frames.items()}
+    return lambda k: (engine[k], k[1])
+
+
 def _add_two_level(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     """The e2e median's and the acceptance's intervals over both levels (spread.py), the start
     variance pooled per engine and concurrency."""
     out = out.astype({"e2e_interval_covers": object})
     frames = _frames(df, "e2e_tok_s")
-    engine = {k: g["engine"].iloc[0] for k, g in frames.items()}
-    found = spread.intervals(frames, spread.nanmedian, ["e2e_tok_s"], lambda k: (engine[k], k[1]))
+    found = spread.intervals(frames, spread.nanmedian, ["e2e_tok_s"], _pool(frames))
     counted = df.assign(_drafted=per_request(df, DRAFTED), _accepted=per_request(df, ACCEPTED)) if len(df) else df
     drafts = {k: g for k, g in _frames(counted, "_drafted", "_accepted").items() if g["_drafted"].sum() > 0}
-    accepted = spread.intervals(drafts, spread.ratio_of_sums, ["_accepted", "_drafted"],
-                                lambda k: (engine.get(k, k), k[1]))
+    accepted = spread.intervals(drafts, spread.ratio_of_sums, ["_accepted", "_drafted"], _pool(drafts))
     for i, r in out.iterrows():
         key = (r["cell_id"], r["concurrency"], r["prompt_set"])
         iv = found.get(key)
