@@ -99,6 +99,20 @@ def test_each_cell_ran_pinned_to_its_device_and_says_what_ran_beside_it(two_devi
     assert "they shared its CPU, PCIe and memory bandwidth" in (run / "report" / "summary.md").read_text()
 
 
+def test_blocks_on_two_devices_run_one_block_after_the_other(scenario, tmp_path):
+    """Side by side, the blocks still come in order: every start of block 2 begins after every
+    start of block 1 ended, so that drift falls between blocks as it does one start at a time."""
+    run, done = sweep(scenario, tmp_path, "--set", 'placement.cores=["0", "1"]', "--set", "workload.blocks=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    cells = lines(run / "cells.jsonl")
+    assert Counter((c["cell_id"], c["block"], c["status"]) for c in cells) == Counter(
+        (cid, b, "ok") for cid in ("llamacpp-n0", "llamacpp-ngram-mod-n4", "llamacpp-ngram-mod-n8") for b in (0, 1))
+    first_ends = max(c["started_at"] + c["seconds"] for c in cells if c["block"] == 0)
+    assert min(c["started_at"] for c in cells if c["block"] == 1) >= first_ends - 1.0
+    for cid in ("llamacpp-n0", "llamacpp-ngram-mod-n4"):
+        assert (run / "cells" / cid / "server.log").is_file() and (run / "cells" / cid / "server.b1.log").is_file()
+
+
 def llama_servers(run_name_env: str | None = None) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["name", "environ"]):

@@ -188,14 +188,15 @@ class RunDir:
         except OSError as exc:
             raise ResultsError(f"cannot write {folder / TELEMETRY}: {why(exc)}; {fix_for(exc)}, then {self.again}")
 
-    def write_server_log(self, cell_id: str, text: str) -> None:
-        """cells/<cell>/server.log of a cell whose server ran on another node (its tail)."""
+    def write_server_log(self, cell_id: str, text: str, name: str = "server.log") -> None:
+        """cells/<cell>/<name> (server.log, or server.b<k>.log of block k) of a cell whose server
+        ran on another node (its tail)."""
         folder = self.cell_dir(cell_id)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "server.log").write_text(redact.scrub(text))
+            (folder / name).write_text(redact.scrub(text))
         except OSError as exc:
-            raise ResultsError(f"cannot write {folder / 'server.log'}: {why(exc)}; {fix_for(exc)}, then {self.again}")
+            raise ResultsError(f"cannot write {folder / name}: {why(exc)}; {fix_for(exc)}, then {self.again}")
 
     def append_search(self, line: dict) -> None:
         append_jsonl(self.path / SEARCH, line, self.again)

@@ -146,8 +146,18 @@ def run_on_cluster(ray, sweep: Sweep, run: RunDir, placed: PlacementSettings, pr
     """Every cell not yet done in `run`, as Ray tasks (`ray`: connected by `connect`); Ray starts
     each when a device is free. However it ends, no task of it is left running, and after an
     interrupt or an error no container of the run is left on any node."""
+    records: list[CellRecord] = []
+    try:
+        for block in range(sweep.workload.blocks):  # blocks one after another, a block's cells side by side
+            records += _run_block(ray, sweep, run, placed, progress, block)
+    finally:
+        ray.shutdown()
+    return records
+
+
+def _run_block(ray, sweep: Sweep, run: RunDir, placed: PlacementSettings, progress, block: int) -> list[CellRecord]:
     events: queue.Queue[Event] = queue.Queue()
-    jobs = sweep.cells_to_run(run)
+    jobs = sweep.cells_to_run(run, block)
     tasks: dict[str, object] = {}
     writer = Writer(run, progress, len(jobs))
     try:
@@ -159,8 +169,6 @@ def run_on_cluster(ray, sweep: Sweep, run: RunDir, placed: PlacementSettings, pr
         _cancel(ray, tasks)
         _remove_left(ray, run.path.name)
         raise
-    finally:
-        ray.shutdown()
     return writer.records
 
 
@@ -329,11 +337,11 @@ def _work(job: CellJob, events: "queue.Queue[Event]", device, place: CellPlaceme
     except BaseException as exc:  # noqa: BLE001 - run_cell records the cell's own failures; this is orch's
         events.put(Event("lost", cell.id, cell, f"internal error on {place.node}: {type(exc).__name__}: {exc}"))
     finally:
-        log = folder / cell.id / "server.log"
+        log = folder / cell.id / cell.log_name
         if log.is_file():
             with open(log, "rb") as f:
                 f.seek(max(0, log.stat().st_size - LOG_CAP))
-                events.put(Event("log", cell.id, f.read()))
+                events.put(Event("log", cell.id, f.read(), cell.log_name))
         shutil.rmtree(folder, ignore_errors=True)
         events.put(Event("done", cell.id))
 

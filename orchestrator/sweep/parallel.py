@@ -96,14 +96,15 @@ class Writer:
     placements: dict[str, CellPlacement] = field(default_factory=dict)
     nodes: set[str] = field(default_factory=set)
     interrupted: bool = False
-    before: dict[str, set[str]] = field(default_factory=dict, init=False)  # where each cell's earlier starts ran
+    before: dict[tuple[str, int], set[str]] = field(default_factory=dict, init=False)  # where each start ran before a resume
 
     def __post_init__(self):
         """Where the measurements a resumed cell keeps were made (only cells that kept some)."""
-        kept = {r.cell_id for r in self.run.request_records() if r.phase == "measured" and r.ok}
+        kept = {(r.cell_id, r.block or 0) for r in self.run.request_records() if r.phase == "measured" and r.ok}
         for rec in self.run.cell_records():
-            if rec.placement is not None and rec.cell_id in kept:
-                self.before[rec.cell_id] = {_where(rec.placement), *rec.placement.earlier}
+            start = (rec.cell_id, rec.block or 0)  # another block's start is another start, not this one's past
+            if rec.placement is not None and start in kept:
+                self.before[start] = {_where(rec.placement), *rec.placement.earlier}
 
     def apply(self, ev: Event) -> None:
         getattr(self, f"_{ev.kind}")(ev)
@@ -127,7 +128,7 @@ class Writer:
         self.progress.warn(ev.data)
 
     def _log(self, ev: Event) -> None:
-        self.run.write_server_log(ev.cell_id, ev.data.decode(errors="replace"))
+        self.run.write_server_log(ev.cell_id, ev.data.decode(errors="replace"), ev.extra or "server.log")
 
     def _environment(self, ev: Event) -> None:
         node = ev.extra
@@ -144,7 +145,7 @@ class Writer:
             span.end = (rec.started_at or span.start) + (rec.seconds or 0.0)
             place = self.placements[rec.cell_id]
             place.beside = self.beside(rec.cell_id)
-            place.earlier = sorted(self.before.get(rec.cell_id, set()) - {_where(place)})
+            place.earlier = sorted(self.before.get((rec.cell_id, rec.block or 0), set()) - {_where(place)})
             rec.set(placement=place)
         if self.interrupted and rec.status != "ok":
             rec.set(status="interrupted", error="interrupted")
@@ -177,10 +178,19 @@ def _where(place: CellPlacement) -> str:
 
 
 def run_on_devices(sweep, run: RunDir, devices: list[Device], progress) -> list[CellRecord]:
-    """Every cell not yet done in `run`, one per device at a time, on this host: a thread per
-    device takes the next cell. Daemon threads: after Ctrl-C, a cell still stuck past the drain
-    (a server that ignores its kill) does not hold orch's exit."""
-    jobs = sweep.cells_to_run(run)
+    """Every cell not yet done in `run`, one per device at a time, on this host. Blocks
+    (workload.blocks) run one after another, so that drift still lands between them; the cells of
+    one block run side by side."""
+    records: list[CellRecord] = []
+    for block in range(sweep.workload.blocks):
+        records += _run_block(sweep, run, devices, progress, block)
+    return records
+
+
+def _run_block(sweep, run: RunDir, devices: list[Device], progress, block: int) -> list[CellRecord]:
+    """One block's cells: a thread per device takes the next cell. Daemon threads: after Ctrl-C, a
+    cell still stuck past the drain (a server that ignores its kill) does not hold orch's exit."""
+    jobs = sweep.cells_to_run(run, block)
     todo: queue.Queue = queue.Queue()
     for job in jobs:
         todo.put(job)

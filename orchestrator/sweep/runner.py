@@ -193,12 +193,14 @@ class Sweep:
             self.progress.cell_finished(rec.status, rec.error or rec.prompt_check or "")
         return records
 
-    def cells_to_run(self, run: RunDir) -> list[tuple[Cell, list[RequestSpec]]]:
-        """Every cell not already done in `run`, with the measured requests it still needs."""
+    def cells_to_run(self, run: RunDir, block: int | None = None) -> list[tuple[Cell, list[RequestSpec]]]:
+        """Every cell not already done in `run` (in one block, if given), with the measured
+        requests it still needs."""
         done_cells = {(c.cell_id, c.block or 0) for c in run.cell_records() if c.status == "ok"}
         done_keys = {(r.cell_id, r.key) for r in run.request_records() if r.phase == "measured" and r.ok}
         return [(cell, [s for s in self.measured_specs(cell.block) if (cell.id, s.key) not in done_keys])
-                for cell in plan_cells(self.scenario) if (cell.id, cell.block) not in done_cells]
+                for cell in plan_cells(self.scenario)
+                if (cell.id, cell.block) not in done_cells and block in (None, cell.block)]
 
     def search(self, run: RunDir, budgets: dict[str, int]) -> list[CellRecord]:
         """The depth search (analysis/search.py), engine by engine: decide from the records so far,

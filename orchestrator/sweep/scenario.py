@@ -418,16 +418,6 @@ class Scenario(_Strict):
                                                  "which names a result folder; rename one of the engines")
         return self
 
-    @model_validator(mode="after")
-    def _blocks_in_order(self):
-        # Blocks are one start after another in a seeded order; cells side by side have no order.
-        p = self.placement
-        if self.workload.blocks > 1 and (p.gpus or p.cores or p.cluster):
-            raise _KeyedError("workload.blocks", "replicated blocks run one start at a time; set blocks = 1 "
-                                                 "with [placement], or drop [placement]")
-        return self
-
-
 class _KeyedError(ValueError):
     """A cross-field error that knows which key it is about."""
 
