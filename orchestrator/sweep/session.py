@@ -154,8 +154,8 @@ def _measured_settings(text: str) -> dict | None:
     return data
 
 
-def dry_run_text(sc: Scenario, base_dir: Path) -> str:
-    """Every cell and its command line; nothing is started."""
+def dry_run_text(sc: Scenario, base_dir: Path, source: str = "SCENARIO") -> str:
+    """Every cell and its command line, and what is not set up yet; nothing is started or set up."""
     prepared = prepare(sc, base_dir, need_binaries=False)
     cells = plan_cells(sc)
     w = sc.workload
@@ -173,6 +173,8 @@ def dry_run_text(sc: Scenario, base_dir: Path) -> str:
     elif placed.gpus or placed.cores:
         lines.append("cells run side by side, one per device: " + "; ".join(d.name for d in placed.devices())
                      + " (a server pinned to cores gets as many threads)")
+    lines += [f"engine {name}: not set up yet: {'; '.join(p.not_ready)} (`orch setup {source}` does it)"
+              for name, p in prepared.items() if p.not_ready]
     for k, cell in enumerate(cells, 1):
         plan = command_for(cell, prepared[cell.engine.name], max(w.concurrency))
         block = f" (block {cell.block + 1}/{w.blocks})" if w.blocks > 1 else ""
