@@ -109,7 +109,7 @@ def sweep(scenario, out, overrides, dry_run, resume, search, search_starts, only
          "--resume", "--out", str(out)])
     if dry_run:
         click.echo(search_dry_run_text(sc, scenario.parent, budgets, out, resume) if search
-                   else dry_run_text(sc, scenario.parent))
+                   else dry_run_text(sc, scenario.parent, str(scenario)))
         return
     _run(sc, scenario.parent, out, resume, again, budgets)
 
