@@ -23,7 +23,8 @@ from orchestrator.analysis.placement import placement_notes
 from orchestrator.analysis.summary import format_speedups, format_table
 from orchestrator.common import redact
 from orchestrator.common.errors import OrchError, ResultsError
-from orchestrator.results.rundir import BY_CATEGORY, RunDir, fix_for, why
+from orchestrator.common.show import printable
+from orchestrator.results.rundir import BY_CATEGORY, RunDir, fix_for, shown_cells, why
 from orchestrator.setup.models import KNOWN_MODELS, hf_folder
 from orchestrator.setup.provision import measure_roofline, run_setup, run_step, setup_steps
 from orchestrator.sweep.runner import plan_cells
@@ -39,7 +40,7 @@ class OrchGroup(click.Group):
         try:
             return super().invoke(ctx)
         except OrchError as exc:
-            click.echo(f"Error: {redact.scrub(str(exc))}", err=True)
+            click.echo(f"Error: {printable(redact.scrub(str(exc)))}", err=True)  # one line, whatever a server said
             ctx.exit(exc.exit_code)
 
 
@@ -66,7 +67,7 @@ def validate(scenario, overrides):
     """
     sc = load_scenario(scenario, overrides)
     cells = plan_cells(sc)
-    click.echo(f"{scenario}: ok ({len(sc.engines)} engine(s), {len(cells)} cells)")
+    click.echo(printable(f"{scenario}: ok ({len(sc.engines)} engine(s), {len(cells)} cells)"))
 
 
 # ---------------------------------------------------------------- sweep
@@ -108,8 +109,8 @@ def sweep(scenario, out, overrides, dry_run, resume, search, search_starts, only
          *(["--search-starts", str(search_starts)] if search_starts is not None else []),
          "--resume", "--out", str(out)])
     if dry_run:
-        click.echo(search_dry_run_text(sc, scenario.parent, budgets, out, resume) if search
-                   else dry_run_text(sc, scenario.parent, str(scenario)))
+        click.echo(printable(redact.scrub(search_dry_run_text(sc, scenario.parent, budgets, out, resume) if search
+                                          else dry_run_text(sc, scenario.parent, str(scenario))), lines=True))
         return
     _run(sc, scenario.parent, out, resume, again, budgets)
 
@@ -120,15 +121,15 @@ def _run(sc, base_dir: Path, out: Path, resume: bool, again: str, search=None):
 
     finished = run_sweep(sc, base_dir, out, resume, again, sweep_progress(Console(stderr=True)), _opened, search)
     if finished.interrupted is not None:
-        click.echo(f"\ninterrupted: records so far are in {finished.run.path}; {again}", err=True)
+        click.echo(f"\ninterrupted: {printable(f'records so far are in {finished.run.path}; {again}')}", err=True)
         sys.exit(finished.interrupted)
     sys.exit(finished.exit_code(_print_report(finished.run)))
 
 
 def _opened(run: RunDir, warnings: list[str]) -> None:
     for note in warnings:  # what resuming an interrupted run dropped
-        click.echo(f"warning: {note}", err=True)
-    click.echo(f"run folder: {run.path}")
+        click.echo(f"warning: {printable(note)}", err=True)
+    click.echo(f"run folder: {printable(run.path)}")
 
 
 @cli.command()
@@ -163,25 +164,25 @@ def _print_report(run: RunDir, overlay=None) -> bool:
         raise ResultsError(f"cannot write the report in {run.path}: {why(exc)}; the records are complete: "
                            f"{fix_for(exc)}, then run orch report {run.path}")
     for note in report.warnings:  # records skipped or kept as failed on reading back
-        click.echo(f"warning: {note}", err=True)
+        click.echo(f"warning: {printable(note)}", err=True)
     if not report.summary.empty:
-        click.echo(report.drift + "\n")
-    click.echo(format_table(report.summary))
+        click.echo(printable(report.drift, lines=True) + "\n")
+    click.echo(printable(format_table(report.summary), lines=True))  # names and labels from the records
     by_category = report.categories.advice_text() if report.categories is not None else ""
     for text in (format_speedups(report.summary), format_cost(report.summary), format_crossover(report.summary),
                  format_advice(report.advice),
                  by_category, report.check, report.search, report.model, "\n".join(placement_notes(run.cell_records()))):
         if text:
-            click.echo(f"\n{text}")
-    click.echo(f"\nsummary: {report.summary_path}")
-    click.echo(f"pairs:   {report.pairs_path}")
-    click.echo(f"model:   {report.pairs_path.with_name('model.csv')}")
+            click.echo(f"\n{printable(text, lines=True)}")
+    click.echo(f"\nsummary: {printable(report.summary_path)}")
+    click.echo(f"pairs:   {printable(report.pairs_path)}")
+    click.echo(f"model:   {printable(report.pairs_path.with_name('model.csv'))}")
     if report.categories is not None:
-        click.echo(f"by category: {report.pairs_path.with_name(BY_CATEGORY)}")
+        click.echo(f"by category: {printable(report.pairs_path.with_name(BY_CATEGORY))}")
     for chart in report.charts:
         if chart.suffix == ".png":
-            click.echo(f"chart:   {chart}")
-    click.echo(f"report:  {report.html}")
+            click.echo(f"chart:   {printable(chart)}")
+    click.echo(f"report:  {printable(report.html)}")
     return bool((report.summary["requests_failed"].fillna(0) > 0).any())
 
 
@@ -205,7 +206,7 @@ def report(run_dir, reference):
         from plots.overlay import published_overlay
 
         overlay, note = published_overlay(run)
-        click.echo(note)
+        click.echo(printable(note, lines=True))
     _print_report(run, overlay)
 
 
@@ -225,8 +226,8 @@ def retest(run_a, run_b):
             raise OrchError(f"{d} holds no requests.jsonl; pass two run folders made by orch sweep")
     found = retest_runs(run_a, run_b)
     for note in found.warnings:
-        click.echo(f"warning: {note}", err=True)
-    click.echo(format_retest(found))
+        click.echo(f"warning: {printable(note)}", err=True)
+    click.echo(printable(format_retest(found), lines=True))
     if not found.agree:
         raise SystemExit(1)
 
@@ -248,15 +249,15 @@ def compare(run_dirs, out):
 
     table, warnings = compare_runs(list(run_dirs))
     for note in warnings:  # records skipped or kept as failed on reading back
-        click.echo(f"warning: {note}", err=True)
-    click.echo(format_compare(table))
+        click.echo(f"warning: {printable(note)}", err=True)
+    click.echo(printable(format_compare(table), lines=True))
     if len(table):
         with _writing(out):
             out.mkdir(parents=True, exist_ok=True)
-            table.to_csv(out / "compare.csv", index=False)
+            shown_cells(table).to_csv(out / "compare.csv", index=False)
             paths = draw_compare(table, out)
         for path in paths:
-            click.echo(f"chart: {path}")
+            click.echo(f"chart: {printable(path)}")
 
 
 @contextmanager
@@ -313,7 +314,7 @@ def doctor(docker_host):
     """
     from orchestrator.launch.doctor import format_checks, run_checks
 
-    click.echo(format_checks(run_checks(docker_host)))
+    click.echo(printable(format_checks(run_checks(docker_host)), lines=True))
 
 
 @cli.command("ls")
@@ -330,9 +331,9 @@ def ls_(docker_host):
         click.echo("no orch containers")
     for c in found:
         lab = c.labels
-        click.echo(f"{c.name}  {c.status}  sweep={lab.get('orch.sweep')} cell={lab.get('orch.cell')} "
-                   f"run={lab.get('orch.run')} owner_pid={lab.get('orch.owner_pid')}"
-                   + ("  (orphaned)" if orphaned(c) else ""))
+        click.echo(printable(f"{c.name}  {c.status}  sweep={lab.get('orch.sweep')} cell={lab.get('orch.cell')} "
+                             f"run={lab.get('orch.run')} owner_pid={lab.get('orch.owner_pid')}"
+                             + ("  (orphaned)" if orphaned(c) else "")))  # the Docker engine's words
 
 
 @cli.command()
@@ -354,16 +355,17 @@ def down(everything, docker_host, cluster):
         for node, names in down_on_cluster(cluster, everything).items():
             if isinstance(names, Exception):
                 failed = True
-                click.echo(f"{node}: could not clean up ({names}); run orch down on that host", err=True)
+                click.echo(printable(f"{node}: could not clean up ({names}); run orch down on that host"), err=True)
             else:
-                click.echo(f"{node}: removed {len(names)} container(s)" + (f": {', '.join(names)}" if names else ""))
+                click.echo(printable(f"{node}: removed {len(names)} container(s)"
+                                     + (f": {', '.join(names)}" if names else "")))
         if failed:
             sys.exit(1)
         return
 
     found = [c for c in list_containers(docker_host) if everything or orphaned(c)]
     names = remove(found)
-    click.echo(f"removed {len(names)} container(s)" + (f": {', '.join(names)}" if names else ""))
+    click.echo(printable(f"removed {len(names)} container(s)" + (f": {', '.join(names)}" if names else "")))
 
 
 # ---------------------------------------------------------------- engines
@@ -398,7 +400,7 @@ def engines_list():
     """
     for name, inst in INSTALLERS.items():
         found = inst.installed()
-        click.echo(f"{name}: {found or f'not installed (expected at {inst.expected()})'}")
+        click.echo(printable(f"{name}: {found or f'not installed (expected at {inst.expected()})'}"))
 
 
 def _install_one(what: str, name: str, jobs: int | None = None) -> None:
@@ -414,8 +416,8 @@ def _install_one(what: str, name: str, jobs: int | None = None) -> None:
 
 def _made_line(what: str, name: str, path: Path, made: bool) -> str:
     if what == "engine":
-        return f"{name} {'installed' if made else 'already installed'}: {path}"
-    return f"{name.replace(':', ' as ')} {'prepared' if made else 'already there'}: {path}"
+        return printable(f"{name} {'installed' if made else 'already installed'}: {path}")
+    return printable(f"{name.replace(':', ' as ')} {'prepared' if made else 'already there'}: {path}")
 
 
 # ---------------------------------------------------------------- models
@@ -447,9 +449,9 @@ def models_list():
     for name, known in KNOWN_MODELS.items():
         if known.requantize:  # a GGUF only, made by llama-quantize
             made = known.gguf_path(name)
-            click.echo(f"{name}: {known.description}; gguf: {made if made.is_file() else 'not made'}")
+            click.echo(printable(f"{name}: {known.description}; gguf: {made if made.is_file() else 'not made'}"))
         else:
-            click.echo(f"{name}: {known.description}; hf folder: {hf_folder(name) or 'not prepared'}")
+            click.echo(printable(f"{name}: {known.description}; hf folder: {hf_folder(name) or 'not prepared'}"))
 
 
 # ---------------------------------------------------------------- setup
@@ -472,5 +474,5 @@ def setup(scenarios, overrides):
     for (what, name), path, made in done:
         click.echo(_made_line(what, name, path, made))
     for line in measure_roofline(loaded):
-        click.echo(line)
-    click.echo(f"{' '.join(map(str, scenarios))}: ready ({len(steps)} step(s))")
+        click.echo(printable(line))
+    click.echo(printable(f"{' '.join(map(str, scenarios))}: ready ({len(steps)} step(s))"))

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from orchestrator.common import redact
+from orchestrator.common.show import printable
 
 EVERY_REQUESTS = 10  # a plain progress line after this many measured requests ...
 EVERY_S = 30.0  # ... or this many seconds, whichever comes first
@@ -67,12 +68,12 @@ class SweepProgress:
         self._bar.update(self._task, advance=1, latest=f"latest {latest}")
 
     def warn(self, text: str) -> None:
-        self.console.print(f"  {self._cell}: warning: {escape(redact.scrub(text))}")
+        self.console.print(f"  {self._cell}: warning: {escape(printable(redact.scrub(text)))}")
 
     def cell_finished(self, status: str, note: str = "") -> None:
         self._bar.update(self._task, description=f"{self._cell}: {status}")
-        if note:  # a server's words: no secret, and no rich markup ("[/x]" would raise)
-            self.console.print(f"  {self._cell}: {escape(redact.scrub(note))}")
+        if note:  # a server's words: no secret, no rich markup ("[/x]" would raise), no escape or line break
+            self.console.print(f"  {self._cell}: {escape(printable(redact.scrub(note)))}")
 
 
 class PlainSweepProgress:
@@ -99,9 +100,9 @@ class PlainSweepProgress:
 
     def _say(self, text: str) -> None:
         self._last = self.clock()
-        # markup off: a cell id or a server's words are printed as they are, less any secret
-        self.console.print(redact.scrub(f"{_stamp(self._last - self._t0)} {self._cell}: {text}"), markup=False,
-                           highlight=False, soft_wrap=True)
+        # markup off: a cell id or a server's words are printed as they are, less any secret, escapes shown
+        line = printable(redact.scrub(f"{_stamp(self._last - self._t0)} {self._cell}: {text}"))
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def cell_started(self, k: int, n: int, cell_id: str, requests: int) -> None:
         self._cell, self._k, self._n, self._total = f"cell {k}/{n} {cell_id}", k, n, requests
@@ -159,7 +160,7 @@ class ParallelProgress:
         return None
 
     def _say(self, text: str) -> None:
-        self.console.print(redact.scrub(f"{_stamp(self.clock() - self._t0)} {text}"), markup=False,
+        self.console.print(printable(redact.scrub(f"{_stamp(self.clock() - self._t0)} {text}")), markup=False,
                            highlight=False, soft_wrap=True)
 
     def cell_started(self, cell_id: str, node: str | None, device: str | None, k: int, n: int) -> None:
@@ -231,7 +232,7 @@ class _BarLane:
         self.owner, self.task, self.label = owner, task, label
 
     def step(self, text: str) -> None:
-        text = escape(f"{self.label}{text}")  # "llama-cpp-python[server]" is not rich markup
+        text = escape(printable(f"{self.label}{text}"))  # "llama-cpp-python[server]" is not rich markup
         self.owner._bar.update(self.task, description=text, completed=0)
         self.owner.console.print(text)
 
@@ -256,7 +257,8 @@ class PlainBuildProgress(_SingleLane):
         return _PlainLane(self, _label(steps))
 
     def say(self, text: str) -> None:
-        self.console.print(f"{_stamp(self.clock() - self._t0)} {text}", markup=False, highlight=False, soft_wrap=True)
+        self.console.print(printable(f"{_stamp(self.clock() - self._t0)} {text}"), markup=False, highlight=False,
+                           soft_wrap=True)
 
 
 

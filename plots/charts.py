@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 
 from orchestrator.analysis.pairs import PAIRED  # noqa: E402
 from orchestrator.analysis.summary import METRICS_SOURCE  # noqa: E402
+from orchestrator.common.safefs import replacing  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -306,8 +307,11 @@ def draw_lossless(cells: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Pat
 
 def save(fig, stem: Path) -> list[Path]:
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    fig.savefig(paths[0], bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})  # reproducible SVG
+    # Each replaced whole, never written through a link in the folder (common/safefs.py).
+    with replacing(paths[0].parent, paths[0].name, binary=True) as f:
+        fig.savefig(f, format="png", bbox_inches="tight")
+    with replacing(paths[1].parent, paths[1].name, binary=True) as f:
+        fig.savefig(f, format="svg", bbox_inches="tight", metadata={"Date": None})  # reproducible SVG
     plt.close(fig)
     return paths
 

@@ -33,8 +33,10 @@ from orchestrator.analysis.summary import (PREFILL_TIMED, format_speedups, forma
 from .categories import draw_category_heatmap
 from orchestrator.analysis.cost import cost_frame, cost_notes
 from orchestrator.analysis.placement import placement_notes
+from orchestrator.common.show import printable
 
 from .cost import draw_cost
+from .names import for_charts, short, shortened
 from .charts import (draw_acceptance_by_position, draw_acceptance_length, draw_charts, draw_load, draw_lossless,
                      draw_model, draw_pairs, draw_phase_rates)
 
@@ -67,42 +69,51 @@ def build_report(run_dir: Path, overlay=None) -> Report:
     flips = flagged(drifts)
     summary["drift_could_flip"] = [(e, n, p) in flips for e, n, p in
                                    zip(summary["engine"], summary["n_spec"], summary["prompt_set"])]
-    summary.to_csv(run.path / SUMMARY, index=False)
+    run.write_csv(SUMMARY, summary)
     pairs = pair_table(frame, cells)
-    pairs.to_csv(run.path / PAIRS, index=False)
+    run.write_csv(PAIRS, pairs)
     found = fits(frame, cells)
     model = model_table(found)
-    model.to_csv(run.path / MODEL, index=False)
+    run.write_csv(MODEL, model)
     check = window_check(frame, cells)
-    check.to_csv(run.path / "acceptance_check.csv", index=False)
+    run.write_csv("acceptance_check.csv", check)
     starts = run.server_starts()
     categories = category_view(requests, cells, starts)
     if categories is not None:
-        categories.table().to_csv(run.path / BY_CATEGORY, index=False)
+        run.write_csv(BY_CATEGORY, categories.table())
     search = "\n".join(format_decision(step(engine, grid, budget, frame, cells, None, starts.get(engine, 0)))
                        for engine, (grid, budget) in run.search_settings().items())
     checks = check_texts(requests)
     lossless = per_cell(checks)
-    checks.to_csv(run.path / "lossless.csv", index=False)
+    run.write_csv("lossless.csv", checks)
     sub = subtitle(run)
     scenario = _scenario_text(run)
-    charts = (draw_charts(summary, sub, run.path, overlay) + draw_phase_rates(summary, sub, run.path)
-              + draw_cost(summary, sub, run.path)
-              + draw_pairs(pairs, summary, sub, run.path)
-              + draw_load(summary, sub, run.path)
-              + draw_acceptance_length(summary, sub, run.path) + draw_acceptance_by_position(cells, sub, run.path)
-              + draw_model(model, sub, run.path) + draw_lossless(lossless, sub, run.path)
-              + draw_category_heatmap(categories, sub, run.path))
+    charts = _draw(run, summary, pairs, model, lossless, cells, categories, overlay)
     out = run.path / "report"
-    out.mkdir(exist_ok=True)
     ctx = _Context(run, summary, pairs, lossless, checks, cells, [c for c in charts if c.suffix == ".png"],
-                   scenario, list(run.warnings), format_fits(found), search, format_check(check), categories,
+                   scenario, [printable(w) for w in run.warnings], format_fits(found), search, format_check(check), categories,
                    drift_text)
-    (out / "index.html").write_text(_html(ctx))
-    (out / "summary.md").write_text(_markdown(ctx))
+    # Never through a link (results/rundir.py); what servers and files said, with its escapes shown.
+    run.write_file("report/index.html", printable(_html(ctx), lines=True))
+    run.write_file("report/summary.md", printable(_markdown(ctx), lines=True))
     return Report(summary, run.path / SUMMARY, pairs, run.path / PAIRS, ctx.advice, ctx.model, ctx.search, ctx.drift,
                   ctx.check, lossless,
                   categories, charts, out / "index.html", out / "summary.md", ctx.warnings)
+
+
+def _draw(run: RunDir, summary, pairs, model, lossless, cells, categories, overlay) -> list[Path]:
+    """Every chart, its names in their short forms (plots/names.py)."""
+    sub = subtitle(run, short_names=True)
+    summary, pairs, model, lossless = (for_charts(f) for f in (summary, pairs, model, lossless))
+    engines = shortened(c.engine for c in cells)
+    cells = [c.model_copy(update={"engine": engines[c.engine]}) for c in cells]
+    return (draw_charts(summary, sub, run.path, overlay) + draw_phase_rates(summary, sub, run.path)
+            + draw_cost(summary, sub, run.path)
+            + draw_pairs(pairs, summary, sub, run.path)
+            + draw_load(summary, sub, run.path)
+            + draw_acceptance_length(summary, sub, run.path) + draw_acceptance_by_position(cells, sub, run.path)
+            + draw_model(model, sub, run.path) + draw_lossless(lossless, sub, run.path)
+            + draw_category_heatmap(categories, sub, run.path))
 
 
 def _scenario_text(run: RunDir) -> str:
@@ -115,10 +126,12 @@ def _scenario_text(run: RunDir) -> str:
         return f"(scenario.toml: {why})"
 
 
-def subtitle(run: RunDir) -> str:
+def subtitle(run: RunDir, short_names: bool = False) -> str:
     env = run.environment()
-    models = sorted({e.get("model", "?") for e in env.get("engines", {}).values()})
-    return f"model: {', '.join(models) or '?'} · machine: {machine_label(env)}"
+    models = sorted({str(e.get("model", "?")) for e in env.get("engines", {}).values()})
+    if short_names:  # a chart's: each name in its short form, and no more than three of them
+        models = [short(m) for m in models[:3]] + ([f"{len(models) - 3} more"] if len(models) > 3 else [])
+    return printable(f"model: {', '.join(models) or '?'} · machine: {short(machine_label(env), 80)}")
 
 
 @dataclass

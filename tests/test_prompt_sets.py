@@ -143,7 +143,7 @@ def test_a_gzip_that_is_not_gzip(tmp_path):
 def test_a_gzip_bomb_is_refused_unread(tmp_path, monkeypatch):
     import gzip
     import orchestrator.measure.prompt_files as pf
-    monkeypatch.setattr(pf, "MAX_TEXT_BYTES", 1 << 20)
+    monkeypatch.setattr(pf, "MAX_FILE_BYTES", 1 << 20)
     path = tmp_path / "bomb.jsonl.gz"
     path.write_bytes(gzip.compress(b" " * (4 << 20)))
     assert _error(path) == f"{path}: expands past 1 MiB; sample the prompts you need into a smaller file"
@@ -244,7 +244,8 @@ def test_a_parquet_whose_text_decodes_past_the_bound(tmp_path, monkeypatch):
     pq.write_table(table, tmp_path / "bomb.parquet")
     assert (tmp_path / "bomb.parquet").stat().st_size < (1 << 20)
     assert _error(tmp_path / "bomb.parquet") == (
-        f"{tmp_path / 'bomb.parquet'}: its prompts pass 1 MiB of text by row 1049; sample the prompts you "
+        # 1046 rows of 1000 characters, with their ids (every column read counts), pass 1 MiB
+        f"{tmp_path / 'bomb.parquet'}: its prompts pass 1 MiB of text by row 1046; sample the prompts you "
         "need into a smaller file")
 
 

@@ -72,6 +72,13 @@ EXACT = {
     "roofline_negative_weights.toml": ("engines[0].roofline.weight_gb", "Input should be greater than 0"),
     "roofline_bandwidth_nan.toml": ("engines[0].roofline.bandwidth_gb_s", FINITE),
     "roofline_unknown_key.toml": ("engines[0].roofline.weights_gb", "unknown key; remove it or check its spelling"),
+    # inputs sized to exhaust memory (tests/test_hostile_sizes.py; README, "Limits")
+    "repeats_huge.toml": ("workload.repeats", "1,000,000,000,000 is more than the 100,000 requests one sweep may "
+                          "plan; use at most 100,000 (README, Limits)"),
+    "plan_too_large.toml": ("workload", "plans 128,004 requests (4 server starts x (1 warm-up + 8 prompts x 1000 "
+                            "repeats x 4 concurrency levels)), more than the 100,000 of one sweep; sample fewer "
+                            "prompts (per_category, ids), lower repeats or warmup, or list fewer concurrency levels, "
+                            "n_spec depths or blocks"),
 }
 # [placement] (sweep/placement.py): devices of this host, or a Ray cluster
 PLACEMENT = {

@@ -5,6 +5,8 @@
     ├── ModelError         a model name or path that cannot be resolved
     ├── InstallError       building or finding an engine binary failed
     ├── ResultsError       the results folder cannot be written (not writable, disk full)
+    │   └── RunFolderError a run folder orch will not use as it is: a link inside it, a name
+    │                      too long for the filesystem, another sweep holding it (exit code 2)
     └── ServerError        a server did not become ready
         ├── ServerExited   the process died during start-up
         ├── ServerTimeout  no readiness before the deadline
@@ -35,6 +37,12 @@ class InstallError(OrchError):
 
 class ResultsError(OrchError):
     pass
+
+
+class RunFolderError(ResultsError):
+    """The run folder itself is the problem, not the disk: what the user passed or left in it."""
+
+    exit_code = 2
 
 
 class ServerError(OrchError):

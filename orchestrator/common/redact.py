@@ -41,6 +41,30 @@ def remember_url(url: str | None) -> None:
         remember(base64.b64encode(f"{parts.username or ''}:{parts.password or ''}".encode()).decode())
 
 
+# A scenario's server flag whose value is a credential (`--api-key K`, `--hf-token=K`), and an
+# environment variable's name that says its value is one (HF_TOKEN, OPENAI_API_KEY, DB_PASSWORD).
+_SECRET_FLAG = re.compile(r"(?i)^--?[\w.-]*(key|token|secret|passw(or)?d|credential|auth)[\w.-]*$")
+_SECRET_NAME = re.compile(r"(?i)(key|token|secret|passw(or)?d|credential|auth)")
+
+
+def remember_args(args: list[str]) -> None:
+    """The value of every credential flag of a command line (`--api-key K` or `--api-key=K`)."""
+    for flag, value in zip(args, args[1:]):
+        if _SECRET_FLAG.match(flag) and not value.startswith("-"):
+            remember(value)
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        if eq and _SECRET_FLAG.match(flag):
+            remember(value)
+
+
+def remember_env(env: dict[str, str]) -> None:
+    """The values of environment variables whose names say they hold credentials."""
+    for name, value in env.items():
+        if _SECRET_NAME.search(name):
+            remember(value)
+
+
 def scrub(text: str) -> str:
     for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
@@ -70,14 +94,15 @@ def public_url(url: str | None) -> str | None:
 
 
 def scrub_values(obj):
-    """`obj` with every secret taken out of its strings; keys and numbers are left alone, so a
+    """`obj` with every secret taken out of its strings, a dict's string keys included (a server
+    may echo a key into a /metrics label, which becomes a key); numbers are left alone, so a
     secret that happens to look like a number cannot break a JSON line."""
     if not _secrets:
         return obj
     if isinstance(obj, str):
         return scrub(obj)
     if isinstance(obj, dict):
-        return {k: scrub_values(v) for k, v in obj.items()}
+        return {scrub(k) if isinstance(k, str) else k: scrub_values(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [scrub_values(v) for v in obj]
     return obj

@@ -12,7 +12,9 @@ import docker
 from engines import ServerPlan
 
 from orchestrator.common import redact
+from orchestrator.common.safefs import nofollow
 from orchestrator.common.errors import OrchError, ServerError, ServerExited, ServerTimeout
+from orchestrator.common.show import printable
 from orchestrator.launch.shared import MANAGED, Watch, poll_ready
 
 STOP_TIMEOUT_S = 10
@@ -133,7 +135,7 @@ class DockerServer:
     def _save_log(self) -> None:
         """The container's whole log into server.log, streamed (it may be large), without secrets."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "w", encoding="utf-8") as out:
+        with open(self.log_path, "w", encoding="utf-8", opener=nofollow) as out:
             for line in self.container.logs(stream=True, follow=False):  # follow defaults to stream
                 out.write(redact.scrub(line.decode(errors="replace")))
 
@@ -156,7 +158,7 @@ class DockerServer:
             if "error" in event:
                 raise ServerError(f"pull of {ref} failed: {event['error']}")
             if event.get("status", "").startswith(("Pulling from", "Digest", "Status")):
-                print(f"  {ref}: {event['status']}", flush=True)
+                print(printable(f"  {ref}: {event['status']}"), flush=True)  # the registry's words
         return self.client.images.get(ref)
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from engines import ENGINES
 
+from orchestrator.common.show import printable
+
 
 @dataclass
 class Check:
@@ -74,7 +76,8 @@ def _disk() -> Check:
 def format_checks(checks: list[Check]) -> str:
     lines = []
     for c in checks:
-        lines.append(f"{'ok ' if c.ok else 'MISSING'} {c.name}: {c.detail}")
+        # detail: the Docker engine's, nvidia-smi's or an exception's words, one line each
+        lines.append(f"{'ok ' if c.ok else 'MISSING'} {c.name}: {printable(c.detail)}")
         if c.fix:
             lines.append(f"        fix: {c.fix}")
     return "\n".join(lines)

@@ -11,12 +11,15 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 from engines import ServerPlan
 
 from orchestrator.common import redact
+from orchestrator.common.safefs import nofollow, read_tail
 from orchestrator.common.errors import ServerExited, ServerTimeout
+from orchestrator.common.show import printable
 from orchestrator.launch.shared import Watch, poll_ready, visible_gpus
 
 STOP_GRACE_S = 10.0
@@ -26,8 +29,8 @@ def command_text(plan: ServerPlan) -> str:
     """The command line to show and record; a server orch did not start is shown by its URL,
     less any password."""
     if plan.base_url is not None:
-        return f"(external server at {redact.public_url(plan.base_url)})"
-    return plan.display()
+        return printable(f"(external server at {redact.public_url(plan.base_url)})")
+    return printable(plan.display())  # one line, whatever the scenario's args and env hold
 
 
 def free_port() -> int:
@@ -38,7 +41,7 @@ def free_port() -> int:
 
 def log_tail(path: Path, lines: int = 30) -> str:
     try:
-        data = path.read_bytes()[-16384:]
+        data = read_tail(path, 16384)  # a log of any size: its tail only
     except OSError:
         return ""
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
@@ -56,13 +59,18 @@ class ProcessServer:
 
     def __enter__(self) -> "ProcessServer":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            # A new session puts the server and anything it forks in one group we can kill.
-            self.proc = subprocess.Popen(
-                self.plan.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, **self.plan.env}, start_new_session=True,
-                preexec_fn=functools.partial(_child_setup, self.plan.cores),
-            )
+        open(self.log_path, "ab", opener=nofollow).close()  # a log that cannot be made fails here, before the server starts
+        # A new session puts the server and anything it forks in one group we can kill. Its output
+        # reaches the log through orch, line by line, so that a key the server prints (its own
+        # command line, a config dump) is scrubbed before it is written.
+        self.proc = subprocess.Popen(
+            self.plan.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env={**os.environ, **self.plan.env}, start_new_session=True,
+            preexec_fn=functools.partial(_child_setup, self.plan.cores),
+        )
+        self._copier = threading.Thread(target=_copy_scrubbed, args=(self.proc.stdout, self.log_path),
+                                        name=f"orch-log {self.proc.pid}", daemon=True)
+        self._copier.start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -95,17 +103,38 @@ class ProcessServer:
     def _check_exit(self) -> None:
         code = self.proc.poll()
         if code is not None:
+            self._copier.join(5)  # its last lines are the reason it exited
             raise ServerExited(code, log_tail(self.log_path))
 
     def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
+        if self.proc is None:
+            return None
+        code = self._stop()
+        self._copier.join(5)  # a child that kept the pipe open does not hold orch: the thread is a daemon
+        return code
+
+    def _stop(self) -> int | None:
+        if self.proc.poll() is not None:
+            return self.proc.returncode
         _signal_group(self.proc.pid, signal.SIGTERM)
         try:
             return self.proc.wait(STOP_GRACE_S)
         except subprocess.TimeoutExpired:
             _signal_group(self.proc.pid, signal.SIGKILL)
             return self.proc.wait(5)
+
+
+LOG_LINE_CAP = 1 << 20  # a server that writes without newlines is still copied, a MiB at a time
+
+
+def _copy_scrubbed(pipe, path: Path) -> None:
+    try:
+        with pipe, open(path, "ab", opener=nofollow) as log:
+            for line in iter(lambda: pipe.readline(LOG_LINE_CAP), b""):
+                log.write(redact.scrub(line.decode(errors="replace")).encode())
+                log.flush()
+    except (OSError, ValueError):
+        pass  # the log's disk is full or gone: the server goes on, its cell records say what it did
 
 
 def _child_setup(cores: tuple[int, ...] | None) -> None:
@@ -154,7 +183,8 @@ class ExternalServer:
 
     def __enter__(self) -> "ExternalServer":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path.write_text(f"external server at {redact.public_url(self.base_url)}: orch has no log of it\n")
+        with open(self.log_path, "w", encoding="utf-8", opener=nofollow) as f:  # never through a link
+            f.write(f"external server at {redact.public_url(self.base_url)}: orch has no log of it\n")
         return self
 
     def __exit__(self, *exc) -> None:

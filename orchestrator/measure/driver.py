@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import aiohttp
+from yarl import URL
 
 from engines import StreamCounts
 
@@ -42,6 +43,10 @@ ERROR_BODY_BYTES = 4096
 
 
 NO_COUNT = "server reported no completion token count (no usage or timings)"
+# workload.follow_redirects: redirects of a request followed to its own host only (any port or
+# scheme), to any host, or not at all. A refused one is an error row naming the target host.
+REDIRECTS = ("same-host", "any", "none")
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)  # those aiohttp follows
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,8 @@ async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurren
                     make_body: Callable[[RequestSpec], dict], timeout_s: float,
                     on_record: Callable[[Measured], None], headers: dict | None = None,
                     tokenize_path: str | None = None, counts: StreamCounts | None = None,
-                    open_session: Callable[..., aiohttp.ClientSession] | None = None) -> list[Measured]:
+                    open_session: Callable[..., aiohttp.ClientSession] | None = None,
+                    redirects: str = "same-host") -> list[Measured]:
     """Send `specs` in order with at most `concurrency` in flight; call on_record as each ends.
 
     Each of the `concurrency` streams is a worker with its own connection (a closed loop, as a
@@ -98,9 +104,9 @@ async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurren
             while pending:
                 spec = pending.popleft()
                 body = make_body(spec)
-                rec = await stream_request(session, base + ENDPOINTS[api], body, timeout_s, counts)
+                rec = await stream_request(session, base + ENDPOINTS[api], body, timeout_s, counts, redirects)
                 if tokenize_path and rec["error"] == NO_COUNT:
-                    await _retokenize(session, base + tokenize_path, rec, timeout_s, body.get("max_tokens"))
+                    await _retokenize(session, base + tokenize_path, rec, timeout_s, body.get("max_tokens"), redirects)
                 if rec["http_status"] in AuthRefused.STATUSES:
                     pending.clear()  # the server refuses orch's credentials: send nothing more
                 measured = _typed({**rec, **_spec_fields(spec)})
@@ -138,6 +144,7 @@ def session_for(timeout: aiohttp.ClientTimeout, tls: ssl.SSLContext, headers: di
     # moment the request leaves (the headers' signal can come a whole event-loop turn earlier).
     trace.on_request_headers_sent.append(_bytes_out)
     trace.on_request_chunk_sent.append(_bytes_out)
+    trace.on_request_redirect.append(_on_redirect)
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1, ssl=tls), timeout=timeout,
                                  headers=headers, trace_configs=[trace])
 
@@ -150,11 +157,60 @@ async def _bytes_out(session, ctx, params) -> None:
         state.t_start = time.perf_counter()
 
 
+class RedirectRefused(Exception):
+    """A redirect that workload.follow_redirects does not allow: the message names its target."""
+
+
+class _Hops:
+    """What one request may follow (workload.follow_redirects) from its own host; the trace
+    context of a request that is not a stream (the tokenizer's)."""
+
+    def __init__(self, follow: str, url: str):
+        if follow not in REDIRECTS:
+            raise ValueError(f"follow_redirects is {follow!r}, not one of {', '.join(REDIRECTS)}")
+        self.follow, self.host = follow, (URL(url).host or "").lower()
+        self.t_start = 0.0  # _bytes_out sets it on any request's context
+
+
+def _target(url: URL, resp: aiohttp.ClientResponse) -> URL | None:
+    """Where a redirect points, resolved against the URL that answered it; None where it names
+    nowhere HTTP (aiohttp refuses those itself)."""
+    location = resp.headers.get("Location") or resp.headers.get("URI")
+    try:
+        target = url.join(URL(location)) if location else None
+    except ValueError:
+        return None
+    return target if target is not None and target.scheme in ("http", "https") else None
+
+
+def _refusal(hops: "_Hops | _StreamState", target: URL | None) -> str | None:
+    """Why `hops` may not go to `target`, or None. "Another server" is another host name: two
+    ports of one host are the same machine's, and an http -> https upgrade is the same server."""
+    if target is None or hops.follow == "any" or (target.host or "").lower() == hops.host:
+        return None
+    return (f"redirect refused: the server sent the request to another host, {target.host} "
+            f"({redact.public_url(str(target))}); set workload.follow_redirects = \"any\" to follow it")
+
+
+async def _on_redirect(session, ctx, params: aiohttp.TraceRequestRedirectParams) -> None:
+    """aiohttp's own redirect signal, sent before it follows one: a hop the request may not take
+    ends the request here, before any of its bytes (or headers: an API key) go to that host."""
+    hops = ctx.trace_request_ctx
+    if not isinstance(hops, (_Hops, _StreamState)):
+        return
+    refused = _refusal(hops, _target(params.url, params.response))
+    if refused:
+        if isinstance(hops, _StreamState):
+            hops.http_status = params.response.status
+        params.response.close()  # as aiohttp does before its own refusals: the connection is not reused
+        raise RedirectRefused(refused)
+
+
 async def open_connection(session: aiohttp.ClientSession, base: str) -> None:
     """GET /v1/models, which every OpenAI-compatible server answers cheaply, to open the
     worker's connection; a failure is left to the measured request to record."""
     try:
-        async with asyncio.timeout(10), session.get(base + "/v1/models") as resp:
+        async with asyncio.timeout(10), session.get(base + "/v1/models", allow_redirects=False) as resp:
             await resp.content.read(ERROR_BODY_BYTES)
     except (aiohttp.ClientError, TimeoutError):
         pass
@@ -178,34 +234,39 @@ def _spec_fields(spec: RequestSpec) -> dict:
 
 
 async def stream_request(session: aiohttp.ClientSession, url: str, body: dict, timeout_s: float,
-                         counts: StreamCounts | None = None) -> dict:
+                         counts: StreamCounts | None = None, redirects: str = "same-host") -> dict:
     """One streamed request, ended by its deadline (`timeout_s`, first byte out to last byte in)
     whatever the server does: comments that keep the stream alive, tokens past max_tokens. Any
     failure, of the server or of the bytes it sent, ends as an error row, never an exception.
 
     A kept-alive connection that the server closed just as the request went out (llama-server
     does, now and then, right after a response) never reached it: that request is sent once more
-    on a new connection, within the same deadline, and its record says `reconnected`."""
+    on a new connection, within the same deadline, and its record says `reconnected`.
+
+    Redirects follow `redirects` (REDIRECTS); one followed is recorded as `redirected_to`."""
     started = time.monotonic()
-    rec, unanswered = await _attempt(session, url, body, timeout_s, counts)
+    rec, unanswered = await _attempt(session, url, body, timeout_s, counts, redirects)
     left = timeout_s - (time.monotonic() - started)
     if unanswered and left > 0:
-        rec, _ = await _attempt(session, url, body, left, counts)
+        rec, _ = await _attempt(session, url, body, left, counts, redirects)
         rec["reconnected"] = True
     return rec
 
 
 async def _attempt(session: aiohttp.ClientSession, url: str, body: dict, timeout_s: float,
-                   counts: StreamCounts | None) -> tuple[dict, bool]:
+                   counts: StreamCounts | None, redirects: str = "same-host") -> tuple[dict, bool]:
     """(the record, whether the connection failed before the server answered at all)."""
     t_call, wall_call = time.perf_counter(), time.time()
-    state = _StreamState(t_call, body.get("max_tokens"), counts)
+    state = _StreamState(t_call, body.get("max_tokens"), counts, _Hops(redirects, url))
     t_end, unanswered = None, False
     try:
         async with asyncio.timeout(timeout_s):
-            async with session.post(url, json=body, trace_request_ctx=state) as resp:
+            async with session.post(url, json=body, trace_request_ctx=state,
+                                    allow_redirects=redirects != "none") as resp:
                 await _read_response(resp, state)
                 t_end = time.perf_counter()  # the last event read, before the response is closed
+    except RedirectRefused as exc:
+        state.error = str(exc)
     except aiohttp.ClientError as exc:  # before TimeoutError: a connect timeout is both
         state.error = _describe(exc)
         unanswered = state.http_status is None and _closed_under_us(exc)
@@ -229,7 +290,19 @@ def _closed_under_us(exc: aiohttp.ClientError) -> bool:
 async def _read_response(resp: aiohttp.ClientResponse, state: "_StreamState") -> None:
     state.http_status = resp.status
     ctype = resp.headers.get("content-type", "")
-    if resp.status != 200:
+    if resp.history:  # redirects followed: say where the answer came from
+        state.redirected_to = redact.public_url(str(resp.url))
+        # A session without run_batch's trace (one handed in) followed them unchecked: refuse
+        # the row after the fact, since the request already went there.
+        refused = next(filter(None, (_refusal(state, h.url) for h in (*resp.history[1:], resp))), None)
+        if refused:
+            state.error = refused
+            return
+    if resp.status in REDIRECT_STATUSES and state.follow == "none":
+        target = _target(resp.url, resp)
+        where = f"{target.host} ({redact.public_url(str(target))})" if target else "nowhere orch follows"
+        state.error = f"HTTP {resp.status}: a redirect to {where}, not followed (workload.follow_redirects = \"none\")"
+    elif resp.status != 200:
         state.error = f"HTTP {resp.status}: {await _body_start(resp, 300)}"
     elif resp.content_type != "text/event-stream":  # the media type, lower-cased, without parameters
         detail = await _body_start(resp, 120)
@@ -334,8 +407,12 @@ def _rate(obj: dict, name: str, where: str) -> float | None:
 
 
 class _StreamState:
-    def __init__(self, t_start: float, max_tokens: int | None = None, counts: StreamCounts | None = None):
+    def __init__(self, t_start: float, max_tokens: int | None = None, counts: StreamCounts | None = None,
+                 hops: _Hops | None = None):
         self.t_start = t_start
+        hops = hops or _Hops("same-host", "")
+        self.follow, self.host = hops.follow, hops.host  # read by _on_redirect and _refusal
+        self.redirected_to: str | None = None
         self.counts = counts
         self.max_tokens = max_tokens if isinstance(max_tokens, int) else None
         self.t_first: float | None = None
@@ -348,6 +425,7 @@ class _StreamState:
         self.chunk_tokens: list[int | None] = []
         self.usage: dict = {}
         self.extra: dict = {}  # the engine's own counts (counts.key), as last reported
+        self.so_far: dict[str, int] = {}  # each cumulative count's latest value, by its name in the stream
         self.finish_reason: str | None = None
         self.http_status: int | None = None
         self.error: str | None = None
@@ -386,11 +464,37 @@ class _StreamState:
         usage = _usage(usage, self.max_tokens) if usage else None
         extra = _nested(obj, self.counts.key) if self.counts else None
         extra = _extra_counts(extra, self.counts, self.max_tokens) if extra else None
+        self._forward(usage, extra)
         self.usage, self.extra = usage or self.usage, extra or self.extra
         if self._choices(_field(obj, "choices", list, "") or []):
             self.chunk_t.append(round(time.perf_counter() - self.t_start, 6))
             self.chunk_tokens.append(self._cumulative(usage, extra))
+            self._enough_tokens(usage, extra)
         return False
+
+    def _forward(self, usage: dict | None, extra: dict | None) -> None:
+        """The counts of the request so far (the completion tokens, the engine's draft counts)
+        never go back from one event to the next; several events may carry the same count (a
+        step's accepted drafts, sent one token per event, all carry the step's total)."""
+        named = {"usage.completion_tokens": (usage or {}).get("completion_tokens")}
+        if self.counts and extra:
+            named.update({f"{self.counts.key}.{f}": extra.get(f) for f in self.counts.counts})
+        for name, value in named.items():
+            if value is None:
+                continue
+            before = self.so_far.get(name)
+            if before is not None and value < before:
+                raise StreamFault(f"{name} went back from {before} to {value} (a count of the request so far)")
+            self.so_far[name] = value
+
+    def _enough_tokens(self, usage: dict | None, extra: dict | None) -> None:
+        """Every chunk with text carries a token at least: a count of the tokens so far below
+        the chunks so far is a stream that contradicts itself (chunks repeated, or a count)."""
+        count = self.chunk_tokens[-1]
+        if count is not None and count < self.chunks:
+            name = ("usage.completion_tokens" if (usage or {}).get("completion_tokens") is not None
+                    else f"{self.counts.key}.{self.counts.completion}")
+            raise StreamFault(f"{name} {count} < {self.chunks} chunks with text so far (each carries a token at least)")
 
     def _choices(self, choices: list) -> bool:
         """Take the text of one chunk; True if it carried any."""
@@ -427,6 +531,8 @@ class _StreamState:
             error = f"stream ended before [DONE] after {self.chunks} chunks (cut mid-stream)"
         if error is None and tokens is None:
             error = NO_COUNT
+        if error is None:
+            error = _contradiction(tokens, source, self.chunks)
         rec = {
             "ok": error is None, "error": error, "http_status": self.http_status, "wall_start": wall_start,
             "t_start": t_start, "t_first_token": self.t_first, "t_end": t_end,
@@ -437,6 +543,7 @@ class _StreamState:
             **({f"{self.counts.record_prefix}_{k}": v for k, v in self.extra.items()} if self.counts else {}),
             "chunk_t": self.chunk_t, "chunk_chars": [len(p) for p in self.parts],
             "chunk_tokens": self.chunk_tokens,
+            **({"redirected_to": self.redirected_to} if self.redirected_to else {}),
         }
         rec.update(rates(tokens, t_start, self.t_first, t_end) if error is None else
                    {"e2e_tok_s": None, "decode_tok_s": None, "ttft_s": None})
@@ -456,6 +563,19 @@ class _StreamState:
         if count is not None or not self.counts or not self.counts.completion:
             return count
         return (extra or {}).get(self.counts.completion)
+
+
+def _contradiction(tokens: int, source: str, chunks: int) -> str | None:
+    """The server's count against what its stream carried. Each chunk with text carries one
+    token at least, and some engines send several per chunk, so `tokens >= chunks` is the
+    invariant, never equality. No text at all allows one token, the end-of-sequence token,
+    which has none."""
+    name = "usage.completion_tokens" if source == "usage" else source
+    if tokens < chunks:
+        return f"{name} {tokens} < {chunks} chunks with text (each carries a token at least)"
+    if chunks == 0 and tokens > 1:
+        return f"{name} {tokens} but no chunk carried text"
+    return None
 
 
 def _usage(usage: dict, max_tokens: int | None) -> dict:
@@ -523,14 +643,14 @@ def _utf8(text: str | None) -> str | None:
 
 
 async def _retokenize(session: aiohttp.ClientSession, url: str, rec: dict, timeout_s: float,
-                      max_tokens: int | None) -> None:
+                      max_tokens: int | None, redirects: str = "same-host") -> None:
     """Count the finished text's tokens with the server's own tokenizer, less what it adds to
     empty input (a BOS token). Exact for greedy output that re-tokenizes the same way. Runs
     after the request's clock stopped, under a deadline of its own."""
     try:
         async with asyncio.timeout(timeout_s):
-            counts = [await _token_count(session, url, text, rec) for text in (rec["text"], "")]
-    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            counts = [await _token_count(session, url, text, rec, redirects) for text in (rec["text"], "")]
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, RecursionError, RedirectRefused) as exc:
         rec["error"] = f"{NO_COUNT}; tokenizing the text failed: {type(exc).__name__}"
         return
     tokens = max(counts[0] - counts[1], 0)
@@ -541,8 +661,9 @@ async def _retokenize(session: aiohttp.ClientSession, url: str, rec: dict, timeo
                **rates(tokens, rec["t_start"], rec["t_first_token"], rec["t_end"]))
 
 
-async def _token_count(session: aiohttp.ClientSession, url: str, text: str, rec: dict) -> int:
-    async with session.post(url, json={"input": text}) as resp:
+async def _token_count(session: aiohttp.ClientSession, url: str, text: str, rec: dict, redirects: str) -> int:
+    async with session.post(url, json={"input": text}, trace_request_ctx=_Hops(redirects, url),
+                            allow_redirects=redirects != "none") as resp:
         if resp.status in AuthRefused.STATUSES:
             rec["http_status"] = resp.status  # so the cell fails at once, as for the request itself
         resp.raise_for_status()

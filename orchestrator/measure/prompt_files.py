@@ -16,7 +16,6 @@ and the fix; nothing here returns a partial set.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import stat
 import zlib
@@ -25,7 +24,12 @@ from pathlib import Path
 
 MAX_ID_CHARS = 200  # ids are never paths, but they fill every request row and table
 SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet")  # the files orch reads, longest first
-MAX_TEXT_BYTES = 512 << 20  # a file (after gunzip) larger than this is refused, not read into memory
+# What one prompt file may hold (README, "Limits"), each checked before or as it is read, so that
+# no file, however small on disk, holds more than these in memory:
+MAX_FILE_BYTES = 1 << 30  # the file on disk, and a .gz's text after gunzip (parquet: its columns uncompressed)
+MAX_TEXT_BYTES = 512 << 20  # the text of its prompts, decoded (UTF-8 bytes)
+MAX_PROMPT_BYTES = 16 << 20  # one prompt: a JSONL line, or the text of one parquet row
+MAX_PROMPTS = 100_000  # prompts (lines or rows) in one file
 
 
 class PromptFileError(ValueError):
@@ -96,7 +100,7 @@ def read_file(path: Path, fmt: str | None, turns: str) -> list[Item]:
 
 
 def _check_file(path: Path) -> None:
-    """A regular file of at most MAX_TEXT_BYTES: a device or a FIFO (st_size 0) would be read
+    """A regular file of at most MAX_FILE_BYTES: a device or a FIFO (st_size 0) would be read
     without end, and a folder named like a prompt file cannot be read at all."""
     try:
         st = path.stat()
@@ -112,42 +116,67 @@ def _check_file(path: Path) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise PromptFileError(f"{shown(path)}: not a regular file (a device, pipe or socket); pass a .jsonl or "
                               ".parquet file")
-    if st.st_size > MAX_TEXT_BYTES:
-        raise PromptFileError(f"{shown(path)}: {st.st_size >> 20} MiB, more than the {MAX_TEXT_BYTES >> 20} MiB "
+    if st.st_size > MAX_FILE_BYTES:
+        raise PromptFileError(f"{shown(path)}: {st.st_size >> 20} MiB, more than the {MAX_FILE_BYTES >> 20} MiB "
                               "orch reads; sample the prompts you need into a smaller file")
 
 
-def _read_bytes(path: Path) -> bytes:
+def _lines(path: Path):
+    """(line number, offset, bytes) of each line, read a line at a time: no line longer than
+    MAX_PROMPT_BYTES and no more than MAX_FILE_BYTES in all (a .gz counted after gunzip, since a
+    small gzip can expand to gigabytes) is ever held."""
     _check_file(path)
+    gz = path.suffix == ".gz"
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_TEXT_BYTES + 1)  # bounded, should the file grow after the check
+        f = gzip.open(path, "rb") if gz else path.open("rb")
     except OSError as exc:  # no permission
         raise PromptFileError(f"{shown(path)}: cannot read it ({exc.strerror}); pass a readable .jsonl or .parquet file")
-    if path.suffix != ".gz":
-        return data
     # gzip's own reader: every member of a multi-member file, a truncated stream or trailing
-    # bytes refused; read with a bound, since a small gzip can expand to gigabytes.
-    try:
-        with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
-            out = f.read(MAX_TEXT_BYTES + 1)
-    except EOFError:
-        raise PromptFileError(f"{shown(path)}: the gzip stream ends early (a truncated file); download it again")
-    except (OSError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise PromptFileError(f"{shown(path)}: not a gzip file ({exc}); gunzip it yourself or rename it")
-    if len(out) > MAX_TEXT_BYTES:
-        raise PromptFileError(f"{shown(path)}: expands past {MAX_TEXT_BYTES >> 20} MiB; sample the prompts "
-                              "you need into a smaller file")
-    return out
+    # bytes refused.
+    with f:
+        try:
+            n = offset = 0
+            while line := f.readline(MAX_PROMPT_BYTES + 1):
+                n += 1
+                if offset + len(line) > MAX_FILE_BYTES:  # a .gz, or a file that grew after the check
+                    raise PromptFileError(f"{shown(path)}: expands past {MAX_FILE_BYTES >> 20} MiB; sample the "
+                                          "prompts you need into a smaller file")
+                if len(line) > MAX_PROMPT_BYTES:
+                    raise PromptFileError(f"{shown(path)}:{n}: a line longer than {MAX_PROMPT_BYTES >> 20} MiB, more "
+                                          "than one prompt may hold; shorten it or remove the line")
+                if not line.endswith(b"\n"):
+                    f.read(1)  # the last line: a truncated gzip or trailing bytes show here, before it is parsed
+                yield n, offset, line
+                offset += len(line)
+        except EOFError:
+            raise PromptFileError(f"{shown(path)}: the gzip stream ends early (a truncated file); download it again")
+        except (OSError, zlib.error) as exc:  # BadGzipFile is an OSError
+            if not gz:
+                raise PromptFileError(f"{shown(path)}: cannot read it ({exc.strerror}); pass a readable .jsonl or "
+                                      ".parquet file")
+            raise PromptFileError(f"{shown(path)}: not a gzip file ({exc}); gunzip it yourself or rename it")
 
 
-def read_text(path: Path) -> str:
-    data = _read_bytes(path)
+def _decode(path: Path, line: bytes, offset: int) -> str:
     try:
-        return data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is still UTF-8
+        return line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PromptFileError(f"{shown(path)}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
-                              f"{exc.start}); save it as UTF-8")
+        raise PromptFileError(f"{shown(path)}: not UTF-8 text (byte 0x{line[exc.start]:02x} at offset "
+                              f"{offset + exc.start}); save it as UTF-8")
+
+
+def utf8_bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _too_much(path: Path, unit: str, n: int) -> PromptFileError:
+    return PromptFileError(f"{shown(path)}: its prompts pass {MAX_TEXT_BYTES >> 20} MiB of text by {unit} {n}; "
+                           "sample the prompts you need into a smaller file")
+
+
+def _too_many(path: Path, count: str) -> PromptFileError:
+    return PromptFileError(f"{shown(path)}: {count}, more than the {MAX_PROMPTS:,} prompts orch reads from one "
+                           "file; sample the prompts you need into a smaller file")
 
 
 # ---------------------------------------------------------------- JSONL
@@ -157,15 +186,24 @@ def _jsonl(path: Path, fmt: str | None, turns: str) -> list[Item]:
     items: list[Item] = []
     first_line: dict[str, int] = {}
     form = FORMATS[fmt] if fmt else None
+    text_bytes = 0
     # JSONL lines end at \n only: str.splitlines would also split at U+2028 inside a prompt.
-    for n, line in enumerate(read_text(path).split("\n"), 1):
+    for n, offset, raw in _lines(path):
+        line = _decode(path, raw, offset)
+        if n == 1:
+            line = line.removeprefix("\ufeff")  # a byte-order mark is still UTF-8
         if not line.strip():
             continue
+        if len(items) == MAX_PROMPTS:
+            raise _too_many(path, f"{MAX_PROMPTS + 1:,} prompts by line {n}")
         where = f"{shown(path)}:{n}"
         obj = _json_object(line, where, form)
         form = form or recognise(obj)
         items.append(parse_row(obj, form, where, n, turns))
         _first(first_line, items[-1].id, n, where, "line")
+        text_bytes += utf8_bytes(items[-1].text)
+        if text_bytes > MAX_TEXT_BYTES:
+            raise _too_much(path, "line", n)
     if not items:
         raise PromptFileError(f"{shown(path)} holds no prompts; {(form or FORMATS['jsonl']).fix}")
     return items
@@ -188,31 +226,114 @@ def _json_object(line: str, where: str, form: Format | None) -> dict:
 
 
 def _parquet(path: Path, fmt: str | None, turns: str) -> list[Item]:
-    table = _parquet_table(path)
-    form = FORMATS[fmt] if fmt else recognise(table.column_names)
-    missing = [c for c in form.required if c not in table.column_names]
+    pf, schema = _parquet_file(path)
+    names = schema.names
+    form = FORMATS[fmt] if fmt else recognise(names)
+    missing = [c for c in form.required if c not in names]
     if missing:
         raise PromptFileError(f"{shown(path)}: no column {', '.join(missing)} ({form.name} format); {form.fix}")
-    if table.num_rows == 0:
+    meta = pf.metadata
+    if meta.num_rows == 0:
         raise PromptFileError(f"{shown(path)}: {form.name} columns but no rows (an empty split); point at a "
                               "split file that holds prompts")
-    keep = [c for c in (form.id, form.text, form.category, "sub_category") if c and c in table.column_names]
+    if meta.num_rows > MAX_PROMPTS:
+        raise _too_many(path, f"{meta.num_rows:,} rows")
+    keep = [c for c in (form.id, form.text, form.category, "sub_category") if c and c in names]
+    for col in keep:
+        _readable_type(schema.field(col).type, col, path)
+    # The footer's sizes first: what Arrow would decompress of the columns read.
+    leaves = [pf.schema.column(i) for i in range(len(pf.schema))]
+    mine = [i for i, leaf in enumerate(leaves) if leaf.path.split(".")[0] in keep]
+    packed = sum(meta.row_group(g).column(i).total_uncompressed_size
+                 for g in range(meta.num_row_groups) for i in mine)
+    if packed > MAX_FILE_BYTES:
+        raise PromptFileError(f"{shown(path)}: its columns {', '.join(keep)} take {packed >> 20} MiB uncompressed, "
+                              f"more than the {MAX_FILE_BYTES >> 20} MiB orch reads; sample the prompts you need into "
+                              "a smaller file")
+    # Strings stay dictionary-encoded as Arrow reads them: a few KB of parquet can repeat one long
+    # string into gigabytes. Every row's decoded size is counted from the dictionary before any
+    # row becomes Python text, and the whole file's before the first one does.
+    n = text_bytes = 0
+    for batch in _batches(path, pf, keep):
+        sizes = sum(_row_bytes(batch.column(col), col, path) for col in keep)
+        over = (sizes > MAX_PROMPT_BYTES).nonzero()[0]
+        if len(over):
+            row = n + int(over[0]) + 1
+            raise PromptFileError(f"{shown(path)} row {row}: {int(sizes[over[0]]) >> 20} MiB of text, more than one "
+                                  f"prompt may hold ({MAX_PROMPT_BYTES >> 20} MiB); shorten it or remove the row")
+        total = text_bytes + sizes.cumsum()
+        past = (total > MAX_TEXT_BYTES).nonzero()[0]
+        if len(past):
+            raise _too_much(path, "row", n + int(past[0]) + 1)
+        n, text_bytes = n + batch.num_rows, int(total[-1]) if len(total) else text_bytes
     items: list[Item] = []
     first_row: dict[str, int] = {}
-    text_bytes, n = 0, 0
-    # A batch at a time, the text counted as it is decoded: a few MB of dictionary-encoded
-    # parquet can hold gigabytes of strings.
-    for batch in table.select(keep).to_batches(max_chunksize=1024):
+    n = 0
+    for batch in _batches(path, pf, keep):
         for row in batch.to_pylist():  # Arrow's own values: lists, str, int, None; never numpy
             n += 1
             where = f"{shown(path)} row {n}"
             items.append(parse_row(row, form, where, n, turns, "row"))
             _first(first_row, items[-1].id, n, where, "row")
-            text_bytes += len(items[-1].text)
-            if text_bytes > MAX_TEXT_BYTES:
-                raise PromptFileError(f"{shown(path)}: its prompts pass {MAX_TEXT_BYTES >> 20} MiB of text by row {n}; "
-                                      "sample the prompts you need into a smaller file")
     return items
+
+
+def _batches(path: Path, pf, columns: list[str]):
+    import pyarrow as pa
+
+    try:
+        yield from pf.iter_batches(batch_size=1024, columns=columns, use_threads=False)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(path, exc)
+
+
+def _readable_type(t, col: str, path: Path) -> None:
+    """Types whose rows _row_bytes can size from Arrow's buffers; any other is refused unread."""
+    import pyarrow as pa
+
+    inner = t.value_type if pa.types.is_dictionary(t) else t.value_type if (
+        pa.types.is_list(t) or pa.types.is_large_list(t)) else None
+    if inner is not None:
+        return _readable_type(inner, col, path)
+    if pa.types.is_null(t) or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) \
+            or pa.types.is_large_binary(t) or _width(t):
+        return
+    raise PromptFileError(f'{shown(path)}: column "{col}" holds {t}, which no prompt file has; write it as '
+                          "strings (or a list of strings for turns)")
+
+
+def _width(t) -> int:
+    """A fixed-width type's bits (ints, floats, bools, timestamps, decimals); 0 for any other."""
+    try:
+        return t.bit_width
+    except (AttributeError, ValueError):  # "Non-fixed width type"
+        return 0
+
+
+def _row_bytes(arr, col: str, path: Path):
+    """Each row's decoded size in bytes (a numpy array), from Arrow's buffers alone: strings by
+    their lengths (a dictionary's values once, then by index), lists by their elements',
+    fixed-width values by their width."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        per_value = np.append(_row_bytes(arr.dictionary, col, path), 0)  # a null index: the 0 at the end
+        return per_value[pc.fill_null(arr.indices, len(arr.dictionary)).to_numpy(zero_copy_only=False)]
+    if pa.types.is_null(t):
+        return np.zeros(len(arr), np.int64)
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return pc.fill_null(pc.binary_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        sums = np.concatenate([[0], np.cumsum(_row_bytes(arr.values, col, path))])
+        offsets = arr.offsets.to_numpy(zero_copy_only=False)
+        return sums[offsets[1:]] - sums[offsets[:-1]]
+    if _width(t):
+        return np.full(len(arr), max(1, _width(t) // 8), np.int64)
+    raise PromptFileError(f'{shown(path)}: column "{col}" holds {t}, which no prompt file has; write it as '
+                          "strings (or a list of strings for turns)")
 
 
 def _first(seen: dict[str, int], pid: str, n: int, where: str, unit: str) -> None:
@@ -222,16 +343,24 @@ def _first(seen: dict[str, int], pid: str, n: int, where: str, unit: str) -> Non
     seen[pid] = n
 
 
-def _parquet_table(path: Path):
+def _unreadable(path: Path, exc: Exception) -> PromptFileError:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return PromptFileError(f"{shown(path)}: not a readable parquet file ({first[:200]}); download the split again")
+
+
+def _parquet_file(path: Path):
     import pyarrow as pa  # pandas' parquet engine; imported here so JSONL runs never load it
     import pyarrow.parquet as pq
 
     _check_file(path)  # the same size, existence and file-type checks, before Arrow opens it
     try:
-        return pq.read_table(path)
+        pf = pq.ParquetFile(path)
+        leaves = [pf.schema.column(i) for i in range(len(pf.schema))]
+        strings = [leaf.path for leaf in leaves if leaf.physical_type == "BYTE_ARRAY"]
+        # Opened again with every string column read as a dictionary (see _parquet).
+        return (pq.ParquetFile(path, read_dictionary=strings) if strings else pf), pf.schema_arrow
     except (pa.ArrowException, OSError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PromptFileError(f"{shown(path)}: not a readable parquet file ({first[:200]}); download the split again")
+        raise _unreadable(path, exc)
 
 
 # ---------------------------------------------------------------- one row

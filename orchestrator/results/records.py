@@ -14,31 +14,44 @@ end in one warning that names the file and the line numbers, and says how many r
 environment.json that is not a JSON object is read as empty (a warning, no machine details);
 its fields that the report reads and that have the wrong type are dropped with a warning.
 
+Files are read a line at a time, never whole: a line longer than MAX_LINE is skipped (read
+through in blocks, never held), as are the lines of binary junk (not UTF-8), each counted in the
+same warning; memory stays within a few MAX_LINE whatever the file holds.
+
 Nothing here raises on bad content; only an unreadable file is a ResultsError.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Iterator, Literal, TypeVar
 
-from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
 
 from orchestrator.common.errors import ResultsError
+from orchestrator.common.show import printable
 
 Count = Annotated[int, Field(ge=0, strict=True)]
 Positive = Annotated[int, Field(ge=1, strict=True)]
 Tokens = Annotated[int, Field(ge=0, le=10**9, strict=True)]  # a request's token count: as the driver bounds it
 Rate = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]  # NaN and Infinity are invalid
 Time = Annotated[float, Field(allow_inf_nan=False, strict=True)]
-Name = Annotated[str, Field(strict=True, min_length=1)]
+# Names and labels fill tables, advice lines, chart titles and file names: read back from a file
+# that is not orch's (orch writes none with a control character), they come with theirs shown.
+Label = Annotated[StrictStr, AfterValidator(printable)]
+Name = Annotated[str, Field(strict=True, min_length=1), AfterValidator(printable)]
 
 SCHEMA_VERSION = 1  # raise it when a field changes meaning or a required field is added
 
 DETAILS = 5  # problems described in a warning; the rest are counted, with their line numbers
 LINES = 20  # line numbers listed for the rest
+# Bytes of one line read back. orch's longest: a request whose text is at most 512 Ki characters
+# (measure/driver.py's MAX_TEXT_CHARS), under 4 MiB as JSON even if every character is escaped.
+MAX_LINE = 8 << 20
+MAX_FILE = 16 << 20  # environment.json, scenario.toml: read whole, so bounded
 
 
 class Record(BaseModel):
@@ -77,8 +90,8 @@ class Measured(Record):
     concurrency: Positive
     repeat: Count
     prompt_set: Name
-    prompt_id: StrictStr
-    category: StrictStr | None = None  # the prompt's, where its set has categories (SPEED-Bench's, MT-Bench's)
+    prompt_id: Label
+    category: Label | None = None  # the prompt's, where its set has categories (SPEED-Bench's, MT-Bench's)
     sub_category: StrictStr | None = None
     ok: StrictBool
     error: StrictStr | None = None
@@ -116,6 +129,7 @@ class Measured(Record):
     # Set (true) only when the first try met a kept-alive connection the server had just closed,
     # before it answered: this record is of the second try, on a new connection.
     reconnected: StrictBool | None = None
+    redirected_to: StrictStr | None = None  # where a followed redirect took it (workload.follow_redirects)
 
     # Each engine's accepted count against its drafted count (llama.cpp's timings, vLLM's metrics).
     DRAFTED_OF: ClassVar[dict[str, str]] = {"timings_draft_n_accepted": "timings_draft_n",
@@ -169,7 +183,7 @@ class RequestRecord(Measured):
 
     cell_id: Name
     engine: Name
-    method: StrictStr
+    method: Label
     n_spec: Count
     endpoint: StrictStr | None = None  # /v1/completions or /v1/chat/completions
     prompt_tokens_low: StrictBool | None = None  # fewer prompt tokens than half the prompt's words
@@ -263,13 +277,13 @@ class CellPlacement(BaseModel):
     """Where a cell's server ran, and what ran beside it (sweep/placement.py, orchestrator/cluster)."""
 
     model_config = ConfigDict(extra="allow")
-    node: Text = None  # this host's name, or a Ray node: "<host>-<node id prefix>"
-    host: Text = None  # the machine's hostname: cells on one host share its CPU, PCIe, memory bandwidth
-    device: Text = None  # "cores 0-3", "gpu 1", "any"
+    node: Label | None = None  # this host's name, or a Ray node: "<host>-<node id prefix>"
+    host: Label | None = None  # the machine's hostname: cells on one host share its CPU, PCIe, memory bandwidth
+    device: Label | None = None  # "cores 0-3", "gpu 1", "any"
     gpus: list[Count] | None = None
     cores: list[Count] | None = None
     beside: list[Name] = []  # cells whose servers ran on the same host at some time during this one
-    earlier: list[StrictStr] = []  # where earlier starts of this cell ran ("host, device"), if elsewhere:
+    earlier: list[Label] = []  # where earlier starts of this cell ran ("host, device"), if elsewhere:
     # a resumed cell keeps their requests, so its figures mix two machines
 
 
@@ -279,7 +293,7 @@ class CellRecord(Record):
 
     cell_id: Name
     engine: Name
-    method: StrictStr
+    method: Label
     n_spec: Count
     status: Name  # ok, partial, failed, interrupted
     block: Count | None = None  # workload.blocks: which replicate start this is (None: before blocks, 0)
@@ -342,13 +356,14 @@ class Environment(BaseModel):
 
 
 def machine_label(env: dict) -> str:
-    """The machine a run's environment.json describes, in a few words (its first GPU, else its CPU)."""
+    """The machine a run's environment.json describes, in a few words (its first GPU, else its CPU),
+    one line with any control character shown: the file is read back as hostile input."""
     gpu = env.get("gpu") or []
     if gpu:
-        return gpu[0]
+        return printable(gpu[0])
     isa = instruction_sets(env["cpu_flags"]) if env.get("cpu_flags") else ""
     isa = f"; {isa}" if isa else ""
-    return f"{env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores{isa}, no GPU)"
+    return printable(f"{env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores{isa}, no GPU)")
 
 
 def instruction_sets(flags: dict[str, bool]) -> str:
@@ -369,28 +384,33 @@ def read_records(path: Path, model: type[R]) -> tuple[list[R], list[str]]:
     path = Path(path)
     if not path.is_file():
         return [], []
-    lines = [(n, raw) for n, raw in enumerate(_read(path).split(b"\n"), 1) if raw.strip()]
     records: list[R] = []
-    skipped: list[tuple[int, str]] = []
-    salvaged: list[tuple[int, str]] = []
+    skipped, salvaged = _Tally(), _Tally()
     notes: list[str] = []
     truncated = None
-    for i, (n, raw) in enumerate(lines):
-        obj, problem = _parse(raw)
-        if problem is not None and i == len(lines) - 1:
-            truncated = n  # what a kill mid-write leaves; not counted with the corrupt lines
+    total = 0
+    for n, raw in lines_of(path):
+        if truncated is not None:  # the line that did not parse was not the last: it is corrupt
+            skipped.append(truncated)
+            truncated = None
+        total += 1
+        if raw is None:
+            skipped.append((n, f"longer than {MAX_LINE >> 20} MiB, not a line orch writes"))
             continue
-        if problem is None:
-            rec, problems, skip = validate(model, obj)
-            problem = "; ".join(problems) if skip else None
-            if rec is not None:
-                records.append(rec)
-                if problems:
-                    salvaged.append((n, "; ".join(problems)))
+        obj, problem = _parse(raw)
         if problem is not None:
-            skipped.append((n, problem))
+            truncated = (n, problem)  # what a kill mid-write leaves, if it is the last line
+            continue
+        rec, problems, skip = validate(model, obj)
+        if rec is not None:
+            records.append(rec)
+            if problems:
+                salvaged.append((n, "; ".join(problems)))
+        if skip:
+            skipped.append((n, "; ".join(problems)))
+    if truncated is not None:
+        truncated, total = truncated[0], total - 1  # not counted with the corrupt lines
     if skipped:
-        total = len(lines) - (truncated is not None)
         note = f"{path}: skipped {len(skipped)} of {total} lines ({_listing(skipped)}); kept {len(records)} rows"
         if salvaged:
             note += f", {len(salvaged)} of them {model.KEPT} ({_listing(salvaged)})"
@@ -433,7 +453,7 @@ def read_environment(path: Path) -> tuple[dict, list[str]]:
     if not path.is_file():
         return {}, []
     try:
-        env = json.loads(path.read_bytes().decode("utf-8"))
+        env = json.loads(read_bounded(path).decode("utf-8"))
     except (OSError, ValueError, RecursionError) as exc:
         why = getattr(exc, "strerror", None) or f"not valid JSON ({_json_error(exc)})"
         return {}, [f"{path}: {why}; the report goes on without machine details"]
@@ -457,11 +477,57 @@ def read_environment(path: Path) -> tuple[dict, list[str]]:
     return env, []
 
 
-def _read(path: Path) -> bytes:
+class _Tally:
+    """A file's problem lines, as many as a warning shows (the first DETAILS described, LINES
+    more numbered), and how many there were: a junk file of a billion lines holds no more."""
+
+    def __init__(self):
+        self.items: list[tuple[int, str]] = []
+        self.count = 0
+
+    def append(self, item: tuple[int, str]) -> None:
+        self.count += 1
+        if len(self.items) < DETAILS + LINES:
+            self.items.append(item)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def lines_of(path: Path) -> Iterator[tuple[int, bytes | None]]:
+    """A file's non-blank lines and their numbers (from 1), read one at a time; a line longer
+    than MAX_LINE comes as None, read through in blocks and never held."""
     try:
-        return path.read_bytes()
+        f = open(path, "rb")
     except OSError as exc:
         raise ResultsError(f"cannot read {path}: {exc.strerror}")
+    with f:
+        n = 0
+        while True:
+            try:
+                raw = f.readline(MAX_LINE + 1)
+                n += 1
+                if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
+                    while raw and not raw.endswith(b"\n"):
+                        raw = f.readline(1 << 20)
+                    yield n, None
+                    continue
+            except OSError as exc:
+                raise ResultsError(f"cannot read {path}: {exc.strerror}")
+            if not raw:
+                return
+            if raw.strip():
+                yield n, raw
+
+
+def read_bounded(path: Path, limit: int = MAX_FILE) -> bytes:
+    """A small file read whole; OSError (EFBIG) if it is larger than `limit`, which no file orch
+    writes is."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit >> 20 or 1} MiB, not a file orch writes", str(path))
+    return data
 
 
 def _parse(raw: bytes) -> tuple[Any, str | None]:
@@ -524,10 +590,11 @@ def _drop(obj: Any, loc: tuple) -> None:
         parent.pop(key)
 
 
-def _listing(items: list[tuple[int, str]]) -> str:
+def _listing(tally: _Tally) -> str:
+    items = tally.items
     shown = "; ".join(f"line {n}: {what}" for n, what in items[:DETAILS])
-    rest = [n for n, _ in items[DETAILS:]]
-    if not rest:
+    rest, more = [n for n, _ in items[DETAILS:]], tally.count - DETAILS
+    if more <= 0:
         return shown
-    lines = ", ".join(map(str, rest[:LINES])) + (f" and {len(rest) - LINES} more" if len(rest) > LINES else "")
-    return f"{shown}; and {len(rest)} more at lines {lines}"
+    lines = ", ".join(map(str, rest[:LINES])) + (f" and {more - LINES} more" if more > LINES else "")
+    return f"{shown}; and {more} more at lines {lines}"

@@ -10,25 +10,35 @@
     search.jsonl        `orch sweep --search`: one line per step of the depth search (what ran,
                         what runs next, what was skipped and why)
     summary.csv, pairs.csv, model.csv, lossless.csv and the PNG charts (orch report redraws them)
+    run.lock            held (flock) by the one sweep or --resume writing the folder; it names its pid
+
+A run folder is hostile input too. Nothing is written through a link inside it (common/safefs.py):
+a file rewritten whole goes to a temporary file renamed over it, an append opens the file without
+following a link, and a link on the way is refused in one line (exit 2). Records are read a line at
+a time, each line at most records.MAX_LINE bytes, so a junk file costs no more memory than that.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import math
 import os
 import re
+import threading
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 import tomli_w
 
 from orchestrator import __version__
-from orchestrator.common import redact
-from orchestrator.common.errors import ResultsError
-from orchestrator.results.records import (SCHEMA_VERSION, CellRecord, R, RequestRecord, read_environment,
-                                          read_records)
+from orchestrator.common import redact, safefs
+from orchestrator.common.errors import ResultsError, RunFolderError
+from orchestrator.common.show import escape_raw_controls, printable
+from orchestrator.results.records import (SCHEMA_VERSION, CellRecord, R, RequestRecord, lines_of, read_bounded,
+                                          read_environment, read_records)
 
 REQUESTS = "requests.jsonl"
 CELLS = "cells.jsonl"
@@ -42,9 +52,13 @@ MODEL = "model.csv"
 BY_CATEGORY = "summary_by_category.csv"  # where the prompts carry categories (analysis/categories.py)
 RUN = "run.json"
 NODES = "nodes"
+LOCK = "run.lock"
+SMALL_FILE = 1 << 20  # run.json; scenario.toml is read up to records.MAX_FILE
 
 
 RESUME = "continue with --resume"
+_held: dict[tuple[int, int], list] = {}  # run.lock's (device, inode) -> [descriptor, holders] in this process
+_held_guard = threading.Lock()
 
 
 class RunDir:
@@ -54,18 +68,22 @@ class RunDir:
         # What reading the records back skipped or repaired, one line each (the CLI prints them
         # as `warning: ...`, the report lists them). Records read back are hostile input.
         self.warnings: list[str] = []
+        self._lock: tuple[int, int] | None = None  # this object's hold of run.lock (lock())
 
     @classmethod
     def create(cls, out: Path, sweep_name: str, again: str = RESUME) -> "RunDir":
+        check_out(out, sweep_name)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path(out) / f"{sweep_name}-{stamp}"
         suffix = 1
-        while path.exists():
-            suffix += 1
-            path = Path(out) / f"{sweep_name}-{stamp}-{suffix}"
         try:
+            while path.exists():
+                suffix += 1
+                path = Path(out) / f"{sweep_name}-{stamp}-{suffix}"
             path.mkdir(parents=True)
         except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise RunFolderError(f"--out {shown(out)}: {why(exc)} for this filesystem; pass a shorter --out")
             raise ResultsError(f"cannot create the run folder {path}: {why(exc)}; pass a writable --out")
         run = cls(path, again)
         run.write_schema()
@@ -81,7 +99,7 @@ class RunDir:
         if not path.is_file():
             return 0
         try:
-            version = json.loads(path.read_bytes().decode("utf-8")).get("schema_version")
+            version = json.loads(read_bounded(path, SMALL_FILE).decode("utf-8")).get("schema_version")
         except (OSError, ValueError, AttributeError, RecursionError):
             version = None
         if not isinstance(version, int) or isinstance(version, bool) or version < 0:
@@ -96,33 +114,99 @@ class RunDir:
     @classmethod
     def latest(cls, out: Path, sweep_name: str) -> "RunDir | None":
         """The newest run of exactly this sweep: `rs` must not pick up a run of `rs-big`."""
+        check_out(out, sweep_name)
         mine = re.compile(re.escape(sweep_name) + r"-(\d{8})-(\d{6})(?:-(\d+))?")
         runs = []
-        for path in Path(out).glob("*") if Path(out).is_dir() else []:
-            m = mine.fullmatch(path.name)
-            if m and (path / SCENARIO).is_file():
-                runs.append(((m[1], m[2], int(m[3] or 1)), path))
+        try:
+            for path in Path(out).glob("*") if Path(out).is_dir() else []:
+                m = mine.fullmatch(path.name)
+                if m and (path / SCENARIO).is_file():
+                    runs.append(((m[1], m[2], int(m[3] or 1)), path))
+        except OSError as exc:
+            raise ResultsError(f"cannot read --out {shown(out)}: {why(exc)}; pass a readable --out")
         return cls(max(runs)[1]) if runs else None
+
+    def lock(self) -> None:
+        """Hold the folder for one sweep: a second sweep or --resume of it, from any process, stops
+        in one line (exit 2) while this one runs. The kernel drops the lock with its process, a
+        killed one too. Taken again in the same process (a test), the hold is shared."""
+        try:
+            fd = safefs.open_inside(self.path, LOCK, os.O_RDWR | os.O_CREAT)
+        except OSError as exc:
+            raise ResultsError(f"cannot write {self.path / LOCK}: {why(exc)}; {fix_for(exc)}, then {self.again}")
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        with _held_guard:
+            if key in _held:
+                os.close(fd)
+                _held[key][1] += 1
+                self._lock = key
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                os.close(fd)
+                holder = f" (pid {pid})" if pid.isdecimal() else ""
+                raise RunFolderError(f"{self.path}: another orch{holder} is running a sweep in this run folder; "
+                                     "wait for it to end, or drop --resume to start a new run") from None
+            except OSError:  # a filesystem without locks (some network mounts): go on without one
+                os.close(fd)
+                return
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _held[key] = [fd, 1]
+            self._lock = key
+
+    def unlock(self) -> None:
+        key, self._lock = self._lock, None
+        with _held_guard:
+            held = _held.get(key) if key else None
+            if held is not None:
+                held[1] -= 1
+                if held[1] == 0:
+                    del _held[key]
+                    os.close(held[0])
+
+    @contextmanager
+    def locked(self):
+        """lock(), given back only if the block fails: the caller keeps the hold and unlocks later."""
+        self.lock()
+        try:
+            yield self
+        except BaseException:
+            self.unlock()
+            raise
 
     def repair(self) -> list[str]:
         """Before appending to an interrupted run: cut a partial last line a kill left behind, so
-        that it does not end up in the middle of the file. Returns what was dropped."""
+        that it does not end up in the middle of the file. Returns what was dropped. Reads only
+        the file's tail, and never through a link."""
         notes = []
         for name in (REQUESTS, CELLS):
             path = self.path / name
-            if not path.is_file() or path.stat().st_size == 0:
+            if not path.is_file():
                 continue
-            data = path.read_bytes()
-            if data.endswith(b"\n"):
-                continue
-            keep = data.rfind(b"\n") + 1
-            with open(path, "r+b") as f:
-                f.truncate(keep)
-            notes.append(f"{name}: dropped a truncated last line ({len(data) - keep} bytes) left by an interrupted run")
+            try:
+                with os.fdopen(safefs.open_inside(self.path, name, os.O_RDWR), "r+b") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    f.seek(max(0, size - 1))
+                    if size == 0 or f.read(1) == b"\n":
+                        continue
+                    keep = _last_line_start(f, size)
+                    f.truncate(keep)
+            except OSError as exc:
+                raise ResultsError(f"cannot repair {path}: {why(exc)}; {fix_for(exc)}, then {self.again}")
+            notes.append(f"{name}: dropped a truncated last line ({size - keep} bytes) left by an interrupted run")
         return notes
 
     def cell_dir(self, cell_id: str) -> Path:
-        return self.path / "cells" / cell_id
+        """cells/<cell>/, made where missing; a link on the way is refused (RunFolderError). Where it
+        cannot be made, its path: opening the server's log there fails the cell, naming why."""
+        try:
+            return safefs.ensure_dir(self.path, f"cells/{cell_id}")
+        except OSError:
+            return self.path / "cells" / cell_id
 
     def write_scenario(self, data: dict) -> None:
         """scenario.toml, with secrets taken out of its strings, not of its text: a secret that
@@ -130,18 +214,13 @@ class RunDir:
         self._write(SCENARIO, scenario_text(redact.scrub_values(data)), scrubbed=True)
 
     def read_scenario_text(self) -> str:
-        return (self.path / SCENARIO).read_text()
+        return read_bounded(self.path / SCENARIO).decode("utf-8")
 
     def write_environment(self, env: dict) -> None:
         self._write(ENVIRONMENT, json.dumps(env, indent=2) + "\n")
 
     def write_node_environment(self, node: str, env: dict) -> None:
         """A Ray node's environment.json; `node` comes from the cluster, so it is made a safe name."""
-        folder = self.path / NODES / node_folder(node)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ResultsError(f"cannot write to {folder}: {why(exc)}; pass a writable --out")
         self._write(f"{NODES}/{node_folder(node)}/{ENVIRONMENT}", json.dumps(env, indent=2) + "\n")
 
     def node_environment(self, node: str | None) -> dict:
@@ -155,9 +234,22 @@ class RunDir:
 
     def _write(self, name: str, text: str, scrubbed: bool = False) -> None:
         try:
-            (self.path / name).write_text(text if scrubbed else redact.scrub(text))
+            safefs.write_inside(self.path, name, text if scrubbed else redact.scrub(text))
         except OSError as exc:
             raise ResultsError(f"cannot write to {self.path}: {why(exc)}; pass a writable --out")
+
+    def write_file(self, name: str, text: str) -> Path:
+        """A file of the report (report/index.html), replaced whole, never through a link; an
+        OSError is the caller's to word."""
+        safefs.write_inside(self.path, name, text)
+        return self.path / name
+
+    def write_csv(self, name: str, frame) -> Path:
+        """A table (summary.csv, ...) as pandas writes it, replaced whole, never through a link; its
+        text cells (a server's output in lossless.csv) with control characters shown."""
+        with safefs.replacing(self.path, name) as f:
+            shown_cells(frame).to_csv(f, index=False)
+        return self.path / name
 
     def environment(self) -> dict:
         """environment.json; {} (and a warning) when it is not a JSON object."""
@@ -180,8 +272,7 @@ class RunDir:
         folder = self.cell_dir(cell_id)
         text = "".join(json.dumps({"concurrency": concurrency, **_finite(r, [])}) + "\n" for r in rows)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(folder / TELEMETRY, "a", encoding="utf-8") as f:
+            with safefs.open_append(self.path, f"cells/{cell_id}/{TELEMETRY}") as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
@@ -193,8 +284,7 @@ class RunDir:
         ran on another node (its tail)."""
         folder = self.cell_dir(cell_id)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_text(redact.scrub(text))
+            safefs.write_inside(self.path, f"cells/{cell_id}/{name}", redact.scrub(text))
         except OSError as exc:
             raise ResultsError(f"cannot write {folder / name}: {why(exc)}; {fix_for(exc)}, then {self.again}")
 
@@ -209,22 +299,23 @@ class RunDir:
         path = self.path / SEARCH
         if not path.is_file():
             return out
-        bad = []
-        for n, raw in enumerate(path.read_bytes().split(b"\n"), 1):
-            if not raw.strip():
-                continue
+        bad, skipped = [], 0  # the first 20 line numbers, and how many
+        for n, raw in lines_of(path):
             try:
+                if raw is None:
+                    raise ValueError("longer than a line orch writes")
                 obj = json.loads(raw.decode("utf-8"))
                 engine, grid, budget = obj["engine"], obj["grid"], obj["budget"]
                 if not (isinstance(engine, str) and engine and isinstance(grid, list) and 0 < len(grid) <= 1000
                         and all(_whole(k) and k < 1 << 20 for k in grid) and 0 in grid and _whole(budget)):
                     raise ValueError("no engine, list of depths and budget")
             except (ValueError, KeyError, TypeError, RecursionError, UnicodeDecodeError):
-                bad.append(n)
+                skipped += 1
+                bad += [n] if len(bad) < 20 else []
                 continue
-            out[engine] = (sorted(set(grid)), budget)
+            out[printable(engine)] = (sorted(set(grid)), budget)  # as the records' names are read back
         if bad:
-            self._note([f"{path}: skipped {len(bad)} lines without an engine, its depths (0 among them) and its budget "
+            self._note([f"{path}: skipped {skipped} lines without an engine, its depths (0 among them) and its budget "
                         f"(lines {', '.join(map(str, bad[:20]))})"])
         return out
 
@@ -249,6 +340,57 @@ class RunDir:
         records, notes = read_records(self.path / name, model)  # never raises on bad content
         self._note(notes)
         return records
+
+
+def shown_cells(frame):
+    """`frame` with each text cell that holds a control character or a line break as
+    common.show.printable writes it: CSV has no escapes of its own, and `cat` must obey none."""
+    out = frame
+    for col in frame.columns:
+        if frame[col].dtype.kind in "iufcbmM":  # numbers, booleans and times hold no text
+            continue
+        shown = frame[col].map(lambda v: printable(v) if isinstance(v, str) else v)
+        if not shown.equals(frame[col]):
+            out = out.copy() if out is frame else out
+            out[col] = shown
+    return out
+
+
+def check_out(out: Path, sweep_name: str) -> None:
+    """--out, and the run folder's name in it, within what the filesystem takes: one line that
+    names the option and the fix, not a traceback from deep inside."""
+    for part in Path(out).parts:
+        if safefs.too_long(part):
+            raise RunFolderError(f"--out {shown(out)}: a folder name of {len(os.fsencode(part))} bytes, more than "
+                                 f"the {safefs.NAME_MAX} a name may have; pass a shorter --out")
+    name = f"{sweep_name}-YYYYmmdd-HHMMSS-NN"
+    if safefs.too_long(name):
+        raise RunFolderError(f"the run folder's name ({shown(name)}) would be {len(os.fsencode(name))} bytes, more "
+                             f"than the {safefs.NAME_MAX} a name may have; shorten the scenario's name")
+    room = 2 * safefs.NAME_MAX  # cells/<cell>/server.log below the run folder
+    if len(os.fsencode(os.path.abspath(out))) + len(name) + room > safefs.PATH_MAX:
+        raise RunFolderError(f"--out {shown(out)}: too long a path for the files of a run under it (at most "
+                             f"{safefs.PATH_MAX} bytes in all); pass a shorter --out")
+
+
+def shown(value) -> str:
+    """A name as an error line shows it: a long one cut in the middle."""
+    text = str(value)
+    return text if len(text) <= 80 else f"{text[:40]}...{text[-20:]} ({len(text)} characters)"
+
+
+def _last_line_start(f, end: int) -> int:
+    """Where the file's last line begins (just after its last newline; 0 if none), found by
+    reading back from `end` in blocks: a 2 GB last line costs no more memory than a block."""
+    pos = end
+    while pos > 0:
+        step = min(1 << 16, pos)
+        f.seek(pos - step)
+        hit = f.read(step).rfind(b"\n")
+        if hit >= 0:
+            return pos - step + hit + 1
+        pos -= step
+    return 0
 
 
 def node_folder(node: str) -> str:
@@ -280,9 +422,10 @@ def append_jsonl(path: Path, obj: dict, again: str = RESUME) -> None:
         line = json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n"
     except ValueError:  # a NaN or infinity that got past the checks: null, and say where
         line = json.dumps(_finite(obj, bad := []) | {"non_finite_fields": bad}, ensure_ascii=False) + "\n"
-    # One write per line and fsync: a kill leaves at most a truncated last line.
+    line = escape_raw_controls(line)  # a server's C1 escapes as \u009b: `tail` of the file obeys none
+    # One write per line and fsync: a kill leaves at most a truncated last line. Never through a link.
     try:
-        with open(path, "a", encoding="utf-8") as f:
+        with safefs.open_append(path.parent, path.name) as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
@@ -303,7 +446,7 @@ def _finite(obj, bad: list, path: str = ""):
 
 
 def scenario_text(data: dict) -> str:
-    return tomli_w.dumps(_drop_none(data))
+    return escape_raw_controls(tomli_w.dumps(_drop_none(data)))  # C1 as \u009b, as for the records
 
 
 def _drop_none(obj):

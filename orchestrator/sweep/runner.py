@@ -483,7 +483,8 @@ class _Batches:
         first, engine = len(self.written), self.prep.engine
         asyncio.run(run_batch(self.base_url, self.cell.engine.api, specs, concurrency, self._body,
                               self.sweep.workload.request_timeout_s, self._record, self.headers,
-                              engine.tokenize_path, engine.stream_counts))
+                              engine.tokenize_path, engine.stream_counts,
+                              redirects=self.sweep.workload.follow_redirects))
         return self.written[first:]
 
     def _body(self, spec: RequestSpec) -> dict:

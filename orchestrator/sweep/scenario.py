@@ -13,9 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engines import ENGINES
 
+from orchestrator.common import redact
 from orchestrator.common.errors import ScenarioError
 from orchestrator.launch.launchers import LAUNCHERS
 from orchestrator.setup.models import check_model_ref
+from orchestrator.measure.prompt_files import MAX_TEXT_BYTES, utf8_bytes
 from orchestrator.measure.prompts import PromptFileError, PromptSource, load_prompt_set
 from orchestrator.sweep.placement import Device, devices_of, parse_cores, parse_gpus
 from orchestrator.telemetry.roofline import KNOWN_GPUS, known_gpu
@@ -27,7 +29,8 @@ class _Strict(BaseModel):
 
 
 def _unique(values: list, what: str) -> list:
-    dupes = sorted({v for v in values if values.count(v) > 1})
+    seen: set = set()
+    dupes = sorted({v for v in values if v in seen or seen.add(v)})  # linear: a list may be long
     if dupes:
         raise ValueError(f"duplicate {what} {dupes}; list each once")
     return values
@@ -91,6 +94,9 @@ def _port(parts) -> int | None:
 
 
 MAX_BLOCKS = 50  # replicate starts per cell; more would plan more starts than any sweep sits through
+# Requests one sweep may plan, warm-up included, over every cell and block (README, "Limits"): a
+# plan is held in memory and every request is a row the report reads back.
+MAX_REQUESTS = 100_000
 
 
 class Workload(_Strict):
@@ -106,6 +112,8 @@ class Workload(_Strict):
     ignore_eos: bool = False
     cache_prompt: bool = False
     request_timeout_s: float = Field(default=300.0, gt=0)
+    # A request's redirects: followed to its own host only, to any host, or none (measure/driver.py).
+    follow_redirects: Literal["same-host", "any", "none"] = "same-host"
     # Measure each cell as long as needed: after `repeats`, one more repeat of every prompt at a
     # time until the e2e median's 95% interval lies within +-target_ci of it (0.03: +-3%), or
     # max_repeats repeats ran. None: exactly `repeats`.
@@ -123,6 +131,14 @@ class Workload(_Strict):
         if self.max_repeats is not None and self.max_repeats < self.repeats:
             raise ValueError(f"max_repeats ({self.max_repeats}) is below repeats ({self.repeats}); raise it")
         return self
+
+    @field_validator("warmup", "repeats", "max_repeats")
+    @classmethod
+    def _bounded(cls, v):
+        if v is not None and v > MAX_REQUESTS:
+            raise ValueError(f"{v:,} is more than the {MAX_REQUESTS:,} requests one sweep may plan; use at most "
+                             f"{MAX_REQUESTS:,} (README, Limits)")
+        return v
 
     @property
     def repeat_cap(self) -> int:
@@ -339,6 +355,14 @@ class EngineSpec(_Strict):
                                              "header; use one of them")
         return self
 
+    @model_validator(mode="after")
+    def _remember_secrets(self):
+        # A key given as a server flag or in `env` is known as a secret from the moment the file is
+        # read: scrubbed from everything printed or written after (common/redact.py).
+        redact.remember_args(self.args)
+        redact.remember_env(self.env)
+        return self
+
     @field_validator("binary", "args", "env")
     @classmethod
     def _no_nul(cls, v):
@@ -517,7 +541,7 @@ def _message(err: dict) -> str:
 
 def _check_files(scenario: Scenario, path: Path) -> None:
     base = path.parent
-    _check_prompt_sets(scenario.workload.prompts, path)
+    _check_plan(scenario, path, _check_prompt_sets(scenario.workload.prompts, path))
     for i, eng in enumerate(scenario.engines):
         if not ENGINES[eng.kind].resolves_model:
             continue
@@ -532,18 +556,40 @@ def _check_files(scenario: Scenario, path: Path) -> None:
                 raise ScenarioError(path, f"engines[{i}].speculation.draft_model", problem)
 
 
-def _check_prompt_sets(refs: list[PromptSource], path: Path) -> None:
-    """Every set loads, and no two share a name: results tell prompts apart by (set, id)."""
+def _check_prompt_sets(refs: list[PromptSource], path: Path) -> int:
+    """Every set loads, and no two share a name: results tell prompts apart by (set, id). Returns
+    how many prompts they hold; their text together is bounded as one file's is."""
     named: dict[str, str] = {}
+    count = text = 0
     for i, ref in enumerate(refs):
         try:
-            name = load_prompt_set(ref, path.parent)[0].set
+            prompts = load_prompt_set(ref, path.parent)
         except PromptFileError as exc:
             raise ScenarioError(path, f"workload.prompts[{i}]", str(exc))
+        name, count, text = prompts[0].set, count + len(prompts), text + sum(utf8_bytes(p.text) for p in prompts)
+        if text > MAX_TEXT_BYTES:
+            raise ScenarioError(path, f"workload.prompts[{i}]", f"the prompt sets up to this one hold more than "
+                                f"{MAX_TEXT_BYTES >> 20} MiB of text, all of which a sweep keeps in memory; sample "
+                                "them (per_category, ids) or drop a set")
         if name in named:
             raise ScenarioError(path, "workload.prompts", f"{named[name]} and {ref.label} are both prompt set {name!r} "
                                 "(a file's name is its set's name); rename one of the files, or give one a `name` in a table")
         named[name] = ref.label
+    return count
+
+
+def _check_plan(scenario: Scenario, path: Path, prompts: int) -> None:
+    """The requests the sweep would plan, over every cell and block, at most MAX_REQUESTS."""
+    w = scenario.workload
+    starts = sum(len(e.speculation.n_spec) for e in scenario.engines) * w.blocks
+    total = starts * (w.warmup + prompts * w.repeat_cap * len(w.concurrency))
+    if total > MAX_REQUESTS:
+        cap = " (target_ci's cap, max_repeats)" if w.target_ci is not None else ""
+        raise ScenarioError(path, "workload", f"plans {total:,} requests ({starts} server starts x ({w.warmup} warm-up "
+                            f"+ {prompts} prompts x {w.repeat_cap} repeats{cap} x {len(w.concurrency)} concurrency "
+                            f"levels)), more than the {MAX_REQUESTS:,} of one sweep; sample fewer prompts "
+                            "(per_category, ids), lower repeats or warmup, or list fewer concurrency levels, n_spec "
+                            "depths or blocks")
 
 
 # ---------------------------------------------------------------- --set KEY=VALUE

@@ -16,7 +16,7 @@ from engines.endpoint import Endpoint
 from orchestrator.analysis.search import climb_budget, default_budget, format_decision, opening
 from orchestrator.common import probe, redact
 from orchestrator.common.credentials import KeyProblem, auth_fix, bearer
-from orchestrator.common.errors import AuthRefused, OrchError, ScenarioError
+from orchestrator.common.errors import AuthRefused, OrchError, RunFolderError, ScenarioError
 from orchestrator.launch.launchers import command_text
 from orchestrator.measure.prompts import load_prompt_set
 from orchestrator.results.records import CellRecord
@@ -55,15 +55,18 @@ def run_sweep(sc: Scenario, base_dir: Path, out: Path, resume: bool, again: str,
     called once the run folder exists, before any server starts."""
     runner = Sweep(sc, base_dir, progress)  # resolves engines and models: nothing starts if one is missing
     execute = _executor(runner, progress)  # a cluster is reached before there is a run folder
-    run, warnings = open_run(sc, out, resume, again)
-    run.write_environment(capture(engine_env(runner), runner.host))
-    opened(run, warnings)
-    with _signals_stop_the_sweep():
-        try:
-            with progress:
-                return Finished(run, runner.search(run, search) if search else execute(run))
-        except KeyboardInterrupt as exc:
-            return Finished(run, [], EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
+    run, warnings = open_run(sc, out, resume, again)  # held (run.lock) until the cells are done
+    try:
+        run.write_environment(capture(engine_env(runner), runner.host))
+        opened(run, warnings)
+        with _signals_stop_the_sweep():
+            try:
+                with progress:
+                    return Finished(run, runner.search(run, search) if search else execute(run))
+            except KeyboardInterrupt as exc:
+                return Finished(run, [], EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
+    finally:
+        run.unlock()  # the report that follows replaces its files whole: it needs no hold
 
 
 def _executor(runner: Sweep, progress) -> Callable[[RunDir], list[CellRecord]]:
@@ -122,20 +125,27 @@ def open_run(sc: Scenario, out: Path, resume: bool, again: str) -> tuple[RunDir,
         engine["url"] = redact.public_url(engine["url"])  # the scenario as run, less any password
     if not resume:
         run = RunDir.create(out, sc.name, again)
-        run.write_scenario(resolved)
+        with run.locked():  # before scenario.toml, without which no --resume picks the folder
+            run.write_scenario(resolved)
         return run, []
     run = RunDir.latest(out, sc.name)
     if run is None:
         raise OrchError(f"--resume: no earlier run of {sc.name!r} under {out}; drop --resume to start one")
     run.again = again
-    run.schema_version()  # one line, and nothing appended, if this orch cannot read the run
-    ours, theirs = scenario_text(redact.scrub_values(resolved)), run.read_scenario_text()
-    mine, saved = _measured_settings(ours), _measured_settings(theirs)
-    if mine != saved or mine is None and ours != theirs:
-        raise OrchError(f"--resume: {run.path}/scenario.toml differs from this scenario (with --set); "
-                        "resume with the same settings or start a new run")
-    notes = run.repair()
-    run.write_schema()
+    with run.locked():  # a second sweep or --resume of this folder stops here, in one line (exit 2)
+        run.schema_version()  # one line, and nothing appended, if this orch cannot read the run
+        try:
+            theirs = run.read_scenario_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise RunFolderError(f"--resume: {run.path}/scenario.toml: {why}; drop --resume to start a new run")
+        ours = scenario_text(redact.scrub_values(resolved))
+        mine, saved = _measured_settings(ours), _measured_settings(theirs)
+        if mine != saved or mine is None and ours != theirs:
+            raise OrchError(f"--resume: {run.path}/scenario.toml differs from this scenario (with --set); "
+                            "resume with the same settings or start a new run")
+        notes = run.repair()
+        run.write_schema()
     return run, notes
 
 
