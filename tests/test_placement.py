@@ -374,6 +374,47 @@ def test_a_ray_address_nothing_answers_at_is_one_line_within_seconds_and_no_run_
         "refused); start one with `ray start --head` (docs/clusters.md) or fix placement.cluster"]
 
 
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+@pytest.mark.parametrize("answer", ["http", "silent"])
+def test_a_cluster_address_where_something_else_answers_is_one_line_within_seconds(tmp_path, scheme, answer):
+    """A web server (or a socket that accepts and says nothing) at the --cluster address: Ray's own
+    client would retry it for a minute, printing its own lines. The real Ray servers answer the
+    probe (tests/test_side_by_side.py runs a sweep on one)."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Web(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+    if answer == "http":
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Web)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+    else:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+    started = time.monotonic()
+    try:
+        done = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()", "sweep",
+                               "scenarios/n_spec.toml", "--out", str(tmp_path), "--cluster", f"{scheme}127.0.0.1:{port}"],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown() if answer == "http" else None
+        server.server_close() if answer == "http" else server.close()
+    assert time.monotonic() - started < 30 and done.returncode == 1 and not list(tmp_path.iterdir())
+    # http.server answers a request line it cannot parse as HTTP/0.9 would: the error page alone
+    said = "'<!DOCTYPE HTML>'" if answer == "http" else "'nothing'"
+    assert done.stderr.splitlines() == [
+        f"Error: no Ray cluster at '{scheme}127.0.0.1:{port}': what answers at 127.0.0.1:{port} is not a Ray server "
+        f"(it said {said}); start one with `ray start --head` (docs/clusters.md) or fix placement.cluster"], done.stderr
+
+
 # ---------------------------------------------------------------- resume
 
 

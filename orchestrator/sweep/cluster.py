@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.common.errors import OrchError, ScenarioError
+from orchestrator.common.show import printable
 from orchestrator.measure.driver import RequestSpec
 from orchestrator.measure.prompts import Prompt
 from orchestrator.results.records import CellPlacement, CellRecord
@@ -109,10 +110,40 @@ def unreachable(address: str) -> str | None:
         return None
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S) as conn:
+            said = _http2_answer(conn)
     except (OSError, ValueError) as exc:
         return f"nothing answers at {host}:{port} within {CONNECT_S:.0f} s ({getattr(exc, 'strerror', None) or exc})"
+    if said is not None:
+        return f"what answers at {host}:{port} is not a Ray server (it said {said!r})"
     return None
+
+
+# HTTP/2's connection preface and an empty SETTINGS frame: what every gRPC client sends first.
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _http2_answer(conn: socket.socket) -> str | None:
+    """None if the server answers as gRPC does (Ray's GCS and Ray Client both are gRPC servers):
+    an HTTP/2 SETTINGS frame first. Else what it said instead, shortened: a web server's 400, or
+    nothing. Ray's own client would retry such an address for a minute, printing as it goes."""
+    conn.sendall(_PREFACE)
+    got = b""
+    try:
+        while len(got) < 9:
+            part = conn.recv(9 - len(got))
+            if not part:
+                break
+            got += part
+    except TimeoutError:
+        pass
+    if len(got) == 9 and got[3] == 4:  # a frame header whose type is SETTINGS
+        return None
+    try:
+        got += conn.recv(200) if got else b""  # enough of it to show what answered
+    except OSError:
+        pass
+    return printable(got.decode(errors="replace").strip().splitlines()[0][:60]) if got.strip() else "nothing"
 
 
 def check_offered(ray, placed: PlacementSettings) -> None:
