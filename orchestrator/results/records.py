@@ -386,7 +386,6 @@ def read_records(path: Path, model: type[R]) -> tuple[list[R], list[str]]:
         return [], []
     records: list[R] = []
     skipped, salvaged = _Tally(), _Tally()
-    notes: list[str] = []
     truncated = None
     total = 0
     for n, raw in lines_of(path):
@@ -410,16 +409,23 @@ def read_records(path: Path, model: type[R]) -> tuple[list[R], list[str]]:
             skipped.append((n, "; ".join(problems)))
     if truncated is not None:
         truncated, total = truncated[0], total - 1  # not counted with the corrupt lines
+    return records, _read_notes(path, model, len(records), total, skipped, salvaged, truncated)
+
+
+def _read_notes(path: Path, model: type[Record], kept: int, total: int, skipped: "_Tally", salvaged: "_Tally",
+                truncated: int | None) -> list[str]:
+    """read_records' warnings: the lines skipped, the rows salvaged, a truncated last line."""
+    notes = []
     if skipped:
-        note = f"{path}: skipped {len(skipped)} of {total} lines ({_listing(skipped)}); kept {len(records)} rows"
+        note = f"{path}: skipped {len(skipped)} of {total} lines ({_listing(skipped)}); kept {kept} rows"
         if salvaged:
             note += f", {len(salvaged)} of them {model.KEPT} ({_listing(salvaged)})"
         notes.append(note)
     elif salvaged:
-        notes.append(f"{path}: kept {len(salvaged)} of {len(records)} rows {model.KEPT} ({_listing(salvaged)})")
+        notes.append(f"{path}: kept {len(salvaged)} of {kept} rows {model.KEPT} ({_listing(salvaged)})")
     if truncated is not None:
-        notes.append(f"{path}:{truncated}: ignoring a truncated last line; kept {len(records)} rows")
-    return records, notes
+        notes.append(f"{path}:{truncated}: ignoring a truncated last line; kept {kept} rows")
+    return notes
 
 
 def validate(model: type[R], obj: Any, when: str = "read back") -> tuple[R | None, list[str], bool]:
