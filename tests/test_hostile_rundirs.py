@@ -282,15 +282,21 @@ def huge_line_run(tmp_path: Path, kind: str) -> Path:
     return run
 
 
-@pytest.mark.parametrize("kind", ["sparse", "json"])
-def test_a_huge_line_is_skipped_in_bounded_memory(tmp_path, kind):
-    run = RunDir(huge_line_run(tmp_path, kind))
+def traced_peak(read):
+    """What `read()` returns, and the most Python memory it held at once (tracemalloc)."""
     tracemalloc.start()
     try:
-        rows = run.request_records()
+        got = read()
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    return got, peak
+
+
+@pytest.mark.parametrize("kind", ["sparse", "json"])
+def test_a_huge_line_is_skipped_in_bounded_memory(tmp_path, kind):
+    run = RunDir(huge_line_run(tmp_path, kind))
+    rows, peak = traced_peak(run.request_records)
     assert [(r.cell_id, r.key) for r in rows] == [(r["cell_id"], r["key"]) for r in ROWS]
     assert peak < 3 * MAX_LINE, f"reading a 64 MiB line held {peak >> 20} MiB"
     assert run.warnings == [f"{run.path / 'requests.jsonl'}: skipped 1 of 5 lines (line 3: longer than "
@@ -320,12 +326,7 @@ def test_junk_lines_by_the_hundred_thousand_cost_a_count_not_a_list(tmp_path):
     with open(run / "requests.jsonl", "ab") as f:
         f.write(b"\x00\n" * 200_000)
     reader = RunDir(run)
-    tracemalloc.start()
-    try:
-        rows = reader.request_records()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    rows, peak = traced_peak(reader.request_records)
     assert len(rows) == 1 and peak < 4 << 20, f"{peak >> 20} MiB for 200000 junk lines"
     skipped, truncated = reader.warnings
     assert skipped.startswith(f"{run / 'requests.jsonl'}: skipped 199999 of 200000 lines (line 2: not JSON")
@@ -339,12 +340,7 @@ def test_resume_cuts_a_huge_last_line_reading_only_the_files_tail(tmp_path):
     with open(run.path / "requests.jsonl", "ab") as f:
         f.write(b'{"cell_id": "e-n0", "te')
         f.truncate(good + (64 << 20))  # what is left of a 64 MiB line: no newline at its end
-    tracemalloc.start()
-    try:
-        notes = run.repair()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    notes, peak = traced_peak(run.repair)
     assert notes == [f"requests.jsonl: dropped a truncated last line ({64 << 20} bytes) left by an interrupted run"]
     assert (run.path / "requests.jsonl").stat().st_size == good
     assert peak < 1 << 20, f"{peak >> 20} MiB to cut one line"
