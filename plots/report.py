@@ -176,7 +176,8 @@ class _Context:
             *[ENGINES[kind].report_note for kind in kinds if ENGINES[kind].report_note],
             "Warm-up requests after every server start are recorded apart and never measured.",
             "95% intervals over both levels where the run has blocks: server starts (their variance pooled "
-            "over the engine's cells) and requests within them, prompts as the unit (docs/metrics.md, "
+            "over the engine's cells per level and prompt set; a cell whose starts disagree beyond the others', "
+            "by Cochran's test, keeps its own) and requests within them, prompts as the unit (docs/metrics.md, "
             "'Two levels'); with one block they cover requests only. A speedup whose interval includes 1.0 "
             "is marked 'no clear difference'. What to run judges its depths together (Bonferroni). "
             "Outliers are flagged, not dropped.",

@@ -34,15 +34,16 @@ def scenario(blocks: int, repeats: int = 1) -> Scenario:
 
 
 def simulate(rng, sc: Scenario, prompts=8, start_sd=0.06, prompt_sd=0.10, noise=0.03, drift_share=0.0,
-             truth=TRUTH):
-    """Records of one simulated run: (requests, cells)."""
+             truth=TRUTH, busy=None):
+    """Records of one simulated run: (requests, cells). `busy` = {(n_spec, block): factor}: that
+    start runs at `factor` of its speed, as on a host another job took a core from."""
     order = plan_cells(sc)
     effect = rng.normal(0, prompt_sd, prompts)  # how much each prompt gains from drafting, in logs
     requests, cells = [], []
     for i, cell in enumerate(order):
         t0 = 1_000_000.0 + i * START_S
         slow = 1 - drift_share * i / max(1, len(order) - 1)  # linear drift over the run
-        start = rng.normal(0, start_sd)
+        start = rng.normal(0, start_sd) + math.log((busy or {}).get((cell.n_spec, cell.block), 1.0))
         cells.append(CellRecord(cell_id=cell.id, engine="e", method=cell.method, n_spec=cell.n_spec, status="ok",
                                 block=cell.block if sc.workload.blocks > 1 else None, started_at=t0))
         for r in range(sc.workload.repeats):
@@ -86,6 +87,24 @@ def test_the_two_level_interval_holds_the_truth_at_least_90_percent_of_runs(caps
               f"two-level {both:.1%}, requests only {only:.1%}")
     assert both >= 0.90
     assert only < both  # the request-only interval misses the start-to-start spread
+
+
+def test_one_busy_start_widens_its_own_cell_and_not_every_other_through_the_pool():
+    """A start at half speed (another job took a core) is set apart by Cochran's test: that cell
+    keeps its own start variance (a wide interval that still holds the truth) and the other cells'
+    intervals stay about as wide as on the same run without it, where pooling it would have made
+    them several times wider."""
+    sc = scenario(blocks=2)
+    quiet = speedups(*simulate(np.random.default_rng(5), sc))[1]
+    busy = speedups(*simulate(np.random.default_rng(5), sc, busy={(8, 0): 0.5}))[1]
+    width = lambda sp: math.log(sp.speedup_ci_high / sp.speedup_ci_low)  # noqa: E731
+    for key, sp in busy.items():
+        if key[0].endswith("n8"):
+            assert sp.interval_covers == spread.UNSTEADY
+            assert sp.speedup_ci_low <= TRUTH[8] <= sp.speedup_ci_high
+        else:
+            assert sp.interval_covers == spread.BOTH
+            assert width(sp) <= 1.15 * width(quiet[key]), key
 
 
 def test_blocks_cancel_a_drift_that_a_fixed_order_puts_on_the_deep_depths():

@@ -159,10 +159,10 @@ SIDES = ["speculative_tokens", "speculative_s", "baseline_tokens", "baseline_s"]
 
 def paired_speedups(pairs: pd.DataFrame, confidence: float = spread.CONFIDENCE) -> dict[tuple, PairedSpeedup]:
     """{(cell, concurrency, prompt set): its speedups}, with two-level intervals whose start
-    variance is pooled over the engine's cells at each concurrency (spread.py)."""
+    variance is pooled over the engine's cells at each concurrency and prompt set (spread.py)."""
     groups = by_group(pairs)
     engine = {k: g["engine"].iloc[0] for k, g in groups.items()}
-    pool = lambda k: (engine[k], k[1])  # noqa: E731 - the same engine at the same concurrency
+    pool = lambda k: (engine[k], k[1], k[2])  # noqa: E731 - the same engine, concurrency and prompt set
     typical = spread.intervals(groups, spread.nanmedian, ["ratio"], pool, confidence)
     flows = spread.intervals(groups, spread.throughput, SIDES, pool, confidence)
     unpaired = pairs[pairs["status"] != PAIRED].groupby(["cell_id", "concurrency", "prompt_set"]).size().to_dict() \

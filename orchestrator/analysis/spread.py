@@ -9,9 +9,15 @@ A cell measured in B blocks has B server starts. Its requests are laid out as an
   understates their spread by that factor;
 - starts: how far each block's own estimate moves from block to block beyond what its requests'
   noise explains. One cell's B blocks give B-1 degrees of freedom, too few to stand alone, so
-  the start variance is pooled over every cell of the same engine and concurrency (a property of
-  the host and the engine's start-up, not of the depth), the way a random-effects model with a
-  common variance pools it.
+  the start variance is pooled over every cell of the same engine, concurrency and prompt set
+  (a property of the host and the engine's start-up, not of the depth), the way a random-effects
+  model with a common variance pools it.
+- unsteady cells: a shared host is sometimes busy for a few seconds, and the start it lands on
+  runs at half speed. One such start among twenty would widen every cell's interval through the
+  pool, so before pooling, Cochran's test (the largest variance against the sum, at 1%, repeated
+  while three cells remain) sets apart the cells whose starts disagree beyond the others'. Those
+  keep their own start variance and its own degrees of freedom (B-1): a wide interval for the
+  cell that earned it, and the interval says so (UNSTEADY).
 
 The interval is exp(log estimate +- t * sqrt(V_requests + V_starts / B)), t from Student's
 distribution with Satterthwaite's degrees of freedom (prompts - 1 for the request part, the pooled
@@ -36,6 +42,8 @@ CONFIDENCE = 0.95
 RESOLUTION = 0.005  # smallest standard error on the log scale: 0.5%, below what a shared host resolves
 BOTH = "starts and requests"
 REQUESTS_ONLY = "requests only (one block: run-to-run spread not measured)"
+UNSTEADY = "its own starts (they disagree beyond the other cells': Cochran's test) and requests"
+UNSTEADY_ALPHA = 0.01
 
 
 def nanmedian(x: np.ndarray) -> np.ndarray:
@@ -178,6 +186,31 @@ class StartVariance:
                 df += s.blocks - 1
         return cls(max(num / df, 0.0) if df else 0.0, df)
 
+    def widened(self, s: Spread) -> "StartVariance":
+        """The start variance of a cell set apart as unsteady: its own, at its own degrees of
+        freedom, where that is larger than the pool's."""
+        own = float(np.var(s.block_logs, ddof=1)) - s.block_noise
+        return StartVariance(max(own, self.variance), s.blocks - 1) if own > self.variance else self
+
+
+def unsteady(spreads: dict, alpha: float = UNSTEADY_ALPHA) -> set:
+    """The keys whose block-to-block variance Cochran's test sets apart from the rest: the
+    largest variance over their sum, against its critical value for k cells of nu degrees of
+    freedom, the largest removed and the test repeated while at least three cells remain."""
+    left = {k: float(np.var(s.block_logs, ddof=1)) for k, s in spreads.items() if s.blocks >= 2}
+    nu = min((spreads[k].blocks - 1 for k in left), default=0)
+    out: set = set()
+    while len(left) >= 3:
+        worst = max(left, key=left.get)
+        total = sum(left.values())
+        k = len(left)
+        f = float(sps.f.ppf(1 - alpha / k, nu, nu * (k - 1)))
+        if total <= 0 or left[worst] / total <= 1 / (1 + (k - 1) / f):
+            break
+        out.add(worst)
+        del left[worst]
+    return out
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -192,11 +225,12 @@ class Interval:
 NONE = Interval(None, None, None, REQUESTS_ONLY, None, None)
 
 
-def interval(s: Spread, start: StartVariance, confidence: float = CONFIDENCE) -> Interval:
-    """The two-level interval of one group (see the module's docstring)."""
+def interval(s: Spread, start: StartVariance, confidence: float = CONFIDENCE, steady: bool = True) -> Interval:
+    """The two-level interval of one group (see the module's docstring); `steady` False for a cell
+    set apart by Cochran's test, whose `start` is its own (StartVariance.widened)."""
     if s.estimate is None:
         return NONE
-    covers = BOTH if s.blocks >= 2 and start.df > 0 else REQUESTS_ONLY
+    covers = (UNSTEADY if steady is False else BOTH) if s.blocks >= 2 and start.df > 0 else REQUESTS_ONLY
     if s.prompts < 2 or not math.isfinite(s.var_requests):
         return Interval(math.exp(s.estimate), None, None, covers, None, None)
     v_req = max(s.var_requests, RESOLUTION ** 2)
@@ -211,13 +245,19 @@ def interval(s: Spread, start: StartVariance, confidence: float = CONFIDENCE) ->
 
 def intervals(groups: dict, statistic, columns: list[str], pool_by, confidence: float = CONFIDENCE) -> dict:
     """{group key: Interval}; `groups` maps a key to its frame (block, prompt and `columns`), and
-    `pool_by(key)` names the cells that share a start variance (engine and concurrency)."""
+    `pool_by(key)` names the cells that share a start variance (engine, concurrency, prompt set);
+    within each pool the unsteady cells keep their own."""
     spreads = {k: spread_of(g, statistic, columns) for k, g in groups.items()}
     pools: dict = {}
     for k, s in spreads.items():
-        pools.setdefault(pool_by(k), []).append(s)
-    start = {p: StartVariance.pooled(ss) for p, ss in pools.items()}
-    return {k: interval(s, start[pool_by(k)], confidence) for k, s in spreads.items()}
+        pools.setdefault(pool_by(k), {})[k] = s
+    out = {}
+    for members in pools.values():
+        apart = unsteady(members)
+        start = StartVariance.pooled([s for k, s in members.items() if k not in apart])
+        for k, s in members.items():
+            out[k] = interval(s, start.widened(s), confidence, False) if k in apart else interval(s, start, confidence)
+    return out
 
 
 def verdict(iv: Interval) -> str | None:

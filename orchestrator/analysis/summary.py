@@ -92,14 +92,14 @@ def _frames(df: pd.DataFrame, value: str, other: str | None = None) -> dict[tupl
 
 
 def _pool(frames: dict[tuple, pd.DataFrame]):
-    """The cells that share a start variance: the same engine at the same concurrency."""
+    """The cells that share a start variance: the same engine, concurrency and prompt set."""
     engine = {k: g["engine"].iloc[0] for k, g in frames.items()}
-    return lambda k: (engine[k], k[1])
+    return lambda k: (engine[k], k[1], k[2])
 
 
 def _add_two_level(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     """The e2e median's and the acceptance's intervals over both levels (spread.py), the start
-    variance pooled per engine and concurrency."""
+    variance pooled per engine, concurrency and prompt set."""
     out = out.astype({"e2e_interval_covers": object})
     frames = _frames(df, "e2e_tok_s")
     found = spread.intervals(frames, spread.nanmedian, ["e2e_tok_s"], _pool(frames))
