@@ -84,6 +84,11 @@ class Engine(ABC):
     installer: ClassVar[Installer | None] = None
     # Prefix of its Prometheus metric names (None: count any prefix's speculation counters).
     metrics_prefix: ClassVar[str | None] = None
+    # Where its Prometheus text is served; None: it serves none (no server-side counters).
+    metrics_path: ClassVar[str | None] = "/metrics"
+    # Where it reports its settings as JSON with a "chat_template" string (llama.cpp's /props);
+    # None: it reports none, and the cell records its template as unknown.
+    props_path: ClassVar[str | None] = None
     # Its speculation counters: metric name (prefix and _total removed) -> what
     # orchestrator/measure/server_metrics.py counts ("drafts", "draft_tokens", "accepted_tokens",
     # or "generated_tokens": a step's own token plus the drafts it accepted). None: vLLM's and

@@ -8,6 +8,7 @@ from .llama_server import LlamaServer
 
 class Endpoint(Engine):
     kind = "endpoint"
+    props_path = "/props"  # where it is llama-server (behind a proxy), its settings; else none
     methods = ()  # speculation is whatever the server was started with; n_spec is a label
     needs_binary = False
     resolves_model = False  # `model` is the name the server serves, sent in each request

@@ -140,6 +140,7 @@ def _percent(progress, line: str) -> None:
 
 class LlamaServer(Engine):
     kind = "llama-server"
+    props_path = "/props"  # its settings, the chat template among them
     methods = tuple(DEPTH_FLAG)
     draft_methods = ("draft-simple", "draft-eagle3")
     installer = Build()

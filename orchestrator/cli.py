@@ -13,18 +13,13 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from engines import INSTALLERS
+from engines import ENGINES, INSTALLERS, PLUGIN_PROBLEMS, PLUGINS
 
 from orchestrator import __version__
-from orchestrator.analysis.load import format_crossover
-from orchestrator.analysis.recommend import format_advice
-from orchestrator.analysis.cost import format_cost
-from orchestrator.analysis.placement import placement_notes
-from orchestrator.analysis.summary import format_speedups, format_table
 from orchestrator.common import redact
 from orchestrator.common.errors import OrchError, ResultsError
 from orchestrator.common.show import printable
-from orchestrator.results.rundir import BY_CATEGORY, RunDir, fix_for, shown_cells, why
+from orchestrator.results.rundir import RunDir, fix_for, why
 from orchestrator.setup.models import KNOWN_MODELS, hf_folder
 from orchestrator.setup.provision import measure_roofline, run_setup, run_step, setup_steps
 from orchestrator.sweep.runner import plan_cells
@@ -37,6 +32,8 @@ class OrchGroup(click.Group):
     """Turns orch's own errors into one line and an exit code, at the edge only."""
 
     def invoke(self, ctx):
+        for problem in PLUGIN_PROBLEMS:  # another package's entry point that could not be taken
+            click.echo(f"warning: {printable(problem)}", err=True)
         try:
             return super().invoke(ctx)
         except OrchError as exc:
@@ -156,34 +153,21 @@ def bench(url, model, api, scenario_file, overrides, api_key_env, label, method,
 
 
 def _print_report(run: RunDir, overlay=None) -> bool:
-    from plots.report import build_report
+    """Analyze the run, write its report, print the terminal's layout; whether a request failed."""
+    from orchestrator.analysis.findings import analyze
+    from plots.report import write_report
+    from plots.terminal import terminal_text
 
     try:
-        report = build_report(run.path, overlay)
+        found = analyze(run.path)
+        report = write_report(found, overlay)
     except OSError as exc:
         raise ResultsError(f"cannot write the report in {run.path}: {why(exc)}; the records are complete: "
                            f"{fix_for(exc)}, then run orch report {run.path}")
-    for note in report.warnings:  # records skipped or kept as failed on reading back
+    for note in found.warnings:  # records skipped or kept as failed on reading back
         click.echo(f"warning: {printable(note)}", err=True)
-    if not report.summary.empty:
-        click.echo(printable(report.drift, lines=True) + "\n")
-    click.echo(printable(format_table(report.summary), lines=True))  # names and labels from the records
-    by_category = report.categories.advice_text() if report.categories is not None else ""
-    for text in (format_speedups(report.summary), format_cost(report.summary), format_crossover(report.summary),
-                 format_advice(report.advice),
-                 by_category, report.check, report.search, report.model, "\n".join(placement_notes(run.cell_records()))):
-        if text:
-            click.echo(f"\n{printable(text, lines=True)}")
-    click.echo(f"\nsummary: {printable(report.summary_path)}")
-    click.echo(f"pairs:   {printable(report.pairs_path)}")
-    click.echo(f"model:   {printable(report.pairs_path.with_name('model.csv'))}")
-    if report.categories is not None:
-        click.echo(f"by category: {printable(report.pairs_path.with_name(BY_CATEGORY))}")
-    for chart in report.charts:
-        if chart.suffix == ".png":
-            click.echo(f"chart:   {printable(chart)}")
-    click.echo(f"report:  {printable(report.html)}")
-    return bool((report.summary["requests_failed"].fillna(0) > 0).any())
+    click.echo(terminal_text(found, report))
+    return found.failed
 
 
 # ---------------------------------------------------------------- report
@@ -203,9 +187,11 @@ def report(run_dir, reference):
     run = RunDir(run_dir)
     overlay = None
     if reference:
+        from orchestrator.analysis.reference import published_for
         from plots.overlay import published_overlay
 
-        overlay, note = published_overlay(run)
+        found, note = published_for(run.environment())
+        overlay = published_overlay(found)
         click.echo(printable(note, lines=True))
     _print_report(run, overlay)
 
@@ -219,7 +205,7 @@ def retest(run_a, run_b):
 
     Example: orch retest results/n_spec-depths-20261207-063009 results/n_spec-depths-20261207-065600
     """
-    from orchestrator.analysis.retest import format_retest, retest as retest_runs
+    from orchestrator.analysis.retest import retest as retest_runs
 
     for d in (run_a, run_b):
         if not (d / "requests.jsonl").is_file():
@@ -227,7 +213,7 @@ def retest(run_a, run_b):
     found = retest_runs(run_a, run_b)
     for note in found.warnings:
         click.echo(f"warning: {printable(note)}", err=True)
-    click.echo(printable(format_retest(found), lines=True))
+    click.echo(printable(found.text, lines=True))
     if not found.agree:
         raise SystemExit(1)
 
@@ -245,17 +231,16 @@ def compare(run_dirs, out):
     """
     from plots.compare import draw_compare
 
-    from orchestrator.analysis.compare import compare_runs, format_compare
+    from orchestrator.analysis.compare import comparison
 
-    table, warnings = compare_runs(list(run_dirs))
-    for note in warnings:  # records skipped or kept as failed on reading back
+    found = comparison(list(run_dirs))
+    for note in found.warnings:  # records skipped or kept as failed on reading back
         click.echo(f"warning: {printable(note)}", err=True)
-    click.echo(printable(format_compare(table), lines=True))
-    if len(table):
+    click.echo(printable(found.text, lines=True))
+    if len(found.table):
         with _writing(out):
-            out.mkdir(parents=True, exist_ok=True)
-            shown_cells(table).to_csv(out / "compare.csv", index=False)
-            paths = draw_compare(table, out)
+            found.write(out)
+            paths = draw_compare(found.table, out)
         for path in paths:
             click.echo(f"chart: {printable(path)}")
 
@@ -285,19 +270,18 @@ def reference(out):
     """
     from plots.reference import draw_reference
 
-    from orchestrator.analysis.reference import SETUPS, published_means, roofline
+    from orchestrator.analysis.reference import published_setups
 
-    means = published_means()
-    for title, model in SETUPS:
-        click.echo(title)
-        limit, basis, rows = roofline(model, means)
-        for r in rows.itertuples():
+    setups = published_setups()
+    for setup in setups:
+        click.echo(setup.title)
+        for r in setup.rows.itertuples():
             click.echo(f"  n_spec {'off' if r.n_spec == 0 else r.n_spec:>3}: {r.mean_tok_s:6.1f} tok/s "
                        f"({r.runs} runs, {r.min_tok_s:.1f}-{r.max_tok_s:.1f})  {r.speedup:.2f}x  "
                        f"{r.share:.2f} of the roofline")
-        click.echo(f"  roofline: {limit:.1f} tok/s single-stream decode limit = {basis}")
+        click.echo(f"  roofline: {setup.limit:.1f} tok/s single-stream decode limit = {setup.basis}")
     with _writing(out):
-        paths = draw_reference(out)
+        paths = draw_reference(setups, out)
     for path in paths:
         click.echo(f"chart: {path}")
 
@@ -312,9 +296,9 @@ def doctor(docker_host):
 
     Example: orch doctor
     """
-    from orchestrator.launch.doctor import format_checks, run_checks
+    from orchestrator.launch.doctor import doctor_text
 
-    click.echo(printable(format_checks(run_checks(docker_host)), lines=True))
+    click.echo(printable(doctor_text(docker_host), lines=True))
 
 
 @cli.command("ls")
@@ -394,10 +378,13 @@ def engines_install(names, jobs):
 
 @engines.command("list")
 def engines_list():
-    """Show which engines orch finds in its cache.
+    """Show the engine kinds orch knows (a plugin's with its package) and which installs it finds
+    in its cache.
 
     Example: orch engines list
     """
+    kinds = [f"{k} ({PLUGINS[k]})" if k in PLUGINS else k for k in ENGINES]
+    click.echo(printable("engine kinds: " + ", ".join(kinds)))
     for name, inst in INSTALLERS.items():
         found = inst.installed()
         click.echo(printable(f"{name}: {found or f'not installed (expected at {inst.expected()})'}"))

@@ -9,13 +9,13 @@ its end with status and time, and an estimate of what remains. `sweep_progress(c
 
 from __future__ import annotations
 
-import statistics
 import time
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from orchestrator.analysis import stats
 from orchestrator.common import redact
 from orchestrator.common.show import printable
 
@@ -127,7 +127,7 @@ class PlainSweepProgress:
             self._empty += 1  # ok, but no tokens to rate
         done = len(self._rates) + self._errors + self._empty
         if done % EVERY_REQUESTS == 0 or self.clock() - self._last >= EVERY_S or done == self._total:
-            so_far = f"median {statistics.median(self._rates):.1f} tok/s so far" if self._rates else "no successful request yet"
+            so_far = f"median {stats.median(self._rates):.1f} tok/s so far" if self._rates else "no successful request yet"
             errors = f", {self._errors} failed" if self._errors else ""
             self._say(f"{done}/{self._total} requests, {so_far}{errors}")
 
@@ -135,7 +135,7 @@ class PlainSweepProgress:
         took = self.clock() - self._cell_t0
         self._cell_s.append(took)
         left = self._n - self._k
-        estimate = (f"; about {_minutes(statistics.mean(self._cell_s) * left)} left for {left} more cell(s) "
+        estimate = (f"; about {_minutes(stats.mean(self._cell_s) * left)} left for {left} more cell(s) "
                     f"at this pace" if left > 0 else "")
         self._say(f"{status} in {took:.0f} s{estimate}")
         if note:
@@ -178,7 +178,7 @@ class ParallelProgress:
         done = len(self._rates.get(rec.cell_id, [])) + self._errors.get(rec.cell_id, 0)
         if done % EVERY_REQUESTS == 0:
             rates = self._rates.get(rec.cell_id) or [0.0]
-            self._say(f"{rec.cell_id}: {done} requests, median {statistics.median(rates):.1f} tok/s so far"
+            self._say(f"{rec.cell_id}: {done} requests, median {stats.median(rates):.1f} tok/s so far"
                       + (f", {self._errors[rec.cell_id]} failed" if self._errors.get(rec.cell_id) else ""))
 
     def warn(self, text: str) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 
-from orchestrator.analysis.categories import CategoryView
+from orchestrator.analysis.findings import CategoryView
 
 from .charts import save
 

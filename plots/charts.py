@@ -14,8 +14,7 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from orchestrator.analysis.pairs import PAIRED  # noqa: E402
-from orchestrator.analysis.summary import METRICS_SOURCE  # noqa: E402
+from orchestrator.analysis.findings import METRICS_SOURCE, PAIRED  # noqa: E402
 from orchestrator.common.safefs import replacing  # noqa: E402
 
 

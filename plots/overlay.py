@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from orchestrator.analysis.reference import matching, published_means, published_runs
-from orchestrator.results.rundir import RunDir
+import pandas as pd
 
 
-def published_overlay(run: RunDir):
-    """Return (overlay function or None, a line saying what matched)."""
-    runs = published_runs()
-    found = []
-    for name, eng in run.environment().get("engines", {}).items():
-        if not eng.get("model"):
-            continue  # no model recorded: "" would match every published row
-        rows = matching(runs, eng.get("kind", ""), eng["model"])
-        if len(rows):
-            found.append((name, published_means(rows)))
+def published_overlay(found: list[tuple[str, pd.DataFrame]]):
+    """The function that draws `found` (analysis/reference.py: published_for) onto a chart, or None."""
     if not found:
-        models = ", ".join(e.get("model", "?") for e in run.environment().get("engines", {}).values())
-        return None, f"reference: no published figures for {models or 'this run'}; charts drawn without overlay"
+        return None
 
     def overlay(ax, chart):
         column = {"e2e_tok_s_median": "mean_tok_s", "speedup": "speedup"}.get(chart.y)
@@ -28,4 +18,4 @@ def published_overlay(run: RunDir):
             ax.plot(means["n_spec"], means[column], linestyle=":", marker="s", color="black",
                     label=f"published ({name}'s model, RTX PRO 6000)")
 
-    return overlay, "reference: published figures overlaid for " + ", ".join(n for n, _ in found)
+    return overlay

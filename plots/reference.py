@@ -9,16 +9,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from orchestrator.analysis.reference import HARDWARE, SETUPS, published_means, roofline  # noqa: E402
+from orchestrator.analysis.findings import HARDWARE, Setup  # noqa: E402
 
 from .charts import save  # noqa: E402
 
 
-def draw_reference(out_dir: Path) -> list[Path]:
-    means = published_means()
-    fig, axes = plt.subplots(1, len(SETUPS), figsize=(15, 4.8), dpi=110, sharey=True)
-    for ax, (title, model) in zip(axes, SETUPS):
-        limit, _, m = roofline(model, means)
+def draw_reference(setups: list[Setup], out_dir: Path) -> list[Path]:
+    fig, axes = plt.subplots(1, len(setups), figsize=(15, 4.8), dpi=110, sharey=True)
+    for ax, setup in zip(axes, setups):
+        title, limit, m = setup.title, setup.limit, setup.rows
         labels = ["off" if n == 0 else str(n) for n in m["n_spec"]]
         bars = ax.bar(labels, m["mean_tok_s"], color=["tab:grey"] + ["tab:blue"] * (len(m) - 1))
         for bar, v, s in zip(bars, m["mean_tok_s"], m["speedup"]):

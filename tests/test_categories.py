@@ -7,7 +7,8 @@ from click.testing import CliRunner
 
 from orchestrator.analysis.categories import category_view, relabel
 from orchestrator.cli import cli
-from plots.report import build_report
+from orchestrator.analysis.findings import analyze
+from plots.report import write_report
 
 from .support.runs import cells_of, make_run, requests_of
 from .test_pairs import timed
@@ -68,8 +69,9 @@ def test_a_run_without_categories_has_no_category_view(tmp_path):
     rows = [{k: v for k, v in r.items() if k not in ("category", "sub_category")} for r in rows_by_category()]
     assert view_of(rows) is None
     run = make_run(tmp_path / "run", rows, {"e": {"kind": "llama-server", "model": "m"}})
-    report = build_report(run)
-    assert report.categories is None
+    found = analyze(run)
+    write_report(found)
+    assert found.categories is None and found.section("by-category") is None
     assert not (run / "summary_by_category.csv").exists()
     assert "By category" not in (run / "report" / "summary.md").read_text()
     assert not (run / "speedup_by_category.png").exists()

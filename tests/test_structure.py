@@ -30,7 +30,7 @@ ALLOWED = {
                            "orchestrator.launch", "orchestrator.measure", "orchestrator.analysis",
                            "orchestrator.telemetry", "engines"},
     "plots": {"orchestrator.common", "orchestrator.analysis", "orchestrator.results", "engines"},
-    "orchestrator.progress": {"orchestrator.common"},
+    "orchestrator.progress": {"orchestrator.common", "orchestrator.analysis"},
     "orchestrator.cli": {"orchestrator", "orchestrator.common", "orchestrator.results", "orchestrator.setup",
                          "orchestrator.launch", "orchestrator.measure", "orchestrator.analysis",
                          "orchestrator.sweep", "orchestrator.telemetry", "orchestrator.progress", "plots", "engines"},
@@ -194,3 +194,48 @@ def test_the_kind_check_sees_a_planted_name(tmp_path, planted):
         assert kind_mentions(path), planted
     finally:
         path.unlink()
+
+
+# ---------------------------------------------------------------- analysis computes, renderers render
+
+# Estimators by name: a call to one of these, or the statistics or scipy modules, is a statistic.
+STATISTICS = {"median", "nanmedian", "percentile", "nanpercentile", "quantile", "mean", "nanmean", "std", "var"}
+# Readings, not estimates: telemetry's time-average of a sampled counter over one measured window
+# (a GPU's power draw), recorded with the cell as the counters' deltas and peaks are.
+READINGS = {"orchestrator.telemetry.window"}
+
+
+def statistic_calls(path: Path) -> list[str]:
+    """Where a module computes a statistic itself (a call through a module of analysis/ is not)."""
+    tree = ast.parse(path.read_text())
+    ours = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+            and (n.module or "").startswith("orchestrator.analysis") for a in n.names}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            out += [f"line {node.lineno}: imports {n}" for n in names if n.split(".")[0] in ("statistics", "scipy")]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in STATISTICS:
+            through = node.func.value
+            if not (isinstance(through, ast.Name) and through.id in ours):
+                out.append(f"line {node.lineno}: .{node.func.attr}()")
+    return out
+
+
+def test_no_module_outside_analysis_computes_a_statistic():
+    bad = [f"{name} {c}" for name, path in modules().items()
+           if not name.startswith("orchestrator.analysis") and name not in READINGS for c in statistic_calls(path)]
+    assert bad == []
+
+
+def test_the_statistic_check_sees_a_planted_median(tmp_path):
+    planted = tmp_path / "m.py"
+    planted.write_text("import numpy as np\nimport statistics\nfrom orchestrator.analysis import stats\n"
+                       "a = np.median([1])\nb = df['x'].quantile(0.9)\nc = stats.median([1])\n")
+    assert statistic_calls(planted) == ["line 2: imports statistics", "line 4: .median()", "line 5: .quantile()"]
+
+
+def test_the_renderers_import_nothing_of_the_analysis_but_its_findings():
+    bad = [f"{m} -> {t}" for m, ts in graph().items() if m.startswith("plots") for t in ts
+           if t.startswith("orchestrator.analysis") and t != "orchestrator.analysis.findings"]
+    assert bad == []

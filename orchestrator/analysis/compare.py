@@ -9,17 +9,38 @@ each with its own interval, and compare puts them side by side without a ratio o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from orchestrator.results.records import machine_label
-from orchestrator.results.rundir import RunDir
+from orchestrator.results.rundir import RunDir, shown_cells
 from orchestrator.analysis.summary import summarize
 
 COLUMNS = ["run", "machine", "node", "engine", "prompt_set", "concurrency", "baseline_tok_s", "best_n_spec",
            "best_method", "best_tok_s", "best_ci_low", "best_ci_high", "speedup", "speedup_ci_low",
            "speedup_ci_high", "verdict"]
+
+
+@dataclass
+class Comparison:
+    table: pd.DataFrame
+    warnings: list[str]  # from reading the runs' records back
+
+    @property
+    def text(self) -> str:
+        return format_compare(self.table)
+
+    def write(self, out: Path) -> Path:
+        """compare.csv in `out`, made if missing."""
+        out.mkdir(parents=True, exist_ok=True)
+        shown_cells(self.table).to_csv(out / "compare.csv", index=False)
+        return out / "compare.csv"
+
+
+def comparison(run_dirs: list[Path]) -> Comparison:
+    return Comparison(*compare_runs(run_dirs))
 
 
 def compare_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 
 import pandas as pd
@@ -64,3 +65,35 @@ def matching(runs: pd.DataFrame, engine_kind: str, model: str) -> pd.DataFrame:
     engine = ENGINES.get(engine_kind)
     published = engine.published_name if engine else None
     return runs[(runs["engine"] == published) & runs["model"].apply(lambda m: model in m or m in model)]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One published setup as `orch reference` shows it: its rows and its card's limit."""
+
+    title: str
+    limit: float  # tok/s: the single-stream decode limit without speculation
+    basis: str  # how the limit was reached
+    rows: pd.DataFrame  # of_model's rows with `share` of the limit
+
+
+def published_setups() -> list[Setup]:
+    means = published_means()
+    return [Setup(title, *roofline(model, means)) for title, model in SETUPS]
+
+
+def published_for(environment: dict) -> tuple[list[tuple[str, pd.DataFrame]], str]:
+    """The published means matching each of a run's engines (its name, the means), and a line
+    saying what matched: the reference overlay's data."""
+    runs = published_runs()
+    found = []
+    for name, eng in environment.get("engines", {}).items():
+        if not eng.get("model"):
+            continue  # no model recorded: "" would match every published row
+        rows = matching(runs, eng.get("kind", ""), eng["model"])
+        if len(rows):
+            found.append((name, published_means(rows)))
+    if not found:
+        models = ", ".join(e.get("model", "?") for e in environment.get("engines", {}).values())
+        return [], f"reference: no published figures for {models or 'this run'}; charts drawn without overlay"
+    return found, "reference: published figures overlaid for " + ", ".join(n for n, _ in found)

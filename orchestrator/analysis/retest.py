@@ -43,6 +43,10 @@ class Retest:
     warnings: list[str] = field(default_factory=list)
 
     @property
+    def text(self) -> str:
+        return format_retest(self)
+
+    @property
     def agree(self) -> bool:
         return bool(len(self.answers)) and bool(self.answers["agree"].all())
 

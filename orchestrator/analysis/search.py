@@ -89,6 +89,11 @@ def climb_budget(budget: int, blocks: int) -> int:
     return budget if blocks < 2 else max(3, budget - budget // 2)
 
 
+def ranked_depths(speculative) -> list[int]:
+    """The depths of one engine's speculative summary rows, fastest first by their median speedup."""
+    return [int(k) for k in speculative.groupby("n_spec")["speedup"].median().sort_values(ascending=False).index]
+
+
 def confirm_depths(ranked: list[int], starts_left: int, grid: list[int] = ()) -> list[int]:
     """The confirmation's starts in the next block: n_spec 0 again (the pairs of a block need
     their own baseline), the climb's best depth, the best's neighbours in the grid that the climb

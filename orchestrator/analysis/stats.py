@@ -46,6 +46,10 @@ def median(values, axis: int = -1):
     return np.median(np.asarray(values, dtype=float), axis=axis)
 
 
+def mean(values) -> float:
+    return float(np.mean(np.asarray(values, dtype=float)))
+
+
 def throughput_ratio(spec_tokens, spec_s, base_tokens, base_s, axis: int = -1):
     """(sum of speculative tokens / their seconds) over (the same for the baseline) along `axis`."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -73,6 +77,16 @@ def ratio_of_sums_ci(num, den) -> tuple[float | None, float | None]:
     drafted = b[idx].sum(axis=1)
     ok = drafted > 0
     return _interval(a[idx].sum(axis=1)[ok] / drafted[ok])
+
+
+def narrow_enough(rates, target: float, fewest: int) -> bool:
+    """The median's 95% interval within +-target of the median, from at least `fewest` values
+    (one value is a zero-width interval, and no measurement of spread): workload.target_ci."""
+    if len(rates) < max(2, fewest):
+        return False
+    low, high = median_ci(rates)
+    med = float(np.median(rates))
+    return low is not None and high is not None and med > 0 and (high - low) / 2 <= target * med
 
 
 def verdict(low: float | None, high: float | None) -> str | None:

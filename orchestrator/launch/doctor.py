@@ -81,3 +81,8 @@ def format_checks(checks: list[Check]) -> str:
         if c.fix:
             lines.append(f"        fix: {c.fix}")
     return "\n".join(lines)
+
+
+def doctor_text(docker_host: str | None = None) -> str:
+    """`orch doctor`: every check run, one line each with its fix."""
+    return format_checks(run_checks(docker_host))

@@ -20,10 +20,13 @@ PER_POS = "spec_decode_num_accepted_tokens_per_pos"
 
 
 def scrape(base_url: str, headers: dict | None = None, prefix: str | None = None,
-           counters: dict[str, str] | None = None) -> dict | None:
-    """The speculation counters now, or None if the server has no usable /metrics."""
+           counters: dict[str, str] | None = None, path: str | None = "/metrics") -> dict | None:
+    """The speculation counters now, or None if the server has no usable /metrics (at `path`,
+    the engine's metrics_path; None: the engine serves none)."""
+    if path is None:
+        return None
     try:
-        text = probe.get(base_url, "/metrics", headers).decode("utf-8")
+        text = probe.get(base_url, path, headers).decode("utf-8")
     except (probe.ProbeFailed, UnicodeDecodeError):
         return None
     try:

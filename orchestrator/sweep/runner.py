@@ -13,13 +13,11 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from engines import ENGINES, Engine
 from engines.installing import cache_root
 
-from orchestrator.analysis.search import Decision, climb_budget, confirm_depths, step
-from orchestrator.analysis.stats import median_ci
+from orchestrator.analysis.search import Decision, climb_budget, confirm_depths, ranked_depths, step
+from orchestrator.analysis.stats import narrow_enough
 from orchestrator.analysis.summary import measured_frame, summarize
 from orchestrator.measure import server_metrics
 from orchestrator.common import probe
@@ -249,8 +247,7 @@ class Sweep:
         starts = run.server_starts().get(spec.name, 0)
         summary = summarize(run.request_records(), run.cell_records())
         mine = summary[(summary["engine"] == spec.name) & (summary["n_spec"] > 0)].dropna(subset=["speedup"])
-        ranked = [int(k) for k in mine.groupby("n_spec")["speedup"].median().sort_values(ascending=False).index]
-        todo = [Cell(spec, k, 1) for k in confirm_depths(ranked, budget - starts, spec.speculation.n_spec)]
+        todo = [Cell(spec, k, 1) for k in confirm_depths(ranked_depths(mine), budget - starts, spec.speculation.n_spec)]
         return [self._search_cell(run, cell, starts + i + 1, budget) for i, cell in enumerate(todo)
                 if (cell.id, 1) not in done]
 
@@ -383,7 +380,7 @@ class Sweep:
         batches = _Batches(self, cell, server.base_url, headers, out)
         batches.alive = server.alive
         engine = self.prepared[cell.engine.name].engine
-        prefix, counters = engine.metrics_prefix, engine.metric_counters
+        prefix, counters, path = engine.metrics_prefix, engine.metric_counters, engine.metrics_path
         costs = {}
         warm = self.warmup_specs(cell.block)
         if warm:
@@ -394,7 +391,7 @@ class Sweep:
         windows, measuring = {}, 0.0
         for conc in self.workload.concurrency:
             out.phase(f"measuring, concurrency {conc}")
-            before = server_metrics.scrape(server.base_url, headers, prefix, counters)
+            before = server_metrics.scrape(server.base_url, headers, prefix, counters, path)
             t0 = time.monotonic()
             planned = [s for s in todo if s.concurrency == conc]
             with tele.window() if tele else nullcontext() as samples:
@@ -405,7 +402,7 @@ class Sweep:
                 costs.update(self._keep_window(cell, conc, tele, samples, level, out))
             results += level
             measuring += time.monotonic() - t0
-            window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers, prefix, counters))
+            window = server_metrics.delta(before, server_metrics.scrape(server.base_url, headers, prefix, counters, path))
             if window is not None:
                 windows[str(conc)] = window
             if not server.alive() or _refused(results):
@@ -446,13 +443,16 @@ class Sweep:
     def _template(self, cell: Cell, base_url: str, headers: dict) -> str:
         if cell.engine.api == "completions":
             return "none: raw prompt to /v1/completions"
+        path = self.prepared[cell.engine.name].engine.props_path
+        if path is None:
+            return "unknown (the engine reports no settings)"
         try:
-            props = json.loads(probe.get(base_url, "/props", headers))
+            props = json.loads(probe.get(base_url, path, headers))
         except (probe.ProbeFailed, ValueError, RecursionError):
-            return "unknown (no /props)"
+            return f"unknown (no {path})"
         tpl = props.get("chat_template") if isinstance(props, dict) else None
         if not isinstance(tpl, str):
-            return "unknown (no chat_template in /props)"
+            return f"unknown (no chat_template in {path})"
         first = tpl.strip().splitlines()[0][:60] if tpl.strip() else ""
         return f"server chat template sha1:{hashlib.sha1(tpl.encode(errors='replace')).hexdigest()[:12]} {first!r}"
 
@@ -502,14 +502,8 @@ class _Batches:
 
 
 def _narrow(records: list[RequestRecord], target: float, fewest: int) -> bool:
-    """The e2e median's 95% interval within +-target of the median, from at least `fewest`
-    successful requests (one request is a zero-width interval, and no measurement of spread)."""
-    rates = [r.e2e_tok_s for r in records if r.ok and r.e2e_tok_s is not None]
-    if len(rates) < max(2, fewest):
-        return False
-    low, high = median_ci(rates)
-    med = float(np.median(rates)) if rates else 0.0
-    return low is not None and med > 0 and (high - low) / 2 <= target * med
+    """Whether the successful requests' e2e median is known within +-target (stats.narrow_enough)."""
+    return narrow_enough([r.e2e_tok_s for r in records if r.ok and r.e2e_tok_s is not None], target, fewest)
 
 
 def _refused(records: list[RequestRecord]) -> RequestRecord | None:
