@@ -174,7 +174,7 @@ def test_the_readme_prompt_sets_example_loads(tmp_path):
     scenario.write_text('name = "s"\n' + block + '[[engines]]\nname = "e"\nkind = "endpoint"\n'
                         'launcher = "external"\nurl = "http://127.0.0.1:1"\nmodel = "m"\n')
     sets = {ref.source: load(ref, tmp_path) for ref in load_scenario(scenario).workload.prompts}
-    assert [len(v) for v in sets.values()] == [8, 3, 8, 7, 4]
+    assert [len(v) for v in sets.values()] == [8, 3, 8, 8, 7, 4]
     assert {p.set for p in sets["speed-bench/qualitative.parquet"]} == {"speed-bench"}
     assert "\n\n" in sets["mt_bench/question.jsonl"][0].text  # turns = "all"
 

@@ -114,10 +114,14 @@ def format_retest(r: Retest) -> str:
                  f"intervals missing: {no_ci}")
     lines += ["", "what to run (depths not told apart from the best, in brackets):"]
     for row in r.answers.itertuples(index=False):
-        verdict = "agree" if row.agree else "DISAGREE"
+        verdict = "DISAGREE" if not row.agree else (
+            "agree" if _depth(row.n_spec_a) == _depth(row.n_spec_b) else "agree (the sets meet; the picks differ)")
         lines.append(f"{row.engine} at c={int(row.concurrency)} on {row.prompt_set}: A n_spec {_depth(row.n_spec_a)} "
                      f"[{row.indistinct_a}], B n_spec {_depth(row.n_spec_b)} [{row.indistinct_b}]: {verdict}")
-    lines.append("the two answers agree" if r.agree else "the two answers DISAGREE: exit code 1")
+    differ = int(sum(_depth(a) != _depth(b) for a, b in zip(r.answers["n_spec_a"], r.answers["n_spec_b"]))) if r.agree else 0
+    lines.append(("the two answers agree" + (f"; in {differ} of {len(r.answers)} the two runs pick different depths "
+                                              "from the depths neither could tell apart" if differ else ""))
+                 if r.agree else "the two answers DISAGREE: exit code 1")
     return "\n".join(lines)
 
 

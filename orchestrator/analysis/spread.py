@@ -234,7 +234,7 @@ def interval(s: Spread, start: StartVariance, confidence: float = CONFIDENCE, st
     if s.prompts < 2 or not math.isfinite(s.var_requests):
         return Interval(math.exp(s.estimate), None, None, covers, None, None)
     v_req = max(s.var_requests, RESOLUTION ** 2)
-    v_start = start.variance / s.blocks if covers == BOTH else 0.0
+    v_start = start.variance / s.blocks if covers != REQUESTS_ONLY else 0.0
     total = v_req + v_start
     parts = v_req ** 2 / (s.prompts - 1) + (v_start ** 2 / start.df if v_start else 0.0)
     df = total ** 2 / parts
