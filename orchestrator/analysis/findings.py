@@ -113,12 +113,13 @@ def analyze(run_dir: Path) -> Findings:
     lossless = per_cell(checks)
     written["lossless.csv"] = run.write_csv("lossless.csv", checks)
     scenario = _scenario_text(run)
+    title, sub = f"orch sweep `{run.path.name}`", subtitle(run)  # before the warnings are taken: it reads environment.json
     advice = what_to_run(summary, pairs, starts)
     by_category = categories.advice_text() if categories is not None else ""
     top = "\n\n".join(t for t in (drift_text, format_advice(advice), by_category, search, format_fits(found)) if t)
     said = _Said(run, summary, pairs, lossless, checks, cells, categories, top, format_check(check), scenario,
                  [printable(w) for w in run.warnings])
-    return Findings(run, f"orch sweep `{run.path.name}`", subtitle(run), summary, pairs, model, checks, lossless,
+    return Findings(run, title, sub, summary, pairs, model, checks, lossless,
                     categories, cells, said.sections(), said.warnings, written)
 
 
