@@ -176,6 +176,8 @@ class _Said:
             Section("method", "How it was measured", notes=tuple(self.method_lines()), outputs=REPORT, headed=False),
             Section("charts", "Charts", outputs=frozenset({HTML})),
             Section("summary", "Summary", format_table(self.summary), _compact(self.summary), headed=False),
+            # Cells side by side shared a host: that warning belongs beside the figures, on every output.
+            self._placement(),
             *self._pairs(),
             self._cost(),
             self._categories(),
@@ -189,6 +191,10 @@ class _Said:
     @property
     def rerun(self) -> str:
         return f"orch sweep {self.run.path / 'scenario.toml'}"
+
+    def _placement(self) -> Section | None:
+        notes = placement_notes(self.cells)
+        return Section("placement", "Where the cells ran", notes=tuple(notes), headed=False) if notes else None
 
     def _skipped(self) -> Section | None:
         if not self.warnings:
@@ -219,7 +225,6 @@ class _Said:
             "total seconds over the same pairs; intervals resample pairs. Independent = the old ratio of cell "
             "medians with requests resampled as if unpaired, shown for comparison.",
             *[f"Cache: {c}" for c in caches],
-            *placement_notes(self.cells),
         ]
 
     def _pairs(self) -> list[Section]:

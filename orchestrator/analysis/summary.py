@@ -310,7 +310,7 @@ def format_table(summary: pd.DataFrame) -> str:
         view[col] = view[col].map(lambda v, f=f: "-" if v is None or pd.isna(v) else f.format(v))
     server = summary["acceptance_source"] == METRICS_SOURCE
     view.loc[server.to_numpy(), "accept"] = view.loc[server.to_numpy(), "accept"] + "*"
-    derived = (summary["prefill_source"].fillna(PREFILL_TIMED) != PREFILL_TIMED).to_numpy()
+    derived = (summary["prefill_source"].astype(object).fillna(PREFILL_TIMED) != PREFILL_TIMED).to_numpy()
     view.loc[derived, "prefill_tok/s"] = view.loc[derived, "prefill_tok/s"] + "†"
     view = view.astype(object).where(view.notna(), "-")
     note = ("\n* accept from the server's /metrics over the whole measured window (all prompt sets): "
