@@ -49,7 +49,7 @@ def main(argv=None) -> int:
         ap.error("runs come in pairs: GRID_RUN SEARCH_RUN")
     inside = total = 0
     cheap = True
-    for grid_path, search_path in zip(a.runs[::2], a.runs[1::2]):
+    for grid_path, search_path in zip(a.runs[::2], a.runs[1::2], strict=True):
         engine, grid, grid_starts = answers(grid_path, a.engine)
         _, search, search_starts = answers(search_path, engine)
         print(f"grid {grid_path.name}: {grid_starts} server starts; search {search_path.name}: {search_starts}"

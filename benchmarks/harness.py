@@ -159,7 +159,7 @@ def vllm_bench_tool(url: str, conc: int, n: int, max_tokens: int, workdir: Path)
         raise RuntimeError(out[-800:])
     data = json.loads(result.read_text())
     result.unlink()
-    return [(t, t / lat if lat else None) for t, lat in zip(data["output_lens"], data["latencies"])], cpu
+    return [(t, t / lat if lat else None) for t, lat in zip(data["output_lens"], data["latencies"], strict=True)], cpu
 
 
 def aiperf_tool(url: str, conc: int, n: int, max_tokens: int, workdir: Path) -> tuple[list, float]:

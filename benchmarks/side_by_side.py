@@ -110,7 +110,7 @@ def main() -> None:
         elif mode == "devices":
             wall, run, rc = sweep(args.scenario, folder, ["--set", 'placement.cores=["0", "1"]'])
         else:
-            wall, run, rc = with_cluster(lambda port: sweep(args.scenario, folder, [
+            wall, run, rc = with_cluster(lambda port, folder=folder: sweep(args.scenario, folder, [
                 "--cluster", f"127.0.0.1:{port}", "--set", 'placement.resource="orch_device"']))
         walls[mode] = wall
         report(mode, wall, run, rc)

@@ -163,7 +163,7 @@ def _print_report(run: RunDir, overlay=None) -> bool:
         report = write_report(found, overlay)
     except OSError as exc:
         raise ResultsError(f"cannot write the report in {run.path}: {why(exc)}; the records are complete: "
-                           f"{fix_for(exc)}, then run orch report {run.path}")
+                           f"{fix_for(exc)}, then run orch report {run.path}") from exc
     for note in found.warnings:  # records skipped or kept as failed on reading back
         click.echo(f"warning: {printable(note)}", err=True)
     click.echo(terminal_text(found, report))
@@ -252,9 +252,9 @@ def _writing(out: Path):
         yield
     except FileExistsError as exc:  # mkdir(exist_ok=True) on something that is not a folder
         raise ResultsError(f"cannot write {exc.filename or out}: {os.strerror(errno.ENOTDIR)}; "
-                           "pass a writable --out")
+                           "pass a writable --out") from exc
     except OSError as exc:
-        raise ResultsError(f"cannot write {exc.filename or out}: {why(exc)}; pass a writable --out")
+        raise ResultsError(f"cannot write {exc.filename or out}: {why(exc)}; pass a writable --out") from exc
 
 
 # ---------------------------------------------------------------- reference

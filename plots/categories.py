@@ -29,7 +29,7 @@ def draw_category_heatmap(view: CategoryView | None, subtitle: str, out_dir: Pat
     width = max(6.0, 1.3 * data["n_spec"].nunique() + 2.5)
     fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 0.55 * len(rows) + 2.2), dpi=110,
                              squeeze=False)
-    for ax, (engine, conc) in zip(axes[0], panels):
+    for ax, (engine, conc) in zip(axes[0], panels, strict=True):
         mine = data[(data["engine"] == engine) & (data["concurrency"] == conc)]
         image = _panel(ax, mine, rows, _picks(view.advice, engine, conc))
         ax.set_title(f"{engine}" + (f" · c={conc}" if len({c for _, c in panels}) > 1 else ""), fontsize=10)
@@ -46,7 +46,7 @@ def _picks(advice: pd.DataFrame, engine: str, conc: int) -> dict[str, int]:
     if advice.empty:
         return {}
     mine = advice[(advice["engine"] == engine) & (advice["concurrency"] == conc)]
-    return dict(zip(mine["prompt_set"], mine["n_spec"].astype(int)))
+    return dict(zip(mine["prompt_set"], mine["n_spec"].astype(int), strict=True))
 
 
 def _panel(ax, data: pd.DataFrame, rows: list[str], picks: dict[str, int]):

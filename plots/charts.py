@@ -113,7 +113,7 @@ def draw_pairs(pairs: pd.DataFrame, summary: pd.DataFrame, subtitle: str, out_di
     engines = sorted(ok["engine"].unique()) if len(ok) else []
     fig, axes = plt.subplots(1, max(1, len(engines)), figsize=(max(8, 5 * len(engines)), 5), dpi=110,
                              sharey=True, squeeze=False)
-    for ax, engine in zip(axes[0], engines):
+    for ax, engine in zip(axes[0], engines, strict=False):
         _pair_panel(ax, ok[ok["engine"] == engine], summary[summary["engine"] == engine], engine)
     if not engines:
         axes[0][0].text(0.5, 0.5, "no speculative request with a twin at n_spec 0", transform=axes[0][0].transAxes,
@@ -174,7 +174,7 @@ def draw_load(summary: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]
     engines = sorted(data["engine"].unique())
     fig, axes = plt.subplots(1, len(engines), figsize=(max(8, 5 * len(engines)), 5), dpi=110, sharey=True,
                              squeeze=False)
-    for ax, engine in zip(axes[0], engines):
+    for ax, engine in zip(axes[0], engines, strict=True):
         for (n, prompts), g in data[data["engine"] == engine].groupby(["n_spec", "prompt_set"], sort=True):
             _series(ax, SPEEDUP_BY_LOAD, g.sort_values("concurrency"), f"n_spec {int(n)} · {prompts}",
                     x="concurrency")
@@ -245,7 +245,7 @@ def draw_model(table: pd.DataFrame, subtitle: str, out_dir: Path) -> list[Path]:
     if not groups:
         return []
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 5), dpi=110, squeeze=False)
-    for ax, ((engine, conc), g) in zip(axes[0], groups):
+    for ax, ((engine, conc), g) in zip(axes[0], groups, strict=True):
         g = g.sort_values("n_spec")
         ax.plot(g["n_spec"], g["predicted_tok_s"].astype(float), color="C0", label="model: plain + drafted steps, fitted")
         ax.plot(g["n_spec"], g["reference_tok_s"].astype(float), color="C7", linestyle="--",

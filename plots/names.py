@@ -44,5 +44,5 @@ def for_charts(frame: pd.DataFrame) -> pd.DataFrame:
     for col in NAMED:
         if col in out.columns and not pd.api.types.is_numeric_dtype(out[col]):
             forms = shortened(out[col].dropna().astype(str))
-            out[col] = out[col].map(lambda v: forms.get(str(v), v) if isinstance(v, str) else v)
+            out[col] = out[col].map(lambda v, forms=forms: forms.get(str(v), v) if isinstance(v, str) else v)
     return out

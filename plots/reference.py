@@ -16,11 +16,11 @@ from .charts import save  # noqa: E402
 
 def draw_reference(setups: list[Setup], out_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(setups), figsize=(15, 4.8), dpi=110, sharey=True)
-    for ax, setup in zip(axes, setups):
+    for ax, setup in zip(axes, setups, strict=True):
         title, limit, m = setup.title, setup.limit, setup.rows
         labels = ["off" if n == 0 else str(n) for n in m["n_spec"]]
         bars = ax.bar(labels, m["mean_tok_s"], color=["tab:grey"] + ["tab:blue"] * (len(m) - 1))
-        for bar, v, s in zip(bars, m["mean_tok_s"], m["speedup"]):
+        for bar, v, s in zip(bars, m["mean_tok_s"], m["speedup"], strict=True):
             ax.text(bar.get_x() + bar.get_width() / 2, v + 2, f"{v:.1f}" + (f"\n{s:.2f}x" if s != 1 else ""),
                     ha="center", va="bottom", fontsize=9)
         ax.axhline(limit, color="tab:red", linestyle="--", linewidth=1)

@@ -1,7 +1,6 @@
 """The Docker launcher on a real Docker engine, with a local llama-server image (host networking,
 loopback only, the model bind-mounted read-only)."""
 
-import json
 import os
 import shutil
 import signal

@@ -1,6 +1,5 @@
 import asyncio
 import gc
-import json
 import socket
 
 import aiohttp
@@ -11,9 +10,9 @@ from orchestrator.measure.driver import RequestSpec, rates, run_batch, stream_re
 from orchestrator.measure.prompts import Prompt
 from engines.llama_server import LlamaServer  # llama.cpp's timings: the stream counts these tests feed
 
-TIMINGS = LlamaServer.stream_counts
-
 from .support.canned_server import answer, event_stream, serve, sse
+
+TIMINGS = LlamaServer.stream_counts
 
 
 def stream(body: bytes):

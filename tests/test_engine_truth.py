@@ -6,7 +6,6 @@ names. vLLM: every speculation method and speculation.config key orch accepts mu
 of the installed vLLM's SpeculativeConfig (and its `method` Literal)."""
 
 import json
-import re
 import subprocess
 from pathlib import Path
 

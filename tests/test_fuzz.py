@@ -32,9 +32,9 @@ from orchestrator.measure.prompts import Prompt
 from orchestrator.sweep.scenario import Workload
 from engines.llama_server import LlamaServer  # llama.cpp's timings: the stream counts these tests feed
 
-TIMINGS = LlamaServer.stream_counts
-
 from .support.hostile_server import LABELS, RARE, RARE_REPEATS, Expect, HostileServer, min_cases
+
+TIMINGS = LlamaServer.stream_counts
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = [1, 2, 3]  # each run: 210 requests, every label; ~12 s with a driver that keeps its deadlines

@@ -22,7 +22,7 @@ def cells(name: str) -> dict[str, list[str]]:
     result = CliRunner().invoke(cli, ["sweep", str(SCENARIOS / name), "--dry-run"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    return {re.match(r"cell \d+/\d+ (\S+)", a).group(1): shlex.split(b) for a, b in zip(lines[2::2], lines[3::2])}
+    return {re.match(r"cell \d+/\d+ (\S+)", a).group(1): shlex.split(b) for a, b in zip(lines[2::2], lines[3::2], strict=False)}
 
 
 def split(cmd: list[str], image: str) -> tuple[list[str], list[str]]:
@@ -122,7 +122,7 @@ def test_gemma4_12b_three_variants_flag_by_flag():
 
 
 @pytest.mark.parametrize("name", ["gemma4-12b-mtp-qat-llamacpp.toml", "qwen36-27b-mtp-llamacpp.toml"])
-def test_every_flag_of_the_llamacpp_gpu_scenarios_is_live_in_the_real_binary(name, llama_help):
+def test_every_flag_of_the_llamacpp_gpu_scenarios_is_live_in_the_real_binary(name, llama_help):  # noqa: F811 (the fixture)
     live, removed, types = llama_help
     for cell, cmd in cells(name).items():
         _, argv = split(cmd, "ghcr.io/ggml-org/llama.cpp:server-cuda13")

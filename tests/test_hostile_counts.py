@@ -8,7 +8,6 @@ for a server on 127.0.0.1: another name is another server) it is an error row na
 and nothing is sent there, unless workload.follow_redirects = "any"."""
 
 import asyncio
-import json
 import statistics
 import time
 

@@ -1,6 +1,5 @@
 """The small requests beside the workload, and the secrets around them, against hostile answers."""
 
-import asyncio
 import json
 import socket
 import threading

@@ -13,9 +13,9 @@ from aiohttp import web
 from orchestrator.measure.driver import stream_request
 from engines.llama_server import LlamaServer  # llama.cpp's timings: the stream counts these tests feed
 
-TIMINGS = LlamaServer.stream_counts
-
 from .support.canned_server import answer, event_stream, serve
+
+TIMINGS = LlamaServer.stream_counts
 
 USAGE = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
 

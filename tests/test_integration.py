@@ -283,7 +283,7 @@ def test_measured_acceptance_matches_the_engines_synthetic_rates(tmp_path):
     assert abs(window["acceptance_rate"] - truth) <= 0.05, window
     assert abs(window["mean_acceptance_length"] - (1 + sum(SYNTH_RATES))) <= 0.2, window
     per_pos = [window["per_pos_acceptance"][str(p)] for p in range(4)]
-    assert all(abs(got - want) <= 0.1 for got, want in zip(per_pos, SYNTH_RATES)), per_pos
+    assert all(abs(got - want) <= 0.1 for got, want in zip(per_pos, SYNTH_RATES, strict=True)), per_pos
     # The per-request timings and the summary agree with the server's counters.
     measured = [r for r in lines(run / "requests.jsonl") if r["phase"] == "measured"]
     assert window["accepted_tokens"] == sum(r["timings_draft_n_accepted"] for r in measured)
@@ -318,5 +318,5 @@ def test_each_cell_accounts_for_its_wall_time(run_dir):
         assert ready_at - CLOCKS_S <= min(r["wall_start"] for r in mine)
         assert last_end + ph["teardown_s"] <= ended_at + CLOCKS_S
         assert ph["measured_s"] > 0 and ph["orch_s"] < 0.5 * ph["measured_s"]
-    for before, after in zip(cells, cells[1:]):  # one server at a time: cells never overlap
+    for before, after in zip(cells, cells[1:], strict=False):  # one server at a time: cells never overlap
         assert before["started_at"] + before["seconds"] <= after["started_at"] + CLOCKS_S

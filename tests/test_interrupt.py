@@ -1,6 +1,5 @@
 """Ctrl-C and SIGTERM against a real `orch sweep` process and a real llama-server, then --resume."""
 
-import json
 import os
 import signal
 import subprocess

@@ -11,7 +11,7 @@ def check_texts(rows):
 def rec(n_spec, text, prompt="p1", repeat=0, chunks=None):
     chars = chunks or [len(text)]
     cum, total = [], 0
-    for c in chars:
+    for _ in chars:
         total += 1
         cum.append(total)
     return {"cell_id": f"e-n{n_spec}", "engine": "e", "method": "ngram-mod" if n_spec else "none", "n_spec": n_spec, "phase": "measured", "ok": True,

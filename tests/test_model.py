@@ -56,7 +56,7 @@ def test_two_speculative_cells_fit_the_drafted_step_line():
     f = fit("e", 1, {**cells, 1: Measured(1, rate1(0.014), 1, 2, 10, one)})
     xs, ys = [0, 1, 3], [0.01, 0.014, 0.0175]
     mx, my = sum(xs) / 3, sum(ys) / 3
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
     assert f.b == pytest.approx(slope) and f.c == pytest.approx(my - slope * mx)
 
 

@@ -177,7 +177,7 @@ def test_twins_share_prompt_set_repeat_and_concurrency():
             timed("e-n4", 4, "a", 40, 1.0, concurrency=2),  # no n_spec 0 request at concurrency 2
             timed("e-n0", 0, "a", 10, 1.0, prompt_set="repeat"), timed("e-n4", 4, "a", 5, 1.0, prompt_set="repeat")]
     pairs = pair_table(measured_frame(requests_of(rows)))
-    got = sorted(zip(pairs["prompt_set"], pairs["concurrency"], pairs["repeat"], pairs["status"], pairs["ratio"]),
+    got = sorted(zip(pairs["prompt_set"], pairs["concurrency"], pairs["repeat"], pairs["status"], pairs["ratio"], strict=True),
                  key=str)
     assert [g[:4] for g in got] == [("repeat", 1, 0, "paired"), ("seeds", 1, 0, "paired"), ("seeds", 1, 1, "paired"),
                                     ("seeds", 2, 0, "no baseline request")]

@@ -207,7 +207,7 @@ class Cluster:
         self.procs[name].wait(10)
 
     def stop(self) -> None:
-        for name, proc in self.procs.items():
+        for proc in self.procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
         for name, proc in self.procs.items():

@@ -162,8 +162,8 @@ def test_a_request_pairs_with_the_baseline_of_its_own_block():
     base = {r.key: r.block for r in requests if r.n_spec == 0}
     assert len(pairs) and (pairs["status"] == "paired").all()
     frame = measured_frame(requests)
-    by_rate = dict(zip(frame.loc[frame["n_spec"] == 0, "e2e_tok_s"], frame.loc[frame["n_spec"] == 0, "block"]))
-    assert all(by_rate[b] == blk for b, blk in zip(pairs["baseline_tok_s"], pairs["block"]))
+    by_rate = dict(zip(frame.loc[frame["n_spec"] == 0, "e2e_tok_s"], frame.loc[frame["n_spec"] == 0, "block"], strict=True))
+    assert all(by_rate[b] == blk for b, blk in zip(pairs["baseline_tok_s"], pairs["block"], strict=True))
     assert set(base.values()) == {0, 1}
 
 

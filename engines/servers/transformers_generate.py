@@ -219,7 +219,7 @@ class Server:
                 ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
                                                          return_tensors="pt")["input_ids"]
             except Exception as exc:  # the template's own complaint (jinja, a malformed message)
-                raise BadRequest(f"the chat template refused these messages: {type(exc).__name__}: {exc}"[:300])
+                raise BadRequest(f"the chat template refused these messages: {type(exc).__name__}: {exc}"[:300]) from exc
         else:
             prompt = body.get("prompt")
             if not isinstance(prompt, str) or not prompt:

@@ -75,7 +75,7 @@ def category_view(requests: list[RequestRecord], cells: list[CellRecord],
         return None
     records = relabel(requests)
     sets: dict[str, set[str]] = {}
-    for before, after in zip(requests, records):
+    for before, after in zip(requests, records, strict=True):
         sets.setdefault(after.prompt_set, set()).add(before.prompt_set)
     summary = summarize(records, cells)
     pairs = pair_table(measured_frame(records), cells)

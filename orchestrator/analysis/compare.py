@@ -87,9 +87,9 @@ def format_compare(df: pd.DataFrame) -> str:
         "run": df["run"], "machine": df["machine"], "node": df["node"], "engine": df["engine"],
         "prompts": df["prompt_set"],
         "conc": df["concurrency"].astype(int), "baseline": df["baseline_tok_s"].map("{:.1f}".format),
-        "best": [f"n{n} {m} {v:.1f}" for n, m, v in zip(df["best_n_spec"], df["best_method"], df["best_tok_s"])],
+        "best": [f"n{n} {m} {v:.1f}" for n, m, v in zip(df["best_n_spec"], df["best_method"], df["best_tok_s"], strict=True)],
         "speedup": [_speedup_text(s, lo, hi) for s, lo, hi in
-                    zip(df["speedup"], df["speedup_ci_low"], df["speedup_ci_high"])],
+                    zip(df["speedup"], df["speedup_ci_low"], df["speedup_ci_high"], strict=True)],
         "verdict": df["verdict"].map(lambda v: "-" if v is None or pd.isna(v) else v)})
     if not (df["node"] != "").any():
         view = view.drop(columns="node")  # no run ran on a cluster or side by side

@@ -30,10 +30,10 @@ def add_cost(out: pd.DataFrame, df: pd.DataFrame, cells: list[CellRecord]) -> pd
     """`out`: summary rows; `df`: their measured requests (summary.measured_frame)."""
     windows, costs = _windows(cells)
     tokens = ({(c, k): t for c, k, t in zip(df["cell_id"], df["key"], pd.to_numeric(df["completion_tokens"],
-                                                                                    errors="coerce"))}
+                                                                                    errors="coerce"), strict=True)}
               if len(df) else {})
     keys = df.groupby(["cell_id", "concurrency", "prompt_set"])["key"].apply(list).to_dict() if len(df) else {}
-    ok = set(zip(df.loc[df["ok"], "cell_id"], df.loc[df["ok"], "key"])) if len(df) else set()
+    ok = set(zip(df.loc[df["ok"], "cell_id"], df.loc[df["ok"], "key"], strict=True)) if len(df) else set()
     roof = {c.cell_id: c.roofline for c in cells if c.roofline is not None}
     rows = []
     for r in out.itertuples(index=False):

@@ -94,7 +94,7 @@ def analyze(run_dir: Path) -> Findings:
     drifts, drift_text = checked(frame, cells, summary)
     flips = flagged(drifts)
     summary["drift_could_flip"] = [(e, n, p) in flips for e, n, p in
-                                   zip(summary["engine"], summary["n_spec"], summary["prompt_set"])]
+                                   zip(summary["engine"], summary["n_spec"], summary["prompt_set"], strict=True)]
     written = {SUMMARY: run.write_csv(SUMMARY, summary)}
     pairs = pair_table(frame, cells)
     written[PAIRS] = run.write_csv(PAIRS, pairs)

@@ -29,7 +29,7 @@ def crossover(summary: pd.DataFrame) -> pd.DataFrame:
         if len(g) < 2:
             continue
         at, finding = _finding(g)
-        rows.append(dict(zip(GROUP, key), levels=",".join(str(int(c)) for c in g["concurrency"]),
+        rows.append(dict(zip(GROUP, key, strict=True), levels=",".join(str(int(c)) for c in g["concurrency"]),
                          stops_paying_at=at, finding=finding))
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-import numpy as np
 import pandas as pd
 
 from orchestrator.analysis import spread
@@ -37,7 +36,7 @@ def baseline_index(df: pd.DataFrame) -> dict[tuple, list[dict]]:
     baseline in that block (a resumed start or a second baseline start adds one)."""
     base = df[df["n_spec"] == 0]
     index: dict[tuple, list[dict]] = {}
-    for key, rec in zip(base[TWIN].itertuples(index=False), base.to_dict("records")):
+    for key, rec in zip(base[TWIN].itertuples(index=False), base.to_dict("records"), strict=True):
         index.setdefault(tuple(key), []).append(rec)
     return index
 

@@ -51,7 +51,7 @@ def published_means(runs: pd.DataFrame | None = None) -> pd.DataFrame:
     g = runs.groupby(["engine", "model", "n_spec"])["tok_per_s"]
     out = g.agg(mean_tok_s="mean", runs="size", min_tok_s="min", max_tok_s="max").reset_index()
     base = out[out["n_spec"] == 0].set_index(["engine", "model"])["mean_tok_s"]
-    out["speedup"] = [m / base[(e, mod)] for e, mod, m in zip(out["engine"], out["model"], out["mean_tok_s"])]
+    out["speedup"] = [m / base[(e, mod)] for e, mod, m in zip(out["engine"], out["model"], out["mean_tok_s"], strict=True)]
     return out
 
 

@@ -72,9 +72,9 @@ def _cells(sa: pd.DataFrame, sb: pd.DataFrame) -> pd.DataFrame:
     spec = lambda s: s[(s["n_spec"] > 0) & s["concurrency"].notna()][cols]  # noqa: E731
     both = spec(sa).merge(spec(sb), on=CELL, suffixes=("_a", "_b"))
     both["a_holds_b"] = [_holds(lo, hi, v) for lo, hi, v in
-                         zip(both["speedup_ci_low_a"], both["speedup_ci_high_a"], both["speedup_b"])]
+                         zip(both["speedup_ci_low_a"], both["speedup_ci_high_a"], both["speedup_b"], strict=True)]
     both["b_holds_a"] = [_holds(lo, hi, v) for lo, hi, v in
-                         zip(both["speedup_ci_low_b"], both["speedup_ci_high_b"], both["speedup_a"])]
+                         zip(both["speedup_ci_low_b"], both["speedup_ci_high_b"], both["speedup_a"], strict=True)]
     return both.sort_values(CELL, ignore_index=True)
 
 
@@ -87,7 +87,7 @@ def _holds(low, high, value) -> bool | None:
 def _answers(aa: pd.DataFrame, ab: pd.DataFrame) -> pd.DataFrame:
     cols = ANSWER + ["n_spec", "indistinct"]
     both = aa[cols].merge(ab[cols], on=ANSWER, how="outer", suffixes=("_a", "_b"))
-    both["agree"] = [bool(_set(x) & _set(y)) for x, y in zip(both["indistinct_a"], both["indistinct_b"])]
+    both["agree"] = [bool(_set(x) & _set(y)) for x, y in zip(both["indistinct_a"], both["indistinct_b"], strict=True)]
     return both.sort_values(ANSWER, ignore_index=True)
 
 
@@ -101,9 +101,9 @@ def format_retest(r: Retest) -> str:
         "engine": r.cells["engine"], "n_spec": r.cells["n_spec"], "conc": r.cells["concurrency"].astype(int),
         "prompts": r.cells["prompt_set"],
         "A [95% CI]": [ratio_text(v, lo, hi) for v, lo, hi in
-                       zip(r.cells["speedup_a"], r.cells["speedup_ci_low_a"], r.cells["speedup_ci_high_a"])],
+                       zip(r.cells["speedup_a"], r.cells["speedup_ci_low_a"], r.cells["speedup_ci_high_a"], strict=True)],
         "B [95% CI]": [ratio_text(v, lo, hi) for v, lo, hi in
-                       zip(r.cells["speedup_b"], r.cells["speedup_ci_low_b"], r.cells["speedup_ci_high_b"])],
+                       zip(r.cells["speedup_b"], r.cells["speedup_ci_low_b"], r.cells["speedup_ci_high_b"], strict=True)],
         "A holds B": r.cells["a_holds_b"].map(_yes), "B holds A": r.cells["b_holds_a"].map(_yes)})
     lines += ["typical paired speedup per cell, each run's interval against the other's estimate:",
               view.to_string(index=False) if len(view) else "(no speculative cell in both runs)", ""]
@@ -118,7 +118,7 @@ def format_retest(r: Retest) -> str:
             "agree" if _depth(row.n_spec_a) == _depth(row.n_spec_b) else "agree (the sets meet; the picks differ)")
         lines.append(f"{row.engine} at c={int(row.concurrency)} on {row.prompt_set}: A n_spec {_depth(row.n_spec_a)} "
                      f"[{row.indistinct_a}], B n_spec {_depth(row.n_spec_b)} [{row.indistinct_b}]: {verdict}")
-    differ = int(sum(_depth(a) != _depth(b) for a, b in zip(r.answers["n_spec_a"], r.answers["n_spec_b"]))) if r.agree else 0
+    differ = int(sum(_depth(a) != _depth(b) for a, b in zip(r.answers["n_spec_a"], r.answers["n_spec_b"], strict=True))) if r.agree else 0
     lines.append(("the two answers agree" + (f"; in {differ} of {len(r.answers)} the two runs pick different depths "
                                               "from the depths neither could tell apart" if differ else ""))
                  if r.agree else "the two answers DISAGREE: exit code 1")

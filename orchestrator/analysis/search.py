@@ -131,7 +131,7 @@ def decide(engine: str, grid: list[int], started: set[int], fits: dict[int, Fit]
     wanted: list[int] = []
     reasons: dict[int, str] = {}
     levels = []
-    for conc, f in sorted(fits.items()):
+    for _conc, f in sorted(fits.items()):  # levels in order
         level, want = _level(grid, started, f, reasons)
         levels.append(level)
         wanted += [k for k in want if k not in wanted]

@@ -86,7 +86,7 @@ def layout(frame: pd.DataFrame, columns: list[str]) -> Layout:
     pi = frame["prompt"].map(prompts).to_numpy()
     counts = np.zeros((len(blocks), len(prompts)), dtype=int)
     slot = np.empty(len(frame), dtype=int)
-    for n, (b, p) in enumerate(zip(bi, pi)):
+    for n, (b, p) in enumerate(zip(bi, pi, strict=True)):
         slot[n] = counts[b, p]
         counts[b, p] += 1
     width = max(1, int(counts.max(initial=0)))

@@ -63,7 +63,7 @@ def summarize(requests: list[RequestRecord], cells: list[CellRecord]) -> pd.Data
     window = {(c.cell_id, int(conc)): m for c in cells for conc, m in (c.server_metrics or {}).items() if m}
     for col in ("acceptance_rate", "mean_acceptance_length"):
         values = [getattr(window.get((cid, int(conc))), col, None) if pd.notna(conc) else None
-                  for cid, conc in zip(out["cell_id"], out["concurrency"])]
+                  for cid, conc in zip(out["cell_id"], out["concurrency"], strict=True)]
         out["server_acceptance_rate" if col == "acceptance_rate" else col] = values
     # Engines without per-request draft counts (vLLM) get the server's own rate for the whole cell.
     from_server = out["acceptance_rate"].isna() & out["server_acceptance_rate"].notna()
@@ -130,7 +130,7 @@ def cell_status(cells: list[CellRecord]) -> dict[str, str]:
 
 def _add_crossover(out: pd.DataFrame) -> pd.DataFrame:
     found = crossover(out).set_index(["cell_id", "prompt_set"])
-    keys = list(zip(out["cell_id"], out["prompt_set"]))
+    keys = list(zip(out["cell_id"], out["prompt_set"], strict=True))
     out["stops_paying_at"] = [found["stops_paying_at"].get(k) if k in found.index else None for k in keys]
     out["load_finding"] = [found["finding"].get(k) if k in found.index else None for k in keys]
     return out.astype({"stops_paying_at": "Int64"})
@@ -138,7 +138,7 @@ def _add_crossover(out: pd.DataFrame) -> pd.DataFrame:
 
 def _row(key: tuple, g: pd.DataFrame) -> dict:
     ok = g[g["ok"]]
-    row = dict(zip(GROUP + ["cell_id"], key))
+    row = dict(zip(GROUP + ["cell_id"], key, strict=True))
     row["requests_ok"], row["requests_failed"] = len(ok), len(g) - len(ok)
     for rate in ("e2e_tok_s", "decode_tok_s"):
         vals = pd.to_numeric(ok[rate], errors="coerce").dropna()
@@ -201,7 +201,7 @@ def _outliers(ok: pd.DataFrame) -> str:
     """Requests far from the rest of their cell: flagged, never dropped."""
     vals = pd.to_numeric(ok["e2e_tok_s"], errors="coerce")
     flags = outliers(vals.fillna(vals.median()))
-    return "; ".join(f"{k} ({v:.1f} tok/s)" for k, v, f in zip(ok["key"], vals, flags) if f)
+    return "; ".join(f"{k} ({v:.1f} tok/s)" for k, v, f in zip(ok["key"], vals, flags, strict=True) if f)
 
 
 # Per-request draft counts: llama.cpp's timings, vLLM's metrics.speculative_decoding (records.py).
@@ -294,7 +294,7 @@ def format_table(summary: pd.DataFrame) -> str:
     if summary.empty:
         return "no cell and no measured request in the records: nothing to summarize"
     summary = summary.copy()
-    summary["speedup_ci"] = [_ci_text(lo, hi) for lo, hi in zip(summary["speedup_ci_low"], summary["speedup_ci_high"])]
+    summary["speedup_ci"] = [_ci_text(lo, hi) for lo, hi in zip(summary["speedup_ci_low"], summary["speedup_ci_high"], strict=True)]
     cols = ["engine", "method", "n_spec", "concurrency", "prompt_set", "requests_ok", "requests_failed",
             "e2e_tok_s_median", "decode_tok_s_median", "prefill_tok_s_median", "ttft_s_median", "latency_s_median",
             "acceptance_rate", "speedup", "speedup_ci", "speedup_verdict"]

@@ -49,7 +49,7 @@ _SECRET_NAME = re.compile(r"(?i)(key|token|secret|passw(or)?d|credential|auth)")
 
 def remember_args(args: list[str]) -> None:
     """The value of every credential flag of a command line (`--api-key K` or `--api-key=K`)."""
-    for flag, value in zip(args, args[1:]):
+    for flag, value in zip(args, args[1:], strict=False):
         if _SECRET_FLAG.match(flag) and not value.startswith("-"):
             remember(value)
     for arg in args:

@@ -37,7 +37,7 @@ def client_for(docker_host: str | None = None) -> docker.DockerClient:
         return client
     except (docker.errors.DockerException, OSError) as exc:
         raise DockerUnavailable(f"Docker engine not reachable at {where} ({_short(exc)}); start it "
-                                "(dockerd, or systemctl start docker) or point DOCKER_HOST at a running one")
+                                "(dockerd, or systemctl start docker) or point DOCKER_HOST at a running one") from exc
 
 
 class DockerServer:

@@ -345,9 +345,9 @@ def _json(data: bytes):
     try:
         return json.loads(data, parse_constant=_no_constant)
     except UnicodeDecodeError:
-        raise StreamFault(f"SSE data is not UTF-8: {data[:120].decode(errors='replace')!r}")
+        raise StreamFault(f"SSE data is not UTF-8: {data[:120].decode(errors='replace')!r}") from None
     except ValueError:  # bad JSON, or NaN/Infinity
-        raise StreamFault(f"malformed SSE data: {data[:120].decode(errors='replace')!r}")
+        raise StreamFault(f"malformed SSE data: {data[:120].decode(errors='replace')!r}") from None
 
 
 def _no_constant(name: str):

@@ -106,11 +106,11 @@ def _check_file(path: Path) -> None:
         st = path.stat()
     except FileNotFoundError:
         raise PromptFileError(f"prompt file {shown(path)} does not exist; relative paths start at the "
-                              "scenario file's folder")
+                              "scenario file's folder") from None
     except OSError as exc:  # no permission on a folder above it, a symlink loop, a file as a folder
-        raise PromptFileError(f"{shown(path)}: cannot read it ({exc.strerror}); pass a readable .jsonl or .parquet file")
+        raise PromptFileError(f"{shown(path)}: cannot read it ({exc.strerror}); pass a readable .jsonl or .parquet file") from exc
     except ValueError as exc:  # a NUL character in the name
-        raise PromptFileError(f"{shown(path)}: cannot read it ({exc}); fix the file name")
+        raise PromptFileError(f"{shown(path)}: cannot read it ({exc}); fix the file name") from exc
     if stat.S_ISDIR(st.st_mode):
         raise PromptFileError(f"{shown(path)}: cannot read it (Is a directory); pass a readable .jsonl or .parquet file")
     if not stat.S_ISREG(st.st_mode):
@@ -130,7 +130,7 @@ def _lines(path: Path):
     try:
         f = gzip.open(path, "rb") if gz else path.open("rb")
     except OSError as exc:  # no permission
-        raise PromptFileError(f"{shown(path)}: cannot read it ({exc.strerror}); pass a readable .jsonl or .parquet file")
+        raise PromptFileError(f"{shown(path)}: cannot read it ({exc.strerror}); pass a readable .jsonl or .parquet file") from exc
     # gzip's own reader: every member of a multi-member file, a truncated stream or trailing
     # bytes refused.
     with f:
@@ -149,12 +149,12 @@ def _lines(path: Path):
                 yield n, offset, line
                 offset += len(line)
         except EOFError:
-            raise PromptFileError(f"{shown(path)}: the gzip stream ends early (a truncated file); download it again")
+            raise PromptFileError(f"{shown(path)}: the gzip stream ends early (a truncated file); download it again") from None
         except (OSError, zlib.error) as exc:  # BadGzipFile is an OSError
             if not gz:
                 raise PromptFileError(f"{shown(path)}: cannot read it ({exc.strerror}); pass a readable .jsonl or "
-                                      ".parquet file")
-            raise PromptFileError(f"{shown(path)}: not a gzip file ({exc}); gunzip it yourself or rename it")
+                                      ".parquet file") from exc
+            raise PromptFileError(f"{shown(path)}: not a gzip file ({exc}); gunzip it yourself or rename it") from exc
 
 
 def _decode(path: Path, line: bytes, offset: int) -> str:
@@ -162,7 +162,7 @@ def _decode(path: Path, line: bytes, offset: int) -> str:
         return line.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PromptFileError(f"{shown(path)}: not UTF-8 text (byte 0x{line[exc.start]:02x} at offset "
-                              f"{offset + exc.start}); save it as UTF-8")
+                              f"{offset + exc.start}); save it as UTF-8") from exc
 
 
 def utf8_bytes(text: str) -> int:
@@ -214,9 +214,9 @@ def _json_object(line: str, where: str, form: Format | None) -> dict:
     try:
         obj = json.loads(line)
     except RecursionError:
-        raise PromptFileError(f"{where}: JSON nested too deeply; {fix}")
+        raise PromptFileError(f"{where}: JSON nested too deeply; {fix}") from None
     except ValueError as exc:  # JSONDecodeError, and integers past Python's digit limit
-        raise PromptFileError(f"{where}: not valid JSON ({str(exc).splitlines()[0]}); {fix}")
+        raise PromptFileError(f"{where}: not valid JSON ({str(exc).splitlines()[0]}); {fix}") from exc
     if not isinstance(obj, dict):
         raise PromptFileError(f"{where}: got {got(obj)}, not a JSON object; {fix}")
     return obj
@@ -284,7 +284,7 @@ def _batches(path: Path, pf, columns: list[str]):
     try:
         yield from pf.iter_batches(batch_size=1024, columns=columns, use_threads=False)
     except (pa.ArrowException, OSError) as exc:
-        raise _unreadable(path, exc)
+        raise _unreadable(path, exc) from exc
 
 
 def _readable_type(t, col: str, path: Path) -> None:
@@ -360,7 +360,7 @@ def _parquet_file(path: Path):
         # Opened again with every string column read as a dictionary (see _parquet).
         return (pq.ParquetFile(path, read_dictionary=strings) if strings else pf), pf.schema_arrow
     except (pa.ArrowException, OSError) as exc:
-        raise _unreadable(path, exc)
+        raise _unreadable(path, exc) from exc
 
 
 # ---------------------------------------------------------------- one row
@@ -436,7 +436,7 @@ def encodable(text: str, key: str, where: str) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise PromptFileError(f'{where}: "{key}" holds an unpaired surrogate ({ascii(exc.object[exc.start])}); '
-                              "remove it or complete its \\uD8xx\\uDCxx pair")
+                              "remove it or complete its \\uD8xx\\uDCxx pair") from exc
     return text
 
 

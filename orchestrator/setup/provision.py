@@ -92,7 +92,7 @@ def run_step(what: str, name: str, progress=None, jobs: int | None = None) -> tu
         model, fmt = name.rsplit(":", 1)
         return prepare_model(model, fmt, progress)
     except InstallFailed as exc:
-        raise InstallError(str(exc))
+        raise InstallError(str(exc)) from exc
 
 
 def measure_roofline(scenarios) -> list[str]:

@@ -67,7 +67,7 @@ def connect(address: str):
     try:
         import ray
     except ImportError:
-        raise OrchError(NEEDS_RAY)
+        raise OrchError(NEEDS_RAY) from None
     problem = unreachable(address)
     if problem:
         raise OrchError(f"no Ray cluster at {address!r}: {problem}; start one with `ray start --head` "
@@ -80,11 +80,11 @@ def connect(address: str):
             if attempt == CLIENT_TRIES:
                 raise OrchError(f"Ray Client at {address!r} could not start a server for orch in {CLIENT_TRIES} "
                                 f"tries ({_line(exc, last=True)}); see ray_client_server*.err in the head's Ray logs, "
-                                "or use the GCS address HEAD:6379 from a machine of the cluster")
+                                "or use the GCS address HEAD:6379 from a machine of the cluster") from exc
             _shutdown(ray)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise OrchError(f"no Ray cluster at {address!r}: {_line(exc)}; start one with "
-                            "`ray start --head` (docs/clusters.md) or fix placement.cluster")
+                            "`ray start --head` (docs/clusters.md) or fix placement.cluster") from exc
 
 
 def _line(exc: BaseException, last: bool = False, cap: int = 200) -> str:

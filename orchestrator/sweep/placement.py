@@ -126,7 +126,7 @@ def node_device(gpu_ids: list[str]) -> Device:
     try:
         c = parse_cores(cores) if cores else None
     except ValueError as exc:
-        raise ValueError(f"{ENV_CORES}={cores[:40]!r} on this node: {exc}; restart the node with a core set")
+        raise ValueError(f"{ENV_CORES}={cores[:40]!r} on this node: {exc}; restart the node with a core set") from exc
     missing = sorted(set(c or ()) - allowed_cores())
     if missing:
         raise ValueError(f"{ENV_CORES} names cores {missing} this node's Ray worker may not run on; restart the "

@@ -101,7 +101,7 @@ def prepare(scenario: Scenario, base_dir: Path, need_binaries: bool = True) -> d
             try:
                 bearer(spec.api_key_env)
             except KeyProblem as exc:
-                raise InstallError(f"engine {spec.name!r}: {exc}")
+                raise InstallError(f"engine {spec.name!r}: {exc}") from exc
         if need_binaries and spec.launcher == "docker":
             from orchestrator.launch.docker import client_for
 

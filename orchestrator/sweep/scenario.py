@@ -490,13 +490,13 @@ def _read_toml(path: Path) -> dict:
             raise ScenarioError(path, "", "no such file; pass a scenario TOML such as scenarios/n_spec.toml")
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(path, "", f"not valid TOML ({exc}); fix the syntax")
+        raise ScenarioError(path, "", f"not valid TOML ({exc}); fix the syntax") from exc
     except RecursionError:
-        raise ScenarioError(path, "", "not valid TOML (arrays or tables nested too deeply); fix the syntax")
+        raise ScenarioError(path, "", "not valid TOML (arrays or tables nested too deeply); fix the syntax") from None
     except UnicodeDecodeError:
-        raise ScenarioError(path, "", "not a UTF-8 text file; save it as UTF-8")
+        raise ScenarioError(path, "", "not a UTF-8 text file; save it as UTF-8") from None
     except OSError as exc:
-        raise ScenarioError(path, "", f"cannot read it ({exc.strerror}); check its permissions")
+        raise ScenarioError(path, "", f"cannot read it ({exc.strerror}); check its permissions") from exc
 
 
 def _validate(raw: dict, path: Path) -> Scenario:
@@ -508,7 +508,7 @@ def _validate(raw: dict, path: Path) -> Scenario:
         inner = (err.get("ctx") or {}).get("error")
         if isinstance(inner, _KeyedError):
             key = f"{key}.{inner.key}" if key else inner.key
-        raise ScenarioError(path, key, _message(err))
+        raise ScenarioError(path, key, _message(err)) from exc
 
 
 def _loc(loc: tuple, raw: dict) -> str:
@@ -565,7 +565,7 @@ def _check_prompt_sets(refs: list[PromptSource], path: Path) -> int:
         try:
             prompts = load_prompt_set(ref, path.parent)
         except PromptFileError as exc:
-            raise ScenarioError(path, f"workload.prompts[{i}]", str(exc))
+            raise ScenarioError(path, f"workload.prompts[{i}]", str(exc)) from exc
         name, count, text = prompts[0].set, count + len(prompts), text + sum(utf8_bytes(p.text) for p in prompts)
         if text > MAX_TEXT_BYTES:
             raise ScenarioError(path, f"workload.prompts[{i}]", f"the prompt sets up to this one hold more than "

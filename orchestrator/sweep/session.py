@@ -138,7 +138,7 @@ def open_run(sc: Scenario, out: Path, resume: bool, again: str) -> tuple[RunDir,
             theirs = run.read_scenario_text()
         except (OSError, UnicodeDecodeError) as exc:
             why = getattr(exc, "strerror", None) or "not UTF-8 text"
-            raise RunFolderError(f"--resume: {run.path}/scenario.toml: {why}; drop --resume to start a new run")
+            raise RunFolderError(f"--resume: {run.path}/scenario.toml: {why}; drop --resume to start a new run") from exc
         ours = scenario_text(redact.scrub_values(resolved))
         mine, saved = _measured_settings(ours), _measured_settings(theirs)
         if mine != saved or mine is None and ours != theirs:
@@ -288,11 +288,11 @@ def served_model(url: str, api_key_env: str | None) -> str:
     try:
         headers = bearer(api_key_env)
     except KeyProblem as exc:
-        raise OrchError(f"--api-key-env: {exc}")
+        raise OrchError(f"--api-key-env: {exc}") from exc
     try:
         name = json.loads(probe.get(url.rstrip("/"), "/v1/models", headers, timeout_s=10))["data"][0]["id"]
     except AuthRefused as exc:
-        raise OrchError(f"{shown}: {exc}; {auth_fix(api_key_env)}")
+        raise OrchError(f"{shown}: {exc}; {auth_fix(api_key_env)}") from exc
     except (probe.ProbeFailed, ValueError, KeyError, IndexError, TypeError, RecursionError):
         name = None
     if not isinstance(name, str) or not name:

@@ -123,7 +123,7 @@ def _gguf_bytes(path: Path) -> int:
         reader = gguf.GGUFReader(str(path))
         return sum(int(t.n_bytes) for t in reader.tensors)
     except (ValueError, KeyError, IndexError, OSError, struct.error) as exc:
-        raise WeightsUnknown(f"{path.name} is not a readable GGUF ({type(exc).__name__}: {str(exc)[:80]})")
+        raise WeightsUnknown(f"{path.name} is not a readable GGUF ({type(exc).__name__}: {str(exc)[:80]})") from exc
 
 
 MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
@@ -141,7 +141,7 @@ def _safetensors_bytes(path: Path) -> int:
         total = sum(int(b) - int(a) for a, b in spans)
     except (OSError, ValueError, struct.error, TypeError, KeyError, AttributeError, OverflowError,
             RecursionError) as exc:
-        raise WeightsUnknown(f"{path.name} is not a readable .safetensors file ({type(exc).__name__})")
+        raise WeightsUnknown(f"{path.name} is not a readable .safetensors file ({type(exc).__name__})") from exc
     if total <= 0:
         raise WeightsUnknown(f"{path.name} holds no tensor data")
     return total

@@ -55,7 +55,7 @@ class ProcessTree:
             try:
                 self._tree = [self.proc, *self.proc.children(recursive=True)]
             except psutil.Error as exc:
-                raise Unavailable(f"server process {self.pid} gone ({type(exc).__name__})")
+                raise Unavailable(f"server process {self.pid} gone ({type(exc).__name__})") from exc
             self._listed = now
         return self._tree
 
@@ -111,7 +111,7 @@ class Rapl:
         try:
             now = self._raw()
         except (OSError, ValueError) as exc:
-            raise Unavailable(f"RAPL read failed ({type(exc).__name__})")
+            raise Unavailable(f"RAPL read failed ({type(exc).__name__})") from exc
         for zone, uj in now.items():
             last = self._last.get(zone, uj)
             step = uj - last if uj >= last else uj + self._range[zone] - last  # the counter wrapped
@@ -215,7 +215,7 @@ def parse_smi_line(line: str) -> tuple[int, str, dict]:
     if len(parts) != len(SMI_FIELDS) or not parts[0].isdecimal() or len(parts[0]) > 3:
         raise ValueError(f"not an nvidia-smi --query-gpu line: {line[:80]!r}")
     out = {}
-    for field, text in zip(SMI_FIELDS[2:], parts[2:]):
+    for field, text in zip(SMI_FIELDS[2:], parts[2:], strict=False):
         if text.startswith("[") or text in ("N/A", ""):
             continue
         value = float(text)

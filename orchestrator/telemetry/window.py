@@ -60,7 +60,7 @@ def _shares(times, cumulative, spans, slack: float) -> list[float | None]:
         return [None] * len(spans)
     share = attribute(times, cumulative, spans)
     return [round(float(v), 6) if start >= times[0] - slack and end <= times[-1] + slack else None
-            for v, (start, end) in zip(share, spans)]
+            for v, (start, end) in zip(share, spans, strict=True)]
 
 
 def attribute(times, cumulative, spans: list[tuple[float, float]]) -> np.ndarray:
