@@ -29,7 +29,7 @@ from harness import CLIENT_CPU, SyntheticServer  # noqa: E402
 
 from orchestrator.measure.driver import RequestSpec, request_body, run_batch  # noqa: E402
 from orchestrator.measure.prompts import Prompt  # noqa: E402
-from orchestrator.sweep.scenario import Workload  # noqa: E402
+from orchestrator.types.scenario import Workload
 
 
 def one_run(url: str, rate: float, streams: int, requests: int, max_tokens: int) -> dict:

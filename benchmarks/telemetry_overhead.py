@@ -28,7 +28,7 @@ from harness import CLIENT_CPU, SyntheticServer  # noqa: E402
 
 from orchestrator.measure.driver import RequestSpec, request_body, run_batch  # noqa: E402
 from orchestrator.measure.prompts import Prompt  # noqa: E402
-from orchestrator.sweep.scenario import Workload  # noqa: E402
+from orchestrator.types.scenario import Workload
 from orchestrator.telemetry.sampler import Sampler  # noqa: E402
 from orchestrator.telemetry.sources import ProcessTree, Rapl  # noqa: E402
 

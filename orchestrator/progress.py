@@ -61,7 +61,7 @@ class SweepProgress:
         self._bar.update(self._task, description=f"{self._cell}: {text}")
 
     def request_done(self, rec) -> None:
-        """`rec`: a results.records.RequestRecord just written."""
+        """`rec`: a types.records.RequestRecord just written."""
         if rec.phase != "measured":
             return
         latest = f"{rec.e2e_tok_s:.1f} tok/s" if rec.e2e_tok_s else "error"

@@ -16,7 +16,7 @@ import pandas as pd
 
 from orchestrator.analysis.findings import HTML, MARKDOWN, Findings, Section
 from orchestrator.common.show import printable
-from orchestrator.results.records import machine_label
+from orchestrator.types.records import machine_label
 from orchestrator.results.rundir import RunDir
 
 from .categories import draw_category_heatmap

@@ -10,7 +10,7 @@ import pytest
 
 from engines import ENGINES
 from orchestrator.sweep.environment import CPU_FLAGS, cpu_flags
-from orchestrator.sweep.scenario import EngineSpec
+from orchestrator.types.scenario import EngineSpec
 
 EPYC = """processor\t: 0
 vendor_id\t: AuthenticAMD

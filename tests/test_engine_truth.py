@@ -15,7 +15,7 @@ from engines import ENGINES
 from engines.vllm import Vllm
 from orchestrator.setup.models import ResolvedModel
 from engines.vllm import VLLM_CPU
-from orchestrator.sweep.scenario import EngineSpec
+from orchestrator.types.scenario import EngineSpec
 
 from .support.runs import llama_server_binary
 

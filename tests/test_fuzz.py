@@ -29,7 +29,7 @@ import pytest
 
 from orchestrator.measure.driver import RequestSpec, request_body, run_batch
 from orchestrator.measure.prompts import Prompt
-from orchestrator.sweep.scenario import Workload
+from orchestrator.types.scenario import Workload
 from engines.llama_server import LlamaServer  # llama.cpp's timings: the stream counts these tests feed
 
 from .support.hostile_server import LABELS, RARE, RARE_REPEATS, Expect, HostileServer, min_cases

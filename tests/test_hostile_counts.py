@@ -21,8 +21,8 @@ from engines.llama_server import LlamaServer  # llama.cpp's timings: cumulative 
 from orchestrator.analysis.summary import summarize
 from orchestrator.measure.driver import NO_COUNT, RequestSpec, run_batch, stream_request
 from orchestrator.measure.prompts import Prompt
-from orchestrator.results.records import CellRecord, RequestRecord
-from orchestrator.sweep.scenario import Workload
+from orchestrator.types.records import CellRecord, RequestRecord
+from orchestrator.types.scenario import Workload
 
 from .support.canned_server import event_stream, serve, sse
 

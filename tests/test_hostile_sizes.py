@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from orchestrator.cli import cli
 from orchestrator.measure.prompt_files import (MAX_FILE_BYTES, MAX_PROMPT_BYTES, MAX_PROMPTS, MAX_TEXT_BYTES,
                                                PromptFileError, read_file)
-from orchestrator.sweep.scenario import MAX_REQUESTS
+from orchestrator.types.scenario import MAX_REQUESTS
 
 ROOT = Path(__file__).parents[1]
 FIX = Path(__file__).parent / "fixtures" / "prompt_sets"

@@ -13,7 +13,7 @@ from orchestrator.cli import cli
 from orchestrator.measure.driver import RequestSpec, run_batch
 from orchestrator.setup.models import ResolvedModel
 from orchestrator.measure.prompts import Prompt
-from orchestrator.sweep.scenario import EngineSpec
+from orchestrator.types.scenario import EngineSpec
 
 from .support.canned_server import event_stream, serve, sse
 

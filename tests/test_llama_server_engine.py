@@ -4,7 +4,7 @@ import pytest
 
 from engines import ENGINES
 from orchestrator.setup.models import ResolvedModel
-from orchestrator.sweep.scenario import EngineSpec
+from orchestrator.types.scenario import EngineSpec
 
 MODEL = ResolvedModel("m", path=Path("/models/m.gguf"))
 

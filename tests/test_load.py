@@ -86,7 +86,7 @@ def test_acceptance_by_position_reads_only_sound_positions_from_cells(tmp_path):
     import json
 
     from plots.charts import _per_position
-    from orchestrator.results.records import WindowMetrics
+    from orchestrator.types.records import WindowMetrics
 
     hostile = {"0": 1.0, "1": 0.5, "2": "0.4", "3": -0.1, "4": 1.5, "²": 0.3, "5": True, "6": float("nan"),
                "9" * 5000: 0.5}

@@ -1,8 +1,11 @@
-"""The speedup model's arithmetic against cases computed by hand (docs/metrics.md has the formulas)."""
+"""The speedup model against independent truth: small cases worked by hand from the formulas in
+docs/metrics.md ("The speedup model"), and a simulated speculative decoder whose per-position
+acceptance and step costs are known by construction."""
 
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -39,25 +42,99 @@ def test_step_cost_and_prediction_by_hand():
     assert f.best([0, 1, 2, 3]) == 2
 
 
-def test_two_speculative_cells_fit_the_drafted_step_line():
-    # depth 1 of the same drafts: 80 accepted in 100 drafts of 1 token; 450 tokens in 370 steps
-    one = Acceptance(drafts=100, accepted=80, output_tokens=450, per_pos=(80,), draft_tokens=100)
-    u1 = (370 - 100) / 450
+# ---------------------------------------------------------------- a simulated decoder, truth by construction
+#
+# A speculative decoder simulated step by step: each request is a stretch of PLAIN tokens no
+# draft covers (one token a step, PLAIN_S each) and a stretch of DRAFTED tokens where every step
+# drafts k tokens; position i of a draft is accepted with probability RATES[i] given that every
+# position before it was (a draft at depth k is the first k tokens of a deeper one, as the model
+# assumes), and a drafted step costs STEP_S + TOKEN_S * k. The counters and tok/s below are what
+# the simulation counted and timed, never the model's formulas.
 
-    def rate1(drafted_step):
-        return 1 / (u1 * 0.01 + (1 - u1) / 1.8 * drafted_step)
+RATES = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+PLAIN_S, TOKEN_S = 0.010, 0.002
+PLAIN, DRAFTED, REQUESTS = 200, 800, 60
 
-    cells = {0: Measured(0, 100.0, 95, 105, 10), 3: Measured(3, 120.0, 110, 130, 10, ACC)}
-    # on the line through the baseline (0, 0.01) and depth 3 (3, 0.0175): the fit is that line
-    f = fit("e", 1, {**cells, 1: Measured(1, rate1(0.0125), 1, 2, 10, one)})
-    assert f.b == pytest.approx(0.0025) and f.c == pytest.approx(0.01)
-    assert f.predict(1) == pytest.approx(rate1(0.0125)) and f.predict(3) == pytest.approx(120.0)
-    # off it, (1, 0.014): least squares through (0, 0.01), (1, 0.014), (3, 0.0175), by hand
-    f = fit("e", 1, {**cells, 1: Measured(1, rate1(0.014), 1, 2, 10, one)})
-    xs, ys = [0, 1, 3], [0.01, 0.014, 0.0175]
-    mx, my = sum(xs) / 3, sum(ys) / 3
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
-    assert f.b == pytest.approx(slope) and f.c == pytest.approx(my - slope * mx)
+
+def simulate(k: int, seed: int, step_s: float = PLAIN_S) -> Measured:
+    rng = random.Random(f"{k}/{seed}")
+    out = drafts = accepted = 0
+    per_pos, seconds = [0] * k, 0.0
+    for _ in range(REQUESTS):
+        out, seconds = out + PLAIN, seconds + PLAIN * PLAIN_S
+        made = 0
+        while made < DRAFTED:  # the last step may run past the stretch: those tokens are output too
+            n = 0
+            while n < k and rng.random() < RATES[n]:
+                per_pos[n] += 1
+                n += 1
+            if k:
+                drafts, accepted, seconds = drafts + 1, accepted + n, seconds + step_s + TOKEN_S * k
+            else:
+                seconds += PLAIN_S
+            made += 1 + n
+        out += made
+    acc = Acceptance(drafts, accepted, out, tuple(per_pos), drafts * k) if k else None
+    return Measured(k, out / seconds, None, None, REQUESTS, acc)
+
+
+def survival(i: int) -> float:
+    """P(a draft's first i+1 tokens are all accepted): the true p_i."""
+    return math.prod(RATES[:i + 1])
+
+
+def accepted_variance(k: int) -> float:
+    """Variance of one depth-k draft's accepted count X = sum_i 1[first i+1 accepted]:
+    E[1_i 1_j] = p_max(i,j), so E[X^2] = sum_i p_i + 2 sum_{i<j} p_j."""
+    p = [survival(i) for i in range(k)]
+    return sum(p) + 2 * sum(j * p[j] for j in range(k)) - sum(p) ** 2
+
+
+def test_simulated_counters_give_the_true_per_position_acceptance():
+    acc = simulate(8, seed=1).acceptance
+    assert acc.drafts > 10_000 and acc.undrafted == pytest.approx(PLAIN / (PLAIN + DRAFTED), rel=0.01)
+    for i, got in enumerate(acc.shares()):
+        p = survival(i)
+        assert abs(got - p) < 4 * math.sqrt(p * (1 - p) / acc.drafts), (i, got, p)  # 4 binomial SEs
+
+
+def test_the_fit_recovers_the_simulated_step_costs():
+    """The cost of a drafted step the model solves for from each cell's tok/s and counters is the
+    simulated one exactly (the counters are the simulation's own): a plain step PLAIN_S, a
+    drafted one STEP_S + TOKEN_S k. One cell: c = a is assumed, here true."""
+    f = fit("e", 1, {0: simulate(0, 1), 8: simulate(8, 1)})
+    assert f.a == pytest.approx(PLAIN_S, rel=1e-9)
+    assert (f.c, f.b) == (pytest.approx(PLAIN_S, rel=1e-9), pytest.approx(TOKEN_S, rel=1e-9))
+    # A drafted step dearer than a plain one (STEP_S = 0.013 s): the least-squares line through the
+    # true points (0, 0.010), (2, 0.017), (8, 0.029), worked by hand: mean x 10/3, mean y 0.056/3,
+    # Sxy = 0.266 - 3 (10/3)(0.056/3) = 0.238/3, Sxx = 68 - 100/3 = 104/3: slope 0.238/104 s per
+    # draft token (2.29 ms), intercept 0.056/3 - slope 10/3 (11.04 ms).
+    f = fit("e", 1, {0: simulate(0, 1), 2: simulate(2, 1, step_s=0.013), 8: simulate(8, 1, step_s=0.013)})
+    slope = 0.238 / 104
+    assert f.b == pytest.approx(slope, rel=1e-6) and f.c == pytest.approx(0.056 / 3 - slope * 10 / 3, rel=1e-6)
+    # one cell alone: its drafted step (0.013 + 8 TOKEN_S = 0.029 s) on the line from (0, a)
+    f = fit("e", 1, {0: simulate(0, 1), 8: simulate(8, 1, step_s=0.013)})
+    assert f.c == pytest.approx(PLAIN_S, rel=1e-9) and f.b == pytest.approx((0.029 - PLAIN_S) / 8, rel=1e-9)
+
+
+def test_predictions_from_the_deepest_cell_match_simulated_cells_at_every_depth():
+    """Fitted on n_spec 0 and 8, the model predicts depths 1-7 from the depth-8 counters; each is
+    set against a simulated cell of that depth (its own draws). Tolerance: 4 standard errors of
+    the two estimates of tokens per drafted step (depth-8 counters, the depth-k cell), plus what
+    the drafted stretches' overrun can move u by (under 8 tokens of PLAIN + DRAFTED a request)."""
+    deep = simulate(8, seed=1)
+    f = fit("e", 1, {0: simulate(0, 1), 8: deep})
+    for k in range(1, 8):
+        truth = simulate(k, seed=2)
+        al = 1 + sum(survival(i) for i in range(k))
+        se = math.sqrt(accepted_variance(k) * (1 / deep.acceptance.drafts + 1 / truth.acceptance.drafts)) / al
+        # seconds per output token: u a + (1 - u) d, d the drafted stretch's per token; u shifts by du at most
+        u, d = PLAIN / (PLAIN + DRAFTED), (PLAIN_S + TOKEN_S * k) / al
+        du = u * 8 / (PLAIN + DRAFTED)
+        tol = 4 * se + du * abs(PLAIN_S - d) / (u * PLAIN_S + (1 - u) * d)
+        assert f.predict(k) == pytest.approx(truth.tok_s, rel=tol), (k, f.predict(k), truth.tok_s, tol)
+        assert f.tokens_per_step(k)[1] == "from n_spec 8"
+    assert f.predict(8) == pytest.approx(deep.tok_s, rel=1e-9)  # at the depth measured: exact
 
 
 def test_a_short_draft_costs_its_length_not_the_depth():

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from orchestrator.cli import cli
 from orchestrator.progress import SweepProgress
-from orchestrator.results.records import RequestRecord
+from orchestrator.types.records import RequestRecord
 from orchestrator.results.rundir import RunDir
 from orchestrator.sweep.runner import Sweep
 from orchestrator.sweep.scenario import load_scenario

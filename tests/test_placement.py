@@ -18,12 +18,12 @@ from engines import ENGINES
 from engines.base import ServerPlan
 from engines.container import ContainerSpec
 from orchestrator.launch.launchers import _child_setup
-from orchestrator.results.records import CellPlacement, CellRecord, RequestRecord
+from orchestrator.types.records import CellPlacement, CellRecord, RequestRecord
 from orchestrator.results.rundir import RunDir, node_folder
 from orchestrator.sweep import parallel
 from orchestrator.sweep.parallel import Event, Relay, Writer, pump
 from orchestrator.sweep.placement import Device, devices_of, node_device, parse_cores, parse_gpus, place, unavailable
-from orchestrator.sweep.scenario import EngineSpec
+from orchestrator.types.scenario import EngineSpec
 
 from .test_engine_truth import help_options
 from .support.runs import llama_server_binary

@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator.measure.prompts import PromptFileError, PromptSource, load_prompt_set
+from orchestrator.measure.prompts import PromptFileError, load_prompt_set
+from orchestrator.types.scenario import PromptSource
 from orchestrator.common.errors import ScenarioError
 from orchestrator.sweep.scenario import load_scenario
 
@@ -273,14 +274,15 @@ def test_a_category_with_a_line_break_is_refused(tmp_path):
 
 
 def test_ids_pick_prompts_of_a_set_in_the_sets_order():
-    from orchestrator.measure.prompts import PromptSource, load_prompt_set
+    from orchestrator.measure.prompts import load_prompt_set
+    from orchestrator.types.scenario import PromptSource
 
     got = load_prompt_set(PromptSource(source="seeds", ids=["tamil-formal", "hello"]))
     assert [(p.set, p.id, p.category) for p in got] == [("seeds", "hello", "qa"), ("seeds", "tamil-formal", "multilingual")]
 
 
 def test_ids_keep_a_table_in_the_runs_scenario():
-    from orchestrator.measure.prompts import PromptSource
+    from orchestrator.types.scenario import PromptSource
 
     src = PromptSource(source="seeds", ids=["hello"])
     assert not src.plain and src.model_dump() == {"source": "seeds", "format": None, "name": None, "per_category": None,

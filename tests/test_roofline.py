@@ -91,9 +91,42 @@ def test_every_name_the_scenario_error_lists_finds_itself():
     assert known_gpu("Voodoo 5") is None
 
 
-def test_the_copy_benchmark_measures_a_plausible_bandwidth_and_is_cached(tmp_path, monkeypatch):
+def test_the_copy_benchmark_counts_bytes_read_and_written_over_its_best_repeat(monkeypatch):
+    """Exact: a scripted clock (repeats of 4, 2 and 8 ms) and the copies counted as they happen.
+    16 MiB in 2 threads: every repeat copies all 2 Mi doubles once; STREAM counts 16 MiB read and
+    16 MiB written, so the best repeat, 2 ms, gives 2 x 16 MiB / 2 ms = 16.777216 GB/s."""
+    import numpy as np
+
+    ticks = iter([0.0, 0.004, 1.0, 1.002, 2.0, 2.008])
+    monkeypatch.setattr(roofline, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: next(ticks))}))
+    copied, real_copyto = [], np.copyto
+
+    def counting(dst, src):
+        copied.append(src.nbytes)
+        real_copyto(dst, src)
+    monkeypatch.setattr(np, "copyto", counting)
+    assert copy_bandwidth(mib=16, repeats=3, threads=2) == pytest.approx(2 * 16 * 2**20 / 0.002 / 1e9, rel=1e-12)
+    assert copied == [8 * 2**20] * 6  # 2 threads x 3 repeats, 8 MiB each: the whole buffer every repeat
+    assert next(ticks, None) is None  # one start and one stop per repeat, nothing else timed
+
+
+def test_the_copy_benchmark_on_this_machine_is_its_best_repeat_and_is_cached(tmp_path, monkeypatch):
+    """On the real clock: the figure is 2 x 64 MiB over the shortest of the repeats it timed
+    (recorded as it read them), and no less than 2 x 64 MiB x 2 repeats over the wall time of the
+    whole call (its best repeat is no longer than their mean)."""
+    import time
+
+    stamps = []
+    clock = type("Clock", (), {"perf_counter": staticmethod(lambda: stamps.append(time.perf_counter()) or stamps[-1])})
+    monkeypatch.setattr(roofline, "time", clock)
+    t0 = time.perf_counter()
     gb_s = copy_bandwidth(mib=64, repeats=2)
-    assert 0.5 < gb_s < 2000  # any machine this runs on: DDR3 to HBM
+    wall = time.perf_counter() - t0
+    assert len(stamps) == 4
+    best = min(stamps[1] - stamps[0], stamps[3] - stamps[2])
+    assert gb_s == pytest.approx(2 * 64 * 2**20 / best / 1e9, rel=1e-12)
+    assert gb_s >= 2 * 64 * 2**20 * 2 / wall / 1e9
+    monkeypatch.undo()
     calls = []
     monkeypatch.setattr(roofline, "copy_bandwidth", lambda: calls.append(1) or 20.0)
     assert cpu_bandwidth(tmp_path)[0] == 20.0

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
-from orchestrator.results.records import SCHEMA_VERSION
+from orchestrator.types.records import SCHEMA_VERSION
 from orchestrator.results.rundir import RunDir
 
 from .support.runs import make_run, req

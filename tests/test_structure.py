@@ -17,21 +17,23 @@ PACKAGES = ("orchestrator", "engines", "plots")
 
 # What each part may import (besides itself). The CLI sits on top; plots read saved records.
 ALLOWED = {
-    "engines": set(),
+    # The shared types' floor: every part may import it; it imports only the small helpers of common.
+    "orchestrator.types": {"orchestrator", "orchestrator.common"},
+    "engines": {"orchestrator", "orchestrator.types"},
     "orchestrator": set(),  # the package's __init__: the version only
     "orchestrator.common": {"orchestrator"},
-    "orchestrator.results": {"orchestrator", "orchestrator.common"},
-    "orchestrator.setup": {"orchestrator.common", "orchestrator.telemetry", "engines"},
-    "orchestrator.telemetry": {"orchestrator.common", "orchestrator.results"},
-    "orchestrator.launch": {"orchestrator.common", "engines"},
-    "orchestrator.measure": {"orchestrator.common", "orchestrator.results", "engines"},
-    "orchestrator.analysis": {"orchestrator.common", "orchestrator.results", "orchestrator.telemetry", "engines"},
-    "orchestrator.sweep": {"orchestrator", "orchestrator.common", "orchestrator.results", "orchestrator.setup",
+    "orchestrator.results": {"orchestrator.types", "orchestrator", "orchestrator.common"},
+    "orchestrator.setup": {"orchestrator.types", "orchestrator.common", "orchestrator.telemetry", "engines"},
+    "orchestrator.telemetry": {"orchestrator.types", "orchestrator.common", "orchestrator.results"},
+    "orchestrator.launch": {"orchestrator.types", "orchestrator.common", "engines"},
+    "orchestrator.measure": {"orchestrator.types", "orchestrator.common", "orchestrator.results", "engines"},
+    "orchestrator.analysis": {"orchestrator.types", "orchestrator.common", "orchestrator.results", "orchestrator.telemetry", "engines"},
+    "orchestrator.sweep": {"orchestrator.types", "orchestrator", "orchestrator.common", "orchestrator.results", "orchestrator.setup",
                            "orchestrator.launch", "orchestrator.measure", "orchestrator.analysis",
                            "orchestrator.telemetry", "engines"},
-    "plots": {"orchestrator.common", "orchestrator.analysis", "orchestrator.results", "engines"},
-    "orchestrator.progress": {"orchestrator.common", "orchestrator.analysis"},
-    "orchestrator.cli": {"orchestrator", "orchestrator.common", "orchestrator.results", "orchestrator.setup",
+    "plots": {"orchestrator.types", "orchestrator.common", "orchestrator.analysis", "orchestrator.results", "engines"},
+    "orchestrator.progress": {"orchestrator.types", "orchestrator.common", "orchestrator.analysis"},
+    "orchestrator.cli": {"orchestrator.types", "orchestrator", "orchestrator.common", "orchestrator.results", "orchestrator.setup",
                          "orchestrator.launch", "orchestrator.measure", "orchestrator.analysis",
                          "orchestrator.sweep", "orchestrator.telemetry", "orchestrator.progress", "plots", "engines"},
 }

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from orchestrator.launch.shared import Watch, visible_gpus
-from orchestrator.results.records import CellRecord
+from orchestrator.types.records import CellRecord
 from orchestrator.telemetry import CellTelemetry
 from orchestrator.telemetry.sampler import Sampler, Samples
 from orchestrator.telemetry.sources import Nvml, ProcessTree, Rapl, SmiStream, Unavailable, parse_smi_line, smi_command

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from engines.hf_transformers import ENV, SERVER, HfTransformers
 from orchestrator.cli import cli
 from orchestrator.setup.models import ResolvedModel, prepare_model
-from orchestrator.sweep.scenario import EngineSpec
+from orchestrator.types.scenario import EngineSpec
 
 
 def engine(method="assistant", draft=None):

@@ -18,9 +18,9 @@ from orchestrator.analysis import spread
 from orchestrator.analysis.drift import drift, format_drift
 from orchestrator.analysis.pairs import by_group, pair_table, paired_speedups
 from orchestrator.analysis.summary import measured_frame, summarize
-from orchestrator.results.records import CellRecord, RequestRecord
+from orchestrator.types.records import CellRecord, RequestRecord
 from orchestrator.sweep.runner import plan_cells
-from orchestrator.sweep.scenario import Scenario
+from orchestrator.types.scenario import Scenario
 
 TRUTH = {0: 1.0, 4: 1.3, 8: 1.6, 16: 1.5}
 START_S = 40.0  # seconds one start takes, for the drift's clock

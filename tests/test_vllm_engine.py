@@ -8,7 +8,8 @@ import pytest
 from engines import ENGINES
 from orchestrator.common.errors import ScenarioError
 from orchestrator.setup.models import ResolvedModel
-from orchestrator.sweep.scenario import EngineSpec, build_scenario
+from orchestrator.sweep.scenario import build_scenario
+from orchestrator.types.scenario import EngineSpec
 
 MODEL = ResolvedModel("smollm2-135m", path=Path("/cache/models/smollm2-135m-hf"))
 HUB = ResolvedModel("org/model", hf_ref="org/model")

@@ -18,7 +18,7 @@ import pandas as pd
 from orchestrator.analysis.pairs import MIN_PROMPTS, pair_table
 from orchestrator.analysis.recommend import format_advice, what_to_run
 from orchestrator.analysis.summary import measured_frame, summarize
-from orchestrator.results.records import CellRecord, RequestRecord
+from orchestrator.types.records import CellRecord, RequestRecord
 
 @dataclass
 class CategoryView:

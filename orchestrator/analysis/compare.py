@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator.results.records import machine_label
+from orchestrator.types.records import machine_label
 from orchestrator.results.rundir import RunDir, shown_cells
 from orchestrator.analysis.summary import summarize
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from orchestrator.analysis.stats import median_ci
-from orchestrator.results.records import CellRecord, RequestCost, WindowTelemetry
+from orchestrator.types.records import CellRecord, RequestCost, WindowTelemetry
 from orchestrator.telemetry.sources import NO_GPU
 
 GPU_FIELDS = ["gpu_mem_peak_mb", "gpu_mem_headroom_mb", "gpu_power_w_mean", "gpu_util_pct_mean", "gpu_sm_mhz_mean", "gpu_temp_c_peak"]

@@ -35,7 +35,7 @@ from orchestrator.analysis.search import format_decision, step
 from orchestrator.analysis.summary import (METRICS_SOURCE, PREFILL_TIMED, format_speedups, format_table, measured_frame,
                                            speedup_frame, summarize, unpaired_note)
 from orchestrator.common.show import printable
-from orchestrator.results.records import CellRecord, machine_label
+from orchestrator.types.records import CellRecord, machine_label
 from orchestrator.results.rundir import BY_CATEGORY, MODEL, PAIRS, SUMMARY, RunDir
 
 # What the renderers may know of the analysis besides the findings (they import nothing else of it).

@@ -13,7 +13,7 @@ import pandas as pd
 
 from orchestrator.analysis.pairs import TWIN, baseline_index, nearest
 from orchestrator.analysis.summary import measured_frame
-from orchestrator.results.records import RequestRecord
+from orchestrator.types.records import RequestRecord
 
 SNIPPET = 24
 

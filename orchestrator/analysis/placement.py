@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.results.records import CellRecord
+from orchestrator.types.records import CellRecord
 
 
 def placement_notes(cells: list[CellRecord]) -> list[str]:

@@ -9,7 +9,7 @@ from orchestrator.analysis import cost, spread
 from orchestrator.analysis.load import crossover
 from orchestrator.analysis.metrics import itl_per_token, tpot
 from orchestrator.analysis.pairs import PairedSpeedup, pair_table, paired_speedups
-from orchestrator.results.records import CellRecord, RequestRecord
+from orchestrator.types.records import CellRecord, RequestRecord
 from orchestrator.analysis.stats import median_ci, outliers, ratio_ci, ratio_of_sums_ci, ratio_text, verdict
 
 METRICS_SOURCE = "metrics"  # /metrics deltas over the cell's measured window, all prompt sets

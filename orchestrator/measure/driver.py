@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import gc
 import json
 import math
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import aiohttp
@@ -30,7 +31,8 @@ from orchestrator.common.errors import AuthRefused
 from orchestrator.common.probe import read_capped
 from orchestrator.measure.prompts import Prompt
 from orchestrator.measure.sse import EventTooLarge, SseDecoder, split_documents
-from orchestrator.results.records import Measured, validate
+from orchestrator.results.records import validate
+from orchestrator.types.records import Measured
 
 ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 MAX_COUNT = 10**9  # no request has more tokens than this; a larger count is a broken server
@@ -88,37 +90,59 @@ async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurren
     is not the server's latency), then all start together. Streams are read with aiohttp, whose
     HTTP parser is C (llhttp): at hundreds of streams of one-token chunks a pure-Python parser
     kept the one client core busy enough to show up as server latency (docs/performance.md)."""
+    workers = min(concurrency, len(specs))
+    if not workers:
+        return []
     # Each request's own deadline bounds it whole (stream_request); this only bounds connecting.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0)
     tls = ssl.create_default_context()  # once: building one per connection costs milliseconds each
-    pending = collections.deque(specs)
-    workers = min(concurrency, len(specs))
-    start = asyncio.Barrier(workers) if workers else None
-    records: list[Measured] = []
     base = base_url.rstrip("/")
+    batch = _Batch(functools.partial(open_session or session_for, timeout, tls, headers), asyncio.Barrier(workers),
+                   base, base + ENDPOINTS[api], collections.deque(specs), make_body, timeout_s, on_record,
+                   base + tokenize_path if tokenize_path else None, counts, redirects)
+    with _no_gc_pauses():
+        await asyncio.gather(*(batch.worker() for _ in range(workers)))
+    return batch.records
 
-    async def worker() -> None:
-        async with (open_session or session_for)(timeout, tls, headers) as session:
-            await open_connection(session, base)
-            await start.wait()
-            while pending:
-                spec = pending.popleft()
-                body = make_body(spec)
-                rec = await stream_request(session, base + ENDPOINTS[api], body, timeout_s, counts, redirects)
-                if tokenize_path and rec["error"] == NO_COUNT:
-                    await _retokenize(session, base + tokenize_path, rec, timeout_s, body.get("max_tokens"), redirects)
-                if rec["http_status"] in AuthRefused.STATUSES:
-                    pending.clear()  # the server refuses orch's credentials: send nothing more
-                measured = _typed({**rec, **_spec_fields(spec)})
-                records.append(measured)
-                on_record(measured)
+
+@dataclass
+class _Batch:
+    """What the workers of one run_batch share: the specs not yet sent (taken in order by
+    whichever worker is free), the barrier they all start at, and the records made so far."""
+    connect: Callable[[], aiohttp.ClientSession]
+    start: asyncio.Barrier
+    base: str
+    url: str
+    pending: collections.deque[RequestSpec]
+    make_body: Callable[[RequestSpec], dict]
+    timeout_s: float
+    on_record: Callable[[Measured], None]
+    tokenize_url: str | None
+    counts: StreamCounts | None
+    redirects: str
+    records: list[Measured] = field(default_factory=list)
+
+    async def worker(self) -> None:
+        async with self.connect() as session:
+            await open_connection(session, self.base)
+            await self.start.wait()
+            while self.pending:
+                spec = self.pending.popleft()
+                measured = _typed({**await self._request(session, spec), **_spec_fields(spec)})
+                self.records.append(measured)
+                self.on_record(measured)
                 # Let the other streams' events that are already waiting be read (and timed)
                 # before this worker spends the loop's time building and sending its next request.
                 await asyncio.sleep(0)
 
-    with _no_gc_pauses():
-        await asyncio.gather(*(worker() for _ in range(workers)))
-    return records
+    async def _request(self, session: aiohttp.ClientSession, spec: RequestSpec) -> dict:
+        body = self.make_body(spec)
+        rec = await stream_request(session, self.url, body, self.timeout_s, self.counts, self.redirects)
+        if self.tokenize_url and rec["error"] == NO_COUNT:
+            await _retokenize(session, self.tokenize_url, rec, self.timeout_s, body.get("max_tokens"), self.redirects)
+        if rec["http_status"] in AuthRefused.STATUSES:
+            self.pending.clear()  # the server refuses orch's credentials: send nothing more
+        return rec
 
 
 @contextlib.contextmanager

@@ -9,12 +9,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_serializer,
-                      model_validator)
-
-from orchestrator.measure.prompt_files import FORMATS, MAX_ID_CHARS, SUFFIXES, Item, PromptFileError, read_file
+from orchestrator.types.scenario import PromptSource
+from orchestrator.measure.prompt_files import FORMATS, SUFFIXES, Item, PromptFileError, read_file
 
 
 @dataclass(frozen=True)
@@ -140,68 +137,6 @@ BUILTIN = {"seeds": lambda: [Item(i, t, c) for i, t, c in SEEDS],
            "repeat": lambda: [Item(i, t, c) for i, t, c in REPEAT],
            "repeat-8": lambda: [Item(i, t, c) for i, t, c in REPEAT + MORE_REPEAT],
            "humaneval": _humaneval}
-
-
-class PromptSource(BaseModel):
-    """One entry of a scenario's `workload.prompts`: a set's name or a file, as a string, or a
-    table that says how to read and sample it."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-    source: StrictStr = Field(min_length=1)  # a built-in set's name, or a file relative to the scenario
-    format: Literal["jsonl", "mt-bench", "speed-bench", "humaneval"] | None = None  # None: from the columns
-    name: StrictStr | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)  # default: the file's stem
-    per_category: StrictInt | None = Field(default=None, gt=0)  # N prompts per category, drawn with sample_seed
-    sample_seed: StrictInt = 0
-    turns: Literal["first", "all"] = "first"  # multi-turn items: the first user turn, or all joined
-    # Only these prompts of the set, in the set's order (before per_category sampling).
-    ids: Annotated[list[StrictStr], Field(min_length=1)] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, data):
-        return {"source": data} if isinstance(data, str) else data
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v):
-        # A set's name is part of every request key (.../<set>/<id>): a "/" would let two sets'
-        # keys collide; a control character would break the tables it labels.
-        if v is not None and ("/" in v or not v.isprintable() or not v.strip()):
-            raise ValueError(f"{v!r} is no set name; use printable text without '/'")
-        return v
-
-    @field_validator("ids")
-    @classmethod
-    def _ids(cls, v):
-        if v is not None and len(set(v)) < len(v):
-            raise ValueError(f"ids lists {next(i for i in v if v.count(i) > 1)!r} twice")
-        return v
-
-    @model_validator(mode="after")
-    def _applies(self):
-        if self.source in BUILTIN and (self.format is not None or self.turns != "first"):
-            raise ValueError(f"format and turns are for files; the built-in set {self.source!r} has its own")
-        if self.per_category is None and "sample_seed" in self.model_fields_set:
-            raise ValueError("sample_seed draws per_category prompts: set per_category too, or drop sample_seed")
-        return self
-
-    @model_serializer(mode="wrap")
-    def _as_string(self, handler):
-        # A plain entry stays a string in the run's scenario.toml, as the user wrote it (and as
-        # runs written before tables existed hold it, which --resume compares as text).
-        return self.source if self.plain else handler(self)
-
-    @property
-    def plain(self) -> bool:
-        return all(getattr(self, k) == f.default for k, f in type(self).model_fields.items() if k != "source")
-
-    @property
-    def label(self) -> str:
-        """How messages name it: the string, or the table."""
-        if self.plain:
-            return repr(self.source)
-        fields = {k: getattr(self, k) for k, f in type(self).model_fields.items() if getattr(self, k) != f.default}
-        return "{" + ", ".join(f"{k} = {v!r}" for k, v in {"source": self.source, **fields}.items()) + "}"
 
 
 def load_prompt_set(ref: str | PromptSource, base_dir: Path | None = None) -> list[Prompt]:

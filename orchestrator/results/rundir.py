@@ -1,6 +1,6 @@
 """A run's folder: results/<sweep>-<timestamp>/.
 
-    run.json            the records' schema version (records.SCHEMA_VERSION) and orch's version
+    run.json            the records' schema version (types.records.SCHEMA_VERSION) and orch's version
     scenario.toml       the scenario as run (after --set)
     environment.json    orch, engine binaries and versions, CPU, GPU, OS (the host orch ran on)
     nodes/<node>/environment.json   the same, for each Ray node cells ran on (orchestrator/cluster)
@@ -37,8 +37,8 @@ from orchestrator import __version__
 from orchestrator.common import redact, safefs
 from orchestrator.common.errors import ResultsError, RunFolderError
 from orchestrator.common.show import escape_raw_controls, printable
-from orchestrator.results.records import (SCHEMA_VERSION, CellRecord, R, RequestRecord, lines_of, read_bounded,
-                                          read_environment, read_records)
+from orchestrator.results.records import R, lines_of, read_bounded, read_environment, read_records
+from orchestrator.types.records import SCHEMA_VERSION, CellRecord, RequestRecord
 
 REQUESTS = "requests.jsonl"
 CELLS = "cells.jsonl"

@@ -33,13 +33,13 @@ from orchestrator.common.errors import OrchError, ScenarioError
 from orchestrator.common.show import printable
 from orchestrator.measure.driver import RequestSpec
 from orchestrator.measure.prompts import Prompt
-from orchestrator.results.records import CellPlacement, CellRecord
+from orchestrator.types.records import CellPlacement, CellRecord
 from orchestrator.results.rundir import RunDir
 from orchestrator.sweep.environment import capture
 from orchestrator.sweep.parallel import LOG_CAP, Event, Relay, Writer, pump
 from orchestrator.sweep.placement import node_device
 from orchestrator.sweep.runner import Cell, Sweep, engine_env
-from orchestrator.sweep.scenario import PlacementSettings, Scenario
+from orchestrator.types.scenario import PlacementSettings, Scenario
 
 NEEDS_RAY = "placement.cluster needs Ray: pip install 'orch[cluster]' (or pip install 'ray[client]')"
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.results.records import CellPlacement, CellRecord, RequestRecord
+from orchestrator.types.records import CellPlacement, CellRecord, RequestRecord
 from orchestrator.results.rundir import RunDir
 from orchestrator.sweep.placement import Device, host_name
 

@@ -29,13 +29,14 @@ from orchestrator.launch.launchers import LAUNCHERS, command_text, free_port, lo
 from orchestrator.launch.shared import owner_labels
 from orchestrator.setup.models import ResolvedModel, planned_model, resolve_model
 from orchestrator.measure.prompts import WARMUP, Prompt, load_prompt_set
-from orchestrator.results.records import CellPlacement, CellRecord, Measured, RequestRecord, Roofline
+from orchestrator.types.records import CellPlacement, CellRecord, Measured, RequestRecord, Roofline
 from orchestrator.results.rundir import RunDir, why
 from orchestrator.sweep.environment import cpu_flags, gpus
 from orchestrator.sweep.placement import Device, place
 from orchestrator.telemetry import CellTelemetry
 from orchestrator.telemetry.roofline import roofline_for
-from orchestrator.sweep.scenario import EngineSpec, Scenario, cell_id
+from orchestrator.types.scenario import EngineSpec, Scenario
+from orchestrator.types.scenario import cell_id
 
 
 @dataclass(frozen=True)

@@ -1,453 +1,103 @@
-"""Scenario files: TOML, validated completely before anything starts."""
+"""Scenario files: TOML, validated completely before anything starts: their shape
+(types/scenario.py), then what they name against what orch knows, then the files they name."""
 
 from __future__ import annotations
 
-import math
-import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any, Iterable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
 from engines import ENGINES
-
-from orchestrator.common import redact
 from orchestrator.common.errors import ScenarioError
 from orchestrator.launch.launchers import LAUNCHERS
-from orchestrator.setup.models import check_model_ref
 from orchestrator.measure.prompt_files import MAX_TEXT_BYTES, utf8_bytes
-from orchestrator.measure.prompts import PromptFileError, PromptSource, load_prompt_set
+from orchestrator.measure.prompts import BUILTIN, PromptFileError, load_prompt_set
+from orchestrator.setup.models import check_model_ref
 from orchestrator.sweep.placement import Device, devices_of, parse_cores, parse_gpus
 from orchestrator.telemetry.roofline import KNOWN_GPUS, known_gpu
+from orchestrator.types.scenario import (MAX_REQUESTS, EngineSpec, KeyedError, PlacementSettings, PromptSource,
+                                         Scenario)
 
 
-class _Strict(BaseModel):
-    # TOML has inf and nan literals; no timeout or temperature means anything with them.
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+def _one_of(value: str, known: Iterable[str], what: str, plural: str) -> str | None:
+    """The message for a name orch does not know, or None."""
+    return None if value in known else f"unknown {what} {value!r}; known {plural}: {', '.join(known)}"
 
 
-def _unique(values: list, what: str) -> list:
-    seen: set = set()
-    dupes = sorted({v for v in values if v in seen or seen.add(v)})  # linear: a list may be long
-    if dupes:
-        raise ValueError(f"duplicate {what} {dupes}; list each once")
-    return values
+def _check_registries(scenario: Scenario, path: Path) -> None:
+    """What a scenario of the right shape names that orch must know: built-in prompt sets, device
+    syntax, engine kinds, launchers, GPUs, methods. The first problem, in the file's order."""
+    for i, ref in enumerate(scenario.workload.prompts):
+        if ref.source in BUILTIN and (ref.format is not None or ref.turns != "first"):
+            raise ScenarioError(path, f"workload.prompts[{i}]",
+                                f"format and turns are for files; the built-in set {ref.source!r} has its own")
+    _check_devices(scenario.placement, path)
+    for i, eng in enumerate(scenario.engines):
+        try:
+            _check_engine(eng)
+        except KeyedError as exc:
+            raise ScenarioError(path, f"engines[{i}].{exc.key}", str(exc)) from exc
 
 
-def _one_of(value: str, known, what: str, plural: str) -> str:
-    if value not in known:
-        raise ValueError(f"unknown {what} {value!r}; known {plural}: {', '.join(known)}")
-    return value
+def _check_devices(placement: PlacementSettings, path: Path) -> None:
+    for key, parse, message in (("gpus", parse_gpus, "GPU sets share GPUs {}; give each device GPUs of its own"),
+                                ("cores", parse_cores, "core sets share cores {}; give each device cores of its own")):
+        try:
+            sets = [set(parse(entry)) for entry in getattr(placement, key)]
+        except ValueError as exc:
+            raise ScenarioError(path, f"placement.{key}", str(exc)) from exc
+        for n, a in enumerate(sets):
+            for b in sets[n + 1:]:
+                if a & b:
+                    raise ScenarioError(path, f"placement.{key}", message.format(sorted(a & b)))
 
 
-def _path_name(value: str) -> str:
-    """Scenario, engine and method names end up in result folder names: keep them plain."""
-    if len(value) > 64 or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
-        raise ValueError("use at most 64 letters, digits, '.', '_' and '-', starting with a letter or digit "
-                         "(it names result folders)")
-    return value
-
-
-def cell_id(engine: str, method: str, n_spec: int) -> str:
-    """A cell's id, which names its result folder. The baseline (n_spec 0) has method "none"."""
-    if n_spec == 0:
-        return f"{engine}-n0"
-    return f"{engine}-{method}-n{n_spec}"
-
-
-_V1_TAIL = re.compile(r"/v1(/chat/completions|/completions|/models)?/*\Z")
-
-
-def url_problem(url: str) -> str | None:
-    """What is wrong with a server's base URL, with the fix; None if it is fine.
-
-    Messages do not repeat the URL: it may hold a password."""
-    if not url.isprintable() or any(c.isspace() for c in url):
-        return "the URL contains whitespace or control characters; remove them"
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:  # e.g. an unclosed [ of an IPv6 address
-        return f"not a valid URL ({exc}); write it as http://HOST:PORT"
-    if parts.scheme not in ("http", "https"):
-        return "not an http(s) URL; write it as http://HOST:PORT"
-    if not parts.hostname:
-        return "the URL has no host; write it as http://HOST:PORT"
-    if _port(parts) == 0:
-        port = parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
-        return f"port {port!r} is not a number from 1 to 65535; use the port the server listens on"
-    if parts.query or parts.fragment or "?" in url or "#" in url:
-        return "the URL has a query or fragment ('?...' or '#...'); remove it: orch appends paths to the base URL"
-    tail = _V1_TAIL.search(parts.path)
-    if tail:
-        return f"drop the trailing {tail.group(0).rstrip('/')}: orch adds /v1/... itself"
-    return None
-
-
-def _port(parts) -> int | None:
-    """The URL's port, 0 if it is not one; None if it has none."""
-    try:
-        return parts.port
-    except ValueError:  # not digits, or past 65535
-        return 0
-
-
-MAX_BLOCKS = 50  # replicate starts per cell; more would plan more starts than any sweep sits through
-# Requests one sweep may plan, warm-up included, over every cell and block (README, "Limits"): a
-# plan is held in memory and every request is a row the report reads back.
-MAX_REQUESTS = 100_000
-
-
-class Workload(_Strict):
-    # Each a set's name or file ("seeds", "my.jsonl"), or a table: {source, format, name,
-    # per_category, sample_seed, turns} (measure/prompts.py's PromptSource).
-    prompts: list[PromptSource] = Field(default=[PromptSource(source="seeds")], min_length=1)
-    max_tokens: int = Field(default=256, gt=0)
-    temperature: float = Field(default=0.0, ge=0)
-    seed: int = 1234
-    concurrency: list[int] = Field(default=[1], min_length=1)
-    warmup: int = Field(default=1, ge=0)
-    repeats: int = Field(default=1, gt=0)
-    ignore_eos: bool = False
-    cache_prompt: bool = False
-    request_timeout_s: float = Field(default=300.0, gt=0)
-    # A request's redirects: followed to its own host only, to any host, or none (measure/driver.py).
-    follow_redirects: Literal["same-host", "any", "none"] = "same-host"
-    # Measure each cell as long as needed: after `repeats`, one more repeat of every prompt at a
-    # time until the e2e median's 95% interval lies within +-target_ci of it (0.03: +-3%), or
-    # max_repeats repeats ran. None: exactly `repeats`.
-    target_ci: float | None = Field(default=None, gt=0, lt=1)
-    max_repeats: int | None = Field(default=None, gt=0)
-    # Replicated starts: every cell's server is started `blocks` times, each block in its own
-    # seeded random order (n_spec 0 first in the run and last), so that start-to-start spread is
-    # measured and drift falls on every depth alike (docs/metrics.md, "Two levels").
-    blocks: int = Field(default=1, ge=1, le=MAX_BLOCKS)
-
-    @model_validator(mode="after")
-    def _repeat_cap(self):
-        if self.max_repeats is not None and self.target_ci is None:
-            raise ValueError("max_repeats caps target_ci's repeats: set target_ci too, or drop max_repeats")
-        if self.max_repeats is not None and self.max_repeats < self.repeats:
-            raise ValueError(f"max_repeats ({self.max_repeats}) is below repeats ({self.repeats}); raise it")
-        return self
-
-    @field_validator("warmup", "repeats", "max_repeats")
-    @classmethod
-    def _bounded(cls, v):
-        if v is not None and v > MAX_REQUESTS:
-            raise ValueError(f"{v:,} is more than the {MAX_REQUESTS:,} requests one sweep may plan; use at most "
-                             f"{MAX_REQUESTS:,} (README, Limits)")
-        return v
-
-    @property
-    def repeat_cap(self) -> int:
-        """The most repeats a cell may take (repeats when there is no target)."""
-        if self.target_ci is None:
-            return self.repeats
-        return self.max_repeats if self.max_repeats is not None else max(10, self.repeats)
-
-    @field_validator("prompts")
-    @classmethod
-    def _prompts(cls, v):
-        _unique([p.source if p.plain else p.label for p in v], "prompt sets")
-        return v
-
-    @field_validator("concurrency")
-    @classmethod
-    def _concurrency(cls, v):
-        if any(c <= 0 for c in v):
-            raise ValueError("concurrency levels must be at least 1")
-        return _unique(v, "concurrency levels")
-
-
-class Speculation(_Strict):
-    method: str = "none"
-    n_spec: list[int] = Field(default=[0], min_length=1)
-    draft_model: str | None = None
-    # Extra keys of the engine's own speculation config (vLLM: --speculative-config JSON),
-    # e.g. prompt_lookup_min/max for ngram, or synthetic acceptance rates.
-    config: dict[str, Any] = {}
-
-    @field_validator("method")
-    @classmethod
-    def _method(cls, v):
-        return _path_name(v)
-
-    @field_validator("config")
-    @classmethod
-    def _config(cls, v):
-        if not _finite(v):
-            raise ValueError("every number must be finite, not inf or nan")
-        return v
-
-    @field_validator("n_spec")
-    @classmethod
-    def _n_spec(cls, v):
-        if any(n < 0 for n in v):
-            raise ValueError("n_spec values must be 0 (speculation off) or more")
-        return _unique(v, "n_spec values")
-
-
-class DockerSettings(_Strict):
-    """How to run an engine's official image. The image's entrypoint is the server."""
-
-    image: str = Field(min_length=1)
-    gpus: str | list[int] = "all"  # "all", "none", or device ids
-    ipc: Literal["host", "private"] = "host"
-    shm_size: str | None = None  # e.g. "16g", with ipc = "private"
-    network: Literal["bridge", "host"] = "bridge"  # bridge publishes the port on 127.0.0.1 only
-    volumes: list[str] = []  # "HOST:CONTAINER[:ro]"; ~ expands
-    env: list[str] = []  # names passed through from your environment, never written anywhere
-    docker_host: str | None = None  # else DOCKER_HOST, else the local engine
-    port: int | None = Field(default=None, gt=0, lt=65536)  # server port inside the container
-
-    @field_validator("gpus")
-    @classmethod
-    def _gpus(cls, v):
-        if isinstance(v, str) and v not in ("all", "none"):
-            raise ValueError('use "all", "none", or a list of device ids')
-        return v
-
-    @field_validator("volumes")
-    @classmethod
-    def _volumes(cls, v):
-        for vol in v:
-            parts = vol.split(":")
-            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-                raise ValueError(f"{vol!r} is not HOST:CONTAINER[:ro]")
-        return v
-
-
-class RooflineSettings(_Strict):
-    """Overrides for the decode limit (telemetry/roofline.py), for what orch cannot read itself."""
-
-    weight_gb: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # bytes read per token / 1e9
-    bandwidth_gb_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    gpu: str | None = None  # a name in orch's table of known GPUs (`orch reference` lists them)
-
-    @field_validator("gpu")
-    @classmethod
-    def _known(cls, v):
-        if v is not None and known_gpu(v) is None:
-            raise ValueError(f"{v!r} is not a GPU orch knows; use one of {', '.join(g.name for g in KNOWN_GPUS)}, "
-                             "or set bandwidth_gb_s")
-        return v
-
-
-class Telemetry(_Strict):
-    """Sampling through each measured window (orchestrator/telemetry)."""
-
-    enabled: bool = True
-    interval_s: float = Field(default=0.1, ge=0.01, le=10)  # 10 Hz
-
-
-def _disjoint(sets: list[set[int]], message: str) -> None:
-    for i, a in enumerate(sets):
-        for b in sets[i + 1:]:
-            if a & b:
-                raise ValueError(message.format(sorted(a & b)))
-
-
-class PlacementSettings(_Strict):
-    """Where cells run (sweep/placement.py). With none of these, one cell at a time on this host.
-    `gpus` / `cores`: devices of this host, one cell per device at a time; `cluster`: a Ray
-    address, one Ray task per cell (orchestrator/cluster)."""
-
-    gpus: list[str] = []  # one device per entry: "0", or "0,1" for a server given two GPUs
-    cores: list[str] = []  # one device per entry: a CPU core set, "0-3" (with gpus: entry i goes with gpu i)
-    cluster: str | None = None  # "auto", "HOST:6379" or "ray://HOST:10001"
-    resource: str | None = None  # with cluster: the custom resource a cell asks one of; default: one GPU
-
-    @field_validator("gpus")
-    @classmethod
-    def _gpus(cls, v):
-        _disjoint([set(parse_gpus(entry)) for entry in v], "GPU sets share GPUs {}; give each device GPUs of its own")
-        return v
-
-    @field_validator("cores")
-    @classmethod
-    def _cores(cls, v):
-        _disjoint([set(parse_cores(entry)) for entry in v], "core sets share cores {}; give each device cores of its own")
-        return v
-
-    @field_validator("cluster")
-    @classmethod
-    def _address(cls, v):
-        if v is not None and (v != "auto" and not re.fullmatch(r"(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}", v)):
-            raise ValueError(f"{v[:60]!r} is not a Ray address; write \"auto\", \"HOST:6379\" or \"ray://HOST:10001\"")
-        return v
-
-    @field_validator("resource")
-    @classmethod
-    def _resource(cls, v):
-        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", v):
-            raise ValueError("a Ray resource name: letters, digits and '_', such as \"orch_device\"")
-        return v
-
-    @model_validator(mode="after")
-    def _one_kind(self):
-        if self.gpus and self.cores and len(self.gpus) != len(self.cores):
-            raise _KeyedError("cores", f"{len(self.cores)} core sets for {len(self.gpus)} GPU devices; give one "
-                                       "core set per GPU device, or leave cores out")
-        if self.cluster and (self.gpus or self.cores):
-            raise _KeyedError("cluster", "on a Ray cluster each node declares its devices (docs/clusters.md); "
-                                         "drop placement.gpus and placement.cores")
-        if self.resource and not self.cluster:
-            raise _KeyedError("resource", "a Ray resource goes with placement.cluster; set the cluster's address")
-        return self
-
-    def devices(self) -> list[Device]:
-        return devices_of(self.gpus, self.cores)
-
-
-class EngineSpec(_Strict):
-    name: str = Field(min_length=1)
-    kind: str
-    launcher: str = "process"
-    model: str = Field(min_length=1)
-    api: Literal["chat", "completions"] = "chat"
-    binary: str | None = None
-    url: str | None = None  # with launcher = "external": the running server's base URL
-    api_key_env: str | None = None  # NAME of an environment variable holding the API key; never its value
-    docker: DockerSettings | None = None  # with launcher = "docker"
-    args: list[str] = []
-    env: dict[str, str] = {}
-    ready_timeout_s: float = Field(default=300.0, gt=0)
-    speculation: Speculation = Speculation()
-    roofline: RooflineSettings = RooflineSettings()
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v):
-        return _path_name(v)
-
-    @field_validator("kind")
-    @classmethod
-    def _kind(cls, v):
-        return _one_of(v, ENGINES, "engine kind", "kinds")
-
-    @field_validator("launcher")
-    @classmethod
-    def _launcher(cls, v):
-        return _one_of(v, LAUNCHERS, "launcher", "launchers")
-
-    @model_validator(mode="after")
-    def _launcher_fits(self):
-        external = self.launcher == "external"
-        if external and not self.url:
-            raise _KeyedError("url", 'launcher "external" needs url = "http://host:port" of the running server')
-        if self.url and not external:
-            raise _KeyedError("url", f'url is only for launcher = "external" (this engine uses {self.launcher!r})')
-        if self.launcher == "docker" and self.docker is None:
-            raise _KeyedError("docker", 'launcher "docker" needs an [engines.docker] table with image = "..."')
-        if self.docker is not None and self.launcher != "docker":
-            raise _KeyedError("docker", f'[engines.docker] is only for launcher = "docker" (this engine uses {self.launcher!r})')
-        if self.docker is not None and self.binary:
-            raise _KeyedError("binary", "a container runs its image's entrypoint; remove binary")
-        if not ENGINES[self.kind].needs_binary and not external:
-            raise _KeyedError("launcher", f'kind {self.kind!r} is a running server: use launcher = "external"')
-        problem = url_problem(self.url) if self.url else None
+def _check_engine(eng: EngineSpec) -> None:
+    """An engine table against the registries; a KeyedError names the key under the engine."""
+    for key, problem in (("kind", _one_of(eng.kind, ENGINES, "engine kind", "kinds")),
+                         ("launcher", _one_of(eng.launcher, LAUNCHERS, "launcher", "launchers"))):
         if problem:
-            raise _KeyedError("url", problem)
-        if self.url and self.api_key_env and "@" in urlsplit(self.url).netloc:
-            raise _KeyedError("api_key_env", "the URL's user:pass@ and api_key_env would both be the Authorization "
-                                             "header; use one of them")
-        return self
-
-    @model_validator(mode="after")
-    def _remember_secrets(self):
-        # A key given as a server flag or in `env` is known as a secret from the moment the file is
-        # read: scrubbed from everything printed or written after (common/redact.py).
-        redact.remember_args(self.args)
-        redact.remember_env(self.env)
-        return self
-
-    @field_validator("binary", "args", "env")
-    @classmethod
-    def _no_nul(cls, v):
-        texts = [v] if isinstance(v, str) else list(v or []) + list(v.values() if isinstance(v, dict) else [])
-        if any("\x00" in t for t in texts):
-            raise ValueError("holds a NUL character, which no command line or environment can carry; remove it")
-        return v
-
-    @model_validator(mode="after")
-    def _method_fits_kind(self):
-        spec = self.speculation
-        methods = ENGINES[self.kind].methods
-        if not methods:
-            return self  # the server's own speculation; n_spec only labels the cell
-        if spec.method != "none" and spec.method not in methods:
-            raise _KeyedError("speculation.method",
-                              f"{self.kind} has no speculation method {spec.method!r}; use one of {', '.join(methods)}")
-        if spec.method == "none" and any(spec.n_spec):
-            raise _KeyedError("speculation.n_spec", "n_spec above 0 needs a speculation.method")
-        if spec.config:
-            _check_spec_config(self.kind, spec.config)
-        if spec.method in ENGINES[self.kind].draft_methods and not spec.draft_model:
-            raise _KeyedError("speculation.draft_model", f"method {spec.method!r} needs a draft_model (a .gguf path)")
-        return self
+            raise KeyedError(key, problem)
+    gpu = eng.roofline.gpu
+    if gpu is not None and known_gpu(gpu) is None:
+        raise KeyedError("roofline.gpu", f"{gpu!r} is not a GPU orch knows; use one of "
+                                         f"{', '.join(g.name for g in KNOWN_GPUS)}, or set bandwidth_gb_s")
+    engine = ENGINES[eng.kind]
+    if not engine.needs_binary and eng.launcher != "external":
+        raise KeyedError("launcher", f'kind {eng.kind!r} is a running server: use launcher = "external"')
+    _check_method(eng)
 
 
-def _finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_finite(v) for v in value)
-    return True
+def _check_method(eng: EngineSpec) -> None:
+    spec, engine = eng.speculation, ENGINES[eng.kind]
+    if not engine.methods:
+        return  # the server's own speculation; n_spec only labels the cell
+    if spec.method != "none" and spec.method not in engine.methods:
+        raise KeyedError("speculation.method",
+                         f"{eng.kind} has no speculation method {spec.method!r}; use one of {', '.join(engine.methods)}")
+    if spec.method == "none" and any(spec.n_spec):
+        raise KeyedError("speculation.n_spec", "n_spec above 0 needs a speculation.method")
+    if spec.config:
+        _check_spec_config(eng.kind, spec.config)
+    if spec.method in engine.draft_methods and not spec.draft_model:
+        raise KeyedError("speculation.draft_model", f"method {spec.method!r} needs a draft_model (a .gguf path)")
 
 
-def _check_spec_config(kind: str, config: dict) -> None:
+def _check_spec_config(kind: str, config: dict[str, Any]) -> None:
     allowed = ENGINES[kind].spec_config_keys
     if not allowed:
-        raise _KeyedError("speculation.config", f"{kind} takes no speculation config; pass server flags in args")
+        raise KeyedError("speculation.config", f"{kind} takes no speculation config; pass server flags in args")
     unknown = sorted(set(config) - set(allowed))
     if unknown:
-        raise _KeyedError("speculation.config", f"{kind} has no speculation setting {unknown[0]!r} "
-                          f"(method, n_spec and draft_model have their own keys); use one of {', '.join(allowed)}")
+        raise KeyedError("speculation.config", f"{kind} has no speculation setting {unknown[0]!r} "
+                         f"(method, n_spec and draft_model have their own keys); use one of {', '.join(allowed)}")
 
 
-class Scenario(_Strict):
-    name: str = Field(min_length=1)
-    description: str = ""
-    workload: Workload = Workload()
-    telemetry: Telemetry = Telemetry()
-    placement: PlacementSettings = PlacementSettings()
-    engines: list[EngineSpec] = Field(min_length=1)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v):
-        return _path_name(v)
-
-    @field_validator("engines")
-    @classmethod
-    def _unique_names(cls, v):
-        _unique([e.name for e in v], "engine names")
-        return v
-
-    @model_validator(mode="after")
-    def _unique_cells(self):
-        # Ids are folder names: compare them as a case-insensitive disk (macOS, Windows) would.
-        seen: dict[str, tuple[str, str]] = {}
-        for eng in self.engines:
-            for n in eng.speculation.n_spec:
-                cid = cell_id(eng.name, eng.speculation.method if n else "none", n)
-                first_id, first_engine = seen.setdefault(cid.lower(), (cid, eng.name))
-                if first_engine != eng.name:
-                    same = repr(cid) if first_id == cid else f"{first_id!r} and {cid!r} (same folder ignoring case)"
-                    raise _KeyedError("engines", f"engines {first_engine!r} and {eng.name!r} both make cell {same}, "
-                                                 "which names a result folder; rename one of the engines")
-        return self
-
-class _KeyedError(ValueError):
-    """A cross-field error that knows which key it is about."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
+def devices(placement: PlacementSettings) -> list[Device]:
+    """The devices a scenario's [placement] names (it has passed _check_devices)."""
+    return devices_of(placement.gpus, placement.cores)
 
 
 # ---------------------------------------------------------------- loading
@@ -480,6 +130,7 @@ def build_scenario(raw: dict, source: Path, overrides: list[str] = ()) -> Scenar
     for item in overrides:
         _apply_override(raw, item, source)
     scenario = _validate(raw, source)
+    _check_registries(scenario, source)
     _check_files(scenario, source)
     return scenario
 
@@ -506,7 +157,7 @@ def _validate(raw: dict, path: Path) -> Scenario:
         err = exc.errors()[0]
         key = _loc(err["loc"], raw)
         inner = (err.get("ctx") or {}).get("error")
-        if isinstance(inner, _KeyedError):
+        if isinstance(inner, KeyedError):
             key = f"{key}.{inner.key}" if key else inner.key
         raise ScenarioError(path, key, _message(err)) from exc
 

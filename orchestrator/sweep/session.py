@@ -19,13 +19,15 @@ from orchestrator.common.credentials import KeyProblem, auth_fix, bearer
 from orchestrator.common.errors import AuthRefused, OrchError, RunFolderError, ScenarioError
 from orchestrator.launch.launchers import command_text
 from orchestrator.measure.prompts import load_prompt_set
-from orchestrator.results.records import CellRecord
+from orchestrator.types.records import CellRecord
 from orchestrator.results.rundir import RunDir, scenario_text
 from orchestrator.sweep.environment import capture
 from orchestrator.sweep.parallel import run_on_devices
 from orchestrator.sweep.placement import unavailable
 from orchestrator.sweep.runner import Cell, Sweep, command_for, engine_env, plan_cells, prepare, search_step
-from orchestrator.sweep.scenario import Scenario, build_scenario, read_workload, url_problem
+from orchestrator.sweep.scenario import build_scenario, devices, read_workload
+from orchestrator.types.scenario import Scenario
+from orchestrator.types.scenario import url_problem
 
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 EXIT_TERMINATED = 143  # SIGTERM
@@ -80,7 +82,7 @@ def _executor(runner: Sweep, progress) -> Callable[[RunDir], list[CellRecord]]:
         check_offered(ray, placed)
         return lambda run: run_on_cluster(ray, runner, run, placed, progress.side_by_side())
     if placed.gpus or placed.cores:
-        return lambda run: run_on_devices(runner, run, placed.devices(), progress.side_by_side())
+        return lambda run: run_on_devices(runner, run, devices(placed), progress.side_by_side())
     return runner.execute
 
 
@@ -90,7 +92,7 @@ def check_placement(sc: Scenario, where: str, search: bool) -> None:
     if search and (placed.cluster or placed.gpus or placed.cores):
         raise ScenarioError(where, "placement", "the depth search starts one cell at a time, each chosen from "
                                                 "the last; drop --search or the [placement] table")
-    problem = unavailable(placed.devices())
+    problem = unavailable(devices(placed))
     if problem:
         raise ScenarioError(where, f"placement.{problem[0]}", problem[1])
 
@@ -181,7 +183,7 @@ def dry_run_text(sc: Scenario, base_dir: Path, source: str = "SCENARIO") -> str:
         lines.append(f"cells run as Ray tasks on the cluster at {placed.cluster}, each asking for "
                      + (f"one {placed.resource!r}" if placed.resource else "one GPU"))
     elif placed.gpus or placed.cores:
-        lines.append("cells run side by side, one per device: " + "; ".join(d.name for d in placed.devices())
+        lines.append("cells run side by side, one per device: " + "; ".join(d.name for d in devices(placed))
                      + " (a server pinned to cores gets as many threads)")
     lines += [f"engine {name}: not set up yet: {'; '.join(p.not_ready)} (`orch setup {source}` does it)"
               for name, p in prepared.items() if p.not_ready]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.results.records import Roofline
+from orchestrator.types.records import Roofline
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from orchestrator.results.records import GpuWindow, RequestCost, WindowTelemetry
+from orchestrator.types.records import GpuWindow, RequestCost, WindowTelemetry
 from orchestrator.telemetry.sampler import Samples
 from orchestrator.telemetry.sources import NO_GPU, UNREADABLE, UNSEEN
 
