@@ -4,7 +4,7 @@ Engine subclass (docs/architecture.md, "An engine from another package")."""
 
 from importlib.metadata import entry_points
 
-from .base import Engine, ServerPlan, StreamCounts
+from .base import Engine, StreamCounts
 from .installing import Installer, InstallFailed
 from .endpoint import Endpoint
 from .hf_transformers import HF_CONVERT, HfTransformers
@@ -67,5 +67,5 @@ def _load_plugins() -> None:
 
 _load_plugins()
 
-__all__ = ["ENGINES", "HF_CONVERTERS", "INSTALLERS", "PLUGINS", "PLUGIN_PROBLEMS", "QUANTIZER", "Engine", "InstallFailed", "Installer", "ServerPlan",
+__all__ = ["ENGINES", "HF_CONVERTERS", "INSTALLERS", "PLUGINS", "PLUGIN_PROBLEMS", "QUANTIZER", "Engine", "InstallFailed", "Installer",
            "StreamCounts"]

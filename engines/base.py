@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-import shlex
 import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import ClassVar
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
-from .container import ContainerSpec, Mount
+from orchestrator.types.scenario import EngineSpec, Workload
+from orchestrator.types.server import ContainerSpec, Mount, ResolvedModel, ServerPlan
 from .installing import Installer
-
-
-@dataclass(frozen=True)
-class ServerPlan:
-    """What a launcher needs to start one server for one cell."""
-
-    argv: list[str]
-    port: int
-    health_path: str
-    env: dict[str, str]
-    base_url: str | None = None  # set for a server orch did not start
-    container: ContainerSpec | None = None  # set for launcher = "docker"
-    cores: tuple[int, ...] | None = None  # a local process's CPU affinity (a sweep's device); None: any core
-
-    def display(self) -> str:
-        """The command line a user would type: the argv, or the equivalent `docker run`. A server
-        orch did not start has none (launchers.command_text shows its URL, less any password)."""
-        if self.container is None:
-            return shlex.join(self.argv)
-        return shlex.join(self.container.run_line())
 
 
 @dataclass(frozen=True)
@@ -109,8 +89,9 @@ class Engine(ABC):
     # Keys a scenario may add to the engine's speculation config (speculation.config).
     spec_config_keys: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, spec=None):
-        self.spec = spec  # the scenario's EngineSpec; None when only class facts are asked (doctor)
+    def __init__(self, spec: EngineSpec | None = None):
+        # The scenario's engine table; None when only class facts are asked (doctor).
+        self.spec: EngineSpec = spec  # type: ignore[assignment]  # every method but class facts needs one
 
     @abstractmethod
     def default_binary(self) -> str | None:
@@ -119,8 +100,8 @@ class Engine(ABC):
     default_port: ClassVar[int] = 8080  # the server's port inside its official image
 
     @abstractmethod
-    def server_args(self, n_spec: int, model, port: int, parallel: int, draft=None,
-                    host: str = "127.0.0.1") -> list[str]:
+    def server_args(self, n_spec: int, model: ResolvedModel, port: int, parallel: int,
+                    draft: ResolvedModel | None = None, host: str = "127.0.0.1") -> list[str]:
         """Arguments after the binary (or the image's entrypoint) for one cell."""
 
     def binary(self) -> str | None:
@@ -128,8 +109,8 @@ class Engine(ABC):
             return self.spec.binary
         return self.default_binary()
 
-    def plan(self, n_spec: int, model, port: int, parallel: int, draft=None) -> ServerPlan:
-        """`model` and `draft` are orchestrator.models.ResolvedModel (draft may be None)."""
+    def plan(self, n_spec: int, model: ResolvedModel, port: int, parallel: int,
+             draft: ResolvedModel | None = None) -> ServerPlan:
         if not self.needs_binary:
             return ServerPlan(argv=[], port=port, health_path=self.health_path, env={}, base_url=self.spec.url)
         if self.spec.docker is not None:
@@ -163,8 +144,10 @@ class Engine(ABC):
         None when unknown; `gpus`: NVIDIA GPUs seen). Printed as each of its cells starts."""
         return []
 
-    def _container_plan(self, n_spec, model, host_port, parallel, draft) -> ServerPlan:
+    def _container_plan(self, n_spec: int, model: ResolvedModel, host_port: int, parallel: int,
+                        draft: ResolvedModel | None) -> ServerPlan:
         d = self.spec.docker
+        assert d is not None  # plan() comes here only for launcher = "docker"
         host_net = d.network == "host"
         inner = host_port if host_net else (d.port or self.default_port)
         model, model_mount = _mount(model, "/models")
@@ -175,15 +158,17 @@ class Engine(ABC):
                                                      host="127.0.0.1" if host_net else "0.0.0.0"), *self.spec.args])
         container = ContainerSpec(
             image=d.image, argv=(*self.image_command, *args), host_port=host_port, container_port=inner,
-            gpus=d.gpus if isinstance(d.gpus, str) else tuple(d.gpus), ipc=d.ipc, shm_size=d.shm_size,
+            # A string is "all" or "none": DockerSettings validated it.
+            gpus=cast(Literal["all", "none"], d.gpus) if isinstance(d.gpus, str) else tuple(d.gpus),
+            ipc=d.ipc, shm_size=d.shm_size,
             network=d.network, volumes=volumes, env_names=tuple(d.env), docker_host=d.docker_host)
         return ServerPlan(argv=args, port=host_port, health_path=self.health_path, env={}, container=container)
 
-    def request_fields(self, workload) -> dict:
+    def request_fields(self, workload: Workload) -> dict[str, Any]:
         """Engine-specific JSON fields added to every request body."""
         return {}
 
-    def cache_setting(self, workload) -> str:
+    def cache_setting(self, workload: Workload) -> str:
         """How prompt/prefix caching was set for this engine, for the report."""
         return "engine default"
 
@@ -196,7 +181,10 @@ class Engine(ABC):
         return str(Path(found).resolve()) if found else None
 
 
-def _mount(model, target_dir: str):
+M = TypeVar("M", ResolvedModel, None)
+
+
+def _mount(model: M, target_dir: str) -> tuple[M, Mount | None]:
     """A local model file is bind-mounted read-only (its folder at target_dir); hub references
     pass through unchanged, with no mount."""
     if model is None or model.path is None:

@@ -51,6 +51,7 @@ def run_logged(cmd: list[str], log_path: Path, on_line=None, env: dict | None = 
     with open(log_path, "a" if append else "w") as log, subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         log.write(f"$ {' '.join(cmd)}\n")
+        assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:
             log.write(line)
             if on_line:

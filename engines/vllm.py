@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from .base import SPEC_DECODE_METRICS, Engine
 from .pyenv import PythonEnv
@@ -86,7 +87,7 @@ class Vllm(Engine):
     def speculative_config(self, n_spec: int, draft=None) -> dict:
         """--speculative-config; n_spec 0 means no config at all. Key order as vLLM's docs write it."""
         spec = self.spec.speculation
-        config = {"method": spec.method}
+        config: dict[str, Any] = {"method": spec.method}
         if draft is not None:
             config["model"] = str(draft.path or draft.hf_ref)
         config["num_speculative_tokens"] = n_spec

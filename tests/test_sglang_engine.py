@@ -11,7 +11,7 @@ import pytest
 
 from engines import ENGINES
 from orchestrator.measure import server_metrics
-from orchestrator.setup.models import ResolvedModel
+from orchestrator.types.server import ResolvedModel
 from orchestrator.types.scenario import EngineSpec
 
 from .test_gpu_scenarios import cells, docker_opts, flags, split

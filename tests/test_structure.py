@@ -127,10 +127,17 @@ def test_dependencies_point_one_way():
     assert layering_violations(graph()) == []
 
 
-def test_engines_import_nothing_of_orchestrator():
+def test_engines_import_nothing_of_orchestrator_but_the_shared_types():
     g = graph()
     assert not [f"{m} -> {t}" for m, ts in g.items() if m.startswith("engines") for t in ts
-                if not t.startswith("engines")]
+                if not t.startswith(("engines", "orchestrator.types")) and t != "orchestrator"]
+
+
+def test_the_shared_types_floor_imports_only_the_small_helpers_of_common():
+    g = graph()
+    assert {t for m, ts in g.items() if m.startswith("orchestrator.types") for t in ts
+            if not t.startswith("orchestrator.types")} <= {"orchestrator", "orchestrator.common", "orchestrator.common.show",
+                                                           "orchestrator.common.redact"}
 
 
 def test_the_checks_see_a_planted_cycle_and_a_backwards_import(tmp_path):

@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 from aiohttp import web
@@ -270,65 +271,90 @@ def make_app(server: Server) -> web.Application:
     async def models(_):
         return web.json_response({"object": "list", "data": [{"id": server.name, "object": "model"}]})
 
-    async def completions(request: web.Request, chat: bool):
-        try:
-            body = json.loads(await request.read())
-            req = _request(body)
-            input_ids = server.encode(body, chat)
-            server.check(input_ids, req)
-        except (ValueError, BadRequest) as exc:
-            return web.json_response({"error": {"message": str(exc), "type": "invalid_request_error"}}, status=400)
-        loop, queue, cancel = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
-        rid, created, prompt_n = f"cmpl-{uuid.uuid4().hex}", int(time.time()), input_ids.shape[1]
-        job = loop.run_in_executor(server.pool, server.generate, input_ids, req,
-                                   Stream(server.tokenizer, loop, queue) if req["stream"] else None, cancel)
-        if not req["stream"]:
-            try:
-                ids, spec = await job
-            finally:
-                cancel.set()  # a client that hung up stops its generation too
-            text = server.tokenizer.decode(ids, skip_special_tokens=True)
-            finish = "length" if len(ids) >= req["max_tokens"] else "stop"
-            choice = ({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
-            return web.json_response({"id": rid, "object": "chat.completion" if chat else "text_completion",
-                                      "created": created, "model": server.name,
-                                      "choices": [{"index": 0, "finish_reason": finish, **choice}],
-                                      "usage": _usage(prompt_n, len(ids)),
-                                      **({"metrics": {"speculative_decoding": spec}} if spec else {})})
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        try:
-            while True:
-                getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    piece, n = getter.result()
-                    await _send(resp, _chunk(rid, created, server.name, chat, piece, usage=_usage(prompt_n, n)))
-                    continue
-                getter.cancel()
-                while not queue.empty():
-                    piece, n = queue.get_nowait()
-                    await _send(resp, _chunk(rid, created, server.name, chat, piece, usage=_usage(prompt_n, n)))
-                ids, spec = job.result()
-                finish = "length" if len(ids) >= req["max_tokens"] else "stop"
-                await _send(resp, _chunk(rid, created, server.name, chat, finish=finish,
-                                         usage=_usage(prompt_n, len(ids)), spec=spec))
-                await resp.write(b"data: [DONE]\n\n")
-                return resp
-        except (ConnectionResetError, asyncio.CancelledError):
-            cancel.set()  # the client went away: stop generating for it
-            raise
-        except Exception as exc:  # a failed generation: say so in the stream, as OpenAI's servers do
-            cancel.set()
-            await _send(resp, {"error": {"message": f"{type(exc).__name__}: {exc}"[:500], "type": "server_error"}})
-            return resp
-
     app = web.Application(client_max_size=MAX_BODY)
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
-    app.router.add_post("/v1/completions", lambda r: completions(r, chat=False))
-    app.router.add_post("/v1/chat/completions", lambda r: completions(r, chat=True))
+    app.router.add_post("/v1/completions", lambda r: _completions(server, r, chat=False))
+    app.router.add_post("/v1/chat/completions", lambda r: _completions(server, r, chat=True))
     return app
+
+
+class Reply:
+    """One request's answer: what its response, or every event of its stream, says about it."""
+
+    def __init__(self, name: str, chat: bool, max_tokens: int, prompt_n: int):
+        self.rid, self.created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        self.name, self.chat, self.max_tokens, self.prompt_n = name, chat, max_tokens, prompt_n
+
+    def finish(self, ids: list[int]) -> str:
+        return "length" if len(ids) >= self.max_tokens else "stop"
+
+    def piece(self, piece: str, n: int) -> dict:
+        return _chunk(self.rid, self.created, self.name, self.chat, piece, usage=_usage(self.prompt_n, n))
+
+    def last(self, ids: list[int], spec: dict) -> dict:
+        return _chunk(self.rid, self.created, self.name, self.chat, finish=self.finish(ids),
+                      usage=_usage(self.prompt_n, len(ids)), spec=spec)
+
+    def whole(self, text: str, ids: list[int], spec: dict) -> dict:
+        choice = ({"message": {"role": "assistant", "content": text}} if self.chat else {"text": text})
+        return {"id": self.rid, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.name,
+                "choices": [{"index": 0, "finish_reason": self.finish(ids), **choice}],
+                "usage": _usage(self.prompt_n, len(ids)),
+                **({"metrics": {"speculative_decoding": spec}} if spec else {})}
+
+
+async def _completions(server: Server, request: web.Request, chat: bool) -> web.StreamResponse:
+    try:
+        body = json.loads(await request.read())
+        req = _request(body)
+        input_ids = server.encode(body, chat)
+        server.check(input_ids, req)
+    except (ValueError, BadRequest) as exc:
+        return web.json_response({"error": {"message": str(exc), "type": "invalid_request_error"}}, status=400)
+    loop, cancel = asyncio.get_running_loop(), threading.Event()
+    queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+    reply = Reply(server.name, chat, req["max_tokens"], input_ids.shape[1])
+    job = loop.run_in_executor(server.pool, server.generate, input_ids, req,
+                               Stream(server.tokenizer, loop, queue) if req["stream"] else None, cancel)
+    if not req["stream"]:
+        try:
+            ids, spec = await job
+        finally:
+            cancel.set()  # a client that hung up stops its generation too
+        return web.json_response(reply.whole(server.tokenizer.decode(ids, skip_special_tokens=True), ids, spec))
+    return await _stream(request, reply, job, queue, cancel)
+
+
+async def _stream(request: web.Request, reply: Reply, job: asyncio.Future[tuple[list[int], dict]],
+                  queue: asyncio.Queue[tuple[str, int]], cancel: threading.Event) -> web.StreamResponse:
+    """The pieces of text as generation makes them, then the last event with the finish reason
+    and the draft counts."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            racing: set[asyncio.Future[Any]] = {getter, job}  # two result types: a text piece, the job's end
+            done, _ = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                await _send(resp, reply.piece(*getter.result()))
+                continue
+            getter.cancel()
+            while not queue.empty():
+                await _send(resp, reply.piece(*queue.get_nowait()))
+            ids, spec = job.result()
+            await _send(resp, reply.last(ids, spec))
+            await resp.write(b"data: [DONE]\n\n")
+            return resp
+    except (ConnectionResetError, asyncio.CancelledError):
+        cancel.set()  # the client went away: stop generating for it
+        raise
+    except Exception as exc:  # a failed generation: say so in the stream, as OpenAI's servers do
+        cancel.set()
+        await _send(resp, {"error": {"message": f"{type(exc).__name__}: {exc}"[:500], "type": "server_error"}})
+        return resp
 
 
 async def _send(resp: web.StreamResponse, obj: dict) -> None:

@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 import docker
 
-from engines import ServerPlan
+from orchestrator.types.server import ServerPlan
 
 from orchestrator.common import redact
 from orchestrator.common.safefs import nofollow

@@ -14,7 +14,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from engines import ServerPlan
+from orchestrator.types.server import ServerPlan
 
 from orchestrator.common import redact
 from orchestrator.common.safefs import nofollow, read_tail

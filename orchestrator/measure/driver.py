@@ -486,8 +486,9 @@ class _StreamState:
             return True
         usage = _field(obj, "usage", dict, "")
         usage = _usage(usage, self.max_tokens) if usage else None
-        extra = _nested(obj, self.counts.key) if self.counts else None
-        extra = _extra_counts(extra, self.counts, self.max_tokens) if extra else None
+        counts = self.counts
+        extra = _nested(obj, counts.key) if counts else None
+        extra = _extra_counts(extra, counts, self.max_tokens) if counts and extra else None
         self._forward(usage, extra)
         self.usage, self.extra = usage or self.usage, extra or self.extra
         if self._choices(_field(obj, "choices", list, "") or []):
@@ -516,8 +517,10 @@ class _StreamState:
         the chunks so far is a stream that contradicts itself (chunks repeated, or a count)."""
         count = self.chunk_tokens[-1]
         if count is not None and count < self.chunks:
-            name = ("usage.completion_tokens" if (usage or {}).get("completion_tokens") is not None
-                    else f"{self.counts.key}.{self.counts.completion}")
+            # A count that is not usage's is the engine's (_cumulative), so counts is set then.
+            counts = self.counts
+            name = ("usage.completion_tokens" if (usage or {}).get("completion_tokens") is not None or counts is None
+                    else f"{counts.key}.{counts.completion}")
             raise StreamFault(f"{name} {count} < {self.chunks} chunks with text so far (each carries a token at least)")
 
     def _choices(self, choices: list) -> bool:
@@ -553,10 +556,9 @@ class _StreamState:
         error = self.error
         if error is None and not self.done and self.finish_reason is None:
             error = f"stream ended before [DONE] after {self.chunks} chunks (cut mid-stream)"
-        if error is None and tokens is None:
-            error = NO_COUNT
         if error is None:
-            error = _contradiction(tokens, source, self.chunks)
+            # _completion_tokens gives a source with every count, and neither without one.
+            error = NO_COUNT if tokens is None or source is None else _contradiction(tokens, source, self.chunks)
         rec = {
             "ok": error is None, "error": error, "http_status": self.http_status, "wall_start": wall_start,
             "t_start": t_start, "t_first_token": self.t_first, "t_end": t_end,
@@ -569,7 +571,7 @@ class _StreamState:
             "chunk_tokens": self.chunk_tokens,
             **({"redirected_to": self.redirected_to} if self.redirected_to else {}),
         }
-        rec.update(rates(tokens, t_start, self.t_first, t_end) if error is None else
+        rec.update(rates(tokens, t_start, self.t_first, t_end) if error is None and tokens is not None else
                    {"e2e_tok_s": None, "decode_tok_s": None, "ttft_s": None})
         return rec
 
@@ -611,31 +613,41 @@ def _extra_counts(obj: dict, counts: StreamCounts, max_tokens: int | None) -> di
     """The engine's own counts of one event, each checked: whole token counts (the completion
     count at most max_tokens), finite rates, never more accepted than drafted tokens."""
     where = f"{counts.key}."
-    out = {f: _count(obj, f, where, max_tokens if f == counts.completion else None) for f in counts.counts}
-    out.update({f: _rate(obj, f, where) for f in counts.rates})
-    drafted, accepted = out.get(counts.drafted), out.get(counts.accepted)
+    numbers: dict[str, int | float | None] = {
+        f: _count(obj, f, where, max_tokens if f == counts.completion else None) for f in counts.counts}
+    numbers.update({f: _rate(obj, f, where) for f in counts.rates})
+    drafted, accepted = _named(numbers, counts.drafted), _named(numbers, counts.accepted)
     if (accepted or 0) > (drafted or 0):
         raise StreamFault(f"{where}{counts.accepted} ({accepted}) is more than {where}{counts.drafted} ({drafted or 0})")
+    out: dict[str, int | float | list[int] | None] = dict(numbers)
     if counts.histogram:
-        out[counts.histogram] = _histogram(obj, counts, out, where)
+        out[counts.histogram] = _histogram(obj, counts.histogram, counts, numbers, where)
     return out
+
+
+def _named(values: dict[str, int | float | None], name: str | None) -> int | float | None:
+    """values[name], or None where the engine names no such count (StreamCounts' optional fields)."""
+    return values.get(name) if name is not None else None
 
 
 MAX_BINS = 4097  # a histogram of accepted drafts per step has depth + 1 bins
 
 
-def _histogram(obj: dict, counts: StreamCounts, got: dict, where: str) -> list[int] | None:
-    """Steps by accepted drafts: whole counts, summing to the steps and, weighted, to the accepted."""
-    hist = _field(obj, counts.histogram, list, where)
+def _histogram(obj: dict, key: str, counts: StreamCounts, got: dict[str, int | float | None],
+               where: str) -> list[int] | None:
+    """Steps by accepted drafts (obj[key], key being counts.histogram): whole counts, summing to
+    the steps and, weighted, to the accepted."""
+    hist = _field(obj, key, list, where)
     if hist is None:
         return None
-    name = f"{where}{counts.histogram}"
+    name = f"{where}{key}"
     if len(hist) > MAX_BINS:
         raise StreamFault(f"{name} has {len(hist)} bins, more than {MAX_BINS}")
-    bins = [_count({"bin": v}, "bin", f"{name}[{j}].") for j, v in enumerate(hist)]
-    if any(b is None for b in bins):
+    checked = [_count({"bin": v}, "bin", f"{name}[{j}].") for j, v in enumerate(hist)]
+    bins = [b for b in checked if b is not None]
+    if len(bins) != len(checked):
         raise StreamFault(f"{name} holds a null")
-    steps, accepted = got.get(counts.steps), got.get(counts.accepted)
+    steps, accepted = _named(got, counts.steps), _named(got, counts.accepted)
     if steps is not None and sum(bins) != steps:
         raise StreamFault(f"{name} counts {sum(bins)} steps, not {where}{counts.steps} ({steps})")
     weighted = sum(j * b for j, b in enumerate(bins))

@@ -151,7 +151,7 @@ def _lines(path: Path):
         except EOFError:
             raise PromptFileError(f"{shown(path)}: the gzip stream ends early (a truncated file); download it again") from None
         except (OSError, zlib.error) as exc:  # BadGzipFile is an OSError
-            if not gz:
+            if not gz and isinstance(exc, OSError):  # zlib.error comes from gunzip alone
                 raise PromptFileError(f"{shown(path)}: cannot read it ({exc.strerror}); pass a readable .jsonl or "
                                       ".parquet file") from exc
             raise PromptFileError(f"{shown(path)}: not a gzip file ({exc}); gunzip it yourself or rename it") from exc
@@ -227,8 +227,26 @@ def _json_object(line: str, where: str, form: Format | None) -> dict:
 
 def _parquet(path: Path, fmt: str | None, turns: str) -> list[Item]:
     pf, schema = _parquet_file(path)
+    form = FORMATS[fmt] if fmt else recognise(schema.names)
+    keep = _parquet_columns(path, pf, schema, form)
+    _check_unpacked(path, pf, keep)
+    _check_text_sizes(path, pf, keep)
+    items: list[Item] = []
+    first_row: dict[str, int] = {}
+    n = 0
+    for batch in _batches(path, pf, keep):
+        for row in batch.to_pylist():  # Arrow's own values: lists, str, int, None; never numpy
+            n += 1
+            where = f"{shown(path)} row {n}"
+            items.append(parse_row(row, form, where, n, turns, "row"))
+            _first(first_row, items[-1].id, n, where, "row")
+    return items
+
+
+def _parquet_columns(path: Path, pf, schema, form: Format) -> list[str]:
+    """The columns of `form` that the file has, once it has rows, not too many, and every
+    column `form` needs, each of a type that _row_bytes can size."""
     names = schema.names
-    form = FORMATS[fmt] if fmt else recognise(names)
     missing = [c for c in form.required if c not in names]
     if missing:
         raise PromptFileError(f"{shown(path)}: no column {', '.join(missing)} ({form.name} format); {form.fix}")
@@ -241,7 +259,12 @@ def _parquet(path: Path, fmt: str | None, turns: str) -> list[Item]:
     keep = [c for c in (form.id, form.text, form.category, "sub_category") if c and c in names]
     for col in keep:
         _readable_type(schema.field(col).type, col, path)
-    # The footer's sizes first: what Arrow would decompress of the columns read.
+    return keep
+
+
+def _check_unpacked(path: Path, pf, keep: list[str]) -> None:
+    """The footer's sizes first: what Arrow would decompress of the columns read."""
+    meta = pf.metadata
     leaves = [pf.schema.column(i) for i in range(len(pf.schema))]
     mine = [i for i, leaf in enumerate(leaves) if leaf.path.split(".")[0] in keep]
     packed = sum(meta.row_group(g).column(i).total_uncompressed_size
@@ -250,9 +273,12 @@ def _parquet(path: Path, fmt: str | None, turns: str) -> list[Item]:
         raise PromptFileError(f"{shown(path)}: its columns {', '.join(keep)} take {packed >> 20} MiB uncompressed, "
                               f"more than the {MAX_FILE_BYTES >> 20} MiB orch reads; sample the prompts you need into "
                               "a smaller file")
-    # Strings stay dictionary-encoded as Arrow reads them: a few KB of parquet can repeat one long
-    # string into gigabytes. Every row's decoded size is counted from the dictionary before any
-    # row becomes Python text, and the whole file's before the first one does.
+
+
+def _check_text_sizes(path: Path, pf, keep: list[str]) -> None:
+    """Strings stay dictionary-encoded as Arrow reads them: a few KB of parquet can repeat one long
+    string into gigabytes. Every row's decoded size is counted from the dictionary before any
+    row becomes Python text, and the whole file's before the first one does."""
     n = text_bytes = 0
     for batch in _batches(path, pf, keep):
         sizes = sum(_row_bytes(batch.column(col), col, path) for col in keep)
@@ -266,16 +292,6 @@ def _parquet(path: Path, fmt: str | None, turns: str) -> list[Item]:
         if len(past):
             raise _too_much(path, "row", n + int(past[0]) + 1)
         n, text_bytes = n + batch.num_rows, int(total[-1]) if len(total) else text_bytes
-    items: list[Item] = []
-    first_row: dict[str, int] = {}
-    n = 0
-    for batch in _batches(path, pf, keep):
-        for row in batch.to_pylist():  # Arrow's own values: lists, str, int, None; never numpy
-            n += 1
-            where = f"{shown(path)} row {n}"
-            items.append(parse_row(row, form, where, n, turns, "row"))
-            _first(first_row, items[-1].id, n, where, "row")
-    return items
 
 
 def _batches(path: Path, pf, columns: list[str]):
@@ -357,7 +373,7 @@ def _parquet_file(path: Path):
         pf = pq.ParquetFile(path)
         leaves = [pf.schema.column(i) for i in range(len(pf.schema))]
         strings = [leaf.path for leaf in leaves if leaf.physical_type == "BYTE_ARRAY"]
-        # Opened again with every string column read as a dictionary (see _parquet).
+        # Opened again with every string column read as a dictionary (see _check_text_sizes).
         return (pq.ParquetFile(path, read_dictionary=strings) if strings else pf), pf.schema_arrow
     except (pa.ArrowException, OSError) as exc:
         raise _unreadable(path, exc) from exc

@@ -23,6 +23,7 @@ from engines import HF_CONVERTERS, QUANTIZER
 from engines.installing import cache_root, last_line
 
 from orchestrator.common.errors import InstallError, ModelError
+from orchestrator.types.server import ResolvedModel
 
 
 @dataclass(frozen=True)
@@ -65,17 +66,6 @@ CONVERTER = 2
 
 # "org/repo" or "org/repo:QUANT": passed through to hosts that can download it.
 _HF_REF = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?$")
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    ref: str
-    path: Path | None = None
-    hf_ref: str | None = None
-
-    @property
-    def label(self) -> str:
-        return self.path.name if self.path else self.hf_ref
 
 
 def check_model_ref(ref: str, base_dir: Path | None = None, fmt: str = "gguf") -> str | None:

@@ -27,7 +27,8 @@ from orchestrator.measure.driver import ENDPOINTS, RequestSpec, request_body, ru
 from orchestrator.common.errors import AuthRefused, InstallError, OrchError, ResultsError, ServerError
 from orchestrator.launch.launchers import LAUNCHERS, command_text, free_port, log_tail
 from orchestrator.launch.shared import owner_labels
-from orchestrator.setup.models import ResolvedModel, planned_model, resolve_model
+from orchestrator.setup.models import planned_model, resolve_model
+from orchestrator.types.server import ResolvedModel
 from orchestrator.measure.prompts import WARMUP, Prompt, load_prompt_set
 from orchestrator.types.records import CellPlacement, CellRecord, Measured, RequestRecord, Roofline
 from orchestrator.results.rundir import RunDir, why

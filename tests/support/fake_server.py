@@ -12,6 +12,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+HOLD_S = 120.0  # the longest a stalled stream is held (a guard, never reached by a client with a deadline)
+
+
 class FakeServer:
     # Faults: "http500", "http429", "http503", "not_json", "cut", "no_usage", "stall".
     def __init__(self, total_tokens=24, tokens_per_chunk=4, gap_s=0.02, continuous_usage=True, fault=None, gaps=None):
@@ -22,12 +25,16 @@ class FakeServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.bodies: list[dict] = []
         self.headers: list[dict] = []
+        # "stall" holds its stream open until the server is stopped (or HOLD_S, a guard against a
+        # client that never gives up: the stream then ends short of [DONE], which no deadline says)
+        self.released = threading.Event()
 
     def __enter__(self):
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 
     def __exit__(self, *exc):
+        self.released.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -58,9 +65,9 @@ class FakeServer:
                 self.end_headers()
                 sent = 0
                 gap = server.gaps[(len(server.bodies) - 1) % len(server.gaps)] if server.gaps else server.gap
-                if fault == "stall":  # headers, one chunk, then no bytes (bounded: the test's timeout is shorter)
+                if fault == "stall":  # headers, one chunk, then no bytes until the server is stopped
                     self._event({"choices": [{"index": 0, "delta": {"content": "x"}}]})
-                    time.sleep(10)
+                    server.released.wait(HOLD_S)
                     return
                 while sent < server.total:
                     n = min(server.k, server.total - sent)

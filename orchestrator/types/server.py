@@ -1,16 +1,19 @@
-"""One container for one cell, typed: what `docker run` shows and what docker-py is given.
+"""What one cell's server is started from, typed, on the shared floor: the model files
+(ResolvedModel), the plan a launcher follows (ServerPlan) and, for launcher = "docker", its one
+container (ContainerSpec): what `docker run` shows and what docker-py is given.
 
 ContainerSpec.run_line() (the command line users see and runs record) and
 ContainerSpec.run_kwargs() (what orchestrator.launch.docker hands to docker-py) are the only places
-the container's options are spelled, so the two cannot drift apart. Nothing here imports orchestrator.
+the container's options are spelled, so the two cannot drift apart. Nothing here imports the rest of orch.
 """
 
 from __future__ import annotations
 
+import shlex
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Literal
 
 # Bridge networking publishes the server's port on this address only: nothing off the host reaches it.
@@ -119,3 +122,36 @@ class ContainerSpec:
         if self.gpus == "all":
             return DeviceRequest(count=-1, capabilities=[["gpu"]])
         return DeviceRequest(device_ids=[str(g) for g in self.gpus], capabilities=[["gpu"]])
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A scenario's model or draft reference, made concrete: a local file or folder, or a hub name."""
+
+    ref: str
+    path: PurePath | None = None  # inside a container: the path it is mounted at
+    hf_ref: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.path.name if self.path else (self.hf_ref or self.ref)
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """What a launcher needs to start one server for one cell."""
+
+    argv: list[str]
+    port: int
+    health_path: str
+    env: dict[str, str]
+    base_url: str | None = None  # set for a server orch did not start
+    container: ContainerSpec | None = None  # set for launcher = "docker"
+    cores: tuple[int, ...] | None = None  # a local process's CPU affinity (a sweep's device); None: any core
+
+    def display(self) -> str:
+        """The command line a user would type: the argv, or the equivalent `docker run`. A server
+        orch did not start has none (launchers.command_text shows its URL, less any password)."""
+        if self.container is None:
+            return shlex.join(self.argv)
+        return shlex.join(self.container.run_line())
