@@ -181,7 +181,7 @@ class Engine(ABC):
         return str(Path(found).resolve()) if found else None
 
 
-M = TypeVar("M", ResolvedModel, None)
+M = TypeVar("M", bound=ResolvedModel | None)
 
 
 def _mount(model: M, target_dir: str) -> tuple[M, Mount | None]:

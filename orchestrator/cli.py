@@ -106,8 +106,9 @@ def sweep(scenario, out, overrides, dry_run, resume, search, search_starts, only
          *(["--search-starts", str(search_starts)] if search_starts is not None else []),
          "--resume", "--out", str(out)])
     if dry_run:
-        click.echo(printable(redact.scrub(search_dry_run_text(sc, scenario.parent, budgets, out, resume) if search
-                                          else dry_run_text(sc, scenario.parent, str(scenario))), lines=True))
+        text = (search_dry_run_text(sc, scenario.parent, budgets, out, resume) if budgets is not None  # --search
+                else dry_run_text(sc, scenario.parent, str(scenario)))
+        click.echo(printable(redact.scrub(text), lines=True))
         return
     _run(sc, scenario.parent, out, resume, again, budgets)
 
@@ -393,8 +394,8 @@ def engines_list():
 def _install_one(what: str, name: str, jobs: int | None = None) -> None:
     from orchestrator.progress import build_progress
 
-    if what == "engine" and INSTALLERS[name].installed():
-        click.echo(_made_line(what, name, INSTALLERS[name].installed(), False))
+    if what == "engine" and (found := INSTALLERS[name].installed()):
+        click.echo(_made_line(what, name, found, False))
         return
     with build_progress(Console(stderr=True)) as progress:
         path, made = run_step(what, name, progress, jobs)

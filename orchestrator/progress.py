@@ -13,7 +13,7 @@ import time
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from orchestrator.analysis import stats
 from orchestrator.common import redact
@@ -39,7 +39,7 @@ class SweepProgress:
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TextColumn("{task.fields[latest]}"), TimeElapsedColumn(),
                              console=self.console, transient=False)
-        self._task = None
+        self._task: TaskID | None = None
         self._cell = ""
 
     def side_by_side(self) -> "ParallelProgress":
@@ -57,21 +57,25 @@ class SweepProgress:
         self._cell = f"cell {k}/{n} {cell_id}"
         self._task = self._bar.add_task(f"{self._cell}: starting server", total=requests, latest="")
 
+    def _current(self) -> TaskID:
+        assert self._task is not None  # the sweep calls cell_started before a cell's other calls
+        return self._task
+
     def phase(self, text: str) -> None:
-        self._bar.update(self._task, description=f"{self._cell}: {text}")
+        self._bar.update(self._current(), description=f"{self._cell}: {text}")
 
     def request_done(self, rec) -> None:
         """`rec`: a types.records.RequestRecord just written."""
         if rec.phase != "measured":
             return
         latest = f"{rec.e2e_tok_s:.1f} tok/s" if rec.e2e_tok_s else "error"
-        self._bar.update(self._task, advance=1, latest=f"latest {latest}")
+        self._bar.update(self._current(), advance=1, latest=f"latest {latest}")
 
     def warn(self, text: str) -> None:
         self.console.print(f"  {self._cell}: warning: {escape(printable(redact.scrub(text)))}")
 
     def cell_finished(self, status: str, note: str = "") -> None:
-        self._bar.update(self._task, description=f"{self._cell}: {status}")
+        self._bar.update(self._current(), description=f"{self._cell}: {status}")
         if note:  # a server's words: no secret, no rich markup ("[/x]" would raise), no escape or line break
             self.console.print(f"  {self._cell}: {escape(printable(redact.scrub(note)))}")
 

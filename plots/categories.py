@@ -35,7 +35,7 @@ def draw_category_heatmap(view: CategoryView | None, subtitle: str, out_dir: Pat
         ax.set_title(f"{engine}" + (f" · c={conc}" if len({c for _, c in panels}) > 1 else ""), fontsize=10)
     bar = fig.colorbar(image, ax=list(axes[0]), shrink=0.8, pad=0.02)
     ticks = [0.25, 0.5, 1, 2, 4]
-    bar.set_ticks(np.log2(ticks), labels=[f"{t:g}x" for t in ticks])
+    bar.set_ticks(np.log2(ticks).tolist(), labels=[f"{t:g}x" for t in ticks])
     bar.set_label("typical paired speedup over n_spec 0")
     fig.suptitle("Speedup by category and depth (request pairs; box: the depth to run; italic: the interval "
                  f"includes 1.0x, or too few pairs)\n{subtitle}", fontsize=10)

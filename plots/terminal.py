@@ -3,6 +3,8 @@ it, each as fixed-width text, then where the files are. Nothing here computes or
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from orchestrator.analysis.findings import TERMINAL, Findings, Section
 from orchestrator.common.show import printable
 
@@ -25,7 +27,7 @@ def _plain(s: Section) -> str:
     return "\n".join(parts)
 
 
-def _files(found: Findings, report: Report) -> list[tuple[str, object]]:
+def _files(found: Findings, report: Report) -> list[tuple[str, Path]]:
     out = [(label, found.written[name]) for label, name in
            (("summary", "summary.csv"), ("pairs", "pairs.csv"), ("model", "model.csv"),
             ("by category", "summary_by_category.csv")) if name in found.written]

@@ -2,7 +2,15 @@
 
 import pytest
 
-from .support.runs import ORCH
+from .support.llama_help import help_options
+from .support.runs import ORCH, llama_server_binary
+
+
+@pytest.fixture(scope="module")
+def llama_help():
+    """(live options, removed options, --spec-type values) of the real llama-server's --help, read
+    once per test module."""
+    return help_options(llama_server_binary())
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ from orchestrator.cli import cli
 from orchestrator.analysis.findings import analyze
 from plots.report import write_report
 
-from .support.runs import cells_of, make_run, requests_of
-from .test_pairs import timed
+from .support.runs import cells_of, make_run, requests_of, timed
 
 SPEED = {"code": {4: 2.0, 8: 1.2}, "prose": {4: 1.0, 8: 0.8}}
 ACCEPT = {"code": 0.8, "prose": 0.2}

@@ -15,7 +15,7 @@ from orchestrator.types.server import ContainerSpec, Mount
 from orchestrator.cli import cli
 
 from .support.runs import jsonl_rows as rows, workload_scenario as scenario, llama_server_binary
-from .support.docker_image import IMAGE, build_llama_image, docker_client
+from .support.docker_image import IMAGE, build_llama_image, docker_client, engine
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +30,6 @@ def client():
     for leftover in c.containers.list(all=True, filters={"label": "orch.managed=1"}):
         if leftover.labels.get("orch.sweep", "").startswith("dk"):
             leftover.remove(force=True)
-
-
-def engine(name, args=(), n_spec="[0, 4]", launcher="docker"):
-    extra = "".join(f', "{a}"' for a in args)
-    docker = ('[engines.docker]\nimage = "orch-test/llama-server:cpu"\ngpus = "none"\nnetwork = "host"\n'
-              'env = ["HF_TOKEN"]\n' if launcher == "docker" else "")
-    return (f'[[engines]]\nname = "{name}"\nkind = "llama-server"\nlauncher = "{launcher}"\nmodel = "gemma-3-270m"\n'
-            f'api = "completions"\nargs = ["-c", "2048", "-t", "2"{extra}]\nready_timeout_s = 120\n{docker}'
-            f'[engines.speculation]\nmethod = "ngram-mod"\nn_spec = {n_spec}\n')
 
 
 def labelled(client, sweep):

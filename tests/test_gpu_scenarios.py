@@ -3,49 +3,13 @@
 
 import json
 import re
-import shlex
-from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from orchestrator.cli import cli
+from .support.dry_runs import cells, docker_opts, flags, split
 
-from .test_engine_truth import llama_help  # noqa: F401  (the real llama-server's --help, a fixture)
-
-SCENARIOS = Path(__file__).parent.parent / "scenarios"
 VLLM_LIMITS = {"--max-model-len": "3000", "--tensor-parallel-size": "1", "--gpu-memory-utilization": "0.45",
                "--max-num-seqs": "1", "--limit-mm-per-prompt": '{"image":0,"audio":0}'}
-
-
-def cells(name: str) -> dict[str, list[str]]:
-    result = CliRunner().invoke(cli, ["sweep", str(SCENARIOS / name), "--dry-run"])
-    assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    return {re.match(r"cell \d+/\d+ (\S+)", a).group(1): shlex.split(b) for a, b in zip(lines[2::2], lines[3::2], strict=False)}
-
-
-def split(cmd: list[str], image: str) -> tuple[list[str], list[str]]:
-    assert cmd[:3] == ["docker", "run", "--rm"]
-    i = cmd.index(image)
-    return cmd[3:i], cmd[i + 1:]
-
-
-def flags(argv: list[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for i, tok in enumerate(argv):
-        if tok.startswith("-") and not re.fullmatch(r"-\d+", tok):
-            nxt = argv[i + 1] if i + 1 < len(argv) else None
-            out.setdefault(tok, []).append(nxt if nxt is not None and (not nxt.startswith("-") or
-                                                                      re.fullmatch(r"-\d+", nxt)) else "")
-    return out
-
-
-def docker_opts(opts: list[str]) -> dict:
-    assert opts[opts.index("--gpus") + 1] == "all" and opts[opts.index("--ipc") + 1] == "host"
-    assert re.fullmatch(r"127\.0\.0\.1:\d+:\d+", opts[opts.index("-p") + 1])  # published on loopback only
-    assert opts[opts.index("-e") + 1] == "HF_TOKEN"  # by name: the value is never written
-    return {"volume": opts[opts.index("-v") + 1]}
 
 
 @pytest.mark.parametrize("name, model, n_specs, extra", [
@@ -122,7 +86,7 @@ def test_gemma4_12b_three_variants_flag_by_flag():
 
 
 @pytest.mark.parametrize("name", ["gemma4-12b-mtp-qat-llamacpp.toml", "qwen36-27b-mtp-llamacpp.toml"])
-def test_every_flag_of_the_llamacpp_gpu_scenarios_is_live_in_the_real_binary(name, llama_help):  # noqa: F811 (the fixture)
+def test_every_flag_of_the_llamacpp_gpu_scenarios_is_live_in_the_real_binary(name, llama_help):
     live, removed, types = llama_help
     for cell, cmd in cells(name).items():
         _, argv = split(cmd, "ghcr.io/ggml-org/llama.cpp:server-cuda13")

@@ -7,8 +7,7 @@ from orchestrator.analysis.load import crossover
 from orchestrator.analysis.summary import summarize
 from orchestrator.cli import cli
 
-from .support.runs import cells_of, make_run, requests_of
-from .test_pairs import timed
+from .support.runs import cells_of, make_run, requests_of, timed
 
 SPEEDUPS = {4: {1: 2.0, 4: 1.5, 8: 1.0}, 8: {1: 2.2, 4: 0.9, 8: 0.8}, 2: {1: 1.3, 4: 1.2, 8: 1.1}}
 

@@ -10,17 +10,7 @@ from orchestrator.analysis.pairs import pair_table
 from orchestrator.analysis.summary import format_table, measured_frame, summarize as summarize_records
 from orchestrator.cli import cli
 
-from .support.runs import CELLS, cells_of, make_run, requests_of
-
-
-def timed(cell, n_spec, prompt, tokens, seconds, ok=True, repeat=0, prompt_set="seeds", concurrency=1):
-    """A measured request whose rate is tokens / seconds, as the driver records it."""
-    return {"cell_id": cell, "engine": "e", "method": "ngram-mod" if n_spec else "none", "n_spec": n_spec,
-            "concurrency": concurrency, "prompt_set": prompt_set, "phase": "measured", "ok": ok,
-            "key": f"measured/c{concurrency}/r{repeat}/{prompt_set}/{prompt}", "prompt_id": prompt,
-            "repeat": repeat, "t_start": 100.0, "t_end": 100.0 + seconds, "t_first_token": 100.05,
-            "completion_tokens": tokens if ok else None, "e2e_tok_s": tokens / seconds if ok else None,
-            "error": None if ok else "HTTP 500", "text": "same"}
+from .support.runs import CELLS, cells_of, make_run, requests_of, timed
 
 
 def test_identical_ratios_of_one_point_zero_zero_one_are_no_clear_difference():

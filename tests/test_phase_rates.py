@@ -6,8 +6,7 @@ import pytest
 
 from orchestrator.analysis.summary import format_table, summarize
 
-from .support.runs import cells_of, requests_of
-from .test_pairs import timed
+from .support.runs import cells_of, requests_of, timed
 
 CELLS = [{"cell_id": "e-n0", "engine": "e", "method": "none", "n_spec": 0, "status": "ok"}]
 

@@ -25,9 +25,9 @@ from orchestrator.sweep.parallel import Event, Relay, Writer, pump
 from orchestrator.sweep.placement import Device, devices_of, node_device, parse_cores, parse_gpus, place, unavailable
 from orchestrator.types.scenario import EngineSpec
 
-from .test_engine_truth import help_options
+from .support.fake_nvml import FakeNvml
+from .support.llama_help import help_options
 from .support.runs import llama_server_binary
-from .test_telemetry import FakeNvml
 
 
 def llama(args=("-c", "4096", "-t", "2")):

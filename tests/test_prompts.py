@@ -5,7 +5,8 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
-from orchestrator.measure.prompts import MAX_ID_CHARS, PromptFileError, load_prompt_set
+from orchestrator.measure.prompts import PromptFileError, load_prompt_set
+from orchestrator.types.scenario import MAX_ID_CHARS
 
 FIX = 'write each line as {"id": "q1", "prompt": "..."}'
 

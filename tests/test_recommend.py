@@ -9,8 +9,7 @@ from orchestrator.analysis.recommend import format_advice, what_to_run
 from orchestrator.analysis.summary import measured_frame, summarize
 from orchestrator.cli import cli
 
-from .support.runs import cells_of, make_run, requests_of
-from .test_pairs import timed
+from .support.runs import cells_of, make_run, requests_of, timed
 
 
 def run_of(speedups: dict, prompts: int = 10, wobble: dict | None = None):

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 
-from .test_search import GRID, cell
+from .support.depth_curve import GRID, cell
 
 SCENARIO = """name = "t"
 [workload]

@@ -14,7 +14,7 @@ from orchestrator.measure import server_metrics
 from orchestrator.types.server import ResolvedModel
 from orchestrator.types.scenario import EngineSpec
 
-from .test_gpu_scenarios import cells, docker_opts, flags, split
+from .support.dry_runs import cells, docker_opts, flags, split
 
 SGLANG = json.loads((Path(__file__).parent / "fixtures" / "sglang" / "server_flags.json").read_text())
 LIVE = set(SGLANG["flags"])

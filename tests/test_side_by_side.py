@@ -290,9 +290,8 @@ def test_ctrl_c_cancels_the_ray_tasks_and_their_servers(scenario, cluster, tmp_p
 
 def test_ctrl_c_on_a_cluster_leaves_no_container_of_the_run(cluster, tmp_path, spawn_orch):
     """The same with the Docker launcher: a killed worker cannot remove its container; orch does."""
-    from .support.docker_image import build_llama_image, docker_client
+    from .support.docker_image import build_llama_image, docker_client, engine
     from .support.runs import llama_server_binary, workload_scenario
-    from .test_docker import engine
 
     client = docker_client()
     build_llama_image(client, llama_server_binary())

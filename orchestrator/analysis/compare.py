@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -57,7 +58,8 @@ def compare_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame([r for r in rows if r], columns=COLUMNS), warnings
 
 
-def _best(run: RunDir, nodes: dict, key: tuple, g: pd.DataFrame) -> dict | None:
+def _best(run: RunDir, nodes: dict[tuple[str, int], str | None], key: tuple[str, str, int],
+          g: pd.DataFrame) -> dict[str, Any] | None:
     """The row of one engine, prompt set and concurrency; labelled by the node the best depth ran
     on (a cluster's cells run on several machines), and by the baseline's where it differs."""
     base = g[g["n_spec"] == 0]
@@ -93,7 +95,8 @@ def format_compare(df: pd.DataFrame) -> str:
         "verdict": df["verdict"].map(lambda v: "-" if v is None or pd.isna(v) else v)})
     if not (df["node"] != "").any():
         view = view.drop(columns="node")  # no run ran on a cluster or side by side
-    return view.to_string(index=False) + "\n" + NOTE + (NODE_NOTE if (df["node"] != "").any() else "")
+    table: str = view.to_string(index=False)
+    return table + "\n" + NOTE + (NODE_NOTE if (df["node"] != "").any() else "")
 
 
 NOTE = ("speedup: each run's own, from its request pairs (median pair ratio, 95% CI over pairs); runs are not "
@@ -104,7 +107,7 @@ NODE_NOTE = ("\nnode: where the best depth ran (baseline / best where they diffe
              "environment.json (nodes/<node>/ in the run folder)")
 
 
-def _speedup_text(s, low, high) -> str:
+def _speedup_text(s: Any, low: Any, high: Any) -> str:
     """An undefined speedup (a zero baseline) or interval prints as '-', never 'nan'."""
     if s is None or pd.isna(s):
         return "-"

@@ -8,10 +8,13 @@ the row's `energy_source` / `gpu`: never a zero.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import pandas as pd
 
 from orchestrator.analysis.stats import median_ci
-from orchestrator.types.records import CellRecord, RequestCost, WindowTelemetry
+from orchestrator.types.records import CellRecord, RequestCost, Roofline, WindowTelemetry
 from orchestrator.telemetry.sources import NO_GPU
 
 GPU_FIELDS = ["gpu_mem_peak_mb", "gpu_mem_headroom_mb", "gpu_power_w_mean", "gpu_util_pct_mean", "gpu_sm_mhz_mean", "gpu_temp_c_peak"]
@@ -40,7 +43,7 @@ def add_cost(out: pd.DataFrame, df: pd.DataFrame, cells: list[CellRecord]) -> pd
         conc = None if pd.isna(r.concurrency) else int(r.concurrency)
         mine = [(k, costs[r.cell_id][k]) for k in keys.get((r.cell_id, conc, r.prompt_set), [])
                 if (r.cell_id, k) in ok and k in costs.get(r.cell_id, {})]
-        window = windows.get((r.cell_id, conc))
+        window = windows.get((r.cell_id, conc)) if conc is not None else None
         row = _window_figures(window)
         # the whole window's joules, idle gaps included, over the tokens of the requests that ran in
         # it (a resumed cell's window holds only the requests it re-ran)
@@ -55,9 +58,14 @@ def add_cost(out: pd.DataFrame, df: pd.DataFrame, cells: list[CellRecord]) -> pd
     return out.drop(columns=[c for c in COLUMNS if c in out]).join(figures)
 
 
-def _windows(cells: list[CellRecord]):
+Windows = dict[tuple[str, int], WindowTelemetry]  # (cell, concurrency): its window
+Costs = dict[str, dict[str, RequestCost]]  # cell: its requests' costs, by request key
+
+
+def _windows(cells: list[CellRecord]) -> tuple[Windows, Costs]:
     """Per (cell, concurrency) its newest window; per cell every request's cost (newest wins)."""
-    windows, costs = {}, {}
+    windows: Windows = {}
+    costs: Costs = {}
     for c in cells:
         for conc, w in (c.telemetry or {}).items():
             w = w if isinstance(w, WindowTelemetry) else WindowTelemetry.model_validate(w)
@@ -67,10 +75,10 @@ def _windows(cells: list[CellRecord]):
     return windows, costs
 
 
-def _window_figures(w: WindowTelemetry | None) -> dict:
+def _window_figures(w: WindowTelemetry | None) -> dict[str, Any]:
     if w is None:
         return {}
-    out = {"cpu_util": w.cpu_util, "rss_peak_mb": None if w.rss_peak_b is None else w.rss_peak_b / 1e6,
+    out: dict[str, Any] = {"cpu_util": w.cpu_util, "rss_peak_mb": None if w.rss_peak_b is None else w.rss_peak_b / 1e6,
            "energy_source": w.energy_source, "power_w_mean": w.power_mean_w, "gpu": w.gpu}
     if not w.gpus:  # "no GPU" where there is none; a GPU not read or not seen leaves them empty
         return out | ({f: NO_GPU for f in GPU_FIELDS} if str(w.gpu).startswith(NO_GPU) else {})
@@ -85,18 +93,18 @@ def _window_figures(w: WindowTelemetry | None) -> dict:
     return out
 
 
-def _total(values, scale: float = 1.0):
+def _total(values: Iterable[float | None], scale: float = 1.0) -> float | None:
     known = [v for v in values if v is not None]
     return sum(known) / scale if known else None
 
 
-def _avg(values):
+def _avg(values: Iterable[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return sum(known) / len(known) if known else None
 
 
-def _per_token(mine: list[tuple[str, RequestCost]], tokens: dict) -> dict:
-    out = {}
+def _per_token(mine: list[tuple[str, RequestCost]], tokens: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for stem, attr in (("cpu_s_per_token", "cpu_s"), ("j_per_token", "energy_j")):
         vals = pd.Series([getattr(c, attr) / tokens[k] for k, c in mine
                           if getattr(c, attr) is not None and tokens.get(k) and tokens[k] > 0], dtype=float)
@@ -108,25 +116,29 @@ def _per_token(mine: list[tuple[str, RequestCost]], tokens: dict) -> dict:
     return out
 
 
-def _roofline(roof, decode, low, high) -> dict:
+def _roofline(roof: Roofline | None, decode: Any, low: Any, high: Any) -> dict[str, Any]:
     if roof is None:
         return {}
     if not (roof.limit_tok_s and roof.weight_bytes and roof.bandwidth_gb_s):
         return {"roofline_basis": f"unknown: {roof.unknown or 'no limit recorded'}"}
-    share = lambda v: None if v is None or pd.isna(v) else float(v) / roof.limit_tok_s  # noqa: E731
+    limit = roof.limit_tok_s
+
+    def share(v: Any) -> float | None:
+        return None if v is None or pd.isna(v) else float(v) / limit
+
     return {"roofline_tok_s": roof.limit_tok_s, "roofline_share": share(decode),
             "roofline_share_ci_low": share(low), "roofline_share_ci_high": share(high),
             "roofline_basis": (f"{roof.weight_bytes / 1e9:.3g} GB of weights ({roof.weight_source}) / "
                                f"{roof.bandwidth_gb_s:.4g} GB/s ({roof.bandwidth_source})")}
 
 
-def _fmt(v, f: str) -> str:
+def _fmt(v: Any, f: str) -> str:
     if isinstance(v, str):
         return v
     return "-" if v is None or pd.isna(v) else f.format(v)
 
 
-def _with_ci(r, stem: str, f: str, median: str = "_median") -> str:
+def _with_ci(r: pd.Series, stem: str, f: str, median: str = "_median") -> str:
     text = _fmt(r[f"{stem}{median}"], f)
     lo, hi = r[f"{stem}_ci_low"], r[f"{stem}_ci_high"]
     if text == "-" or lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
@@ -168,6 +180,7 @@ def format_cost(summary: pd.DataFrame) -> str:
     view = cost_frame(summary)
     if view.empty:
         return ""
+    table: str = view.to_string(index=False)
     return ("what it cost (server process tree, per measured window; per token: median over requests, 95% CI) "
-            "and decode tok/s against the single-stream limit:\n" + view.to_string(index=False) + "\n"
+            "and decode tok/s against the single-stream limit:\n" + table + "\n"
             + "\n".join(cost_notes(summary)))

@@ -20,6 +20,7 @@ import pandas as pd
 from orchestrator.analysis import spread
 from orchestrator.analysis.pairs import matched_ratios
 from orchestrator.analysis.stats import ratio_text
+from orchestrator.types.records import CellRecord
 
 KEY = ["prompt_set", "prompt_id", "repeat"]
 
@@ -50,10 +51,24 @@ class Drift:
         return self.low is not None and self.high is not None and not (self.low <= 1.0 <= self.high)
 
 
-def drift(df: pd.DataFrame, cells, summary: pd.DataFrame) -> list[Drift]:
+@dataclass(frozen=True)
+class _Start:
+    """A start of an engine's baseline whose block and time were recorded: drift needs both."""
+
+    engine: str
+    block: int
+    started_at: float
+
+
+def _baseline_starts(cells: list[CellRecord]) -> list[_Start]:
+    return [_Start(c.engine, c.block, c.started_at) for c in cells
+            if c.n_spec == 0 and c.block is not None and c.started_at is not None]
+
+
+def drift(df: pd.DataFrame, cells: list[CellRecord], summary: pd.DataFrame) -> list[Drift]:
     """One Drift per engine and concurrency whose baseline ran in two or more blocks."""
     out = []
-    base = [c for c in cells if c.n_spec == 0 and c.block is not None and c.started_at is not None]
+    base = _baseline_starts(cells)
     for engine in sorted({c.engine for c in base}):
         mine = sorted((c for c in base if c.engine == engine), key=lambda c: c.started_at)
         if len({c.block for c in mine}) < 2:
@@ -66,8 +81,8 @@ def drift(df: pd.DataFrame, cells, summary: pd.DataFrame) -> list[Drift]:
     return out
 
 
-def _one(engine: str, conc: int, first, last, at: pd.DataFrame, summary: pd.DataFrame) -> Drift:
-    def rates(block):
+def _one(engine: str, conc: int, first: _Start, last: _Start, at: pd.DataFrame, summary: pd.DataFrame) -> Drift:
+    def rates(block: int) -> pd.Series:
         return at[at["block"] == block].set_index(KEY)["e2e_tok_s"]
 
     ratios = matched_ratios(rates(last.block), rates(first.block))
@@ -79,7 +94,7 @@ def _one(engine: str, conc: int, first, last, at: pd.DataFrame, summary: pd.Data
                           "prompt": [f"{s}/{p}" for s, p, _ in ratios.index]})
     iv = spread.interval(spread.spread_of(frame, spread.nanmedian, ["ratio"]), spread.StartVariance(0.0, 0))
     d.ratio, d.low, d.high = iv.estimate, iv.low, iv.high
-    if d.found:
+    if d.found and d.ratio is not None:  # a found drift has its estimate
         d.flips = _flips(summary, engine, conc, abs(math.log(d.ratio)))
     return d
 
@@ -102,7 +117,7 @@ def flagged(drifts: list[Drift]) -> set[tuple[str, int, str]]:
     return {(d.engine, f.n_spec, f.prompt_set) for d in drifts for f in d.flips}
 
 
-def checked(df: pd.DataFrame, cells, summary: pd.DataFrame) -> tuple[list[Drift], str]:
+def checked(df: pd.DataFrame, cells: list[CellRecord], summary: pd.DataFrame) -> tuple[list[Drift], str]:
     """The run's drifts and the report's first lines about them."""
     blocks = 1 + max((c.block or 0 for c in cells), default=0)
     found = drift(df, cells, summary)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -55,7 +56,7 @@ class Section:
     table: pd.DataFrame | None = None
     caption: str = ""
     notes: tuple[str, ...] = ()
-    outputs: frozenset = EVERYWHERE  # which renderers show it
+    outputs: frozenset[str] = EVERYWHERE  # which renderers show it
     headed: bool = True  # whether Markdown shows the title (its opening blocks have none)
     strong: bool = False  # a caption that must not be missed (records skipped)
 
@@ -291,11 +292,11 @@ def _by_category(view: CategoryView) -> pd.DataFrame:
     } for _, r in t.sort_values(["engine", "concurrency", "category", "n_spec"]).iterrows()])
 
 
-def _num(v, fmt: str) -> str:
+def _num(v: Any, fmt: str) -> str:
     return "-" if v is None or pd.isna(v) else fmt.format(v)
 
 
-def _ci(row, stem: str, fmt: str) -> str:
+def _ci(row: pd.Series, stem: str, fmt: str) -> str:
     lo, hi = row[f"{stem}_ci_low"], row[f"{stem}_ci_high"]
     return "-" if pd.isna(lo) or pd.isna(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
 
@@ -317,7 +318,7 @@ def _compact(summary: pd.DataFrame) -> pd.DataFrame:
     } for _, r in summary.iterrows()])
 
 
-def _with_ci(r, stem: str, fmt: str, derived: bool) -> str:
+def _with_ci(r: pd.Series, stem: str, fmt: str, derived: bool) -> str:
     """A median with its interval; "†" marks a prefill rate derived from TTFT, not the server's."""
     text = _num(r[f"{stem}_median"], fmt)
     if text == "-":

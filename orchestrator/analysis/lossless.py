@@ -11,7 +11,7 @@ import itertools
 
 import pandas as pd
 
-from orchestrator.analysis.pairs import TWIN, baseline_index, nearest
+from orchestrator.analysis.pairs import TWIN, Row, baseline_index, nearest
 from orchestrator.analysis.summary import measured_frame
 from orchestrator.types.records import RequestRecord
 
@@ -46,7 +46,7 @@ def per_cell(checks: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["engine", "n_spec"], ignore_index=True)
 
 
-def _one(rec: dict, ref: dict) -> dict:
+def _one(rec: Row, ref: Row) -> Row:
     a, b = ref["text"], rec["text"]
     idx = _first_difference(a, b)
     row = {"cell_id": rec["cell_id"], "engine": rec["engine"], "n_spec": rec["n_spec"],
@@ -67,7 +67,7 @@ def _first_difference(a: str, b: str) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def _token_at(rec: dict, char_idx: int) -> int | None:
+def _token_at(rec: Row, char_idx: int) -> int | None:
     """Token position of a character: from the server's per-chunk token counts, or the chunk
     index when every chunk carried one token. None when neither is known."""
     chars = rec.get("chunk_chars") or []

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
 
 MAX_TOKENS = 1 << 20
 
 
-def itl_per_token(rec: dict) -> list[float] | None:
+def itl_per_token(rec: dict[str, Any]) -> list[float] | None:
     """Inter-token latency in seconds, one value per token after the first chunk.
 
     A chunk that carries k tokens contributes k values of gap/k: its gap spread over its
@@ -26,9 +27,10 @@ def itl_per_token(rec: dict) -> list[float] | None:
     return out
 
 
-def tpot(rec: dict) -> float | None:
+def tpot(rec: dict[str, Any]) -> float | None:
     """Time per output token after the first: (end - first_token) / (tokens - 1)."""
     n, first, end = rec.get("completion_tokens"), rec.get("t_first_token"), rec.get("t_end")
     if not n or n < 2 or first is None or end is None:
         return None
-    return (end - first) / (n - 1)
+    seconds: float = (end - first) / (n - 1)  # a record's fields: JSON numbers
+    return seconds

@@ -41,13 +41,17 @@ that level (summary.csv's figure, pooled over prompt sets).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, TypeGuard
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel
 
 from orchestrator.analysis.stats import median_ci
 from orchestrator.analysis.summary import ACCEPTED, DRAFTED, STEPS, per_request
+from orchestrator.types.records import CellRecord
 
 MAX_POSITIONS = 4096  # a per-position counter past this is no draft position
 
@@ -121,14 +125,18 @@ class Fit:
         known = sorted(n for n, m in self.measured.items() if n > 0 and m.acceptance is not None)
         return next((n for n in known if n >= k), known[-1]) if known else None
 
+    def counters(self, k: int) -> Acceptance | None:
+        """The counters of depth k's source (None: no cell has counters)."""
+        source = self.source(k)
+        return None if source is None else self.measured[source].acceptance
+
     def tokens_per_step(self, k: int) -> tuple[float | None, str]:
         """T(k) and where it came from: "from n_spec K" or "extrapolated from n_spec K"."""
         if k == 0:
             return 1.0, "no drafts"
-        source = self.source(k)
-        if source is None:
+        source, acc = self.source(k), self.counters(k)
+        if source is None or acc is None:
             return None, "no counters"
-        acc = self.measured[source].acceptance
         where = f"from n_spec {source}" if source >= k else f"extrapolated from n_spec {source}"
         return 1 / (acc.undrafted + (1 - acc.undrafted) / acc.length_at(k)), where
 
@@ -138,7 +146,10 @@ class Fit:
             return None
         if k == 0:
             return self.a
-        return self.c + self.b * self.measured[self.source(k)].acceptance.draft_length_at(k)
+        acc = self.counters(k)
+        if self.c is None or self.b is None or acc is None:
+            return None  # not for a fitted line: it has both costs, from a cell with counters
+        return self.c + self.b * acc.draft_length_at(k)
 
     def predict(self, k: int) -> float | None:
         """R(k) = 1 / (u a + (1 - u) / AL(k) * (c + b L(k))): seconds per output token inverted."""
@@ -146,20 +157,21 @@ class Fit:
             return None
         if k == 0:
             return 1 / self.a
-        acc = self.measured[self.source(k)].acceptance
-        per_token = acc.undrafted * self.a + (1 - acc.undrafted) / acc.length_at(k) * self.step_s(k)
+        acc, step = self.counters(k), self.step_s(k)
+        if acc is None or step is None:
+            return None
+        per_token = acc.undrafted * self.a + (1 - acc.undrafted) / acc.length_at(k) * step
         return 1 / per_token if per_token > 0 else None
 
     def reference(self, k: int) -> float | None:
         """Leviathan et al.'s closed form, draft cost c = b / a, times the baseline's tok/s."""
-        if self.alpha is None or self.a is None or 0 not in self.measured or self.b < 0:
+        if self.alpha is None or self.a is None or self.b is None or 0 not in self.measured or self.b < 0:
             return None  # a falling cost per draft token has no draft cost to put in the closed form
         return self.measured[0].tok_s * leviathan_speedup(self.alpha, k, self.b / self.a)
 
-    def best(self, depths) -> int | None:
+    def best(self, depths: Iterable[int]) -> int | None:
         """The depth of `depths` with the highest predicted tok/s (the smaller one on a tie)."""
-        scored = [(self.predict(k), k) for k in depths]
-        scored = [(r, k) for r, k in scored if r is not None]
+        scored = [(r, k) for r, k in ((self.predict(k), k) for k in depths) if r is not None]
         return max(scored, key=lambda rk: (rk[0], -rk[1]))[1] if scored else None
 
 
@@ -212,15 +224,17 @@ def fit(engine: str, concurrency: int, measured: dict[int, Measured]) -> Fit:
         out.problem = f"the fitted cost of a drafted step before its tokens is {out.c:.3g} s: the cells do not fit a line"
         out.a = out.b = out.c = None
         return out
-    deepest = max(k for k, m in measured.items() if m.acceptance is not None)
-    out.alpha = solve_alpha(measured[deepest].acceptance.acceptance_length(), deepest)
+    counted = {k: m.acceptance for k, m in measured.items() if m.acceptance is not None}
+    deepest = max(counted)
+    length = counted[deepest].acceptance_length()
+    out.alpha = None if length is None else solve_alpha(length, deepest)  # None: a window with no drafts
     return out
 
 
 # ---------------------------------------------------------------- from records
 
 
-def measured_cells(df: pd.DataFrame, cells) -> dict[tuple[str, int], dict[int, Measured]]:
+def measured_cells(df: pd.DataFrame, cells: list[CellRecord]) -> dict[tuple[str, int], dict[int, Measured]]:
     """Per (engine, concurrency): each n_spec's Measured, from a measured frame
     (summary.measured_frame) and the run's CellRecords (the newest line of each cell)."""
     if df.empty:
@@ -228,7 +242,7 @@ def measured_cells(df: pd.DataFrame, cells) -> dict[tuple[str, int], dict[int, M
     windows = {(c.cell_id, c.block or 0): c.server_metrics or {} for c in cells}
     df = df if "block" in df else df.assign(block=0)  # records from before blocks
     ok = df[df["ok"]]
-    out: dict[tuple[str, int], dict[int, Measured]] = {}
+    out: dict[tuple[str, int], dict[int, Measured | None]] = {}  # None: two cells at that depth
     for (engine, conc, n_spec, cell_id), g in ok.groupby(["engine", "concurrency", "n_spec", "cell_id"]):
         rates = pd.to_numeric(g["e2e_tok_s"], errors="coerce").dropna()
         if rates.empty:
@@ -249,16 +263,23 @@ def measured_cells(df: pd.DataFrame, cells) -> dict[tuple[str, int], dict[int, M
     return {key: {k: m for k, m in v.items() if m is not None} for key, v in out.items()}
 
 
-def acceptance_of(window, output_tokens: float) -> Acceptance | None:
+Window = BaseModel | dict[str, Any] | None  # a window's counters: WindowMetrics read back, or a dict
+
+
+def _raw(window: Window) -> dict[str, Any] | None:
+    return window.model_dump() if isinstance(window, BaseModel) else window
+
+
+def acceptance_of(window: Window, output_tokens: float) -> Acceptance | None:
     """The counters of a window read back from cells.jsonl (hostile): per-position counts at
     positions 0, 1, ... without gaps, none above the drafts; the tokens generated (`generated`)."""
-    if window is None:
+    raw = _raw(window)
+    if raw is None:
         return None
-    raw = window.model_dump() if hasattr(window, "model_dump") else window
     drafts, accepted, per_pos = raw.get("drafts"), raw.get("accepted_tokens"), raw.get("per_pos")
     if not (_count(drafts) and _count(accepted) and isinstance(per_pos, dict)) or drafts <= 0:
         return None
-    counts = {}
+    counts: dict[int, float] = {}
     for pos, v in per_pos.items():
         if not (isinstance(pos, str) and pos.isascii() and pos.isdecimal() and len(pos) <= 6 and _count(v)):
             return None
@@ -306,12 +327,12 @@ def generated(output_tokens: float, drafts: float, accepted: float) -> float:
     return float(max(output_tokens, drafts + accepted))
 
 
-def _count(v) -> bool:
+def _count(v: Any) -> TypeGuard[float]:
     """A counter's value read back: a number from 0 to 1e15 (an integer of 400 digits is none)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1e15
 
 
-def fits(df: pd.DataFrame, cells) -> list[Fit]:
+def fits(df: pd.DataFrame, cells: list[CellRecord]) -> list[Fit]:
     return [fit(engine, conc, m) for (engine, conc), m in sorted(measured_cells(df, cells).items())]
 
 
@@ -334,27 +355,30 @@ def model_table(found: list[Fit]) -> pd.DataFrame:
                              measured_ci_high=m.ci_high if m else None, predicted_tok_s=pred,
                              error=pred / m.tok_s - 1 if m and pred and m.tok_s else None,
                              tokens_per_step=t, tokens_per_step_source=where,
-                             step_ms=1000 * f.step_s(k), reference_tok_s=f.reference(k)))
+                             step_ms=_ms(f.step_s(k)), reference_tok_s=f.reference(k)))
     return pd.DataFrame(rows, columns=MODEL_COLUMNS)
 
 
 def format_fits(found: list[Fit]) -> str:
     """A few lines: the fit per engine and level, the predicted best and how well it fits."""
-    lines = []
-    for f in found:
-        head = f"{f.engine} at c={f.concurrency}"
-        if f.problem:
-            lines.append(f"{head}: no model ({f.problem})")
-            continue
-        top = f.best(range(0, _deepest(f) + 1))
-        errs = [abs(f.predict(k) / m.tok_s - 1) for k, m in f.measured.items() if f.predict(k) and m.tok_s]
-        gain = f", {f.predict(top) / f.measured[0].tok_s:.2f}x n_spec 0's median" if f.measured[0].tok_s else ""
-        lines.append(f"{head}: a plain step {1000 * f.a:.2f} ms, a drafted one {1000 * f.c:.2f} ms + {1000 * f.b:.3f} ms "
-                     f"per draft token; predicted best "
-                     f"n_spec {top} at {f.predict(top):.1f} tok/s{gain} ({_measured_text(f, top)}); "
-                     f"in-sample fit within {100 * max(errs):.0f}% on {len(errs)} measured cells"
-                     + (" (two cells: a line through both, so 0% by construction)" if len(errs) == 2 else ""))
+    lines = [_fit_line(f) for f in found]
     return "speedup model (plain and drafted steps, fitted to the measured cells; docs/metrics.md):\n" + "\n".join(lines) if lines else ""
+
+
+def _fit_line(f: Fit) -> str:
+    """One fit's line: its step costs, its predicted best depth and how well it fits the cells."""
+    head = f"{f.engine} at c={f.concurrency}"
+    top = None if f.problem else f.best(range(0, _deepest(f) + 1))
+    rate = None if top is None else f.predict(top)
+    if f.a is None or f.b is None or f.c is None or top is None or rate is None:
+        return f"{head}: no model ({f.problem})"  # a fit without a problem has all of them (n_spec 0 predicts)
+    errs = [abs(pred / m.tok_s - 1) for k, m in f.measured.items() if (pred := f.predict(k)) and m.tok_s]
+    gain = f", {rate / f.measured[0].tok_s:.2f}x n_spec 0's median" if f.measured[0].tok_s else ""
+    return (f"{head}: a plain step {1000 * f.a:.2f} ms, a drafted one {1000 * f.c:.2f} ms + {1000 * f.b:.3f} ms "
+            f"per draft token; predicted best "
+            f"n_spec {top} at {rate:.1f} tok/s{gain} ({_measured_text(f, top)}); "
+            f"in-sample fit within {100 * max(errs):.0f}% on {len(errs)} measured cells"
+            + (" (two cells: a line through both, so 0% by construction)" if len(errs) == 2 else ""))
 
 
 def _deepest(f: Fit) -> int:
@@ -371,7 +395,7 @@ CHECK_COLUMNS = ["engine", "cell_id", "block", "concurrency", "requests", "count
                  "draft_tokens_requests", "draft_tokens_metrics", "accepted_requests", "accepted_metrics", "equal"]
 
 
-def window_check(df: pd.DataFrame, cells) -> pd.DataFrame:
+def window_check(df: pd.DataFrame, cells: list[CellRecord]) -> pd.DataFrame:
     """Per speculative cell and level: the requests' own draft counts summed over the measured
     window against the /metrics deltas of that window (every measured request of the level,
     failed ones too, is in the window; a request without counts leaves the sums short)."""
@@ -381,14 +405,13 @@ def window_check(df: pd.DataFrame, cells) -> pd.DataFrame:
         return pd.DataFrame(columns=CHECK_COLUMNS)
     df = df if "block" in df else df.assign(block=0)  # records from before blocks
     for (engine, cell_id, block, conc), g in df[df["n_spec"] > 0].groupby(["engine", "cell_id", "block", "concurrency"]):
-        w = windows.get((cell_id, int(block)), {}).get(str(int(conc)))
-        w = w.model_dump() if hasattr(w, "model_dump") else w
+        w = _raw(windows.get((cell_id, int(block)), {}).get(str(int(conc))))
         drafted = per_request(g, DRAFTED)
         if w is None or drafted.isna().all():
             continue
         accepted, steps = _total(per_request(g, ACCEPTED)), _total(per_request(g, STEPS))
         counted = int(drafted.notna().sum())
-        row = dict(engine=engine, cell_id=cell_id, block=int(block), concurrency=int(conc), requests=len(g),
+        row: dict[str, Any] = dict(engine=engine, cell_id=cell_id, block=int(block), concurrency=int(conc), requests=len(g),
                    counted=counted,
                    drafts_requests=steps, drafts_metrics=w.get("drafts"), draft_tokens_requests=_total(drafted),
                    draft_tokens_metrics=w.get("draft_tokens"), accepted_requests=accepted,
@@ -400,6 +423,10 @@ def window_check(df: pd.DataFrame, cells) -> pd.DataFrame:
         row["equal"] = all(a is not None and b is not None and _count(b) and a == b for a, b in pairs)
         rows.append(row)
     return pd.DataFrame(rows, columns=CHECK_COLUMNS)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else 1000 * seconds
 
 
 def _total(values: pd.Series) -> float | None:
@@ -422,7 +449,7 @@ def format_check(check: pd.DataFrame) -> str:
     return "per-request draft counts summed over each measured window vs the /metrics deltas:\n" + "\n".join(lines)
 
 
-def _num(v) -> str:
+def _num(v: Any) -> str:
     """A count for the check's line; "-" for anything that is no finite number (records are hostile)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not _count(v):
         return "-"

@@ -11,12 +11,19 @@ table with the reason, and the summary counts it (`requests_unpaired`).
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import pandas as pd
 
 from orchestrator.analysis import spread
-from orchestrator.analysis.stats import median, paired_ci
+from orchestrator.analysis.stats import FloatArray, Statistic, median, paired_ci
+from orchestrator.types.records import CellRecord
+
+Row = dict[str, Any]  # a request as a measured frame's record, or a row of the pair table
+TwinKey = tuple[Hashable, ...]  # a request's TWIN values
+GroupKey = tuple[str, int, str]  # (cell, concurrency, prompt set)
 
 TWIN = ["engine", "concurrency", "block", "prompt_set", "prompt_id", "repeat"]
 CELL = ["cell_id", "engine", "method", "n_spec", "concurrency", "prompt_set"]
@@ -31,17 +38,17 @@ COLUMNS = CELL + ["block", "prompt_id", "repeat", "status", "ratio", "speculativ
                   "speculative_tokens", "baseline_tokens", "speculative_s", "baseline_s", "baseline_cell_id"]
 
 
-def baseline_index(df: pd.DataFrame) -> dict[tuple, list[dict]]:
+def baseline_index(df: pd.DataFrame) -> dict[TwinKey, list[Row]]:
     """The n_spec 0 requests of each twin key (TWIN), from a measured frame: one per start of the
     baseline in that block (a resumed start or a second baseline start adds one)."""
     base = df[df["n_spec"] == 0]
-    index: dict[tuple, list[dict]] = {}
+    index: dict[TwinKey, list[Row]] = {}
     for key, rec in zip(base[TWIN].itertuples(index=False), base.to_dict("records"), strict=True):
         index.setdefault(tuple(key), []).append(rec)
     return index
 
 
-def pair_table(df: pd.DataFrame, cells=()) -> pd.DataFrame:
+def pair_table(df: pd.DataFrame, cells: Iterable[CellRecord] = ()) -> pd.DataFrame:
     """One row per measured speculative request of an engine that has an n_spec 0 cell (in `cells`,
     the run's CellRecords, even one that never sent a request, or in the requests)."""
     if df.empty:
@@ -54,7 +61,7 @@ def pair_table(df: pd.DataFrame, cells=()) -> pd.DataFrame:
     return out.astype({"speculative_tokens": "Int64", "baseline_tokens": "Int64"})
 
 
-def nearest(rec: dict, candidates: list[dict]) -> dict | None:
+def nearest(rec: Row, candidates: list[Row]) -> Row | None:
     """The candidate sent nearest in time to `rec` (wall clock: comparable across a resume);
     None when there is none, or several and a time is missing."""
     if len(candidates) <= 1:
@@ -66,11 +73,11 @@ def nearest(rec: dict, candidates: list[dict]) -> dict | None:
     return min(candidates, key=lambda c: abs(c["wall_start"] - t))
 
 
-def _known(v) -> bool:
+def _known(v: Any) -> bool:
     return v is not None and not pd.isna(v)
 
 
-def _pair(rec: dict, key: tuple, base: dict) -> dict:
+def _pair(rec: Row, key: TwinKey, base: dict[TwinKey, list[Row]]) -> Row:
     found = base.get(key, [])
     twin = nearest(rec, found)
     row = {k: rec[k] for k in CELL + ["block", "prompt_id", "repeat"]}
@@ -85,7 +92,7 @@ def _pair(rec: dict, key: tuple, base: dict) -> dict:
     return row
 
 
-def _status(rec: dict, twin: dict | None) -> str:
+def _status(rec: Row, twin: Row | None) -> str:
     if twin is None:
         return NO_BASELINE
     failed = [side for side, r in (("speculative", rec), ("baseline", twin)) if not r["ok"]]
@@ -98,12 +105,12 @@ def _status(rec: dict, twin: dict | None) -> str:
     return PAIRED
 
 
-def _seconds(rec: dict) -> float | None:
+def _seconds(rec: Row) -> float | None:
     start, end = rec.get("t_start"), rec.get("t_end")
     return end - start if rec["ok"] and start is not None and end is not None else None
 
 
-def _positive(v) -> bool:
+def _positive(v: Any) -> bool:
     return v is not None and not pd.isna(v) and v > 0
 
 
@@ -144,7 +151,7 @@ def matched_ratios(a: pd.Series, b: pd.Series) -> pd.Series:
     return both.iloc[:, 0] / both.iloc[:, 1]
 
 
-def by_group(pairs: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+def by_group(pairs: pd.DataFrame) -> dict[GroupKey, pd.DataFrame]:
     """The paired rows of each (cell, concurrency, prompt set), with the columns spread.py reads."""
     ok = pairs[pairs["status"] == PAIRED]
     if ok.empty:
@@ -156,7 +163,7 @@ def by_group(pairs: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
 SIDES = ["speculative_tokens", "speculative_s", "baseline_tokens", "baseline_s"]
 
 
-def paired_speedups(pairs: pd.DataFrame, confidence: float = spread.CONFIDENCE) -> dict[tuple, PairedSpeedup]:
+def paired_speedups(pairs: pd.DataFrame, confidence: float = spread.CONFIDENCE) -> dict[GroupKey, PairedSpeedup]:
     """{(cell, concurrency, prompt set): its speedups}, with two-level intervals whose start
     variance is pooled over the engine's cells at each concurrency and prompt set (spread.py)."""
     groups = by_group(pairs)
@@ -185,7 +192,7 @@ def _speedup(ok: pd.DataFrame, typical: spread.Interval, flow: spread.Interval, 
         speedup_se_starts=typical.se_starts, speedup_se_requests=typical.se_requests)
 
 
-def interval_of_pairs(statistic, *columns) -> tuple[float | None, float | None]:
+def interval_of_pairs(statistic: Statistic, *columns: FloatArray) -> tuple[float | None, float | None]:
     """The pair bootstrap's interval, from MIN_PAIRS pairs on. With 5 pairs a resample draws the
     smallest ratio three times or more with chance 5.8% (> 2.5%), so the lower bound of the median
     would be that one request's ratio: a verdict would hang on a single pair."""

@@ -20,12 +20,14 @@ The rule (docs/metrics.md, "What to run"):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import pandas as pd
 
 from orchestrator.analysis import spread
-from orchestrator.analysis.pairs import MIN_PROMPTS, PAIRED, matched_ratios, paired_speedups
+from orchestrator.analysis.pairs import MIN_PROMPTS, PAIRED, PairedSpeedup, matched_ratios, paired_speedups
 from orchestrator.analysis.stats import ratio_text
 
 FAMILY = 0.05  # the family-wise error of "faster" over one engine, level and prompt set's depths
@@ -65,10 +67,10 @@ def what_to_run(summary: pd.DataFrame, pairs: pd.DataFrame, starts: dict[str, in
     return pd.DataFrame([asdict(r) for r in rows], columns=list(Advice.__dataclass_fields__))
 
 
-NONE = dict(n_spec=0, method="none", speedup=None, speedup_ci_low=None, speedup_ci_high=None)
+NONE: dict[str, Any] = dict(n_spec=0, method="none", speedup=None, speedup_ci_low=None, speedup_ci_high=None)
 
 
-def decide(spec: pd.DataFrame, level: pd.DataFrame, prompts: str) -> dict:
+def decide(spec: pd.DataFrame, level: pd.DataFrame, prompts: str) -> dict[str, Any]:
     """The decision for one prompt set from its summary rows (`spec`: speculative depths) and the
     pair rows of its engine and level (every prompt set: they share the start variance)."""
     m = max(1, int(spec["requests_paired"].fillna(0).astype(int).gt(0).sum()))
@@ -83,9 +85,10 @@ def decide(spec: pd.DataFrame, level: pd.DataFrame, prompts: str) -> dict:
     left_out = _left_out(spec[spec["n_spec"].isin([k for k in faster if not clean[k]])])
     faster = {k: p for k, p in faster.items() if clean[k]}
     base = dict(confidence=confidence)
-    measured = sorted(k for k, p in judged.items() if p is not None and p.speedup is not None and clean[k])
+    shown = {k: p for k, p in judged.items() if p is not None and p.speedup is not None and clean[k]}
+    measured = sorted(shown)
     if not faster:
-        tied = [k for k in measured if judged[k].speedup_verdict == "no clear difference"]
+        tied = [k for k in measured if shown[k].speedup_verdict == "no clear difference"]
         return dict(NONE, **base, indistinct=", ".join(map(str, [0] + tied)),
                     why=_none_why(judged, confidence) + left_out)
     best = max(faster, key=lambda k: (faster[k].speedup, -k))
@@ -105,7 +108,8 @@ def decide(spec: pd.DataFrame, level: pd.DataFrame, prompts: str) -> dict:
                 why=why + _level_note(confidence, len(judged)) + left_out, **base)
 
 
-def _pick_why(best: int, pick: int, apart: list[int], faster: dict, verdicts: dict) -> str:
+def _pick_why(best: int, pick: int, apart: list[int], faster: dict[int, PairedSpeedup],
+              verdicts: dict[int, str | None]) -> str:
     """Why `pick`: the best, the depths not told apart from it, those told apart or not compared."""
     if len(apart) == 1 and len(faster) == 1:
         why = "the only depth shown faster"
@@ -124,18 +128,19 @@ def _pick_why(best: int, pick: int, apart: list[int], faster: dict, verdicts: di
         f"; too few requests in common with {_depths(unknown)} to compare" if unknown else "")
 
 
-def _judged(spec: pd.DataFrame, level: pd.DataFrame, prompts: str, confidence: float) -> dict:
+def _judged(spec: pd.DataFrame, level: pd.DataFrame, prompts: str, confidence: float) -> dict[int, PairedSpeedup | None]:
     """{depth: its PairedSpeedup at `confidence`, or None without pairs}."""
     found = paired_speedups(level, confidence) if len(level) else {}
     return {int(r["n_spec"]): found.get((r["cell_id"], int(r["concurrency"]), prompts)) for _, r in spec.iterrows()}
 
 
-def _none_why(judged: dict, confidence: float) -> str:
-    measured = {k: p for k, p in judged.items() if p is not None and p.speedup is not None}
+def _none_why(judged: dict[int, PairedSpeedup | None], confidence: float) -> str:
+    # each measured depth's PairedSpeedup beside its speedup, known to be a number
+    measured = {k: (p, p.speedup) for k, p in judged.items() if p is not None and p.speedup is not None}
     if not measured:
         return "no speculative request paired with its n_spec 0 twin"
-    top = max(measured, key=lambda k: measured[k].speedup)
-    p = measured[top]
+    top = max(measured, key=lambda k: measured[k][1])
+    p = measured[top][0]
     if p.speedup_verdict is None:
         return (f"not decided: the best, n_spec {top} at {ratio_text(p.speedup)}, has no interval (fewer than "
                 f"{MIN_PROMPTS} prompts paired); add prompts to the set")
@@ -152,7 +157,8 @@ def _depths(ks: list[int]) -> str:
     return "n_spec " + ", ".join(map(str, ks))
 
 
-def _against_best(level: pd.DataFrame, prompts: str, cell: dict, best: int, candidates: list[int]) -> dict:
+def _against_best(level: pd.DataFrame, prompts: str, cell: dict[int, str], best: int,
+                  candidates: list[int]) -> dict[int, str | None]:
     """{candidate: verdict of its requests over the best's, pair by pair}, at the family-wise
     confidence over the candidates; None with no prompt in common to compare on."""
     others = [k for k in candidates if k != best]
@@ -171,7 +177,7 @@ def depth_ratios(level: pd.DataFrame, prompts: str, cell_a: str, cell_b: str) ->
     if not len(ok):
         return pd.DataFrame(columns=["block", "prompt", "ratio"])
 
-    def rates(cell):
+    def rates(cell: str) -> pd.Series:
         return ok[ok["cell_id"] == cell].set_index(KEY)["speculative_tok_s"]
 
     out = matched_ratios(rates(cell_a), rates(cell_b)).rename("ratio").reset_index()
@@ -187,7 +193,7 @@ def _left_out(rows: pd.DataFrame) -> str:
 
 
 def format_advice(advice: pd.DataFrame, title: str = "what to run (typical paired speedup):",
-                  where=lambda r: r.prompt_set) -> str:
+                  where: Callable[[Any], str] = lambda r: r.prompt_set) -> str:
     """One line per row of `advice`; `where(row)` names what the row is about (its prompt set,
     or its category and the sets it came from)."""
     if advice.empty:

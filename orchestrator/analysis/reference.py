@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import pandas as pd
 
@@ -35,6 +36,8 @@ def roofline(model: str, means: pd.DataFrame) -> tuple[float, str, pd.DataFrame]
     published setup on its card. The published tok/s is e2e (TTFT included), so a share is a
     little under what the decode rate alone would give."""
     weights, how = WEIGHTS[model]
+    if CARD is None:  # telemetry/roofline.py's table must list the card the figures were published on
+        raise LookupError("the RTX PRO 6000 is not in the table of GPUs (telemetry/roofline.py)")
     limit = limit_tok_s(int(weights), CARD.tb_s * 1000)
     rows = of_model(means, model).assign(share=lambda d: d["mean_tok_s"] / limit)
     return limit, f"{weights / 1e9:.1f} GB ({how}) / {CARD.tb_s * 1000:.0f} GB/s ({CARD.source})", rows
@@ -82,7 +85,7 @@ def published_setups() -> list[Setup]:
     return [Setup(title, *roofline(model, means)) for title, model in SETUPS]
 
 
-def published_for(environment: dict) -> tuple[list[tuple[str, pd.DataFrame]], str]:
+def published_for(environment: dict[str, Any]) -> tuple[list[tuple[str, pd.DataFrame]], str]:
     """The published means matching each of a run's engines (its name, the means), and a line
     saying what matched: the reference overlay's data."""
     runs = published_runs()

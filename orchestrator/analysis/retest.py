@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -69,7 +70,9 @@ def retest(path_a: Path, path_b: Path) -> Retest:
 
 def _cells(sa: pd.DataFrame, sb: pd.DataFrame) -> pd.DataFrame:
     cols = CELL + ["speedup", "speedup_ci_low", "speedup_ci_high"]
-    spec = lambda s: s[(s["n_spec"] > 0) & s["concurrency"].notna()][cols]  # noqa: E731
+    def spec(s: pd.DataFrame) -> pd.DataFrame:
+        return s[(s["n_spec"] > 0) & s["concurrency"].notna()][cols]
+
     both = spec(sa).merge(spec(sb), on=CELL, suffixes=("_a", "_b"))
     both["a_holds_b"] = [_holds(lo, hi, v) for lo, hi, v in
                          zip(both["speedup_ci_low_a"], both["speedup_ci_high_a"], both["speedup_b"], strict=True)]
@@ -78,7 +81,7 @@ def _cells(sa: pd.DataFrame, sb: pd.DataFrame) -> pd.DataFrame:
     return both.sort_values(CELL, ignore_index=True)
 
 
-def _holds(low, high, value) -> bool | None:
+def _holds(low: Any, high: Any, value: Any) -> bool | None:
     if any(v is None or pd.isna(v) for v in (low, high, value)):
         return None
     return bool(low <= value <= high)
@@ -91,7 +94,7 @@ def _answers(aa: pd.DataFrame, ab: pd.DataFrame) -> pd.DataFrame:
     return both.sort_values(ANSWER, ignore_index=True)
 
 
-def _set(text) -> set[int]:
+def _set(text: Any) -> set[int]:
     return {int(k) for k in str(text).split(",") if k.strip().isdigit()} if isinstance(text, str) else set()
 
 
@@ -125,9 +128,9 @@ def format_retest(r: Retest) -> str:
     return "\n".join(lines)
 
 
-def _yes(v) -> str:
+def _yes(v: Any) -> str:
     return "-" if v is None or pd.isna(v) else ("yes" if v else "NO")
 
 
-def _depth(v) -> str:
+def _depth(v: Any) -> str:
     return "-" if v is None or pd.isna(v) else str(int(v))

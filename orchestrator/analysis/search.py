@@ -26,13 +26,16 @@ neighbour is faster than the best request by request: then that neighbour.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import pandas as pd
 
 from orchestrator.analysis.model import Fit, fits
 from orchestrator.analysis.pairs import interval_of_pairs, matched_ratios
 from orchestrator.analysis.stats import median, ratio_text, verdict
+from orchestrator.types.records import CellRecord
 
 TOLERANCE = 0.10  # a neighbour predicted more than 10% below the best's interval is not started
 PAIR_KEY = ["prompt_set", "prompt_id", "repeat"]
@@ -68,7 +71,7 @@ class Decision:
     starts: int = 0  # server starts so far (cells.jsonl lines: a cell started again counts again)
     failed: list[int] = field(default_factory=list)  # depths whose cell started but measured nothing
 
-    def line(self) -> dict:
+    def line(self) -> dict[str, Any]:
         """A search.jsonl line (JSON keys are strings)."""
         d = asdict(self)
         d["skipped"] = {str(k): v for k, v in self.skipped.items()}
@@ -89,12 +92,12 @@ def climb_budget(budget: int, blocks: int) -> int:
     return budget if blocks < 2 else max(3, budget - budget // 2)
 
 
-def ranked_depths(speculative) -> list[int]:
+def ranked_depths(speculative: pd.DataFrame) -> list[int]:
     """The depths of one engine's speculative summary rows, fastest first by their median speedup."""
     return [int(k) for k in speculative.groupby("n_spec")["speedup"].median().sort_values(ascending=False).index]
 
 
-def confirm_depths(ranked: list[int], starts_left: int, grid: list[int] = ()) -> list[int]:
+def confirm_depths(ranked: list[int], starts_left: int, grid: Sequence[int] = ()) -> list[int]:
     """The confirmation's starts in the next block: n_spec 0 again (the pairs of a block need
     their own baseline), the climb's best depth, the best's neighbours in the grid that the climb
     never ran (a model may have ruled them out on too little), then the other measured depths by
@@ -128,29 +131,9 @@ def decide(engine: str, grid: list[int], started: set[int], fits: dict[int, Fit]
     left = budget - starts
     if first and left > 0:
         return Decision(engine, grid, sorted(started), budget, first[:1], {}, None, [], starts, failed)
-    wanted: list[int] = []
     reasons: dict[int, str] = {}
-    levels = []
-    for _conc, f in sorted(fits.items()):  # levels in order
-        level, want = _level(grid, started, f, reasons)
-        levels.append(level)
-        wanted += [k for k in want if k not in wanted]
-    if not fits:
-        reasons.update({k: "no cell measured a successful request: nothing to fit" for k in grid if k not in started})
-    nxt = [k for k in wanted if k not in started]
-    stop = None
-    modelled = [f for f in fits.values() if not f.problem]
-    if not modelled and not first:
-        problems = sorted({f.problem for f in fits.values()}) or ["no cell measured a successful request"]
-        stop = f"no model to decide with: {'; '.join(problems)}"
-    elif first:
-        stop = f"the {budget} server starts allowed are spent before the opening (n_spec {_join(first)}) ran"
-    elif nxt and left <= 0:
-        stop = f"the {budget} server starts allowed are spent; still wanted: n_spec {_join(nxt)}"
-        reasons.update({k: "wanted, but the starts allowed are spent" for k in nxt})
-        nxt = []
-    elif not nxt:
-        stop = "the best measured depth stands beside measured or ruled-out neighbours"
+    levels, wanted = _levels(grid, started, fits, reasons)
+    stop, nxt = _stop(fits, first, [k for k in wanted if k not in started], left, budget, reasons)
     skipped = {k: reasons.get(k, "not needed: neither the predicted best nor a neighbour of the best measured")
                for k in grid if k not in started and k not in nxt}
     if stop:
@@ -158,7 +141,40 @@ def decide(engine: str, grid: list[int], started: set[int], fits: dict[int, Fit]
     return Decision(engine, grid, sorted(started), budget, nxt[:1], skipped, stop, levels, starts, failed)
 
 
-def step(engine: str, grid: list[int], budget: int, df: pd.DataFrame, cells, ran: set[str] | None = None,
+def _levels(grid: list[int], started: set[int], fits: dict[int, Fit],
+            reasons: dict[int, str]) -> tuple[list[Judged], list[int]]:
+    """Each level's outcome so far, and the depths the levels want (in level order, each once);
+    why a depth is not wanted goes into `reasons`."""
+    wanted: list[int] = []
+    levels = []
+    for _conc, f in sorted(fits.items()):  # levels in order
+        level, want = _level(grid, started, f, reasons)
+        levels.append(level)
+        wanted += [k for k in want if k not in wanted]
+    if not fits:
+        reasons.update({k: "no cell measured a successful request: nothing to fit" for k in grid if k not in started})
+    return levels, wanted
+
+
+def _stop(fits: dict[int, Fit], first: list[int], nxt: list[int], left: int, budget: int,
+          reasons: dict[int, str]) -> tuple[str | None, list[int]]:
+    """Why the search stops (None: it goes on), and the wanted depths `nxt` still to start; a
+    depth wanted once the starts are spent gets that reason."""
+    modelled = [f for f in fits.values() if not f.problem]
+    if not modelled and not first:
+        problems = sorted({f.problem for f in fits.values() if f.problem}) or ["no cell measured a successful request"]
+        return f"no model to decide with: {'; '.join(problems)}", nxt
+    if first:
+        return f"the {budget} server starts allowed are spent before the opening (n_spec {_join(first)}) ran", nxt
+    if nxt and left <= 0:
+        reasons.update({k: "wanted, but the starts allowed are spent" for k in nxt})
+        return f"the {budget} server starts allowed are spent; still wanted: n_spec {_join(nxt)}", []
+    if not nxt:
+        return "the best measured depth stands beside measured or ruled-out neighbours", nxt
+    return None, nxt
+
+
+def step(engine: str, grid: list[int], budget: int, df: pd.DataFrame, cells: list[CellRecord], ran: set[str] | None = None,
          starts: int | None = None) -> Decision:
     """`decide` from a run's records: `df` the measured frame (summary.measured_frame), `cells` the
     CellRecords (the newest of each cell); `starts` the engine's server starts (RunDir.server_starts).
@@ -172,7 +188,7 @@ def step(engine: str, grid: list[int], budget: int, df: pd.DataFrame, cells, ran
     return decide(engine, grid, started, found, df, budget, starts)
 
 
-def _level(grid, started, f: Fit, reasons: dict[int, str]) -> tuple[Judged, list[int]]:
+def _level(grid: list[int], started: set[int], f: Fit, reasons: dict[int, str]) -> tuple[Judged, list[int]]:
     measured = {k: m for k, m in f.measured.items() if k in grid}
     best = max(measured.values(), key=lambda m: (m.tok_s, -m.n_spec)) if measured else None
     level = Judged(f.concurrency, best.n_spec if best else None, best.tok_s if best else None, None, None)
@@ -184,7 +200,7 @@ def _level(grid, started, f: Fit, reasons: dict[int, str]) -> tuple[Judged, list
         return level, []
     predicted = f.best(grid)
     level.predicted_best = predicted
-    want = [predicted] if predicted not in started else []
+    want = [predicted] if predicted is not None and predicted not in started else []
     floor = best.ci_low if best.ci_low is not None else best.tok_s
     for k in _neighbours(grid, best.n_spec):
         if k in started or k in want:
@@ -199,11 +215,12 @@ def _level(grid, started, f: Fit, reasons: dict[int, str]) -> tuple[Judged, list
                                   f"(interval from {floor:.1f})")
         else:
             want.append(k)
+    top = None if predicted is None else f.predict(predicted)  # None only where no depth has a prediction
     for k in grid:
         guess = f.predict(k)
         if k not in started and guess is not None:
             reasons.setdefault(k, f"predicted {guess:.1f} tok/s at c={f.concurrency}; the predicted best is "
-                                  f"n_spec {predicted} at {f.predict(predicted):.1f}")
+                                  f"n_spec {predicted} at {top:.1f}")
     return level, want
 
 
@@ -247,7 +264,7 @@ def compare_depths(df: pd.DataFrame, conc: int, a: int, b: int) -> str | None:
 def paired_ratio(df: pd.DataFrame, conc: int, a: int, b: int) -> tuple[float | None, float | None, float | None]:
     """Median of depth a's e2e tok/s over depth b's, request by request, and its pair-bootstrap
     interval (None below MIN_PAIRS requests in common)."""
-    def rates(k):
+    def rates(k: int) -> pd.Series:
         g = df[(df["n_spec"] == k) & (df["concurrency"] == conc) & df["ok"]]
         return g.set_index(PAIR_KEY)["e2e_tok_s"]
 
@@ -258,7 +275,7 @@ def paired_ratio(df: pd.DataFrame, conc: int, a: int, b: int) -> tuple[float | N
     return float(median(ratios)), low, high
 
 
-def _join(ks) -> str:
+def _join(ks: Iterable[int]) -> str:
     return ", ".join(map(str, ks))
 
 

@@ -29,14 +29,17 @@ bootstrap) from calling 1.001x "faster". Worked example: docs/metrics.md, "Two l
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike, NDArray
 from scipy import stats as sps
 
 from orchestrator.analysis import stats
-from orchestrator.analysis.stats import RESAMPLES, SEED
+from orchestrator.analysis.stats import RESAMPLES, SEED, FloatArray, Statistic
 
 CONFIDENCE = 0.95
 RESOLUTION = 0.005  # smallest standard error on the log scale: 0.5%, below what a shared host resolves
@@ -45,18 +48,21 @@ REQUESTS_ONLY = "requests only (one block: run-to-run spread not measured)"
 UNSTEADY = "its own starts (they disagree beyond the other cells': Cochran's test) and requests"
 UNSTEADY_ALPHA = 0.01
 
+Key = TypeVar("Key", bound=Hashable)  # a group's key: (cell, concurrency, prompt set), or a depth
 
-def nanmedian(x: np.ndarray) -> np.ndarray:
+
+def nanmedian(x: FloatArray) -> FloatArray:
     with np.errstate(all="ignore"):
         return np.nanmedian(x, axis=-1)
 
 
-def ratio_of_sums(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def ratio_of_sums(num: FloatArray, den: FloatArray) -> FloatArray:
     with np.errstate(all="ignore"):
-        return np.nansum(num, axis=-1) / np.nansum(den, axis=-1)
+        ratio: FloatArray = np.nansum(num, axis=-1) / np.nansum(den, axis=-1)  # numpy types it Any
+        return ratio
 
 
-def throughput(spec_tokens, spec_s, base_tokens, base_s) -> np.ndarray:
+def throughput(spec_tokens: FloatArray, spec_s: FloatArray, base_tokens: FloatArray, base_s: FloatArray) -> FloatArray:
     """Tokens over seconds of the speculative side, over the same of the baseline."""
     return ratio_of_sums(spec_tokens, spec_s) / ratio_of_sums(base_tokens, base_s)
 
@@ -65,16 +71,16 @@ def throughput(spec_tokens, spec_s, base_tokens, base_s) -> np.ndarray:
 class Layout:
     """Value columns as [block, prompt, repeat] arrays, NaN where a request is missing."""
 
-    values: list[np.ndarray]
-    counts: np.ndarray  # [block, prompt]: requests present (they fill the first slots)
+    values: list[FloatArray]
+    counts: NDArray[np.int_]  # [block, prompt]: requests present (they fill the first slots)
 
     @property
     def blocks(self) -> int:
-        return self.counts.shape[0]
+        return int(self.counts.shape[0])
 
     @property
     def prompts(self) -> int:
-        return self.counts.shape[1]
+        return int(self.counts.shape[1])
 
 
 def layout(frame: pd.DataFrame, columns: list[str]) -> Layout:
@@ -113,7 +119,7 @@ class Spread:
         return len(self.block_logs)
 
 
-def spread_of(frame: pd.DataFrame, statistic, columns: list[str]) -> Spread:
+def spread_of(frame: pd.DataFrame, statistic: Statistic, columns: list[str]) -> Spread:
     lay = layout(frame, columns)
     est = _log(statistic(*(v.reshape(-1) for v in lay.values)))
     if est is None:
@@ -121,7 +127,8 @@ def spread_of(frame: pd.DataFrame, statistic, columns: list[str]) -> Spread:
     rng = np.random.default_rng(SEED)
     draws = _log_all(statistic(*_requests(lay, rng, prompts_too=True)))
     var = float(np.var(draws)) * _small(lay.prompts) if draws is not None else math.inf
-    logs, noise = [], []
+    logs: list[float] = []
+    noise: list[float] = []
     for b in range(lay.blocks):
         one = Layout([v[b:b + 1] for v in lay.values], lay.counts[b:b + 1])
         value = _log(statistic(*(v.reshape(-1) for v in one.values)))
@@ -138,7 +145,7 @@ def _small(n: int) -> float:
     return n / (n - 1) if n > 1 else math.inf
 
 
-def _requests(lay: Layout, rng, prompts_too: bool) -> list[np.ndarray]:
+def _requests(lay: Layout, rng: np.random.Generator, prompts_too: bool) -> list[FloatArray]:
     """RESAMPLES resamples of every value column, flattened to [resample, request]."""
     b_n, p_n, width = lay.values[0].shape
     pick = rng.integers(0, p_n, size=(RESAMPLES, p_n)) if prompts_too else np.broadcast_to(np.arange(p_n), (RESAMPLES, p_n))
@@ -156,13 +163,13 @@ def _requests(lay: Layout, rng, prompts_too: bool) -> list[np.ndarray]:
     return out
 
 
-def _log(value) -> float | None:
+def _log(value: ArrayLike) -> float | None:
     v = float(np.asarray(value))
     return math.log(v) if math.isfinite(v) and v > 0 else None
 
 
-def _log_all(values) -> np.ndarray | None:
-    v = np.asarray(values, dtype=float)
+def _log_all(values: ArrayLike) -> FloatArray | None:
+    v = np.asarray(values, dtype=np.float64)
     ok = np.isfinite(v) & (v > 0)
     if ok.mean() < 0.9:  # a statistic undefined in many resamples (a zero median): no spread to speak of
         return None
@@ -193,15 +200,15 @@ class StartVariance:
         return StartVariance(max(own, self.variance), s.blocks - 1) if own > self.variance else self
 
 
-def unsteady(spreads: dict, alpha: float = UNSTEADY_ALPHA) -> set:
+def unsteady(spreads: dict[Key, Spread], alpha: float = UNSTEADY_ALPHA) -> set[Key]:
     """The keys whose block-to-block variance Cochran's test sets apart from the rest: the
     largest variance over their sum, against its critical value for k cells of nu degrees of
     freedom, the largest removed and the test repeated while at least three cells remain."""
     left = {k: float(np.var(s.block_logs, ddof=1)) for k, s in spreads.items() if s.blocks >= 2}
     nu = min((spreads[k].blocks - 1 for k in left), default=0)
-    out: set = set()
+    out: set[Key] = set()
     while len(left) >= 3:
-        worst = max(left, key=left.get)
+        worst = max(left, key=lambda key: left[key])
         total = sum(left.values())
         k = len(left)
         f = float(sps.f.ppf(1 - alpha / k, nu, nu * (k - 1)))
@@ -243,12 +250,13 @@ def interval(s: Spread, start: StartVariance, confidence: float = CONFIDENCE, st
                     math.sqrt(v_start), math.sqrt(v_req))
 
 
-def intervals(groups: dict, statistic, columns: list[str], pool_by, confidence: float = CONFIDENCE) -> dict:
+def intervals(groups: dict[Key, pd.DataFrame], statistic: Statistic, columns: list[str], pool_by: Callable[[Key], Hashable],
+              confidence: float = CONFIDENCE) -> dict[Key, Interval]:
     """{group key: Interval}; `groups` maps a key to its frame (block, prompt and `columns`), and
     `pool_by(key)` names the cells that share a start variance (engine, concurrency, prompt set);
     within each pool the unsteady cells keep their own."""
     spreads = {k: spread_of(g, statistic, columns) for k, g in groups.items()}
-    pools: dict = {}
+    pools: dict[Hashable, dict[Key, Spread]] = {}
     for k, s in spreads.items():
         pools.setdefault(pool_by(k), {})[k] = s
     out = {}

@@ -9,15 +9,21 @@ value into a measured request, so no interval here has a negative bound.
 from __future__ import annotations
 
 import math
+from typing import Any, Callable, TypeGuard
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 RESAMPLES = 2000
 SEED = 20261122
 CONFIDENCE = 0.95
 
+FloatArray = NDArray[np.float64]
+# A statistic of value columns (paired_ci, spread.py): it reduces along the last axis.
+Statistic = Callable[..., ArrayLike]
 
-def median_ci(values) -> tuple[float | None, float | None]:
+
+def median_ci(values: ArrayLike) -> tuple[float | None, float | None]:
     """Percentile bootstrap interval of the median. One value: a zero-width interval."""
     x = np.asarray(values, dtype=float)
     if x.size == 0:
@@ -28,7 +34,7 @@ def median_ci(values) -> tuple[float | None, float | None]:
     return _interval(meds)
 
 
-def ratio_ci(num, den) -> tuple[float | None, float | None]:
+def ratio_ci(num: ArrayLike, den: ArrayLike) -> tuple[float | None, float | None]:
     """Interval of median(num) / median(den), both groups resampled independently (the
     `independent_*` speedup columns: cells whose requests do not pair). One request
     on either side has no spread to resample: no interval, so no verdict from a single pair."""
@@ -41,23 +47,25 @@ def ratio_ci(num, den) -> tuple[float | None, float | None]:
     return _interval(ratios)
 
 
-def median(values, axis: int = -1):
+def median(values: ArrayLike, axis: int = -1) -> np.float64 | FloatArray:
     """The median along `axis` (paired_ci's statistics reduce along the last axis)."""
-    return np.median(np.asarray(values, dtype=float), axis=axis)
+    return np.median(np.asarray(values, dtype=np.float64), axis=axis)
 
 
-def mean(values) -> float:
+def mean(values: ArrayLike) -> float:
     return float(np.mean(np.asarray(values, dtype=float)))
 
 
-def throughput_ratio(spec_tokens, spec_s, base_tokens, base_s, axis: int = -1):
+def throughput_ratio(spec_tokens: ArrayLike, spec_s: ArrayLike, base_tokens: ArrayLike, base_s: ArrayLike,
+                     axis: int = -1) -> np.float64 | FloatArray:
     """(sum of speculative tokens / their seconds) over (the same for the baseline) along `axis`."""
     with np.errstate(divide="ignore", invalid="ignore"):
         spec = np.sum(spec_tokens, axis=axis) / np.sum(spec_s, axis=axis)
-        return spec / (np.sum(base_tokens, axis=axis) / np.sum(base_s, axis=axis))
+        ratio: np.float64 | FloatArray = spec / (np.sum(base_tokens, axis=axis) / np.sum(base_s, axis=axis))
+        return ratio
 
 
-def paired_ci(statistic, *columns) -> tuple[float | None, float | None]:
+def paired_ci(statistic: Statistic, *columns: ArrayLike) -> tuple[float | None, float | None]:
     """Interval of `statistic(*columns)` with rows resampled together: row i of every column is
     one request pair, so a pair is never split. `statistic` reduces along the last axis. Fewer
     than two pairs have no spread to resample: no interval."""
@@ -68,7 +76,7 @@ def paired_ci(statistic, *columns) -> tuple[float | None, float | None]:
     return _interval(np.asarray(statistic(*(a[idx] for a in arrays)), dtype=float))
 
 
-def ratio_of_sums_ci(num, den) -> tuple[float | None, float | None]:
+def ratio_of_sums_ci(num: ArrayLike, den: ArrayLike) -> tuple[float | None, float | None]:
     """Interval of sum(num) / sum(den) with requests resampled (e.g. accepted / drafted)."""
     a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
     if a.size == 0 or b.sum() == 0:
@@ -79,7 +87,7 @@ def ratio_of_sums_ci(num, den) -> tuple[float | None, float | None]:
     return _interval(a[idx].sum(axis=1)[ok] / drafted[ok])
 
 
-def narrow_enough(rates, target: float, fewest: int) -> bool:
+def narrow_enough(rates: list[float], target: float, fewest: int) -> bool:
     """The median's 95% interval within +-target of the median, from at least `fewest` values
     (one value is a zero-width interval, and no measurement of spread): workload.target_ci."""
     if len(rates) < max(2, fewest):
@@ -98,7 +106,7 @@ def verdict(low: float | None, high: float | None) -> str | None:
     return "faster" if low > 1.0 else "slower"
 
 
-def outliers(values, rel: float = 0.10, z: float = 3.5) -> list[bool]:
+def outliers(values: ArrayLike, rel: float = 0.10, z: float = 3.5) -> list[bool]:
     """Flag values far from the rest: more than `z` robust sigmas (MAD) and more than `rel`
     of the median away. The second test keeps near-identical runs (MAD ~ 0) from flagging
     every small wobble; a 92 among runs of 134 is flagged either way."""
@@ -111,7 +119,7 @@ def outliers(values, rel: float = 0.10, z: float = 3.5) -> list[bool]:
     return [bool(d > rel * med and (mad == 0 or d > z * mad)) for d in dev]
 
 
-def ratio_text(value, low=None, high=None) -> str:
+def ratio_text(value: object, low: object = None, high: object = None) -> str:
     """'1.52x [1.40-1.66]', '1.52x' without an interval, '-' without a value: the one way orch
     writes a speedup in text."""
     if not _finite(value):
@@ -120,11 +128,11 @@ def ratio_text(value, low=None, high=None) -> str:
     return f"{value:.2f}x{ci}"
 
 
-def _resample(x: np.ndarray, rng) -> np.ndarray:
+def _resample(x: FloatArray, rng: np.random.Generator) -> FloatArray:
     return x[rng.integers(0, x.size, size=(RESAMPLES, x.size))]
 
 
-def _interval(samples: np.ndarray) -> tuple[float | None, float | None]:
+def _interval(samples: FloatArray) -> tuple[float | None, float | None]:
     """Percentile interval; (None, None) when a resample is undefined (0/0) or a bound is not
     finite (a ratio over a zero median)."""
     if samples.size == 0 or np.isnan(samples).any():
@@ -137,7 +145,9 @@ def _interval(samples: np.ndarray) -> tuple[float | None, float | None]:
     return float(low), float(high)
 
 
-def _finite(v) -> bool:
+def _finite(v: Any) -> TypeGuard[float]:
+    """A finite number, whatever a frame's cell holds (math.isfinite judges it); as a TypeGuard it
+    lets the bounds it passed be compared."""
     try:
         return v is not None and math.isfinite(v)
     except TypeError:

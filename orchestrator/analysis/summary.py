@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
 from orchestrator.analysis import cost, spread
 from orchestrator.analysis.load import crossover
 from orchestrator.analysis.metrics import itl_per_token, tpot
-from orchestrator.analysis.pairs import PairedSpeedup, pair_table, paired_speedups
+from orchestrator.analysis.pairs import GroupKey, PairedSpeedup, pair_table, paired_speedups
 from orchestrator.types.records import CellRecord, RequestRecord
 from orchestrator.analysis.stats import median_ci, outliers, ratio_ci, ratio_of_sums_ci, ratio_text, verdict
 
@@ -68,7 +71,7 @@ def summarize(requests: list[RequestRecord], cells: list[CellRecord]) -> pd.Data
     # Engines without per-request draft counts (vLLM) get the server's own rate for the whole cell.
     from_server = out["acceptance_rate"].isna() & out["server_acceptance_rate"].notna()
     out["acceptance_source"] = np.where(out["acceptance_rate"].notna(), "requests",
-                                        np.where(from_server, METRICS_SOURCE, None))
+                                        np.where(from_server, METRICS_SOURCE, None))  # type: ignore[call-overload]  # numpy's stubs take no None, which makes an object array
     out["acceptance_rate"] = out["acceptance_rate"].where(~from_server, out["server_acceptance_rate"])
     out = pd.concat([out, _cells_without_requests(cells, set(out["cell_id"]))], ignore_index=True)
     out = _add_two_level(out, df)
@@ -77,7 +80,7 @@ def summarize(requests: list[RequestRecord], cells: list[CellRecord]) -> pd.Data
     return out.sort_values(["engine", "concurrency", "prompt_set", "n_spec"], ignore_index=True)[COLUMNS]
 
 
-def _frames(df: pd.DataFrame, value: str, other: str | None = None) -> dict[tuple, pd.DataFrame]:
+def _frames(df: pd.DataFrame, value: str, other: str | None = None) -> dict[GroupKey, pd.DataFrame]:
     """Per (cell, concurrency, prompt set): its ok requests as block, prompt and value columns."""
     ok = df[df["ok"].astype(bool)] if len(df) else df
     cols = [value] + ([other] if other else [])
@@ -91,7 +94,7 @@ def _frames(df: pd.DataFrame, value: str, other: str | None = None) -> dict[tupl
     return out
 
 
-def _pool(frames: dict[tuple, pd.DataFrame]):
+def _pool(frames: dict[GroupKey, pd.DataFrame]) -> Callable[[GroupKey], Hashable]:
     """The cells that share a start variance: the same engine, concurrency and prompt set."""
     engine = {k: g["engine"].iloc[0] for k, g in frames.items()}
     return lambda k: (engine[k], k[1], k[2])
@@ -136,7 +139,7 @@ def _add_crossover(out: pd.DataFrame) -> pd.DataFrame:
     return out.astype({"stops_paying_at": "Int64"})
 
 
-def _row(key: tuple, g: pd.DataFrame) -> dict:
+def _row(key: tuple[Hashable, ...], g: pd.DataFrame) -> dict[str, Any]:
     ok = g[g["ok"]]
     row = dict(zip(GROUP + ["cell_id"], key, strict=True))
     row["requests_ok"], row["requests_failed"] = len(ok), len(g) - len(ok)
@@ -155,7 +158,7 @@ def _row(key: tuple, g: pd.DataFrame) -> dict:
     return row
 
 
-def _times(ok: pd.DataFrame) -> dict:
+def _times(ok: pd.DataFrame) -> dict[str, Any]:
     ttft = per_request(ok, "ttft_s").dropna()
     total = (per_request(ok, "t_end") - per_request(ok, "t_start")).dropna()
     out = {"latency_s_mean": total.mean() if len(total) else None}
@@ -168,7 +171,7 @@ def _times(ok: pd.DataFrame) -> dict:
 PREFILL_TIMED, PREFILL_FROM_TTFT = "timings", "ttft"
 
 
-def _phase_rates(ok: pd.DataFrame) -> dict:
+def _phase_rates(ok: pd.DataFrame) -> dict[str, Any]:
     """Prefill and decode tok/s per request, medians with intervals. Prefill: the server's own
     prompt_per_second where it reports one (llama.cpp), else prompt tokens / TTFT, which also
     holds the network, queueing and the first decode step (prefill_source says which). Decode:
@@ -177,7 +180,7 @@ def _phase_rates(ok: pd.DataFrame) -> dict:
     tokens, ttft = per_request(ok, "prompt_tokens"), per_request(ok, "ttft_s")
     derived = (tokens / ttft).where((tokens > 0) & (ttft > 0))
     prefill = timed.fillna(derived)
-    out = {}
+    out: dict[str, Any] = {}
     if prefill.notna().any():
         out["prefill_source"] = PREFILL_TIMED if timed.notna().all() else (
             PREFILL_FROM_TTFT if timed.isna().all() else f"{PREFILL_TIMED}+{PREFILL_FROM_TTFT}")
@@ -188,7 +191,7 @@ def _phase_rates(ok: pd.DataFrame) -> dict:
     return out
 
 
-def _latency(ok: pd.DataFrame) -> dict:
+def _latency(ok: pd.DataFrame) -> dict[str, Any]:
     recs = ok.to_dict("records")
     tpots = [t for t in map(tpot, recs) if t is not None]
     itls = [v for r in recs for v in (itl_per_token(r) or [])]
@@ -210,7 +213,7 @@ ACCEPTED = ("timings_draft_n_accepted", "spec_num_accepted_draft_tokens")
 STEPS = "spec_num_spec_steps"
 
 
-def per_request(ok: pd.DataFrame, names) -> pd.Series:
+def per_request(ok: pd.DataFrame, names: str | Iterable[str]) -> pd.Series:
     """Per request, the first of `names` it has (an engine reports under one of them)."""
     out = pd.Series(np.nan, index=ok.index, dtype=float)
     for name in (names,) if isinstance(names, str) else names:
@@ -219,7 +222,7 @@ def per_request(ok: pd.DataFrame, names) -> pd.Series:
     return out
 
 
-def _acceptance(ok: pd.DataFrame) -> dict:
+def _acceptance(ok: pd.DataFrame) -> dict[str, Any]:
     drafted, accepted = per_request(ok, DRAFTED), per_request(ok, ACCEPTED)
     known = drafted.notna() & accepted.notna()
     if not known.any():
@@ -246,7 +249,7 @@ def _acceptance(ok: pd.DataFrame) -> dict:
     return out
 
 
-def _cells_without_requests(cells: list[CellRecord], seen: set) -> pd.DataFrame:
+def _cells_without_requests(cells: list[CellRecord], seen: set[str]) -> pd.DataFrame:
     rows = [{"engine": c.engine, "method": c.method, "n_spec": c.n_spec,
              "concurrency": None, "prompt_set": None, "requests_ok": 0, "requests_failed": 0,
              "cell_status": c.status, "cell_id": c.cell_id}
@@ -321,7 +324,8 @@ def format_table(summary: pd.DataFrame) -> str:
     note += ("\nspeedup: median of the speculative/n_spec 0 ratios of request pairs (same block, prompt, "
              "repeat and concurrency); 95% CI with prompts as the unit, covering " + " / ".join(covers)
              ) if summary["requests_paired"].fillna(0).gt(0).any() else ""
-    return view.to_string(index=False) + note + unpaired_note(summary)
+    table: str = view.to_string(index=False)
+    return table + note + unpaired_note(summary)
 
 
 def unpaired_note(summary: pd.DataFrame) -> str:
@@ -354,7 +358,7 @@ def speedup_frame(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SPEEDUP_COLUMNS).astype(object).where(lambda d: d.notna(), "-")
 
 
-def _with_ci(r, value: str, stem: str) -> str:
+def _with_ci(r: pd.Series, value: str, stem: str) -> str:
     return ratio_text(r[value], r[f"{stem}_ci_low"], r[f"{stem}_ci_high"])
 
 
@@ -363,19 +367,20 @@ def format_speedups(summary: pd.DataFrame) -> str:
     view = speedup_frame(summary)
     if view.empty:
         return ""
+    table: str = view.to_string(index=False)
     return ("speedup from request pairs (speculative / n_spec 0, same prompt, repeat and concurrency):\n"
-            + view.to_string(index=False)
+            + table
             + "\ntypical: median of the pair ratios; throughput: total tokens / total seconds over the "
               "same pairs; independent: ratio of the cells' medians, requests resampled as if unpaired")
 
 
-def _spread(r) -> str:
+def _spread(r: pd.Series) -> str:
     if r["pair_ratio_min"] is None or pd.isna(r["pair_ratio_min"]):
         return "-"
     return f"{r['pair_ratio_min']:.2f}-{r['pair_ratio_max']:.2f}"
 
 
-def _ci_text(low, high) -> str:
+def _ci_text(low: Any, high: Any) -> str:
     if low is None or high is None or pd.isna(low) or pd.isna(high):
         return "-"
     return f"{low:.2f}-{high:.2f}"

@@ -13,7 +13,7 @@ class KeyProblem(ValueError):
     """The API key's variable is unset, or holds what no HTTP header can carry."""
 
 
-def bearer(api_key_env: str | None) -> dict:
+def bearer(api_key_env: str | None) -> dict[str, str]:
     """The Authorization header from the variable named `api_key_env`, read now; {} without one."""
     if not api_key_env:
         return {}

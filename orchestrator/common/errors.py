@@ -13,6 +13,10 @@
         └── AuthRefused    it answered 401/403: orch's credentials are missing or wrong
 """
 
+from __future__ import annotations
+
+from os import PathLike
+
 
 class OrchError(Exception):
     exit_code = 1
@@ -21,7 +25,7 @@ class OrchError(Exception):
 class ScenarioError(OrchError):
     exit_code = 2
 
-    def __init__(self, path, key: str, message: str):
+    def __init__(self, path: str | PathLike[str], key: str, message: str):
         self.path, self.key, self.message = str(path), key, message
         where = f"{self.path}: {key}: " if key else f"{self.path}: "
         super().__init__(where + message)

@@ -9,6 +9,7 @@ server that refuses orch's key is said so at once.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 import aiohttp
 from yarl import URL
@@ -22,7 +23,7 @@ class ProbeFailed(Exception):
     """No usable answer: not reachable, not 200, too slow or too large. The message says which."""
 
 
-def get(base_url: str, path: str, headers: dict | None = None, timeout_s: float = 5.0) -> bytes:
+def get(base_url: str, path: str, headers: Mapping[str, str] | None = None, timeout_s: float = 5.0) -> bytes:
     """The body of GET base_url+path, or ProbeFailed; AuthRefused on 401/403."""
     status, body = asyncio.run(_get(base_url + path, headers, timeout_s, read=True))
     if status in AuthRefused.STATUSES:
@@ -32,7 +33,7 @@ def get(base_url: str, path: str, headers: dict | None = None, timeout_s: float 
     return body
 
 
-def status(url: str, headers: dict | None = None, timeout_s: float = 1.0) -> int | None:
+def status(url: str, headers: Mapping[str, str] | None = None, timeout_s: float = 1.0) -> int | None:
     """The status of GET url, its body unread; None if there is no answer in time."""
     try:
         return asyncio.run(_get(url, headers, timeout_s, read=False))[0]
@@ -49,7 +50,7 @@ async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
     return body if len(body) <= limit else None
 
 
-async def _get(url: str, headers: dict | None, timeout_s: float, read: bool) -> tuple[int, bytes]:
+async def _get(url: str, headers: Mapping[str, str] | None, timeout_s: float, read: bool) -> tuple[int, bytes]:
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
             async with session.get(URL(url, encoded=False), headers=headers, allow_redirects=False) as resp:

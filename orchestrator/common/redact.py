@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from typing import TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "[redacted]"
@@ -93,16 +94,20 @@ def public_url(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
 
 
-def scrub_values(obj):
+_T = TypeVar("_T")
+
+
+def scrub_values(obj: _T) -> _T:
     """`obj` with every secret taken out of its strings, a dict's string keys included (a server
     may echo a key into a /metrics label, which becomes a key); numbers are left alone, so a
     secret that happens to look like a number cannot break a JSON line."""
     if not _secrets:
         return obj
+    # The same kind of value comes back (a str, dict or list is rebuilt as a plain one).
     if isinstance(obj, str):
-        return scrub(obj)
+        return cast(_T, scrub(obj))
     if isinstance(obj, dict):
-        return {scrub(k) if isinstance(k, str) else k: scrub_values(v) for k, v in obj.items()}
+        return cast(_T, {scrub(k) if isinstance(k, str) else k: scrub_values(v) for k, v in obj.items()})
     if isinstance(obj, list):
-        return [scrub_values(v) for v in obj]
+        return cast(_T, [scrub_values(v) for v in obj])
     return obj

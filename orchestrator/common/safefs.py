@@ -20,7 +20,7 @@ import secrets
 import stat
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 from orchestrator.common.errors import RunFolderError
 
@@ -127,13 +127,13 @@ def ensure_dir(root: Path, rel: str | Path) -> Path:
         return Path(root, rel)
 
 
-def open_append(root: Path, rel: str | Path, binary: bool = False) -> IO:
+def open_append(root: Path, rel: str | Path, binary: bool = False) -> IO[Any]:
     fd = open_inside(root, rel, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     return os.fdopen(fd, "ab") if binary else os.fdopen(fd, "a", encoding="utf-8")
 
 
 @contextmanager
-def replacing(root: Path, rel: str | Path, binary: bool = False) -> Iterator[IO]:
+def replacing(root: Path, rel: str | Path, binary: bool = False) -> Iterator[IO[Any]]:
     """A file written whole: into a temporary file beside root/rel, renamed over it once the block
     ends without an exception (else removed). An existing link at root/rel is refused."""
     parts = _parts(rel)

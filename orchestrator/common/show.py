@@ -25,12 +25,12 @@ _NAMED = {"\n": "\\n", "\r": "\\r"}
 _RAW_IN_STRINGS = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
-def _escape(m: re.Match) -> str:
+def _escape(m: re.Match[str]) -> str:
     c = m.group()
     return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
 
 
-def printable(text, lines: bool = False) -> str:
+def printable(text: object, lines: bool = False) -> str:
     """`text` (any object, as str()) safe to print or write into a report: control characters as
     visible escapes; newlines too, unless `lines` (a block of several lines of orch's own, whose
     parts were each made one line). Tabs stay."""

@@ -9,7 +9,9 @@ from urllib.parse import urlparse
 
 import docker
 
-from orchestrator.types.server import ServerPlan
+from docker.models.containers import Container
+
+from orchestrator.types.server import ContainerSpec, ServerPlan
 
 from orchestrator.common import redact
 from orchestrator.common.safefs import nofollow
@@ -47,14 +49,25 @@ class DockerServer:
         self.plan = plan
         self.log_path = Path(log_path)
         self.ready_timeout_s = ready_timeout_s
+        assert plan.container is not None  # the docker launcher is chosen only for a plan with a container
         self.client = client or client_for(plan.container.docker_host)
-        self.container = None
+        self.container: Container | None = None
         self.base_url = f"http://{_server_host(plan.container.docker_host)}:{plan.port}"
+
+    @property
+    def _spec(self) -> ContainerSpec:
+        assert self.plan.container is not None  # checked in __init__; a plan is frozen
+        return self.plan.container
+
+    @property
+    def _started(self) -> Container:
+        assert self.container is not None  # set by __enter__: only a started server is read or waited on
+        return self.container
 
     def __enter__(self) -> "DockerServer":
         image = self._ensure_image()
         # Environment values are read now, at start, and handed to the engine only.
-        self.container = self.client.containers.run(image.id, **self.plan.container.run_kwargs(os.environ))
+        self.container = self.client.containers.run(image.id, **self._spec.run_kwargs(os.environ))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -63,7 +76,7 @@ class DockerServer:
     def describe(self) -> dict:
         if self.container is None:
             return {}
-        ref = self.plan.container.image
+        ref = self._spec.image
         image = self.client.images.get(ref)
         return {"container_id": self.container.id[:12], "image": ref, "image_id": image.id,
                 "image_digests": image.attrs.get("RepoDigests", [])}
@@ -73,7 +86,7 @@ class DockerServer:
         its GPUs through NVML here, or through `nvidia-smi` inside it when the host is another:
         the NVIDIA runtime puts nvidia-smi in every container given a GPU, whatever its image,
         and no second container or agent has to be started on that host."""
-        spec = self.plan.container
+        spec = self._spec
         gpus = spec.gpus != "none"
         ids = None if spec.gpus in ("all", "none") else [int(g) for g in spec.gpus]
         if _server_host(spec.docker_host) == "127.0.0.1":
@@ -83,14 +96,14 @@ class DockerServer:
                      unseen=["a container on a remote Docker host: its CPU time is not sampled"])
 
     def _exec_stream(self, cmd: list[str]):
-        return self.container.exec_run(cmd, stream=True, demux=False).output
+        return self._started.exec_run(cmd, stream=True, demux=False).output
 
     def alive(self) -> bool:
         try:
-            self.container.reload()
+            self._started.reload()
         except docker.errors.NotFound:
             return False
-        return self.container.status == "running"
+        return self._started.status == "running"
 
     def wait_ready(self, headers: dict | None = None) -> float:
         url = self.base_url + self.plan.health_path
@@ -126,7 +139,7 @@ class DockerServer:
             pass
 
     def _exited(self) -> ServerExited:
-        state = self.container.attrs.get("State", {})
+        state = self._started.attrs.get("State", {})
         err = ServerExited(state.get("ExitCode", -1), self._logs(30))
         if state.get("OOMKilled"):
             err.args = (f"{err.args[0]} (OOM-killed)",)
@@ -136,18 +149,18 @@ class DockerServer:
         """The container's whole log into server.log, streamed (it may be large), without secrets."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "w", encoding="utf-8", opener=nofollow) as out:
-            for line in self.container.logs(stream=True, follow=False):  # follow defaults to stream
+            for line in self._started.logs(stream=True, follow=False):  # follow defaults to stream
                 out.write(redact.scrub(line.decode(errors="replace")))
 
     def _logs(self, tail: int | None) -> str:
         try:
-            data = self.container.logs(tail=tail) if tail else self.container.logs()
+            data = self._started.logs(tail=tail) if tail else self._started.logs()
         except docker.errors.APIError:
             return ""
         return data.decode(errors="replace")
 
     def _ensure_image(self):
-        ref = self.plan.container.image
+        ref = self._spec.image
         try:
             return self.client.images.get(ref)
         except docker.errors.ImageNotFound:

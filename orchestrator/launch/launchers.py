@@ -101,6 +101,7 @@ class ProcessServer:
                                                 log_tail(self.log_path)), headers)
 
     def _check_exit(self) -> None:
+        assert self.proc is not None  # wait_ready polls a server that __enter__ started
         code = self.proc.poll()
         if code is not None:
             self._copier.join(5)  # its last lines are the reason it exited
@@ -109,19 +110,20 @@ class ProcessServer:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        code = self._stop()
+        code = self._stop(self.proc)
         self._copier.join(5)  # a child that kept the pipe open does not hold orch: the thread is a daemon
         return code
 
-    def _stop(self) -> int | None:
-        if self.proc.poll() is not None:
-            return self.proc.returncode
-        _signal_group(self.proc.pid, signal.SIGTERM)
+    @staticmethod
+    def _stop(proc: subprocess.Popen) -> int | None:
+        if proc.poll() is not None:
+            return proc.returncode
+        _signal_group(proc.pid, signal.SIGTERM)
         try:
-            return self.proc.wait(STOP_GRACE_S)
+            return proc.wait(STOP_GRACE_S)
         except subprocess.TimeoutExpired:
-            _signal_group(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait(5)
+            _signal_group(proc.pid, signal.SIGKILL)
+            return proc.wait(5)
 
 
 LOG_LINE_CAP = 1 << 20  # a server that writes without newlines is still copied, a MiB at a time
@@ -178,6 +180,7 @@ class ExternalServer:
 
     def __init__(self, plan: ServerPlan, log_path: Path, ready_timeout_s: float):
         self.plan, self.ready_timeout_s = plan, ready_timeout_s
+        assert plan.base_url is not None  # the external launcher is chosen only for a plan with a URL
         self.base_url = plan.base_url.rstrip("/")
         self.log_path = Path(log_path)
 

@@ -22,7 +22,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-MAX_ID_CHARS = 200  # ids are never paths, but they fill every request row and table
+from orchestrator.types.scenario import MAX_ID_CHARS  # one bound for ids and set names
+
 SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet")  # the files orch reads, longest first
 # What one prompt file may hold (README, "Limits"), each checked before or as it is read, so that
 # no file, however small on disk, holds more than these in memory:

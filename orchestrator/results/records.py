@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from orchestrator.common.errors import ResultsError
 from orchestrator.types.records import Environment, Record
@@ -46,7 +47,7 @@ def read_records(path: Path, model: type[R]) -> tuple[list[R], list[str]]:
         return [], []
     records: list[R] = []
     skipped, salvaged = _Tally(), _Tally()
-    truncated = None
+    truncated: tuple[int, str] | None = None  # the last line that did not parse, and why
     total = 0
     for n, raw in lines_of(path):
         if truncated is not None:  # the line that did not parse was not the last: it is corrupt
@@ -67,9 +68,10 @@ def read_records(path: Path, model: type[R]) -> tuple[list[R], list[str]]:
                 salvaged.append((n, "; ".join(problems)))
         if skip:
             skipped.append((n, "; ".join(problems)))
+    truncated_line: int | None = None
     if truncated is not None:
-        truncated, total = truncated[0], total - 1  # not counted with the corrupt lines
-    return records, _read_notes(path, model, len(records), total, skipped, salvaged, truncated)
+        truncated_line, total = truncated[0], total - 1  # not counted with the corrupt lines
+    return records, _read_notes(path, model, len(records), total, skipped, salvaged, truncated_line)
 
 
 def _read_notes(path: Path, model: type[Record], kept: int, total: int, skipped: "_Tally", salvaged: "_Tally",
@@ -113,7 +115,7 @@ def validate(model: type[R], obj: Any, when: str = "read back") -> tuple[R | Non
     return None, problems, True
 
 
-def read_environment(path: Path) -> tuple[dict, list[str]]:
+def read_environment(path: Path) -> tuple[dict[str, Any], list[str]]:
     """environment.json as a dict, without any field the report could not read; and the warnings."""
     path = Path(path)
     if not path.is_file():
@@ -147,7 +149,7 @@ class _Tally:
     """A file's problem lines, as many as a warning shows (the first DETAILS described, LINES
     more numbered), and how many there were: a junk file of a billion lines holds no more."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.items: list[tuple[int, str]] = []
         self.count = 0
 
@@ -215,7 +217,7 @@ def _json_error(exc: BaseException) -> str:
     return str(exc)
 
 
-def _problems(exc: ValidationError, data: dict) -> dict[str, str]:
+def _problems(exc: ValidationError, data: dict[str, Any]) -> dict[str, str]:
     """The first problem of each top-level field."""
     out: dict[str, str] = {}
     for err in exc.errors():
@@ -224,12 +226,12 @@ def _problems(exc: ValidationError, data: dict) -> dict[str, str]:
     return out
 
 
-def _describe(err: dict, data: dict) -> str:
+def _describe(err: ErrorDetails, data: dict[str, Any]) -> str:
     loc = err["loc"]
     name = ".".join(str(p) for p in loc) or "(record)"
     if err["type"] == "missing":
         return "missing" if len(loc) == 1 else f"missing {name}"
-    value = data
+    value: Any = data
     for part in loc:
         try:
             value = value[part]
@@ -245,7 +247,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _drop(obj: Any, loc: tuple) -> None:
+def _drop(obj: Any, loc: tuple[int | str, ...]) -> None:
     """Remove the deepest dict key on an error's path (a list's bad element takes the list)."""
     parent, key = None, None
     for part in loc:

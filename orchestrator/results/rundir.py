@@ -30,6 +30,7 @@ import threading
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Iterator
 
 import tomli_w
 
@@ -39,6 +40,9 @@ from orchestrator.common.errors import ResultsError, RunFolderError
 from orchestrator.common.show import escape_raw_controls, printable
 from orchestrator.results.records import R, lines_of, read_bounded, read_environment, read_records
 from orchestrator.types.records import SCHEMA_VERSION, CellRecord, RequestRecord
+
+if TYPE_CHECKING:
+    import pandas as pd  # only for the annotations: writing a run folder needs no pandas
 
 REQUESTS = "requests.jsonl"
 CELLS = "cells.jsonl"
@@ -57,7 +61,7 @@ SMALL_FILE = 1 << 20  # run.json; scenario.toml is read up to records.MAX_FILE
 
 
 RESUME = "continue with --resume"
-_held: dict[tuple[int, int], list] = {}  # run.lock's (device, inode) -> [descriptor, holders] in this process
+_held: dict[tuple[int, int], list[int]] = {}  # run.lock's (device, inode) -> [descriptor, holders] in this process
 _held_guard = threading.Lock()
 
 
@@ -160,8 +164,10 @@ class RunDir:
 
     def unlock(self) -> None:
         key, self._lock = self._lock, None
+        if key is None:
+            return
         with _held_guard:
-            held = _held.get(key) if key else None
+            held = _held.get(key)
             if held is not None:
                 held[1] -= 1
                 if held[1] == 0:
@@ -169,7 +175,7 @@ class RunDir:
                     os.close(held[0])
 
     @contextmanager
-    def locked(self):
+    def locked(self) -> Iterator[RunDir]:
         """lock(), given back only if the block fails: the caller keeps the hold and unlocks later."""
         self.lock()
         try:
@@ -208,7 +214,7 @@ class RunDir:
         except OSError:
             return self.path / "cells" / cell_id
 
-    def write_scenario(self, data: dict) -> None:
+    def write_scenario(self, data: dict[str, Any]) -> None:
         """scenario.toml, with secrets taken out of its strings, not of its text: a secret that
         looks like a number ("1234") must not break the TOML that --resume compares."""
         self._write(SCENARIO, scenario_text(redact.scrub_values(data)), scrubbed=True)
@@ -216,14 +222,14 @@ class RunDir:
     def read_scenario_text(self) -> str:
         return read_bounded(self.path / SCENARIO).decode("utf-8")
 
-    def write_environment(self, env: dict) -> None:
+    def write_environment(self, env: dict[str, Any]) -> None:
         self._write(ENVIRONMENT, json.dumps(env, indent=2) + "\n")
 
-    def write_node_environment(self, node: str, env: dict) -> None:
+    def write_node_environment(self, node: str, env: dict[str, Any]) -> None:
         """A Ray node's environment.json; `node` comes from the cluster, so it is made a safe name."""
         self._write(f"{NODES}/{node_folder(node)}/{ENVIRONMENT}", json.dumps(env, indent=2) + "\n")
 
-    def node_environment(self, node: str | None) -> dict:
+    def node_environment(self, node: str | None) -> dict[str, Any]:
         """A node's environment.json where the run has one, else the run's own."""
         path = self.path / NODES / node_folder(node) / ENVIRONMENT if node else None
         if path is None or not path.is_file():
@@ -244,14 +250,14 @@ class RunDir:
         safefs.write_inside(self.path, name, text)
         return self.path / name
 
-    def write_csv(self, name: str, frame) -> Path:
+    def write_csv(self, name: str, frame: pd.DataFrame) -> Path:
         """A table (summary.csv, ...) as pandas writes it, replaced whole, never through a link; its
         text cells (a server's output in lossless.csv) with control characters shown."""
         with safefs.replacing(self.path, name) as f:
             shown_cells(frame).to_csv(f, index=False)
         return self.path / name
 
-    def environment(self) -> dict:
+    def environment(self) -> dict[str, Any]:
         """environment.json; {} (and a warning) when it is not a JSON object."""
         env, notes = read_environment(self.path / ENVIRONMENT)
         self._note(notes)
@@ -266,7 +272,7 @@ class RunDir:
     def append_cell(self, rec: CellRecord) -> None:
         append_jsonl(self.path / CELLS, rec.line(), self.again)
 
-    def append_samples(self, cell_id: str, concurrency: int, rows: list[dict]) -> None:
+    def append_samples(self, cell_id: str, concurrency: int, rows: list[dict[str, Any]]) -> None:
         """One measured window's telemetry samples (telemetry/sampler.py), after the window ended:
         cells/<cell>/telemetry.jsonl, one line per sample, in one write."""
         folder = self.cell_dir(cell_id)
@@ -288,7 +294,7 @@ class RunDir:
         except OSError as exc:
             raise ResultsError(f"cannot write {folder / name}: {why(exc)}; {fix_for(exc)}, then {self.again}") from exc
 
-    def append_search(self, line: dict) -> None:
+    def append_search(self, line: dict[str, Any]) -> None:
         append_jsonl(self.path / SEARCH, line, self.again)
 
     def search_settings(self) -> dict[str, tuple[list[int], int]]:
@@ -299,7 +305,8 @@ class RunDir:
         path = self.path / SEARCH
         if not path.is_file():
             return out
-        bad, skipped = [], 0  # the first 20 line numbers, and how many
+        bad: list[int] = []  # the first 20 line numbers
+        skipped = 0  # and how many
         for n, raw in lines_of(path):
             try:
                 if raw is None:
@@ -342,7 +349,7 @@ class RunDir:
         return records
 
 
-def shown_cells(frame):
+def shown_cells(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` with each text cell that holds a control character or a line break as
     common.show.printable writes it: CSV has no escapes of its own, and `cat` must obey none."""
     out = frame
@@ -373,13 +380,13 @@ def check_out(out: Path, sweep_name: str) -> None:
                              f"{safefs.PATH_MAX} bytes in all); pass a shorter --out")
 
 
-def shown(value) -> str:
+def shown(value: object) -> str:
     """A name as an error line shows it: a long one cut in the middle."""
     text = str(value)
     return text if len(text) <= 80 else f"{text[:40]}...{text[-20:]} ({len(text)} characters)"
 
 
-def _last_line_start(f, end: int) -> int:
+def _last_line_start(f: IO[bytes], end: int) -> int:
     """Where the file's last line begins (just after its last newline; 0 if none), found by
     reading back from `end` in blocks: a 2 GB last line costs no more memory than a block."""
     pos = end
@@ -399,7 +406,7 @@ def node_folder(node: str) -> str:
     return safe or "node"
 
 
-def _whole(v) -> bool:
+def _whole(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
@@ -416,12 +423,13 @@ def fix_for(exc: OSError) -> str:
     return "fix that"
 
 
-def append_jsonl(path: Path, obj: dict, again: str = RESUME) -> None:
+def append_jsonl(path: Path, obj: dict[str, Any], again: str = RESUME) -> None:
     obj = redact.scrub_values(obj)
     try:
         line = json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n"
     except ValueError:  # a NaN or infinity that got past the checks: null, and say where
-        line = json.dumps(_finite(obj, bad := []) | {"non_finite_fields": bad}, ensure_ascii=False) + "\n"
+        bad: list[str] = []
+        line = json.dumps(_finite(obj, bad) | {"non_finite_fields": bad}, ensure_ascii=False) + "\n"
     line = escape_raw_controls(line)  # a server's C1 escapes as \u009b: `tail` of the file obeys none
     # One write per line and fsync: a kill leaves at most a truncated last line. Never through a link.
     try:
@@ -434,7 +442,7 @@ def append_jsonl(path: Path, obj: dict, again: str = RESUME) -> None:
                            f"{fix_for(exc)}, then {again}") from exc
 
 
-def _finite(obj, bad: list, path: str = ""):
+def _finite(obj: Any, bad: list[str], path: str = "") -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         bad.append(path)
         return None
@@ -445,11 +453,11 @@ def _finite(obj, bad: list, path: str = ""):
     return obj
 
 
-def scenario_text(data: dict) -> str:
+def scenario_text(data: dict[str, Any]) -> str:
     return escape_raw_controls(tomli_w.dumps(_drop_none(data)))  # C1 as \u009b, as for the records
 
 
-def _drop_none(obj):
+def _drop_none(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _drop_none(v) for k, v in obj.items() if v is not None}
     if isinstance(obj, list):

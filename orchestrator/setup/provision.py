@@ -100,6 +100,7 @@ def measure_roofline(scenarios) -> list[str]:
     benchmark) and the bytes of weights of each local model, both cached for the sweeps'
     rooflines (telemetry/roofline.py). Lines for the user."""
     gb_s, source = roofline.cpu_bandwidth(cache_root())
+    assert gb_s is not None  # measure=True: an uncached host is measured, never None
     lines = [f"memory bandwidth: {gb_s:.1f} GB/s ({source})"]
     for spec in {s.model: s for sc in scenarios for s in sc.engines if s.launcher == "process"}.values():
         engine = ENGINES[spec.kind](spec)

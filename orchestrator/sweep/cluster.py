@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from orchestrator.common.errors import OrchError, ScenarioError
 from orchestrator.common.show import printable
@@ -40,6 +41,8 @@ from orchestrator.sweep.parallel import LOG_CAP, Event, Relay, Writer, pump
 from orchestrator.sweep.placement import node_device
 from orchestrator.sweep.runner import Cell, Sweep, engine_env
 from orchestrator.types.scenario import PlacementSettings, Scenario
+
+T = TypeVar("T")
 
 NEEDS_RAY = "placement.cluster needs Ray: pip install 'orch[cluster]' (or pip install 'ray[client]')"
 
@@ -192,6 +195,7 @@ def _run_block(ray, sweep: Sweep, run: RunDir, placed: PlacementSettings, progre
     tasks: dict[str, object] = {}
     writer = Writer(run, progress, len(jobs))
     try:
+        assert placed.cluster is not None  # run_on_cluster is chosen only for a scenario with placement.cluster
         submit = _submit_with_mailbox if placed.cluster.startswith("ray://") else _submit_streamed
         submit(ray, [CellJob(sweep.scenario, str(sweep.base_dir), sweep.prompts, run.path.name, cell, todo)
                      for cell, todo in jobs], _asks(placed), tasks, events)
@@ -386,7 +390,7 @@ def _unresolved(cell: Cell, place: CellPlacement, exc: Exception) -> CellRecord:
 # ---------------------------------------------------------------- containers on every node
 
 
-def for_each_node(ray, fn, *args) -> dict[str, object]:
+def for_each_node(ray, fn: Callable[..., T], *args) -> dict[str, T | OrchError]:
     """`fn(*args)` on every alive node of the cluster, each result by node name; a node where it
     failed (or did not answer within 60 s) gets an OrchError naming why."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -395,7 +399,7 @@ def for_each_node(ray, fn, *args) -> dict[str, object]:
     refs = {node_name(n["NodeID"], n.get("NodeManagerHostname") or "?"): remote.options(
         num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(*args)
         for n in ray.nodes() if n.get("Alive")}
-    out: dict[str, object] = {}
+    out: dict[str, T | OrchError] = {}
     for name, ref in refs.items():
         try:
             out[name] = ray.get(ref, timeout=60)

@@ -65,7 +65,7 @@ def devices_of(gpus: list[str], cores: list[str]) -> list[Device]:
     for i in range(n):
         g = parse_gpus(gpus[i]) if gpus else None
         c = parse_cores(cores[i]) if cores else None
-        name = " ".join(filter(None, [g and f"gpu {','.join(map(str, g))}", c and f"cores {_span(c)}"]))
+        name = " ".join(filter(None, [f"gpu {','.join(map(str, g))}" if g else None, f"cores {_span(c)}" if c else None]))
         out.append(Device(name, g, c))
     return out
 
@@ -101,7 +101,8 @@ def allowed_cores() -> set[int]:
 def gpu_count(nvml=None) -> tuple[int, str]:
     """How many GPUs NVML sees here, and how that was found."""
     if nvml is None:
-        import pynvml as nvml
+        import pynvml
+        nvml = pynvml
     try:
         nvml.nvmlInit()
     except nvml.NVMLError as exc:
@@ -122,7 +123,7 @@ def node_device(gpu_ids: list[str]) -> Device:
     """The device a Ray task was given on its node: the GPUs Ray assigned it, and the core set the
     node declared in ORCH_CORES when it was started (none: the server may use every core).
     ValueError, naming the fix, if either cannot be used."""
-    cores = os.environ.get(ENV_CORES)
+    cores = os.environ.get(ENV_CORES, "")
     try:
         c = parse_cores(cores) if cores else None
     except ValueError as exc:
@@ -135,7 +136,7 @@ def node_device(gpu_ids: list[str]) -> Device:
         raise ValueError(f"Ray gave this task GPUs {gpu_ids[:4]} that are not GPU indices; start the node "
                          "without CUDA_VISIBLE_DEVICES UUIDs")
     g = tuple(int(x) for x in gpu_ids) if gpu_ids else None
-    name = " ".join(filter(None, [g and f"gpu {','.join(map(str, g))}", c and f"cores {_span(c)}"])) or "any"
+    name = " ".join(filter(None, [f"gpu {','.join(map(str, g))}" if g else None, f"cores {_span(c)}" if c else None])) or "any"
     return Device(name, g, c)
 
 

@@ -12,6 +12,7 @@ import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import AbstractSet, Protocol
 
 from engines import ENGINES, Engine
 from engines.installing import cache_root
@@ -107,6 +108,7 @@ def prepare(scenario: Scenario, base_dir: Path, need_binaries: bool = True) -> d
         if need_binaries and spec.launcher == "docker":
             from orchestrator.launch.docker import client_for
 
+            assert spec.docker is not None  # EngineSpec's validator: launcher "docker" has a docker table
             client_for(spec.docker.docker_host)  # unreachable: one line naming DOCKER_HOST, nothing started
         elif need_binaries and engine.needs_binary:
             _check_binary(spec, engine)
@@ -152,6 +154,18 @@ def _check_binary(spec: EngineSpec, engine: Engine) -> None:
 
 def command_for(cell: Cell, prep: Prepared, parallel: int, port: int | None = None):
     return prep.engine.plan(cell.n_spec, prep.model, port or free_port(), parallel, prep.draft)
+
+
+class CellOutput(Protocol):
+    """What run_cell writes through: Output below, or sweep/parallel.py's Relay."""
+
+    def cell_dir(self, cell_id: str) -> Path: ...
+    def request(self, rec: RequestRecord) -> None: ...
+    def samples(self, cell_id: str, concurrency: int, rows: list[dict]) -> None: ...
+    def cell(self, rec: CellRecord) -> None: ...
+    def phase(self, text: str) -> None: ...
+    def warn(self, text: str) -> None: ...
+    def serving(self, cell_id: str, server) -> None: ...
 
 
 class Output:
@@ -276,7 +290,7 @@ class Sweep:
         blocks = self.workload.blocks
         return f"{cell.id} (block {cell.block + 1}/{blocks})" if blocks > 1 else cell.id
 
-    def run_cell(self, cell: Cell, todo: list[RequestSpec], out: Output, device: Device | None = None,
+    def run_cell(self, cell: Cell, todo: list[RequestSpec], out: CellOutput, device: Device | None = None,
                  placement: CellPlacement | None = None) -> CellRecord:
         """Run one cell (on `device`, where the sweep has them) and append its record to `out`,
         whatever happens to it; only a failure to write records (ResultsError) or an interrupt
@@ -305,7 +319,7 @@ class Sweep:
         return rec
 
     def _serve(self, cell: Cell, prep: Prepared, rec: CellRecord, todo: list[RequestSpec], started: float,
-               out: Output, device: Device | None) -> None:
+               out: CellOutput, device: Device | None) -> None:
         plan = place(command_for(cell, prep, self.parallel), device, prep.engine)
         if plan.container is not None:
             plan.container.labels.update(owner_labels(self.scenario.name, cell.id, self.run_name))
@@ -342,7 +356,7 @@ class Sweep:
         marks["stopped"] = time.monotonic()
         rec.set(phases=_phases(marks))
 
-    def _telemetry(self, server, out: Output) -> CellTelemetry | None:
+    def _telemetry(self, server, out: CellOutput) -> CellTelemetry | None:
         """The cell's telemetry sources, or None where they failed to open (said once as a
         warning; telemetry never fails a cell). Opened even with telemetry off: the roofline
         asks them which GPUs the server has."""
@@ -373,7 +387,7 @@ class Sweep:
                     endpoint=ENDPOINTS[cell.engine.api], cache=prep.engine.cache_setting(self.workload))
 
     def _drive(self, cell: Cell, server, todo: list[RequestSpec], marks: dict,
-               headers: dict, out: Output, tele: CellTelemetry | None = None) -> tuple[list[RequestRecord], dict, dict, dict]:
+               headers: dict, out: CellOutput, tele: CellTelemetry | None = None) -> tuple[list[RequestRecord], dict, dict, dict]:
         """Warm-up, then the measured requests per concurrency level; returns the measured
         records, the /metrics deltas of each level's window, and (with workload.target_ci) the
         repeats each level took. `headers` carry the API key. With `tele`, each level's window
@@ -413,7 +427,7 @@ class Sweep:
         return results, windows, batches.repeats, costs
 
     def _keep_window(self, cell: Cell, conc: int, tele: CellTelemetry, samples, level: list[RequestRecord],
-                     out: Output) -> dict:
+                     out: CellOutput) -> dict:
         """The window's samples written, and {level: its figures} ({} where they cannot be made)."""
         spans = {r.key: (r.t_start, r.t_end) for r in level if r.t_start is not None and r.t_end is not None}
         out.samples(cell.id, conc, samples.rows)  # the raw samples are kept whatever follows
@@ -426,7 +440,8 @@ class Sweep:
     def _until_narrow(self, batches: "_Batches", conc: int, level: list[RequestRecord]) -> list[RequestRecord]:
         """With workload.target_ci: more repeats of every prompt, one at a time, until the median's
         interval is narrow enough or the cap is reached; the cell record says how many it took."""
-        w, more = self.workload, []
+        w = self.workload
+        more: list[RequestRecord] = []
         repeats = w.repeats
         while w.target_ci is not None and repeats < w.repeat_cap and not _narrow(level + more, w.target_ci,
                                                                                    len(self.prompts)):
@@ -459,7 +474,7 @@ class Sweep:
         return f"server chat template sha1:{hashlib.sha1(tpl.encode(errors='replace')).hexdigest()[:12]} {first!r}"
 
 
-def search_step(run: RunDir, spec: EngineSpec, budget: int, ran: set[str] = frozenset()) -> Decision:
+def search_step(run: RunDir, spec: EngineSpec, budget: int, ran: AbstractSet[str] = frozenset()) -> Decision:
     """The search's next step for one engine from the run's records; a cell that failed before a
     resume (not in `ran`) is started again, once."""
     return step(spec.name, spec.speculation.n_spec, budget, measured_frame(run.request_records()),
@@ -470,7 +485,7 @@ class _Batches:
     """Sends one cell's requests with its engine's settings and writes each request's record,
     stamped with its cell, as it ends."""
 
-    def __init__(self, sweep: Sweep, cell: Cell, base_url: str, headers: dict, out: Output):
+    def __init__(self, sweep: Sweep, cell: Cell, base_url: str, headers: dict, out: CellOutput):
         self.sweep, self.cell, self.base_url, self.headers, self.out = sweep, cell, base_url, headers, out
         self.prep = sweep.prepared[cell.engine.name]
         self.extra = self.prep.engine.request_fields(sweep.workload)
@@ -515,7 +530,13 @@ def _refused(records: list[RequestRecord]) -> RequestRecord | None:
 def _raise_if_refused(records: list[RequestRecord]) -> None:
     refused = _refused(records)
     if refused is not None:
-        raise AuthRefused(refused.endpoint, refused.http_status)
+        raise _auth_refused(refused)
+
+
+def _auth_refused(rec: RequestRecord) -> AuthRefused:
+    # _refused picked it for its 401/403, and _Batches._record stamps every record's endpoint.
+    assert rec.endpoint is not None and rec.http_status is not None
+    return AuthRefused(rec.endpoint, rec.http_status)
 
 
 def _phases(m: dict) -> dict:
@@ -551,14 +572,14 @@ def _judge(results: list[RequestRecord], todo: list[RequestSpec], alive: bool, s
     failed = sum(not r.ok for r in results)
     low = sum(bool(r.prompt_tokens_low) for r in results)
     sent = {r.key for r in results}  # target_ci's extra repeats are sent beyond the plan
-    out = {"requests_ok": len(results) - failed, "requests_failed": failed,
+    out: dict[str, int | str] = {"requests_ok": len(results) - failed, "requests_failed": failed,
            "requests_not_sent": sum(s.key not in sent for s in todo)}
     if low:
         out["prompt_check"] = (f"{low} of {len(results)} requests reported fewer prompt tokens than half the "
                                "prompt's words: the chat template may drop the text; try api = \"completions\"")
     refused = _refused(results)
     if refused is not None:
-        out.update(status="failed", error=_refusal(AuthRefused(refused.endpoint, refused.http_status), spec))
+        out.update(status="failed", error=_refusal(_auth_refused(refused), spec))
     elif not alive:
         out.update(status="failed", error="server exited during the measured requests")
     elif results and failed == len(results):

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from engines import ENGINES
 from orchestrator.common.errors import ScenarioError
@@ -103,7 +104,7 @@ def devices(placement: PlacementSettings) -> list[Device]:
 # ---------------------------------------------------------------- loading
 
 
-def load_scenario(path: str | Path, overrides: list[str] = (), only: list[str] = ()) -> Scenario:
+def load_scenario(path: str | Path, overrides: Sequence[str] = (), only: Sequence[str] = ()) -> Scenario:
     """The scenario file, validated, after --set; with `only`, just those engines of it."""
     path = Path(path)
     scenario = build_scenario(_read_toml(path), path, overrides)
@@ -125,7 +126,7 @@ def read_workload(path: str | Path) -> dict:
     return dict(table)
 
 
-def build_scenario(raw: dict, source: Path, overrides: list[str] = ()) -> Scenario:
+def build_scenario(raw: dict, source: Path, overrides: Sequence[str] = ()) -> Scenario:
     """Validate a scenario dict; errors name `source` (a file, or a command for built ones)."""
     for item in overrides:
         _apply_override(raw, item, source)
@@ -180,7 +181,7 @@ _FIXES = {
 }
 
 
-def _message(err: dict) -> str:
+def _message(err: ErrorDetails) -> str:
     kind = err["type"]
     if kind in _FIXES:
         return _FIXES[kind]

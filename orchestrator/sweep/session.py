@@ -126,10 +126,10 @@ def open_run(sc: Scenario, out: Path, resume: bool, again: str) -> tuple[RunDir,
     for engine in resolved["engines"]:
         engine["url"] = redact.public_url(engine["url"])  # the scenario as run, less any password
     if not resume:
-        run = RunDir.create(out, sc.name, again)
-        with run.locked():  # before scenario.toml, without which no --resume picks the folder
-            run.write_scenario(resolved)
-        return run, []
+        new = RunDir.create(out, sc.name, again)
+        with new.locked():  # before scenario.toml, without which no --resume picks the folder
+            new.write_scenario(resolved)
+        return new, []
     run = RunDir.latest(out, sc.name)
     if run is None:
         raise OrchError(f"--resume: no earlier run of {sc.name!r} under {out}; drop --resume to start one")

@@ -20,11 +20,11 @@ class CellTelemetry:
 
     def __init__(self, watch, interval_s: float = 0.1, nvml=None, rapl_root=None):
         self.interval_s, self.unseen, self.watch = interval_s, list(watch.unseen), watch
-        self.sources = []
+        self.sources: list[ProcessTree | Rapl | Nvml | SmiStream] = []
         if watch.pid is not None:
             self.sources.append(ProcessTree(watch.pid))
             self.sources.append(Rapl(rapl_root) if rapl_root else Rapl())
-        self.gpu = None
+        self.gpu: Nvml | SmiStream | None = None
         if watch.smi_lines is not None:
             self.gpu = SmiStream(watch.smi_lines(smi_command(interval_s)), interval_s)
         elif watch.gpus:

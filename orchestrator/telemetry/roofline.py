@@ -24,7 +24,8 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +81,7 @@ class WeightsUnknown(Exception):
     pass
 
 
-def weight_bytes(path: Path) -> tuple[int, str]:
+def weight_bytes(path: PurePath) -> tuple[int, str]:
     """(bytes of tensors, where from) of a GGUF file, a .safetensors file, or an HF folder."""
     path = Path(path)
     if path.is_dir():
@@ -231,7 +232,7 @@ def cpu_bandwidth(cache: Path, measure: bool = True) -> tuple[float | None, str]
     return gb_s, f"copy benchmark at orch setup, {time.strftime('%Y-%m-%d')}"
 
 
-def model_bytes(path: Path, cache: Path) -> tuple[int, str]:
+def model_bytes(path: PurePath, cache: Path) -> tuple[int, str]:
     """weight_bytes(path), cached by path, size and modification time."""
     st = Path(path).stat()
     key = f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
@@ -247,12 +248,12 @@ def model_bytes(path: Path, cache: Path) -> tuple[int, str]:
 
 # -- one cell ----------------------------------------------------------------------------------
 
-def roofline_for(path: Path | None, gpu_names: list[str], cache: Path, weight_gb: float | None = None,
+def roofline_for(path: PurePath | None, gpu_names: list[str], cache: Path, weight_gb: float | None = None,
                  bandwidth_gb_s: float | None = None, gpu: str | None = None, on_host_cpu: bool = False) -> Roofline:
     """A cell's roofline from its model file (or `weight_gb`) and its hardware: `bandwidth_gb_s`,
     else `gpu` or the first sampled GPU's name in KNOWN_GPUS, else, for a server on this host
     with no GPU, the copy benchmark `orch setup` cached (never measured mid-sweep)."""
-    out = {}
+    out: dict[str, Any] = {}  # Roofline's fields, of several types, validated at the end
     try:
         if weight_gb is not None:
             out.update(weight_bytes=int(weight_gb * 1e9), weight_source="scenario roofline.weight_gb")

@@ -18,6 +18,7 @@ import math
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pynvml  # imported with orch, not as a cell starts: a cold import would land in a cell's timed phases
@@ -167,7 +168,7 @@ class Nvml:
             raise Unavailable(self.unavailable)
         out, failed = {}, []
         for i, h in self.handles.items():
-            got = {}
+            got: dict[str, Any] = {}  # "mem" is NVML's memory struct, the rest floats
             for name, get in self.FIELDS:
                 try:
                     got[name] = get(self.nvml, h)
@@ -236,7 +237,9 @@ class SmiStream:
     STALE_S = 1.0  # a reading older than this (or 3 intervals) is no reading
 
     def __init__(self, lines, interval_s: float = 0.1, clock=time.monotonic):
-        self.unavailable, self.names, self.clock = None, {}, clock
+        self.unavailable: str | None = None
+        self.names: dict[int, str] = {}
+        self.clock = clock
         self.stale_s = max(self.STALE_S, 3 * interval_s)
         self._latest: dict[str, float] = {}
         self._at: float | None = None

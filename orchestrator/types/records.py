@@ -7,7 +7,7 @@ folder's run.json."""
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationInfo,
                       field_validator, model_validator)
@@ -42,12 +42,12 @@ class Record(BaseModel):
         """Called on a record kept after its invalid optional fields were dropped; `when` says
         where that happened (read back from a file, or as measured)."""
 
-    def set(self, **fields) -> None:
+    def set(self, **fields: Any) -> None:
         """Fill in fields as a cell or request goes on (each one is then written)."""
         for name, value in fields.items():
             setattr(self, name, value)
 
-    def line(self) -> dict:
+    def line(self) -> dict[str, Any]:
         """What goes into the .jsonl file: the fields that were set, and nothing else."""
         # warnings=False: a field filled in by set() is not re-validated, so pydantic's serializer
         # would warn that server_metrics holds dicts rather than WindowMetrics; the JSON is the same.
@@ -111,7 +111,8 @@ class Measured(Record):
 
     @field_validator("timings_draft_n_accepted", "spec_num_accepted_draft_tokens")
     @classmethod
-    def _accepted_within_drafted(cls, v, info: ValidationInfo):
+    def _accepted_within_drafted(cls, v: int | None, info: ValidationInfo) -> int | None:
+        assert info.field_name is not None  # a field validator's
         name = cls.DRAFTED_OF[info.field_name]
         drafted = info.data.get(name)
         if v is not None and drafted is not None and v > drafted:
@@ -120,7 +121,7 @@ class Measured(Record):
 
     @field_validator("spec_acceptance_histogram")
     @classmethod
-    def _histogram_adds_up(cls, v, info: ValidationInfo):
+    def _histogram_adds_up(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
         steps, accepted = info.data.get("spec_num_spec_steps"), info.data.get("spec_num_accepted_draft_tokens")
         if v is not None and steps is not None and sum(v) != steps:
             raise ValueError(f"counts {sum(v)} steps, not spec_num_spec_steps ({steps})")
@@ -130,7 +131,7 @@ class Measured(Record):
 
     @field_validator("t_first_token", "t_end")
     @classmethod
-    def _in_order(cls, v, info: ValidationInfo):
+    def _in_order(cls, v: float | None, info: ValidationInfo) -> float | None:
         earlier = info.data.get("t_first_token") if info.field_name == "t_end" else None
         earlier = earlier if earlier is not None else info.data.get("t_start")
         if v is not None and earlier is not None and v < earlier:
@@ -139,7 +140,7 @@ class Measured(Record):
 
     @field_validator("chunk_t")
     @classmethod
-    def _increasing(cls, v):
+    def _increasing(cls, v: list[float] | None) -> list[float] | None:
         if v is not None and any(b < a for a, b in zip(v, v[1:], strict=False)):
             raise ValueError("times go backwards")
         return v
@@ -164,7 +165,7 @@ class RequestRecord(Measured):
     block: Count | None = None  # workload.blocks: which replicate start of its cell (None: before blocks, 0)
 
     @classmethod
-    def of(cls, measured: Measured, **cell) -> "RequestRecord":
+    def of(cls, measured: Measured, **cell: Any) -> RequestRecord:
         """`measured` (already checked) in the cell it ran in; not validated a second time."""
         fields = {**measured.model_dump(exclude_unset=True), **cell}
         return cls.model_construct(_fields_set=set(fields), **fields)
@@ -241,7 +242,7 @@ class Roofline(BaseModel):
     unknown: Text = None  # why there is no limit
 
     @model_validator(mode="after")
-    def _limit_has_its_basis(self):
+    def _limit_has_its_basis(self) -> Self:
         if self.limit_tok_s is not None and (self.weight_bytes is None or self.bandwidth_gb_s is None):
             raise ValueError("limit_tok_s without weight_bytes and bandwidth_gb_s")
         return self
@@ -305,7 +306,7 @@ class CellRecord(Record):
 
     @field_validator("server_metrics", "telemetry")
     @classmethod
-    def _keyed_by_concurrency(cls, v):
+    def _keyed_by_concurrency(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         for key in v or {}:
             if not (key.isascii() and key.isdecimal() and len(key) <= 9):  # int() of 5000 digits raises
                 raise ValueError(f"key {key[:20]!r} is not a concurrency level")
@@ -329,7 +330,7 @@ class Environment(BaseModel):
     engines: dict[str, EngineEnv] = {}
 
 
-def machine_label(env: dict) -> str:
+def machine_label(env: dict[str, Any]) -> str:
     """The machine a run's environment.json describes, in a few words (its first GPU, else its CPU),
     one line with any control character shown: the file is read back as hostile input."""
     gpu = env.get("gpu") or []

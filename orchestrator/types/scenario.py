@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal, Self, TypeVar
+from urllib.parse import SplitResult, urlsplit
 
-from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_serializer,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, StrictInt, StrictStr,
+                      field_validator, model_serializer, model_validator)
 
 from orchestrator.common import redact
 
@@ -38,9 +38,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-def _unique(values: list, what: str) -> list:
-    seen: set = set()
-    dupes = sorted({v for v in values if v in seen or seen.add(v)})  # linear: a list may be long
+_Item = TypeVar("_Item", str, int)
+
+
+def _unique(values: list[_Item], what: str) -> list[_Item]:
+    seen: set[_Item] = set()
+    repeated: set[_Item] = set()
+    for v in values:  # linear: a list may be long
+        if v in seen:
+            repeated.add(v)
+        else:
+            seen.add(v)
+    dupes = sorted(repeated)
     if dupes:
         raise ValueError(f"duplicate {what} {dupes}; list each once")
     return values
@@ -89,7 +98,7 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-def _port(parts) -> int | None:
+def _port(parts: SplitResult) -> int | None:
     """The URL's port, 0 if it is not one; None if it has none."""
     try:
         return parts.port
@@ -113,12 +122,12 @@ class PromptSource(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _from_string(cls, data):
+    def _from_string(cls, data: object) -> object:
         return {"source": data} if isinstance(data, str) else data
 
     @field_validator("name")
     @classmethod
-    def _name(cls, v):
+    def _name(cls, v: str | None) -> str | None:
         # A set's name is part of every request key (.../<set>/<id>): a "/" would let two sets'
         # keys collide; a control character would break the tables it labels.
         if v is not None and ("/" in v or not v.isprintable() or not v.strip()):
@@ -127,19 +136,19 @@ class PromptSource(BaseModel):
 
     @field_validator("ids")
     @classmethod
-    def _ids(cls, v):
+    def _ids(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and len(set(v)) < len(v):
             raise ValueError(f"ids lists {next(i for i in v if v.count(i) > 1)!r} twice")
         return v
 
     @model_validator(mode="after")
-    def _applies(self):
+    def _applies(self) -> Self:
         if self.per_category is None and "sample_seed" in self.model_fields_set:
             raise ValueError("sample_seed draws per_category prompts: set per_category too, or drop sample_seed")
         return self
 
     @model_serializer(mode="wrap")
-    def _as_string(self, handler):
+    def _as_string(self, handler: SerializerFunctionWrapHandler) -> object:
         # A plain entry stays a string in the run's scenario.toml, as the user wrote it (and as
         # runs written before tables existed hold it, which --resume compares as text).
         return self.source if self.plain else handler(self)
@@ -183,7 +192,7 @@ class Workload(_Strict):
     blocks: int = Field(default=1, ge=1, le=MAX_BLOCKS)
 
     @model_validator(mode="after")
-    def _repeat_cap(self):
+    def _repeat_cap(self) -> Self:
         if self.max_repeats is not None and self.target_ci is None:
             raise ValueError("max_repeats caps target_ci's repeats: set target_ci too, or drop max_repeats")
         if self.max_repeats is not None and self.max_repeats < self.repeats:
@@ -192,7 +201,7 @@ class Workload(_Strict):
 
     @field_validator("warmup", "repeats", "max_repeats")
     @classmethod
-    def _bounded(cls, v):
+    def _bounded(cls, v: int | None) -> int | None:
         if v is not None and v > MAX_REQUESTS:
             raise ValueError(f"{v:,} is more than the {MAX_REQUESTS:,} requests one sweep may plan; use at most "
                              f"{MAX_REQUESTS:,} (README, Limits)")
@@ -207,13 +216,13 @@ class Workload(_Strict):
 
     @field_validator("prompts")
     @classmethod
-    def _prompts(cls, v):
+    def _prompts(cls, v: list[PromptSource]) -> list[PromptSource]:
         _unique([p.source if p.plain else p.label for p in v], "prompt sets")
         return v
 
     @field_validator("concurrency")
     @classmethod
-    def _concurrency(cls, v):
+    def _concurrency(cls, v: list[int]) -> list[int]:
         if any(c <= 0 for c in v):
             raise ValueError("concurrency levels must be at least 1")
         return _unique(v, "concurrency levels")
@@ -229,19 +238,19 @@ class Speculation(_Strict):
 
     @field_validator("method")
     @classmethod
-    def _method(cls, v):
+    def _method(cls, v: str) -> str:
         return _path_name(v)
 
     @field_validator("config")
     @classmethod
-    def _config(cls, v):
+    def _config(cls, v: dict[str, Any]) -> dict[str, Any]:
         if not _finite(v):
             raise ValueError("every number must be finite, not inf or nan")
         return v
 
     @field_validator("n_spec")
     @classmethod
-    def _n_spec(cls, v):
+    def _n_spec(cls, v: list[int]) -> list[int]:
         if any(n < 0 for n in v):
             raise ValueError("n_spec values must be 0 (speculation off) or more")
         return _unique(v, "n_spec values")
@@ -262,14 +271,14 @@ class DockerSettings(_Strict):
 
     @field_validator("gpus")
     @classmethod
-    def _gpus(cls, v):
+    def _gpus(cls, v: str | list[int]) -> str | list[int]:
         if isinstance(v, str) and v not in ("all", "none"):
             raise ValueError('use "all", "none", or a list of device ids')
         return v
 
     @field_validator("volumes")
     @classmethod
-    def _volumes(cls, v):
+    def _volumes(cls, v: list[str]) -> list[str]:
         for vol in v:
             parts = vol.split(":")
             if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
@@ -305,20 +314,20 @@ class PlacementSettings(_Strict):
 
     @field_validator("cluster")
     @classmethod
-    def _address(cls, v):
+    def _address(cls, v: str | None) -> str | None:
         if v is not None and (v != "auto" and not re.fullmatch(r"(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}", v)):
             raise ValueError(f"{v[:60]!r} is not a Ray address; write \"auto\", \"HOST:6379\" or \"ray://HOST:10001\"")
         return v
 
     @field_validator("resource")
     @classmethod
-    def _resource(cls, v):
+    def _resource(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", v):
             raise ValueError("a Ray resource name: letters, digits and '_', such as \"orch_device\"")
         return v
 
     @model_validator(mode="after")
-    def _one_kind(self):
+    def _one_kind(self) -> Self:
         if self.gpus and self.cores and len(self.gpus) != len(self.cores):
             raise KeyedError("cores", f"{len(self.cores)} core sets for {len(self.gpus)} GPU devices; give one "
                                        "core set per GPU device, or leave cores out")
@@ -347,11 +356,11 @@ class EngineSpec(_Strict):
 
     @field_validator("name")
     @classmethod
-    def _name(cls, v):
+    def _name(cls, v: str) -> str:
         return _path_name(v)
 
     @model_validator(mode="after")
-    def _launcher_fits(self):
+    def _launcher_fits(self) -> Self:
         external = self.launcher == "external"
         if external and not self.url:
             raise KeyedError("url", 'launcher "external" needs url = "http://host:port" of the running server')
@@ -372,7 +381,7 @@ class EngineSpec(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _remember_secrets(self):
+    def _remember_secrets(self) -> Self:
         # A key given as a server flag or in `env` is known as a secret from the moment the file is
         # read: scrubbed from everything printed or written after (common/redact.py).
         redact.remember_args(self.args)
@@ -381,7 +390,7 @@ class EngineSpec(_Strict):
 
     @field_validator("binary", "args", "env")
     @classmethod
-    def _no_nul(cls, v):
+    def _no_nul(cls, v: str | list[str] | dict[str, str] | None) -> str | list[str] | dict[str, str] | None:
         texts = [v] if isinstance(v, str) else list(v or []) + list(v.values() if isinstance(v, dict) else [])
         if any("\x00" in t for t in texts):
             raise ValueError("holds a NUL character, which no command line or environment can carry; remove it")
@@ -407,17 +416,17 @@ class Scenario(_Strict):
 
     @field_validator("name")
     @classmethod
-    def _name(cls, v):
+    def _name(cls, v: str) -> str:
         return _path_name(v)
 
     @field_validator("engines")
     @classmethod
-    def _unique_names(cls, v):
+    def _unique_names(cls, v: list[EngineSpec]) -> list[EngineSpec]:
         _unique([e.name for e in v], "engine names")
         return v
 
     @model_validator(mode="after")
-    def _unique_cells(self):
+    def _unique_cells(self) -> Self:
         # Ids are folder names: compare them as a case-insensitive disk (macOS, Windows) would.
         seen: dict[str, tuple[str, str]] = {}
         for eng in self.engines:

@@ -14,7 +14,10 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+if TYPE_CHECKING:
+    from docker.types import DeviceRequest
 
 # Bridge networking publishes the server's port on this address only: nothing off the host reaches it.
 LOOPBACK = "127.0.0.1"
@@ -32,7 +35,8 @@ class Mount:
     def parse(cls, text: str) -> Mount:
         """A scenario's "HOST:CONTAINER[:ro|rw]" (already validated); ~ expands."""
         host, target, *mode = text.split(":")
-        return cls(str(Path(host).expanduser()), target, mode[0] if mode else "rw")
+        # DockerSettings checked that a mode, where given, is ro or rw.
+        return cls(str(Path(host).expanduser()), target, cast(Literal["ro", "rw"], mode[0]) if mode else "rw")
 
     def flag(self) -> str:
         """`docker run -v` value; rw is docker's default, so it is left out."""
@@ -91,10 +95,10 @@ class ContainerSpec:
         # The CLI reads --gpus as CSV: unquoted, device=0,3 is device 0 and a stray field "3".
         return f'"{ids}"' if len(self.gpus) > 1 else ids
 
-    def run_kwargs(self, environ: Mapping[str, str]) -> dict:
+    def run_kwargs(self, environ: Mapping[str, str]) -> dict[str, Any]:
         """Keyword arguments for docker-py's `client.containers.run(image, **kwargs)`. A name in
         env_names that `environ` lacks is left out: unset in the container, as with `docker run -e NAME`."""
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "command": list(self.argv), "detach": True, "labels": dict(self.labels),
             "name": f"orch-{self.labels.get('orch.cell', 'cell')}-{uuid.uuid4().hex[:6]}",
             "environment": {n: environ[n] for n in self.env_names if n in environ},
@@ -116,7 +120,7 @@ class ContainerSpec:
             kwargs["cpuset_cpus"] = self.cpuset
         return kwargs
 
-    def _device_request(self):
+    def _device_request(self) -> DeviceRequest:
         from docker.types import DeviceRequest  # only a launch needs docker-py; planning does not
 
         if self.gpus == "all":

@@ -40,3 +40,14 @@ def build_llama_image(client, binary: str) -> str:
     client.api.import_image_from_data(buf.getvalue(), repository=IMAGE.split(":")[0], tag=IMAGE.split(":")[1],
                                       changes=['ENTRYPOINT ["/app/llama-server"]'])
     return IMAGE
+
+
+def engine(name, args=(), n_spec="[0, 4]", launcher="docker"):
+    """An [[engines]] table of llama-server with Gemma 3 270M in the test image (launcher "docker")
+    or as a process (launcher "process"), the same otherwise."""
+    extra = "".join(f', "{a}"' for a in args)
+    docker = (f'[engines.docker]\nimage = "{IMAGE}"\ngpus = "none"\nnetwork = "host"\n'
+              'env = ["HF_TOKEN"]\n' if launcher == "docker" else "")
+    return (f'[[engines]]\nname = "{name}"\nkind = "llama-server"\nlauncher = "{launcher}"\nmodel = "gemma-3-270m"\n'
+            f'api = "completions"\nargs = ["-c", "2048", "-t", "2"{extra}]\nready_timeout_s = 120\n{docker}'
+            f'[engines.speculation]\nmethod = "ngram-mod"\nn_spec = {n_spec}\n')

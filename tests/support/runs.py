@@ -85,6 +85,16 @@ def req(cell, n_spec, e2e, ok=True, phase="measured", key=None, prompt_set="seed
             "prompt_id": key or f"k{e2e}", "repeat": 0, "text": "same"}
 
 
+def timed(cell, n_spec, prompt, tokens, seconds, ok=True, repeat=0, prompt_set="seeds", concurrency=1):
+    """A measured request whose rate is tokens / seconds, as the driver records it."""
+    return {"cell_id": cell, "engine": "e", "method": "ngram-mod" if n_spec else "none", "n_spec": n_spec,
+            "concurrency": concurrency, "prompt_set": prompt_set, "phase": "measured", "ok": ok,
+            "key": f"measured/c{concurrency}/r{repeat}/{prompt_set}/{prompt}", "prompt_id": prompt,
+            "repeat": repeat, "t_start": 100.0, "t_end": 100.0 + seconds, "t_first_token": 100.05,
+            "completion_tokens": tokens if ok else None, "e2e_tok_s": tokens / seconds if ok else None,
+            "error": None if ok else "HTTP 500", "text": "same"}
+
+
 CELLS = [{"cell_id": "e-n0", "engine": "e", "method": "none", "n_spec": 0, "status": "ok"},
          {"cell_id": "e-n4", "engine": "e", "method": "ngram-mod", "n_spec": 4, "status": "ok"},
          {"cell_id": "e-n8", "engine": "e", "method": "ngram-mod", "n_spec": 8, "status": "failed"}]
