@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +40,11 @@ n_spec = [0, 4]
 def site(tmp_path_factory) -> Path:
     """The fixture package installed the way a user installs one: pip, from its folder, offline."""
     target = tmp_path_factory.mktemp("site")
+    # Built from a copy: setuptools leaves build/ and egg-info beside the sources it builds.
+    source = shutil.copytree(FIXTURE, tmp_path_factory.mktemp("src") / FIXTURE.name,
+                             ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                    "--no-build-isolation", "--target", str(target), str(FIXTURE)], check=True,
+                    "--no-build-isolation", "--target", str(target), str(source)], check=True,
                    capture_output=True, timeout=300)
     assert list(target.glob("orch_echo_engine-0.1.0.dist-info/entry_points.txt"))
     return target
