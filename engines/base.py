@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Literal, TypeVar, cast
 
+from orchestrator.types.drafts import DraftFields
 from orchestrator.types.scenario import EngineSpec, Workload
 from orchestrator.types.server import ContainerSpec, Mount, ResolvedModel, ServerPlan
 from .installing import Installer
@@ -35,6 +36,12 @@ class StreamCounts:
     @property
     def record_prefix(self) -> str:
         return self.prefix or self.key
+
+    def draft_fields(self) -> DraftFields:
+        """The adapter to the neutral draft counts: which record field holds each."""
+        def field(name: str | None) -> str | None:
+            return f"{self.record_prefix}_{name}" if name else None
+        return DraftFields(field(self.drafted), field(self.accepted), field(self.steps), field(self.histogram))
 
 
 # vLLM's per-request draft counts (--per-request-spec-decode-metrics summary: the last event's

@@ -50,7 +50,8 @@ import pandas as pd
 from pydantic import BaseModel
 
 from orchestrator.analysis.stats import median_ci
-from orchestrator.analysis.summary import ACCEPTED, DRAFTED, STEPS, per_request
+from orchestrator.analysis.summary import per_request
+from orchestrator.types.drafts import ACCEPTED, DRAFTED, HISTOGRAM, STEPS
 from orchestrator.types.records import CellRecord
 
 MAX_POSITIONS = 4096  # a per-position counter past this is no draft position
@@ -294,9 +295,6 @@ def acceptance_of(window: Window, output_tokens: float) -> Acceptance | None:
     return Acceptance(float(drafts), float(accepted), generated(output_tokens, drafts, accepted), series, tokens)
 
 
-HISTOGRAM = "spec_acceptance_histogram"
-
-
 def from_requests(g: pd.DataFrame, output_tokens: float) -> Acceptance | None:
     """Per-position counts from the requests' own histograms (vLLM's per-request metrics), when
     every request of the group has one: position i was accepted in the steps that accepted more
@@ -314,7 +312,7 @@ def from_requests(g: pd.DataFrame, output_tokens: float) -> Acceptance | None:
     if drafts <= 0 or output_tokens <= 0:
         return None
     per_pos = tuple(float(v) for v in np.cumsum(total[::-1])[::-1][1:])  # position i: steps accepting > i
-    drafted = float(pd.to_numeric(g["spec_num_draft_tokens"], errors="coerce").sum()) if "spec_num_draft_tokens" in g else None
+    drafted = float(pd.to_numeric(g[DRAFTED], errors="coerce").sum()) if DRAFTED in g else None
     return Acceptance(drafts, accepted, generated(output_tokens, drafts, accepted), per_pos,
                       drafted if drafted and drafted >= accepted else None)
 
@@ -401,7 +399,7 @@ def window_check(df: pd.DataFrame, cells: list[CellRecord]) -> pd.DataFrame:
     failed ones too, is in the window; a request without counts leaves the sums short)."""
     rows = []
     windows = {(c.cell_id, c.block or 0): c.server_metrics or {} for c in cells}  # one window per start
-    if df.empty or not any(name in df for name in DRAFTED):
+    if df.empty or DRAFTED not in df or df[DRAFTED].isna().all():
         return pd.DataFrame(columns=CHECK_COLUMNS)
     df = df if "block" in df else df.assign(block=0)  # records from before blocks
     for (engine, cell_id, block, conc), g in df[df["n_spec"] > 0].groupby(["engine", "cell_id", "block", "concurrency"]):

@@ -8,10 +8,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engines import ENGINES
 from orchestrator.analysis import cost, spread
 from orchestrator.analysis.load import crossover
 from orchestrator.analysis.metrics import itl_per_token, tpot
 from orchestrator.analysis.pairs import GroupKey, PairedSpeedup, pair_table, paired_speedups
+from orchestrator.types.drafts import ACCEPTED, DRAFTED, HISTOGRAM, STEPS
 from orchestrator.types.records import CellRecord, RequestRecord
 from orchestrator.analysis.stats import median_ci, outliers, ratio_ci, ratio_of_sums_ci, ratio_text, verdict
 
@@ -51,7 +53,7 @@ def measured_frame(requests: list[RequestRecord]) -> pd.DataFrame:
     df = pd.DataFrame([r.model_dump() for r in requests])
     if df.empty:
         return pd.DataFrame(columns=GROUP + ["cell_id", "key", "ok", "block"])
-    df = df[df["phase"] == "measured"]
+    df = with_draft_counts(df[df["phase"] == "measured"])
     df = df.assign(block=pd.to_numeric(df["block"], errors="coerce").fillna(0).astype(int)) if "block" in df \
         else df.assign(block=0)
     return df.drop_duplicates(subset=["cell_id", "key"], keep="last")
@@ -207,10 +209,18 @@ def _outliers(ok: pd.DataFrame) -> str:
     return "; ".join(f"{k} ({v:.1f} tok/s)" for k, v, f in zip(ok["key"], vals, flags, strict=True) if f)
 
 
-# Per-request draft counts: llama.cpp's timings, vLLM's metrics.speculative_decoding (records.py).
-DRAFTED = ("timings_draft_n", "spec_num_draft_tokens")
-ACCEPTED = ("timings_draft_n_accepted", "spec_num_accepted_draft_tokens")
-STEPS = "spec_num_spec_steps"
+def with_draft_counts(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with the neutral draft columns (types/drafts.py), each filled from the record fields
+    the engines' adapters name (an engine reports under one of them)."""
+    adapters = list(dict.fromkeys(e.stream_counts.draft_fields() for e in ENGINES.values() if e.stream_counts))
+    columns = {}
+    for column in (DRAFTED, ACCEPTED, STEPS):
+        columns[column] = per_request(df, [n for a in adapters if (n := a.source(column))])
+    histogram = pd.Series(None, index=df.index, dtype=object)
+    for name in dict.fromkeys(n for a in adapters if (n := a.source(HISTOGRAM))):
+        if name in df:
+            histogram = histogram.where(histogram.notna(), df[name])
+    return df.assign(**columns, **{HISTOGRAM: histogram})
 
 
 def per_request(ok: pd.DataFrame, names: str | Iterable[str]) -> pd.Series:
