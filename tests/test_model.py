@@ -196,13 +196,16 @@ def test_window_check_sums_requests_against_metrics():
     import pandas as pd
 
     from orchestrator.analysis.model import format_check, window_check
+    from orchestrator.analysis.summary import with_draft_counts
     from tests.support.runs import cells_of
 
     def row(k, d, a, ok=True):
         return {"engine": "e", "cell_id": "e-n4", "concurrency": 1, "n_spec": 4, "ok": ok,
                 "timings_draft_n": d, "timings_draft_n_accepted": a}
 
-    df = pd.DataFrame([row(0, 10, 7), row(1, 6, 2), row(2, None, None, ok=False)])
+    # As summary.measured_frame gives it: llama.cpp's fields read into the neutral columns by its adapter.
+    df = with_draft_counts(pd.DataFrame([row(0, 10, 7), row(1, 6, 2), row(2, None, None, ok=False)]))
+
     def cells(accepted):
         return cells_of([{"cell_id": "e-n4", "engine": "e", "method": "m", "n_spec": 4, "status": "ok",
                           "server_metrics": {"1": {"drafts": 5, "draft_tokens": 16, "accepted_tokens": accepted}}}])
