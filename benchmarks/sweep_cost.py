@@ -83,7 +83,7 @@ def per_engine(cells: list[dict]) -> dict:
 
 
 def readiness(runs: int = 10, delay_s: float = 1.5) -> list[float]:
-    from orchestrator.types.server import ServerPlan
+    from engines.plan import ServerPlan
     from orchestrator.launch.launchers import ProcessServer
     from orchestrator.launch.launchers import free_port
 

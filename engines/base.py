@@ -6,12 +6,90 @@ import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, ClassVar, Literal, TypeVar, cast
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, cast
 
-from orchestrator.types.drafts import DraftFields
-from orchestrator.types.scenario import EngineSpec, Workload
-from orchestrator.types.server import ContainerSpec, Mount, ResolvedModel, ServerPlan
+from .plan import ContainerSpec, Mount, ResolvedModel, ServerPlan
 from .installing import Installer
+
+
+# What an engine reads of the scenario, as protocols: orchestrator's scenario types
+# (orchestrator/types/scenario.py) have these attributes, and engines import nothing of orchestrator.
+class SpeculationSettings(Protocol):
+    @property
+    def method(self) -> str: ...
+    @property
+    def config(self) -> dict[str, Any]: ...
+
+
+class DockerSettings(Protocol):
+    @property
+    def image(self) -> str: ...
+    @property
+    def gpus(self) -> str | list[int]: ...
+    @property
+    def ipc(self) -> Literal["host", "private"]: ...
+    @property
+    def shm_size(self) -> str | None: ...
+    @property
+    def network(self) -> Literal["bridge", "host"]: ...
+    @property
+    def volumes(self) -> list[str]: ...
+    @property
+    def env(self) -> list[str]: ...
+    @property
+    def docker_host(self) -> str | None: ...
+    @property
+    def port(self) -> int | None: ...
+
+
+class EngineSettings(Protocol):
+    """A scenario's engine table."""
+
+    @property
+    def binary(self) -> str | None: ...
+    @property
+    def url(self) -> str | None: ...
+    @property
+    def args(self) -> list[str]: ...
+    @property
+    def env(self) -> dict[str, str]: ...
+    @property
+    def docker(self) -> DockerSettings | None: ...
+    @property
+    def speculation(self) -> SpeculationSettings: ...
+
+
+class WorkloadSettings(Protocol):
+    @property
+    def cache_prompt(self) -> bool: ...
+    @property
+    def ignore_eos(self) -> bool: ...
+
+
+# A request's draft counts in engine-neutral terms, as analysis reads them. Each engine's stream
+# reports drafts under its own names (llama.cpp's timings.draft_n, vLLM's
+# metrics.speculative_decoding.num_draft_tokens) and the records keep them as sent; the engine's
+# adapter, StreamCounts.draft_fields(), says which record field holds each neutral count, and
+# analysis/summary.py fills these columns of a run's request frame from it once per run, so no
+# figure names an engine's field.
+DRAFTED = "drafted"  # draft tokens proposed
+ACCEPTED = "accepted"  # of those, accepted (never more)
+STEPS = "draft_steps"  # verification steps that had a draft
+HISTOGRAM = "accepted_histogram"  # steps by drafts accepted: [j] steps accepted exactly j
+
+
+@dataclass(frozen=True)
+class DraftFields:
+    """Where one engine's request records hold each neutral count; None: it reports none."""
+
+    drafted: str | None = None
+    accepted: str | None = None
+    steps: str | None = None
+    histogram: str | None = None
+
+    def source(self, column: str) -> str | None:
+        """The record field behind a neutral column."""
+        return {DRAFTED: self.drafted, ACCEPTED: self.accepted, STEPS: self.steps, HISTOGRAM: self.histogram}[column]
 
 
 @dataclass(frozen=True)
@@ -19,7 +97,7 @@ class StreamCounts:
     """Token counts a server puts in its stream events beyond OpenAI's `usage`: event[key][field],
     where a dotted key walks nested objects ("metrics.speculative_decoding"). orchestrator.measure
     reads and checks them and records each as `<prefix>_<field>` (prefix: the key, by default);
-    the record's fields are declared in orchestrator/results/records.py."""
+    the record's fields are declared in orchestrator/types/records.py."""
 
     key: str
     counts: tuple[str, ...]  # whole numbers of tokens, 0 and up
@@ -96,9 +174,9 @@ class Engine(ABC):
     # Keys a scenario may add to the engine's speculation config (speculation.config).
     spec_config_keys: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, spec: EngineSpec | None = None):
+    def __init__(self, spec: EngineSettings | None = None):
         # The scenario's engine table; None when only class facts are asked (doctor).
-        self.spec: EngineSpec = spec  # type: ignore[assignment]  # every method but class facts needs one
+        self.spec: EngineSettings = spec  # type: ignore[assignment]  # every method but class facts needs one
 
     @abstractmethod
     def default_binary(self) -> str | None:
@@ -171,11 +249,11 @@ class Engine(ABC):
             network=d.network, volumes=volumes, env_names=tuple(d.env), docker_host=d.docker_host)
         return ServerPlan(argv=args, port=host_port, health_path=self.health_path, env={}, container=container)
 
-    def request_fields(self, workload: Workload) -> dict[str, Any]:
+    def request_fields(self, workload: WorkloadSettings) -> dict[str, Any]:
         """Engine-specific JSON fields added to every request body."""
         return {}
 
-    def cache_setting(self, workload: Workload) -> str:
+    def cache_setting(self, workload: WorkloadSettings) -> str:
         """How prompt/prefix caching was set for this engine, for the report."""
         return "engine default"
 

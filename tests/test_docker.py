@@ -11,7 +11,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.types.server import ContainerSpec, Mount
+from engines.plan import ContainerSpec, Mount
 from orchestrator.cli import cli
 
 from .support.runs import jsonl_rows as rows, workload_scenario as scenario, llama_server_binary
@@ -129,7 +129,7 @@ def test_an_error_inside_the_pull_stream_fails_the_cell(tmp_path, image):
 
     from orchestrator.launch.docker import DockerServer
     from orchestrator.common.errors import ServerError
-    from orchestrator.types.server import ServerPlan
+    from engines.plan import ServerPlan
 
     class Images:
         def get(self, name):
@@ -311,7 +311,7 @@ def fake_smi_image(client, tmp_path_factory):
 def test_a_remote_containers_gpus_are_read_through_nvidia_smi_inside_it(client, fake_smi_image):
     """Fault injection for what cannot exist here (a GPU): a fake nvidia-smi in a real container,
     read through docker-py's real exec stream, as orch reads a container on a remote Docker host."""
-    from orchestrator.types.server import ServerPlan
+    from engines.plan import ServerPlan
     from orchestrator.launch.docker import DockerServer
     from orchestrator.telemetry import CellTelemetry
 

@@ -13,7 +13,7 @@ import pytest
 
 from engines import ENGINES
 from engines.vllm import Vllm
-from orchestrator.types.server import ResolvedModel
+from engines.plan import ResolvedModel
 from engines.vllm import VLLM_CPU
 from orchestrator.types.scenario import EngineSpec
 

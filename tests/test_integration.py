@@ -208,7 +208,7 @@ def test_report_renders_in_headless_chromium_with_charts_visible(run_dir, tmp_pa
 
 
 def test_bench_url_against_a_running_llama_server_has_a_sweep_cells_shape(run_dir, tmp_path):
-    from orchestrator.types.server import ServerPlan
+    from engines.plan import ServerPlan
     from orchestrator.launch.launchers import ProcessServer, free_port
 
     gguf = resolve_model("gemma-3-270m").path

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from orchestrator.types.server import ServerPlan
+from engines.plan import ServerPlan
 from orchestrator.common.errors import ServerExited, ServerTimeout
 from orchestrator.launch.launchers import ProcessServer, free_port
 

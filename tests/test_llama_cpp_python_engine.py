@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from engines import ENGINES
 from orchestrator.cli import cli
 from orchestrator.measure.driver import RequestSpec, run_batch
-from orchestrator.types.server import ResolvedModel
+from engines.plan import ResolvedModel
 from orchestrator.measure.prompts import Prompt
 from orchestrator.types.scenario import EngineSpec
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from engines import ENGINES
-from orchestrator.types.server import ResolvedModel
+from engines.plan import ResolvedModel
 from orchestrator.types.scenario import EngineSpec
 
 MODEL = ResolvedModel("m", path=Path("/models/m.gguf"))

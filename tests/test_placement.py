@@ -15,8 +15,8 @@ import tomllib
 import pytest
 
 from engines import ENGINES
-from orchestrator.types.server import ServerPlan
-from orchestrator.types.server import ContainerSpec
+from engines.plan import ServerPlan
+from engines.plan import ContainerSpec
 from orchestrator.launch.launchers import _child_setup
 from orchestrator.types.records import CellPlacement, CellRecord, RequestRecord
 from orchestrator.results.rundir import RunDir, node_folder

@@ -11,7 +11,7 @@ import pytest
 
 from engines import ENGINES
 from orchestrator.measure import server_metrics
-from orchestrator.types.server import ResolvedModel
+from engines.plan import ResolvedModel
 from orchestrator.types.scenario import EngineSpec
 
 from .support.dry_runs import cells, docker_opts, flags, split

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from engines.hf_transformers import ENV, SERVER, HfTransformers
 from orchestrator.cli import cli
 from orchestrator.setup.models import prepare_model
-from orchestrator.types.server import ResolvedModel
+from engines.plan import ResolvedModel
 from orchestrator.types.scenario import EngineSpec
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from engines import ENGINES
 from orchestrator.common.errors import ScenarioError
-from orchestrator.types.server import ResolvedModel
+from engines.plan import ResolvedModel
 from orchestrator.sweep.scenario import build_scenario
 from orchestrator.types.scenario import EngineSpec
 

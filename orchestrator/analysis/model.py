@@ -51,7 +51,7 @@ from pydantic import BaseModel
 
 from orchestrator.analysis.stats import median_ci
 from orchestrator.analysis.summary import per_request
-from orchestrator.types.drafts import ACCEPTED, DRAFTED, HISTOGRAM, STEPS
+from engines.base import ACCEPTED, DRAFTED, HISTOGRAM, STEPS
 from orchestrator.types.records import CellRecord
 
 MAX_POSITIONS = 4096  # a per-position counter past this is no draft position

@@ -13,7 +13,7 @@ from orchestrator.analysis import cost, spread
 from orchestrator.analysis.load import crossover
 from orchestrator.analysis.metrics import itl_per_token, tpot
 from orchestrator.analysis.pairs import GroupKey, PairedSpeedup, pair_table, paired_speedups
-from orchestrator.types.drafts import ACCEPTED, DRAFTED, HISTOGRAM, STEPS
+from engines.base import ACCEPTED, DRAFTED, HISTOGRAM, STEPS
 from orchestrator.types.records import CellRecord, RequestRecord
 from orchestrator.analysis.stats import median_ci, outliers, ratio_ci, ratio_of_sums_ci, ratio_text, verdict
 
@@ -210,7 +210,7 @@ def _outliers(ok: pd.DataFrame) -> str:
 
 
 def with_draft_counts(df: pd.DataFrame) -> pd.DataFrame:
-    """`df` with the neutral draft columns (types/drafts.py), each filled from the record fields
+    """`df` with the neutral draft columns (engines/base.py), each filled from the record fields
     the engines' adapters name (an engine reports under one of them)."""
     adapters = list(dict.fromkeys(e.stream_counts.draft_fields() for e in ENGINES.values() if e.stream_counts))
     columns = {}

@@ -11,7 +11,7 @@ import docker
 
 from docker.models.containers import Container
 
-from orchestrator.types.server import ContainerSpec, ServerPlan
+from engines.plan import ContainerSpec, ServerPlan
 
 from orchestrator.common import redact
 from orchestrator.common.safefs import nofollow

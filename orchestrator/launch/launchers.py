@@ -14,7 +14,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from orchestrator.types.server import ServerPlan
+from engines.plan import ServerPlan
 
 from orchestrator.common import redact
 from orchestrator.common.safefs import nofollow, read_tail

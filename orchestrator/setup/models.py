@@ -23,7 +23,7 @@ from engines import HF_CONVERTERS, QUANTIZER
 from engines.installing import cache_root, last_line
 
 from orchestrator.common.errors import InstallError, ModelError
-from orchestrator.types.server import ResolvedModel
+from engines.plan import ResolvedModel
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import re
 import socket
 from dataclasses import dataclass, replace
 
-from orchestrator.types.server import ServerPlan
+from engines.plan import ServerPlan
 
 MAX_CORE = 4095  # a core id beyond this is a typo, not a machine
 

@@ -29,7 +29,7 @@ from orchestrator.common.errors import AuthRefused, InstallError, OrchError, Res
 from orchestrator.launch.launchers import LAUNCHERS, command_text, free_port, log_tail
 from orchestrator.launch.shared import owner_labels
 from orchestrator.setup.models import planned_model, resolve_model
-from orchestrator.types.server import ResolvedModel
+from engines.plan import ResolvedModel
 from orchestrator.measure.prompts import WARMUP, Prompt, load_prompt_set
 from orchestrator.types.records import CellPlacement, CellRecord, Measured, RequestRecord, Roofline
 from orchestrator.results.rundir import RunDir, why
@@ -37,8 +37,7 @@ from orchestrator.sweep.environment import cpu_flags, gpus
 from orchestrator.sweep.placement import Device, place
 from orchestrator.telemetry import CellTelemetry
 from orchestrator.telemetry.roofline import roofline_for
-from orchestrator.types.scenario import EngineSpec, Scenario
-from orchestrator.types.scenario import cell_id
+from orchestrator.types.scenario import EngineSpec, Scenario, cell_id
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
-"""What one cell's server is started from, typed, on the shared floor: the model files
-(ResolvedModel), the plan a launcher follows (ServerPlan) and, for launcher = "docker", its one
-container (ContainerSpec): what `docker run` shows and what docker-py is given.
+"""What one cell's server is started from, typed: the model files (ResolvedModel), the plan a
+launcher follows (ServerPlan) and, for launcher = "docker", its one container (ContainerSpec):
+what `docker run` shows and what docker-py is given.
 
 ContainerSpec.run_line() (the command line users see and runs record) and
 ContainerSpec.run_kwargs() (what orchestrator.launch.docker hands to docker-py) are the only places
-the container's options are spelled, so the two cannot drift apart. Nothing here imports the rest of orch.
+the container's options are spelled, so the two cannot drift apart. Nothing here imports orchestrator.
 """
 
 from __future__ import annotations
