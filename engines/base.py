@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, cast
 
-from .plan import ContainerSpec, Mount, ResolvedModel, ServerPlan
+from .plan import CONFIG_DIR, CONFIG_MOUNT, ConfigFile, ContainerSpec, Mount, ResolvedModel, ServerPlan, fill_config_dir
 from .installing import Installer
 
 
@@ -195,16 +195,31 @@ class Engine(ABC):
         return self.default_binary()
 
     def plan(self, n_spec: int, model: ResolvedModel, port: int, parallel: int,
-             draft: ResolvedModel | None = None) -> ServerPlan:
+             draft: ResolvedModel | None = None, config_dir: Path | None = None) -> ServerPlan:
+        """One cell's server. `config_dir`: the host folder its config files go in (the cell's
+        config/ folder); an engine that writes none ignores it."""
         if not self.needs_binary:
             return ServerPlan(argv=[], port=port, health_path=self.health_path, env={}, base_url=self.spec.url)
+        files = self.config_files(n_spec, model, draft)
+        config_dir = config_dir if files else None
         if self.spec.docker is not None:
-            return self._container_plan(n_spec, model, port, parallel, draft)
+            return self._container_plan(n_spec, model, port, parallel, draft, files, config_dir)
         binary = self.binary() or self.kind
-        argv = [*self.command_prefix(binary),
-                *self.with_defaults([*self.server_args(n_spec, model, port, parallel, draft), *self.spec.args])]
-        return ServerPlan(argv=argv, port=port, health_path=self.health_path,
-                          env={**self.process_env(), **self.spec.env})
+        args = self.with_defaults([*self.server_args(n_spec, model, port, parallel, draft), *self.spec.args])
+        if config_dir is not None:
+            args = fill_config_dir(args, str(config_dir))
+        return ServerPlan(argv=[*self.command_prefix(binary), *args], port=port, health_path=self.health_path,
+                          env={**self.process_env(), **self.spec.env}, files=files, config_dir=config_dir)
+
+    def config_files(self, n_spec: int, model: ResolvedModel, draft: ResolvedModel | None) -> tuple[ConfigFile, ...]:
+        """Files the server reads at start (a speculative config, a chat template), written into
+        the cell's config/ folder before it starts; server_args names each by config_file(name)."""
+        return ()
+
+    @staticmethod
+    def config_file(name: str) -> str:
+        """How server_args names one of its config files: the folder is filled in by plan()."""
+        return f"{CONFIG_DIR}/{name}"
 
     def with_defaults(self, args: list[str]) -> list[str]:
         """The server's arguments, the scenario's included, plus any default the engine adds unless
@@ -230,24 +245,31 @@ class Engine(ABC):
         return []
 
     def _container_plan(self, n_spec: int, model: ResolvedModel, host_port: int, parallel: int,
-                        draft: ResolvedModel | None) -> ServerPlan:
+                        draft: ResolvedModel | None, files: tuple[ConfigFile, ...] = (),
+                        config_dir: Path | None = None) -> ServerPlan:
         d = self.spec.docker
         assert d is not None  # plan() comes here only for launcher = "docker"
         host_net = d.network == "host"
         inner = host_port if host_net else (d.port or self.default_port)
         model, model_mount = _mount(model, "/models")
         draft, draft_mount = _mount(draft, "/drafts")
-        volumes = tuple(m for m in (model_mount, draft_mount) if m) + tuple(Mount.parse(v) for v in d.volumes)
+        # The config folder is on this host: a remote Docker host (docker_host) does not see it.
+        config_mount = Mount(str(config_dir), CONFIG_MOUNT, "ro") if config_dir is not None else None
+        volumes = tuple(m for m in (model_mount, draft_mount, config_mount) if m) + tuple(
+            Mount.parse(v) for v in d.volumes)
         # Bridge networking publishes on 127.0.0.1 only, so the server may listen on all interfaces.
         args = self.with_defaults([*self.server_args(n_spec, model, inner, parallel, draft,
                                                      host="127.0.0.1" if host_net else "0.0.0.0"), *self.spec.args])
+        if config_mount is not None:
+            args = fill_config_dir(args, CONFIG_MOUNT)
         container = ContainerSpec(
             image=d.image, argv=(*self.image_command, *args), host_port=host_port, container_port=inner,
             # A string is "all" or "none": DockerSettings validated it.
             gpus=cast(Literal["all", "none"], d.gpus) if isinstance(d.gpus, str) else tuple(d.gpus),
             ipc=d.ipc, shm_size=d.shm_size,
             network=d.network, volumes=volumes, env_names=tuple(d.env), docker_host=d.docker_host)
-        return ServerPlan(argv=args, port=host_port, health_path=self.health_path, env={}, container=container)
+        return ServerPlan(argv=args, port=host_port, health_path=self.health_path, env={}, container=container,
+                          files=files, config_dir=config_dir)
 
     def request_fields(self, workload: WorkloadSettings) -> dict[str, Any]:
         """Engine-specific JSON fields added to every request body."""

@@ -9,6 +9,7 @@ the container's options are spelled, so the two cannot drift apart. Nothing here
 
 from __future__ import annotations
 
+import re
 import shlex
 import uuid
 from collections.abc import Mapping
@@ -21,6 +22,33 @@ if TYPE_CHECKING:
 
 # Bridge networking publishes the server's port on this address only: nothing off the host reaches it.
 LOOPBACK = "127.0.0.1"
+
+# Where an engine's config files are, in its arguments (Engine.config_file) and a scenario's args:
+# Engine.plan puts the real folder in its place, the cell's config/ folder or, in a container,
+# CONFIG_MOUNT, where that folder is mounted read-only.
+CONFIG_DIR = "{orch_config}"
+CONFIG_MOUNT = "/orch-config"
+# A config file's name becomes a path in the run folder: one plain name, nothing that climbs or hides.
+_CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """One file an engine's server reads at start (Engine.config_files), written by the sweep
+    into the cell's config/ folder before the server starts, and kept there as part of the record."""
+
+    name: str
+    text: str
+
+    def __post_init__(self) -> None:
+        if not _CONFIG_NAME.fullmatch(self.name) or ".." in self.name:
+            raise ValueError(f"config file name {self.name!r}: one plain file name (letters, digits, . _ -, "
+                             "at most 64 characters, not starting with a dot)")
+
+
+def fill_config_dir(args: list[str], where: str) -> list[str]:
+    """`args` with CONFIG_DIR replaced by `where`, the folder the server sees its config files in."""
+    return [a.replace(CONFIG_DIR, where) for a in args]
 
 
 @dataclass(frozen=True)
@@ -152,6 +180,9 @@ class ServerPlan:
     base_url: str | None = None  # set for a server orch did not start
     container: ContainerSpec | None = None  # set for launcher = "docker"
     cores: tuple[int, ...] | None = None  # a local process's CPU affinity (a sweep's device); None: any core
+    # Written into config_dir (on this host) before the server starts: Engine.config_files.
+    files: tuple[ConfigFile, ...] = ()
+    config_dir: Path | None = None
 
     def display(self) -> str:
         """The command line a user would type: the argv, or the equivalent `docker run`. A server

@@ -71,13 +71,21 @@ def test_a_scenario_naming_the_plugin_dry_runs_and_sweeps(site, tmp_path):
     assert dry.returncode == 0, dry.stderr
     assert "cell 2/2 echo-echo-draft-n4 [process, completions]" in dry.stdout
     assert f"{sys.executable} -m orch_echo_engine.server --host 127.0.0.1 --port " in dry.stdout
-    assert dry.stdout.rstrip().endswith("--draft 4")
+    config = "<run folder>/cells/echo-echo-draft-n4/config/echo.json"
+    command, writes = dry.stdout.rstrip().splitlines()[-2:]
+    assert command.endswith(f" --config '{config}'")  # quoted: the folder's name has a space
+    assert writes == f"  writes {config} (12 bytes) before it starts"  # {"draft": 4}
     ran = orch(site, "sweep", str(path), "--out", str(tmp_path / "runs"))
     assert ran.returncode == 0, ran.stdout + ran.stderr
     (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     rows = [json.loads(ln) for ln in (run / "requests.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 8 and all(r["ok"] and r["engine"] == "echo" for r in rows)
     assert "echo-server (a plugin): token counts from usage" in (run / "report" / "summary.md").read_text()
+    # The engine's config file: written where its argument says, kept in the run, read by the server.
+    cell = run / "cells" / "echo-echo-draft-n4"
+    assert json.loads((cell / "config" / "echo.json").read_text()) == {"draft": 4}
+    logs = "".join(p.read_text() for p in cell.glob("*.log"))
+    assert f"echo server: draft 4 from {cell / 'config' / 'echo.json'}" in logs
 
 
 def test_without_the_plugin_the_kind_is_refused_in_one_line(tmp_path):

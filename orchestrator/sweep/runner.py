@@ -22,14 +22,14 @@ from orchestrator.analysis.stats import narrow_enough
 from orchestrator.analysis.summary import measured_frame, summarize
 from orchestrator.measure import server_metrics
 from orchestrator.common import probe
-from orchestrator.common import redact
+from orchestrator.common import redact, safefs
 from orchestrator.common.credentials import KeyProblem, auth_fix, bearer
 from orchestrator.measure.driver import ENDPOINTS, RequestSpec, request_body, run_batch
 from orchestrator.common.errors import AuthRefused, InstallError, OrchError, ResultsError, ServerError
 from orchestrator.launch.launchers import LAUNCHERS, command_text, free_port, log_tail
 from orchestrator.launch.shared import owner_labels
 from orchestrator.setup.models import planned_model, resolve_model
-from engines.plan import ResolvedModel
+from engines.plan import ResolvedModel, ServerPlan
 from orchestrator.measure.prompts import WARMUP, Prompt, load_prompt_set
 from orchestrator.types.records import CellPlacement, CellRecord, Measured, RequestRecord, Roofline
 from orchestrator.results.rundir import RunDir, why
@@ -151,8 +151,18 @@ def _check_binary(spec: EngineSpec, engine: Engine) -> None:
                            f"fix engines.binary or run `{engine.install_hint}`")
 
 
-def command_for(cell: Cell, prep: Prepared, parallel: int, port: int | None = None):
-    return prep.engine.plan(cell.n_spec, prep.model, port or free_port(), parallel, prep.draft)
+def command_for(cell: Cell, prep: Prepared, parallel: int, port: int | None = None,
+                config_dir: Path | None = None) -> ServerPlan:
+    """The cell's server plan; `config_dir`: where its engine's config files go (the cell's
+    config/ folder), where it writes any."""
+    return prep.engine.plan(cell.n_spec, prep.model, port or free_port(), parallel, prep.draft, config_dir)
+
+
+def write_config_files(plan: ServerPlan, cell_dir: Path) -> None:
+    """The engine's config files, into the cell's config/ folder (planned as plan.config_dir)
+    before its server starts; a link planted there is refused (RunFolderError), not followed."""
+    for f in plan.files:
+        safefs.write_inside(cell_dir, f"config/{f.name}", f.text)
 
 
 class CellOutput(Protocol):
@@ -319,13 +329,15 @@ class Sweep:
 
     def _serve(self, cell: Cell, prep: Prepared, rec: CellRecord, todo: list[RequestSpec], started: float,
                out: CellOutput, device: Device | None) -> None:
-        plan = place(command_for(cell, prep, self.parallel), device, prep.engine)
+        cell_dir = out.cell_dir(cell.id)
+        plan = place(command_for(cell, prep, self.parallel, config_dir=cell_dir / "config"), device, prep.engine)
+        write_config_files(plan, cell_dir)
         if plan.container is not None:
             plan.container.labels.update(owner_labels(self.scenario.name, cell.id, self.run_name))
         rec.set(**self._cell_base(cell, prep, plan))
         for note in prep.engine.host_warnings(*self.host):
             out.warn(note)
-        log = out.cell_dir(cell.id) / cell.log_name
+        log = cell_dir / cell.log_name
         marks = {"start": started}  # where the cell's wall time goes: see _phases
         headers = bearer(cell.engine.api_key_env)
         with LAUNCHERS[cell.engine.launcher](plan, log, cell.engine.ready_timeout_s) as server:

@@ -188,11 +188,18 @@ def dry_run_text(sc: Scenario, base_dir: Path, source: str = "SCENARIO") -> str:
     lines += [f"engine {name}: not set up yet: {'; '.join(p.not_ready)} (`orch setup {source}` does it)"
               for name, p in prepared.items() if p.not_ready]
     for k, cell in enumerate(cells, 1):
-        plan = command_for(cell, prepared[cell.engine.name], max(w.concurrency))
+        plan = command_for(cell, prepared[cell.engine.name], max(w.concurrency), config_dir=_dry_config(cell))
         block = f" (block {cell.block + 1}/{w.blocks})" if w.blocks > 1 else ""
         lines += [f"cell {k}/{len(cells)} {cell.id}{block} [{cell.engine.launcher}, {cell.engine.api}]",
                   f"  {command_text(plan)}"]
+        lines += [f"  writes {plan.config_dir}/{f.name} ({len(f.text.encode())} bytes) before it starts"
+                  for f in plan.files]
     return "\n".join(lines)
+
+
+def _dry_config(cell: Cell) -> Path:
+    """Where a dry run says a cell's config files would go: no run folder exists yet."""
+    return Path("<run folder>") / "cells" / cell.id / "config"
 
 
 def search_budgets(sc: Scenario, starts: int | None, where: str) -> dict[str, int]:
@@ -239,7 +246,8 @@ def search_dry_run_text(sc: Scenario, base_dir: Path, budgets: dict[str, int], o
             if not first:
                 lines.append(f"  {e.name}: nothing left to start")
         for k in first:
-            plan = command_for(Cell(e, k), prepared[e.name], max(sc.workload.concurrency))
+            plan = command_for(Cell(e, k), prepared[e.name], max(sc.workload.concurrency),
+                               config_dir=_dry_config(Cell(e, k)))
             lines += [f"  next: {Cell(e, k).id} [{e.launcher}, {e.api}]", f"    {command_text(plan)}"]
     return "\n".join(lines)
 
