@@ -3,29 +3,31 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
-import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 
-from engines import ENGINES, INSTALLERS, PLUGIN_PROBLEMS, PLUGINS
+from engines import INSTALLERS, PLUGIN_PROBLEMS
 
 from orchestrator import __version__
 from orchestrator.common import redact
 from orchestrator.common.errors import OrchError, ResultsError
 from orchestrator.common.show import printable
-from orchestrator.results.rundir import RunDir, fix_for, why
-from orchestrator.setup.models import KNOWN_MODELS, hf_folder
-from orchestrator.setup.provision import measure_roofline, run_setup, run_step, setup_steps
+from orchestrator.results.rundir import RunDir, why
+from orchestrator.setup.models import KNOWN_MODELS
+from orchestrator.setup.provision import (engines_lines, made_line, measure_roofline, models_lines, run_setup, run_step,
+                                          setup_steps)
 from orchestrator.sweep.runner import plan_cells
 from orchestrator.sweep.scenario import load_scenario
-from orchestrator.sweep.session import (BenchTarget, bench_scenario, check_placement, dry_run_text, run_sweep,
-                                        search_budgets, search_dry_run_text)
+from orchestrator.sweep.session import BenchTarget, SweepArgs, bench_scenario, plan_sweep, run_sweep
+
+if TYPE_CHECKING:
+    from plots.terminal import RunReport
 
 
 class OrchGroup(click.Group):
@@ -93,35 +95,26 @@ def sweep(scenario, out, overrides, dry_run, resume, search, search_starts, only
     Example: orch sweep scenarios/n_spec.toml --set workload.max_tokens=64
     Side by side on two core sets: orch sweep scenarios/n_spec.toml --set 'placement.cores=["0","1"]'
     """
-    if cluster is not None:
-        overrides = (*overrides, f"placement.cluster={json.dumps(cluster)}")
-    sc = load_scenario(scenario, overrides, only)
-    check_placement(sc, str(scenario), search)
-    budgets = search_budgets(sc, search_starts, str(scenario)) if search else None
     if search_starts is not None and not search:
         raise click.UsageError("--search-starts goes with --search")
-    again = "continue with: " + shlex.join(
-        ["orch", "sweep", str(scenario), *[a for o in overrides for a in ("--set", o)],
-         *[a for e in only for a in ("--engine", e)], *(["--search"] if search else []),
-         *(["--search-starts", str(search_starts)] if search_starts is not None else []),
-         "--resume", "--out", str(out)])
+    planned = plan_sweep(SweepArgs(scenario, out, overrides, only, resume, search, search_starts, cluster))
     if dry_run:
-        text = (search_dry_run_text(sc, scenario.parent, budgets, out, resume) if budgets is not None  # --search
-                else dry_run_text(sc, scenario.parent, str(scenario)))
-        click.echo(printable(redact.scrub(text), lines=True))
+        click.echo(printable(redact.scrub(planned.dry_run_text()), lines=True))
         return
-    _run(sc, scenario.parent, out, resume, again, budgets)
+    _run(planned.scenario, planned.base_dir, out, resume, planned.args.resume_command(), planned.budgets)
 
 
-def _run(sc, base_dir: Path, out: Path, resume: bool, again: str, search=None):
+def _run(sc, base_dir: Path, out: Path, resume: bool, carry_on: str, search=None):
     """Run the cells, print the summary; the exit code is the library's (0 only if all succeeded)."""
     from orchestrator.progress import sweep_progress
 
-    finished = run_sweep(sc, base_dir, out, resume, again, sweep_progress(Console(stderr=True)), _opened, search)
+    finished = run_sweep(sc, base_dir, out, resume, carry_on, sweep_progress(Console(stderr=True)), _opened, search)
     if finished.interrupted is not None:
-        click.echo(f"\ninterrupted: {printable(f'records so far are in {finished.run.path}; {again}')}", err=True)
+        click.echo(f"\ninterrupted: {printable(f'records so far are in {finished.run.path}; {carry_on}')}", err=True)
         sys.exit(finished.interrupted)
-    sys.exit(finished.exit_code(_print_report(finished.run)))
+    from plots.terminal import report_run  # matplotlib: only once there is a run to draw
+
+    sys.exit(finished.exit_code(_print_report(report_run(finished.run))))
 
 
 def _opened(run: RunDir, warnings: list[str]) -> None:
@@ -153,22 +146,14 @@ def bench(url, model, api, scenario_file, overrides, api_key_env, label, method,
     _run(sc, base, out, False, "run orch bench again (an endpoint run is not resumable)")
 
 
-def _print_report(run: RunDir, overlay=None) -> bool:
-    """Analyze the run, write its report, print the terminal's layout; whether a request failed."""
-    from orchestrator.analysis.findings import analyze
-    from plots.report import write_report
-    from plots.terminal import terminal_text
-
-    try:
-        found = analyze(run.path)
-        report = write_report(found, overlay)
-    except OSError as exc:
-        raise ResultsError(f"cannot write the report in {run.path}: {why(exc)}; the records are complete: "
-                           f"{fix_for(exc)}, then run orch report {run.path}") from exc
-    for note in found.warnings:  # records skipped or kept as failed on reading back
+def _print_report(printed: RunReport) -> bool:
+    """Print a run's report as the terminal lays it out; whether a request failed."""
+    if printed.published_note:
+        click.echo(printable(printed.published_note, lines=True))
+    for note in printed.warnings:  # records skipped or kept as failed on reading back
         click.echo(f"warning: {printable(note)}", err=True)
-    click.echo(terminal_text(found, report))
-    return found.failed
+    click.echo(printed.text)
+    return printed.failed
 
 
 # ---------------------------------------------------------------- report
@@ -183,18 +168,9 @@ def report(run_dir, reference):
 
     Example: orch report results/n_spec-20261122-101500 --reference published
     """
-    if not (run_dir / "requests.jsonl").is_file() and not (run_dir / "cells.jsonl").is_file():
-        raise OrchError(f"{run_dir} holds no requests.jsonl or cells.jsonl; pass a run folder made by orch sweep")
-    run = RunDir(run_dir)
-    overlay = None
-    if reference:
-        from orchestrator.analysis.reference import published_for
-        from plots.overlay import published_overlay
+    from plots.terminal import report_run
 
-        found, note = published_for(run.environment())
-        overlay = published_overlay(found)
-        click.echo(printable(note, lines=True))
-    _print_report(run, overlay)
+    _print_report(report_run(RunDir.made_by_orch(run_dir), published=reference == "published"))
 
 
 @cli.command()
@@ -208,9 +184,6 @@ def retest(run_a, run_b):
     """
     from orchestrator.analysis.retest import retest as retest_runs
 
-    for d in (run_a, run_b):
-        if not (d / "requests.jsonl").is_file():
-            raise OrchError(f"{d} holds no requests.jsonl; pass two run folders made by orch sweep")
     found = retest_runs(run_a, run_b)
     for note in found.warnings:
         click.echo(f"warning: {printable(note)}", err=True)
@@ -269,18 +242,12 @@ def reference(out):
 
     Example: orch reference --out results/reference
     """
-    from plots.reference import draw_reference
+    from plots.reference import draw_reference, reference_text
 
     from orchestrator.analysis.reference import published_setups
 
     setups = published_setups()
-    for setup in setups:
-        click.echo(setup.title)
-        for r in setup.rows.itertuples():
-            click.echo(f"  n_spec {'off' if r.n_spec == 0 else r.n_spec:>3}: {r.mean_tok_s:6.1f} tok/s "
-                       f"({r.runs} runs, {r.min_tok_s:.1f}-{r.max_tok_s:.1f})  {r.speedup:.2f}x  "
-                       f"{r.share:.2f} of the roofline")
-        click.echo(f"  roofline: {setup.limit:.1f} tok/s single-stream decode limit = {setup.basis}")
+    click.echo(reference_text(setups))
     with _writing(out):
         paths = draw_reference(setups, out)
     for path in paths:
@@ -309,16 +276,10 @@ def ls_(docker_host):
 
     Example: orch ls
     """
-    from orchestrator.launch.docker import list_containers, orphaned
+    from orchestrator.launch.docker import container_lines
 
-    found = list_containers(docker_host)
-    if not found:
-        click.echo("no orch containers")
-    for c in found:
-        lab = c.labels
-        click.echo(printable(f"{c.name}  {c.status}  sweep={lab.get('orch.sweep')} cell={lab.get('orch.cell')} "
-                             f"run={lab.get('orch.run')} owner_pid={lab.get('orch.owner_pid')}"
-                             + ("  (orphaned)" if orphaned(c) else "")))  # the Docker engine's words
+    for line in container_lines(docker_host):
+        click.echo(line)
 
 
 @cli.command()
@@ -331,26 +292,20 @@ def down(everything, docker_host, cluster):
 
     Example: orch down
     """
-    from orchestrator.launch.docker import list_containers, orphaned, remove
+    if cluster is None:
+        from orchestrator.launch.docker import down as down_here
 
-    if cluster is not None:
-        from orchestrator.sweep.cluster import down_on_cluster
-
-        failed = False
-        for node, names in down_on_cluster(cluster, everything).items():
-            if isinstance(names, Exception):
-                failed = True
-                click.echo(printable(f"{node}: could not clean up ({names}); run orch down on that host"), err=True)
-            else:
-                click.echo(printable(f"{node}: removed {len(names)} container(s)"
-                                     + (f": {', '.join(names)}" if names else "")))
-        if failed:
-            sys.exit(1)
+        click.echo(down_here(docker_host, everything))
         return
+    from orchestrator.sweep.cluster import down_lines
 
-    found = [c for c in list_containers(docker_host) if everything or orphaned(c)]
-    names = remove(found)
-    click.echo(printable(f"removed {len(names)} container(s)" + (f": {', '.join(names)}" if names else "")))
+    done, failed = down_lines(cluster, everything)
+    for line in done:
+        click.echo(line)
+    for line in failed:
+        click.echo(line, err=True)
+    if failed:
+        sys.exit(1)
 
 
 # ---------------------------------------------------------------- engines
@@ -384,28 +339,19 @@ def engines_list():
 
     Example: orch engines list
     """
-    kinds = [f"{k} ({PLUGINS[k]})" if k in PLUGINS else k for k in ENGINES]
-    click.echo(printable("engine kinds: " + ", ".join(kinds)))
-    for name, inst in INSTALLERS.items():
-        found = inst.installed()
-        click.echo(printable(f"{name}: {found or f'not installed (expected at {inst.expected()})'}"))
+    for line in engines_lines():
+        click.echo(line)
 
 
 def _install_one(what: str, name: str, jobs: int | None = None) -> None:
     from orchestrator.progress import build_progress
 
     if what == "engine" and (found := INSTALLERS[name].installed()):
-        click.echo(_made_line(what, name, found, False))
+        click.echo(made_line(what, name, found, False))
         return
     with build_progress(Console(stderr=True)) as progress:
         path, made = run_step(what, name, progress, jobs)
-    click.echo(_made_line(what, name, path, made))
-
-
-def _made_line(what: str, name: str, path: Path, made: bool) -> str:
-    if what == "engine":
-        return printable(f"{name} {'installed' if made else 'already installed'}: {path}")
-    return printable(f"{name.replace(':', ' as ')} {'prepared' if made else 'already there'}: {path}")
+    click.echo(made_line(what, name, path, made))
 
 
 # ---------------------------------------------------------------- models
@@ -434,12 +380,8 @@ def models_list():
 
     Example: orch models list
     """
-    for name, known in KNOWN_MODELS.items():
-        if known.requantize:  # a GGUF only, made by llama-quantize
-            made = known.gguf_path(name)
-            click.echo(printable(f"{name}: {known.description}; gguf: {made if made.is_file() else 'not made'}"))
-        else:
-            click.echo(printable(f"{name}: {known.description}; hf folder: {hf_folder(name) or 'not prepared'}"))
+    for line in models_lines():
+        click.echo(line)
 
 
 # ---------------------------------------------------------------- setup
@@ -460,7 +402,7 @@ def setup(scenarios, overrides):
     with build_progress(Console(stderr=True)) as progress:  # the compile beside the downloads
         done = run_setup(steps, progress.lane)
     for (what, name), path, made in done:
-        click.echo(_made_line(what, name, path, made))
+        click.echo(made_line(what, name, path, made))
     for line in measure_roofline(loaded):
         click.echo(printable(line))
     click.echo(printable(f"{' '.join(map(str, scenarios))}: ready ({len(steps)} step(s))"))

@@ -38,3 +38,15 @@ def draw_reference(setups: list[Setup], out_dir: Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return save(fig, out / "published_reference")
+
+
+def reference_text(setups: list[Setup]) -> str:
+    """`orch reference`'s lines: each setup's mean rate per depth, its spread, speedup and share of the limit."""
+    lines = []
+    for setup in setups:
+        lines.append(setup.title)
+        lines += [f"  n_spec {'off' if r.n_spec == 0 else r.n_spec:>3}: {r.mean_tok_s:6.1f} tok/s "
+                  f"({r.runs} runs, {r.min_tok_s:.1f}-{r.max_tok_s:.1f})  {r.speedup:.2f}x  "
+                  f"{r.share:.2f} of the roofline" for r in setup.rows.itertuples()]
+        lines.append(f"  roofline: {setup.limit:.1f} tok/s single-stream decode limit = {setup.basis}")
+    return "\n".join(lines)

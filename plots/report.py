@@ -22,6 +22,7 @@ from orchestrator.results.rundir import RunDir
 from .categories import draw_category_heatmap
 from .cost import draw_cost
 from .names import for_charts, short, shortened
+from .overlay import published_overlay
 from .charts import (draw_acceptance_by_position, draw_acceptance_length, draw_charts, draw_load, draw_lossless,
                      draw_model, draw_pairs, draw_phase_rates)
 
@@ -33,11 +34,12 @@ class Report:
     markdown: Path
 
 
-def write_report(found: Findings, overlay=None) -> Report:
-    """Draw the charts and write the two report files; never through a link (results/rundir.py),
-    what servers and files said shown with its escapes."""
+def write_report(found: Findings) -> Report:
+    """Draw the charts (the published figures on them, where the findings matched any) and write
+    the two report files; never through a link (results/rundir.py), what servers and files said
+    shown with its escapes."""
     run = found.run
-    charts = _draw(found, overlay)
+    charts = _draw(found, published_overlay(found.published))
     pngs = [c for c in charts if c.suffix == ".png"]
     run.write_file("report/index.html", printable(html_page(found, pngs), lines=True))
     run.write_file("report/summary.md", printable(markdown(found), lines=True))

@@ -3,12 +3,37 @@ it, each as fixed-width text, then where the files are. Nothing here computes or
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.analysis.findings import TERMINAL, Findings, Section
+from orchestrator.analysis.findings import TERMINAL, Findings, Section, analyze
+from orchestrator.common.errors import ResultsError
 from orchestrator.common.show import printable
+from orchestrator.results.rundir import RunDir, fix_for, why
 
-from .report import Report
+from .report import Report, write_report
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What `orch sweep`, `orch bench` and `orch report` print once a run's report is written."""
+
+    text: str  # the terminal's layout
+    published_note: str  # with published=True: what of the published figures matched
+    warnings: tuple[str, ...]  # records skipped or kept as failed on reading back
+    failed: bool  # a request failed
+
+
+def report_run(run: RunDir, published: bool = False) -> RunReport:
+    """Analyze the run once, write its CSVs, charts and report, and lay out the terminal's text;
+    `published`: with the published figures drawn on the charts where they match."""
+    try:
+        found = analyze(run.path, published)
+        report = write_report(found)
+    except OSError as exc:
+        raise ResultsError(f"cannot write the report in {run.path}: {why(exc)}; the records are complete: "
+                           f"{fix_for(exc)}, then run orch report {run.path}") from exc
+    return RunReport(terminal_text(found, report), found.published_note, tuple(found.warnings), found.failed)
 
 
 def terminal_text(found: Findings, report: Report) -> str:

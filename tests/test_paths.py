@@ -81,7 +81,7 @@ def test_a_cell_folder_that_cannot_be_made_fails_that_cell_as_a_record(tmp_path)
 
 
 def test_a_write_error_in_a_bench_run_names_a_fix_that_exists(tmp_path):
-    run = RunDir.create(tmp_path, "bench-x", again="run orch bench again")
+    run = RunDir.create(tmp_path, "bench-x", carry_on="run orch bench again")
     (run.path / "requests.jsonl").mkdir()  # appending to it fails with EISDIR
     try:
         run.append_request(RequestRecord.model_construct(ok=True))

@@ -31,7 +31,7 @@ from orchestrator.analysis.model import fits, format_check, format_fits, model_t
 from orchestrator.analysis.pairs import PAIRED, pair_table, slower_prompts
 from orchestrator.analysis.placement import placement_notes
 from orchestrator.analysis.recommend import format_advice, what_to_run
-from orchestrator.analysis.reference import HARDWARE, Setup
+from orchestrator.analysis.reference import HARDWARE, Setup, published_for
 from orchestrator.analysis.search import format_decision, step
 from orchestrator.analysis.summary import (METRICS_SOURCE, PREFILL_TIMED, format_speedups, format_table, measured_frame,
                                            speedup_frame, summarize, unpaired_note)
@@ -76,6 +76,10 @@ class Findings:
     sections: list[Section]
     warnings: list[str]  # records skipped or kept as failed on reading back; each one line
     written: dict[str, Path] = field(default_factory=dict)  # CSV name -> its path
+    # With published=True: the published means matching each engine (its name, the means) for
+    # the charts' overlay, and the line saying what matched.
+    published: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
+    published_note: str = ""
 
     @property
     def failed(self) -> bool:
@@ -86,9 +90,11 @@ class Findings:
         return next((s for s in self.sections if s.key == key), None)
 
 
-def analyze(run_dir: Path) -> Findings:
-    """Read the run's records once, compute everything, write every CSV, say it in sections."""
+def analyze(run_dir: Path, published: bool = False) -> Findings:
+    """Read the run's records once, compute everything, write every CSV, say it in sections;
+    `published`: also match the published figures (`orch report --reference published`)."""
     run = RunDir(run_dir)
+    matched, note = published_for(run.environment()) if published else ([], "")
     requests, cells = run.request_records(), run.cell_records()
     summary = summarize(requests, cells)
     frame = measured_frame(requests)
@@ -121,7 +127,7 @@ def analyze(run_dir: Path) -> Findings:
     said = _Said(run, summary, pairs, lossless, checks, cells, categories, top, format_check(check), scenario,
                  [printable(w) for w in run.warnings])
     return Findings(run, title, sub, summary, pairs, model, checks, lossless,
-                    categories, cells, said.sections(), said.warnings, written)
+                    categories, cells, said.sections(), said.warnings, written, matched, note)
 
 
 def subtitle(run: RunDir) -> str:

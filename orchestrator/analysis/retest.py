@@ -21,6 +21,7 @@ from orchestrator.analysis.pairs import pair_table
 from orchestrator.analysis.recommend import what_to_run
 from orchestrator.analysis.stats import ratio_text
 from orchestrator.analysis.summary import measured_frame, summarize
+from orchestrator.common.errors import OrchError
 from orchestrator.results.rundir import RunDir
 
 CELL = ["engine", "n_spec", "concurrency", "prompt_set"]
@@ -63,6 +64,10 @@ def read_side(path: Path) -> tuple[Side, list[str]]:
 
 
 def retest(path_a: Path, path_b: Path) -> Retest:
+    """`orch retest A B`: each run's answers, and where they agree."""
+    for d in (path_a, path_b):
+        if not (d / "requests.jsonl").is_file():
+            raise OrchError(f"{d} holds no requests.jsonl; pass two run folders made by orch sweep")
     a, wa = read_side(path_a)
     b, wb = read_side(path_b)
     return Retest(a, b, _cells(a.summary, b.summary), _answers(a.advice, b.advice), wa + wb)

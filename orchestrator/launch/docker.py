@@ -180,6 +180,22 @@ def list_containers(docker_host: str | None = None, client: docker.DockerClient 
     return client.containers.list(all=True, filters={"label": f"{MANAGED}=1"})
 
 
+def container_lines(docker_host: str | None = None) -> list[str]:
+    """`orch ls`: one line per container orch started, running or not."""
+    found = list_containers(docker_host)
+    if not found:
+        return ["no orch containers"]
+    return [printable(f"{c.name}  {c.status}  sweep={c.labels.get('orch.sweep')} cell={c.labels.get('orch.cell')} "
+                      f"run={c.labels.get('orch.run')} owner_pid={c.labels.get('orch.owner_pid')}"
+                      + ("  (orphaned)" if orphaned(c) else "")) for c in found]  # the Docker engine's words
+
+
+def down(docker_host: str | None, everything: bool) -> str:
+    """`orch down`: remove the containers of killed runs (with `everything`, of live ones too)."""
+    names = remove([c for c in list_containers(docker_host) if everything or orphaned(c)])
+    return printable(f"removed {len(names)} container(s)" + (f": {', '.join(names)}" if names else ""))
+
+
 def orphaned(container) -> bool:
     """A container whose orch process on this host is gone (killed, or the machine rebooted)."""
     labels = container.labels

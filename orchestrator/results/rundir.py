@@ -36,7 +36,7 @@ import tomli_w
 
 from orchestrator import __version__
 from orchestrator.common import redact, safefs
-from orchestrator.common.errors import ResultsError, RunFolderError
+from orchestrator.common.errors import OrchError, ResultsError, RunFolderError
 from orchestrator.common.show import escape_raw_controls, printable
 from orchestrator.results.records import R, lines_of, read_bounded, read_environment, read_records
 from orchestrator.types.records import SCHEMA_VERSION, CellRecord, RequestRecord
@@ -66,16 +66,23 @@ _held_guard = threading.Lock()
 
 
 class RunDir:
-    def __init__(self, path: Path, again: str = RESUME):
+    def __init__(self, path: Path, carry_on: str = RESUME):
         self.path = Path(path)
-        self.again = again  # how to carry on after a write error: the command's own fix
+        self.carry_on = carry_on  # how to carry on after a write error: the command's own fix
         # What reading the records back skipped or repaired, one line each (the CLI prints them
         # as `warning: ...`, the report lists them). Records read back are hostile input.
         self.warnings: list[str] = []
         self._lock: tuple[int, int] | None = None  # this object's hold of run.lock (lock())
 
     @classmethod
-    def create(cls, out: Path, sweep_name: str, again: str = RESUME) -> "RunDir":
+    def made_by_orch(cls, path: Path) -> "RunDir":
+        """An existing run folder (`orch report`), refused in one line if it holds no records."""
+        if not (path / REQUESTS).is_file() and not (path / CELLS).is_file():
+            raise OrchError(f"{path} holds no requests.jsonl or cells.jsonl; pass a run folder made by orch sweep")
+        return cls(path)
+
+    @classmethod
+    def create(cls, out: Path, sweep_name: str, carry_on: str = RESUME) -> "RunDir":
         check_out(out, sweep_name)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path(out) / f"{sweep_name}-{stamp}"
@@ -89,7 +96,7 @@ class RunDir:
             if exc.errno == errno.ENAMETOOLONG:
                 raise RunFolderError(f"--out {shown(out)}: {why(exc)} for this filesystem; pass a shorter --out") from exc
             raise ResultsError(f"cannot create the run folder {path}: {why(exc)}; pass a writable --out") from exc
-        run = cls(path, again)
+        run = cls(path, carry_on)
         run.write_schema()
         return run
 
@@ -137,7 +144,7 @@ class RunDir:
         try:
             fd = safefs.open_inside(self.path, LOCK, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
-            raise ResultsError(f"cannot write {self.path / LOCK}: {why(exc)}; {fix_for(exc)}, then {self.again}") from exc
+            raise ResultsError(f"cannot write {self.path / LOCK}: {why(exc)}; {fix_for(exc)}, then {self.carry_on}") from exc
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)
         with _held_guard:
@@ -202,7 +209,7 @@ class RunDir:
                     keep = _last_line_start(f, size)
                     f.truncate(keep)
             except OSError as exc:
-                raise ResultsError(f"cannot repair {path}: {why(exc)}; {fix_for(exc)}, then {self.again}") from exc
+                raise ResultsError(f"cannot repair {path}: {why(exc)}; {fix_for(exc)}, then {self.carry_on}") from exc
             notes.append(f"{name}: dropped a truncated last line ({size - keep} bytes) left by an interrupted run")
         return notes
 
@@ -267,10 +274,10 @@ class RunDir:
         self.warnings.extend(n for n in notes if n not in self.warnings)
 
     def append_request(self, rec: RequestRecord) -> None:
-        append_jsonl(self.path / REQUESTS, rec.line(), self.again)
+        append_jsonl(self.path / REQUESTS, rec.line(), self.carry_on)
 
     def append_cell(self, rec: CellRecord) -> None:
-        append_jsonl(self.path / CELLS, rec.line(), self.again)
+        append_jsonl(self.path / CELLS, rec.line(), self.carry_on)
 
     def append_samples(self, cell_id: str, concurrency: int, rows: list[dict[str, Any]]) -> None:
         """One measured window's telemetry samples (telemetry/sampler.py), after the window ended:
@@ -283,7 +290,7 @@ class RunDir:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:
-            raise ResultsError(f"cannot write {folder / TELEMETRY}: {why(exc)}; {fix_for(exc)}, then {self.again}") from exc
+            raise ResultsError(f"cannot write {folder / TELEMETRY}: {why(exc)}; {fix_for(exc)}, then {self.carry_on}") from exc
 
     def write_server_log(self, cell_id: str, text: str, name: str = "server.log") -> None:
         """cells/<cell>/<name> (server.log, or server.b<k>.log of block k) of a cell whose server
@@ -292,10 +299,10 @@ class RunDir:
         try:
             safefs.write_inside(self.path, f"cells/{cell_id}/{name}", redact.scrub(text))
         except OSError as exc:
-            raise ResultsError(f"cannot write {folder / name}: {why(exc)}; {fix_for(exc)}, then {self.again}") from exc
+            raise ResultsError(f"cannot write {folder / name}: {why(exc)}; {fix_for(exc)}, then {self.carry_on}") from exc
 
     def append_search(self, line: dict[str, Any]) -> None:
-        append_jsonl(self.path / SEARCH, line, self.again)
+        append_jsonl(self.path / SEARCH, line, self.carry_on)
 
     def search_settings(self) -> dict[str, tuple[list[int], int]]:
         """Per engine, the depths and the starts allowed of its depth search, from the newest valid
@@ -423,7 +430,7 @@ def fix_for(exc: OSError) -> str:
     return "fix that"
 
 
-def append_jsonl(path: Path, obj: dict[str, Any], again: str = RESUME) -> None:
+def append_jsonl(path: Path, obj: dict[str, Any], carry_on: str = RESUME) -> None:
     obj = redact.scrub_values(obj)
     try:
         line = json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n"
@@ -439,7 +446,7 @@ def append_jsonl(path: Path, obj: dict[str, Any], again: str = RESUME) -> None:
             os.fsync(f.fileno())
     except OSError as exc:
         raise ResultsError(f"cannot write {path}: {why(exc)}; every line before this one is kept; "
-                           f"{fix_for(exc)}, then {again}") from exc
+                           f"{fix_for(exc)}, then {carry_on}") from exc
 
 
 def _finite(obj: Any, bad: list[str], path: str = "") -> Any:

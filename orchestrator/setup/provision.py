@@ -10,11 +10,12 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from engines import ENGINES, INSTALLERS, QUANTIZER, InstallFailed
+from engines import ENGINES, INSTALLERS, PLUGINS, QUANTIZER, InstallFailed
 from engines.installing import cache_root
 
 from orchestrator.common.errors import InstallError, OrchError
-from orchestrator.setup.models import KNOWN_MODELS, prepare_model, resolve_model
+from orchestrator.common.show import printable
+from orchestrator.setup.models import KNOWN_MODELS, hf_folder, prepare_model, resolve_model
 from orchestrator.telemetry import roofline
 
 
@@ -115,4 +116,33 @@ def measure_roofline(scenarios) -> list[str]:
         if n:
             lines.append(f"weights of {spec.model}: {n / 1e6:.1f} MB read per token ({where}): decode limit "
                          f"{roofline.limit_tok_s(n, gb_s):.0f} tok/s on this host's CPU")
+    return lines
+
+
+def made_line(what: str, name: str, path: Path, made: bool) -> str:
+    """One step's line: an engine installed or found, a model prepared or found."""
+    if what == "engine":
+        return printable(f"{name} {'installed' if made else 'already installed'}: {path}")
+    return printable(f"{name.replace(':', ' as ')} {'prepared' if made else 'already there'}: {path}")
+
+
+def engines_lines() -> list[str]:
+    """`orch engines list`: the kinds orch knows (a plugin's with its package), then each install."""
+    kinds = [f"{k} ({PLUGINS[k]})" if k in PLUGINS else k for k in ENGINES]
+    lines = [printable("engine kinds: " + ", ".join(kinds))]
+    for name, inst in INSTALLERS.items():
+        found = inst.installed()
+        lines.append(printable(f"{name}: {found or f'not installed (expected at {inst.expected()})'}"))
+    return lines
+
+
+def models_lines() -> list[str]:
+    """`orch models list`: each known model and what orch has made of it."""
+    lines = []
+    for name, known in KNOWN_MODELS.items():
+        if known.requantize:  # a GGUF only, made by llama-quantize
+            made = known.gguf_path(name)
+            lines.append(printable(f"{name}: {known.description}; gguf: {made if made.is_file() else 'not made'}"))
+        else:
+            lines.append(printable(f"{name}: {known.description}; hf folder: {hf_folder(name) or 'not prepared'}"))
     return lines

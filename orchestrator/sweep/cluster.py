@@ -424,6 +424,17 @@ def remove_containers(run_name: str | None, everything: bool) -> list[str]:
     return remove(found)
 
 
+def down_lines(address: str, everything: bool) -> tuple[list[str], list[str]]:
+    """`orch down --cluster ADDRESS`: a line per node cleaned, and a line per node that was not."""
+    done, failed = [], []
+    for node, names in down_on_cluster(address, everything).items():
+        if isinstance(names, Exception):
+            failed.append(printable(f"{node}: could not clean up ({names}); run orch down on that host"))
+        else:
+            done.append(printable(f"{node}: removed {len(names)} container(s)" + (f": {', '.join(names)}" if names else "")))
+    return done, failed
+
+
 def down_on_cluster(address: str, everything: bool) -> dict[str, list[str] | OrchError]:
     """`orch down --cluster ADDRESS`: the containers removed on each node, or why not."""
     ray = connect(address)

@@ -5,6 +5,7 @@ into a clean stop, and how it ended. The CLI parses, calls these, and prints."""
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import tomllib
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from orchestrator.sweep.environment import capture
 from orchestrator.sweep.parallel import run_on_devices
 from orchestrator.sweep.placement import unavailable
 from orchestrator.sweep.runner import Cell, Sweep, command_for, engine_env, plan_cells, prepare, search_step
-from orchestrator.sweep.scenario import build_scenario, devices, read_workload
+from orchestrator.sweep.scenario import build_scenario, devices, load_scenario, read_workload
 from orchestrator.types.scenario import Scenario
 from orchestrator.types.scenario import url_problem
 
@@ -50,14 +51,66 @@ class Finished:
         return 1 if failed_requests or any(c.status != "ok" for c in self.cells) else 0
 
 
-def run_sweep(sc: Scenario, base_dir: Path, out: Path, resume: bool, again: str, progress,
+@dataclass(frozen=True)
+class SweepArgs:
+    """`orch sweep`'s arguments, as given."""
+
+    scenario: Path
+    out: Path
+    overrides: tuple[str, ...] = ()
+    only: tuple[str, ...] = ()  # --engine NAME
+    resume: bool = False
+    search: bool = False
+    search_starts: int | None = None
+    cluster: str | None = None
+
+    def resume_command(self) -> str:
+        """How to carry on after an interrupt or a write error: the same command, with --resume."""
+        return "continue with: " + shlex.join(
+            ["orch", "sweep", str(self.scenario), *[a for o in self.overrides for a in ("--set", o)],
+             *[a for e in self.only for a in ("--engine", e)], *(["--search"] if self.search else []),
+             *(["--search-starts", str(self.search_starts)] if self.search_starts is not None else []),
+             *(["--cluster", self.cluster] if self.cluster is not None else []), "--resume", "--out", str(self.out)])
+
+
+@dataclass(frozen=True)
+class PlannedSweep:
+    """A sweep checked and ready to start: its scenario, the search's budgets (None: every cell)."""
+
+    args: SweepArgs
+    scenario: Scenario
+    budgets: dict[str, int] | None
+
+    @property
+    def base_dir(self) -> Path:
+        return self.args.scenario.parent  # relative paths in the scenario are read from its folder
+
+    def dry_run_text(self) -> str:
+        """Every cell (or the search's next cells) and its command line; nothing starts."""
+        if self.budgets is not None:
+            return search_dry_run_text(self.scenario, self.base_dir, self.budgets, self.args.out, self.args.resume)
+        return dry_run_text(self.scenario, self.base_dir, str(self.args.scenario))
+
+
+def plan_sweep(args: SweepArgs) -> PlannedSweep:
+    """Load and check the scenario with the command's overrides: a bad one is one line and exit 2."""
+    overrides = args.overrides
+    if args.cluster is not None:
+        overrides = (*overrides, f"placement.cluster={json.dumps(args.cluster)}")
+    sc = load_scenario(args.scenario, overrides, args.only)
+    check_placement(sc, str(args.scenario), args.search)
+    budgets = search_budgets(sc, args.search_starts, str(args.scenario)) if args.search else None
+    return PlannedSweep(args, sc, budgets)
+
+
+def run_sweep(sc: Scenario, base_dir: Path, out: Path, resume: bool, carry_on: str, progress,
               opened: Callable[[RunDir, list[str]], None], search: dict[str, int] | None = None) -> Finished:
     """Run every cell not yet done, or with `search` (starts allowed per engine) the depth search.
-    `again` says how to carry on after an interrupt or a write error; `opened(run, warnings)` is
+    `carry_on` says how to carry on after an interrupt or a write error; `opened(run, warnings)` is
     called once the run folder exists, before any server starts."""
     runner = Sweep(sc, base_dir, progress)  # resolves engines and models: nothing starts if one is missing
     execute = _executor(runner, progress)  # a cluster is reached before there is a run folder
-    run, warnings = open_run(sc, out, resume, again)  # held (run.lock) until the cells are done
+    run, warnings = open_run(sc, out, resume, carry_on)  # held (run.lock) until the cells are done
     try:
         run.write_environment(capture(engine_env(runner), runner.host))
         opened(run, warnings)
@@ -119,21 +172,21 @@ def _sigterm(signum, frame):
     raise Terminated()
 
 
-def open_run(sc: Scenario, out: Path, resume: bool, again: str) -> tuple[RunDir, list[str]]:
+def open_run(sc: Scenario, out: Path, resume: bool, carry_on: str) -> tuple[RunDir, list[str]]:
     """A new run folder, or with `resume` the latest of this sweep, if its scenario is the same
     and this orch can read its records; returns it and what repairing it dropped."""
     resolved = sc.model_dump(mode="json")
     for engine in resolved["engines"]:
         engine["url"] = redact.public_url(engine["url"])  # the scenario as run, less any password
     if not resume:
-        new = RunDir.create(out, sc.name, again)
+        new = RunDir.create(out, sc.name, carry_on)
         with new.locked():  # before scenario.toml, without which no --resume picks the folder
             new.write_scenario(resolved)
         return new, []
     run = RunDir.latest(out, sc.name)
     if run is None:
         raise OrchError(f"--resume: no earlier run of {sc.name!r} under {out}; drop --resume to start one")
-    run.again = again
+    run.carry_on = carry_on
     with run.locked():  # a second sweep or --resume of this folder stops here, in one line (exit 2)
         run.schema_version()  # one line, and nothing appended, if this orch cannot read the run
         try:
