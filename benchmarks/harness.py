@@ -115,7 +115,7 @@ ORCH_CLIENT = """
 import asyncio, json, sys
 from orchestrator.measure.driver import RequestSpec, run_batch, request_body
 from orchestrator.measure.prompts import Prompt
-from orchestrator.sweep.scenario import Workload
+from orchestrator.sweep.scenario_file import Workload
 url, conc, n, max_tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 wl = Workload(max_tokens=max_tokens)
 specs = [RequestSpec(Prompt("p", str(i), "hello"), "measured", conc, i) for i in range(n)]

@@ -23,7 +23,7 @@ from orchestrator.setup.models import KNOWN_MODELS
 from orchestrator.setup.provision import (engines_lines, made_line, measure_roofline, models_lines, run_setup, run_step,
                                           setup_steps)
 from orchestrator.sweep.runner import plan_cells
-from orchestrator.sweep.scenario import load_scenario
+from orchestrator.sweep.scenario_file import load_scenario
 from orchestrator.sweep.session import BenchTarget, SweepArgs, bench_scenario, plan_sweep, run_sweep
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ def compare(run_dirs, out):
 
     Example: orch compare results/n_spec-20261122-101500 results/n_spec-20261123-090000
     """
-    from plots.compare import draw_compare
+    from plots.compare_charts import draw_compare
 
     from orchestrator.analysis.compare import comparison
 
@@ -242,7 +242,7 @@ def reference(out):
 
     Example: orch reference --out results/reference
     """
-    from plots.reference import draw_reference, reference_text
+    from plots.reference_charts import draw_reference, reference_text
 
     from orchestrator.analysis.reference import published_setups
 

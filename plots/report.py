@@ -19,8 +19,8 @@ from orchestrator.common.show import printable
 from orchestrator.types.records import machine_label
 from orchestrator.results.rundir import RunDir
 
-from .categories import draw_category_heatmap
-from .cost import draw_cost
+from .category_heatmap import draw_category_heatmap
+from .cost_charts import draw_cost
 from .names import for_charts, short, shortened
 from .overlay import published_overlay
 from .charts import (draw_acceptance_by_position, draw_acceptance_length, draw_charts, draw_load, draw_lossless,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.sweep.runner import plan_cells
-from orchestrator.sweep.scenario import load_scenario
+from orchestrator.sweep.scenario_file import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "scenarios").glob("*.toml"))

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 from orchestrator.common.errors import RunFolderError
-from orchestrator.results.records import MAX_LINE
+from orchestrator.results.readback import MAX_LINE
 from orchestrator.types.records import RequestRecord
 from orchestrator.results.rundir import RunDir
 

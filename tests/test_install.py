@@ -95,7 +95,7 @@ def test_setup_lists_each_engine_and_model_a_scenario_needs_once():
     from pathlib import Path
 
     from orchestrator.setup.provision import setup_steps
-    from orchestrator.sweep.scenario import load_scenario
+    from orchestrator.sweep.scenario_file import load_scenario
 
     scenarios = Path(__file__).parent.parent / "scenarios"
     assert setup_steps(load_scenario(scenarios / "n_spec-full.toml")) == [

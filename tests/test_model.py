@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from orchestrator.analysis.model import (Acceptance, Measured, acceptance_of, fit, leviathan_speedup,
+from orchestrator.analysis.model import (Acceptance, DepthRate, acceptance_of, fit, leviathan_speedup,
                                          leviathan_tokens, model_table, solve_alpha)
 
 # 100 drafts; 80 had position 0 accepted, 50 positions 0-1, 20 all three: 150 accepted tokens.
@@ -18,7 +18,7 @@ ACC = Acceptance(drafts=100, accepted=150, output_tokens=450, per_pos=(80, 50, 2
 
 
 def test_tokens_per_step_by_hand():
-    f = fit("e", 1, {0: Measured(0, 100.0, 95, 105, 10), 3: Measured(3, 120.0, 110, 130, 10, ACC)})
+    f = fit("e", 1, {0: DepthRate(0, 100.0, 95, 105, 10), 3: DepthRate(3, 120.0, 110, 130, 10, ACC)})
     assert ACC.steps == 300 and ACC.undrafted == pytest.approx(200 / 450)
     assert ACC.shares() == [0.8, 0.5, 0.2]
     # AL(1) = 1.8: 200 draftless steps + 250 tokens / 1.8 per drafted step
@@ -30,7 +30,7 @@ def test_tokens_per_step_by_hand():
 
 
 def test_step_cost_and_prediction_by_hand():
-    f = fit("e", 1, {0: Measured(0, 100.0, 95, 105, 10), 3: Measured(3, 120.0, 110, 130, 10, ACC)})
+    f = fit("e", 1, {0: DepthRate(0, 100.0, 95, 105, 10), 3: DepthRate(3, 120.0, 110, 130, 10, ACC)})
     # a plain step: 1/100 s. Per output token at K=3: 1/120 = u a + (1 - u) / AL(3) * drafted step,
     # u = 200/450, AL(3) = 2.5, so a drafted step (3 draft tokens) takes 0.0175 s; one cell: c = a.
     assert f.a == pytest.approx(0.01) and f.c == pytest.approx(0.01) and f.b == pytest.approx(0.0025)
@@ -56,7 +56,7 @@ PLAIN_S, TOKEN_S = 0.010, 0.002
 PLAIN, DRAFTED, REQUESTS = 200, 800, 60
 
 
-def simulate(k: int, seed: int, step_s: float = PLAIN_S) -> Measured:
+def simulate(k: int, seed: int, step_s: float = PLAIN_S) -> DepthRate:
     rng = random.Random(f"{k}/{seed}")
     out = drafts = accepted = 0
     per_pos, seconds = [0] * k, 0.0
@@ -75,7 +75,7 @@ def simulate(k: int, seed: int, step_s: float = PLAIN_S) -> Measured:
             made += 1 + n
         out += made
     acc = Acceptance(drafts, accepted, out, tuple(per_pos), drafts * k) if k else None
-    return Measured(k, out / seconds, None, None, REQUESTS, acc)
+    return DepthRate(k, out / seconds, None, None, REQUESTS, acc)
 
 
 def survival(i: int) -> float:
@@ -140,7 +140,7 @@ def test_predictions_from_the_deepest_cell_match_simulated_cells_at_every_depth(
 def test_a_short_draft_costs_its_length_not_the_depth():
     # at depth 64 the n-gram drafts averaged 3 tokens: depth 64 costs what 3 tokens cost
     deep = Acceptance(drafts=100, accepted=150, output_tokens=450, per_pos=(80, 50, 20) + (0,) * 61, draft_tokens=300)
-    f = fit("e", 1, {0: Measured(0, 100.0, 95, 105, 10), 64: Measured(64, 120.0, 110, 130, 10, deep)})
+    f = fit("e", 1, {0: DepthRate(0, 100.0, 95, 105, 10), 64: DepthRate(64, 120.0, 110, 130, 10, deep)})
     assert deep.draft_length_at(64) == 3 and deep.draft_length_at(2) == 2
     assert f.predict(64) == pytest.approx(120.0) and f.predict(3) == pytest.approx(120.0)
 
@@ -155,18 +155,18 @@ def test_leviathan_closed_form():
 
 
 def test_reference_curve_uses_fitted_cost():
-    f = fit("e", 1, {0: Measured(0, 100.0, 95, 105, 10), 3: Measured(3, 120.0, 110, 130, 10, ACC)})
+    f = fit("e", 1, {0: DepthRate(0, 100.0, 95, 105, 10), 3: DepthRate(3, 120.0, 110, 130, 10, ACC)})
     # per drafted step 1 + 150/100 = 2.5 tokens; c' = b / a = 0.25; at k = 3: 100 * 2.5 / (3 * 0.25 + 1)
     assert f.reference(3) == pytest.approx(100 * 2.5 / 1.75)
 
 
 def test_a_fit_needs_a_baseline_and_counters():
-    assert fit("e", 1, {3: Measured(3, 120.0, 110, 130, 10, ACC)}).problem.startswith("no n_spec 0")
-    assert "counters" in fit("e", 1, {0: Measured(0, 100.0, 95, 105, 10), 3: Measured(3, 120.0, 1, 2, 10)}).problem
+    assert fit("e", 1, {3: DepthRate(3, 120.0, 110, 130, 10, ACC)}).problem.startswith("no n_spec 0")
+    assert "counters" in fit("e", 1, {0: DepthRate(0, 100.0, 95, 105, 10), 3: DepthRate(3, 120.0, 1, 2, 10)}).problem
 
 
 def test_model_table_errors():
-    f = fit("e", 1, {0: Measured(0, 100.0, 95, 105, 10), 3: Measured(3, 120.0, 110, 130, 10, ACC)})
+    f = fit("e", 1, {0: DepthRate(0, 100.0, 95, 105, 10), 3: DepthRate(3, 120.0, 110, 130, 10, ACC)})
     t = model_table([f])
     assert list(t["n_spec"]) == [0, 1, 2, 3]
     assert t.loc[t["n_spec"] == 3, "error"].item() == pytest.approx(0.0)

@@ -198,7 +198,7 @@ def test_slower_prompts_are_listed_and_a_hostile_prompt_id_is_escaped(tmp_path):
     assert "1 prompt whose paired ratio (median over repeats) is below 1.0" in page
     md = (run / "report" / "summary.md").read_text()
     slow = md[md.index("### Prompts where speculation was slower"):]
-    # The id's newline was read back shown as \n (results/records.py), its backslash Markdown-escaped.
+    # The id's newline was read back shown as \n (results/readback.py), its backslash Markdown-escaped.
     assert "<script>" not in slow and "&lt;script&gt;alert(1)&lt;/script&gt;\\|x\\\\n | 1 | 0.50 | 0.50 | 10.00 | 5.00 |" in slow
     assert "fine" not in slow
     assert (run / "paired_speedup_vs_n_spec.png").stat().st_size > 10_000

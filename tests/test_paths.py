@@ -13,7 +13,7 @@ from orchestrator.progress import SweepProgress
 from orchestrator.types.records import RequestRecord
 from orchestrator.results.rundir import RunDir
 from orchestrator.sweep.runner import Sweep
-from orchestrator.sweep.scenario import load_scenario
+from orchestrator.sweep.scenario_file import load_scenario
 
 ENDPOINT = """name = "{name}"
 [workload]

@@ -212,7 +212,7 @@ def test_a_lost_cell_is_a_failed_record_and_requests_killed_on_ctrl_c_are_not_me
 
 
 def test_a_cell_resumed_elsewhere_says_where_its_kept_requests_ran(tmp_path):
-    from orchestrator.analysis.placement import placement_notes
+    from orchestrator.analysis.side_by_side import placement_notes
 
     run = RunDir.create(tmp_path, "s")
     for cell_id in ("a", "b"):  # both failed on node A; only a kept a measured request
@@ -424,7 +424,7 @@ def test_resume_compares_the_scenario_but_not_where_its_cells_run(tmp_path, monk
     like a number (here "1234", inside max_tokens 12345) must not break scenario.toml."""
     from orchestrator.common import redact
     from orchestrator.common.errors import OrchError
-    from orchestrator.sweep.scenario import build_scenario
+    from orchestrator.sweep.scenario_file import build_scenario
     from orchestrator.sweep.session import open_run
 
     monkeypatch.setattr(redact, "_secrets", set())

@@ -15,7 +15,7 @@ import pytest
 from orchestrator.measure.prompts import PromptFileError, load_prompt_set
 from orchestrator.types.scenario import PromptSource
 from orchestrator.common.errors import ScenarioError
-from orchestrator.sweep.scenario import load_scenario
+from orchestrator.sweep.scenario_file import load_scenario
 
 FIX = Path(__file__).parent / "fixtures" / "prompt_sets"
 

@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 from orchestrator.common.errors import ScenarioError
-from orchestrator.sweep.scenario import load_scenario
+from orchestrator.sweep.scenario_file import load_scenario
 from orchestrator.types.scenario import cell_id, url_problem
 
 BAD = Path(__file__).parent / "bad_scenarios"

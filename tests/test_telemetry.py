@@ -242,7 +242,7 @@ def test_overlapping_requests_split_what_rose_while_both_ran():
 
 
 def test_window_telemetry_reads_back_as_hostile_input(tmp_path):
-    from orchestrator.results.records import read_records
+    from orchestrator.results.readback import read_records
 
     good = CellRecord(cell_id="a-n0", engine="a", method="none", n_spec=0, status="ok").line()
     bad = dict(good, telemetry={"1": {"seconds": -1, "samples": 3, "interval_s": 0.1}})
@@ -349,7 +349,7 @@ def test_a_roofline_with_a_limit_but_no_basis_is_dropped_on_reading_back(tmp_pat
     import json
 
     from orchestrator.analysis.summary import summarize
-    from orchestrator.results.records import read_records
+    from orchestrator.results.readback import read_records
 
     from .support.runs import req, requests_of
 

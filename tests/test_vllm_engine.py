@@ -8,7 +8,7 @@ import pytest
 from engines import ENGINES
 from orchestrator.common.errors import ScenarioError
 from engines.plan import ResolvedModel
-from orchestrator.sweep.scenario import build_scenario
+from orchestrator.sweep.scenario_file import build_scenario
 from orchestrator.types.scenario import EngineSpec
 
 MODEL = ResolvedModel("smollm2-135m", path=Path("/cache/models/smollm2-135m-hf"))

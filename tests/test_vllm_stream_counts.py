@@ -67,7 +67,7 @@ def test_a_stream_whose_counts_disagree_is_an_error_row(metrics, error):
 
 
 def test_per_request_counts_read_back_as_hostile_input():
-    from orchestrator.results.records import validate
+    from orchestrator.results.readback import validate
     from orchestrator.types.records import RequestRecord
 
     base = {"key": "measured/c1/r0/s/p", "phase": "measured", "concurrency": 1, "repeat": 0, "prompt_set": "s",

@@ -29,7 +29,7 @@ from orchestrator.analysis.load import format_crossover
 from orchestrator.analysis.lossless import check_texts, per_cell
 from orchestrator.analysis.model import fits, format_check, format_fits, model_table, window_check
 from orchestrator.analysis.pairs import PAIRED, pair_table, slower_prompts
-from orchestrator.analysis.placement import placement_notes
+from orchestrator.analysis.side_by_side import placement_notes
 from orchestrator.analysis.recommend import format_advice, what_to_run
 from orchestrator.analysis.reference import HARDWARE, Setup, published_for
 from orchestrator.analysis.search import format_decision, step

@@ -96,7 +96,7 @@ class Acceptance:
 
 
 @dataclass(frozen=True)
-class Measured:
+class DepthRate:
     """One cell at one concurrency level, as measured."""
 
     n_spec: int
@@ -113,7 +113,7 @@ class Fit:
 
     engine: str
     concurrency: int
-    measured: dict[int, Measured]
+    measured: dict[int, DepthRate]
     a: float | None = None  # seconds per step without a draft: 1 / n_spec 0's tok/s
     c: float | None = None  # seconds per drafted step, before its draft tokens ...
     b: float | None = None  # ... and per draft token it verifies
@@ -197,7 +197,7 @@ def solve_alpha(length: float, k: int) -> float | None:
     return (lo + hi) / 2
 
 
-def fit(engine: str, concurrency: int, measured: dict[int, Measured]) -> Fit:
+def fit(engine: str, concurrency: int, measured: dict[int, DepthRate]) -> Fit:
     """Fit the cost of a drafted step to the measured cells; a fit without a baseline or a
     speculative cell with counters says why in `problem`."""
     out = Fit(engine, concurrency, dict(measured))
@@ -235,15 +235,15 @@ def fit(engine: str, concurrency: int, measured: dict[int, Measured]) -> Fit:
 # ---------------------------------------------------------------- from records
 
 
-def measured_cells(df: pd.DataFrame, cells: list[CellRecord]) -> dict[tuple[str, int], dict[int, Measured]]:
-    """Per (engine, concurrency): each n_spec's Measured, from a measured frame
+def measured_cells(df: pd.DataFrame, cells: list[CellRecord]) -> dict[tuple[str, int], dict[int, DepthRate]]:
+    """Per (engine, concurrency): each n_spec's DepthRate, from a measured frame
     (summary.measured_frame) and the run's CellRecords (the newest line of each cell)."""
     if df.empty:
         return {}
     windows = {(c.cell_id, c.block or 0): c.server_metrics or {} for c in cells}
     df = df if "block" in df else df.assign(block=0)  # records from before blocks
     ok = df[df["ok"]]
-    out: dict[tuple[str, int], dict[int, Measured | None]] = {}  # None: two cells at that depth
+    out: dict[tuple[str, int], dict[int, DepthRate | None]] = {}  # None: two cells at that depth
     for (engine, conc, n_spec, cell_id), g in ok.groupby(["engine", "concurrency", "n_spec", "cell_id"]):
         rates = pd.to_numeric(g["e2e_tok_s"], errors="coerce").dropna()
         if rates.empty:
@@ -260,7 +260,7 @@ def measured_cells(df: pd.DataFrame, cells: list[CellRecord]) -> dict[tuple[str,
         if int(n_spec) in slot:  # two cells at one depth (merged runs): the model takes neither
             slot[int(n_spec)] = None
             continue
-        slot[int(n_spec)] = Measured(int(n_spec), float(rates.median()), low, high, len(rates), acc)
+        slot[int(n_spec)] = DepthRate(int(n_spec), float(rates.median()), low, high, len(rates), acc)
     return {key: {k: m for k, m in v.items() if m is not None} for key, v in out.items()}
 
 

@@ -31,7 +31,7 @@ from orchestrator.common.errors import AuthRefused
 from orchestrator.common.probe import read_capped
 from orchestrator.measure.prompts import Prompt
 from orchestrator.measure.sse import EventTooLarge, SseDecoder, split_documents
-from orchestrator.results.records import validate
+from orchestrator.results.readback import validate
 from orchestrator.types.records import Measured
 
 ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}

@@ -38,7 +38,7 @@ from orchestrator import __version__
 from orchestrator.common import redact, safefs
 from orchestrator.common.errors import OrchError, ResultsError, RunFolderError
 from orchestrator.common.show import escape_raw_controls, printable
-from orchestrator.results.records import R, lines_of, read_bounded, read_environment, read_records
+from orchestrator.results.readback import R, lines_of, read_bounded, read_environment, read_records
 from orchestrator.types.records import SCHEMA_VERSION, CellRecord, RequestRecord
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from orchestrator.sweep.environment import capture
 from orchestrator.sweep.parallel import run_on_devices
 from orchestrator.sweep.placement import unavailable
 from orchestrator.sweep.runner import Cell, Sweep, command_for, engine_env, plan_cells, prepare, search_step
-from orchestrator.sweep.scenario import build_scenario, devices, load_scenario, read_workload
+from orchestrator.sweep.scenario_file import build_scenario, devices, load_scenario, read_workload
 from orchestrator.types.scenario import Scenario
 from orchestrator.types.scenario import url_problem
 

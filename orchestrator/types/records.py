@@ -2,7 +2,7 @@
 requests.jsonl (RequestRecord) and of cells.jsonl (CellRecord), the parts of environment.json the
 report reads. On the shared floor: the driver builds Measured, the runner RequestRecord and
 CellRecord, results/rundir.py writes them, and analysis reads them back through the same classes
-(results/records.py reads the files, as hostile input). SCHEMA_VERSION goes into each run
+(results/readback.py reads the files, as hostile input). SCHEMA_VERSION goes into each run
 folder's run.json."""
 
 from __future__ import annotations

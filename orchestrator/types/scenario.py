@@ -3,7 +3,7 @@ checks that need nothing but the values (ranges, duplicates, keys that go togeth
 shared floor, so that engines, the driver and telemetry take these types.
 
 The checks against what orch knows (engine kinds and their methods, launchers, known GPUs,
-built-in prompt sets, device syntax, files) run above, in sweep/scenario.py, once a file has this
+built-in prompt sets, device syntax, files) run above, in sweep/scenario_file.py, once a file has this
 shape."""
 
 from __future__ import annotations

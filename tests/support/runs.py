@@ -63,14 +63,14 @@ def jsonl_rows(path: Path) -> list[dict]:
 
 def requests_of(rows: list[dict]):
     """Request rows typed as a run folder's requests.jsonl is read back (checked, invalid ones salvaged)."""
-    from orchestrator.results.records import validate
+    from orchestrator.results.readback import validate
     from orchestrator.types.records import RequestRecord
 
     return [validate(RequestRecord, r)[0] for r in rows]
 
 
 def cells_of(rows: list[dict]):
-    from orchestrator.results.records import validate
+    from orchestrator.results.readback import validate
     from orchestrator.types.records import CellRecord
 
     return [validate(CellRecord, c)[0] for c in rows]
