@@ -47,6 +47,27 @@ def run_part(part: str, cwd: Path, env: dict, log: Path) -> tuple[float, int]:
     return time.monotonic() - t0, rc
 
 
+def _details(rows: list[tuple[str, float, int]], work: Path, clone: Path) -> None:
+    """Where the set-up's minutes went (its progress lines) and each sweep cell's time."""
+    for i, (part, _, _) in enumerate(rows):
+        words = shlex.split(part)
+        if "setup" in words:
+            print("set-up, as its progress lines stamped it:")
+            for line in (work / f"part-{i}.log").read_text().splitlines():
+                if re.match(r"\[\d\d:\d\d\] ", line):
+                    print("  " + line)
+        if "sweep" in words:
+            runs = sorted((clone / "results").glob("*/cells.jsonl"))
+            if runs:
+                cells = [json.loads(ln) for ln in runs[-1].read_text().splitlines() if ln.strip()]
+                print("\nsweep cells:")
+                for c in cells:
+                    print(f"  {c['cell_id']}: {c['status']}, {c.get('seconds', 0):.0f} s")
+                print("  per engine (seconds): " + "; ".join(
+                    f"{e}: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in ph.items())
+                    for e, ph in per_engine(cells).items()))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", type=Path, help="work in this folder (kept) instead of a temporary one")
@@ -72,23 +93,7 @@ def main() -> int:
             print(f"failed; its output: {work / f'part-{i}.log'}")
             break
     print(f"{total / 60:6.1f} min  in all (target {TARGET_MIN:.0f})\n")
-    for i, (part, _, _) in enumerate(rows):
-        words = shlex.split(part)
-        if "setup" in words:
-            print("set-up, as its progress lines stamped it:")
-            for line in (work / f"part-{i}.log").read_text().splitlines():
-                if re.match(r"\[\d\d:\d\d\] ", line):
-                    print("  " + line)
-        if "sweep" in words:
-            runs = sorted((clone / "results").glob("*/cells.jsonl"))
-            if runs:
-                cells = [json.loads(ln) for ln in runs[-1].read_text().splitlines() if ln.strip()]
-                print("\nsweep cells:")
-                for c in cells:
-                    print(f"  {c['cell_id']}: {c['status']}, {c.get('seconds', 0):.0f} s")
-                print("  per engine (seconds): " + "; ".join(
-                    f"{e}: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in ph.items())
-                    for e, ph in per_engine(cells).items()))
+    _details(rows, work, clone)
     print(f"\nlogs: {work}")
     return 0 if rows and all(rc == 0 for _, _, rc in rows) else 1
 

@@ -300,6 +300,27 @@ def table(results: dict, concs: list[int], caps: dict, versions: dict, chunk_tok
     return "\n".join(lines)
 
 
+def _accuracy_runs(args, tools: list[str], concs: list[int], workdir: Path) -> tuple[dict, dict]:
+    """Each tool at each concurrency against the synthetic server: its runs, and the tools that failed."""
+    results, failures = {t: [] for t in tools}, {}
+    for k in [int(x) for x in args.chunk_tokens.split(",")]:
+        with SyntheticServer(args.rate, k) as server:
+            for tool in tools:
+                for conc in concs:
+                    n = conc * (1 if args.quick else 2)
+                    try:
+                        run = measure(tool, server, conc, n, args.max_tokens, workdir)
+                    except Exception as exc:  # a peer that fails is a row, not a crash
+                        failures[tool] = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+                        print(f"{tool}: FAILED at {conc} streams: {failures[tool]}", flush=True)
+                        break
+                    results[tool].append(run)
+                    print(f"{tool} k={k} c={conc}: {run.requests} req, {run.tokens} tok, median error "
+                          f"{run.median_err:+.3f}%, worst {run.worst_err:+.3f}%, CPU {run.cpu_s:.3f} s/1k tok, "
+                          f"server late {run.server_late_ms:.1f} ms", flush=True)
+    return results, failures
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated: " + ", ".join(TOOLS))
@@ -318,29 +339,13 @@ def main():
     tools = [t.strip() for t in args.tools.split(",")]
     versions = {t: tool_version(t) for t in tools}
     print("versions:", json.dumps(versions), flush=True)
-    results, caps, failures = {t: [] for t in tools}, {}, {}
+    caps = {}
     rates = [10, 20, 40, 80] if args.quick else [10, 20, 40, 60, 80, 120, 160, 240]
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        for k in [int(x) for x in args.chunk_tokens.split(",")]:
-            with SyntheticServer(args.rate, k) as server:
-                for tool in tools:
-                    for conc in concs:
-                        n = conc * (1 if args.quick else 2)
-                        try:
-                            run = measure(tool, server, conc, n, args.max_tokens, workdir)
-                        except Exception as exc:  # a peer that fails is a row, not a crash
-                            failures[tool] = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-                            print(f"{tool}: FAILED at {conc} streams: {failures[tool]}", flush=True)
-                            break
-                        results[tool].append(run)
-                        print(f"{tool} k={k} c={conc}: {run.requests} req, {run.tokens} tok, median error "
-                              f"{run.median_err:+.3f}%, worst {run.worst_err:+.3f}%, CPU {run.cpu_s:.3f} s/1k tok, "
-                              f"server late {run.server_late_ms:.1f} ms", flush=True)
+        results, failures = _accuracy_runs(args, tools, concs, Path(tmp))
         for tool in tools:
-            if tool in failures:
-                continue
-            caps[tool], runs = capacity(tool, args.max_tokens, Path(tmp), 256, rates)
+            if tool not in failures:
+                caps[tool], _runs = capacity(tool, args.max_tokens, Path(tmp), 256, rates)
     for k in [int(x) for x in args.chunk_tokens.split(",")]:
         print(f"\n### {k} token(s) per chunk, {args.rate:g} tok/s per stream, {args.max_tokens} tokens per request\n")
         print(table({t: [r for r in rs if r.chunk_tokens == k] for t, rs in results.items()}, concs, caps, versions, k,

@@ -54,30 +54,42 @@ class StampedHandler(RequestHandler):
 web_server.RequestHandler = StampedHandler  # the class aiohttp's server builds per connection
 
 
-def make_app(rate: float, chunk_tokens: int) -> web.Application:
-    stats = Stats()
+class Synthetic:
+    """The server's handlers, and the stats they keep."""
 
-    async def completions(request: web.Request) -> web.StreamResponse:
+    def __init__(self, rate: float, chunk_tokens: int):
+        self.rate, self.chunk_tokens, self.stats = rate, chunk_tokens, Stats()
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
         t0 = request.protocol.arrived
         body = await request.json()
         n = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
         chat = request.path.endswith("/chat/completions")
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        sent = 0
         base = {"id": "synthetic", "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": int(time.time()), "model": body.get("model", "synthetic")}
+        await self._paced(resp, t0, n, chat, base)
+        usage = {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": n + 8}
+        await resp.write(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        self.stats.spans.append((body.get("user"), t0, time.monotonic()))
+        self.stats.requests += 1
+        self.stats.tokens += n
+        return resp
 
+    async def _paced(self, resp: web.StreamResponse, t0: float, n: int, chat: bool, base: dict) -> None:
+        """n tokens in chunks, each sent when its last token is due (absolute deadlines from t0)."""
         def event(k: int, last: bool) -> bytes:
             text, reason = WORD * k, "length" if last else None
             choice = ({"index": 0, "delta": {"content": text}, "finish_reason": reason} if chat
                       else {"index": 0, "text": text, "finish_reason": reason})
             return b"data: " + json.dumps({**base, "choices": [choice]}).encode() + b"\n\n"
 
-        full = event(chunk_tokens, False)  # encoded once: the server's own cost per send delays every stream
+        full, sent, stats = event(self.chunk_tokens, False), 0, self.stats  # encoded once: a send's cost delays every stream
         while sent < n:
-            k = min(chunk_tokens, n - sent)
-            due = t0 + (sent + k) / rate
+            k = min(self.chunk_tokens, n - sent)
+            due = t0 + (sent + k) / self.rate
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -85,36 +97,32 @@ def make_app(rate: float, chunk_tokens: int) -> web.Application:
             stats.max_late_s = max(stats.max_late_s, late)
             stats.late_sum_s += max(late, 0.0)
             sent += k
-            await resp.write(full if k == chunk_tokens and sent < n else event(k, sent == n))
+            await resp.write(full if k == self.chunk_tokens and sent < n else event(k, sent == n))
             stats.chunks += 1
-        usage = {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": n + 8}
-        await resp.write(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
-        stats.spans.append((body.get("user"), t0, time.monotonic()))
-        stats.requests += 1
-        stats.tokens += n
-        return resp
 
-    async def models(_):
+    async def models(self, _request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "synthetic", "object": "model"}]})
 
-    async def health(_):
+    async def health(self, _request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    async def get_stats(request):
-        out = stats.as_dict()
+    async def get_stats(self, request: web.Request) -> web.Response:
+        out = self.stats.as_dict()
         if request.query.get("spans"):
-            out["spans"] = stats.spans
+            out["spans"] = self.stats.spans
         if request.query.get("reset"):
-            stats.reset()
+            self.stats.reset()
         return web.json_response(out)
 
+
+def make_app(rate: float, chunk_tokens: int) -> web.Application:
+    server = Synthetic(rate, chunk_tokens)
     app = web.Application()
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/chat/completions", completions)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/health", health)
-    app.router.add_get("/stats", get_stats)
+    app.router.add_post("/v1/completions", server.completions)
+    app.router.add_post("/v1/chat/completions", server.completions)
+    app.router.add_get("/v1/models", server.models)
+    app.router.add_get("/health", server.health)
+    app.router.add_get("/stats", server.get_stats)
     return app
 
 

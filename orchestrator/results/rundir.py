@@ -3,7 +3,7 @@
     run.json            the records' schema version (types.records.SCHEMA_VERSION) and orch's version
     scenario.toml       the scenario as run (after --set)
     environment.json    orch, engine binaries and versions, CPU, GPU, OS (the host orch ran on)
-    nodes/<node>/environment.json   the same, for each Ray node cells ran on (orchestrator/cluster)
+    nodes/<node>/environment.json   the same, for each Ray node cells ran on (sweep/cluster.py)
     requests.jsonl      one line per request (warm-up and measured), flushed as each ends
     cells.jsonl         one line per cell: status, command, endpoint, template, error, log tail
     cells/<cell>/server.log

@@ -1,5 +1,5 @@
 """Cells side by side: one per device of this host (threads here), or one per Ray task
-(orchestrator/cluster, which uses the same Relay and Writer).
+(sweep/cluster.py, which uses the same Relay and Writer).
 
 A running cell writes through a Relay: its records and words become Events on one queue. The
 sweep's main thread (the Writer) is the only one that touches the run folder and the display, so

@@ -1,7 +1,7 @@
 """Where a cell's server runs: a device of this host (GPU ids, a CPU core set) or a Ray node.
 
 A scenario's `[placement]` names the devices; the sweep runs one cell per device at a time
-(sweep/parallel.py), or hands each cell to a Ray cluster (orchestrator/cluster). `place` puts a
+(sweep/parallel.py), or hands each cell to a Ray cluster (sweep/cluster.py). `place` puts a
 device into a cell's ServerPlan: GPU ids become CUDA_VISIBLE_DEVICES for a process and device
 requests for a container, a core set the process's CPU affinity (a container's cpuset) and, where
 the engine has a thread count, as many threads as cores.

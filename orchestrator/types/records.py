@@ -249,7 +249,7 @@ class Roofline(BaseModel):
 
 
 class CellPlacement(BaseModel):
-    """Where a cell's server ran, and what ran beside it (sweep/placement.py, orchestrator/cluster)."""
+    """Where a cell's server ran, and what ran beside it (sweep/placement.py, sweep/cluster.py)."""
 
     model_config = ConfigDict(extra="allow")
     node: Label | None = None  # this host's name, or a Ray node: "<host>-<node id prefix>"
