@@ -16,8 +16,6 @@ import pandas as pd
 
 from orchestrator.analysis.findings import HTML, MARKDOWN, Findings, Section
 from orchestrator.common.show import printable
-from orchestrator.types.records import machine_label
-from orchestrator.results.rundir import RunDir
 
 from .category_heatmap import draw_category_heatmap
 from .cost_charts import draw_cost
@@ -49,7 +47,7 @@ def write_report(found: Findings) -> Report:
 def _draw(found: Findings, overlay) -> list[Path]:
     """Every chart, its names in their short forms (plots/names.py)."""
     run = found.run
-    sub = chart_subtitle(run)
+    sub = chart_subtitle(found)
     summary, pairs, model, lossless = (for_charts(f) for f in (found.summary, found.pairs, found.model, found.lossless))
     engines = shortened(c.engine for c in found.cells)
     cells = [c.model_copy(update={"engine": engines[c.engine]}) for c in found.cells]
@@ -62,12 +60,10 @@ def _draw(found: Findings, overlay) -> list[Path]:
             + draw_category_heatmap(found.categories, sub, run.path))
 
 
-def chart_subtitle(run: RunDir) -> str:
-    """A chart's subtitle: each name in its short form, and no more than three of them."""
-    env = run.environment()
-    models = sorted({str(e.get("model", "?")) for e in env.get("engines", {}).values()})
-    models = [short(m) for m in models[:3]] + ([f"{len(models) - 3} more"] if len(models) > 3 else [])
-    return printable(f"model: {', '.join(models) or '?'} · machine: {short(machine_label(env), 80)}")
+def chart_subtitle(found: Findings) -> str:
+    """The findings' subtitle for a chart: each name in its short form, and no more than three models."""
+    models = [short(m) for m in found.models[:3]] + ([f"{len(found.models) - 3} more"] if len(found.models) > 3 else [])
+    return printable(f"model: {', '.join(models) or '?'} · machine: {short(found.machine, 80)}")
 
 
 # ---------------------------------------------------------------- Markdown

@@ -174,13 +174,3 @@ def cost_notes(summary: pd.DataFrame) -> list[str]:
         seen = sorted({str(v) for v in summary[col].dropna()}) if col in summary else []
         notes += [f"{label}: {v}" for v in seen]
     return notes
-
-
-def format_cost(summary: pd.DataFrame) -> str:
-    view = cost_frame(summary)
-    if view.empty:
-        return ""
-    table: str = view.to_string(index=False)
-    return ("what it cost (server process tree, per measured window; per token: median over requests, 95% CI) "
-            "and decode tok/s against the single-stream limit:\n" + table + "\n"
-            + "\n".join(cost_notes(summary)))

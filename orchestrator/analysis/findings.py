@@ -80,6 +80,8 @@ class Findings:
     # the charts' overlay, and the line saying what matched.
     published: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     published_note: str = ""
+    models: tuple[str, ...] = ()  # the engines' model names, sorted: the subtitle's, in full
+    machine: str = ""  # environment.json's machine label
 
     @property
     def failed(self) -> bool:
@@ -120,20 +122,21 @@ def analyze(run_dir: Path, published: bool = False) -> Findings:
     lossless = per_cell(checks)
     written["lossless.csv"] = run.write_csv("lossless.csv", checks)
     scenario = _scenario_text(run)
-    title, sub = f"orch sweep `{run.path.name}`", subtitle(run)  # before the warnings are taken: it reads environment.json
+    models, machine = models_and_machine(run)  # before the warnings are taken: it reads environment.json
+    title, sub = f"orch sweep `{run.path.name}`", printable(f"model: {', '.join(models) or '?'} · machine: {machine}")
     advice = what_to_run(summary, pairs, starts)
     by_category = categories.advice_text() if categories is not None else ""
     top = "\n\n".join(t for t in (drift_text, format_advice(advice), by_category, search, format_fits(found)) if t)
     said = _Said(run, summary, pairs, lossless, checks, cells, categories, top, format_check(check), scenario,
                  [printable(w) for w in run.warnings])
     return Findings(run, title, sub, summary, pairs, model, checks, lossless,
-                    categories, cells, said.sections(), said.warnings, written, matched, note)
+                    categories, cells, said.sections(), said.warnings, written, matched, note, models, machine)
 
 
-def subtitle(run: RunDir) -> str:
+def models_and_machine(run: RunDir) -> tuple[tuple[str, ...], str]:
+    """The engines' model names (sorted, each once) and the machine's label, from environment.json."""
     env = run.environment()
-    models = sorted({str(e.get("model", "?")) for e in env.get("engines", {}).values()})
-    return printable(f"model: {', '.join(models) or '?'} · machine: {machine_label(env)}")
+    return tuple(sorted({str(e.get("model", "?")) for e in env.get("engines", {}).values()})), machine_label(env)
 
 
 def _scenario_text(run: RunDir) -> str:
