@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
@@ -118,6 +119,25 @@ def test_the_report_recomputes_the_search_and_skips_hostile_lines(tmp_path):
     top = md.split("### What to run")[1]
     assert top.index("depth search") < top.index("speedup model")  # both open the report
     assert (folder / "model.csv").is_file() and (folder / "model_vs_measured.png").is_file()
+
+
+def test_a_blocked_search_says_its_starts_against_the_whole_searchs_and_the_blocked_grids(tmp_path):
+    line = {"engine": "llamacpp", "grid": GRID, "budget": 5, "allowed": 10, "blocks": 2}
+    folder = run_folder(tmp_path, [0, 64, 12, 8, 16], [json.dumps(line)])
+    result = CliRunner().invoke(cli, ["report", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert ("llamacpp: depth search over n_spec 0, 2, 4, 8, 12, 16, 24, 32, 48, 64: 5 server starts in 2 blocks "
+            "(allowed 10, the climb's 5 in block 1 and the rest confirming in block 2; the full grid takes 20); "
+            "measured n_spec") in result.output
+
+
+@pytest.mark.parametrize("allowed, blocks", [(True, 2), (-1, 2), ("10", 2), (10, 0), (10, "2"), (10, 10**9)])
+def test_an_odd_allowed_or_blocks_is_said_as_a_one_block_search(tmp_path, allowed, blocks):
+    line = {"engine": "llamacpp", "grid": GRID, "budget": 5, "allowed": allowed, "blocks": blocks}
+    folder = run_folder(tmp_path, [0, 64, 12, 8, 16], [json.dumps(line)])
+    result = CliRunner().invoke(cli, ["report", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "5 server starts (allowed 5; the full grid takes 10)" in result.output
 
 
 def test_engine_picks_one_engine_and_an_unknown_name_is_refused(tmp_path, no_processes):

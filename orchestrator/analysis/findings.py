@@ -14,7 +14,7 @@ A section holds fixed-width text (the terminal prints it, Markdown fences it, HT
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +116,9 @@ def analyze(run_dir: Path, published: bool = False) -> Findings:
     categories = category_view(requests, cells, starts)
     if categories is not None:
         written[BY_CATEGORY] = run.write_csv(BY_CATEGORY, categories.table())
-    search = "\n".join(format_decision(step(engine, grid, budget, frame, cells, None, starts.get(engine, 0)))
-                       for engine, (grid, budget) in run.search_settings().items())
+    search = "\n".join(format_decision(replace(step(engine, grid, budget, frame, cells, None, starts.get(engine, 0)),
+                                                allowed=allowed, blocks=blocks))
+                       for engine, (grid, budget, allowed, blocks) in run.search_settings().items())
     checks = check_texts(requests)
     lossless = per_cell(checks)
     written["lossless.csv"] = run.write_csv("lossless.csv", checks)

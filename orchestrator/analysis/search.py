@@ -70,6 +70,10 @@ class Decision:
     levels: list[Judged]
     starts: int = 0  # server starts so far (cells.jsonl lines: a cell started again counts again)
     failed: list[int] = field(default_factory=list)  # depths whose cell started but measured nothing
+    # With blocks: `budget` is the climb's (block 1); `allowed` the starts of the whole search,
+    # the confirmation's in block 2 included. None: a one-block search, whose budget is all of it.
+    allowed: int | None = None
+    blocks: int = 1
 
     def line(self) -> dict[str, Any]:
         """A search.jsonl line (JSON keys are strings)."""
@@ -279,11 +283,19 @@ def _join(ks: Iterable[int]) -> str:
     return ", ".join(map(str, ks))
 
 
+def _starts_text(d: Decision) -> str:
+    """The starts used against those allowed and the full grid's, in the blocks the run has."""
+    if d.blocks < 2 or d.allowed is None:
+        return f"{d.starts} server starts (allowed {d.budget}; the full grid takes {len(d.grid)})"
+    return (f"{d.starts} server starts in {d.blocks} blocks (allowed {d.allowed}, the climb's {d.budget} in block 1 "
+            f"and the rest confirming in block 2; the full grid takes {len(d.grid) * d.blocks})")
+
+
 def format_decision(d: Decision) -> str:
     """What the search did for one engine, for the CLI and the report."""
     measured = [k for k in d.started if k not in d.failed]
-    lines = [f"{d.engine}: depth search over n_spec {_join(d.grid)}: {d.starts} server starts (allowed {d.budget}; "
-             f"the full grid takes {len(d.grid)}); measured n_spec {_join(measured) or 'none'}"
+    lines = [f"{d.engine}: depth search over n_spec {_join(d.grid)}: {_starts_text(d)}; "
+             f"measured n_spec {_join(measured) or 'none'}"
              + (f"; started but measured nothing: n_spec {_join(d.failed)}" if d.failed else "")]
     if d.stop:
         lines.append(f"  stopped: {d.stop}")

@@ -304,11 +304,12 @@ class RunDir:
     def append_search(self, line: dict[str, Any]) -> None:
         append_jsonl(self.path / SEARCH, line, self.carry_on)
 
-    def search_settings(self) -> dict[str, tuple[list[int], int]]:
-        """Per engine, the depths and the starts allowed of its depth search, from the newest valid
-        line of search.jsonl (hostile: a line without a list of depths and a budget is skipped,
-        with a warning); {} for a run that was no search."""
-        out: dict[str, tuple[list[int], int]] = {}
+    def search_settings(self) -> dict[str, tuple[list[int], int, int | None, int]]:
+        """Per engine, the depths, the climb's starts allowed, the whole search's (None where the
+        line has none: a one-block search or an older orch) and the blocks of its depth search, from
+        the newest valid line of search.jsonl (hostile: a line without a list of depths and a budget
+        is skipped, with a warning); {} for a run that was no search."""
+        out: dict[str, tuple[list[int], int, int | None, int]] = {}
         path = self.path / SEARCH
         if not path.is_file():
             return out
@@ -327,7 +328,10 @@ class RunDir:
                 skipped += 1
                 bad += [n] if len(bad) < 20 else []
                 continue
-            out[printable(engine)] = (sorted(set(grid)), budget)  # as the records' names are read back
+            allowed, blocks = obj.get("allowed"), obj.get("blocks", 1)
+            allowed = allowed if _whole(allowed) and allowed < 1 << 20 else None  # an odd one: said as before
+            blocks = blocks if _whole(blocks) and 0 < blocks <= 1000 else 1
+            out[printable(engine)] = (sorted(set(grid)), budget, allowed, blocks)  # as the records' names are read back
         if bad:
             self._note([f"{path}: skipped {skipped} lines without an engine, its depths (0 among them) and its budget "
                         f"(lines {', '.join(map(str, bad[:20]))})"])

@@ -10,7 +10,7 @@ import os
 import time
 import traceback
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import AbstractSet, Protocol
 
@@ -258,7 +258,7 @@ class Sweep:
             budget = budgets[spec.name]
             climb = climb_budget(budget, blocks)
             while True:
-                decision = search_step(run, spec, climb, self._ran)
+                decision = replace(search_step(run, spec, climb, self._ran), allowed=budget, blocks=blocks)
                 run.append_search(decision.line())
                 if not decision.next:
                     break
