@@ -71,6 +71,7 @@ class Measured(Record):
     error: StrictStr | None = None
     http_status: Annotated[int, Field(strict=True)] | None = None
     wall_start: Time | None = None  # Unix time the request's bytes went out
+    send_late_s: Time | None = None  # open loop (measure/arrivals.py): how late it went out against its due time
     t_start: Time | None = None  # perf_counter seconds: bytes out, first text, last byte in
     t_first_token: Time | None = None
     t_end: Time | None = None
