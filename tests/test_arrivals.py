@@ -113,3 +113,44 @@ def test_due_times_and_requests_must_match():
         asyncio.run(run_open_loop("http://127.0.0.1:9", "chat",
                                   [RequestSpec(Prompt("s", str(i), "p"), "measured", 1, 0) for i in range(3)],
                                   [0.0, 0.1], 1, lambda s: {}, 1, lambda r: None))
+
+
+def test_a_refusal_of_orchs_credentials_sends_nothing_more():
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    posts = []
+
+    class Refusing(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def _answer(self, code):
+            body = b'{"error": "bad key"}'
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self._answer(200)
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append(1)
+            self._answer(401)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        specs = [RequestSpec(Prompt("s", str(i), "p"), "measured", 1, 0) for i in range(5)]
+        records = asyncio.run(run_open_loop(f"http://127.0.0.1:{httpd.server_address[1]}", "chat", specs,
+                                            [0.05 * i for i in range(5)], 1, lambda s: {"stream": True}, 10,
+                                            lambda r: None))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert len(posts) == 1 and len(records) == 1  # one stream: the refusal ends before the next is due
+    assert not records[0].ok and records[0].http_status == 401

@@ -214,9 +214,9 @@ def test_a_refused_connection_is_not_tried_again():
 
 
 def test_a_record_the_checks_refuse_at_write_time_is_a_failed_row_that_says_as_measured():
-    from orchestrator.measure.driver import _typed
+    from orchestrator.measure.driver import typed
 
-    rec = _typed({"key": "k", "phase": "measured", "concurrency": 1, "repeat": 0, "prompt_set": "s",
+    rec = typed({"key": "k", "phase": "measured", "concurrency": 1, "repeat": 0, "prompt_set": "s",
                   "prompt_id": "p", "ok": True, "error": None, "e2e_tok_s": -1.0})
     assert rec.ok is False and rec.e2e_tok_s is None
     assert rec.error == "invalid record as measured: e2e_tok_s -1.0: input should be greater than or equal to 0"

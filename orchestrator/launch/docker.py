@@ -192,7 +192,11 @@ def container_lines(docker_host: str | None = None) -> list[str]:
 
 def down(docker_host: str | None, everything: bool) -> str:
     """`orch down`: remove the containers of killed runs (with `everything`, of live ones too)."""
-    names = remove([c for c in list_containers(docker_host) if everything or orphaned(c)])
+    return removed_text(remove([c for c in list_containers(docker_host) if everything or orphaned(c)]))
+
+
+def removed_text(names: list[str]) -> str:
+    """How many containers were removed, and which: `orch down`'s line, per node on a cluster."""
     return printable(f"removed {len(names)} container(s)" + (f": {', '.join(names)}" if names else ""))
 
 

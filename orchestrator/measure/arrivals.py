@@ -22,8 +22,8 @@ import aiohttp
 import numpy as np
 
 from engines.base import StreamCounts
-from orchestrator.measure.driver import (ENDPOINTS, RequestSpec, _no_gc_pauses, _spec_fields, _typed, open_connection,
-                                         session_for, stream_request)
+from orchestrator.measure.driver import (ENDPOINTS, RequestSpec, measure_one, no_gc_pauses, open_connection, refused,
+                                         session_for, spec_fields, typed)
 from orchestrator.types.records import Measured
 
 
@@ -39,11 +39,12 @@ def arrival_offsets(rate: float, n: int, burstiness: float = 1.0, seed: int = 0)
 async def run_open_loop(base_url: str, api: str, specs: list[RequestSpec], offsets: list[float], max_in_flight: int,
                         make_body: Callable[[RequestSpec], dict], timeout_s: float,
                         on_record: Callable[[Measured], None], headers: dict | None = None,
-                        counts: StreamCounts | None = None,
+                        counts: StreamCounts | None = None, tokenize_path: str | None = None,
                         open_session: Callable[..., aiohttp.ClientSession] | None = None,
                         redirects: str = "same-host") -> list[Measured]:
     """Send specs[i] at offsets[i] seconds after the start, at most `max_in_flight` at once, each
-    on a connection opened before the clock starts; call on_record as each ends."""
+    on a connection opened before the clock starts; call on_record as each ends. As in run_batch,
+    a refusal of orch's credentials sends nothing more."""
     if len(offsets) != len(specs):
         raise ValueError(f"{len(specs)} requests but {len(offsets)} due times")
     streams = min(max_in_flight, len(specs))
@@ -52,13 +53,14 @@ async def run_open_loop(base_url: str, api: str, specs: list[RequestSpec], offse
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0)
     connect = functools.partial(open_session or session_for, timeout, ssl.create_default_context(), headers)
     base = base_url.rstrip("/")
-    loop = _Loop(base + ENDPOINTS[api], make_body, timeout_s, on_record, counts, redirects)
+    loop = _Loop(base + ENDPOINTS[api], make_body, timeout_s, on_record, counts, redirects,
+                 base + tokenize_path if tokenize_path else None)
     sessions = [connect() for _ in range(streams)]
     try:
         await asyncio.gather(*(open_connection(s, base) for s in sessions))
         for s in sessions:
             loop.free.put_nowait(s)
-        with _no_gc_pauses():
+        with no_gc_pauses():
             await loop.send_all(specs, offsets)
     finally:
         await asyncio.gather(*(s.close() for s in sessions))
@@ -75,8 +77,10 @@ class _Loop:
     on_record: Callable[[Measured], None]
     counts: StreamCounts | None
     redirects: str
+    tokenize_url: str | None
     free: asyncio.Queue[aiohttp.ClientSession] = field(default_factory=asyncio.Queue)
     records: list[Measured] = field(default_factory=list)
+    stopped: bool = False  # the server refused orch's credentials
 
     async def send_all(self, specs: list[RequestSpec], offsets: list[float]) -> None:
         t0 = time.perf_counter()
@@ -86,16 +90,20 @@ class _Loop:
             if (wait := due - time.perf_counter()) > 0:
                 await asyncio.sleep(wait)
             session = await self.free.get()  # the cap: a request due while every stream is busy waits here
+            if self.stopped:
+                self.free.put_nowait(session)
+                break
             late = max(0.0, time.perf_counter() - due)  # the loop may wake a hair early: never negative
             flying.append(asyncio.create_task(self._one(session, spec, late)))
         await asyncio.gather(*flying)
 
     async def _one(self, session: aiohttp.ClientSession, spec: RequestSpec, late: float) -> None:
         try:
-            rec = await stream_request(session, self.url, self.make_body(spec), self.timeout_s, self.counts,
-                                       self.redirects)
+            rec = await measure_one(session, self.url, self.make_body(spec), self.timeout_s, self.counts,
+                                    self.redirects, self.tokenize_url)
         finally:
             self.free.put_nowait(session)
-        measured = _typed({**rec, **_spec_fields(spec), "send_late_s": round(late, 6)})
+        self.stopped = self.stopped or refused(rec)
+        measured = typed({**rec, **spec_fields(spec), "send_late_s": round(late, 6)})
         self.records.append(measured)
         self.on_record(measured)

@@ -100,7 +100,7 @@ async def run_batch(base_url: str, api: str, specs: list[RequestSpec], concurren
     batch = _Batch(functools.partial(open_session or session_for, timeout, tls, headers), asyncio.Barrier(workers),
                    base, base + ENDPOINTS[api], collections.deque(specs), make_body, timeout_s, on_record,
                    base + tokenize_path if tokenize_path else None, counts, redirects)
-    with _no_gc_pauses():
+    with no_gc_pauses():
         await asyncio.gather(*(batch.worker() for _ in range(workers)))
     return batch.records
 
@@ -128,7 +128,7 @@ class _Batch:
             await self.start.wait()
             while self.pending:
                 spec = self.pending.popleft()
-                measured = _typed({**await self._request(session, spec), **_spec_fields(spec)})
+                measured = typed({**await self._request(session, spec), **spec_fields(spec)})
                 self.records.append(measured)
                 self.on_record(measured)
                 # Let the other streams' events that are already waiting be read (and timed)
@@ -136,17 +136,30 @@ class _Batch:
                 await asyncio.sleep(0)
 
     async def _request(self, session: aiohttp.ClientSession, spec: RequestSpec) -> dict:
-        body = self.make_body(spec)
-        rec = await stream_request(session, self.url, body, self.timeout_s, self.counts, self.redirects)
-        if self.tokenize_url and rec["error"] == NO_COUNT:
-            await _retokenize(session, self.tokenize_url, rec, self.timeout_s, body.get("max_tokens"), self.redirects)
-        if rec["http_status"] in AuthRefused.STATUSES:
+        rec = await measure_one(session, self.url, self.make_body(spec), self.timeout_s, self.counts,
+                                self.redirects, self.tokenize_url)
+        if refused(rec):
             self.pending.clear()  # the server refuses orch's credentials: send nothing more
         return rec
 
 
+async def measure_one(session: aiohttp.ClientSession, url: str, body: dict, timeout_s: float,
+                      counts: StreamCounts | None, redirects: str, tokenize_url: str | None) -> dict:
+    """One streamed request, its count retokenized by the engine's tokenize_path where the
+    stream carried none: the closed loop's (run_batch) and the open loop's (arrivals.py)."""
+    rec = await stream_request(session, url, body, timeout_s, counts, redirects)
+    if tokenize_url and rec["error"] == NO_COUNT:
+        await _retokenize(session, tokenize_url, rec, timeout_s, body.get("max_tokens"), redirects)
+    return rec
+
+
+def refused(rec: dict) -> bool:
+    """The server refused orch's credentials: a loop sends nothing more."""
+    return rec["http_status"] in AuthRefused.STATUSES
+
+
 @contextlib.contextmanager
-def _no_gc_pauses():
+def no_gc_pauses():
     """Hold the cyclic garbage collector off while requests are timed. A full collection over
     a process holding pandas and matplotlib stalls every stream at once for tens of
     milliseconds, which the records would show as server latency (docs/performance.md). A
@@ -240,7 +253,7 @@ async def open_connection(session: aiohttp.ClientSession, base: str) -> None:
         pass
 
 
-def _typed(rec: dict) -> Measured:
+def typed(rec: dict) -> Measured:
     """The record, typed and checked; a value the checks refuse (which the stream checks should
     already have caught) turns it into a failed request that says why, never a lost one."""
     measured, problems, _ = validate(Measured, rec, "as measured")
@@ -250,7 +263,7 @@ def _typed(rec: dict) -> Measured:
     return measured
 
 
-def _spec_fields(spec: RequestSpec) -> dict:
+def spec_fields(spec: RequestSpec) -> dict:
     p = spec.prompt
     labels = {k: v for k, v in (("category", p.category), ("sub_category", p.sub_category)) if v is not None}
     return {"key": spec.key, "phase": spec.phase, "concurrency": spec.concurrency,

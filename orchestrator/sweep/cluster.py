@@ -426,12 +426,14 @@ def remove_containers(run_name: str | None, everything: bool) -> list[str]:
 
 def down_lines(address: str, everything: bool) -> tuple[list[str], list[str]]:
     """`orch down --cluster ADDRESS`: a line per node cleaned, and a line per node that was not."""
+    from orchestrator.launch.docker import removed_text  # docker-py: only where containers are cleaned
+
     done, failed = [], []
     for node, names in down_on_cluster(address, everything).items():
         if isinstance(names, Exception):
             failed.append(printable(f"{node}: could not clean up ({names}); run orch down on that host"))
         else:
-            done.append(printable(f"{node}: removed {len(names)} container(s)" + (f": {', '.join(names)}" if names else "")))
+            done.append(f"{printable(node)}: {removed_text(names)}")
     return done, failed
 
 
